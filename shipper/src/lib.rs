@@ -1,0 +1,18 @@
+//! The active side of logship. It owns the segment format (write and read),
+//! the log writer with its sealing rules, the store that turns every SQLite
+//! transaction into a durable log record before SQLite commits (the WAL rule),
+//! crash recovery, the content hash that proves two copies equal, and the
+//! changeset primitives (capture, apply, invert) that the replayer reuses.
+//!
+//! Reading order: `types` and `error`, then `format` (bytes, no I/O),
+//! `changeset` and `hash` (SQLite session primitives), `log` (segment files
+//! on disk), `store` (transactions, group commit, recovery).
+
+pub mod changeset;
+pub mod error;
+pub mod format;
+pub mod hash;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use types::{ContentHash, DatabaseId, Epoch, Generation, Lsn, SchemaHash};

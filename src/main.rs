@@ -1,0 +1,2 @@
+//! The `logship` command line: one binary with a subcommand for every job.
+fn main() {}
