@@ -98,6 +98,11 @@ pub enum Error {
         found: crate::types::SchemaHash,
     },
 
+    /// The log no longer holds the records after `after` (truncated, or the
+    /// database is older than the log).
+    #[error("log {} holds no records after LSN {after}: its oldest segment starts after LSN {first}", dir.display())]
+    MissingLog { dir: PathBuf, after: Lsn, first: Lsn },
+
     /// Another process has the store open for writing.
     #[error("{} is locked by another logship process (pid {pid})", path.display())]
     Locked { path: PathBuf, pid: String },

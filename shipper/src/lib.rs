@@ -8,11 +8,16 @@
 //! `changeset` and `hash` (SQLite session primitives), `log` (segment files
 //! on disk), `store` (transactions, group commit, recovery).
 
-pub mod changeset;
+pub mod types;
 pub mod error;
 pub mod format;
+pub mod changeset;
 pub mod hash;
-pub mod types;
+pub mod script;
+pub mod log;
+pub mod apply;
+pub mod store;
 
 pub use error::{Error, Result};
+pub use store::{Committed, Store, StoreOptions, StoreState, StoreStats, Tx};
 pub use types::{ContentHash, DatabaseId, Epoch, Generation, Lsn, SchemaHash};

@@ -1,0 +1,1058 @@
+//! The store: a SQLite database whose every write transaction becomes a
+//! durable log record *before* SQLite commits (the WAL rule), with group
+//! commit, DDL records, the LSN guard row, the content hash, the checks that
+//! refuse tables the session extension cannot replicate, and crash recovery
+//! on open.
+//!
+//! One writer thread owns the write connection. Callers send closures; the
+//! writer runs a batch of them in one SQLite transaction, each inside its own
+//! savepoint with its own session (so each gets its own changeset and LSN),
+//! writes all the batch's records with one pwrite and one fdatasync, commits
+//! SQLite, and only then answers each caller. The write connection is never
+//! handed out outside a closure, so no write can bypass capture.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::apply;
+use crate::changeset::{self, GUARD_TABLE, Session};
+use crate::error::{Error, Result};
+use crate::format::{Body, DdlPart, Record, RecordKind};
+use crate::hash;
+use crate::log::{self, LogWriter, now_us};
+use crate::script;
+use crate::types::{ContentHash, DatabaseId, Epoch, Generation, Lsn, SchemaHash};
+
+/// File name of the database inside a node's data directory.
+pub const DATABASE_FILE: &str = "store.db";
+/// Directory of the log segments inside a node's data directory.
+pub const LOG_DIR: &str = "logs";
+const LOCK_FILE: &str = "lock";
+
+/// Default for `StoreOptions::seal_after`.
+pub const DEFAULT_SEAL_AFTER: Duration = Duration::from_secs(10);
+/// Default for `StoreOptions::max_batch`.
+pub const DEFAULT_MAX_BATCH: usize = 256;
+/// Default for `StoreOptions::max_transaction_bytes`.
+pub const DEFAULT_MAX_TRANSACTION_BYTES: usize = 64 << 20;
+/// Capacity of the queue of transactions waiting for the writer.
+const REQUEST_QUEUE: usize = 1024;
+/// Records replayed per SQLite transaction during recovery.
+const RECOVERY_BATCH: usize = 1000;
+const SAVEPOINT: &str = "logship_request";
+
+/// Tunables of a store. Every field has a default (`Default`).
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Seal the current segment this long after its first unsealed record
+    /// (default 10 s).
+    pub seal_after: Duration,
+    /// Most transactions per group commit (default 256).
+    pub max_batch: usize,
+    /// Largest changeset one transaction may produce (default 64 MiB).
+    pub max_transaction_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            seal_after: DEFAULT_SEAL_AFTER,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_transaction_bytes: DEFAULT_MAX_TRANSACTION_BYTES,
+        }
+    }
+}
+
+/// Where a store keeps its files.
+#[derive(Clone, Debug)]
+pub struct StorePaths {
+    pub data_dir: PathBuf,
+    pub database: PathBuf,
+    pub logs: PathBuf,
+}
+
+impl StorePaths {
+    pub fn new(data_dir: &Path) -> StorePaths {
+        StorePaths {
+            data_dir: data_dir.to_path_buf(),
+            database: data_dir.join(DATABASE_FILE),
+            logs: data_dir.join(LOG_DIR),
+        }
+    }
+}
+
+/// What a committed transaction returns.
+#[derive(Debug)]
+pub struct Committed<T> {
+    /// The transaction's LSN, or the database's LSN when it changed nothing.
+    pub lsn: Lsn,
+    /// False when the transaction changed nothing and wrote no record.
+    pub logged: bool,
+    pub value: T,
+}
+
+/// A point-in-time view of the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreState {
+    pub database_id: DatabaseId,
+    /// The last durable and committed LSN.
+    pub lsn: Lsn,
+    /// Content hash at `lsn`, as maintained from the changesets.
+    pub hash: ContentHash,
+    pub schema_hash: SchemaHash,
+    /// Generation of the current (unsealed) segment.
+    pub generation: Generation,
+    pub epoch: Epoch,
+}
+
+/// Result of `Store::check_content`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentCheck {
+    pub lsn: Lsn,
+    /// The hash the log holds at `lsn`.
+    pub logged: ContentHash,
+    /// The hash a full scan of the database computes.
+    pub scanned: ContentHash,
+}
+
+/// Where the writer may crash on purpose, for tests that prove the WAL rule
+/// (set `LOGSHIP_FAILPOINT` to the name; the process aborts there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FailPoint {
+    None,
+    /// After the batch's records are written, before fdatasync.
+    AfterAppend,
+    /// After fdatasync, before the SQLite COMMIT.
+    AfterFsync,
+}
+
+impl FailPoint {
+    fn from_env() -> FailPoint {
+        match std::env::var("LOGSHIP_FAILPOINT").as_deref() {
+            Ok("after-append") => FailPoint::AfterAppend,
+            Ok("after-fsync") => FailPoint::AfterFsync,
+            _ => FailPoint::None,
+        }
+    }
+
+    fn hit(self, here: FailPoint) {
+        if self == here && here != FailPoint::None {
+            eprintln!("logship: failpoint {here:?} reached, aborting");
+            std::process::abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The transaction handle given to closures.
+// ---------------------------------------------------------------------------
+
+/// Authorizer modes of the write connection.
+const MODE_INTERNAL: u8 = 0;
+const MODE_USER: u8 = 1;
+const MODE_DDL: u8 = 2;
+
+#[derive(Debug, Default)]
+struct AuthState {
+    mode: AtomicU8,
+    /// What the authorizer refused last, for the error message.
+    refused: Mutex<Option<Refusal>>,
+}
+
+#[derive(Clone, Debug)]
+enum Refusal {
+    /// A schema statement outside `Tx::ddl`: route it there.
+    Ddl(String),
+    /// Something never allowed in a logged transaction.
+    Forbidden(String),
+}
+
+/// A store transaction, given to the closure of `Store::transaction`.
+/// `conn()` runs queries and DML; schema changes go through `ddl`.
+pub struct Tx<'a> {
+    conn: &'a Connection,
+    auth: &'a AuthState,
+    session: Option<Session>,
+    parts: Vec<DdlPart>,
+    ddl: bool,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").field("ddl", &self.ddl).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Tx<'a> {
+    /// The connection, for queries and INSERT/UPDATE/DELETE. Transaction
+    /// control, ATTACH and schema statements are refused here.
+    pub fn conn(&self) -> &Connection {
+        self.conn
+    }
+
+    /// Runs one schema statement (CREATE/ALTER/DROP ...) as part of this
+    /// transaction; it is logged as a DDL record. Tables the log cannot
+    /// replicate faithfully are refused.
+    pub fn ddl(&mut self, sql: &str) -> Result<()> {
+        if let Some(s) = self.session.take() {
+            if !s.is_empty() {
+                self.parts.push(DdlPart::Changeset(s.changeset()?));
+            }
+        }
+        self.auth.mode.store(MODE_DDL, Ordering::SeqCst);
+        let run = self.conn.execute_batch(sql);
+        self.auth.mode.store(MODE_USER, Ordering::SeqCst);
+        run.map_err(|e| self.refusal_or(format!("run {sql}"), e))?;
+        self.parts.push(DdlPart::Sql(sql.to_string()));
+        self.ddl = true;
+        check_replicable(self.conn)?;
+        self.session = Some(Session::new(self.conn)?);
+        Ok(())
+    }
+
+    /// Runs every statement of `sql` in order: schema statements as DDL,
+    /// the others through the connection. `on_row` receives the column names,
+    /// the row's index within its statement, and each row of statements that
+    /// return rows.
+    pub fn execute_script(
+        &mut self,
+        sql: &str,
+        mut on_row: impl FnMut(&[String], usize, &rusqlite::Row<'_>) -> Result<()>,
+    ) -> Result<()> {
+        for stmt_sql in script::split_statements(sql) {
+            self.execute_one(stmt_sql, &mut on_row)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one statement (see `execute_script`).
+    pub fn execute_one(
+        &mut self,
+        sql: &str,
+        on_row: &mut dyn FnMut(&[String], usize, &rusqlite::Row<'_>) -> Result<()>,
+    ) -> Result<()> {
+        *self.auth.refused.lock().expect("auth lock") = None;
+        let prepared = self.conn.prepare(sql);
+        let mut stmt = match prepared {
+            Ok(s) => s,
+            Err(e) => {
+                let refusal = self.auth.refused.lock().expect("auth lock").take();
+                return match refusal {
+                    Some(Refusal::Ddl(_)) => self.ddl(sql),
+                    Some(Refusal::Forbidden(what)) => Err(Error::Refused { what }),
+                    None => Err(Error::sql(format!("prepare {sql}"), e)),
+                };
+            }
+        };
+        let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
+        let mut rows = stmt.raw_query();
+        let mut index = 0;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| self.refusal_or(format!("run {sql}"), e))?
+        {
+            if !names.is_empty() {
+                on_row(&names, index, row)?;
+                index += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn refusal_or(&self, op: String, e: rusqlite::Error) -> Error {
+        match self.auth.refused.lock().expect("auth lock").take() {
+            Some(Refusal::Forbidden(what)) | Some(Refusal::Ddl(what)) => Error::Refused { what },
+            None => Error::sql(op, e),
+        }
+    }
+}
+
+fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorization {
+    let mode = state.mode.load(Ordering::SeqCst);
+    if mode == MODE_INTERNAL {
+        return Authorization::Allow;
+    }
+    let forbid = |what: String| {
+        *state.refused.lock().expect("auth lock") = Some(Refusal::Forbidden(what));
+        Authorization::Deny
+    };
+    match ctx.action {
+        AuthAction::Transaction { operation } => {
+            forbid(format!("{operation:?}: the store owns the transaction"))
+        }
+        AuthAction::Savepoint { savepoint_name, .. } if savepoint_name.eq_ignore_ascii_case(SAVEPOINT) => {
+            forbid(format!("savepoint {savepoint_name} is the store's own"))
+        }
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
+            forbid("ATTACH/DETACH: only the main database is logged".into())
+        }
+        AuthAction::CreateVtable { table_name, .. } => forbid(format!(
+            "virtual table {table_name}: the session extension does not capture virtual tables"
+        )),
+        AuthAction::Pragma { pragma_name, pragma_value: Some(_) }
+            if !READ_PRAGMAS.contains(&pragma_name.to_ascii_lowercase().as_str()) =>
+        {
+            forbid(format!("PRAGMA {pragma_name} with a value: pragmas are not logged"))
+        }
+        AuthAction::CreateIndex { .. }
+        | AuthAction::CreateTable { .. }
+        | AuthAction::CreateTrigger { .. }
+        | AuthAction::CreateView { .. }
+        | AuthAction::DropIndex { .. }
+        | AuthAction::DropTable { .. }
+        | AuthAction::DropTrigger { .. }
+        | AuthAction::DropView { .. }
+        | AuthAction::AlterTable { .. }
+            if mode == MODE_USER && ctx.accessor.is_none() =>
+        {
+            *state.refused.lock().expect("auth lock") = Some(Refusal::Ddl(format!("{:?}", ctx.action)));
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }
+}
+
+/// Pragmas that take an argument but only read.
+const READ_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+    "function_list",
+    "pragma_list",
+    "collation_list",
+    "database_list",
+];
+
+/// Refuses tables the session extension cannot replicate faithfully: no
+/// PRIMARY KEY, a PRIMARY KEY column that may be NULL, AUTOINCREMENT.
+pub fn check_replicable(conn: &Connection) -> Result<()> {
+    let sql_err = |e| Error::sql("check the schema", e);
+    let mut stmt = conn
+        .prepare(
+            "SELECT s.name, s.sql, l.wr FROM sqlite_schema s \
+             JOIN pragma_table_list l ON l.name = s.name AND l.schema = 'main' \
+             WHERE s.type = 'table' AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+             ORDER BY s.name",
+        )
+        .map_err(sql_err)?;
+    let tables: Vec<(String, String, bool)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default(), r.get(2)?)))
+        .map_err(sql_err)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(sql_err)?;
+    for (table, sql, without_rowid) in tables {
+        let refuse = |reason: String| Error::Unreplicable {
+            table: table.clone(),
+            reason,
+        };
+        if sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
+            return Err(refuse(
+                "AUTOINCREMENT keeps its counter in sqlite_sequence, which is not logged; \
+                 use INTEGER PRIMARY KEY or an explicit counter table"
+                    .into(),
+            ));
+        }
+        let mut cols = conn
+            .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_xinfo(?1) WHERE pk > 0")
+            .map_err(sql_err)?;
+        let pk: Vec<(String, String, bool)> = cols
+            .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql_err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql_err)?;
+        if pk.is_empty() {
+            return Err(refuse(
+                "it has no PRIMARY KEY; the session extension ignores such tables".into(),
+            ));
+        }
+        let rowid_alias = !without_rowid && pk.len() == 1 && pk[0].1.eq_ignore_ascii_case("INTEGER");
+        if !without_rowid && !rowid_alias {
+            if let Some((col, _, _)) = pk.iter().find(|(_, _, notnull)| !notnull) {
+                return Err(refuse(format!(
+                    "primary key column {col:?} may be NULL, and rows with a NULL key are not \
+                     captured; declare it NOT NULL"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The store and its writer thread.
+// ---------------------------------------------------------------------------
+
+type Reply = Box<dyn FnOnce(Result<(Lsn, bool)>) + Send>;
+
+struct Outcome {
+    ok: bool,
+    reply: Reply,
+}
+
+type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Outcome + Send>;
+
+enum Msg {
+    Tx(Job),
+    Seal(oneshot::Sender<Result<Option<Generation>>>),
+    Check(oneshot::Sender<Result<ContentCheck>>),
+    Shutdown,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    syncs: AtomicU64,
+    records: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// Counters since the store was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// fdatasyncs of the log for group commits.
+    pub syncs: u64,
+    /// Records written.
+    pub records: u64,
+    /// Group commits run (including read-only ones).
+    pub batches: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<StoreState>,
+    stopped: Mutex<Option<String>>,
+    counters: Counters,
+}
+
+/// A logged SQLite database. Cheap to share across threads (`&Store` is
+/// `Sync`); dropping it stops the writer after the work already queued.
+#[derive(Debug)]
+pub struct Store {
+    paths: StorePaths,
+    sender: SyncSender<Msg>,
+    writer: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    _lock: File,
+}
+
+impl Store {
+    /// Creates a data directory with a new database and its log. Returns the
+    /// new database id.
+    pub fn init(data_dir: &Path) -> Result<DatabaseId> {
+        let paths = StorePaths::new(data_dir);
+        fs::create_dir_all(data_dir).map_err(|e| Error::io("create data directory", data_dir, e))?;
+        if paths.database.exists() {
+            return Err(Error::AlreadyInitialized { path: paths.database });
+        }
+        let id = DatabaseId::random().map_err(|e| Error::io("read", "/dev/urandom", e))?;
+        let conn = Connection::open(&paths.database).map_err(|e| Error::sql("create database", e))?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             BEGIN;
+             CREATE TABLE {GUARD_TABLE} (
+               id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+               lsn INTEGER NOT NULL,
+               database_id BLOB NOT NULL
+             );
+             COMMIT;"
+        ))
+        .map_err(|e| Error::sql("create the guard table", e))?;
+        conn.execute(
+            &format!("INSERT INTO {GUARD_TABLE} (id, lsn, database_id) VALUES (1, 0, ?1)"),
+            [&id.0[..]],
+        )
+        .map_err(|e| Error::sql("write the guard row", e))?;
+        let schema = hash::schema_hash(&conn)?;
+        drop(conn);
+        LogWriter::create(&paths.logs, id, Epoch(1), schema)?;
+        Ok(id)
+    }
+
+    /// Opens the store in `data_dir`, recovering after a crash: a torn tail
+    /// of the current segment is truncated, and every durable record past
+    /// the guard LSN is redone.
+    pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store> {
+        let paths = StorePaths::new(data_dir);
+        if !paths.database.exists() {
+            return Err(Error::NotInitialized { path: data_dir.to_path_buf() });
+        }
+        let lock = lock_data_dir(data_dir)?;
+        let mut conn = Connection::open_with_flags(
+            &paths.database,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::sql(format!("open {}", paths.database.display()), e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(|e| Error::sql("configure the database", e))?;
+        let (db_lsn, database_id) = apply::read_guard(&conn).map_err(|e| match e {
+            Error::Sql { .. } => Error::NotInitialized { path: data_dir.to_path_buf() },
+            e => e,
+        })?;
+        let mut log = LogWriter::open(&paths.logs, database_id)?;
+        let end = log.end().clone();
+        if db_lsn > end.lsn {
+            return Err(Error::DatabaseAhead {
+                path: paths.database.clone(),
+                db: db_lsn,
+                log: end.lsn,
+            });
+        }
+        if db_lsn < end.lsn {
+            recover(&conn, &paths.logs, database_id, db_lsn, end.lsn)?;
+        }
+        check_replicable(&conn)?;
+        let auth = Arc::new(AuthState::default());
+        let auth_hook = auth.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&auth_hook, ctx)))
+            .map_err(|e| Error::sql("install the authorizer", e))?;
+        log.set_epoch(end.epoch);
+        let state = StoreState {
+            database_id,
+            lsn: end.lsn,
+            hash: end.hash,
+            schema_hash: end.schema_hash,
+            generation: end.generation,
+            epoch: end.epoch,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            stopped: Mutex::new(None),
+            counters: Counters::default(),
+        });
+        let (sender, receiver) = sync_channel(REQUEST_QUEUE);
+        let writer = Writer {
+            conn,
+            log,
+            auth,
+            opts,
+            shared: shared.clone(),
+            failpoint: FailPoint::from_env(),
+            lsn: end.lsn,
+            hash: end.hash,
+            schema_hash: end.schema_hash,
+        };
+        let handle = std::thread::Builder::new()
+            .name("logship-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| Error::io("start the writer thread", data_dir, e))?;
+        Ok(Store {
+            paths,
+            sender,
+            writer: Some(handle),
+            shared,
+            _lock: lock,
+        })
+    }
+
+    pub fn paths(&self) -> &StorePaths {
+        &self.paths
+    }
+
+    /// The last committed LSN, its hashes and the current generation.
+    pub fn state(&self) -> StoreState {
+        self.shared.state.lock().expect("state lock").clone()
+    }
+
+    /// Counters since the store was opened.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        StoreStats {
+            syncs: c.syncs.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `f` as one logged transaction and waits until its record is
+    /// durable and SQLite has committed. If `f` fails, everything it did is
+    /// rolled back and no record is written.
+    pub fn transaction<T, F>(&self, f: F) -> Result<Committed<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        rx.blocking_recv()
+            .map_err(|_| Error::Stopped(self.stop_reason()))?
+    }
+
+    /// Like `transaction`, for async callers.
+    pub async fn transaction_async<T, F>(&self, f: F) -> Result<Committed<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        rx.await.map_err(|_| Error::Stopped(self.stop_reason()))?
+    }
+
+    fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<Committed<T>>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<Committed<T>>>();
+        let job: Job = Box::new(move |t: &mut Tx<'_>| {
+            let result = catch_unwind(AssertUnwindSafe(|| f(t)))
+                .unwrap_or_else(|_| Err(Error::Aborted("the transaction closure panicked".into())));
+            match result {
+                Ok(value) => Outcome {
+                    ok: true,
+                    reply: Box::new(move |r: Result<(Lsn, bool)>| {
+                        let _ = tx.send(r.map(|(lsn, logged)| Committed { lsn, logged, value }));
+                    }),
+                },
+                Err(e) => Outcome {
+                    ok: false,
+                    reply: Box::new(move |r: Result<(Lsn, bool)>| {
+                        // A batch-level failure wins over the closure's own error.
+                        let _ = tx.send(Err(match r {
+                            Err(batch) => batch,
+                            Ok(_) => e,
+                        }));
+                    }),
+                },
+            }
+        });
+        self.sender
+            .send(Msg::Tx(job))
+            .map_err(|_| Error::Stopped(self.stop_reason()))?;
+        Ok(rx)
+    }
+
+    /// Seals the current segment now if it holds any record.
+    pub fn seal(&self) -> Result<Option<Generation>> {
+        let (tx, rx) = oneshot::channel();
+        self.sender
+            .send(Msg::Seal(tx))
+            .map_err(|_| Error::Stopped(self.stop_reason()))?;
+        rx.blocking_recv().map_err(|_| Error::Stopped(self.stop_reason()))?
+    }
+
+    /// Recomputes the content hash by a full scan and returns it beside the
+    /// hash the log holds at the same LSN.
+    pub fn check_content(&self) -> Result<ContentCheck> {
+        let (tx, rx) = oneshot::channel();
+        self.sender
+            .send(Msg::Check(tx))
+            .map_err(|_| Error::Stopped(self.stop_reason()))?;
+        rx.blocking_recv().map_err(|_| Error::Stopped(self.stop_reason()))?
+    }
+
+    /// Opens a read-only connection to the database.
+    pub fn reader(&self) -> Result<Connection> {
+        open_read_only(&self.paths.database)
+    }
+
+    fn stop_reason(&self) -> String {
+        self.shared
+            .stopped
+            .lock()
+            .expect("stopped lock")
+            .clone()
+            .unwrap_or_else(|| "the store is closed".into())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.sender.send(Msg::Shutdown);
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Opens a database read-only (for readers on any node).
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::sql(format!("open {} read-only", path.display()), e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| Error::sql("set busy timeout", e))?;
+    Ok(conn)
+}
+
+fn lock_data_dir(data_dir: &Path) -> Result<File> {
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    // SAFETY: flock on a valid, open descriptor owned by `file`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(Error::Locked {
+            path: data_dir.to_path_buf(),
+            pid: pid.trim().to_string(),
+        });
+    }
+    file.set_len(0).map_err(|e| Error::io("truncate lock file", &path, e))?;
+    write!(file, "{}", std::process::id()).map_err(|e| Error::io("write lock file", &path, e))?;
+    Ok(file)
+}
+
+/// Redoes the durable records after `from` (the guard LSN) up to `to`.
+fn recover(conn: &Connection, logs: &Path, db: DatabaseId, from: Lsn, to: Lsn) -> Result<()> {
+    tracing::info!(from = %from, to = %to, "recovery: redoing durable records past the database's LSN");
+    changeset::set_triggers_enabled(conn, false)?;
+    let result = (|| {
+        let mut in_batch = 0;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| Error::sql("begin recovery", e))?;
+        log::for_each_record(logs, Some(db), from, |lsn, rec| {
+            apply::apply_record(conn, lsn, &rec)?;
+            in_batch += 1;
+            if in_batch == RECOVERY_BATCH {
+                conn.execute_batch("COMMIT; BEGIN IMMEDIATE")
+                    .map_err(|e| Error::sql("commit recovery batch", e))?;
+                in_batch = 0;
+            }
+            Ok(())
+        })?;
+        conn.execute_batch("COMMIT").map_err(|e| Error::sql("commit recovery", e))
+    })();
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    changeset::set_triggers_enabled(conn, true)?;
+    result?;
+    let (now, _) = apply::read_guard(conn)?;
+    if now != to {
+        return Err(Error::MissingLog {
+            dir: logs.to_path_buf(),
+            after: now,
+            first: to,
+        });
+    }
+    tracing::info!(lsn = %now, "recovery complete");
+    Ok(())
+}
+
+struct Writer {
+    conn: Connection,
+    log: LogWriter,
+    auth: Arc<AuthState>,
+    opts: StoreOptions,
+    shared: Arc<Shared>,
+    failpoint: FailPoint,
+    /// Last committed LSN and its hashes.
+    lsn: Lsn,
+    hash: ContentHash,
+    schema_hash: SchemaHash,
+}
+
+/// One transaction of a batch that produced a record.
+struct Pending {
+    reply: Reply,
+    record: Option<(Lsn, RecordKind, Vec<u8>, ContentHash, SchemaHash)>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut deferred: Option<Msg> = None;
+        loop {
+            let msg = match deferred.take() {
+                Some(m) => m,
+                None => match self.seal_deadline() {
+                    Some(deadline) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(m) => m,
+                        Err(RecvTimeoutError::Timeout) => {
+                            if let Err(e) = self.seal_if_due() {
+                                return self.stop(e, rx);
+                            }
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    },
+                    None => match rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => return,
+                    },
+                },
+            };
+            match msg {
+                Msg::Tx(job) => {
+                    let mut jobs = vec![job];
+                    while jobs.len() < self.opts.max_batch {
+                        match rx.try_recv() {
+                            Ok(Msg::Tx(j)) => jobs.push(j),
+                            Ok(other) => {
+                                deferred = Some(other);
+                                break;
+                            }
+                            Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                        }
+                    }
+                    if let Err(e) = self.run_batch(jobs) {
+                        return self.stop(e, rx);
+                    }
+                    if let Err(e) = self.seal_if_due() {
+                        return self.stop(e, rx);
+                    }
+                }
+                Msg::Seal(reply) => {
+                    let r = self.log.seal();
+                    let failed = r.as_ref().err().map(|e| e.to_string());
+                    self.publish();
+                    let _ = reply.send(r);
+                    if let Some(e) = failed {
+                        return self.stop(Error::Stopped(e), rx);
+                    }
+                }
+                Msg::Check(reply) => {
+                    let r = hash::full_scan(&self.conn).map(|scanned| ContentCheck {
+                        lsn: self.lsn,
+                        logged: self.hash,
+                        scanned,
+                    });
+                    let _ = reply.send(r);
+                }
+                Msg::Shutdown => return,
+            }
+        }
+    }
+
+    fn seal_deadline(&self) -> Option<Instant> {
+        self.log.oldest_unsealed().map(|t| t + self.opts.seal_after)
+    }
+
+    fn seal_if_due(&mut self) -> Result<()> {
+        if self.seal_deadline().is_some_and(|d| d <= Instant::now()) {
+            self.log.seal()?;
+            self.publish();
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let mut s = self.shared.state.lock().expect("state lock");
+        s.lsn = self.lsn;
+        s.hash = self.hash;
+        s.schema_hash = self.schema_hash;
+        s.generation = self.log.end().generation;
+        s.epoch = self.log.end().epoch;
+    }
+
+    /// A fatal error: answer everything queued with it and exit. The
+    /// SQLite transaction, if any, is rolled back when the connection
+    /// closes; what the log holds durably is redone at the next open.
+    fn stop(self, e: Error, rx: Receiver<Msg>) {
+        let reason = e.to_string();
+        tracing::error!(error = %reason, "store writer stopped; reopen the store to recover");
+        *self.shared.stopped.lock().expect("stopped lock") = Some(reason.clone());
+        drop(self);
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Tx(_) => {} // dropping the job drops its reply sender: the caller sees Stopped
+                Msg::Seal(r) => {
+                    let _ = r.send(Err(Error::Stopped(reason.clone())));
+                }
+                Msg::Check(r) => {
+                    let _ = r.send(Err(Error::Stopped(reason.clone())));
+                }
+                Msg::Shutdown => {}
+            }
+        }
+    }
+
+    fn internal(&self, sql: &str) -> Result<()> {
+        self.auth.mode.store(MODE_INTERNAL, Ordering::SeqCst);
+        self.conn
+            .execute_batch(sql)
+            .map_err(|e| Error::sql(sql.to_string(), e))
+    }
+
+    /// Runs one group commit. An `Err` is fatal for the writer.
+    fn run_batch(&mut self, jobs: Vec<Job>) -> Result<()> {
+        let mut jobs = jobs.into_iter();
+        'batch: loop {
+            self.internal("BEGIN IMMEDIATE")?;
+            let mut done: Vec<Pending> = Vec::new();
+            let mut lsn = self.lsn;
+            let mut hash = self.hash;
+            let mut schema_hash = self.schema_hash;
+            for job in jobs.by_ref() {
+                self.internal(&format!("SAVEPOINT {SAVEPOINT}"))?;
+                let session = Session::new(&self.conn)?;
+                let mut tx = Tx {
+                    conn: &self.conn,
+                    auth: &self.auth,
+                    session: Some(session),
+                    parts: Vec::new(),
+                    ddl: false,
+                };
+                self.auth.mode.store(MODE_USER, Ordering::SeqCst);
+                let outcome = job(&mut tx);
+                self.auth.mode.store(MODE_INTERNAL, Ordering::SeqCst);
+                if self.conn.is_autocommit() {
+                    // A statement rolled back the whole SQLite transaction and
+                    // with it every earlier request of this batch.
+                    drop(tx);
+                    (outcome.reply)(Err(Error::BatchAborted));
+                    for p in done {
+                        (p.reply)(Err(Error::BatchAborted));
+                    }
+                    continue 'batch;
+                }
+                let built = if outcome.ok {
+                    self.build_record(tx, lsn.next(), hash, schema_hash)
+                } else {
+                    drop(tx);
+                    Ok(None)
+                };
+                match (outcome.ok, built) {
+                    (true, Ok(Some(rec))) => {
+                        self.internal(&format!("RELEASE {SAVEPOINT}"))?;
+                        lsn = rec.0;
+                        hash = rec.3;
+                        schema_hash = rec.4;
+                        done.push(Pending {
+                            reply: outcome.reply,
+                            record: Some(rec),
+                        });
+                    }
+                    (true, Ok(None)) => {
+                        self.internal(&format!("RELEASE {SAVEPOINT}"))?;
+                        done.push(Pending {
+                            reply: outcome.reply,
+                            record: None,
+                        });
+                    }
+                    (true, Err(e)) => {
+                        // The closure succeeded but its record could not be
+                        // built (too large, schema check): undo it.
+                        self.internal(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))?;
+                        (outcome.reply)(Err(e));
+                    }
+                    (false, _) => {
+                        self.internal(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))?;
+                        (outcome.reply)(Ok((self.lsn, false)));
+                    }
+                }
+            }
+            return self.commit_batch(done, lsn, hash, schema_hash);
+        }
+    }
+
+    /// Finishes one request's capture: guard row, changeset, hash.
+    fn build_record(
+        &self,
+        mut tx: Tx<'_>,
+        lsn: Lsn,
+        hash: ContentHash,
+        schema_hash: SchemaHash,
+    ) -> Result<Option<(Lsn, RecordKind, Vec<u8>, ContentHash, SchemaHash)>> {
+        let changed = tx.ddl || tx.session.as_ref().is_some_and(|s| !s.is_empty());
+        if !changed {
+            return Ok(None);
+        }
+        self.conn
+            .execute(
+                &format!("UPDATE {GUARD_TABLE} SET lsn = ?1 WHERE id = 1"),
+                [lsn.0 as i64],
+            )
+            .map_err(|e| Error::sql("update the guard row", e))?;
+        let cs = match tx.session.take() {
+            Some(s) => s.changeset()?,
+            None => Vec::new(),
+        };
+        let size = cs.len() + tx.parts.iter().map(|p| match p {
+            DdlPart::Sql(s) => s.len(),
+            DdlPart::Changeset(c) => c.len(),
+        }).sum::<usize>();
+        if size > self.opts.max_transaction_bytes {
+            return Err(Error::TooLarge {
+                size,
+                max: self.opts.max_transaction_bytes,
+            });
+        }
+        let (body, new_hash, new_schema) = if tx.ddl {
+            let mut parts = std::mem::take(&mut tx.parts);
+            if !cs.is_empty() {
+                parts.push(DdlPart::Changeset(cs));
+            }
+            let schema = hash::schema_hash(&self.conn)?;
+            // Schema changes can add or drop cells wholesale: rescan.
+            let h = hash::full_scan(&self.conn)?;
+            (Body::Ddl { schema_hash: schema, parts }, h, schema)
+        } else {
+            let h = hash::apply_changeset(hash, &cs)?;
+            (Body::Changeset(cs), h, schema_hash)
+        };
+        let record = Record {
+            time_us: now_us(),
+            hash: new_hash,
+            body,
+        };
+        let kind = record.kind();
+        let mut payload = Vec::with_capacity(size + 64);
+        record.encode(&mut payload);
+        Ok(Some((lsn, kind, payload, new_hash, new_schema)))
+    }
+
+    fn commit_batch(
+        &mut self,
+        done: Vec<Pending>,
+        lsn: Lsn,
+        hash: ContentHash,
+        schema_hash: SchemaHash,
+    ) -> Result<()> {
+        let any_record = done.iter().any(|p| p.record.is_some());
+        if any_record {
+            for p in &done {
+                if let Some((l, kind, payload, h, s)) = &p.record {
+                    self.log.append(*kind, *l, payload, *h, *s)?;
+                }
+            }
+            self.log.write()?;
+            self.failpoint.hit(FailPoint::AfterAppend);
+            self.log.sync()?;
+            self.failpoint.hit(FailPoint::AfterFsync);
+            let c = &self.shared.counters;
+            c.syncs.fetch_add(1, Ordering::Relaxed);
+            c.records.fetch_add(done.iter().filter(|p| p.record.is_some()).count() as u64, Ordering::Relaxed);
+        }
+        self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let commit = self.internal("COMMIT");
+        // The records are durable: they are committed whether or not SQLite's
+        // COMMIT succeeded (recovery redoes them). Answer accordingly.
+        self.lsn = lsn;
+        self.hash = hash;
+        self.schema_hash = schema_hash;
+        self.publish();
+        for p in done {
+            match p.record {
+                Some((l, ..)) => (p.reply)(Ok((l, true))),
+                None => (p.reply)(Ok((self.lsn, false))),
+            }
+        }
+        commit
+    }
+}

@@ -1,0 +1,360 @@
+//! The store against real SQLite files and real segment files: group commit,
+//! rollback of failed transactions, DDL records, refusals, fragments of a
+//! transaction larger than a segment, seal-after, torn-tail repair, and redo
+//! of durable records after the database fell behind its log.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shipper::apply::apply_record;
+use shipper::log::{for_each_record, list_sealed};
+use shipper::store::{DATABASE_FILE, LOG_DIR};
+use shipper::{Error, Lsn, Store, StoreOptions};
+
+fn new_store(dir: &Path) -> Store {
+    Store::init(dir).unwrap();
+    Store::open(dir, StoreOptions::default()).unwrap()
+}
+
+fn exec(store: &Store, sql: &'static str) -> shipper::Committed<()> {
+    store
+        .transaction(move |tx| tx.execute_script(sql, |_, _, _| Ok(())))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn count(store: &Store, sql: &str) -> i64 {
+    store.reader().unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn assert_hash_matches(store: &Store) {
+    let c = store.check_content().unwrap();
+    assert_eq!(c.logged, c.scanned, "content hash of the log and of a full scan at LSN {}", c.lsn);
+}
+
+/// Copies a closed store's database files (db + WAL) aside.
+fn snapshot(dir: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in [DATABASE_FILE.to_string(), format!("{DATABASE_FILE}-wal")] {
+        let p = dir.join(&name);
+        if p.exists() {
+            std::fs::copy(&p, to.join(&name)).unwrap();
+        }
+    }
+}
+
+fn restore(from: &Path, dir: &Path) {
+    for name in [DATABASE_FILE.to_string(), format!("{DATABASE_FILE}-wal"), format!("{DATABASE_FILE}-shm")] {
+        let _ = std::fs::remove_file(dir.join(&name));
+        let p = from.join(&name);
+        if p.exists() {
+            std::fs::copy(&p, dir.join(&name)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn concurrent_callers_share_fsyncs_and_get_dense_lsns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(new_store(tmp.path()));
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, w INTEGER NOT NULL, v TEXT NOT NULL)");
+    let start = store.state().lsn;
+    let syncs_before = store.stats().syncs;
+    const THREADS: usize = 16;
+    const EACH: usize = 60;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..EACH)
+                    .map(|i| {
+                        store
+                            .transaction(move |tx| {
+                                tx.conn().execute(
+                                    "INSERT INTO t (w, v) VALUES (?1, ?2)",
+                                    (w as i64, format!("{w}-{i}")),
+                                )?;
+                                Ok(())
+                            })
+                            .unwrap()
+                            .lsn
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut lsns: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).map(|l| l.0).collect();
+    lsns.sort();
+    let expected: Vec<u64> = (start.0 + 1..=start.0 + (THREADS * EACH) as u64).collect();
+    assert_eq!(lsns, expected, "every transaction gets its own dense LSN");
+    let syncs = store.stats().syncs - syncs_before;
+    assert!(
+        syncs < (THREADS * EACH) as u64,
+        "{} transactions took {syncs} fsyncs: group commit must share them",
+        THREADS * EACH
+    );
+    assert_eq!(count(&store, "SELECT count(*) FROM t"), (THREADS * EACH) as i64);
+    assert_hash_matches(&store);
+}
+
+#[test]
+fn a_failing_transaction_is_rolled_back_and_logs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)");
+    exec(&store, "INSERT INTO t VALUES (1, 'a')");
+    let before = store.state();
+    // The second statement fails: the first must not survive either.
+    let err = store
+        .transaction(|tx| tx.execute_script("INSERT INTO t VALUES (2, 'b'); INSERT INTO t VALUES (3, 'a');", |_, _, _| Ok(())))
+        .unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    // A closure that gives up after writing.
+    let err = store
+        .transaction(|tx| -> shipper::Result<()> {
+            tx.conn().execute("INSERT INTO t VALUES (4, 'd')", [])?;
+            Err(Error::Aborted("changed my mind".into()))
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("changed my mind"));
+    assert_eq!(store.state().lsn, before.lsn, "no record for failed transactions");
+    assert_eq!(count(&store, "SELECT count(*) FROM t"), 1);
+    // The log holds nothing past the last success either.
+    let dir = tmp.path().join(LOG_DIR);
+    let mut last = Lsn::ZERO;
+    for_each_record(&dir, None, Lsn::ZERO, |l, _| {
+        last = l;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(last, before.lsn);
+    assert_hash_matches(&store);
+}
+
+#[test]
+fn unreplicable_tables_and_transaction_control_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    let lsn = store.state().lsn;
+    for (sql, needle) in [
+        ("CREATE TABLE nopk (a TEXT, b TEXT)", "no PRIMARY KEY"),
+        ("CREATE TABLE nullpk (a TEXT PRIMARY KEY, b TEXT)", "may be NULL"),
+        ("CREATE TABLE auto (id INTEGER PRIMARY KEY AUTOINCREMENT, b TEXT)", "AUTOINCREMENT"),
+        ("CREATE VIRTUAL TABLE v USING fts5(x)", "virtual table"),
+        ("BEGIN", "the store owns the transaction"),
+        ("ATTACH ':memory:' AS other", "ATTACH"),
+    ] {
+        let err = store
+            .transaction(move |tx| tx.execute_script(sql, |_, _, _| Ok(())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{sql}: {err}");
+    }
+    assert_eq!(store.state().lsn, lsn, "refused statements log nothing");
+    // Allowed shapes: NOT NULL key, WITHOUT ROWID, INTEGER PRIMARY KEY.
+    exec(&store, "CREATE TABLE ok1 (a TEXT PRIMARY KEY NOT NULL, b TEXT)");
+    exec(&store, "CREATE TABLE ok2 (a TEXT, b INT, PRIMARY KEY (b, a)) WITHOUT ROWID");
+    exec(&store, "CREATE TABLE ok3 (id INTEGER PRIMARY KEY, b TEXT)");
+}
+
+#[test]
+fn ddl_records_replay_onto_a_copy_seeded_before_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("active");
+    let store = new_store(&dir);
+    drop(store);
+    let seed = tmp.path().join("seed");
+    snapshot(&dir, &seed);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    exec(&store, "CREATE TABLE m (id INTEGER PRIMARY KEY, box TEXT NOT NULL, body BLOB)");
+    exec(&store, "INSERT INTO m VALUES (1, 'inbox', x'00ff'), (2, 'inbox', NULL)");
+    // DDL and DML mixed in one transaction, in order.
+    exec(
+        &store,
+        "INSERT INTO m VALUES (3, 'sent', 'x'); ALTER TABLE m ADD COLUMN flags INTEGER NOT NULL DEFAULT 0; \
+         UPDATE m SET flags = 7 WHERE id = 3; CREATE INDEX m_box ON m (box);",
+    );
+    exec(&store, "DELETE FROM m WHERE id = 2");
+    assert_hash_matches(&store);
+    let end = store.state();
+    drop(store);
+
+    let copy = rusqlite::Connection::open(seed.join(DATABASE_FILE)).unwrap();
+    shipper::changeset::set_triggers_enabled(&copy, false).unwrap();
+    let mut applied = 0;
+    for_each_record(&dir.join(LOG_DIR), None, Lsn::ZERO, |lsn, rec| {
+        apply_record(&copy, lsn, &rec)?;
+        applied += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(applied, end.lsn.0);
+    assert_eq!(shipper::hash::full_scan(&copy).unwrap(), end.hash);
+    assert_eq!(shipper::hash::schema_hash(&copy).unwrap(), end.schema_hash);
+    let flags: i64 = copy.query_row("SELECT flags FROM m WHERE id = 3", [], |r| r.get(0)).unwrap();
+    assert_eq!(flags, 7);
+}
+
+#[test]
+fn replaying_a_record_twice_or_skipping_one_is_a_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    drop(new_store(&dir));
+    let seed = tmp.path().join("seed");
+    snapshot(&dir, &seed);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)");
+    exec(&store, "INSERT INTO t VALUES (1, 1)");
+    exec(&store, "UPDATE t SET v = 2 WHERE id = 1");
+    drop(store);
+    let mut recs = Vec::new();
+    for_each_record(&dir.join(LOG_DIR), None, Lsn::ZERO, |l, r| {
+        recs.push((l, r));
+        Ok(())
+    })
+    .unwrap();
+    let copy = rusqlite::Connection::open(seed.join(DATABASE_FILE)).unwrap();
+    apply_record(&copy, recs[0].0, &recs[0].1).unwrap();
+    // Skipping record 2: record 3 expects the guard at LSN 2.
+    let err = apply_record(&copy, recs[2].0, &recs[2].1).unwrap_err();
+    assert!(matches!(&err, Error::Conflict { lsn, .. } if *lsn == recs[2].0), "{err}");
+    apply_record(&copy, recs[1].0, &recs[1].1).unwrap();
+    // Applying record 2 again.
+    let err = apply_record(&copy, recs[1].0, &recs[1].1).unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+}
+
+#[test]
+fn a_transaction_larger_than_a_segment_is_split_and_redone_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let store = new_store(&dir);
+    exec(&store, "CREATE TABLE att (id INTEGER PRIMARY KEY, data BLOB NOT NULL)");
+    exec(&store, "INSERT INTO att VALUES (1, x'01')");
+    drop(store);
+    let seed = tmp.path().join("seed");
+    snapshot(&dir, &seed);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    let big = store
+        .transaction(|tx| {
+            tx.conn().execute("INSERT INTO att VALUES (2, randomblob(3 * 1024 * 1024))", [])?;
+            Ok(())
+        })
+        .unwrap();
+    exec(&store, "INSERT INTO att VALUES (3, x'03')");
+    assert_hash_matches(&store);
+    let end = store.state();
+    drop(store);
+    let sealed = list_sealed(&dir.join(LOG_DIR)).unwrap();
+    assert!(sealed.len() >= 3, "a 3 MiB row spans at least 3 sealed segments, got {}", sealed.len());
+
+    // The database falls back to before the big row: recovery redoes it whole.
+    restore(&seed, &dir);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    assert_eq!(store.state().lsn, end.lsn);
+    let len: i64 = count(&store, "SELECT length(data) FROM att WHERE id = 2");
+    assert_eq!(len, 3 * 1024 * 1024);
+    assert_eq!(count(&store, "SELECT count(*) FROM att"), 3);
+    assert_hash_matches(&store);
+    assert!(big.lsn < end.lsn);
+}
+
+#[test]
+fn seal_after_seals_an_idle_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    Store::init(tmp.path()).unwrap();
+    let opts = StoreOptions {
+        seal_after: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let store = Store::open(tmp.path(), opts).unwrap();
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY)");
+    let logs = tmp.path().join(LOG_DIR);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list_sealed(&logs).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no segment sealed 10 s after a record with seal-after 200ms");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sealed = list_sealed(&logs).unwrap();
+    assert_eq!(sealed.len(), 1);
+    shipper::log::SealedSegment::open(&sealed[0].1, Some(store.state().database_id)).unwrap();
+    // Nothing new: nothing more is sealed.
+    assert_eq!(store.seal().unwrap(), None);
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_earlier_records_survive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
+    exec(&store, "INSERT INTO t VALUES (1, 'kept')");
+    let end = store.state();
+    drop(store);
+    // Garbage where the next record would go: a torn, unacknowledged write.
+    let current: PathBuf = tmp.path().join(LOG_DIR).join(shipper::format::CURRENT_FILE_NAME);
+    let bytes = std::fs::read(&current).unwrap();
+    let scan = shipper::format::scan_current(&bytes, None).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&current).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[0x5a; 300], scan.records_end as u64).unwrap();
+    drop(f);
+    let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    assert_eq!(store.state().lsn, end.lsn);
+    exec(&store, "INSERT INTO t VALUES (2, 'next')");
+    assert_eq!(count(&store, "SELECT count(*) FROM t"), 2);
+    assert_hash_matches(&store);
+}
+
+#[test]
+fn a_sealed_segment_with_a_bad_byte_stops_recovery_with_its_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    drop(new_store(&dir));
+    let seed = tmp.path().join("seed");
+    snapshot(&dir, &seed);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
+    exec(&store, "INSERT INTO t VALUES (1, 'x')");
+    store.seal().unwrap().expect("sealed");
+    drop(store);
+    let sealed = list_sealed(&dir.join(LOG_DIR)).unwrap();
+    let (generation, path) = &sealed[0];
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[200] ^= 0x10;
+    std::fs::write(path, &bytes).unwrap();
+    restore(&seed, &dir);
+    let err = Store::open(&dir, StoreOptions::default()).unwrap_err();
+    match err {
+        Error::Corrupt { path: p, generation: g, offset, .. } => {
+            assert_eq!(&p, path);
+            assert_eq!(g, *generation);
+            assert!(offset <= 200, "offset {offset}");
+        }
+        e => panic!("expected Corrupt, got {e}"),
+    }
+}
+
+#[test]
+fn the_database_ahead_of_its_log_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY)");
+    drop(store);
+    // Lose the log's records: replace the current segment with a fresh one.
+    let logs = tmp.path().join(LOG_DIR);
+    std::fs::remove_dir_all(&logs).unwrap();
+    let conn = rusqlite::Connection::open(tmp.path().join(DATABASE_FILE)).unwrap();
+    let (_, id) = shipper::apply::read_guard(&conn).unwrap();
+    shipper::log::LogWriter::create(&logs, id, shipper::Epoch(1), shipper::SchemaHash(0)).unwrap();
+    drop(conn);
+    let err = Store::open(tmp.path(), StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::DatabaseAhead { .. }), "{err}");
+}
+
+#[test]
+fn a_second_writer_is_locked_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _store = new_store(tmp.path());
+    let err = Store::open(tmp.path(), StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+}

@@ -1,0 +1,163 @@
+//! `logship bench`: benchmarks that run logship's path and a baseline in the
+//! same run and print the ratio. Figures belong in the README with the
+//! machine they came from.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use rusqlite::Connection;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Small transactions through the store (log fdatasync, SQLite
+    /// synchronous=NORMAL) against plain SQLite (WAL, synchronous=FULL, one
+    /// connection per writer), with each writer count. Ends with
+    /// `ratio <store/sqlite at the largest writer count>`.
+    Commit {
+        /// Directory for the databases (removed afterwards). Put it on the disk you want to measure.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Writer counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        writers: Vec<usize>,
+        /// Rounds; the median rate of the rounds is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+const SCHEMA: &str = "CREATE TABLE msgs (id INTEGER PRIMARY KEY, box INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+INSERT INTO counters VALUES (0, 0), (1, 0), (2, 0), (3, 0);";
+const INSERT: &str = "INSERT INTO msgs (box, body) VALUES (?1, zeroblob(200))";
+const UPDATE: &str = "UPDATE counters SET n = n + 1 WHERE id = ?1";
+
+pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Commit {
+            dir,
+            seconds,
+            writers,
+            rounds,
+        } => commit(dir, Duration::from_secs_f64(seconds), &writers, rounds.max(1)),
+    }
+}
+
+fn commit(dir: Option<PathBuf>, dur: Duration, writers: &[usize], rounds: usize) -> Result<ExitCode> {
+    let base = dir.unwrap_or_else(std::env::temp_dir).join(format!("logship-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
+    println!("bench commit: INSERT of a 200-byte row + UPDATE of one of 4 counters per transaction");
+    println!("directory {}; {} s per run, median of {rounds} rounds", base.display(), dur.as_secs_f64());
+    println!("{:>8} {:>14} {:>14} {:>8}", "writers", "store tx/s", "sqlite tx/s", "ratio");
+    let mut last_ratio = 0.0;
+    let result = (|| -> Result<()> {
+        for &n in writers {
+            let mut store_rates = Vec::new();
+            let mut sqlite_rates = Vec::new();
+            for round in 0..rounds {
+                // Interleave the two so that disk noise hits both alike.
+                store_rates.push(run_store(&base.join(format!("store-{n}-{round}")), n, dur)?);
+                sqlite_rates.push(run_sqlite(&base.join(format!("sqlite-{n}-{round}")), n, dur)?);
+            }
+            let s = median(&mut store_rates);
+            let q = median(&mut sqlite_rates);
+            last_ratio = s / q;
+            println!("{n:>8} {s:>14.0} {q:>14.0} {last_ratio:>8.2}");
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&base);
+    result?;
+    println!("ratio {last_ratio:.2}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs `n` threads calling `work(thread, i)` until `dur` passes; returns transactions per second.
+fn drive(n: usize, dur: Duration, work: impl Fn(usize, u64) -> Result<()> + Sync) -> Result<f64> {
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..n)
+            .map(|t| {
+                let (stop, count, work) = (&stop, &count, &work);
+                s.spawn(move || -> Result<()> {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        work(t, i)?;
+                        i += 1;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        std::thread::sleep(dur);
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            h.join().expect("bench thread panicked")?;
+        }
+        Ok(())
+    })?;
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn run_store(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
+    shipper::Store::init(dir)?;
+    let store = Arc::new(shipper::Store::open(dir, shipper::StoreOptions::default())?);
+    store.transaction(|tx| {
+        tx.execute_script(SCHEMA, |_, _, _| Ok(()))?;
+        Ok(())
+    })?;
+    let rate = drive(n, dur, |t, i| {
+        store.transaction(move |tx| {
+            let c = tx.conn();
+            c.prepare_cached(INSERT)?.execute([t as i64])?;
+            c.prepare_cached(UPDATE)?.execute([((t as u64 + i) % 4) as i64])?;
+            Ok(())
+        })?;
+        Ok(())
+    })?;
+    drop(store);
+    std::fs::remove_dir_all(dir).ok();
+    Ok(rate)
+}
+
+fn run_sqlite(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("plain.db");
+    let open = |path: &Path| -> Result<Connection> {
+        let c = Connection::open(path)?;
+        c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        c.busy_timeout(Duration::from_secs(60))?;
+        Ok(c)
+    };
+    open(&path)?.execute_batch(SCHEMA)?;
+    let conns: Vec<std::sync::Mutex<Connection>> = (0..n)
+        .map(|_| open(&path).map(std::sync::Mutex::new))
+        .collect::<Result<_>>()?;
+    let rate = drive(n, dur, |t, i| {
+        let c = conns[t].lock().expect("connection lock");
+        c.execute_batch("BEGIN IMMEDIATE")?;
+        c.prepare_cached(INSERT)?.execute([t as i64])?;
+        c.prepare_cached(UPDATE)?.execute([((t as u64 + i) % 4) as i64])?;
+        c.execute_batch("COMMIT")?;
+        Ok(())
+    })?;
+    drop(conns);
+    std::fs::remove_dir_all(dir).ok();
+    Ok(rate)
+}

@@ -1,0 +1,204 @@
+//! The cluster configuration file: one TOML file, identical on every node,
+//! that describes the cluster, its nodes and the dumpster relay. Unknown keys
+//! are errors (a typo must not silently fall back to a default). Every key
+//! and its default is documented in the README.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Default for `cluster.seal-after`.
+pub const DEFAULT_SEAL_AFTER: Duration = Duration::from_secs(10);
+/// Default for `cluster.heartbeat-interval`.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// Default for `cluster.dead-after`.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Node>,
+    pub dumpster: Option<Dumpster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Cluster {
+    /// The cluster's name (required).
+    pub name: String,
+    /// The witness directory: a path or an smb:// URL.
+    pub witness: Option<String>,
+    /// lossless | good-availability (default) | best-availability.
+    #[serde(default)]
+    pub mount_dial: MountDial,
+    /// Heartbeat interval between the nodes (default 500ms).
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A peer silent this long is dead (default 2s).
+    #[serde(default = "default_dead_after", with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// Seal a segment this long after its first unsealed record (default 10s).
+    #[serde(default = "default_seal_after", with = "humantime_serde")]
+    pub seal_after: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountDial {
+    Lossless,
+    #[default]
+    GoodAvailability,
+    BestAvailability,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Node {
+    /// The node's data directory: `store.db`, `logs/`.
+    pub data_dir: PathBuf,
+    /// Where peers read this node's sealed segments: a path or an smb:// URL.
+    pub share: Option<String>,
+    /// Heartbeat address (host:port).
+    pub heartbeat: Option<String>,
+    /// LMTP address (host:port).
+    pub lmtp: Option<String>,
+    /// Admin (status, /metrics) address (host:port).
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Dumpster {
+    pub smtp: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub admin: Option<String>,
+    #[serde(default)]
+    pub accepted_domains: Vec<String>,
+    pub max_age: Option<String>,
+    pub max_size: Option<String>,
+}
+
+fn default_heartbeat() -> Duration {
+    DEFAULT_HEARTBEAT_INTERVAL
+}
+fn default_dead_after() -> Duration {
+    DEFAULT_DEAD_AFTER
+}
+fn default_seal_after() -> Duration {
+    DEFAULT_SEAL_AFTER
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if config.nodes.is_empty() {
+            bail!("no [nodes.NAME] section: a cluster needs at least one node");
+        }
+        if config.cluster.dead_after <= config.cluster.heartbeat_interval {
+            bail!(
+                "cluster.dead-after ({}) must be longer than cluster.heartbeat-interval ({})",
+                humantime::format_duration(config.cluster.dead_after),
+                humantime::format_duration(config.cluster.heartbeat_interval)
+            );
+        }
+        Ok(config)
+    }
+
+    /// The node called `name`, or an error that lists the nodes there are.
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes.get(name).with_context(|| {
+            format!(
+                "node {name:?} is not in the config (its nodes: {})",
+                self.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
+/// The config file path: `--config`, else `LOGSHIP_CONFIG` (clap reads
+/// both), else `/etc/logship/logship.toml`.
+pub fn default_path() -> PathBuf {
+    PathBuf::from("/etc/logship/logship.toml")
+}
+
+/// This machine's host name, the default node name.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[cluster]
+name = "mail"
+witness = "/srv/witness/mail"
+mount-dial = "good-availability"
+heartbeat-interval = "500ms"
+dead-after = "2s"
+seal-after = "10s"
+
+[nodes.alpha]
+data-dir = "/var/lib/logship/alpha"
+share = "/srv/alpha-logs"
+heartbeat = "127.0.0.1:7101"
+lmtp = "127.0.0.1:2401"
+admin = "127.0.0.1:7201"
+
+[nodes.beta]
+data-dir = "/var/lib/logship/beta"
+
+[dumpster]
+smtp = "127.0.0.1:2525"
+data-dir = "/var/lib/logship/dumpster"
+admin = "127.0.0.1:7203"
+accepted-domains = ["example.com"]
+max-age = "7d"
+max-size = "18MB"
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.cluster.name, "mail");
+        assert_eq!(c.cluster.seal_after, Duration::from_secs(10));
+        assert_eq!(c.cluster.mount_dial, MountDial::GoodAvailability);
+        assert_eq!(c.node("alpha").unwrap().data_dir, PathBuf::from("/var/lib/logship/alpha"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let text = EXAMPLE.replace("seal-after = \"10s\"", "seal-aftr = \"10s\"");
+        let err = format!("{:#}", Config::parse(&text).unwrap_err());
+        assert!(err.contains("seal-aftr"), "{err}");
+    }
+
+    #[test]
+    fn unknown_node_lists_the_known_ones() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        let err = format!("{:#}", c.node("gamma").unwrap_err());
+        assert!(err.contains("gamma") && err.contains("alpha, beta"), "{err}");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse("[cluster]\nname = \"x\"\n[nodes.a]\ndata-dir = \"/d\"\n").unwrap();
+        assert_eq!(c.cluster.seal_after, DEFAULT_SEAL_AFTER);
+        assert_eq!(c.cluster.dead_after, DEFAULT_DEAD_AFTER);
+    }
+}

@@ -1,0 +1,157 @@
+//! Shared helpers for the integration tests: a temporary cluster directory
+//! with a config file, and running the real `logship` binary with its output
+//! captured and printed when a test fails.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Cluster {
+    /// A config with one node, `alpha`, whose data directory is `<tmp>/alpha`.
+    pub fn new() -> Cluster {
+        Self::with_seal_after("10s")
+    }
+
+    pub fn with_seal_after(seal_after: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let config = dir.path().join("logship.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"test\"\nseal-after = \"{seal_after}\"\n\n\
+                 [nodes.alpha]\ndata-dir = \"{}\"\n",
+                dir.path().join("alpha").display()
+            ),
+        )
+        .expect("write config");
+        Cluster { dir, config }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("alpha")
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.data_dir().join("logs")
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.data_dir().join("store.db")
+    }
+
+    /// `logship ARGS --config C --node alpha` (node args appended for node commands).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
+        c.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg("alpha")
+            .env("RUST_LOG", "warn")
+            .env_remove("LOGSHIP_FAILPOINT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs and returns the output, whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run logship")
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        if !out.status.success() {
+            self.fail(args, &out, "expected success");
+        }
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs and requires failure; returns stderr.
+    pub fn err(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        if out.status.success() {
+            self.fail(args, &out, "expected failure");
+        }
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn fail(&self, args: &[&str], out: &Output, why: &str) -> ! {
+        panic!(
+            "{why}: logship {args:?}\nstatus: {}\nstdout:\n{}\nstderr:\n{}\nfiles:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            listing(self.dir.path())
+        )
+    }
+
+    /// Rows of a read-only query, without the header line.
+    pub fn read(&self, sql: &str) -> Vec<String> {
+        let out = self.ok(&["sql", "--read", sql]);
+        out.lines().skip(1).map(str::to_string).collect()
+    }
+}
+
+/// A recursive listing with sizes, for failure messages.
+pub fn listing(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push_str(&format!("  {} ({len} bytes)\n", p.display()));
+            }
+        }
+    }
+    out
+}
+
+/// A small deterministic PRNG (xorshift64*) so randomized tests can print
+/// and replay their seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The seed from `LOGSHIP_TEST_SEED`, or a fresh one; printed either way.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("LOGSHIP_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{test}: seed {seed} (replay with LOGSHIP_TEST_SEED={seed})");
+    seed
+}
