@@ -969,13 +969,23 @@ mod tests {
         conn.execute_batch("INSERT INTO t VALUES (1, 'x')").unwrap();
         assert!(!s.is_empty());
         assert!(!s.changeset().unwrap().is_empty());
-        // An insert and delete of the same row net to nothing.
+        // An insert and delete of the same row, or a no-op UPDATE, net to
+        // an empty changeset, but the session is not "empty": it recorded
+        // them.
         drop(s);
-        let cs = capture(
-            &conn,
-            "INSERT INTO t VALUES (2, 'y'); DELETE FROM t WHERE a = 2;",
-        );
+        let s = Session::new(&conn).unwrap();
+        conn.execute_batch("INSERT INTO t VALUES (2, 'y'); DELETE FROM t WHERE a = 2;")
+            .unwrap();
+        assert!(!s.is_empty());
+        let cs = s.changeset().unwrap();
+        drop(s);
         assert!(cs.is_empty());
+        let s = Session::new(&conn).unwrap();
+        conn.execute_batch("UPDATE t SET b = b WHERE a = 1;")
+            .unwrap();
+        assert!(!s.is_empty());
+        assert!(s.changeset().unwrap().is_empty());
+        drop(s);
         assert!(changes(&cs).is_empty());
         assert_eq!(invert(&cs).unwrap(), Vec::<u8>::new());
         apply_strict(&conn, &cs, ApplyOptions::default()).unwrap();
@@ -1165,6 +1175,35 @@ mod tests {
         assert!(r.detail.contains("expected(col1='one')"), "{}", r.detail);
         assert!(
             r.detail.contains("db(col0=1, col1='diverged', col2=1.0)"),
+            "{}",
+            r.detail
+        );
+    }
+
+    #[test]
+    fn conflict_detail_is_bounded() {
+        let a = mem();
+        a.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v, w, x); INSERT INTO t VALUES (1, 'é', 0, 0);",
+        )
+        .unwrap();
+        let b = seed(&a);
+        let cs = capture(&a, "UPDATE t SET v = 'new' WHERE id = 1");
+        b.execute_batch(
+            "UPDATE t SET v = printf('%.300c', 'é'), w = randomblob(500), x = 'ü' WHERE id = 1",
+        )
+        .unwrap();
+        let r = expect_conflict(&b, &cs);
+        assert_eq!(r.kind, "DATA");
+        assert!(
+            r.detail.len() <= DETAIL_MAX + '…'.len_utf8(),
+            "{} bytes: {}",
+            r.detail.len(),
+            r.detail
+        );
+        assert!(
+            r.detail
+                .starts_with("UPDATE pk(col0=1) expected(col1='é') db(col0=1, col1='é"),
             "{}",
             r.detail
         );

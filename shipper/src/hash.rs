@@ -237,13 +237,24 @@ fn replicated_tables(conn: &Connection) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Recomputes H by reading every cell. Run it inside one read transaction.
+/// Recomputes H by reading every cell. Run it inside one read transaction
+/// (when `conn` is in autocommit mode, it opens one itself).
 ///
 /// A replicated table without a PRIMARY KEY is an error
 /// (`Error::Unreplicable`): the session extension never captures it, so H
 /// could not be maintained for it.
 pub fn full_scan(conn: &Connection) -> Result<ContentHash> {
     let op = "scanning for the content hash";
+    // Outside a transaction, open a deferred one so that every table is read
+    // from one snapshot (dropped, i.e. rolled back, at the end: it only read).
+    let _snapshot = if conn.is_autocommit() {
+        Some(
+            conn.unchecked_transaction()
+                .map_err(|e| Error::sql(op, e))?,
+        )
+    } else {
+        None
+    };
     let mut h = ContentHash::default();
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut pk_cols: Vec<usize> = Vec::new();
@@ -422,6 +433,24 @@ mod tests {
         let cs = capture(&conn, "DELETE FROM w");
         assert_eq!(apply_changeset(h, &cs).unwrap(), ContentHash::default());
         assert_eq!(full_scan(&conn).unwrap(), ContentHash::default());
+    }
+
+    #[test]
+    fn format_md_example_holds() {
+        // The example in FORMAT.md: t(id INTEGER PRIMARY KEY, v), row (1, 'a').
+        let conn = mem();
+        conn.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a')",
+        )
+        .unwrap();
+        // 01 00 00 00 74 | 01 00 00 00 | 01 01 00 00 00 00 00 00 00 | 01 00 00 00 | 03 01 00 00 00 61
+        let cell_v: &[u8] = b"\x01\0\0\0t\x01\0\0\0\x01\x01\0\0\0\0\0\0\0\x01\0\0\0\x03\x01\0\0\0a";
+        let mut cell_id = cell_v[..18].to_vec();
+        cell_id.extend_from_slice(&[0, 0, 0, 0, 0x01, 1, 0, 0, 0, 0, 0, 0, 0]);
+        let expected = ContentHash::default()
+            .add(xxh3_128(&cell_id))
+            .add(xxh3_128(cell_v));
+        assert_eq!(full_scan(&conn).unwrap(), expected);
     }
 
     #[test]
