@@ -34,7 +34,8 @@ pub enum BenchCommand {
     },
 }
 
-const SCHEMA: &str = "CREATE TABLE msgs (id INTEGER PRIMARY KEY, box INTEGER NOT NULL, body BLOB NOT NULL);
+const SCHEMA: &str =
+    "CREATE TABLE msgs (id INTEGER PRIMARY KEY, box INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
 INSERT INTO counters VALUES (0, 0), (1, 0), (2, 0), (3, 0);";
 const INSERT: &str = "INSERT INTO msgs (box, body) VALUES (?1, zeroblob(200))";
@@ -47,16 +48,37 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             seconds,
             writers,
             rounds,
-        } => commit(dir, Duration::from_secs_f64(seconds), &writers, rounds.max(1)),
+        } => commit(
+            dir,
+            Duration::from_secs_f64(seconds),
+            &writers,
+            rounds.max(1),
+        ),
     }
 }
 
-fn commit(dir: Option<PathBuf>, dur: Duration, writers: &[usize], rounds: usize) -> Result<ExitCode> {
-    let base = dir.unwrap_or_else(std::env::temp_dir).join(format!("logship-bench-{}", std::process::id()));
+fn commit(
+    dir: Option<PathBuf>,
+    dur: Duration,
+    writers: &[usize],
+    rounds: usize,
+) -> Result<ExitCode> {
+    let base = dir
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("logship-bench-{}", std::process::id()));
     std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
-    println!("bench commit: INSERT of a 200-byte row + UPDATE of one of 4 counters per transaction");
-    println!("directory {}; {} s per run, median of {rounds} rounds", base.display(), dur.as_secs_f64());
-    println!("{:>8} {:>14} {:>14} {:>8}", "writers", "store tx/s", "sqlite tx/s", "ratio");
+    println!(
+        "bench commit: INSERT of a 200-byte row + UPDATE of one of 4 counters per transaction"
+    );
+    println!(
+        "directory {}; {} s per run, median of {rounds} rounds",
+        base.display(),
+        dur.as_secs_f64()
+    );
+    println!(
+        "{:>8} {:>14} {:>14} {:>8}",
+        "writers", "store tx/s", "sqlite tx/s", "ratio"
+    );
     let mut last_ratio = 0.0;
     let result = (|| -> Result<()> {
         for &n in writers {
@@ -65,7 +87,11 @@ fn commit(dir: Option<PathBuf>, dur: Duration, writers: &[usize], rounds: usize)
             for round in 0..rounds {
                 // Interleave the two so that disk noise hits both alike.
                 store_rates.push(run_store(&base.join(format!("store-{n}-{round}")), n, dur)?);
-                sqlite_rates.push(run_sqlite(&base.join(format!("sqlite-{n}-{round}")), n, dur)?);
+                sqlite_rates.push(run_sqlite(
+                    &base.join(format!("sqlite-{n}-{round}")),
+                    n,
+                    dur,
+                )?);
             }
             let s = median(&mut store_rates);
             let q = median(&mut sqlite_rates);
@@ -126,7 +152,8 @@ fn run_store(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
         store.transaction(move |tx| {
             let c = tx.conn();
             c.prepare_cached(INSERT)?.execute([t as i64])?;
-            c.prepare_cached(UPDATE)?.execute([((t as u64 + i) % 4) as i64])?;
+            c.prepare_cached(UPDATE)?
+                .execute([((t as u64 + i) % 4) as i64])?;
             Ok(())
         })?;
         Ok(())
@@ -153,7 +180,8 @@ fn run_sqlite(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
         let c = conns[t].lock().expect("connection lock");
         c.execute_batch("BEGIN IMMEDIATE")?;
         c.prepare_cached(INSERT)?.execute([t as i64])?;
-        c.prepare_cached(UPDATE)?.execute([((t as u64 + i) % 4) as i64])?;
+        c.prepare_cached(UPDATE)?
+            .execute([((t as u64 + i) % 4) as i64])?;
         c.execute_batch("COMMIT")?;
         Ok(())
     })?;

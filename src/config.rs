@@ -178,7 +178,10 @@ max-size = "18MB"
         assert_eq!(c.cluster.name, "mail");
         assert_eq!(c.cluster.seal_after, Duration::from_secs(10));
         assert_eq!(c.cluster.mount_dial, MountDial::GoodAvailability);
-        assert_eq!(c.node("alpha").unwrap().data_dir, PathBuf::from("/var/lib/logship/alpha"));
+        assert_eq!(
+            c.node("alpha").unwrap().data_dir,
+            PathBuf::from("/var/lib/logship/alpha")
+        );
     }
 
     #[test]
@@ -192,7 +195,10 @@ max-size = "18MB"
     fn unknown_node_lists_the_known_ones() {
         let c = Config::parse(EXAMPLE).unwrap();
         let err = format!("{:#}", c.node("gamma").unwrap_err());
-        assert!(err.contains("gamma") && err.contains("alpha, beta"), "{err}");
+        assert!(
+            err.contains("gamma") && err.contains("alpha, beta"),
+            "{err}"
+        );
     }
 
     #[test]

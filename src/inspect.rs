@@ -27,7 +27,11 @@ fn check_one(path: &Path) -> std::result::Result<Checked, Error> {
         trailer: scan.trailer.clone(),
         frames: scan.frames.len(),
         first_lsn: scan.frames.first().map(|f| f.lsn.0),
-        last_lsn: scan.frames.last().map(|f| f.lsn.0).unwrap_or(scan.header.prev_lsn.0),
+        last_lsn: scan
+            .frames
+            .last()
+            .map(|f| f.lsn.0)
+            .unwrap_or(scan.header.prev_lsn.0),
     };
     if is_current {
         let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
@@ -37,7 +41,8 @@ fn check_one(path: &Path) -> std::result::Result<Checked, Error> {
             offset: e.offset,
             reason: e.reason,
         };
-        let scan = format::scan_current(&bytes, None).map_err(|e| corrupt(Generation::default(), e))?;
+        let scan =
+            format::scan_current(&bytes, None).map_err(|e| corrupt(Generation::default(), e))?;
         if let Some(torn) = scan.torn.clone() {
             return Err(corrupt(scan.header.generation, torn));
         }
@@ -66,16 +71,18 @@ pub fn verify(files: &[PathBuf]) -> Result<ExitCode> {
     let mut chain_errors: Vec<(usize, String)> = Vec::new();
     for i in 0..sound.len() {
         let c = &sound[i];
-        if let Some(first) = sound.first() {
-            if c.header.database_id != first.header.database_id {
-                chain_errors.push((i, format!(
+        let first = &sound[0];
+        if c.header.database_id != first.header.database_id {
+            chain_errors.push((
+                i,
+                format!(
                     "belongs to database {}, but {} belongs to {}",
                     c.header.database_id,
                     first.path.display(),
                     first.header.database_id
-                )));
-                continue;
-            }
+                ),
+            ));
+            continue;
         }
         if i == 0 {
             continue;
@@ -87,7 +94,10 @@ pub fn verify(files: &[PathBuf]) -> Result<ExitCode> {
                     chain_errors.push((i, format!("after {}: {reason}", prev.path.display())));
                 }
             }
-            None => chain_errors.push((i, format!("follows {}, which is not sealed", prev.path.display()))),
+            None => chain_errors.push((
+                i,
+                format!("follows {}, which is not sealed", prev.path.display()),
+            )),
         }
     }
     for (i, c) in sound.iter().enumerate() {
@@ -109,7 +119,11 @@ pub fn verify(files: &[PathBuf]) -> Result<ExitCode> {
             c.path.display(),
             c.header.generation,
             c.header.epoch,
-            if c.trailer.is_some() { "sealed" } else { "current" },
+            if c.trailer.is_some() {
+                "sealed"
+            } else {
+                "current"
+            },
             c.frames,
             lsns
         );
@@ -117,7 +131,10 @@ pub fn verify(files: &[PathBuf]) -> Result<ExitCode> {
     if bad == 0 {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("logship: {bad} of {} segment files failed verification", files.len());
+        eprintln!(
+            "logship: {bad} of {} segment files failed verification",
+            files.len()
+        );
         Ok(ExitCode::from(1))
     }
 }
@@ -139,7 +156,11 @@ pub fn dump(path: &Path, changes: bool) -> Result<ExitCode> {
     let h = &scan.header;
     println!("file           {}", path.display());
     println!("database       {}", h.database_id);
-    println!("generation     {} ({})", h.generation, format::segment_file_name(h.generation));
+    println!(
+        "generation     {} ({})",
+        h.generation,
+        format::segment_file_name(h.generation)
+    );
     println!("epoch          {}", h.epoch);
     println!("created        {}", fmt_time(h.created_us));
     println!("prev checksum  {:08x}", h.prev_checksum);
@@ -149,14 +170,21 @@ pub fn dump(path: &Path, changes: bool) -> Result<ExitCode> {
     match &scan.trailer {
         Some(t) => {
             println!("state          sealed {}", fmt_time(t.sealed_us));
-            println!("records        {} (ending at offset {})", t.record_count, t.records_end);
+            println!(
+                "records        {} (ending at offset {})",
+                t.record_count, t.records_end
+            );
             println!("last lsn       {}", t.last_lsn);
             println!("hash           {} at lsn {}", t.hash, t.hash_lsn);
             println!("checksum       {:08x}", t.segment_checksum);
         }
         None => {
             println!("state          current (not sealed)");
-            println!("records        {} (ending at offset {})", scan.frames.len(), scan.records_end);
+            println!(
+                "records        {} (ending at offset {})",
+                scan.frames.len(),
+                scan.records_end
+            );
             if let Some(t) = &scan.torn {
                 println!("torn tail      at offset {}: {}", t.offset, t.reason);
             }
@@ -188,7 +216,11 @@ pub fn dump(path: &Path, changes: bool) -> Result<ExitCode> {
                 continue;
             }
         };
-        println!("           time {} hash {}", fmt_time(rec.time_us), rec.hash);
+        println!(
+            "           time {} hash {}",
+            fmt_time(rec.time_us),
+            rec.hash
+        );
         match &rec.body {
             Body::Changeset(cs) => {
                 if changes {
@@ -201,7 +233,9 @@ pub fn dump(path: &Path, changes: bool) -> Result<ExitCode> {
                     match part {
                         DdlPart::Sql(sql) => println!("           ddl: {sql}"),
                         DdlPart::Changeset(cs) if changes => print_changes(cs),
-                        DdlPart::Changeset(cs) => println!("           changeset {} bytes", cs.len()),
+                        DdlPart::Changeset(cs) => {
+                            println!("           changeset {} bytes", cs.len())
+                        }
                     }
                 }
             }
@@ -245,7 +279,11 @@ fn fmt_value(v: &shipper::changeset::Value) -> String {
         Value::Text(t) => {
             let s = String::from_utf8_lossy(t);
             if s.len() > 40 {
-                format!("'{}…' ({} bytes)", &s.chars().take(40).collect::<String>(), t.len())
+                format!(
+                    "'{}…' ({} bytes)",
+                    &s.chars().take(40).collect::<String>(),
+                    t.len()
+                )
             } else {
                 format!("'{s}'")
             }

@@ -128,7 +128,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{id}");
             eprintln!(
                 "initialised node {name}: database {} with log in {}",
-                node_cfg.data_dir.join(shipper::store::DATABASE_FILE).display(),
+                node_cfg
+                    .data_dir
+                    .join(shipper::store::DATABASE_FILE)
+                    .display(),
                 node_cfg.data_dir.join(shipper::store::LOG_DIR).display()
             );
             Ok(ExitCode::SUCCESS)
@@ -173,7 +176,9 @@ impl NodeArgs {
         let cfg = config::Config::load(&self.config)?;
         let name = match &self.node {
             Some(n) => n.clone(),
-            None => config::host_name().context("no --node given and no host name to default to")?,
+            None => {
+                config::host_name().context("no --node given and no host name to default to")?
+            }
         };
         let node = cfg
             .node(&name)
@@ -195,7 +200,11 @@ impl NodeArgs {
             seal_after: cfg.cluster.seal_after,
             ..Default::default()
         };
-        shipper::Store::open(&node.data_dir, opts)
-            .with_context(|| format!("open the store of node {name} in {}", node.data_dir.display()))
+        shipper::Store::open(&node.data_dir, opts).with_context(|| {
+            format!(
+                "open the store of node {name} in {}",
+                node.data_dir.display()
+            )
+        })
     }
 }

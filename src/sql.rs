@@ -34,10 +34,13 @@ pub fn run(args: SqlArgs) -> Result<ExitCode> {
         (Some(s), None) => s.clone(),
         (None, Some(f)) if f.as_os_str() == "-" => {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("read standard input")?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("read standard input")?;
             s
         }
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?
+        }
         (Some(_), Some(_)) => bail!("give the SQL either as an argument or with --file, not both"),
         (None, None) => bail!("no SQL given: pass it as an argument or with --file"),
     };
@@ -48,9 +51,13 @@ pub fn run(args: SqlArgs) -> Result<ExitCode> {
         let conn = shipper::store::open_read_only(&path)?;
         let mut out = stdout.lock();
         for stmt_sql in shipper::script::split_statements(&text) {
-            let mut stmt = conn.prepare(stmt_sql).with_context(|| format!("prepare {stmt_sql}"))?;
+            let mut stmt = conn
+                .prepare(stmt_sql)
+                .with_context(|| format!("prepare {stmt_sql}"))?;
             if !stmt.readonly() {
-                bail!("--read runs read-only queries only; {stmt_sql:?} writes (drop --read to log it)");
+                bail!(
+                    "--read runs read-only queries only; {stmt_sql:?} writes (drop --read to log it)"
+                );
             }
             let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
             writeln!(out, "{}", names.join("\t"))?;
@@ -68,7 +75,9 @@ pub fn run(args: SqlArgs) -> Result<ExitCode> {
             let done = store
                 .transaction(move |tx| {
                     let mut out = Vec::new();
-                    tx.execute_one(&owned, &mut |names, i, row| print_rows(&mut out, names, i, row))?;
+                    tx.execute_one(&owned, &mut |names, i, row| {
+                        print_rows(&mut out, names, i, row)
+                    })?;
                     Ok(out)
                 })
                 .with_context(|| format!("statement {stmt_sql:?}"))?;

@@ -25,7 +25,10 @@ fn statement(i: usize) -> String {
 /// Runs recovery (by opening the store) and checks the content hash; returns the LSN.
 fn recover_and_verify(c: &Cluster) -> u64 {
     let out = c.ok(&["verify-copy"]);
-    assert!(out.contains("verdict equal"), "content hash differs after recovery:\n{out}");
+    assert!(
+        out.contains("verdict equal"),
+        "content hash differs after recovery:\n{out}"
+    );
     out.lines()
         .find_map(|l| l.strip_prefix("lsn "))
         .and_then(|s| s.trim().parse().ok())
@@ -49,7 +52,10 @@ fn sigkill_at_random_moments_loses_no_acknowledged_transaction() {
     let mut rng = Rng::new(seed);
     let c = Cluster::new();
     c.ok(&["init"]);
-    c.ok(&["sql", "CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, pad BLOB NOT NULL)"]);
+    c.ok(&[
+        "sql",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, pad BLOB NOT NULL)",
+    ]);
     let base_lsn = recover_and_verify(&c);
 
     let mut next = 0usize;
@@ -58,7 +64,10 @@ fn sigkill_at_random_moments_loses_no_acknowledged_transaction() {
     let mut last_lsn = base_lsn;
     while next < STATEMENTS {
         let file = c.dir.path().join("batch.sql");
-        let text: String = (next..STATEMENTS).map(statement).collect::<Vec<_>>().join("\n");
+        let text: String = (next..STATEMENTS)
+            .map(statement)
+            .collect::<Vec<_>>()
+            .join("\n");
         std::fs::write(&file, text).unwrap();
         let mut child = c
             .cmd(&["sql", "--each", "--file", file.to_str().unwrap()])
@@ -71,7 +80,10 @@ fn sigkill_at_random_moments_loses_no_acknowledged_transaction() {
             BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
-                .filter_map(|l| l.strip_prefix("ok ").map(|s| s.parse::<u64>().expect("lsn")))
+                .filter_map(|l| {
+                    l.strip_prefix("ok ")
+                        .map(|s| s.parse::<u64>().expect("lsn"))
+                })
                 .collect::<Vec<u64>>()
         });
         let killed = if kills < KILLS {
@@ -93,11 +105,18 @@ fn sigkill_at_random_moments_loses_no_acknowledged_transaction() {
         let status = child.wait().unwrap();
         let lsns = reader.join().unwrap();
         if !killed {
-            assert!(status.success(), "the final uninterrupted run failed: {status}");
+            assert!(
+                status.success(),
+                "the final uninterrupted run failed: {status}"
+            );
         }
         // Acknowledged LSNs are dense and continue the log.
         for (j, lsn) in lsns.iter().enumerate() {
-            assert_eq!(*lsn, last_lsn + 1 + j as u64, "acknowledged LSNs must be dense (seed {seed})");
+            assert_eq!(
+                *lsn,
+                last_lsn + 1 + j as u64,
+                "acknowledged LSNs must be dense (seed {seed})"
+            );
         }
         let acked: Vec<usize> = (next..next + lsns.len()).collect();
         acked_total.extend(&acked);
@@ -105,22 +124,49 @@ fn sigkill_at_random_moments_loses_no_acknowledged_transaction() {
         let lsn = recover_and_verify(&c);
         let rows = present(&c);
         for i in &acked_total {
-            assert_eq!(rows.get(i), Some(&1), "acknowledged statement {i} must be present once (seed {seed})");
+            assert_eq!(
+                rows.get(i),
+                Some(&1),
+                "acknowledged statement {i} must be present once (seed {seed})"
+            );
         }
-        assert!(rows.values().all(|n| *n == 1), "a statement is present twice (seed {seed})");
+        assert!(
+            rows.values().all(|n| *n == 1),
+            "a statement is present twice (seed {seed})"
+        );
         // What is present is exactly a prefix of the statements, and the LSN counts it.
         let count = rows.len();
-        assert!((0..count).all(|i| rows.contains_key(&i)), "present statements are not a prefix (seed {seed})");
-        assert!(count >= next + acked.len(), "lost an acknowledged statement (seed {seed})");
-        assert_eq!(lsn, base_lsn + count as u64, "one LSN per present statement (seed {seed})");
+        assert!(
+            (0..count).all(|i| rows.contains_key(&i)),
+            "present statements are not a prefix (seed {seed})"
+        );
+        assert!(
+            count >= next + acked.len(),
+            "lost an acknowledged statement (seed {seed})"
+        );
+        assert_eq!(
+            lsn,
+            base_lsn + count as u64,
+            "one LSN per present statement (seed {seed})"
+        );
         last_lsn = lsn;
         next = count;
     }
     assert!(kills >= 20, "only {kills} kills");
-    let sealed = std::fs::read_dir(c.logs()).unwrap().filter(|e| {
-        e.as_ref().unwrap().file_name().to_string_lossy().starts_with("LS0")
-    }).count();
-    assert!(sealed >= 3, "the run should have sealed several segments, sealed {sealed}");
+    let sealed = std::fs::read_dir(c.logs())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("LS0")
+        })
+        .count();
+    assert!(
+        sealed >= 3,
+        "the run should have sealed several segments, sealed {sealed}"
+    );
     // Every segment left behind verifies.
     let mut files: Vec<String> = std::fs::read_dir(c.logs())
         .unwrap()
@@ -129,6 +175,13 @@ fn sigkill_at_random_moments_loses_no_acknowledged_transaction() {
     files.sort();
     let mut args = vec!["verify"];
     args.extend(files.iter().map(String::as_str));
-    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_logship")).args(&args).output().unwrap();
-    assert!(verify.status.success(), "verify failed:\n{}", String::from_utf8_lossy(&verify.stdout));
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "verify failed:\n{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }

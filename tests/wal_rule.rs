@@ -27,14 +27,19 @@ fn db_lsn(c: &Cluster) -> u64 {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    conn.query_row("SELECT lsn FROM _logship WHERE id = 1", [], |r| r.get::<_, i64>(0))
-        .unwrap() as u64
+    conn.query_row("SELECT lsn FROM _logship WHERE id = 1", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap() as u64
 }
 
 fn crash_at(failpoint: &str) {
     let c = Cluster::new();
     c.ok(&["init"]);
-    c.ok(&["sql", "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]);
+    c.ok(&[
+        "sql",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    ]);
     c.ok(&["sql", "INSERT INTO t VALUES (1, 'before')"]);
     let before = db_lsn(&c);
     assert_eq!(log_end(&c), before);
@@ -44,19 +49,28 @@ fn crash_at(failpoint: &str) {
         .env("LOGSHIP_FAILPOINT", failpoint)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "the failpoint must abort the process");
+    assert!(
+        !out.status.success(),
+        "the failpoint must abort the process"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("failpoint"),
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("ok "), "a crashed transaction must not be acknowledged");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ok "),
+        "a crashed transaction must not be acknowledged"
+    );
 
     // Right after the crash, before any recovery: the database did not commit.
     let db = db_lsn(&c);
     let log = log_end(&c);
     assert_eq!(db, before, "SQLite must not have committed at {failpoint}");
-    assert!(db <= log, "the database (LSN {db}) is ahead of the log (LSN {log})");
+    assert!(
+        db <= log,
+        "the database (LSN {db}) is ahead of the log (LSN {log})"
+    );
     // The record was appended (it is in the page cache even if not synced),
     // so the log holds one more record than the database.
     assert_eq!(log, before + 1);
@@ -65,7 +79,10 @@ fn crash_at(failpoint: &str) {
     let out = c.ok(&["verify-copy"]);
     assert!(out.contains("verdict equal"), "{out}");
     assert_eq!(db_lsn(&c), log);
-    assert_eq!(c.read("SELECT id, v FROM t ORDER BY id"), vec!["1\tbefore", "2\tcrashed"]);
+    assert_eq!(
+        c.read("SELECT id, v FROM t ORDER BY id"),
+        vec!["1\tbefore", "2\tcrashed"]
+    );
     // And the store goes on from there.
     let out = c.ok(&["sql", "INSERT INTO t VALUES (3, 'after')"]);
     assert_eq!(out.trim(), format!("ok {}", log + 1));

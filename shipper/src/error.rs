@@ -91,7 +91,9 @@ pub enum Error {
     },
 
     /// The replica's schema differs from the one the record was written for.
-    #[error("schema mismatch at LSN {lsn}: the record expects schema {expected}, the database has {found}")]
+    #[error(
+        "schema mismatch at LSN {lsn}: the record expects schema {expected}, the database has {found}"
+    )]
     SchemaMismatch {
         lsn: Lsn,
         expected: crate::types::SchemaHash,
@@ -101,7 +103,11 @@ pub enum Error {
     /// The log no longer holds the records after `after` (truncated, or the
     /// database is older than the log).
     #[error("log {} holds no records after LSN {after}: its oldest segment starts after LSN {first}", dir.display())]
-    MissingLog { dir: PathBuf, after: Lsn, first: Lsn },
+    MissingLog {
+        dir: PathBuf,
+        after: Lsn,
+        first: Lsn,
+    },
 
     /// Another process has the store open for writing.
     #[error("{} is locked by another logship process (pid {pid})", path.display())]

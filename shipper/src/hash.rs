@@ -146,12 +146,20 @@ fn malformed(what: &str, change: &Change) -> Error {
 /// Changes to `sqlite_%` tables and to the guard table are ignored (virtual
 /// tables never appear in changesets).
 pub fn apply_changeset(h: ContentHash, changeset: &[u8]) -> Result<ContentHash> {
+    Ok(apply_changeset_counting(h, changeset)?.0)
+}
+
+/// Like `apply_changeset`, and also counts the row changes to replicated
+/// tables (0: the changeset touches only the guard table or nothing).
+pub fn apply_changeset_counting(h: ContentHash, changeset: &[u8]) -> Result<(ContentHash, usize)> {
     let mut h = h;
+    let mut counted = 0usize;
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     changeset::for_each_change(changeset, |c| {
         if !is_replicated(&c.table) {
             return Ok(());
         }
+        counted += 1;
         // The PK values: old record for UPDATE/DELETE, new for INSERT.
         let record = if c.op == Op::Insert { &c.new } else { &c.old };
         if record.len() != c.pk.len() {
@@ -177,9 +185,9 @@ pub fn apply_changeset(h: ContentHash, changeset: &[u8]) -> Result<ContentHash> 
                     };
                     let cell = cell_hash(&mut buf, prefix, i, v.into());
                     h = if c.op == Op::Insert {
-                        h.add(cell)
+                        h.plus_cell(cell)
                     } else {
-                        h.sub(cell)
+                        h.minus_cell(cell)
                     };
                 }
             }
@@ -189,14 +197,14 @@ pub fn apply_changeset(h: ContentHash, changeset: &[u8]) -> Result<ContentHash> 
                     let Some(Some(old)) = c.old.get(i) else {
                         return Err(malformed("updated column without its old value", c));
                     };
-                    h = h.sub(cell_hash(&mut buf, prefix, i, old.into()));
-                    h = h.add(cell_hash(&mut buf, prefix, i, new.into()));
+                    h = h.minus_cell(cell_hash(&mut buf, prefix, i, old.into()));
+                    h = h.plus_cell(cell_hash(&mut buf, prefix, i, new.into()));
                 }
             }
         }
         Ok(())
     })?;
-    Ok(h)
+    Ok((h, counted))
 }
 
 /// Quotes an identifier for SQL: `"name"` with embedded `"` doubled.
@@ -301,7 +309,7 @@ pub fn full_scan(conn: &Connection) -> Result<ContentHash> {
             let prefix = end_row_prefix(&mut buf, table.len(), pk_cols.len());
             for i in 0..names.len() {
                 let v = row.get_ref(i).map_err(|e| Error::sql(op, e))?;
-                h = h.add(cell_hash(&mut buf, prefix, i, v.into()));
+                h = h.plus_cell(cell_hash(&mut buf, prefix, i, v.into()));
             }
         }
     }
@@ -415,18 +423,18 @@ mod tests {
         // generated column g does not count: b is column 1.
         let pk: [&[u8]; 2] = [&enc_text(0x03, b"k"), &enc_int(7)];
         let expected = ContentHash::default()
-            .add(manual_cell("w", &pk, 0, &enc_text(0x03, b"k")))
-            .add(manual_cell("w", &pk, 1, &enc_int(7)))
-            .add(manual_cell("w", &pk, 2, &enc_text(0x04, &[1, 2])))
-            .add(manual_cell("w", &pk, 3, &enc_real(0.0)));
+            .plus_cell(manual_cell("w", &pk, 0, &enc_text(0x03, b"k")))
+            .plus_cell(manual_cell("w", &pk, 1, &enc_int(7)))
+            .plus_cell(manual_cell("w", &pk, 2, &enc_text(0x04, &[1, 2])))
+            .plus_cell(manual_cell("w", &pk, 3, &enc_real(0.0)));
         assert_eq!(h, expected);
         assert_eq!(full_scan(&conn).unwrap(), expected);
 
         let cs = capture(&conn, "UPDATE w SET c = NULL WHERE b = 7");
         let h = apply_changeset(h, &cs).unwrap();
         let expected = expected
-            .sub(manual_cell("w", &pk, 2, &enc_text(0x04, &[1, 2])))
-            .add(manual_cell("w", &pk, 2, &[0x00]));
+            .minus_cell(manual_cell("w", &pk, 2, &enc_text(0x04, &[1, 2])))
+            .plus_cell(manual_cell("w", &pk, 2, &[0x00]));
         assert_eq!(h, expected);
         assert_eq!(full_scan(&conn).unwrap(), expected);
 
@@ -448,8 +456,8 @@ mod tests {
         let mut cell_id = cell_v[..18].to_vec();
         cell_id.extend_from_slice(&[0, 0, 0, 0, 0x01, 1, 0, 0, 0, 0, 0, 0, 0]);
         let expected = ContentHash::default()
-            .add(xxh3_128(&cell_id))
-            .add(xxh3_128(cell_v));
+            .plus_cell(xxh3_128(&cell_id))
+            .plus_cell(xxh3_128(cell_v));
         assert_eq!(full_scan(&conn).unwrap(), expected);
     }
 

@@ -8,15 +8,15 @@
 //! `changeset` and `hash` (SQLite session primitives), `log` (segment files
 //! on disk), `store` (transactions, group commit, recovery).
 
-pub mod types;
+pub mod apply;
+pub mod changeset;
 pub mod error;
 pub mod format;
-pub mod changeset;
 pub mod hash;
-pub mod script;
 pub mod log;
-pub mod apply;
+pub mod script;
 pub mod store;
+pub mod types;
 
 pub use error::{Error, Result};
 pub use store::{Committed, Store, StoreOptions, StoreState, StoreStats, Tx};

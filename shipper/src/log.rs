@@ -15,8 +15,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, CURRENT_FILE_NAME, DecodeError, Fragment, HEADER_SIZE, MAX_FRAME_PAYLOAD,
-    RecordKind, SEGMENT_SIZE, SegmentHeader, TEMP_FILE_NAME, TRAILER_OFFSET, Trailer,
+    self, CURRENT_FILE_NAME, DecodeError, Fragment, HEADER_SIZE, MAX_FRAME_PAYLOAD, RecordKind,
+    SEGMENT_SIZE, SegmentHeader, TEMP_FILE_NAME, TRAILER_OFFSET, Trailer,
 };
 use crate::types::{ContentHash, DatabaseId, Epoch, Generation, Lsn, SchemaHash};
 
@@ -99,13 +99,14 @@ impl SealedSegment {
         // a file after it has been renamed to its generation name. A file
         // truncated underneath us would fault, which is why the size is
         // checked first and segments are only ever deleted, never shrunk.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| Error::io("map segment", path, e))?;
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io("map segment", path, e))?;
         let seg = SealedSegment {
             path: path.to_path_buf(),
             map,
         };
-        let scan = format::scan_sealed(&seg.map, expect_db).map_err(|e| corrupt(path, generation, e))?;
+        let scan =
+            format::scan_sealed(&seg.map, expect_db).map_err(|e| corrupt(path, generation, e))?;
         if generation != Generation::default() && scan.header.generation != generation {
             return Err(corrupt(
                 path,
@@ -131,7 +132,8 @@ impl SealedSegment {
 
     /// The verified scan (cheap to redo: the data is mapped and was verified at open).
     pub fn scan(&self) -> Result<format::SegmentScan<'_>> {
-        format::scan_sealed(&self.map, None).map_err(|e| corrupt(&self.path, Generation::default(), e))
+        format::scan_sealed(&self.map, None)
+            .map_err(|e| corrupt(&self.path, Generation::default(), e))
     }
 }
 
@@ -207,7 +209,9 @@ impl LogWriter {
             Err(e) => return Err(Error::io("remove", &temp, e)),
         }
         if !dir.is_dir() {
-            return Err(Error::NotInitialized { path: dir.to_path_buf() });
+            return Err(Error::NotInitialized {
+                path: dir.to_path_buf(),
+            });
         }
         if current_path.exists() {
             let mut bytes = vec![0u8; SEGMENT_SIZE];
@@ -249,8 +253,8 @@ impl LogWriter {
                 tracing::info!(path = %sealed.display(), "finished a seal interrupted by a crash");
             } else {
                 let records_end = scan.records_end;
-                let tail_dirty = scan.torn.is_some()
-                    || bytes[records_end..].iter().any(|b| *b != 0);
+                let tail_dirty =
+                    scan.torn.is_some() || bytes[records_end..].iter().any(|b| *b != 0);
                 if tail_dirty {
                     let zeros = vec![0u8; SEGMENT_SIZE - records_end];
                     file.write_all_at(&zeros, records_end as u64)
@@ -271,7 +275,9 @@ impl LogWriter {
         // but the next segment was not installed yet.
         let sealed = list_sealed(dir)?;
         let Some((_, last_path)) = sealed.last() else {
-            return Err(Error::NotInitialized { path: dir.to_path_buf() });
+            return Err(Error::NotInitialized {
+                path: dir.to_path_buf(),
+            });
         };
         let last = SealedSegment::open(last_path, Some(database_id))?;
         let scan = last.scan()?;
@@ -300,20 +306,28 @@ impl LogWriter {
             epoch: header.epoch,
         };
         let (last_frame_lsn, open_fragment) = match scan.frames.last() {
-            Some(f) => (f.lsn, matches!(f.fragment, Fragment::First | Fragment::Middle)),
+            Some(f) => (
+                f.lsn,
+                matches!(f.fragment, Fragment::First | Fragment::Middle),
+            ),
             None => (header.prev_lsn, header.hash_lsn < header.prev_lsn),
         };
         // The last complete record's hashes; reading it may reach back into
         // sealed segments when it was fragmented.
         if !scan.frames.is_empty() {
-            for_each_record(dir, Some(header.database_id), header.hash_lsn, |lsn, rec| {
-                end.lsn = lsn;
-                end.hash = rec.hash;
-                if let format::Body::Ddl { schema_hash, .. } = rec.body {
-                    end.schema_hash = schema_hash;
-                }
-                Ok(())
-            })?;
+            for_each_record(
+                dir,
+                Some(header.database_id),
+                header.hash_lsn,
+                |lsn, rec| {
+                    end.lsn = lsn;
+                    end.hash = rec.hash;
+                    if let format::Body::Ddl { schema_hash, .. } = rec.body {
+                        end.schema_hash = schema_hash;
+                    }
+                    Ok(())
+                },
+            )?;
         }
         Ok(LogWriter {
             dir: dir.to_path_buf(),
@@ -476,7 +490,12 @@ impl LogWriter {
         sync_dir(&self.dir)?;
         tracing::debug!(path = %sealed_path.display(), records = self.frame_count, last_lsn = %self.last_frame_lsn, "sealed segment");
 
-        let header = successor_header(&self.header, &trailer, self.end.epoch, Some(self.end.schema_hash));
+        let header = successor_header(
+            &self.header,
+            &trailer,
+            self.end.epoch,
+            Some(self.end.schema_hash),
+        );
         install_current(&self.dir, &header)?;
         self.file = OpenOptions::new()
             .read(true)
@@ -492,7 +511,6 @@ impl LogWriter {
         self.oldest_unsealed = None;
         Ok(Some(generation))
     }
-
 }
 
 static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
@@ -611,8 +629,10 @@ pub fn for_each_record(
                 continue;
             }
             let done = reasm.push(frame).map_err(|r| bad(frame.offset, r))?;
-            if let Some((kind, lsn, payload)) = done {
-                if lsn > after {
+            if let Some((kind, lsn, payload)) = done
+                && lsn > after
+            {
+                {
                     let rec = format::Record::decode(kind, &payload)
                         .map_err(|e| bad(frame.offset, e.reason))?;
                     f(lsn, rec)?;

@@ -11,6 +11,7 @@
 //! SQLite, and only then answers each caller. The write connection is never
 //! handed out outside a closure, so no write can bypass capture.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -179,11 +180,29 @@ enum Refusal {
     Forbidden(String),
 }
 
+/// Receives the column names, the row's index within its statement, and the row.
+pub type RowFn<'f> = dyn FnMut(&[String], usize, &rusqlite::Row<'_>) -> Result<()> + 'f;
+
 /// A store transaction, given to the closure of `Store::transaction`.
 /// `conn()` runs queries and DML; schema changes go through `ddl`.
+///
+/// The closure may run more than once: when a group commit has to be redone
+/// (another caller's statement rolled the SQLite transaction back, or this
+/// caller changes the schema and must run alone), the store rolls back and
+/// runs it again. Keep its side effects inside the transaction.
 pub struct Tx<'a> {
     conn: &'a Connection,
     auth: &'a AuthState,
+    batch: &'a mut BatchCapture,
+    /// True when this request runs first in its group commit.
+    first: bool,
+    /// Set when the request must run again at the head of a new batch.
+    requeue: bool,
+}
+
+/// What a group commit has captured so far.
+#[derive(Debug, Default)]
+struct BatchCapture {
     session: Option<Session>,
     parts: Vec<DdlPart>,
     ddl: bool,
@@ -191,7 +210,10 @@ pub struct Tx<'a> {
 
 impl std::fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tx").field("ddl", &self.ddl).finish_non_exhaustive()
+        f.debug_struct("Tx")
+            .field("ddl", &self.batch.ddl)
+            .field("first", &self.first)
+            .finish_non_exhaustive()
     }
 }
 
@@ -203,22 +225,33 @@ impl<'a> Tx<'a> {
     }
 
     /// Runs one schema statement (CREATE/ALTER/DROP ...) as part of this
-    /// transaction; it is logged as a DDL record. Tables the log cannot
+    /// transaction; it is logged in a DDL record. Tables the log cannot
     /// replicate faithfully are refused.
     pub fn ddl(&mut self, sql: &str) -> Result<()> {
-        if let Some(s) = self.session.take() {
-            if !s.is_empty() {
-                self.parts.push(DdlPart::Changeset(s.changeset()?));
+        if !self.first {
+            // Schema changes run alone in their group commit, so that the
+            // changes of other callers never share a record with them.
+            self.requeue = true;
+            return Err(Error::Aborted("schema change: rerun alone".into()));
+        }
+        if let Some(s) = self.batch.session.take() {
+            let cs = s.changeset()?;
+            drop(s);
+            if !cs.is_empty() {
+                self.batch.parts.push(DdlPart::Changeset(cs));
             }
         }
         self.auth.mode.store(MODE_DDL, Ordering::SeqCst);
         let run = self.conn.execute_batch(sql);
         self.auth.mode.store(MODE_USER, Ordering::SeqCst);
-        run.map_err(|e| self.refusal_or(format!("run {sql}"), e))?;
-        self.parts.push(DdlPart::Sql(sql.to_string()));
-        self.ddl = true;
-        check_replicable(self.conn)?;
-        self.session = Some(Session::new(self.conn)?);
+        let result = run
+            .map_err(|e| self.refusal_or(format!("run {sql}"), e))
+            .and_then(|()| check_replicable(self.conn));
+        // A new session either way: the old one ended at the statement.
+        self.batch.session = Some(Session::new(self.conn)?);
+        self.batch.ddl = true;
+        result?;
+        self.batch.parts.push(DdlPart::Sql(sql.to_string()));
         Ok(())
     }
 
@@ -238,11 +271,7 @@ impl<'a> Tx<'a> {
     }
 
     /// Runs one statement (see `execute_script`).
-    pub fn execute_one(
-        &mut self,
-        sql: &str,
-        on_row: &mut dyn FnMut(&[String], usize, &rusqlite::Row<'_>) -> Result<()>,
-    ) -> Result<()> {
+    pub fn execute_one(&mut self, sql: &str, on_row: &mut RowFn<'_>) -> Result<()> {
         *self.auth.refused.lock().expect("auth lock") = None;
         let prepared = self.conn.prepare(sql);
         let mut stmt = match prepared {
@@ -292,7 +321,9 @@ fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorization {
         AuthAction::Transaction { operation } => {
             forbid(format!("{operation:?}: the store owns the transaction"))
         }
-        AuthAction::Savepoint { savepoint_name, .. } if savepoint_name.eq_ignore_ascii_case(SAVEPOINT) => {
+        AuthAction::Savepoint { savepoint_name, .. }
+            if savepoint_name.eq_ignore_ascii_case(SAVEPOINT) =>
+        {
             forbid(format!("savepoint {savepoint_name} is the store's own"))
         }
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
@@ -301,11 +332,12 @@ fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorization {
         AuthAction::CreateVtable { table_name, .. } => forbid(format!(
             "virtual table {table_name}: the session extension does not capture virtual tables"
         )),
-        AuthAction::Pragma { pragma_name, pragma_value: Some(_) }
-            if !READ_PRAGMAS.contains(&pragma_name.to_ascii_lowercase().as_str()) =>
-        {
-            forbid(format!("PRAGMA {pragma_name} with a value: pragmas are not logged"))
-        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: Some(_),
+        } if !READ_PRAGMAS.contains(&pragma_name.to_ascii_lowercase().as_str()) => forbid(format!(
+            "PRAGMA {pragma_name} with a value: pragmas are not logged"
+        )),
         AuthAction::CreateIndex { .. }
         | AuthAction::CreateTable { .. }
         | AuthAction::CreateTrigger { .. }
@@ -317,7 +349,8 @@ fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorization {
         | AuthAction::AlterTable { .. }
             if mode == MODE_USER && ctx.accessor.is_none() =>
         {
-            *state.refused.lock().expect("auth lock") = Some(Refusal::Ddl(format!("{:?}", ctx.action)));
+            *state.refused.lock().expect("auth lock") =
+                Some(Refusal::Ddl(format!("{:?}", ctx.action)));
             Authorization::Deny
         }
         _ => Authorization::Allow,
@@ -355,7 +388,13 @@ pub fn check_replicable(conn: &Connection) -> Result<()> {
         )
         .map_err(sql_err)?;
     let tables: Vec<(String, String, bool)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default(), r.get(2)?)))
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                r.get(2)?,
+            ))
+        })
         .map_err(sql_err)?
         .collect::<rusqlite::Result<_>>()
         .map_err(sql_err)?;
@@ -384,9 +423,13 @@ pub fn check_replicable(conn: &Connection) -> Result<()> {
                 "it has no PRIMARY KEY; the session extension ignores such tables".into(),
             ));
         }
-        let rowid_alias = !without_rowid && pk.len() == 1 && pk[0].1.eq_ignore_ascii_case("INTEGER");
-        if !without_rowid && !rowid_alias {
-            if let Some((col, _, _)) = pk.iter().find(|(_, _, notnull)| !notnull) {
+        let rowid_alias =
+            !without_rowid && pk.len() == 1 && pk[0].1.eq_ignore_ascii_case("INTEGER");
+        if !without_rowid
+            && !rowid_alias
+            && let Some((col, _, _)) = pk.iter().find(|(_, _, notnull)| !notnull)
+        {
+            {
                 return Err(refuse(format!(
                     "primary key column {col:?} may be NULL, and rows with a NULL key are not \
                      captured; declare it NOT NULL"
@@ -401,14 +444,50 @@ pub fn check_replicable(conn: &Connection) -> Result<()> {
 // The store and its writer thread.
 // ---------------------------------------------------------------------------
 
-type Reply = Box<dyn FnOnce(Result<(Lsn, bool)>) + Send>;
-
-struct Outcome {
-    ok: bool,
-    reply: Reply,
+/// One caller's transaction, queued for the writer. `run` may be called
+/// more than once (see `Tx`); `finish` answers the caller exactly once.
+trait Request: Send {
+    /// Runs the closure; false when it failed.
+    fn run(&mut self, tx: &mut Tx<'_>) -> bool;
+    /// Answers the caller: `Ok(lsn, logged)` once durable, or the batch's
+    /// error; a failed closure is answered with its own error.
+    fn finish(self: Box<Self>, r: Result<(Lsn, bool)>);
 }
 
-type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Outcome + Send>;
+struct Req<T, F> {
+    f: F,
+    last: Option<Result<T>>,
+    reply: oneshot::Sender<Result<Committed<T>>>,
+}
+
+impl<T, F> Request for Req<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+{
+    fn run(&mut self, tx: &mut Tx<'_>) -> bool {
+        let f = &mut self.f;
+        let r = catch_unwind(AssertUnwindSafe(|| f(tx)))
+            .unwrap_or_else(|_| Err(Error::Aborted("the transaction closure panicked".into())));
+        let ok = r.is_ok();
+        self.last = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, r: Result<(Lsn, bool)>) {
+        let answer = match (r, self.last) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(Err(e))) => Err(e),
+            (Ok((lsn, logged)), Some(Ok(value))) => Ok(Committed { lsn, logged, value }),
+            (Ok(_), None) => Err(Error::Stopped("transaction was never run".into())),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+type Job = Box<dyn Request>;
+/// Jobs with the answer each gets.
+type Answers = Vec<(Job, Result<(Lsn, bool)>)>;
 
 enum Msg {
     Tx(Job),
@@ -419,6 +498,7 @@ enum Msg {
 
 #[derive(Debug, Default)]
 struct Counters {
+    submitted: AtomicU64,
     syncs: AtomicU64,
     records: AtomicU64,
     batches: AtomicU64,
@@ -427,6 +507,8 @@ struct Counters {
 /// Counters since the store was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
+    /// Transactions handed to the writer.
+    pub submitted: u64,
     /// fdatasyncs of the log for group commits.
     pub syncs: u64,
     /// Records written.
@@ -458,12 +540,16 @@ impl Store {
     /// new database id.
     pub fn init(data_dir: &Path) -> Result<DatabaseId> {
         let paths = StorePaths::new(data_dir);
-        fs::create_dir_all(data_dir).map_err(|e| Error::io("create data directory", data_dir, e))?;
+        fs::create_dir_all(data_dir)
+            .map_err(|e| Error::io("create data directory", data_dir, e))?;
         if paths.database.exists() {
-            return Err(Error::AlreadyInitialized { path: paths.database });
+            return Err(Error::AlreadyInitialized {
+                path: paths.database,
+            });
         }
         let id = DatabaseId::random().map_err(|e| Error::io("read", "/dev/urandom", e))?;
-        let conn = Connection::open(&paths.database).map_err(|e| Error::sql("create database", e))?;
+        let conn =
+            Connection::open(&paths.database).map_err(|e| Error::sql("create database", e))?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              BEGIN;
@@ -492,7 +578,9 @@ impl Store {
     pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store> {
         let paths = StorePaths::new(data_dir);
         if !paths.database.exists() {
-            return Err(Error::NotInitialized { path: data_dir.to_path_buf() });
+            return Err(Error::NotInitialized {
+                path: data_dir.to_path_buf(),
+            });
         }
         let lock = lock_data_dir(data_dir)?;
         let mut conn = Connection::open_with_flags(
@@ -505,7 +593,9 @@ impl Store {
         )
         .map_err(|e| Error::sql("configure the database", e))?;
         let (db_lsn, database_id) = apply::read_guard(&conn).map_err(|e| match e {
-            Error::Sql { .. } => Error::NotInitialized { path: data_dir.to_path_buf() },
+            Error::Sql { .. } => Error::NotInitialized {
+                path: data_dir.to_path_buf(),
+            },
             e => e,
         })?;
         let mut log = LogWriter::open(&paths.logs, database_id)?;
@@ -547,6 +637,8 @@ impl Store {
             opts,
             shared: shared.clone(),
             failpoint: FailPoint::from_env(),
+            replier: Replier::start()
+                .map_err(|e| Error::io("start the replier thread", data_dir, e))?,
             lsn: end.lsn,
             hash: end.hash,
             schema_hash: end.schema_hash,
@@ -577,6 +669,7 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let c = &self.shared.counters;
         StoreStats {
+            submitted: c.submitted.load(Ordering::Relaxed),
             syncs: c.syncs.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
@@ -585,11 +678,12 @@ impl Store {
 
     /// Runs `f` as one logged transaction and waits until its record is
     /// durable and SQLite has committed. If `f` fails, everything it did is
-    /// rolled back and no record is written.
+    /// rolled back and nothing of it is logged. Concurrent callers share a
+    /// group commit: one record, one LSN and one fdatasync for the batch.
     pub fn transaction<T, F>(&self, f: F) -> Result<Committed<T>>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
         let rx = self.submit(f)?;
         rx.blocking_recv()
@@ -600,7 +694,7 @@ impl Store {
     pub async fn transaction_async<T, F>(&self, f: F) -> Result<Committed<T>>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
         let rx = self.submit(f)?;
         rx.await.map_err(|_| Error::Stopped(self.stop_reason()))?
@@ -609,34 +703,21 @@ impl Store {
     fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<Committed<T>>>>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<Committed<T>>>();
-        let job: Job = Box::new(move |t: &mut Tx<'_>| {
-            let result = catch_unwind(AssertUnwindSafe(|| f(t)))
-                .unwrap_or_else(|_| Err(Error::Aborted("the transaction closure panicked".into())));
-            match result {
-                Ok(value) => Outcome {
-                    ok: true,
-                    reply: Box::new(move |r: Result<(Lsn, bool)>| {
-                        let _ = tx.send(r.map(|(lsn, logged)| Committed { lsn, logged, value }));
-                    }),
-                },
-                Err(e) => Outcome {
-                    ok: false,
-                    reply: Box::new(move |r: Result<(Lsn, bool)>| {
-                        // A batch-level failure wins over the closure's own error.
-                        let _ = tx.send(Err(match r {
-                            Err(batch) => batch,
-                            Ok(_) => e,
-                        }));
-                    }),
-                },
-            }
+        let (reply, rx) = oneshot::channel::<Result<Committed<T>>>();
+        let job: Job = Box::new(Req {
+            f,
+            last: None,
+            reply,
         });
         self.sender
             .send(Msg::Tx(job))
             .map_err(|_| Error::Stopped(self.stop_reason()))?;
+        self.shared
+            .counters
+            .submitted
+            .fetch_add(1, Ordering::Relaxed);
         Ok(rx)
     }
 
@@ -646,7 +727,8 @@ impl Store {
         self.sender
             .send(Msg::Seal(tx))
             .map_err(|_| Error::Stopped(self.stop_reason()))?;
-        rx.blocking_recv().map_err(|_| Error::Stopped(self.stop_reason()))?
+        rx.blocking_recv()
+            .map_err(|_| Error::Stopped(self.stop_reason()))?
     }
 
     /// Recomputes the content hash by a full scan and returns it beside the
@@ -656,7 +738,8 @@ impl Store {
         self.sender
             .send(Msg::Check(tx))
             .map_err(|_| Error::Stopped(self.stop_reason()))?;
-        rx.blocking_recv().map_err(|_| Error::Stopped(self.stop_reason()))?
+        rx.blocking_recv()
+            .map_err(|_| Error::Stopped(self.stop_reason()))?
     }
 
     /// Opens a read-only connection to the database.
@@ -714,7 +797,8 @@ fn lock_data_dir(data_dir: &Path) -> Result<File> {
             pid: pid.trim().to_string(),
         });
     }
-    file.set_len(0).map_err(|e| Error::io("truncate lock file", &path, e))?;
+    file.set_len(0)
+        .map_err(|e| Error::io("truncate lock file", &path, e))?;
     write!(file, "{}", std::process::id()).map_err(|e| Error::io("write lock file", &path, e))?;
     Ok(file)
 }
@@ -725,7 +809,8 @@ fn recover(conn: &Connection, logs: &Path, db: DatabaseId, from: Lsn, to: Lsn) -
     changeset::set_triggers_enabled(conn, false)?;
     let result = (|| {
         let mut in_batch = 0;
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| Error::sql("begin recovery", e))?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| Error::sql("begin recovery", e))?;
         log::for_each_record(logs, Some(db), from, |lsn, rec| {
             apply::apply_record(conn, lsn, &rec)?;
             in_batch += 1;
@@ -736,7 +821,8 @@ fn recover(conn: &Connection, logs: &Path, db: DatabaseId, from: Lsn, to: Lsn) -
             }
             Ok(())
         })?;
-        conn.execute_batch("COMMIT").map_err(|e| Error::sql("commit recovery", e))
+        conn.execute_batch("COMMIT")
+            .map_err(|e| Error::sql("commit recovery", e))
     })();
     if result.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
@@ -762,79 +848,139 @@ struct Writer {
     opts: StoreOptions,
     shared: Arc<Shared>,
     failpoint: FailPoint,
+    /// Answers callers of large batches off the writer's path.
+    replier: Replier,
     /// Last committed LSN and its hashes.
     lsn: Lsn,
     hash: ContentHash,
     schema_hash: SchemaHash,
 }
 
-/// One transaction of a batch that produced a record.
-struct Pending {
-    reply: Reply,
-    record: Option<(Lsn, RecordKind, Vec<u8>, ContentHash, SchemaHash)>,
+/// A thread that wakes callers, so that a batch of many callers does not
+/// pay their wake-ups on the writer thread.
+struct Replier {
+    sender: Option<SyncSender<Answers>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Replier {
+    fn start() -> std::io::Result<Replier> {
+        let (sender, rx) = sync_channel::<Answers>(64);
+        let handle = std::thread::Builder::new()
+            .name("logship-replier".into())
+            .spawn(move || {
+                for batch in rx {
+                    for (job, r) in batch {
+                        job.finish(r);
+                    }
+                }
+            })?;
+        Ok(Replier {
+            sender: Some(sender),
+            handle: Some(handle),
+        })
+    }
+
+    fn answer(&self, mut answers: Answers) {
+        if answers.len() <= 1 {
+            // One caller: answering it here is faster than a hand-off.
+            for (job, r) in answers.drain(..) {
+                job.finish(r);
+            }
+            return;
+        }
+        if let Some(s) = &self.sender
+            && let Err(e) = s.send(answers)
+        {
+            for (job, r) in e.0 {
+                job.finish(r);
+            }
+        }
+    }
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
         let mut deferred: Option<Msg> = None;
+        let mut queue: VecDeque<Job> = VecDeque::new();
         loop {
-            let msg = match deferred.take() {
-                Some(m) => m,
-                None => match self.seal_deadline() {
-                    Some(deadline) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok(m) => m,
-                        Err(RecvTimeoutError::Timeout) => {
-                            if let Err(e) = self.seal_if_due() {
-                                return self.stop(e, rx);
+            if queue.is_empty() {
+                let msg = match deferred.take() {
+                    Some(m) => m,
+                    None => match self.seal_deadline() {
+                        Some(deadline) => {
+                            match rx
+                                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                            {
+                                Ok(m) => m,
+                                Err(RecvTimeoutError::Timeout) => {
+                                    if let Err(e) = self.seal_if_due() {
+                                        return self.stop(e, rx, queue);
+                                    }
+                                    continue;
+                                }
+                                Err(RecvTimeoutError::Disconnected) => return,
                             }
-                            continue;
                         }
-                        Err(RecvTimeoutError::Disconnected) => return,
+                        None => match rx.recv() {
+                            Ok(m) => m,
+                            Err(_) => return,
+                        },
                     },
-                    None => match rx.recv() {
-                        Ok(m) => m,
-                        Err(_) => return,
-                    },
-                },
-            };
-            match msg {
-                Msg::Tx(job) => {
-                    let mut jobs = vec![job];
-                    while jobs.len() < self.opts.max_batch {
-                        match rx.try_recv() {
-                            Ok(Msg::Tx(j)) => jobs.push(j),
-                            Ok(other) => {
-                                deferred = Some(other);
-                                break;
-                            }
-                            Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                };
+                match msg {
+                    Msg::Tx(job) => queue.push_back(job),
+                    Msg::Seal(reply) => {
+                        let r = self.log.seal();
+                        let failed = r.as_ref().err().map(|e| e.to_string());
+                        self.publish();
+                        let _ = reply.send(r);
+                        if let Some(e) = failed {
+                            return self.stop(Error::Stopped(e), rx, queue);
                         }
+                        continue;
                     }
-                    if let Err(e) = self.run_batch(jobs) {
-                        return self.stop(e, rx);
+                    Msg::Check(reply) => {
+                        let r = hash::full_scan(&self.conn).map(|scanned| ContentCheck {
+                            lsn: self.lsn,
+                            logged: self.hash,
+                            scanned,
+                        });
+                        let _ = reply.send(r);
+                        continue;
                     }
-                    if let Err(e) = self.seal_if_due() {
-                        return self.stop(e, rx);
+                    Msg::Shutdown => return,
+                }
+            }
+            // Gather what else is waiting, up to a batch.
+            while deferred.is_none() && queue.len() < self.opts.max_batch {
+                match rx.try_recv() {
+                    Ok(Msg::Tx(j)) => queue.push_back(j),
+                    Ok(other) => deferred = Some(other),
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                }
+            }
+            let take = queue.len().min(self.opts.max_batch);
+            let batch: VecDeque<Job> = queue.drain(..take).collect();
+            match self.run_batch(batch) {
+                Ok(rest) => {
+                    for job in rest.into_iter().rev() {
+                        queue.push_front(job);
                     }
                 }
-                Msg::Seal(reply) => {
-                    let r = self.log.seal();
-                    let failed = r.as_ref().err().map(|e| e.to_string());
-                    self.publish();
-                    let _ = reply.send(r);
-                    if let Some(e) = failed {
-                        return self.stop(Error::Stopped(e), rx);
-                    }
-                }
-                Msg::Check(reply) => {
-                    let r = hash::full_scan(&self.conn).map(|scanned| ContentCheck {
-                        lsn: self.lsn,
-                        logged: self.hash,
-                        scanned,
-                    });
-                    let _ = reply.send(r);
-                }
-                Msg::Shutdown => return,
+                Err(e) => return self.stop(e, rx, queue),
+            }
+            if let Err(e) = self.seal_if_due() {
+                return self.stop(e, rx, queue);
             }
         }
     }
@@ -863,14 +1009,17 @@ impl Writer {
     /// A fatal error: answer everything queued with it and exit. The
     /// SQLite transaction, if any, is rolled back when the connection
     /// closes; what the log holds durably is redone at the next open.
-    fn stop(self, e: Error, rx: Receiver<Msg>) {
+    fn stop(self, e: Error, rx: Receiver<Msg>, queue: VecDeque<Job>) {
         let reason = e.to_string();
         tracing::error!(error = %reason, "store writer stopped; reopen the store to recover");
         *self.shared.stopped.lock().expect("stopped lock") = Some(reason.clone());
         drop(self);
+        for job in queue {
+            job.finish(Err(Error::Stopped(reason.clone())));
+        }
         while let Ok(m) = rx.try_recv() {
             match m {
-                Msg::Tx(_) => {} // dropping the job drops its reply sender: the caller sees Stopped
+                Msg::Tx(job) => job.finish(Err(Error::Stopped(reason.clone()))),
                 Msg::Seal(r) => {
                     let _ = r.send(Err(Error::Stopped(reason.clone())));
                 }
@@ -882,129 +1031,180 @@ impl Writer {
         }
     }
 
+    /// Runs an internal statement (prepared once, cached).
     fn internal(&self, sql: &str) -> Result<()> {
         self.auth.mode.store(MODE_INTERNAL, Ordering::SeqCst);
         self.conn
-            .execute_batch(sql)
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]).map(|_| ()))
             .map_err(|e| Error::sql(sql.to_string(), e))
     }
 
-    /// Runs one group commit. An `Err` is fatal for the writer.
-    fn run_batch(&mut self, jobs: Vec<Job>) -> Result<()> {
-        let mut jobs = jobs.into_iter();
+    /// Runs one group commit: every job in its own savepoint, all sharing
+    /// one session, one record, one fdatasync and one SQLite COMMIT. An
+    /// `Err` is fatal for the writer.
+    /// Returns the jobs that did not fit (they wait for the next batch).
+    fn run_batch(&mut self, mut jobs: VecDeque<Job>) -> Result<VecDeque<Job>> {
         'batch: loop {
             self.internal("BEGIN IMMEDIATE")?;
-            let mut done: Vec<Pending> = Vec::new();
-            let mut lsn = self.lsn;
-            let mut hash = self.hash;
-            let mut schema_hash = self.schema_hash;
-            for job in jobs.by_ref() {
+            let mut capture = BatchCapture {
+                session: Some(Session::new(&self.conn)?),
+                parts: Vec::new(),
+                ddl: false,
+            };
+            // Jobs whose closure succeeded, and those that failed (answered
+            // after the batch, like the others, to keep one path).
+            let mut ran: Vec<(Job, bool)> = Vec::new();
+            while let Some(mut job) = jobs.pop_front() {
                 self.internal(&format!("SAVEPOINT {SAVEPOINT}"))?;
-                let session = Session::new(&self.conn)?;
+                let parts_before = capture.parts.len();
                 let mut tx = Tx {
                     conn: &self.conn,
                     auth: &self.auth,
-                    session: Some(session),
-                    parts: Vec::new(),
-                    ddl: false,
+                    batch: &mut capture,
+                    first: ran.is_empty(),
+                    requeue: false,
                 };
                 self.auth.mode.store(MODE_USER, Ordering::SeqCst);
-                let outcome = job(&mut tx);
+                let ok = job.run(&mut tx);
                 self.auth.mode.store(MODE_INTERNAL, Ordering::SeqCst);
+                let requeue = tx.requeue;
                 if self.conn.is_autocommit() {
-                    // A statement rolled back the whole SQLite transaction and
-                    // with it every earlier request of this batch.
-                    drop(tx);
-                    (outcome.reply)(Err(Error::BatchAborted));
-                    for p in done {
-                        (p.reply)(Err(Error::BatchAborted));
+                    // A statement (INSERT OR ROLLBACK, RAISE(ROLLBACK)) ended
+                    // the whole SQLite transaction, and with it the work of
+                    // every earlier job of this batch: run those again.
+                    drop(capture);
+                    let culprit_error = if ok {
+                        Err(Error::Aborted(
+                            "a statement rolled back the whole transaction".into(),
+                        ))
+                    } else {
+                        Ok((self.lsn, false))
+                    };
+                    self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    job.finish(culprit_error);
+                    let mut again = Vec::new();
+                    for (j, ok) in ran {
+                        if ok {
+                            again.push(j);
+                        } else {
+                            // It failed on its own: its answer is its error.
+                            j.finish(Ok((self.lsn, false)));
+                        }
+                    }
+                    for j in again.into_iter().rev() {
+                        jobs.push_front(j);
                     }
                     continue 'batch;
                 }
-                let built = if outcome.ok {
-                    self.build_record(tx, lsn.next(), hash, schema_hash)
+                if requeue {
+                    // A schema change that must run first in its own batch.
+                    self.internal(&format!("ROLLBACK TO {SAVEPOINT}"))?;
+                    self.internal(&format!("RELEASE {SAVEPOINT}"))?;
+                    capture.parts.truncate(parts_before);
+                    jobs.push_front(job);
+                    break;
+                }
+                if ok {
+                    self.internal(&format!("RELEASE {SAVEPOINT}"))?;
                 } else {
-                    drop(tx);
-                    Ok(None)
-                };
-                match (outcome.ok, built) {
-                    (true, Ok(Some(rec))) => {
-                        self.internal(&format!("RELEASE {SAVEPOINT}"))?;
-                        lsn = rec.0;
-                        hash = rec.3;
-                        schema_hash = rec.4;
-                        done.push(Pending {
-                            reply: outcome.reply,
-                            record: Some(rec),
-                        });
-                    }
-                    (true, Ok(None)) => {
-                        self.internal(&format!("RELEASE {SAVEPOINT}"))?;
-                        done.push(Pending {
-                            reply: outcome.reply,
-                            record: None,
-                        });
-                    }
-                    (true, Err(e)) => {
-                        // The closure succeeded but its record could not be
-                        // built (too large, schema check): undo it.
-                        self.internal(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))?;
-                        (outcome.reply)(Err(e));
-                    }
-                    (false, _) => {
-                        self.internal(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))?;
-                        (outcome.reply)(Ok((self.lsn, false)));
+                    self.internal(&format!("ROLLBACK TO {SAVEPOINT}"))?;
+                    self.internal(&format!("RELEASE {SAVEPOINT}"))?;
+                    if capture.ddl && ran.is_empty() {
+                        // The failed job was the batch's schema change: its
+                        // DDL and parts are rolled back with it.
+                        capture.parts.clear();
+                        capture.ddl = false;
+                        capture.session = Some(Session::new(&self.conn)?);
                     }
                 }
+                let was_ddl = capture.ddl;
+                ran.push((job, ok));
+                if was_ddl {
+                    // Nothing shares a record with a schema change.
+                    break;
+                }
             }
-            return self.commit_batch(done, lsn, hash, schema_hash);
+            let built = self.build_record(capture);
+            let (record, fail_all) = match built {
+                Ok(r) => (r, None),
+                Err(e) => (None, Some(e)),
+            };
+            if let Some(e) = fail_all {
+                // The batch's record could not be built (too large, ...):
+                // nothing of it is committed.
+                self.internal("ROLLBACK")?;
+                let reason = e.to_string();
+                let answers = ran
+                    .into_iter()
+                    .map(|(j, _)| (j, Err(Error::Aborted(reason.clone()))))
+                    .collect();
+                self.replier.answer(answers);
+                return Ok(jobs);
+            }
+            self.commit_batch(ran, record)?;
+            return Ok(jobs);
         }
     }
 
-    /// Finishes one request's capture: guard row, changeset, hash.
+    /// Finishes a batch's capture: guard row, changeset, hash. `None` when
+    /// the batch changed nothing (then the guard row is left alone).
+    #[allow(clippy::type_complexity)] // a private tuple, built and consumed once
     fn build_record(
         &self,
-        mut tx: Tx<'_>,
-        lsn: Lsn,
-        hash: ContentHash,
-        schema_hash: SchemaHash,
+        mut capture: BatchCapture,
     ) -> Result<Option<(Lsn, RecordKind, Vec<u8>, ContentHash, SchemaHash)>> {
-        let changed = tx.ddl || tx.session.as_ref().is_some_and(|s| !s.is_empty());
-        if !changed {
-            return Ok(None);
-        }
+        let lsn = self.lsn.next();
+        self.internal("SAVEPOINT logship_guard")?;
         self.conn
-            .execute(
-                &format!("UPDATE {GUARD_TABLE} SET lsn = ?1 WHERE id = 1"),
-                [lsn.0 as i64],
-            )
+            .prepare_cached(&format!("UPDATE {GUARD_TABLE} SET lsn = ?1 WHERE id = 1"))
+            .and_then(|mut s| s.execute([lsn.0 as i64]))
             .map_err(|e| Error::sql("update the guard row", e))?;
-        let cs = match tx.session.take() {
+        let cs = match capture.session.take() {
             Some(s) => s.changeset()?,
             None => Vec::new(),
         };
-        let size = cs.len() + tx.parts.iter().map(|p| match p {
-            DdlPart::Sql(s) => s.len(),
-            DdlPart::Changeset(c) => c.len(),
-        }).sum::<usize>();
+        let (new_hash, changes) = hash::apply_changeset_counting(self.hash, &cs)?;
+        if changes == 0 && !capture.ddl {
+            // Only the guard row moved: a read-only (or net-zero) batch.
+            self.internal("ROLLBACK TO logship_guard")?;
+            self.internal("RELEASE logship_guard")?;
+            return Ok(None);
+        }
+        self.internal("RELEASE logship_guard")?;
+        let size = cs.len()
+            + capture
+                .parts
+                .iter()
+                .map(|p| match p {
+                    DdlPart::Sql(s) => s.len(),
+                    DdlPart::Changeset(c) => c.len(),
+                })
+                .sum::<usize>();
         if size > self.opts.max_transaction_bytes {
             return Err(Error::TooLarge {
                 size,
                 max: self.opts.max_transaction_bytes,
             });
         }
-        let (body, new_hash, new_schema) = if tx.ddl {
-            let mut parts = std::mem::take(&mut tx.parts);
+        let (body, new_hash, new_schema) = if capture.ddl {
+            let mut parts = std::mem::take(&mut capture.parts);
             if !cs.is_empty() {
                 parts.push(DdlPart::Changeset(cs));
             }
             let schema = hash::schema_hash(&self.conn)?;
             // Schema changes can add or drop cells wholesale: rescan.
             let h = hash::full_scan(&self.conn)?;
-            (Body::Ddl { schema_hash: schema, parts }, h, schema)
+            (
+                Body::Ddl {
+                    schema_hash: schema,
+                    parts,
+                },
+                h,
+                schema,
+            )
         } else {
-            let h = hash::apply_changeset(hash, &cs)?;
-            (Body::Changeset(cs), h, schema_hash)
+            (Body::Changeset(cs), new_hash, self.schema_hash)
         };
         let record = Record {
             time_us: now_us(),
@@ -1019,40 +1219,36 @@ impl Writer {
 
     fn commit_batch(
         &mut self,
-        done: Vec<Pending>,
-        lsn: Lsn,
-        hash: ContentHash,
-        schema_hash: SchemaHash,
+        ran: Vec<(Job, bool)>,
+        record: Option<(Lsn, RecordKind, Vec<u8>, ContentHash, SchemaHash)>,
     ) -> Result<()> {
-        let any_record = done.iter().any(|p| p.record.is_some());
-        if any_record {
-            for p in &done {
-                if let Some((l, kind, payload, h, s)) = &p.record {
-                    self.log.append(*kind, *l, payload, *h, *s)?;
-                }
-            }
+        let c = &self.shared.counters;
+        if let Some((lsn, kind, payload, h, s)) = &record {
+            self.log.append(*kind, *lsn, payload, *h, *s)?;
             self.log.write()?;
             self.failpoint.hit(FailPoint::AfterAppend);
             self.log.sync()?;
             self.failpoint.hit(FailPoint::AfterFsync);
-            let c = &self.shared.counters;
             c.syncs.fetch_add(1, Ordering::Relaxed);
-            c.records.fetch_add(done.iter().filter(|p| p.record.is_some()).count() as u64, Ordering::Relaxed);
+            c.records.fetch_add(1, Ordering::Relaxed);
         }
-        self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        let logged = record.is_some();
         let commit = self.internal("COMMIT");
-        // The records are durable: they are committed whether or not SQLite's
-        // COMMIT succeeded (recovery redoes them). Answer accordingly.
-        self.lsn = lsn;
-        self.hash = hash;
-        self.schema_hash = schema_hash;
-        self.publish();
-        for p in done {
-            match p.record {
-                Some((l, ..)) => (p.reply)(Ok((l, true))),
-                None => (p.reply)(Ok((self.lsn, false))),
-            }
+        // The record is durable: it is committed whether or not SQLite's
+        // COMMIT succeeded (recovery redoes it). Answer accordingly.
+        if let Some((lsn, _, _, h, s)) = record {
+            self.lsn = lsn;
+            self.hash = h;
+            self.schema_hash = s;
         }
+        self.publish();
+        let lsn = self.lsn;
+        let answers = ran
+            .into_iter()
+            .map(|(j, _)| (j, Ok((lsn, logged))))
+            .collect();
+        self.replier.answer(answers);
         commit
     }
 }

@@ -104,11 +104,11 @@ impl fmt::Display for DatabaseId {
 pub struct ContentHash(pub u128);
 
 impl ContentHash {
-    pub fn add(self, cell: u128) -> ContentHash {
+    pub fn plus_cell(self, cell: u128) -> ContentHash {
         ContentHash(self.0.wrapping_add(cell))
     }
 
-    pub fn sub(self, cell: u128) -> ContentHash {
+    pub fn minus_cell(self, cell: u128) -> ContentHash {
         ContentHash(self.0.wrapping_sub(cell))
     }
 }

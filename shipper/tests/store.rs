@@ -24,12 +24,20 @@ fn exec(store: &Store, sql: &'static str) -> shipper::Committed<()> {
 }
 
 fn count(store: &Store, sql: &str) -> i64 {
-    store.reader().unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+    store
+        .reader()
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
 }
 
 fn assert_hash_matches(store: &Store) {
     let c = store.check_content().unwrap();
-    assert_eq!(c.logged, c.scanned, "content hash of the log and of a full scan at LSN {}", c.lsn);
+    assert_eq!(
+        c.logged, c.scanned,
+        "content hash of the log and of a full scan at LSN {}",
+        c.lsn
+    );
 }
 
 /// Copies a closed store's database files (db + WAL) aside.
@@ -44,7 +52,11 @@ fn snapshot(dir: &Path, to: &Path) {
 }
 
 fn restore(from: &Path, dir: &Path) {
-    for name in [DATABASE_FILE.to_string(), format!("{DATABASE_FILE}-wal"), format!("{DATABASE_FILE}-shm")] {
+    for name in [
+        DATABASE_FILE.to_string(),
+        format!("{DATABASE_FILE}-wal"),
+        format!("{DATABASE_FILE}-shm"),
+    ] {
         let _ = std::fs::remove_file(dir.join(&name));
         let p = from.join(&name);
         if p.exists() {
@@ -54,10 +66,13 @@ fn restore(from: &Path, dir: &Path) {
 }
 
 #[test]
-fn concurrent_callers_share_fsyncs_and_get_dense_lsns() {
+fn concurrent_callers_share_records_and_fsyncs() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(new_store(tmp.path()));
-    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, w INTEGER NOT NULL, v TEXT NOT NULL)");
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, w INTEGER NOT NULL, v TEXT NOT NULL)",
+    );
     let start = store.state().lsn;
     let syncs_before = store.stats().syncs;
     const THREADS: usize = 16;
@@ -83,17 +98,34 @@ fn concurrent_callers_share_fsyncs_and_get_dense_lsns() {
             })
         })
         .collect();
-    let mut lsns: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).map(|l| l.0).collect();
+    let mut lsns: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .map(|l| l.0)
+        .collect();
     lsns.sort();
-    let expected: Vec<u64> = (start.0 + 1..=start.0 + (THREADS * EACH) as u64).collect();
-    assert_eq!(lsns, expected, "every transaction gets its own dense LSN");
-    let syncs = store.stats().syncs - syncs_before;
-    assert!(
-        syncs < (THREADS * EACH) as u64,
-        "{} transactions took {syncs} fsyncs: group commit must share them",
-        THREADS * EACH
+    let end = store.state().lsn.0;
+    let mut distinct = lsns.clone();
+    distinct.dedup();
+    // One record per group commit: the records are dense, every caller's
+    // LSN names one of them, and callers shared records.
+    assert_eq!(
+        distinct,
+        (start.0 + 1..=end).collect::<Vec<_>>(),
+        "records are dense"
     );
-    assert_eq!(count(&store, "SELECT count(*) FROM t"), (THREADS * EACH) as i64);
+    assert!(
+        distinct.len() < THREADS * EACH,
+        "{} transactions made {} records: group commit must share them",
+        THREADS * EACH,
+        distinct.len()
+    );
+    let syncs = store.stats().syncs - syncs_before;
+    assert_eq!(syncs, distinct.len() as u64, "one fdatasync per record");
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM t"),
+        (THREADS * EACH) as i64
+    );
     assert_hash_matches(&store);
 }
 
@@ -101,12 +133,20 @@ fn concurrent_callers_share_fsyncs_and_get_dense_lsns() {
 fn a_failing_transaction_is_rolled_back_and_logs_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let store = new_store(tmp.path());
-    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)");
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)",
+    );
     exec(&store, "INSERT INTO t VALUES (1, 'a')");
     let before = store.state();
     // The second statement fails: the first must not survive either.
     let err = store
-        .transaction(|tx| tx.execute_script("INSERT INTO t VALUES (2, 'b'); INSERT INTO t VALUES (3, 'a');", |_, _, _| Ok(())))
+        .transaction(|tx| {
+            tx.execute_script(
+                "INSERT INTO t VALUES (2, 'b'); INSERT INTO t VALUES (3, 'a');",
+                |_, _, _| Ok(()),
+            )
+        })
         .unwrap_err();
     assert!(err.to_string().contains("UNIQUE"), "{err}");
     // A closure that gives up after writing.
@@ -117,7 +157,11 @@ fn a_failing_transaction_is_rolled_back_and_logs_nothing() {
         })
         .unwrap_err();
     assert!(err.to_string().contains("changed my mind"));
-    assert_eq!(store.state().lsn, before.lsn, "no record for failed transactions");
+    assert_eq!(
+        store.state().lsn,
+        before.lsn,
+        "no record for failed transactions"
+    );
     assert_eq!(count(&store, "SELECT count(*) FROM t"), 1);
     // The log holds nothing past the last success either.
     let dir = tmp.path().join(LOG_DIR);
@@ -138,8 +182,14 @@ fn unreplicable_tables_and_transaction_control_are_refused() {
     let lsn = store.state().lsn;
     for (sql, needle) in [
         ("CREATE TABLE nopk (a TEXT, b TEXT)", "no PRIMARY KEY"),
-        ("CREATE TABLE nullpk (a TEXT PRIMARY KEY, b TEXT)", "may be NULL"),
-        ("CREATE TABLE auto (id INTEGER PRIMARY KEY AUTOINCREMENT, b TEXT)", "AUTOINCREMENT"),
+        (
+            "CREATE TABLE nullpk (a TEXT PRIMARY KEY, b TEXT)",
+            "may be NULL",
+        ),
+        (
+            "CREATE TABLE auto (id INTEGER PRIMARY KEY AUTOINCREMENT, b TEXT)",
+            "AUTOINCREMENT",
+        ),
         ("CREATE VIRTUAL TABLE v USING fts5(x)", "virtual table"),
         ("BEGIN", "the store owns the transaction"),
         ("ATTACH ':memory:' AS other", "ATTACH"),
@@ -152,8 +202,14 @@ fn unreplicable_tables_and_transaction_control_are_refused() {
     }
     assert_eq!(store.state().lsn, lsn, "refused statements log nothing");
     // Allowed shapes: NOT NULL key, WITHOUT ROWID, INTEGER PRIMARY KEY.
-    exec(&store, "CREATE TABLE ok1 (a TEXT PRIMARY KEY NOT NULL, b TEXT)");
-    exec(&store, "CREATE TABLE ok2 (a TEXT, b INT, PRIMARY KEY (b, a)) WITHOUT ROWID");
+    exec(
+        &store,
+        "CREATE TABLE ok1 (a TEXT PRIMARY KEY NOT NULL, b TEXT)",
+    );
+    exec(
+        &store,
+        "CREATE TABLE ok2 (a TEXT, b INT, PRIMARY KEY (b, a)) WITHOUT ROWID",
+    );
     exec(&store, "CREATE TABLE ok3 (id INTEGER PRIMARY KEY, b TEXT)");
 }
 
@@ -166,8 +222,14 @@ fn ddl_records_replay_onto_a_copy_seeded_before_them() {
     let seed = tmp.path().join("seed");
     snapshot(&dir, &seed);
     let store = Store::open(&dir, StoreOptions::default()).unwrap();
-    exec(&store, "CREATE TABLE m (id INTEGER PRIMARY KEY, box TEXT NOT NULL, body BLOB)");
-    exec(&store, "INSERT INTO m VALUES (1, 'inbox', x'00ff'), (2, 'inbox', NULL)");
+    exec(
+        &store,
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, box TEXT NOT NULL, body BLOB)",
+    );
+    exec(
+        &store,
+        "INSERT INTO m VALUES (1, 'inbox', x'00ff'), (2, 'inbox', NULL)",
+    );
     // DDL and DML mixed in one transaction, in order.
     exec(
         &store,
@@ -191,7 +253,9 @@ fn ddl_records_replay_onto_a_copy_seeded_before_them() {
     assert_eq!(applied, end.lsn.0);
     assert_eq!(shipper::hash::full_scan(&copy).unwrap(), end.hash);
     assert_eq!(shipper::hash::schema_hash(&copy).unwrap(), end.schema_hash);
-    let flags: i64 = copy.query_row("SELECT flags FROM m WHERE id = 3", [], |r| r.get(0)).unwrap();
+    let flags: i64 = copy
+        .query_row("SELECT flags FROM m WHERE id = 3", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(flags, 7);
 }
 
@@ -203,7 +267,10 @@ fn replaying_a_record_twice_or_skipping_one_is_a_conflict() {
     let seed = tmp.path().join("seed");
     snapshot(&dir, &seed);
     let store = Store::open(&dir, StoreOptions::default()).unwrap();
-    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)");
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)",
+    );
     exec(&store, "INSERT INTO t VALUES (1, 1)");
     exec(&store, "UPDATE t SET v = 2 WHERE id = 1");
     drop(store);
@@ -217,7 +284,10 @@ fn replaying_a_record_twice_or_skipping_one_is_a_conflict() {
     apply_record(&copy, recs[0].0, &recs[0].1).unwrap();
     // Skipping record 2: record 3 expects the guard at LSN 2.
     let err = apply_record(&copy, recs[2].0, &recs[2].1).unwrap_err();
-    assert!(matches!(&err, Error::Conflict { lsn, .. } if *lsn == recs[2].0), "{err}");
+    assert!(
+        matches!(&err, Error::Conflict { lsn, .. } if *lsn == recs[2].0),
+        "{err}"
+    );
     apply_record(&copy, recs[1].0, &recs[1].1).unwrap();
     // Applying record 2 again.
     let err = apply_record(&copy, recs[1].0, &recs[1].1).unwrap_err();
@@ -229,7 +299,10 @@ fn a_transaction_larger_than_a_segment_is_split_and_redone_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("a");
     let store = new_store(&dir);
-    exec(&store, "CREATE TABLE att (id INTEGER PRIMARY KEY, data BLOB NOT NULL)");
+    exec(
+        &store,
+        "CREATE TABLE att (id INTEGER PRIMARY KEY, data BLOB NOT NULL)",
+    );
     exec(&store, "INSERT INTO att VALUES (1, x'01')");
     drop(store);
     let seed = tmp.path().join("seed");
@@ -237,7 +310,10 @@ fn a_transaction_larger_than_a_segment_is_split_and_redone_whole() {
     let store = Store::open(&dir, StoreOptions::default()).unwrap();
     let big = store
         .transaction(|tx| {
-            tx.conn().execute("INSERT INTO att VALUES (2, randomblob(3 * 1024 * 1024))", [])?;
+            tx.conn().execute(
+                "INSERT INTO att VALUES (2, randomblob(3 * 1024 * 1024))",
+                [],
+            )?;
             Ok(())
         })
         .unwrap();
@@ -246,7 +322,11 @@ fn a_transaction_larger_than_a_segment_is_split_and_redone_whole() {
     let end = store.state();
     drop(store);
     let sealed = list_sealed(&dir.join(LOG_DIR)).unwrap();
-    assert!(sealed.len() >= 3, "a 3 MiB row spans at least 3 sealed segments, got {}", sealed.len());
+    assert!(
+        sealed.len() >= 3,
+        "a 3 MiB row spans at least 3 sealed segments, got {}",
+        sealed.len()
+    );
 
     // The database falls back to before the big row: recovery redoes it whole.
     restore(&seed, &dir);
@@ -272,7 +352,10 @@ fn seal_after_seals_an_idle_segment() {
     let logs = tmp.path().join(LOG_DIR);
     let deadline = Instant::now() + Duration::from_secs(10);
     while list_sealed(&logs).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "no segment sealed 10 s after a record with seal-after 200ms");
+        assert!(
+            Instant::now() < deadline,
+            "no segment sealed 10 s after a record with seal-after 200ms"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let sealed = list_sealed(&logs).unwrap();
@@ -286,17 +369,27 @@ fn seal_after_seals_an_idle_segment() {
 fn a_torn_tail_is_truncated_and_earlier_records_survive() {
     let tmp = tempfile::tempdir().unwrap();
     let store = new_store(tmp.path());
-    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    );
     exec(&store, "INSERT INTO t VALUES (1, 'kept')");
     let end = store.state();
     drop(store);
     // Garbage where the next record would go: a torn, unacknowledged write.
-    let current: PathBuf = tmp.path().join(LOG_DIR).join(shipper::format::CURRENT_FILE_NAME);
+    let current: PathBuf = tmp
+        .path()
+        .join(LOG_DIR)
+        .join(shipper::format::CURRENT_FILE_NAME);
     let bytes = std::fs::read(&current).unwrap();
     let scan = shipper::format::scan_current(&bytes, None).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&current).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&current)
+        .unwrap();
     use std::os::unix::fs::FileExt;
-    f.write_all_at(&[0x5a; 300], scan.records_end as u64).unwrap();
+    f.write_all_at(&[0x5a; 300], scan.records_end as u64)
+        .unwrap();
     drop(f);
     let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
     assert_eq!(store.state().lsn, end.lsn);
@@ -313,7 +406,10 @@ fn a_sealed_segment_with_a_bad_byte_stops_recovery_with_its_location() {
     let seed = tmp.path().join("seed");
     snapshot(&dir, &seed);
     let store = Store::open(&dir, StoreOptions::default()).unwrap();
-    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    );
     exec(&store, "INSERT INTO t VALUES (1, 'x')");
     store.seal().unwrap().expect("sealed");
     drop(store);
@@ -325,7 +421,12 @@ fn a_sealed_segment_with_a_bad_byte_stops_recovery_with_its_location() {
     restore(&seed, &dir);
     let err = Store::open(&dir, StoreOptions::default()).unwrap_err();
     match err {
-        Error::Corrupt { path: p, generation: g, offset, .. } => {
+        Error::Corrupt {
+            path: p,
+            generation: g,
+            offset,
+            ..
+        } => {
             assert_eq!(&p, path);
             assert_eq!(g, *generation);
             assert!(offset <= 200, "offset {offset}");
@@ -357,4 +458,134 @@ fn a_second_writer_is_locked_out() {
     let _store = new_store(tmp.path());
     let err = Store::open(tmp.path(), StoreOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
+}
+
+/// Holds the writer inside a transaction until released, so that the
+/// transactions submitted meanwhile run together in the next group commit.
+fn hold_writer(store: &Arc<Store>) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = Arc::new(std::sync::Mutex::new(gate));
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let s = store.clone();
+    let h = std::thread::spawn(move || {
+        s.transaction(move |_tx| {
+            let _ = entered_tx.send(());
+            let _ = gate.lock().unwrap().recv();
+            Ok(())
+        })
+        .unwrap();
+    });
+    entered.recv().unwrap();
+    (release, h)
+}
+
+fn wait_submitted(store: &Store, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.stats().submitted < n {
+        assert!(Instant::now() < deadline, "transactions were not submitted");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn one_group_commit_isolates_failures_reruns_and_schema_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(new_store(tmp.path()));
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)",
+    );
+    exec(&store, "INSERT INTO t VALUES (100, 'taken')");
+    let before = store.state().lsn;
+    let (release, holder) = hold_writer(&store);
+    let base = store.stats().submitted;
+    let mut threads = Vec::new();
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    type Job = Box<dyn FnMut(&mut shipper::Tx<'_>) -> shipper::Result<()> + Send>;
+    let jobs: Vec<(&str, Job)> = vec![
+        (
+            "ok1",
+            Box::new({
+                let runs = runs.clone();
+                move |tx| {
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tx.conn().execute("INSERT INTO t VALUES (1, 'one')", [])?;
+                    Ok(())
+                }
+            }),
+        ),
+        (
+            "fails",
+            Box::new(|tx| {
+                tx.conn().execute("INSERT INTO t VALUES (2, 'two')", [])?;
+                Err(shipper::Error::Aborted("no".into()))
+            }),
+        ),
+        (
+            "rollback",
+            Box::new(|tx| {
+                // Ends the whole SQLite transaction: the batch is redone without it.
+                tx.conn()
+                    .execute("INSERT OR ROLLBACK INTO t VALUES (3, 'taken')", [])?;
+                Ok(())
+            }),
+        ),
+        (
+            "ddl",
+            Box::new(|tx| {
+                tx.conn().execute("INSERT INTO t VALUES (4, 'four')", [])?;
+                tx.ddl("CREATE TABLE u (id INTEGER PRIMARY KEY, w TEXT)")?;
+                tx.conn().execute("INSERT INTO u VALUES (1, 'x')", [])?;
+                Ok(())
+            }),
+        ),
+        (
+            "ok2",
+            Box::new(|tx| {
+                tx.conn().execute("INSERT INTO t VALUES (5, 'five')", [])?;
+                Ok(())
+            }),
+        ),
+    ];
+    for (i, (name, mut job)) in jobs.into_iter().enumerate() {
+        let s = store.clone();
+        threads.push((
+            name,
+            std::thread::spawn(move || s.transaction(move |tx| job(tx))),
+        ));
+        wait_submitted(&store, base + i as u64 + 1);
+    }
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let mut results = std::collections::HashMap::new();
+    for (name, h) in threads {
+        results.insert(name, h.join().unwrap());
+    }
+    assert!(
+        results["ok1"].is_ok() && results["ok2"].is_ok() && results["ddl"].is_ok(),
+        "{results:?}"
+    );
+    assert!(
+        results["fails"].is_err() && results["rollback"].is_err(),
+        "{results:?}"
+    );
+    // ok1 ran twice: once before the rollback ended the batch, once after.
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let ids: Vec<i64> = store
+        .reader()
+        .unwrap()
+        .prepare("SELECT id FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 4, 5, 100]);
+    assert_eq!(count(&store, "SELECT count(*) FROM u"), 1);
+    // The schema change got a record of its own.
+    let ddl_lsn = results["ddl"].as_ref().unwrap().lsn;
+    assert_ne!(ddl_lsn, results["ok1"].as_ref().unwrap().lsn);
+    assert_ne!(ddl_lsn, results["ok2"].as_ref().unwrap().lsn);
+    assert!(store.state().lsn.0 > before.0 + 1);
+    assert_hash_matches(&store);
 }
