@@ -928,14 +928,10 @@ fn check_order(
             }
             header.prev_lsn
         }
-        (None, false) => {
-            if header.hash_lsn != header.prev_lsn {
-                return Err(Reason::BadFragment(
-                    "the first frame starts a new record, but the previous segment ended inside a record",
-                ));
-            }
-            next_lsn(header.prev_lsn)?
-        }
+        // A new record follows the last complete one. When the previous
+        // segment ended inside a record, that record was abandoned (a crash
+        // cut it before its last fragment) and the new one reuses its LSN.
+        (None, false) => next_lsn(header.hash_lsn)?,
         (Some(p), true) => {
             if p.fragment.completes() {
                 return Err(Reason::BadFragment(
@@ -950,12 +946,12 @@ fn check_order(
             p.lsn
         }
         (Some(p), false) => {
-            if !p.fragment.completes() {
-                return Err(Reason::BadFragment(
-                    "a new record starts before the previous one ended",
-                ));
+            if p.fragment.completes() {
+                next_lsn(p.lsn)?
+            } else {
+                // Abandons the incomplete record: same LSN.
+                p.lsn
             }
-            next_lsn(p.lsn)?
         }
     };
     if f.lsn != expected {
@@ -1248,9 +1244,17 @@ impl Reassembler {
         frame: &Frame<'a>,
     ) -> Result<Option<(RecordKind, Lsn, std::borrow::Cow<'a, [u8]>)>, Reason> {
         match frame.fragment {
-            Fragment::Whole | Fragment::First if self.pending.is_some() => Err(
-                Reason::BadFragment("a new record starts while a fragmented record is incomplete"),
-            ),
+            Fragment::Whole | Fragment::First if self.pending.is_some() => {
+                // A new record with the LSN of the incomplete one abandons it
+                // (FORMAT.md, "Fragments"); any other LSN is corruption.
+                if self.pending.as_ref().map(|p| p.1) != Some(frame.lsn) {
+                    return Err(Reason::BadFragment(
+                        "a new record starts while a fragmented record with another LSN is incomplete",
+                    ));
+                }
+                self.pending = None;
+                self.push(frame)
+            }
             Fragment::Whole => Ok(Some((frame.kind, frame.lsn, Cow::Borrowed(frame.payload)))),
             Fragment::First => {
                 check_record_size(frame.payload.len())?;
@@ -2333,9 +2337,7 @@ mod tests {
         type Frames = &'static [(Fragment, RecordKind)];
         use Fragment::*;
         use RecordKind::*;
-        let cases: [(Frames, usize); 6] = [
-            (&[(First, Changeset), (Whole, Changeset)], 1),
-            (&[(First, Changeset), (First, Changeset)], 1),
+        let cases: [(Frames, usize); 4] = [
             (&[(Whole, Changeset), (Last, Changeset)], 1),
             (&[(Whole, Ddl), (Middle, Ddl)], 1),
             (&[(First, Ddl), (Last, Changeset)], 1),
@@ -2370,7 +2372,57 @@ mod tests {
         let at = b.put(Changeset, Whole, Lsn(11), &[0; 30]);
         let e = sealed_err(&b.finish()[0]);
         assert_eq!(e.offset, at as u64);
-        assert!(matches!(e.reason, Reason::BadFragment(_)));
+        assert!(matches!(e.reason, Reason::BadLsn { .. }), "{e:?}");
+        // A new record after an incomplete one must reuse its LSN (abandoning it).
+        let mut b = LogBuilder::starting_at(Generation(2), 9, Lsn(10), ContentHash(1));
+        b.put(Changeset, First, Lsn(11), &[0; 30]);
+        let at = b.put(Changeset, Whole, Lsn(12), &[0; 30]);
+        let e = sealed_err(&b.finish()[0]);
+        assert_eq!(e.offset, at as u64);
+        assert!(matches!(e.reason, Reason::BadLsn { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_record_cut_by_a_crash_is_abandoned_by_the_next_with_its_lsn() {
+        use Fragment::*;
+        use RecordKind::*;
+        let rec = |n: u8| {
+            let r = Record {
+                time_us: 1,
+                hash: ContentHash(n as u128),
+                body: Body::Changeset(vec![n; 10]),
+            };
+            let mut v = Vec::new();
+            r.encode(&mut v);
+            v
+        };
+        // Within a segment: First(11) cut, then Whole(11) and Whole(12).
+        let mut b = LogBuilder::starting_at(Generation(2), 9, Lsn(10), ContentHash(1));
+        b.put(Changeset, First, Lsn(11), &[9; 40]);
+        b.put(Changeset, Whole, Lsn(11), &rec(1));
+        b.put(Changeset, Whole, Lsn(12), &rec(2));
+        b.hash = ContentHash(2);
+        let segs = b.finish();
+        let scan = scan_sealed(&segs[0], None).unwrap();
+        let mut re = Reassembler::default();
+        let mut got = Vec::new();
+        for f in &scan.frames {
+            if let Some((_, lsn, payload)) = re.push(f).unwrap() {
+                got.push((lsn, Record::decode(Changeset, &payload).unwrap().hash));
+            }
+        }
+        assert_eq!(
+            got,
+            vec![(Lsn(11), ContentHash(1)), (Lsn(12), ContentHash(2))]
+        );
+        // Across segments: the previous segment ended inside record 10.
+        let mut b = LogBuilder::starting_at(Generation(2), 9, Lsn(10), ContentHash(1));
+        b.header.hash_lsn = Lsn(9);
+        b.buf.clear();
+        b.buf.extend_from_slice(&b.header.encode());
+        b.put(Changeset, Whole, Lsn(10), &rec(3));
+        b.hash = ContentHash(3);
+        scan_sealed(&b.finish()[0], None).unwrap();
     }
 
     #[test]

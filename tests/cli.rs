@@ -1,0 +1,258 @@
+//! The command line, run as a user would: init, sql (one transaction,
+//! --each, --read), verify, dump, seal, verify-copy, and the clear errors for
+//! bad configs, refused tables, failing SQL and damaged segments.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::Cluster;
+
+fn logship(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn sealed_segments(c: &Cluster) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(c.logs())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("LS0"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn lsn_of(c: &Cluster) -> u64 {
+    let out = c.ok(&["verify-copy"]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("lsn "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn init_prints_the_database_id_and_refuses_a_second_init() {
+    let c = Cluster::new();
+    let id = c.ok(&["init"]);
+    let id = id.trim();
+    assert_eq!(id.len(), 36, "a database id like 01234567-89ab-...: {id}");
+    let err = c.err(&["init"]);
+    assert!(err.contains("already holds a logship database"), "{err}");
+}
+
+#[test]
+fn config_errors_name_the_key_the_node_and_the_file() {
+    let c = Cluster::new();
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    std::fs::write(&c.config, text.replace("seal-after", "seal-aftre")).unwrap();
+    let err = c.err(&["init"]);
+    assert!(
+        err.contains("seal-aftre") && err.contains("logship.toml"),
+        "{err}"
+    );
+
+    let c = Cluster::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(["init", "--config"])
+        .arg(&c.config)
+        .args(["--node", "gamma"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("\"gamma\" is not in the config") && err.contains("alpha"),
+        "{err}"
+    );
+
+    let out = logship(&[
+        "init",
+        "--config",
+        "/nonexistent/logship.toml",
+        "--node",
+        "a",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/logship.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sql_runs_one_logged_transaction_and_read_prints_tsv() {
+    let c = Cluster::new();
+    c.ok(&["init"]);
+    let out = c.ok(&[
+        "sql",
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, who TEXT NOT NULL, body BLOB, score REAL); \
+         INSERT INTO m VALUES (1, 'a\tb', x'00ff', 1.0), (2, 'line\nbreak', NULL, 2.5);",
+    ]);
+    assert_eq!(out.trim(), "ok 1", "one transaction, one record");
+    let rows = c.ok(&[
+        "sql",
+        "--read",
+        "SELECT id, who, body, score FROM m ORDER BY id",
+    ]);
+    assert_eq!(
+        rows,
+        "id\twho\tbody\tscore\n1\ta\\tb\t\\x00ff\t1.0\n2\tline\\nbreak\t\\N\t2.5\n"
+    );
+    // --read refuses writes and logs nothing.
+    let err = c.err(&["sql", "--read", "DELETE FROM m"]);
+    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(lsn_of(&c), 1);
+    // The database is a plain SQLite file that the stock client reads.
+    let out = Command::new("sqlite3")
+        .arg(c.database())
+        .arg("SELECT count(*) FROM m")
+        .output();
+    let out = out.expect("the sqlite3 client is installed by the test command");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+}
+
+#[test]
+fn sql_each_prints_ok_lsn_after_each_statement() {
+    let c = Cluster::new();
+    c.ok(&["init"]);
+    c.ok(&[
+        "sql",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    ]);
+    let file = c.dir.path().join("s.sql");
+    std::fs::write(&file, "INSERT INTO t (v) VALUES ('a');\nINSERT INTO t (v) VALUES ('b');\nSELECT count(*) AS n FROM t;\nINSERT INTO t (v) VALUES ('c');\n").unwrap();
+    let out = c.ok(&["sql", "--each", "--file", file.to_str().unwrap()]);
+    assert_eq!(out, "ok 2\nok 3\nn\n2\nok 3\nok 4\n");
+}
+
+#[test]
+fn sql_that_fails_halfway_rolls_back_everything_and_logs_nothing() {
+    let c = Cluster::new();
+    c.ok(&["init"]);
+    c.ok(&[
+        "sql",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    ]);
+    let before = lsn_of(&c);
+    let err = c.err(&[
+        "sql",
+        "INSERT INTO t VALUES (1, 'x'); INSERT INTO t VALUES (2, NULL);",
+    ]);
+    assert!(err.contains("NOT NULL") && err.contains("t.v"), "{err}");
+    assert_eq!(c.read("SELECT count(*) FROM t"), vec!["0"]);
+    assert_eq!(lsn_of(&c), before, "no record left behind");
+}
+
+#[test]
+fn tables_that_cannot_replicate_are_refused_by_name() {
+    let c = Cluster::new();
+    c.ok(&["init"]);
+    for (sql, table, why) in [
+        ("CREATE TABLE notes (body TEXT)", "notes", "no PRIMARY KEY"),
+        (
+            "CREATE TABLE tags (name TEXT PRIMARY KEY)",
+            "tags",
+            "may be NULL",
+        ),
+        (
+            "CREATE TABLE seq (id INTEGER PRIMARY KEY AUTOINCREMENT)",
+            "seq",
+            "AUTOINCREMENT",
+        ),
+    ] {
+        let err = c.err(&["sql", sql]);
+        assert!(
+            err.contains(&format!("table \"{table}\"")) && err.contains(why),
+            "{sql}: {err}"
+        );
+    }
+    assert_eq!(lsn_of(&c), 0);
+}
+
+#[test]
+fn verify_and_dump_read_segments_and_name_every_fault() {
+    let c = Cluster::new();
+    c.ok(&["init"]);
+    c.ok(&[
+        "sql",
+        "CREATE TABLE att (id INTEGER PRIMARY KEY, data BLOB NOT NULL)",
+    ]);
+    // A 3 MiB row: fragments across segments.
+    c.ok(&["sql", "INSERT INTO att VALUES (1, randomblob(3145728))"]);
+    c.ok(&["sql", "INSERT INTO att VALUES (2, x'0102')"]);
+    let out = c.ok(&["seal"]);
+    assert!(out.starts_with("sealed LS"), "{out}");
+    let segs = sealed_segments(&c);
+    assert!(segs.len() >= 4, "{segs:?}");
+    let names: Vec<&str> = segs.iter().map(|p| p.to_str().unwrap()).collect();
+    let mut args = vec!["verify"];
+    args.extend(&names);
+    let out = logship(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        segs.len()
+    );
+
+    // dump shows the header, the DDL and the fragments.
+    let dump = String::from_utf8_lossy(&logship(&["dump", names[0]]).stdout).into_owned();
+    assert!(
+        dump.contains("generation     0x1") && dump.contains("ddl: CREATE TABLE att"),
+        "{dump}"
+    );
+    assert!(dump.contains("first-fragment"), "{dump}");
+    let dump =
+        String::from_utf8_lossy(&logship(&["dump", "--changes", names[segs.len() - 1]]).stdout)
+            .into_owned();
+    assert!(
+        dump.contains("Insert att") && dump.contains("last-fragment"),
+        "{dump}"
+    );
+
+    // One flipped byte in a record: BAD, with file, generation and offset.
+    let damaged = c.dir.path().join(segs[1].file_name().unwrap());
+    let mut bytes = std::fs::read(&segs[1]).unwrap();
+    bytes[5000] ^= 0x01;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out = logship(&["verify", damaged.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.starts_with("BAD") && stdout.contains("generation 0x2") && stdout.contains("offset"),
+        "{stdout}"
+    );
+
+    // A format version from the future.
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    bytes[8] = 2;
+    let v2 = c.dir.path().join(segs[0].file_name().unwrap());
+    std::fs::write(&v2, &bytes).unwrap();
+    let stdout =
+        String::from_utf8_lossy(&logship(&["verify", v2.to_str().unwrap()]).stdout).into_owned();
+    assert!(stdout.contains("unsupported format version 2"), "{stdout}");
+
+    // A gap: generations 1 and 3 without 2.
+    let out = logship(&["verify", names[0], names[2]]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && stdout.contains("gap"), "{stdout}");
+
+    // A segment of another database among ours.
+    let other = Cluster::new();
+    other.ok(&["init"]);
+    other.ok(&["sql", "CREATE TABLE x (id INTEGER PRIMARY KEY)"]);
+    other.ok(&["seal"]);
+    let foreign = sealed_segments(&other).remove(0);
+    let out = logship(&["verify", names[0], foreign.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && stdout.contains("belongs to database"),
+        "{stdout}"
+    );
+}
