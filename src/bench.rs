@@ -75,6 +75,9 @@ fn commit(
         base.display(),
         dur.as_secs_f64()
     );
+    if let Some(fs) = filesystem_of(&base) {
+        println!("filesystem {fs}");
+    }
     println!(
         "{:>8} {:>14} {:>14} {:>8}",
         "writers", "store tx/s", "sqlite tx/s", "ratio"
@@ -188,4 +191,25 @@ fn run_sqlite(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
     drop(conns);
     std::fs::remove_dir_all(dir).ok();
     Ok(rate)
+}
+
+/// The mount that holds `path`, from /proc/self/mounts: "TYPE (DEVICE on
+/// MOUNTPOINT, OPTIONS)". Whether a filesystem journals decides what an
+/// fsync costs, so the figures are meaningless without it.
+fn filesystem_of(path: &Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && path.starts_with(f[1])).then(|| {
+                (
+                    f[1].len(),
+                    format!("{} ({} on {}, {})", f[2], f[0], f[1], f[3]),
+                )
+            })
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, s)| s)
 }

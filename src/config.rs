@@ -94,10 +94,26 @@ fn default_seal_after() -> Duration {
 }
 
 impl Config {
+    /// Reads and checks the file. Relative paths in it are relative to the
+    /// file's own directory, not to the working directory.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read config file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+        let mut config =
+            Self::parse(&text).with_context(|| format!("config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for node in config.nodes.values_mut() {
+            if node.data_dir.is_relative() {
+                node.data_dir = base.join(&node.data_dir);
+            }
+        }
+        if let Some(d) = config.dumpster.as_mut()
+            && let Some(dir) = d.data_dir.as_mut()
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config> {
