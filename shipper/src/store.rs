@@ -198,6 +198,9 @@ pub struct Tx<'a> {
     first: bool,
     /// Set when the request must run again at the head of a new batch.
     requeue: bool,
+    /// Set when a schema change failed: the request is rolled back even if
+    /// its closure ignores the error (the DDL would otherwise go unlogged).
+    poisoned: Option<String>,
 }
 
 /// What a group commit has captured so far.
@@ -250,6 +253,9 @@ impl<'a> Tx<'a> {
         // A new session either way: the old one ended at the statement.
         self.batch.session = Some(Session::new(self.conn)?);
         self.batch.ddl = true;
+        if let Err(e) = &result {
+            self.poisoned = Some(format!("schema change {sql:?} failed: {e}"));
+        }
         result?;
         self.batch.parts.push(DdlPart::Sql(sql.to_string()));
         Ok(())
@@ -302,7 +308,10 @@ impl<'a> Tx<'a> {
 
     fn refusal_or(&self, op: String, e: rusqlite::Error) -> Error {
         match self.auth.refused.lock().expect("auth lock").take() {
-            Some(Refusal::Forbidden(what)) | Some(Refusal::Ddl(what)) => Error::Refused { what },
+            Some(Refusal::Forbidden(what)) => Error::Refused { what },
+            Some(Refusal::Ddl(what)) => Error::Refused {
+                what: format!("schema change outside Tx::ddl: {what}"),
+            },
             None => Error::sql(op, e),
         }
     }
@@ -486,6 +495,15 @@ where
 }
 
 type Job = Box<dyn Request>;
+
+/// How a job's run ended.
+enum Ran {
+    Ok,
+    /// The closure returned an error; the caller gets it.
+    Failed,
+    /// The store refused what the closure did (it ignored the error).
+    Refused(Error),
+}
 /// Jobs with the answer each gets.
 type Answers = Vec<(Job, Result<(Lsn, bool)>)>;
 
@@ -1054,7 +1072,7 @@ impl Writer {
             };
             // Jobs whose closure succeeded, and those that failed (answered
             // after the batch, like the others, to keep one path).
-            let mut ran: Vec<(Job, bool)> = Vec::new();
+            let mut ran: Vec<(Job, Ran)> = Vec::new();
             while let Some(mut job) = jobs.pop_front() {
                 self.internal(&format!("SAVEPOINT {SAVEPOINT}"))?;
                 let parts_before = capture.parts.len();
@@ -1064,11 +1082,18 @@ impl Writer {
                     batch: &mut capture,
                     first: ran.is_empty(),
                     requeue: false,
+                    poisoned: None,
                 };
                 self.auth.mode.store(MODE_USER, Ordering::SeqCst);
-                let ok = job.run(&mut tx);
+                let closure_ok = job.run(&mut tx);
                 self.auth.mode.store(MODE_INTERNAL, Ordering::SeqCst);
                 let requeue = tx.requeue;
+                let outcome = match (closure_ok, tx.poisoned.take()) {
+                    (_, Some(what)) => Ran::Refused(Error::Refused { what }),
+                    (true, None) => Ran::Ok,
+                    (false, None) => Ran::Failed,
+                };
+                let ok = matches!(outcome, Ran::Ok);
                 if self.conn.is_autocommit() {
                     // A statement (INSERT OR ROLLBACK, RAISE(ROLLBACK)) ended
                     // the whole SQLite transaction, and with it the work of
@@ -1084,12 +1109,12 @@ impl Writer {
                     self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
                     job.finish(culprit_error);
                     let mut again = Vec::new();
-                    for (j, ok) in ran {
-                        if ok {
-                            again.push(j);
-                        } else {
+                    for (j, ran) in ran {
+                        match ran {
+                            Ran::Ok => again.push(j),
                             // It failed on its own: its answer is its error.
-                            j.finish(Ok((self.lsn, false)));
+                            Ran::Failed => j.finish(Ok((self.lsn, false))),
+                            Ran::Refused(e) => j.finish(Err(e)),
                         }
                     }
                     for j in again.into_iter().rev() {
@@ -1119,7 +1144,7 @@ impl Writer {
                     }
                 }
                 let was_ddl = capture.ddl;
-                ran.push((job, ok));
+                ran.push((job, outcome));
                 if was_ddl {
                     // Nothing shares a record with a schema change.
                     break;
@@ -1137,7 +1162,11 @@ impl Writer {
                 let reason = e.to_string();
                 let answers = ran
                     .into_iter()
-                    .map(|(j, _)| (j, Err(Error::Aborted(reason.clone()))))
+                    .map(|(j, ran)| match ran {
+                        Ran::Failed => (j, Ok((self.lsn, false))),
+                        Ran::Refused(e) => (j, Err(e)),
+                        Ran::Ok => (j, Err(Error::Aborted(reason.clone()))),
+                    })
                     .collect();
                 self.replier.answer(answers);
                 return Ok(jobs);
@@ -1219,7 +1248,7 @@ impl Writer {
 
     fn commit_batch(
         &mut self,
-        ran: Vec<(Job, bool)>,
+        ran: Vec<(Job, Ran)>,
         record: Option<(Lsn, RecordKind, Vec<u8>, ContentHash, SchemaHash)>,
     ) -> Result<()> {
         let c = &self.shared.counters;
@@ -1246,7 +1275,11 @@ impl Writer {
         let lsn = self.lsn;
         let answers = ran
             .into_iter()
-            .map(|(j, _)| (j, Ok((lsn, logged))))
+            .map(|(j, ran)| match ran {
+                Ran::Ok => (j, Ok((lsn, logged))),
+                Ran::Failed => (j, Ok((lsn, false))),
+                Ran::Refused(e) => (j, Err(e)),
+            })
             .collect();
         self.replier.answer(answers);
         commit

@@ -589,3 +589,29 @@ fn one_group_commit_isolates_failures_reruns_and_schema_changes() {
     assert!(store.state().lsn.0 > before.0 + 1);
     assert_hash_matches(&store);
 }
+
+#[test]
+fn a_refused_schema_change_is_rolled_back_even_if_the_closure_ignores_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    let before = store.state().lsn;
+    let err = store
+        .transaction(|tx| {
+            let _ignored = tx.ddl("CREATE TABLE nopk (a TEXT)");
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused { what } if what.contains("nopk")),
+        "{err}"
+    );
+    assert_eq!(store.state().lsn, before);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'nopk'"
+        ),
+        0
+    );
+    assert_hash_matches(&store);
+}
