@@ -3,6 +3,7 @@
 //! the library crates; the work itself lives there.
 
 mod bench;
+mod copy;
 mod inspect;
 mod sql;
 
@@ -64,6 +65,53 @@ enum Command {
     /// Recompute the content hash of a node's database by a full scan and
     /// compare it with the hash its log holds at the same LSN.
     VerifyCopy {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// The passive's daemon: copy sealed segments from the active's share,
+    /// inspect each one whole, and replay them into this node's copy.
+    ///
+    /// Runs until SIGTERM or SIGINT. The copy's state is in
+    /// `<data-dir>/copy.json`; its status is also published on this node's
+    /// share as `copy-status.json`, where the active reads it.
+    Replay {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The node to copy from (default: the only other node).
+        #[arg(long)]
+        from: Option<String>,
+        /// How often to look for a new segment when idle.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        poll: std::time::Duration,
+    },
+    /// Copy status, as Exchange's Get-StorageGroupCopyStatus shows it.
+    ///
+    /// Per copy: SummaryCopyStatus (Healthy, Initializing, Seeding,
+    /// Suspended, Failed, Disconnected), copy and replay queue lengths
+    /// (CQL = generated − inspected, RQL = inspected − replayed), the last log
+    /// generated, copied, inspected and replayed, the last replayed LSN with
+    /// its content hash, and the error of a failed copy.
+    Status {
+        #[arg(long, env = "LOGSHIP_CONFIG", default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// Only this node's copy.
+        #[arg(long)]
+        node: Option<String>,
+        /// JSON for machines (snake_case keys).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend a copy: copying and replay stop until `resume`. A suspended
+    /// copy holds back log truncation on the active.
+    Suspend {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Why (shown by `status`).
+        #[arg(long, default_value = "suspended by an operator")]
+        reason: String,
+    },
+    /// Resume a suspended copy, or retry a failed one.
+    Resume {
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -142,7 +190,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sql(args) => sql::run(args),
+        Command::Replay { node, from, poll } => {
+            let (name, node_cfg, cfg) = node.resolve()?;
+            copy::replay(&name, &node_cfg, &cfg, from.as_deref(), poll)
+        }
+        Command::Status { config, node, json } => {
+            let cfg = config::Config::load(&config)?;
+            if let Some(n) = &node {
+                cfg.node(n)?;
+            }
+            copy::status(&cfg, node.as_deref(), json)
+        }
+        Command::Suspend { node, reason } => {
+            let (name, node_cfg, _) = node.resolve()?;
+            copy::suspend(&name, &node_cfg, &reason)
+        }
+        Command::Resume { node } => {
+            let (name, node_cfg, _) = node.resolve()?;
+            copy::resume(&name, &node_cfg)
+        }
         Command::VerifyCopy { node } => {
+            let (name, node_cfg, cfg) = node.resolve()?;
+            let paths = replayer::state::CopyPaths::new(&node_cfg.data_dir);
+            if paths.state.exists() {
+                return copy::verify_copy(&name, &node_cfg, &cfg);
+            }
             let store = node.open_store()?;
             let check = store.check_content()?;
             println!(

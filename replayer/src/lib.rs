@@ -1,7 +1,24 @@
-//! The passive side of logship: seeding a copy from the active, the copier that
-//! pulls sealed segments from the active's share into a local queue, the
-//! inspector that verifies every segment before replay, the replay engine that
-//! applies changesets in LSN order, and the per-copy status an operator reads.
+//! The passive side of logship: it keeps a copy of the active's database
+//! current by pulling sealed segments from the active's share (the copier),
+//! verifying each one whole before anything else touches it (the
+//! inspector), and applying their records in LSN order (replay). It keeps
+//! the copy's status with the names Exchange administrators know, and
+//! publishes it on the node's own share for the active to read.
 //!
-//! Nothing lives here yet; the segment format and the apply primitive it will
-//! use are `shipper`'s.
+//! Reading order: `state` (what a copy remembers), `inspector`, `copier`,
+//! `replay`, `status`, then `daemon`, which runs them in a loop.
+//!
+//! Architecture invariant: the replayer never writes into the active's
+//! share; it only reads it. Nothing is replayed that the inspector has not
+//! passed.
+
+pub mod copier;
+pub mod daemon;
+pub mod inspector;
+pub mod replay;
+pub mod state;
+pub mod status;
+
+pub use daemon::{ReplayConfig, run};
+pub use state::CopyState;
+pub use status::{CopyStatus, SummaryCopyStatus};

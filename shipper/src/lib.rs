@@ -15,6 +15,7 @@ pub mod format;
 pub mod hash;
 pub mod log;
 pub mod script;
+pub mod share;
 pub mod store;
 pub mod types;
 

@@ -644,6 +644,37 @@ pub fn for_each_record(
     Ok(())
 }
 
+/// The content hash the log in `dir` records at `lsn`: in the record with
+/// that LSN, or in a segment header whose base is `lsn`. `Ok(None)` when the
+/// log no longer reaches back to it.
+pub fn hash_at(dir: &Path, lsn: Lsn) -> Result<Option<ContentHash>> {
+    let current = dir.join(CURRENT_FILE_NAME);
+    let mut files: Vec<PathBuf> = list_sealed(dir)?.into_iter().map(|(_, p)| p).collect();
+    if current.exists() {
+        files.push(current);
+    }
+    for path in &files {
+        let h = read_header(path)?;
+        if h.hash_lsn == lsn {
+            return Ok(Some(h.base_hash));
+        }
+    }
+    if lsn == Lsn::ZERO {
+        return Ok(None);
+    }
+    let mut found = None;
+    match for_each_record(dir, None, Lsn(lsn.0 - 1), |l, rec| {
+        if l == lsn {
+            found = Some(rec.hash);
+        }
+        Ok(())
+    }) {
+        Ok(()) => Ok(found),
+        Err(Error::MissingLog { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads and verifies only the header of a segment file.
 pub fn read_header(path: &Path) -> Result<SegmentHeader> {
     let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;

@@ -157,3 +157,110 @@ pub fn seed(test: &str) -> u64 {
     eprintln!("{test}: seed {seed} (replay with LOGSHIP_TEST_SEED={seed})");
     seed
 }
+
+/// Two nodes: `alpha` (the active, whose share is its log directory) and
+/// `beta` (a passive, publishing its status on its own share).
+pub struct Pair {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Pair {
+    pub fn new() -> Pair {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("beta-share")).unwrap();
+        let config = p.join("logship.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"pair\"\nseal-after = \"200ms\"\n\n\
+                 [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{a}/logs\"\n\n\
+                 [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{bs}\"\n",
+                a = p.join("alpha").display(),
+                b = p.join("beta").display(),
+                bs = p.join("beta-share").display(),
+            ),
+        )
+        .unwrap();
+        Pair { dir, config }
+    }
+
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.dir.path().join(node)
+    }
+
+    pub fn cmd(&self, node: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
+        c.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(node)
+            .env("RUST_LOG", "warn")
+            .env_remove("LOGSHIP_FAILPOINT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn ok(&self, node: &str, args: &[&str]) -> String {
+        let out = self.cmd(node, args).output().expect("run logship");
+        if !out.status.success() {
+            panic!(
+                "logship {args:?} on {node} failed: {}\nstdout:\n{}\nstderr:\n{}\nfiles:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                listing(self.dir.path())
+            );
+        }
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `logship status --json`, parsed, for one node's copy.
+    pub fn copy_status(&self, node: &str) -> Option<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+            .args(["status", "--json", "--node", node, "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().and_then(|a| a.first().cloned())
+    }
+
+    /// Offline seed: the active's database file, copied while no process has it open.
+    pub fn offline_seed(&self) {
+        let b = self.data_dir("beta");
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::copy(self.data_dir("alpha").join("store.db"), b.join("store.db")).unwrap();
+    }
+
+    /// Waits until `cond` holds, up to `secs` seconds (a readiness check).
+    pub fn wait_for(&self, what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !cond() {
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "timed out after {secs} s waiting for {what}\nfiles:\n{}",
+                    listing(self.dir.path())
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// A daemon child process, killed when dropped.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

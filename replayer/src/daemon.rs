@@ -1,0 +1,360 @@
+//! The replay daemon (`logship replay`): one loop that copies the next
+//! sealed segment from the active's share, inspects it, moves it into the
+//! copy's log directory, replays what is complete, and keeps the copy's
+//! state and published status current. It probes for the next generation's
+//! file name instead of listing the share on every turn, and sleeps a short
+//! poll interval only when there was nothing to do, so a sealed segment is
+//! replayed well under a second after it appears without burning CPU.
+//!
+//! Faults are sorted in two kinds. Permanent ones (divergence, a segment
+//! still corrupt after three copies, a gap, a schema mismatch) make the copy
+//! `Failed` until an operator resumes it. Transient ones (an unreachable
+//! share, a full disk) pause it with the error shown and clear themselves.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shipper::format;
+use shipper::share::Share;
+use shipper::{Error, Generation, Result};
+
+use crate::copier;
+use crate::inspector::{self, Inspected};
+use crate::replay::Replayer;
+use crate::state::{self, CopyPaths, CopyState, Mark};
+use crate::status;
+
+/// Default for `ReplayConfig::poll`.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(100);
+/// Copies of one segment before it is declared irrecoverable (Exchange: 3).
+pub const INSPECTION_TRIES: u32 = 3;
+/// Replayed segments kept in the copy's log directory.
+pub const KEEP_REPLAYED: u64 = 8;
+/// Name of the status file a passive publishes on its own share.
+pub const PUBLISHED_STATUS: &str = "copy-status.json";
+/// Pause before copying a segment again after it failed inspection
+/// (times the number of failures so far): a segment damaged in transit is
+/// often fine on the next copy, one damaged at the source may be rewritten.
+pub const RETRY_DELAY: Duration = Duration::from_millis(700);
+/// Longest pause after repeated transient faults.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the state is rewritten while nothing changes (liveness).
+const REFRESH: Duration = Duration::from_secs(2);
+/// How often the share is listed (for the generated watermark and gaps).
+const LIST_EVERY: Duration = Duration::from_secs(1);
+
+/// What the daemon needs to know.
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    /// This node's name.
+    pub node: String,
+    pub data_dir: PathBuf,
+    /// The node the copy pulls from, and its share.
+    pub source_node: String,
+    pub source: Share,
+    /// Where this node publishes its copy status for the active.
+    pub own_share: Option<Share>,
+    pub poll: Duration,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn mark(g: Generation) -> Option<Mark> {
+    Some(Mark {
+        generation: g.0,
+        time_us: now_us(),
+    })
+}
+
+/// True for faults that need an operator (the copy is `Failed`).
+fn permanent(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Conflict { .. }
+            | Error::SchemaMismatch { .. }
+            | Error::Corrupt { .. }
+            | Error::ForeignDatabase { .. }
+            | Error::MissingLog { .. }
+    )
+}
+
+struct Daemon<'a> {
+    cfg: &'a ReplayConfig,
+    paths: CopyPaths,
+    state: CopyState,
+    saved: CopyState,
+    saved_at: Instant,
+    replayer: Replayer,
+    prev: Option<Inspected>,
+    next: Option<Generation>,
+    attempts: u32,
+    /// After a failed inspection, the next copy waits until then.
+    retry_at: Option<Instant>,
+    listed_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Runs the replay daemon until `shutdown` is set.
+pub fn run(cfg: &ReplayConfig, shutdown: &AtomicBool) -> Result<()> {
+    let paths = CopyPaths::new(&cfg.data_dir);
+    let replayer = Replayer::open(&paths.database)?;
+    let mut state = CopyState::load(&paths)?.unwrap_or_default();
+    state.source = cfg.source_node.clone();
+    state.database_id = replayer.database_id().to_string();
+    state.initializing = true;
+    state.disconnected = false;
+    state.error = None;
+    state.replayed_lsn = replayer.lsn()?.0;
+    std::fs::create_dir_all(&paths.logs).map_err(|e| Error::io("create", &paths.logs, e))?;
+    // Continue after the last inspected segment if it is still here.
+    let mut prev = None;
+    let mut next = None;
+    if let Some(m) = state.last_inspected {
+        let path = paths.logs.join(format::segment_file_name(m.generation()));
+        if path.exists() {
+            prev = Some(inspector::reload(
+                &path,
+                m.generation(),
+                replayer.database_id(),
+            )?);
+            next = Some(m.generation().next());
+        }
+    }
+    let mut d = Daemon {
+        cfg,
+        saved: CopyState::default(),
+        saved_at: Instant::now(),
+        paths,
+        state,
+        replayer,
+        prev,
+        next,
+        attempts: 0,
+        retry_at: None,
+        listed_at: None,
+        backoff: cfg.poll,
+    };
+    tracing::info!(node = %cfg.node, source = %cfg.source_node, share = %cfg.source.display(), lsn = d.state.replayed_lsn, "replay daemon started");
+    d.publish(true)?;
+    while !shutdown.load(Ordering::Relaxed) {
+        let worked = d.turn()?;
+        d.publish(false)?;
+        if !worked {
+            std::thread::sleep(d.backoff);
+        }
+    }
+    d.publish(true)?;
+    tracing::info!(node = %cfg.node, "replay daemon stopped");
+    Ok(())
+}
+
+impl Daemon<'_> {
+    /// One turn of the loop; true when something was done (no pause needed).
+    fn turn(&mut self) -> Result<bool> {
+        if self.paths.retry.exists() {
+            let _ = std::fs::remove_file(&self.paths.retry);
+            if self.state.failed.take().is_some() {
+                tracing::info!("retrying a failed copy at the operator's request");
+            }
+            self.attempts = 0;
+        }
+        if state::suspended(&self.paths).is_some() || self.state.failed.is_some() {
+            self.backoff = self.cfg.poll;
+            return Ok(false);
+        }
+        let copied = match self.copy_and_inspect() {
+            Ok(c) => {
+                if self.state.disconnected {
+                    tracing::info!(share = %self.cfg.source.display(), "share reachable again");
+                }
+                self.state.disconnected = false;
+                c
+            }
+            Err(e) if permanent(&e) => return self.fail(e),
+            Err(e) => {
+                if !self.state.disconnected {
+                    tracing::warn!(share = %self.cfg.source.display(), error = %e, "cannot reach the source share; retrying");
+                }
+                self.state.disconnected = true;
+                self.state.error = Some(e.to_string());
+                self.back_off();
+                return Ok(false);
+            }
+        };
+        let replayed = match self.replayer.replay_available(&self.paths.logs) {
+            Ok(p) => {
+                if let Some(g) = p.replayed
+                    && self.state.last_replayed.map(|m| m.generation) != Some(g.0)
+                {
+                    self.state.last_replayed = mark(g);
+                }
+                if p.records > 0 {
+                    self.state.replayed_lsn = p.lsn.0;
+                    self.state.replayed_hash = p.hash.map(|h| h.to_string());
+                    tracing::debug!(records = p.records, lsn = %p.lsn, "replayed");
+                }
+                self.state.error = None;
+                p.records > 0
+            }
+            Err(e) if permanent(&e) => return self.fail(e),
+            Err(e) => {
+                if self.state.error.is_none() {
+                    tracing::warn!(error = %e, "replay paused; it resumes by itself when the cause is gone");
+                }
+                self.state.error = Some(format!("replay paused: {e}"));
+                self.back_off();
+                return Ok(false);
+            }
+        };
+        if self.state.disconnected || self.state.error.is_none() {
+            self.backoff = self.cfg.poll;
+        }
+        if !copied && !replayed && self.state.last_inspected.is_some() {
+            self.state.initializing = false;
+        }
+        self.trim()?;
+        Ok(copied || replayed)
+    }
+
+    fn back_off(&mut self) {
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn fail(&mut self, e: Error) -> Result<bool> {
+        tracing::error!(error = %e, "copy failed; fix the cause, then `logship resume` (or reseed)");
+        self.state.failed = Some(e.to_string());
+        Ok(false)
+    }
+
+    /// Copies and inspects the next generation if the share has it.
+    fn copy_and_inspect(&mut self) -> Result<bool> {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(false);
+        }
+        let source = &self.cfg.source;
+        let db = self.replayer.database_id();
+        let next = match self.next {
+            Some(g) => g,
+            None => match copier::start_generation(source, self.replayer.lsn()?)? {
+                Some(g) => {
+                    self.next = Some(g);
+                    g
+                }
+                None => return Ok(false),
+            },
+        };
+        let Some(path) = copier::copy(source, &self.paths.inbox, next)? else {
+            self.check_for_gap(next)?;
+            return Ok(false);
+        };
+        self.state.last_copied = mark(next);
+        if self
+            .state
+            .last_generated
+            .is_none_or(|m| m.generation < next.0)
+        {
+            self.state.last_generated = mark(next);
+        }
+        match inspector::inspect(&path, next, db, self.prev.as_ref()) {
+            Ok(ins) => {
+                let dest = self.paths.logs.join(format::segment_file_name(next));
+                std::fs::rename(&path, &dest)
+                    .map_err(|e| Error::io("move inspected segment", &path, e))?;
+                shipper::log::sync_dir(&self.paths.logs)?;
+                self.state.last_inspected = mark(next);
+                self.prev = Some(ins);
+                self.next = Some(next.next());
+                self.attempts = 0;
+                self.state.inspection_failures = 0;
+                self.retry_at = None;
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                self.attempts += 1;
+                self.state.inspection_failures = self.attempts;
+                self.retry_at = Some(Instant::now() + RETRY_DELAY * self.attempts);
+                if self.attempts >= INSPECTION_TRIES {
+                    tracing::error!(generation = %next, tries = self.attempts, error = %e, "segment failed inspection");
+                    return Err(e);
+                }
+                tracing::warn!(generation = %next, attempt = self.attempts, error = %e, "segment failed inspection; copying it again");
+                Ok(false)
+            }
+        }
+    }
+
+    /// The share lacks `next`: fine if nothing newer exists (it will come),
+    /// a gap if a newer generation does.
+    fn check_for_gap(&mut self, next: Generation) -> Result<()> {
+        if self.listed_at.is_some_and(|t| t.elapsed() < LIST_EVERY) {
+            return Ok(());
+        }
+        self.listed_at = Some(Instant::now());
+        let gens = copier::sealed_generations(&self.cfg.source)?;
+        if let Some(newest) = gens.last() {
+            if self
+                .state
+                .last_generated
+                .is_none_or(|m| m.generation < newest.0)
+            {
+                self.state.last_generated = mark(*newest);
+            }
+            if *newest > next {
+                return Err(Error::Corrupt {
+                    path: PathBuf::from(self.cfg.source.display())
+                        .join(format::segment_file_name(next)),
+                    generation: next,
+                    offset: 0,
+                    reason: format::Reason::GenerationGap {
+                        prev: Generation(next.0 - 1),
+                        found: gens.iter().copied().find(|g| *g > next).unwrap_or(*newest),
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes replayed segments beyond the few kept for inspection and failover.
+    fn trim(&mut self) -> Result<()> {
+        let Some(replayed) = self.state.last_replayed else {
+            return Ok(());
+        };
+        for (g, path) in shipper::log::list_sealed(&self.paths.logs)? {
+            if g.0 + KEEP_REPLAYED <= replayed.generation {
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io("delete replayed segment", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the state when it changed (or to show liveness), and publishes
+    /// the status on the node's own share.
+    fn publish(&mut self, force: bool) -> Result<()> {
+        let mut comparable = self.state.clone();
+        comparable.updated_us = self.saved.updated_us;
+        if !force && comparable == self.saved && self.saved_at.elapsed() < REFRESH {
+            return Ok(());
+        }
+        self.state.updated_us = now_us();
+        self.state.save(&self.paths)?;
+        self.saved = self.state.clone();
+        self.saved_at = Instant::now();
+        if let Some(share) = &self.cfg.own_share {
+            let st = status::status(&self.cfg.node, &self.paths, &self.state, now_us());
+            let json = serde_json::to_vec_pretty(&st).expect("status serialises");
+            if let Err(e) = share.write_atomic(PUBLISHED_STATUS, &json) {
+                tracing::warn!(share = %share.display(), error = %e, "cannot publish the copy status");
+            }
+        }
+        Ok(())
+    }
+}

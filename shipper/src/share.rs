@@ -1,0 +1,276 @@
+//! Shares: "a directory reachable by path" today, and by `smb://` URL once
+//! SMB lands, behind one type so that the replayer, the seed and the witness
+//! never care which. Every operation names the share and file in its error.
+//!
+//! Writes are atomic from a reader's point of view: `write_atomic` writes a
+//! temporary name, syncs it and renames it, so a reader sees either nothing
+//! or the whole file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Suffix of files being written; readers ignore them.
+pub const TEMP_SUFFIX: &str = ".part";
+
+/// A place where a node publishes files for its peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Share {
+    /// A local (or mounted) directory.
+    Dir(PathBuf),
+}
+
+impl Share {
+    /// Parses the config form: a path, or (later) an smb:// URL.
+    pub fn parse(spec: &str) -> Result<Share> {
+        if spec.starts_with("smb://") {
+            return Err(Error::Refused {
+                what: format!(
+                    "share {spec}: smb:// shares are not supported yet; use a mounted directory"
+                ),
+            });
+        }
+        Ok(Share::Dir(PathBuf::from(spec)))
+    }
+
+    /// A short human name for messages.
+    pub fn display(&self) -> String {
+        match self {
+            Share::Dir(p) => p.display().to_string(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        match self {
+            Share::Dir(p) => p.join(name),
+        }
+    }
+
+    /// True when the share itself can be reached.
+    pub fn reachable(&self) -> bool {
+        match self {
+            Share::Dir(p) => p.is_dir(),
+        }
+    }
+
+    /// Names of the files in the share (not directories, not temporary files).
+    pub fn list(&self) -> Result<Vec<String>> {
+        match self {
+            Share::Dir(dir) => {
+                let mut out = Vec::new();
+                let entries = fs::read_dir(dir).map_err(|e| Error::io("list share", dir, e))?;
+                for entry in entries {
+                    let entry = entry.map_err(|e| Error::io("list share", dir, e))?;
+                    let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+                    if let Some(name) = entry.file_name().to_str()
+                        && is_file
+                        && !name.ends_with(TEMP_SUFFIX)
+                    {
+                        out.push(name.to_string());
+                    }
+                }
+                out.sort();
+                Ok(out)
+            }
+        }
+    }
+
+    /// Whether `name` exists. An unreachable share is an error, not `false`.
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        let path = self.path(name);
+        match fs::metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if self.reachable() {
+                    Ok(false)
+                } else {
+                    Err(Error::io("reach share", self.path(""), e))
+                }
+            }
+            Err(e) => Err(Error::io("stat", path, e)),
+        }
+    }
+
+    /// Reads a whole file, refusing one larger than `max` bytes. `Ok(None)`
+    /// when it does not exist.
+    pub fn read(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let path = self.path(name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound && self.reachable() => return Ok(None),
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .len();
+        if len > max {
+            return Err(Error::TooLarge {
+                size: len as usize,
+                max: max as usize,
+            });
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        file.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("read", &path, e))?;
+        if buf.len() as u64 > max {
+            return Err(Error::TooLarge {
+                size: buf.len(),
+                max: max as usize,
+            });
+        }
+        Ok(Some(buf))
+    }
+
+    /// The first `n` bytes of `name` (fewer if it is shorter); `Ok(None)`
+    /// when it does not exist.
+    pub fn read_prefix(&self, name: &str, n: usize) -> Result<Option<Vec<u8>>> {
+        let path = self.path(name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound && self.reachable() => return Ok(None),
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        let mut buf = Vec::with_capacity(n);
+        file.take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("read", &path, e))?;
+        Ok(Some(buf))
+    }
+
+    /// Copies `name` to the local file `dest` (written under a temporary
+    /// name, fsynced, renamed), calling `progress(copied, total)` as it goes.
+    /// Returns the byte count; `Ok(None)` when `name` does not exist.
+    pub fn copy_to(
+        &self,
+        name: &str,
+        dest: &Path,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Option<u64>> {
+        let path = self.path(name);
+        let mut src = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound && self.reachable() => return Ok(None),
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        let total = src
+            .metadata()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .len();
+        let temp = temp_name(dest);
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|e| Error::io("create", &temp, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut copied = 0u64;
+        loop {
+            let n = src
+                .read(&mut buf)
+                .map_err(|e| Error::io("read", &path, e))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io("write", &temp, e))?;
+            copied += n as u64;
+            progress(copied, total);
+        }
+        out.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
+        drop(out);
+        fs::rename(&temp, dest).map_err(|e| Error::io("rename", &temp, e))?;
+        if let Some(parent) = dest.parent() {
+            crate::log::sync_dir(parent)?;
+        }
+        Ok(Some(copied))
+    }
+
+    /// Writes `name` atomically: a temporary name, fsync, rename, directory fsync.
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        match self {
+            Share::Dir(dir) => write_atomic(&dir.join(name), bytes),
+        }
+    }
+
+    /// Deletes `name`; a missing file is not an error.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("delete", path, e)),
+        }
+    }
+}
+
+fn temp_name(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(TEMP_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// Writes a local file atomically: temporary name, fsync, rename, directory fsync.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temp = temp_name(path);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)
+        .map_err(|e| Error::io("create", &temp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", &temp, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
+    drop(f);
+    fs::rename(&temp, path).map_err(|e| Error::io("rename", &temp, e))?;
+    if let Some(parent) = path.parent() {
+        crate::log::sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_share_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = Share::Dir(tmp.path().to_path_buf());
+        assert!(share.reachable());
+        share.write_atomic("a.json", b"{}").unwrap();
+        std::fs::write(tmp.path().join("b.log.part"), b"half").unwrap();
+        assert_eq!(share.list().unwrap(), vec!["a.json"]);
+        assert_eq!(share.read("a.json", 10).unwrap().unwrap(), b"{}");
+        assert!(matches!(
+            share.read("a.json", 1),
+            Err(Error::TooLarge { .. })
+        ));
+        assert_eq!(share.read("nope", 10).unwrap(), None);
+        let dest = tmp.path().join("copy");
+        let mut seen = 0;
+        assert_eq!(
+            share.copy_to("a.json", &dest, |c, _| seen = c).unwrap(),
+            Some(2)
+        );
+        assert_eq!(seen, 2);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"{}");
+        share.remove("a.json").unwrap();
+        share.remove("a.json").unwrap();
+        assert!(!share.exists("a.json").unwrap());
+    }
+
+    #[test]
+    fn an_unreachable_share_is_an_error_not_an_empty_one() {
+        let share = Share::Dir(PathBuf::from("/nonexistent/share"));
+        assert!(!share.reachable());
+        assert!(share.exists("x").is_err());
+        assert!(share.read("x", 10).is_err());
+        assert!(share.list().is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! The passive-copy commands: `replay` (the daemon), `status`, `suspend`,
+//! `resume`, and `verify-copy` for a copy. They read the config to find the
+//! nodes and shares and call into the `replayer` crate.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use logship::config::{Config, Node};
+use replayer::state::{CopyPaths, CopyState};
+use replayer::status::{self, CopyStatus};
+use shipper::share::Share;
+
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SHUTDOWN.store(true, Ordering::Relaxed);
+}
+
+/// SIGTERM and SIGINT ask daemons to stop at the end of their current step.
+pub fn install_shutdown_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// The node a passive copies from: `--from`, or the only other node.
+fn source_node<'a>(cfg: &'a Config, me: &str, from: Option<&str>) -> Result<(String, &'a Node)> {
+    if let Some(f) = from {
+        return Ok((f.to_string(), cfg.node(f)?));
+    }
+    let others: Vec<&String> = cfg.nodes.keys().filter(|n| n.as_str() != me).collect();
+    match others.as_slice() {
+        [one] => Ok(((*one).clone(), cfg.node(one)?)),
+        [] => bail!("node {me} is the only node in the config: there is nothing to copy from"),
+        _ => bail!("more than one other node in the config; say which to copy from with --from"),
+    }
+}
+
+fn share_of(name: &str, node: &Node) -> Result<Share> {
+    let spec = node.share.as_deref().with_context(|| {
+        format!("node {name} has no `share` in the config: where do its peers read its segments?")
+    })?;
+    Ok(Share::parse(spec)?)
+}
+
+pub fn replay(
+    name: &str,
+    node: &Node,
+    cfg: &Config,
+    from: Option<&str>,
+    poll: std::time::Duration,
+) -> Result<ExitCode> {
+    let (source_name, source) = source_node(cfg, name, from)?;
+    let config = replayer::ReplayConfig {
+        node: name.to_string(),
+        data_dir: node.data_dir.clone(),
+        source_node: source_name.clone(),
+        source: share_of(&source_name, source)?,
+        own_share: node.share.as_deref().map(Share::parse).transpose()?,
+        poll,
+    };
+    install_shutdown_handler();
+    replayer::run(&config, &SHUTDOWN)
+        .with_context(|| format!("replay into node {name} from {source_name}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status of every copy in the config (or of `only`).
+pub fn collect(cfg: &Config, only: Option<&str>) -> Result<Vec<CopyStatus>> {
+    let now = shipper_now_us();
+    let mut out = Vec::new();
+    for (name, node) in &cfg.nodes {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let paths = CopyPaths::new(&node.data_dir);
+        if let Some(state) = CopyState::load(&paths)? {
+            out.push(status::status(name, &paths, &state, now));
+            continue;
+        }
+        // Not on this machine: what the node published on its share.
+        if let Some(spec) = &node.share
+            && let Ok(share) = Share::parse(spec)
+            && let Ok(Some(bytes)) = share.read(replayer::daemon::PUBLISHED_STATUS, 1 << 20)
+            && let Ok(st) = serde_json::from_slice::<CopyStatus>(&bytes)
+        {
+            out.push(st);
+        }
+    }
+    Ok(out)
+}
+
+fn shipper_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> {
+    let copies = collect(cfg, only)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&copies)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if copies.is_empty() {
+        println!("no passive copies found (run `logship replay --node NAME` on a passive node)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let hex = |g: Option<u64>| g.map(|g| format!("0x{g:X}")).unwrap_or_else(|| "-".into());
+    println!(
+        "{:<10} {:<10} {:<14} {:>4} {:>4} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "copy",
+        "source",
+        "status",
+        "CQL",
+        "RQL",
+        "generated",
+        "copied",
+        "inspected",
+        "replayed",
+        "lsn"
+    );
+    for c in &copies {
+        println!(
+            "{:<10} {:<10} {:<14} {:>4} {:>4} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            c.node,
+            c.source,
+            c.summary_copy_status.to_string(),
+            c.copy_queue_length,
+            c.replay_queue_length,
+            hex(c.last_log_generated),
+            hex(c.last_log_copied),
+            hex(c.last_log_inspected),
+            hex(c.last_log_replayed),
+            c.last_replayed_lsn
+        );
+        if let Some(t) = &c.last_log_replayed_time {
+            println!(
+                "           last replayed {t}; content hash {}",
+                c.content_hash.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(s) = &c.suspend_comment {
+            println!("           suspended: {s}");
+        }
+        if let Some(e) = &c.error {
+            println!("           error: {e}");
+        }
+        if !c.daemon_running {
+            println!(
+                "           the replay daemon has not updated this copy for a while: is `logship replay` running?"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn suspend(name: &str, node: &Node, reason: &str) -> Result<ExitCode> {
+    let paths = CopyPaths::new(&node.data_dir);
+    if CopyState::load(&paths)?.is_none() && !paths.database.exists() {
+        bail!("node {name} holds no copy at {}", node.data_dir.display());
+    }
+    replayer::state::suspend(&paths, reason)?;
+    println!("suspended the copy on {name}: {reason}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn resume(name: &str, node: &Node) -> Result<ExitCode> {
+    let paths = CopyPaths::new(&node.data_dir);
+    replayer::state::resume(&paths)?;
+    println!("resumed the copy on {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `verify-copy` on a passive: a full scan of the copy, read in one read
+/// transaction with its LSN, against the hash the log recorded at that LSN.
+pub fn verify_copy(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
+    let paths = CopyPaths::new(&node.data_dir);
+    let conn = shipper::store::open_read_only(&paths.database)?;
+    conn.execute_batch("BEGIN")?;
+    let (lsn, _) = shipper::apply::read_guard(&conn)?;
+    let scanned = shipper::hash::full_scan(&conn)?;
+    conn.execute_batch("COMMIT")?;
+    let mut logged = shipper::log::hash_at(&paths.logs, lsn)?;
+    if logged.is_none() {
+        // Not copied yet (just seeded): the source's share holds it.
+        let source = CopyState::load(&paths)?
+            .map(|s| s.source)
+            .unwrap_or_default();
+        if let Ok((source_name, source_node)) = source_node(
+            cfg,
+            name,
+            Some(&source).filter(|s| !s.is_empty()).map(|s| s.as_str()),
+        ) && let Ok(Share::Dir(dir)) = share_of(&source_name, source_node)
+        {
+            logged = shipper::log::hash_at(&dir, lsn)?;
+        }
+    }
+    println!("lsn {lsn}");
+    println!(
+        "log-hash {}",
+        logged.map(|h| h.to_string()).unwrap_or_else(|| "-".into())
+    );
+    println!("scan-hash {scanned}");
+    match logged {
+        Some(h) if h == scanned => {
+            println!("verdict equal");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(_) => {
+            println!("verdict DIFFERENT");
+            eprintln!("logship: the copy does not match the log at LSN {lsn}");
+            Ok(ExitCode::from(1))
+        }
+        None => {
+            println!("verdict UNKNOWN");
+            eprintln!(
+                "logship: the copy's log directory {} no longer holds LSN {lsn}; nothing to compare with",
+                paths.logs.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}

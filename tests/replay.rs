@@ -1,0 +1,338 @@
+//! The passive copy end to end, with real processes: the replay daemon
+//! follows the active's share, inspects every segment, replays it, and the
+//! copy proves it equals the active; it survives SIGKILL at random moments;
+//! a damaged segment is copied again, and a persistent fault ends `Failed`
+//! with the generation and offset named.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Daemon, Pair, Rng, seed};
+
+fn lsn_line(out: &str, key: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+        .trim()
+        .to_string()
+}
+
+fn start_replay(p: &Pair) -> Daemon {
+    Daemon(
+        p.cmd("beta", &["replay", "--poll", "20ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start logship replay"),
+    )
+}
+
+fn replayed_lsn(p: &Pair) -> u64 {
+    p.copy_status("beta")
+        .and_then(|s| s["last_replayed_lsn"].as_u64())
+        .unwrap_or(0)
+}
+
+fn copy_lsn(p: &Pair) -> u64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        p.data_dir("beta").join("store.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row("SELECT lsn FROM _logship", [], |r| r.get::<_, i64>(0))
+        .unwrap() as u64
+}
+
+fn statements(from: usize, to: usize) -> String {
+    let mut s = String::new();
+    for i in from..to {
+        match i % 10 {
+            7 => s.push_str(&format!("UPDATE items SET qty = qty + 1, note = 'u{i}' WHERE id = {};\n", i / 2)),
+            9 => s.push_str(&format!("DELETE FROM items WHERE id = {};\n", i / 3)),
+            _ => s.push_str(&format!(
+                "INSERT INTO items (id, name, qty, price, note, blob) VALUES ({i}, 'item {i}', {}, {}.25, NULL, randomblob({}));\n",
+                i % 13,
+                i % 100,
+                200 + (i * 37) % 1500
+            )),
+        }
+    }
+    s
+}
+
+fn setup(p: &Pair) {
+    p.ok("alpha", &["init"]);
+    p.ok(
+        "alpha",
+        &["sql", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER, price REAL, note TEXT, blob BLOB); \
+                  CREATE TABLE tags (item INTEGER NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (item, tag)) WITHOUT ROWID; \
+                  INSERT INTO tags VALUES (1, 'a'), (1, 'b'), (2, 'a');"],
+    );
+    p.offline_seed();
+}
+
+fn run_sql(p: &Pair, sql: &str) -> String {
+    let file = p.dir.path().join(format!("batch-{}.sql", sql.len()));
+    std::fs::write(&file, sql).unwrap();
+    p.ok(
+        "alpha",
+        &["sql", "--each", "--file", file.to_str().unwrap()],
+    )
+}
+
+fn alpha_lsn(p: &Pair) -> u64 {
+    lsn_line(&p.ok("alpha", &["verify-copy"]), "lsn ")
+        .parse()
+        .unwrap()
+}
+
+/// Compares every row of both databases with Python's sqlite3 module.
+fn python_compare(p: &Pair) {
+    let script = r#"
+import sqlite3, sys
+def dump(path):
+    c = sqlite3.connect("file:" + path + "?mode=ro", uri=True)
+    out = {}
+    for (t,) in c.execute("SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name"):
+        out[t] = sorted(c.execute('SELECT * FROM "%s"' % t).fetchall(), key=repr)
+    return out
+a, b = dump(sys.argv[1]), dump(sys.argv[2])
+if a != b:
+    for t in sorted(set(a) | set(b)):
+        if a.get(t) != b.get(t):
+            print("table", t, "differs:", len(a.get(t) or []), "rows vs", len(b.get(t) or []))
+    sys.exit(1)
+print("equal", sum(len(v) for v in a.values()), "rows")
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(p.data_dir("alpha").join("store.db"))
+        .arg(p.data_dir("beta").join("store.db"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python row comparison: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_copy_follows_the_active_and_proves_it_is_equal() {
+    let p = Pair::new();
+    setup(&p);
+    let _replay = start_replay(&p);
+    p.wait_for("the copy to start", 30, || p.copy_status("beta").is_some());
+    // A reader on the copy while replay runs.
+    let reader_path = p.data_dir("beta").join("store.db");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open_with_flags(
+                &reader_path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
+            conn.busy_timeout(Duration::from_secs(5)).unwrap();
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _: i64 = conn
+                    .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+                    .unwrap();
+                reads += 1;
+            }
+            reads
+        })
+    };
+    run_sql(&p, &statements(0, 3000));
+    p.ok("alpha", &["seal"]);
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to catch up", 60, || replayed_lsn(&p) == target);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+
+    let st = p.copy_status("beta").unwrap();
+    assert_eq!(st["summary_copy_status"], "Healthy", "{st}");
+    assert_eq!(st["copy_queue_length"], 0, "{st}");
+    assert_eq!(st["replay_queue_length"], 0, "{st}");
+    assert!(st["last_log_replayed"].as_u64().unwrap() >= 3, "{st}");
+    for key in [
+        "summary_copy_status",
+        "copy_queue_length",
+        "replay_queue_length",
+        "last_log_generated",
+        "last_log_copied",
+        "last_log_inspected",
+        "last_log_replayed",
+        "last_replayed_lsn",
+        "content_hash",
+        "error",
+        "database_path",
+    ] {
+        assert!(st.get(key).is_some(), "status JSON lacks {key}: {st}");
+    }
+    // The copy's full scan equals the hash the active's log holds at the same LSN.
+    let copy = p.ok("beta", &["verify-copy"]);
+    assert!(copy.contains("verdict equal"), "{copy}");
+    let active = p.ok("alpha", &["verify-copy"]);
+    assert_eq!(lsn_line(&copy, "lsn "), lsn_line(&active, "lsn "));
+    assert_eq!(
+        lsn_line(&copy, "scan-hash "),
+        lsn_line(&active, "log-hash ")
+    );
+    assert_eq!(
+        st["content_hash"].as_str().unwrap(),
+        lsn_line(&active, "log-hash ")
+    );
+    python_compare(&p);
+}
+
+#[test]
+fn replay_killed_at_random_moments_resumes_exactly() {
+    let seed = seed("replay-kill");
+    let mut rng = Rng::new(seed);
+    let p = Pair::new();
+    setup(&p);
+    // Load on the active for the whole test: segments keep sealing (seal-after 200ms).
+    let file = p.dir.path().join("load.sql");
+    std::fs::write(&file, statements(0, 8000)).unwrap();
+    let mut load = Daemon(
+        p.cmd(
+            "alpha",
+            &["sql", "--each", "--file", file.to_str().unwrap()],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let mut last = copy_lsn(&p);
+    let mut kills = 0;
+    while kills < 22 {
+        let mut d = start_replay(&p);
+        std::thread::sleep(Duration::from_millis(20 + rng.below(250)));
+        d.0.kill().unwrap(); // SIGKILL at a random moment
+        d.0.wait().unwrap();
+        kills += 1;
+        let now = copy_lsn(&p);
+        assert!(
+            now >= last,
+            "the copy went back from LSN {last} to {now} (seed {seed})"
+        );
+        last = now;
+        // Consistent at every instant: the copy equals the log at its own LSN.
+        let out = p.ok("beta", &["verify-copy"]);
+        assert!(
+            out.contains("verdict equal"),
+            "after kill {kills} (seed {seed}):\n{out}"
+        );
+    }
+    assert!(load.0.wait().unwrap().success());
+    p.ok("alpha", &["seal"]);
+    let target = alpha_lsn(&p);
+    assert!(last < target, "the kills should have interrupted the copy");
+    let _replay = start_replay(&p);
+    p.wait_for("the copy to catch up", 120, || replayed_lsn(&p) == target);
+    let out = p.ok("beta", &["verify-copy"]);
+    assert!(out.contains("verdict equal"), "{out}");
+    python_compare(&p);
+}
+
+fn flip(path: &std::path::Path, at: usize) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    use std::io::{Read, Seek, SeekFrom};
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at as u64)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at as u64)).unwrap();
+    f.write_all(&[b[0] ^ 0x40]).unwrap();
+}
+
+#[test]
+fn a_damaged_segment_is_copied_again_and_a_persistent_fault_fails_the_copy() {
+    let p = Pair::new();
+    setup(&p);
+    let _replay = start_replay(&p);
+    run_sql(&p, &statements(0, 50));
+    p.ok("alpha", &["seal"]);
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to catch up", 60, || replayed_lsn(&p) == target);
+    let replayed = p.copy_status("beta").unwrap()["last_log_replayed"]
+        .as_u64()
+        .unwrap();
+
+    // Transient: the next segment is damaged, then repaired before the third copy.
+    p.ok(
+        "beta",
+        &["suspend", "--reason", "test: damage the next segment"],
+    );
+    assert_eq!(
+        p.copy_status("beta").unwrap()["summary_copy_status"],
+        "Suspended"
+    );
+    run_sql(&p, &statements(50, 100));
+    p.ok("alpha", &["seal"]);
+    let next = p
+        .data_dir("alpha")
+        .join("logs")
+        .join(format!("LS{:016X}.log", replayed + 1));
+    flip(&next, 300);
+    p.ok("beta", &["resume"]);
+    p.wait_for("a failed inspection", 30, || {
+        p.copy_status("beta").unwrap()["inspection_failures"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    });
+    flip(&next, 300);
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to recover and catch up", 60, || {
+        replayed_lsn(&p) == target
+    });
+    assert_eq!(
+        p.copy_status("beta").unwrap()["summary_copy_status"],
+        "Healthy"
+    );
+
+    // Persistent: three copies fail, the copy is Failed and says where.
+    // Suspended first, so that the copy cannot take the segment before it is damaged.
+    p.ok("beta", &["suspend"]);
+    run_sql(&p, &statements(100, 150));
+    p.ok("alpha", &["seal"]);
+    let gens: Vec<u64> = std::fs::read_dir(p.data_dir("alpha").join("logs"))
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_prefix("LS")
+                .and_then(|h| h.strip_suffix(".log"))
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    let newest = *gens.iter().max().unwrap();
+    let seg = p
+        .data_dir("alpha")
+        .join("logs")
+        .join(format!("LS{newest:016X}.log"));
+    flip(&seg, 5000);
+    p.ok("beta", &["resume"]);
+    p.wait_for("the copy to fail", 30, || {
+        p.copy_status("beta").unwrap()["summary_copy_status"] == "Failed"
+    });
+    let st = p.copy_status("beta").unwrap();
+    let err = st["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("generation 0x{newest:X}")) && err.contains("offset"),
+        "{st}"
+    );
+    // Nothing of it was replayed.
+    assert!(st["last_log_replayed"].as_u64().unwrap() < newest, "{st}");
+}
