@@ -45,6 +45,10 @@ pub struct Cluster {
     /// Seal a segment this long after its first unsealed record (default 10s).
     #[serde(default = "default_seal_after", with = "humantime_serde")]
     pub seal_after: Duration,
+    /// Keep sealed segments at least this long on the active, even once
+    /// every copy has replayed them (default 0s: truncate at once).
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

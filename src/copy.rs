@@ -11,7 +11,7 @@ use replayer::state::{CopyPaths, CopyState};
 use replayer::status::{self, CopyStatus};
 use shipper::share::Share;
 
-static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     SHUTDOWN.store(true, Ordering::Relaxed);
@@ -27,7 +27,11 @@ pub fn install_shutdown_handler() {
 }
 
 /// The node a passive copies from: `--from`, or the only other node.
-fn source_node<'a>(cfg: &'a Config, me: &str, from: Option<&str>) -> Result<(String, &'a Node)> {
+pub fn source_node<'a>(
+    cfg: &'a Config,
+    me: &str,
+    from: Option<&str>,
+) -> Result<(String, &'a Node)> {
     if let Some(f) = from {
         return Ok((f.to_string(), cfg.node(f)?));
     }
@@ -39,7 +43,7 @@ fn source_node<'a>(cfg: &'a Config, me: &str, from: Option<&str>) -> Result<(Str
     }
 }
 
-fn share_of(name: &str, node: &Node) -> Result<Share> {
+pub fn share_of(name: &str, node: &Node) -> Result<Share> {
     let spec = node.share.as_deref().with_context(|| {
         format!("node {name} has no `share` in the config: where do its peers read its segments?")
     })?;
@@ -54,6 +58,18 @@ pub fn replay(
     poll: std::time::Duration,
 ) -> Result<ExitCode> {
     let (source_name, source) = source_node(cfg, name, from)?;
+    if !node.data_dir.join(shipper::store::DATABASE_FILE).exists() {
+        bail!(
+            "node {name} holds no copy in {}: seed it first (`logship seed --node {name}`)",
+            node.data_dir.display()
+        );
+    }
+    let _lock = shipper::store::lock_data_dir(&node.data_dir).map_err(|e| match e {
+        shipper::Error::Locked { pid, .. } => anyhow::anyhow!(
+            "node {name}'s data directory is in use by process {pid} (another `logship replay`, or a seed)"
+        ),
+        e => e.into(),
+    })?;
     let config = replayer::ReplayConfig {
         node: name.to_string(),
         data_dir: node.data_dir.clone(),

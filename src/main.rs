@@ -3,7 +3,9 @@
 //! the library crates; the work itself lives there.
 
 mod bench;
+mod control;
 mod copy;
+mod daemons;
 mod inspect;
 mod sql;
 
@@ -67,6 +69,34 @@ enum Command {
     VerifyCopy {
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// The active's daemon: owns the store (sealing full and idle segments),
+    /// answers seed requests with snapshots, and truncates the log once every
+    /// copy has replayed it.
+    ///
+    /// While it runs, `logship sql` on this node goes through it. Runs until
+    /// SIGTERM or SIGINT.
+    Ship {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Seed this node's copy from the active: an online snapshot, copied
+    /// through the active's share with progress, checked by a full scan.
+    ///
+    /// Needs `logship ship` running on the active, and `logship replay`
+    /// stopped here. Replacing an existing copy needs --force.
+    Seed {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The node to seed from (default: the only other node).
+        #[arg(long)]
+        from: Option<String>,
+        /// Replace an existing copy.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for the active's snapshot.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// The passive's daemon: copy sealed segments from the active's share,
     /// inspect each one whole, and replay them into this node's copy.
@@ -190,6 +220,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sql(args) => sql::run(args),
+        Command::Ship { node } => {
+            let (name, node_cfg, cfg) = node.resolve()?;
+            daemons::ship(&name, &node_cfg, &cfg)
+        }
+        Command::Seed {
+            node,
+            from,
+            force,
+            timeout,
+        } => {
+            let (name, node_cfg, cfg) = node.resolve()?;
+            daemons::seed(&name, &node_cfg, &cfg, from.as_deref(), force, timeout)
+        }
         Command::Replay { node, from, poll } => {
             let (name, node_cfg, cfg) = node.resolve()?;
             copy::replay(&name, &node_cfg, &cfg, from.as_deref(), poll)
@@ -215,30 +258,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if paths.state.exists() {
                 return copy::verify_copy(&name, &node_cfg, &cfg);
             }
-            let store = node.open_store()?;
-            let check = store.check_content()?;
-            println!(
-                "lsn {}\nlog-hash {}\nscan-hash {}",
-                check.lsn, check.logged, check.scanned
-            );
-            if check.logged == check.scanned {
-                println!("verdict equal");
+            let op = control::Op::Check;
+            if control::run_on_node(&name, &node_cfg, &cfg, &op)? {
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!("verdict DIFFERENT");
-                eprintln!(
-                    "logship: the database does not match its log at LSN {}",
-                    check.lsn
-                );
+                eprintln!("logship: the database does not match its log");
                 Ok(ExitCode::from(1))
             }
         }
         Command::Seal { node } => {
-            let store = node.open_store()?;
-            match store.seal()? {
-                Some(g) => println!("sealed {}", shipper::format::segment_file_name(g)),
-                None => println!("nothing to seal"),
-            }
+            let (name, node_cfg, cfg) = node.resolve()?;
+            control::run_on_node(&name, &node_cfg, &cfg, &control::Op::Seal)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { files } => inspect::verify(&files),
@@ -268,20 +298,5 @@ impl NodeArgs {
             admin: node.admin.clone(),
         };
         Ok((name, node, cfg))
-    }
-
-    /// Opens this node's store (running crash recovery if needed).
-    fn open_store(&self) -> Result<shipper::Store> {
-        let (name, node, cfg) = self.resolve()?;
-        let opts = shipper::StoreOptions {
-            seal_after: cfg.cluster.seal_after,
-            ..Default::default()
-        };
-        shipper::Store::open(&node.data_dir, opts).with_context(|| {
-            format!(
-                "open the store of node {name} in {}",
-                node.data_dir.display()
-            )
-        })
     }
 }

@@ -68,9 +68,25 @@ pub fn run(args: SqlArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let store = args.node.open_store()?;
-    if args.each {
-        for stmt_sql in shipper::script::split_statements(&text) {
+    let (name, node, cfg) = args.node.resolve()?;
+    let op = crate::control::Op::Sql {
+        sql: text,
+        each: args.each,
+    };
+    crate::control::run_on_node(&name, &node, &cfg, &op)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `text` through `store` (one transaction, or one per statement with
+/// `each`), handing the output (rows, then `ok <lsn>` once durable) to `out`.
+pub fn execute(
+    store: &shipper::Store,
+    text: &str,
+    each: bool,
+    out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<()> {
+    if each {
+        for stmt_sql in shipper::script::split_statements(text) {
             let owned = stmt_sql.to_string();
             let done = store
                 .transaction(move |tx| {
@@ -81,23 +97,22 @@ pub fn run(args: SqlArgs) -> Result<ExitCode> {
                     Ok(out)
                 })
                 .with_context(|| format!("statement {stmt_sql:?}"))?;
-            let mut out = stdout.lock();
-            out.write_all(&done.value)?;
-            writeln!(out, "ok {}", done.lsn)?;
-            out.flush()?;
+            let mut buf = done.value;
+            writeln!(buf, "ok {}", done.lsn)?;
+            out(&buf)?;
         }
     } else {
+        let owned = text.to_string();
         let done = store.transaction(move |tx| {
             let mut out = Vec::new();
-            tx.execute_script(&text, |names, i, row| print_rows(&mut out, names, i, row))?;
+            tx.execute_script(&owned, |names, i, row| print_rows(&mut out, names, i, row))?;
             Ok(out)
         })?;
-        let mut out = stdout.lock();
-        out.write_all(&done.value)?;
-        writeln!(out, "ok {}", done.lsn)?;
-        out.flush()?;
+        let mut buf = done.value;
+        writeln!(buf, "ok {}", done.lsn)?;
+        out(&buf)?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Buffers one row (with a header line before the first row of a statement).

@@ -126,6 +126,6 @@ mod tests {
     #[test]
     fn times_are_rfc3339() {
         assert_eq!(fmt_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(fmt_time(1_795_317_401_000_000), "2026-11-22T03:30:01Z");
+        assert_eq!(fmt_time(1_795_317_401_000_000), "2026-11-22T03:16:41Z");
     }
 }

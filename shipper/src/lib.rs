@@ -15,7 +15,9 @@ pub mod format;
 pub mod hash;
 pub mod log;
 pub mod script;
+pub mod seed;
 pub mod share;
+pub mod ship;
 pub mod store;
 pub mod types;
 

@@ -190,6 +190,23 @@ impl Share {
         Ok(Some(copied))
     }
 
+    /// Uploads the local file `src` as `name` (temporary name, fsync, rename).
+    pub fn upload(&self, src: &Path, name: &str) -> Result<u64> {
+        match self {
+            Share::Dir(dir) => {
+                let dest = dir.join(name);
+                let temp = temp_name(&dest);
+                let n = fs::copy(src, &temp).map_err(|e| Error::io("copy to share", &temp, e))?;
+                File::open(&temp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io("fsync", &temp, e))?;
+                fs::rename(&temp, &dest).map_err(|e| Error::io("rename", &temp, e))?;
+                crate::log::sync_dir(dir)?;
+                Ok(n)
+            }
+        }
+    }
+
     /// Writes `name` atomically: a temporary name, fsync, rename, directory fsync.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
         match self {

@@ -796,7 +796,9 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-fn lock_data_dir(data_dir: &Path) -> Result<File> {
+/// Takes the data directory's lock (one writing process at a time); held
+/// until the returned file is dropped.
+pub fn lock_data_dir(data_dir: &Path) -> Result<File> {
     let path = data_dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)

@@ -1,0 +1,211 @@
+//! The active's shipping duties, run by `logship ship` beside the store
+//! (which seals full and idle segments itself): publishing sealed segments
+//! on the node's share when the share is not the log directory itself,
+//! answering seed requests with snapshots, and truncating the log.
+//!
+//! Truncation (as CCR does it): a sealed segment is deleted only when every
+//! passive copy reports that it replayed it, no copy is suspended, and it is
+//! older than the configured retention. A passive reports by publishing
+//! `copy-status.json` on its own share; the active only reads it. A copy
+//! whose report cannot be read holds truncation back: when in doubt, keep.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::format;
+use crate::seed::{self, SeedManifest, SeedRequest};
+use crate::share::Share;
+use crate::store::Store;
+
+/// The status file a passive publishes on its share (see the replayer).
+pub const COPY_STATUS_FILE: &str = "copy-status.json";
+/// How often the ship loop runs.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Largest status or request file read from a peer.
+const MAX_SMALL_FILE: u64 = 1 << 20;
+
+/// The fields of a passive's published status that truncation needs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CopyReport {
+    pub node: String,
+    pub summary_copy_status: String,
+    pub last_log_replayed: Option<u64>,
+    pub suspend_comment: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShipConfig {
+    pub node: String,
+    /// Where peers read this node's segments.
+    pub share: Share,
+    /// The passive nodes: name and share.
+    pub peers: Vec<(String, Share)>,
+    /// Sealed segments younger than this are kept even when replayed.
+    pub retention: Duration,
+}
+
+/// Runs the ship loop until `shutdown` is set.
+pub fn run(store: &Store, cfg: &ShipConfig, shutdown: &AtomicBool) -> Result<()> {
+    let logs = store.paths().logs.clone();
+    let publish_needed = match &cfg.share {
+        Share::Dir(d) => std::fs::canonicalize(d).ok() != std::fs::canonicalize(&logs).ok(),
+    };
+    let mut held_reason: Option<String> = None;
+    let mut published: Option<crate::Generation> = None;
+    tracing::info!(node = %cfg.node, share = %cfg.share.display(), "ship daemon started");
+    while !shutdown.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        if publish_needed {
+            published = publish(&logs, &cfg.share, published)?;
+        }
+        for (peer, share) in &cfg.peers {
+            if let Err(e) = serve_seed(store, &cfg.share, peer, share) {
+                tracing::warn!(peer = %peer, error = %e, "seed request failed");
+            }
+        }
+        match truncation_limit(cfg) {
+            Ok(limit) => {
+                if held_reason.take().is_some() {
+                    tracing::info!("log truncation resumes");
+                }
+                truncate(&logs, &cfg.share, publish_needed, limit, cfg.retention)?;
+            }
+            Err(why) => {
+                if held_reason.as_deref() != Some(why.as_str()) {
+                    tracing::info!(reason = %why, "log truncation held back");
+                    held_reason = Some(why);
+                }
+            }
+        }
+        let spent = started.elapsed();
+        if spent < TICK {
+            std::thread::sleep(TICK - spent);
+        }
+    }
+    Ok(())
+}
+
+/// The newest generation every copy has replayed, or why nothing may go.
+pub fn truncation_limit(cfg: &ShipConfig) -> std::result::Result<u64, String> {
+    let mut limit = u64::MAX;
+    for (peer, share) in &cfg.peers {
+        let report = match share.read(COPY_STATUS_FILE, MAX_SMALL_FILE) {
+            Ok(Some(b)) => serde_json::from_slice::<CopyReport>(&b)
+                .map_err(|e| format!("the status of copy {peer} is unreadable: {e}"))?,
+            Ok(None) => return Err(format!("copy {peer} has published no status")),
+            Err(e) => return Err(format!("cannot read the status of copy {peer}: {e}")),
+        };
+        if report.suspend_comment.is_some() || report.summary_copy_status == "Suspended" {
+            return Err(format!("copy {peer} is suspended"));
+        }
+        match report.last_log_replayed {
+            Some(g) => limit = limit.min(g),
+            None => return Err(format!("copy {peer} has replayed nothing yet")),
+        }
+    }
+    if cfg.peers.is_empty() {
+        return Err("no passive copy is configured".into());
+    }
+    Ok(limit)
+}
+
+fn truncate(
+    logs: &std::path::Path,
+    share: &Share,
+    separate: bool,
+    limit: u64,
+    retention: Duration,
+) -> Result<()> {
+    for (g, path) in crate::log::list_sealed(logs)? {
+        if g.0 > limit {
+            break;
+        }
+        let age = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        if age < retention {
+            continue;
+        }
+        if separate {
+            share.remove(&format::segment_file_name(g))?;
+        }
+        std::fs::remove_file(&path).map_err(|e| Error::io("truncate the log: delete", &path, e))?;
+        tracing::info!(generation = %g, "truncated: every copy has replayed it");
+    }
+    Ok(())
+}
+
+/// Copies sealed segments newer than `published` to a share that is not the
+/// log directory itself.
+fn publish(
+    logs: &std::path::Path,
+    share: &Share,
+    published: Option<crate::Generation>,
+) -> Result<Option<crate::Generation>> {
+    let mut last = published;
+    for (g, path) in crate::log::list_sealed(logs)? {
+        if last.is_some_and(|p| g <= p) {
+            continue;
+        }
+        let name = format::segment_file_name(g);
+        if !share.exists(&name)? {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+            share.write_atomic(&name, &bytes)?;
+        }
+        last = Some(g);
+    }
+    Ok(last)
+}
+
+/// Answers `peer`'s seed request, if it has one, with a snapshot on our share;
+/// removes the snapshot once the request is gone.
+fn serve_seed(store: &Store, own: &Share, peer: &str, peer_share: &Share) -> Result<()> {
+    let request = match peer_share.read(seed::REQUEST_FILE, MAX_SMALL_FILE) {
+        Ok(Some(b)) => serde_json::from_slice::<SeedRequest>(&b).ok(),
+        Ok(None) => None,
+        Err(_) => return Ok(()), // unreachable peer: nothing to serve
+    };
+    let manifest_name = seed::manifest_name(peer);
+    let Some(request) = request.filter(|r| r.node == peer) else {
+        own.remove(&manifest_name)?;
+        own.remove(&seed::snapshot_name(peer))?;
+        return Ok(());
+    };
+    if let Some(b) = own.read(&manifest_name, MAX_SMALL_FILE)?
+        && serde_json::from_slice::<SeedManifest>(&b).is_ok_and(|m| m.id == request.id)
+    {
+        return Ok(()); // already answered
+    }
+    tracing::info!(peer = %peer, "taking a snapshot to seed {peer}");
+    let local: PathBuf = store.paths().data_dir.join(format!("seed-{peer}.snapshot"));
+    let lsn = seed::snapshot(&store.paths().database, &local)?;
+    let hash = crate::log::hash_at(&store.paths().logs, lsn)?.ok_or_else(|| Error::MissingLog {
+        dir: store.paths().logs.clone(),
+        after: lsn,
+        first: lsn,
+    })?;
+    let size = std::fs::metadata(&local)
+        .map_err(|e| Error::io("stat", &local, e))?
+        .len();
+    own.upload(&local, &seed::snapshot_name(peer))?;
+    let _ = std::fs::remove_file(&local);
+    let manifest = SeedManifest {
+        id: request.id,
+        database_id: store.state().database_id.to_string(),
+        lsn: lsn.0,
+        hash: hash.to_string(),
+        size,
+    };
+    own.write_atomic(
+        &manifest_name,
+        &serde_json::to_vec_pretty(&manifest).expect("serialises"),
+    )?;
+    tracing::info!(peer = %peer, lsn = %lsn, bytes = size, "snapshot published for {peer}");
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! The control socket of a daemon that owns a node's store
+//! (`<data-dir>/control.sock`): `logship sql` run while `logship ship` holds
+//! the store hands its statements over this socket instead, and prints the
+//! same output. One JSON request line in; JSON lines out (`{"out": text}`
+//! as each transaction becomes durable, then `{"done": true}` or
+//! `{"error": message}`). Only the socket's owner (file mode 0600) can connect.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+pub const SOCKET_FILE: &str = "control.sock";
+/// The longest request accepted (SQL text included).
+const MAX_REQUEST: u64 = 64 << 20;
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE)
+}
+
+/// What a command asks of the store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    /// `logship sql`.
+    Sql { sql: String, each: bool },
+    /// `logship seal`.
+    Seal,
+    /// `logship verify-copy` on the active.
+    Check,
+}
+
+/// Runs `op` on `store`, handing its output to `out`; false when the
+/// command must exit non-zero.
+pub fn run_op(
+    store: &shipper::Store,
+    op: &Op,
+    out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<bool> {
+    match op {
+        Op::Sql { sql, each } => {
+            crate::sql::execute(store, sql, *each, out)?;
+            Ok(true)
+        }
+        Op::Seal => {
+            let text = match store.seal()? {
+                Some(g) => format!("sealed {}\n", shipper::format::segment_file_name(g)),
+                None => "nothing to seal\n".to_string(),
+            };
+            out(text.as_bytes())?;
+            Ok(true)
+        }
+        Op::Check => {
+            let check = store.check_content()?;
+            let equal = check.logged == check.scanned;
+            let text = format!(
+                "lsn {}\nlog-hash {}\nscan-hash {}\nverdict {}\n",
+                check.lsn,
+                check.logged,
+                check.scanned,
+                if equal { "equal" } else { "DIFFERENT" }
+            );
+            out(text.as_bytes())?;
+            Ok(equal)
+        }
+    }
+}
+
+/// Runs `op` on the node's store: directly when no daemon holds it, else
+/// through the daemon's control socket. Prints to stdout as it goes.
+pub fn run_on_node(
+    name: &str,
+    node: &logship::config::Node,
+    cfg: &logship::config::Config,
+    op: &Op,
+) -> Result<bool> {
+    let opts = shipper::StoreOptions {
+        seal_after: cfg.cluster.seal_after,
+        ..Default::default()
+    };
+    match shipper::Store::open(&node.data_dir, opts) {
+        Ok(store) => {
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            run_op(&store, op, &mut |chunk| {
+                lock.write_all(chunk)?;
+                lock.flush()
+            })
+        }
+        Err(shipper::Error::Locked { .. }) if socket_path(&node.data_dir).exists() => {
+            forward(&node.data_dir, op)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "open the store of node {name} in {}",
+            node.data_dir.display()
+        ))),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Reply {
+    Out(String),
+    Error(String),
+    /// The command's success (false: exit non-zero).
+    Done(bool),
+}
+
+/// Serves the control socket until `shutdown` is set. Each connection gets
+/// a thread; the store's group commit batches concurrent ones.
+pub fn serve(
+    data_dir: &Path,
+    store: Arc<shipper::Store>,
+    shutdown: &'static AtomicBool,
+) -> Result<()> {
+    let path = socket_path(data_dir);
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("logship-control".into())
+        .spawn(move || {
+            while !shutdown.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let store = store.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("logship-control-conn".into())
+                            .spawn(move || {
+                                if let Err(e) = handle(stream, &store) {
+                                    tracing::debug!(error = %e, "control connection ended");
+                                }
+                            });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        })?;
+    Ok(())
+}
+
+fn handle(stream: UnixStream, store: &shipper::Store) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    let mut line = String::new();
+    BufReader::new(std::io::Read::take(&stream, MAX_REQUEST)).read_line(&mut line)?;
+    let op: Op = serde_json::from_str(&line).context("read the request")?;
+    let mut w = &stream;
+    let mut send = |r: &Reply| -> std::io::Result<()> {
+        let mut b = serde_json::to_vec(r).expect("replies serialise");
+        b.push(b'\n');
+        w.write_all(&b)
+    };
+    let result = run_op(store, &op, &mut |chunk| {
+        send(&Reply::Out(String::from_utf8_lossy(chunk).into_owned()))
+    });
+    match result {
+        Ok(ok) => send(&Reply::Done(ok))?,
+        Err(e) => send(&Reply::Error(format!("{e:#}")))?,
+    }
+    Ok(())
+}
+
+/// Sends `op` to the daemon that owns the store and prints its output.
+pub fn forward(data_dir: &Path, op: &Op) -> Result<bool> {
+    let path = socket_path(data_dir);
+    let stream = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "connect to the daemon that owns the store ({})",
+            path.display()
+        )
+    })?;
+    let mut req = serde_json::to_vec(op)?;
+    req.push(b'\n');
+    (&stream).write_all(&req)?;
+    let stdout = std::io::stdout();
+    for line in BufReader::new(&stream).lines() {
+        let line = line?;
+        match serde_json::from_str::<Reply>(&line).context("read the daemon's reply")? {
+            Reply::Out(s) => {
+                let mut out = stdout.lock();
+                out.write_all(s.as_bytes())?;
+                out.flush()?;
+            }
+            Reply::Error(e) => bail!("{e}"),
+            Reply::Done(ok) => return Ok(ok),
+        }
+    }
+    bail!("the daemon closed the connection before the statements completed")
+}

@@ -1,0 +1,162 @@
+//! The active's ship daemon with a passive: an online seed while the active
+//! commits (statements reach the store through the daemon's control
+//! socket), the copy catching up and proving equality, a refused reseed
+//! without --force, and truncation that waits for the copy and holds while
+//! it is suspended.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Daemon, Pair};
+
+fn start(p: &Pair, node: &str, args: &[&str]) -> Daemon {
+    Daemon(
+        p.cmd(node, args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn sealed(p: &Pair) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(p.data_dir("alpha").join("logs"))
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_prefix("LS")
+                .and_then(|h| h.strip_suffix(".log"))
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn status(p: &Pair) -> serde_json::Value {
+    p.copy_status("beta").expect("beta has a status")
+}
+
+fn inserts(from: usize, to: usize) -> String {
+    (from..to)
+        .map(|i| {
+            format!(
+                "INSERT INTO t (id, v) VALUES ({i}, randomblob({}));\n",
+                500 + i % 1000
+            )
+        })
+        .collect()
+}
+
+fn lsn_of(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("lsn "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn seed_while_the_active_commits_then_follow_and_truncate() {
+    let p = Pair::new();
+    p.ok("alpha", &["init"]);
+    p.ok(
+        "alpha",
+        &[
+            "sql",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB NOT NULL)",
+        ],
+    );
+    let ship = start(&p, "alpha", &["ship"]);
+    p.wait_for("the control socket", 30, || {
+        p.data_dir("alpha").join("control.sock").exists()
+    });
+    // Statements go through the daemon while it owns the store.
+    let out = p.ok("alpha", &["sql", "INSERT INTO t VALUES (-1, x'00')"]);
+    assert!(out.starts_with("ok "), "{out}");
+
+    // Load on the active during the seed.
+    let file = p.dir.path().join("load.sql");
+    std::fs::write(&file, inserts(0, 1500)).unwrap();
+    let mut load = start(
+        &p,
+        "alpha",
+        &["sql", "--each", "--file", file.to_str().unwrap()],
+    );
+    let seeded = p.ok("beta", &["seed"]);
+    assert!(seeded.contains("verified"), "{seeded}");
+    // Seeding over it again without --force is refused.
+    let out = p.cmd("beta", &["seed"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert!(load.0.wait().unwrap().success());
+
+    let _replay = start(&p, "beta", &["replay", "--poll", "20ms"]);
+    std::fs::write(&file, inserts(1500, 4000)).unwrap();
+    p.ok(
+        "alpha",
+        &["sql", "--each", "--file", file.to_str().unwrap()],
+    );
+    p.ok("alpha", &["seal"]);
+    let target = lsn_of(&p.ok("alpha", &["verify-copy"]).replace("verdict equal", ""));
+    p.wait_for("the copy to catch up", 90, || {
+        status(&p)["last_replayed_lsn"] == target
+    });
+    let copy = p.ok("beta", &["verify-copy"]);
+    assert!(copy.contains("verdict equal"), "{copy}");
+
+    // Truncation: what the copy replayed goes away from the active's share.
+    let replayed = status(&p)["last_log_replayed"].as_u64().unwrap();
+    p.wait_for("truncation", 30, || {
+        sealed(&p).first().is_none_or(|g| *g > replayed)
+    });
+    for g in sealed(&p) {
+        assert!(g > replayed, "generation {g} was kept though replayed");
+    }
+
+    // Suspended: nothing is truncated, even what the copy has replayed.
+    p.ok("beta", &["suspend", "--reason", "maintenance"]);
+    p.wait_for("the suspension to be published", 30, || {
+        status(&p)["summary_copy_status"] == "Suspended"
+    });
+    std::fs::write(&file, inserts(4000, 5000)).unwrap();
+    p.ok(
+        "alpha",
+        &["sql", "--each", "--file", file.to_str().unwrap()],
+    );
+    p.ok("alpha", &["seal"]);
+    let kept = sealed(&p);
+    assert!(!kept.is_empty());
+    std::thread::sleep(Duration::from_millis(1000)); // several ship ticks (200 ms each)
+    assert_eq!(
+        sealed(&p),
+        kept,
+        "segments were truncated while the copy was suspended"
+    );
+    let st = status(&p);
+    assert!(st["last_log_replayed"].as_u64().unwrap() < *kept.last().unwrap());
+
+    // Resumed: the copy catches up and truncation follows.
+    p.ok("beta", &["resume"]);
+    let active_lsn = {
+        let out = p.ok("alpha", &["sql", "SELECT 1"]);
+        out.lines()
+            .last()
+            .unwrap()
+            .strip_prefix("ok ")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    p.wait_for("the copy to catch up again", 90, || {
+        status(&p)["last_replayed_lsn"] == active_lsn
+    });
+    let replayed = status(&p)["last_log_replayed"].as_u64().unwrap();
+    p.wait_for("truncation after resume", 30, || {
+        sealed(&p).first().is_none_or(|g| *g > replayed)
+    });
+    drop(ship);
+}
