@@ -29,6 +29,8 @@ use crate::status;
 pub const DEFAULT_POLL: Duration = Duration::from_millis(100);
 /// Copies of one segment before it is declared irrecoverable (Exchange: 3).
 pub const INSPECTION_TRIES: u32 = 3;
+/// Segments copied per turn before replay runs.
+pub const COPY_BATCH: usize = 64;
 /// Replayed segments kept in the copy's log directory.
 pub const KEEP_REPLAYED: u64 = 8;
 /// Name of the status file a passive publishes on its own share.
@@ -112,19 +114,37 @@ pub fn run(cfg: &ReplayConfig, shutdown: &AtomicBool) -> Result<()> {
     state.error = None;
     state.replayed_lsn = replayer.lsn()?.0;
     std::fs::create_dir_all(&paths.logs).map_err(|e| Error::io("create", &paths.logs, e))?;
-    // Continue after the last inspected segment if it is still here.
-    let mut prev = None;
+    // Re-inspect what the log directory holds: segments copied before a
+    // crash may not have reached the disk whole. The first that fails is
+    // deleted with everything after it; they are copied again.
+    let mut prev: Option<Inspected> = None;
     let mut next = None;
-    if let Some(m) = state.last_inspected {
-        let path = paths.logs.join(format::segment_file_name(m.generation()));
-        if path.exists() {
-            prev = Some(inspector::reload(
-                &path,
-                m.generation(),
-                replayer.database_id(),
-            )?);
-            next = Some(m.generation().next());
+    let db = replayer.database_id();
+    let mut last_good = None;
+    let mut bad = false;
+    for (g, path) in shipper::log::list_sealed(&paths.logs)? {
+        if !bad {
+            match inspector::inspect(&path, g, db, prev.as_ref()) {
+                Ok(ins) => {
+                    prev = Some(ins);
+                    next = Some(g.next());
+                    last_good = Some(g);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(generation = %g, error = %e, "a copied segment is damaged; copying it again");
+                    bad = true;
+                }
+            }
         }
+        std::fs::remove_file(&path).map_err(|e| Error::io("delete damaged segment", &path, e))?;
+    }
+    if bad
+        || state
+            .last_inspected
+            .is_some_and(|m| Some(m.generation()) != last_good)
+    {
+        state.last_inspected = last_good.and_then(mark);
     }
     let mut d = Daemon {
         cfg,
@@ -168,7 +188,7 @@ impl Daemon<'_> {
             self.backoff = self.cfg.poll;
             return Ok(false);
         }
-        let copied = match self.copy_and_inspect() {
+        let copied = match self.copy_available() {
             Ok(c) => {
                 if self.state.disconnected {
                     tracing::info!(share = %self.cfg.source.display(), "share reachable again");
@@ -230,6 +250,22 @@ impl Daemon<'_> {
         tracing::error!(error = %e, "copy failed; fix the cause, then `logship resume` (or reseed)");
         self.state.failed = Some(e.to_string());
         Ok(false)
+    }
+
+    /// Copies and inspects what the share has (up to a batch), then makes
+    /// the batch durable with one syncfs.
+    fn copy_available(&mut self) -> Result<bool> {
+        let mut any = false;
+        for _ in 0..COPY_BATCH {
+            if !self.copy_and_inspect()? {
+                break;
+            }
+            any = true;
+        }
+        if any {
+            shipper::log::sync_filesystem(&self.paths.logs)?;
+        }
+        Ok(any)
     }
 
     /// Copies and inspects the next generation if the share has it.

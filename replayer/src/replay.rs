@@ -10,10 +10,13 @@
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
-use shipper::apply::{apply_record, read_guard};
-use shipper::format::{Reassembler, Record};
+use shipper::apply::{apply_changesets, apply_record, read_guard};
+use shipper::format::{Body, Reassembler, Record};
 use shipper::log::{SealedSegment, list_sealed, read_header};
 use shipper::{ContentHash, DatabaseId, Error, Generation, Lsn, Result};
+
+/// Changeset records combined into one apply.
+pub const APPLY_BATCH: usize = 1000;
 
 /// What one call of `replay_available` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -112,6 +115,15 @@ impl Replayer {
                 .map_err(|e| Error::sql("begin replay", e))?;
             let mut applied = 0u64;
             let mut last = None;
+            // Consecutive changeset records, applied together.
+            let mut batch: Vec<(Lsn, Vec<u8>)> = Vec::new();
+            let flush = |batch: &mut Vec<(Lsn, Vec<u8>)>| -> Result<()> {
+                let refs: Vec<(Lsn, &[u8])> =
+                    batch.iter().map(|(l, c)| (*l, c.as_slice())).collect();
+                apply_changesets(&self.conn, &refs)?;
+                batch.clear();
+                Ok(())
+            };
             for frame in &scan.frames {
                 if !reasm.in_progress() && frame.lsn <= progress.lsn {
                     // Already in the copy (or a continuation of such a record).
@@ -130,11 +142,23 @@ impl Replayer {
                         offset: frame.offset as u64,
                         reason: e.reason,
                     })?;
-                    apply_record(&self.conn, lsn, &rec)?;
                     applied += 1;
                     last = Some((lsn, rec.hash));
+                    match rec.body {
+                        Body::Changeset(cs) => {
+                            batch.push((lsn, cs));
+                            if batch.len() >= APPLY_BATCH {
+                                flush(&mut batch)?;
+                            }
+                        }
+                        Body::Ddl { .. } => {
+                            flush(&mut batch)?;
+                            apply_record(&self.conn, lsn, &rec)?;
+                        }
+                    }
                 }
             }
+            flush(&mut batch)?;
             tx.commit().map_err(|e| Error::sql("commit replay", e))?;
             if let Some((lsn, hash)) = last {
                 progress.lsn = lsn;

@@ -44,6 +44,42 @@ pub fn apply_record(conn: &Connection, lsn: Lsn, record: &Record) -> Result<()> 
     }
 }
 
+/// Applies consecutive changeset records at once, combined with a
+/// changegroup (several times faster than one apply per record). The
+/// result is the same as applying them in order. On a conflict nothing of
+/// the combined changeset stays, and the records are applied one by one to
+/// name the exact LSN that diverges; the caller then rolls back.
+pub fn apply_changesets(conn: &Connection, records: &[(Lsn, &[u8])]) -> Result<()> {
+    match records {
+        [] => Ok(()),
+        [(lsn, cs)] => apply_changeset(conn, *lsn, cs),
+        _ => {
+            let mut group = changeset::ChangeGroup::new()?;
+            for (_, cs) in records {
+                group.add(cs)?;
+            }
+            let combined = group.output()?;
+            let last = records[records.len() - 1].0;
+            match apply_changeset(conn, last, &combined) {
+                Ok(()) => Ok(()),
+                Err(Error::Conflict { .. }) => {
+                    for (lsn, cs) in records {
+                        apply_changeset(conn, *lsn, cs)?;
+                    }
+                    // One by one they applied: the combination itself was refused.
+                    Err(Error::Conflict {
+                        lsn: last,
+                        table: String::new(),
+                        conflict: "COMBINED".into(),
+                        detail: "the records apply one by one but not combined".into(),
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
 fn apply_changeset(conn: &Connection, lsn: Lsn, cs: &[u8]) -> Result<()> {
     match changeset::apply_strict(conn, cs, ApplyOptions::default()) {
         Ok(()) => Ok(()),

@@ -267,6 +267,61 @@ pub fn invert(changeset: &[u8]) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Concatenates changesets into one with their net effect
+/// (`sqlite3changegroup`): applying the result equals applying the inputs
+/// in order. Replay uses it to apply many small records at once.
+#[derive(Debug)]
+pub struct ChangeGroup {
+    raw: *mut ffi::sqlite3_changegroup,
+}
+
+impl ChangeGroup {
+    pub fn new() -> Result<ChangeGroup> {
+        let mut raw: *mut ffi::sqlite3_changegroup = ptr::null_mut();
+        // SAFETY: `raw` is a valid out-pointer.
+        let rc = unsafe { ffi::sqlite3changegroup_new(&mut raw) };
+        if rc != ffi::SQLITE_OK || raw.is_null() {
+            return Err(ffi_error("creating a changegroup", rc));
+        }
+        Ok(ChangeGroup { raw })
+    }
+
+    /// Adds the next changeset, in order.
+    pub fn add(&mut self, changeset: &[u8]) -> Result<()> {
+        let n = changeset_len(changeset)?;
+        // SAFETY: `self.raw` is a live changegroup; the buffer is valid for
+        // `n` bytes and only read during the call.
+        let rc = unsafe {
+            ffi::sqlite3changegroup_add(self.raw, n, changeset.as_ptr().cast::<c_void>().cast_mut())
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(ffi_error("adding to a changegroup", rc));
+        }
+        Ok(())
+    }
+
+    /// The combined changeset.
+    pub fn output(&self) -> Result<Vec<u8>> {
+        let mut n: c_int = 0;
+        let mut p: *mut c_void = ptr::null_mut();
+        // SAFETY: `self.raw` is live; `n` and `p` are valid out-pointers.
+        let rc = unsafe { ffi::sqlite3changegroup_output(self.raw, &mut n, &mut p) };
+        // SAFETY: `p` is null or an SQLite allocation of `n` bytes.
+        let bytes = unsafe { take_sqlite_buffer(p, n) };
+        if rc != ffi::SQLITE_OK {
+            return Err(ffi_error("combining changesets", rc));
+        }
+        Ok(bytes)
+    }
+}
+
+impl Drop for ChangeGroup {
+    fn drop(&mut self) {
+        // SAFETY: `self.raw` came from sqlite3changegroup_new and is deleted once.
+        unsafe { ffi::sqlite3changegroup_delete(self.raw) };
+    }
+}
+
 /// Turns trigger execution off (replaying: the effects of triggers are
 /// already in the changesets) or back on (the node becomes active).
 pub fn set_triggers_enabled(conn: &Connection, on: bool) -> Result<()> {

@@ -47,6 +47,19 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
+/// Makes everything written to the filesystem holding `dir` durable with
+/// one `syncfs`, then fsyncs `dir` itself (for renames into it).
+pub fn sync_filesystem(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    // SAFETY: syncfs on a valid open descriptor owned by `d`.
+    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) };
+    if rc != 0 {
+        return Err(Error::io("syncfs", dir, std::io::Error::last_os_error()));
+    }
+    d.sync_all()
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
 /// The sealed segments in `dir`, sorted by generation.
 pub fn list_sealed(dir: &Path) -> Result<Vec<(Generation, PathBuf)>> {
     let mut out = Vec::new();

@@ -148,7 +148,23 @@ impl Share {
         &self,
         name: &str,
         dest: &Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Option<u64>> {
+        self.copy_impl(name, dest, progress, true)
+    }
+
+    /// Like `copy_to` without the fsync: for callers that verify what they
+    /// copied and make a whole batch durable at once (`syncfs`).
+    pub fn fetch(&self, name: &str, dest: &Path) -> Result<Option<u64>> {
+        self.copy_impl(name, dest, |_, _| {}, false)
+    }
+
+    fn copy_impl(
+        &self,
+        name: &str,
+        dest: &Path,
         mut progress: impl FnMut(u64, u64),
+        durable: bool,
     ) -> Result<Option<u64>> {
         let path = self.path(name);
         let mut src = match File::open(&path) {
@@ -181,10 +197,12 @@ impl Share {
             copied += n as u64;
             progress(copied, total);
         }
-        out.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
+        if durable {
+            out.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
+        }
         drop(out);
         fs::rename(&temp, dest).map_err(|e| Error::io("rename", &temp, e))?;
-        if let Some(parent) = dest.parent() {
+        if durable && let Some(parent) = dest.parent() {
             crate::log::sync_dir(parent)?;
         }
         Ok(Some(copied))
