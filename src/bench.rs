@@ -32,6 +32,29 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Replay of N logged small transactions into a copy, against
+    /// re-executing the same SQL on an identical copy (1000 statements per
+    /// SQLite transaction). Ends with `ratio <replay/sql>`.
+    Replay {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Transactions to log and replay.
+        #[arg(long, default_value_t = 80_000)]
+        transactions: usize,
+    },
+    /// Copy + inspection of sealed segments from a directory share into a
+    /// copy's log directory, as the replay daemon does, against `cp` of the
+    /// same files. Ends with `ratio <ship/cp>`.
+    Ship {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Segments to ship.
+        #[arg(long, default_value_t = 200)]
+        segments: u64,
+        /// Rounds; the median of each side is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 const SCHEMA: &str =
@@ -54,7 +77,27 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             &writers,
             rounds.max(1),
         ),
+        BenchCommand::Replay { dir, transactions } => {
+            crate::bench_copy::replay(&bench_dir(dir)?, transactions)
+        }
+        BenchCommand::Ship {
+            dir,
+            segments,
+            rounds,
+        } => crate::bench_copy::ship(&bench_dir(dir)?, segments, rounds.max(1)),
     }
+}
+
+/// A fresh directory for one benchmark run (under `dir` or the temp dir).
+pub fn bench_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
+    let base = dir
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("logship-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
+    if let Some(fs) = filesystem_of(&base) {
+        println!("directory {}; filesystem {fs}", base.display());
+    }
+    Ok(base)
 }
 
 fn commit(
@@ -196,7 +239,7 @@ fn run_sqlite(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
 /// The mount that holds `path`, from /proc/self/mounts: "TYPE (DEVICE on
 /// MOUNTPOINT, OPTIONS)". Whether a filesystem journals decides what an
 /// fsync costs, so the figures are meaningless without it.
-fn filesystem_of(path: &Path) -> Option<String> {
+pub fn filesystem_of(path: &Path) -> Option<String> {
     let path = std::fs::canonicalize(path).ok()?;
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     mounts

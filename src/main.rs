@@ -3,6 +3,7 @@
 //! the library crates; the work itself lives there.
 
 mod bench;
+mod bench_copy;
 mod control;
 mod copy;
 mod daemons;

@@ -15,8 +15,7 @@ pub fn copy(source: &Share, inbox: &Path, g: Generation) -> Result<Option<PathBu
     let name = format::segment_file_name(g);
     std::fs::create_dir_all(inbox).map_err(|e| shipper::Error::io("create", inbox, e))?;
     let dest = inbox.join(&name);
-    // Not synced here: the daemon inspects it, then makes the whole batch
-    // durable with one syncfs before replaying from it.
+    // Not synced: see `daemon::Daemon::copy_available` for why that is safe.
     match source.fetch(&name, &dest)? {
         Some(len) if len == SEGMENT_SIZE as u64 => Ok(Some(dest)),
         // A short file is left for the inspector to refuse with its offset.

@@ -252,8 +252,12 @@ impl Daemon<'_> {
         Ok(false)
     }
 
-    /// Copies and inspects what the share has (up to a batch), then makes
-    /// the batch durable with one syncfs.
+    /// Copies and inspects what the share has, up to a batch. The copies
+    /// are not fsynced: what must survive a crash is the copy's database
+    /// (committed with synchronous=FULL before a generation is reported
+    /// replayed); a segment damaged by a crash is found by the re-inspection
+    /// at start and copied again, and the active keeps every segment until
+    /// the copy reports it replayed.
     fn copy_available(&mut self) -> Result<bool> {
         let mut any = false;
         for _ in 0..COPY_BATCH {
@@ -261,9 +265,6 @@ impl Daemon<'_> {
                 break;
             }
             any = true;
-        }
-        if any {
-            shipper::log::sync_filesystem(&self.paths.logs)?;
         }
         Ok(any)
     }

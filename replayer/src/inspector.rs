@@ -26,42 +26,30 @@ pub fn inspect(
     db: DatabaseId,
     prev: Option<&Inspected>,
 ) -> Result<Inspected> {
-    let seg = SealedSegment::open(path, Some(db))?;
-    let scan = seg.scan()?;
+    // One full verification (every byte), then the chain checks.
+    let (header, trailer) = SealedSegment::verify(path, Some(db))?;
     let corrupt = |offset: u64, reason: format::Reason| Error::Corrupt {
         path: path.to_path_buf(),
         generation,
         offset,
         reason,
     };
-    if scan.header.generation != generation {
+    if header.generation != generation {
         return Err(corrupt(
             48,
             format::Reason::BadField {
                 field: "generation",
                 detail: format!(
                     "expected {generation}, the header says {}",
-                    scan.header.generation
+                    header.generation
                 ),
             },
         ));
     }
     if let Some(p) = prev {
-        format::check_successor(&p.header, &p.trailer, &scan.header).map_err(|r| corrupt(0, r))?;
+        format::check_successor(&p.header, &p.trailer, &header).map_err(|r| corrupt(0, r))?;
     }
-    let trailer = scan.trailer.clone().ok_or_else(|| {
-        corrupt(
-            format::TRAILER_OFFSET as u64,
-            format::Reason::BadField {
-                field: "trailer",
-                detail: "the segment is not sealed".into(),
-            },
-        )
-    })?;
-    Ok(Inspected {
-        header: scan.header.clone(),
-        trailer,
-    })
+    Ok(Inspected { header, trailer })
 }
 
 /// Reads back a segment that already passed inspection (after a restart).

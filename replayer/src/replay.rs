@@ -5,7 +5,9 @@
 //! after the LSN the copy's database holds, whatever the state file says.
 //!
 //! Triggers are off on the copy (their effects are in the changesets) and
-//! foreign keys are not enforced (the active enforced them).
+//! foreign keys are not enforced (the active enforced them). Commits are
+//! `synchronous=FULL`: a generation is reported replayed (and may then be
+//! truncated on the active) only once its records are durable here.
 
 use std::path::Path;
 
@@ -53,7 +55,7 @@ impl Replayer {
         )
         .map_err(|e| Error::sql(format!("open the copy {}", database.display()), e))?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
              PRAGMA foreign_keys = OFF; PRAGMA busy_timeout = 5000;",
         )
         .map_err(|e| Error::sql("configure the copy", e))?;

@@ -3,12 +3,12 @@
 //! durable with fdatasync, seals full or idle segments (trailer, fsync,
 //! rename to the generation name, directory fsync), repairs a torn tail on
 //! open, and the reader that walks every record after an LSN across sealed
-//! segments (memory-mapped) and the current one.
+//! segments and the current one.
 //!
 //! This module knows segments and records as bytes; it does not know SQLite.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -47,19 +47,6 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// Makes everything written to the filesystem holding `dir` durable with
-/// one `syncfs`, then fsyncs `dir` itself (for renames into it).
-pub fn sync_filesystem(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
-    // SAFETY: syncfs on a valid open descriptor owned by `d`.
-    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) };
-    if rc != 0 {
-        return Err(Error::io("syncfs", dir, std::io::Error::last_os_error()));
-    }
-    d.sync_all()
-        .map_err(|e| Error::io("fsync directory", dir, e))
-}
-
 /// The sealed segments in `dir`, sorted by generation.
 pub fn list_sealed(dir: &Path) -> Result<Vec<(Generation, PathBuf)>> {
     let mut out = Vec::new();
@@ -75,17 +62,22 @@ pub fn list_sealed(dir: &Path) -> Result<Vec<(Generation, PathBuf)>> {
     Ok(out)
 }
 
-/// A sealed segment, mapped read-only and verified whole.
+/// A sealed segment, read into memory and verified whole.
+///
+/// Read, not memory-mapped: verifying a whole 1 MiB segment from the page
+/// cache was about 10% faster with one read into a buffer than with mmap
+/// (whose page faults cost more than the copy), and a file truncated under
+/// a mapping would fault the process.
 #[derive(Debug)]
 pub struct SealedSegment {
     pub path: PathBuf,
-    map: memmap2::Mmap,
+    map: Vec<u8>,
 }
 
 impl SealedSegment {
-    /// Maps and verifies `path`. Any bad byte is `Error::Corrupt`.
+    /// Reads and verifies `path`. Any bad byte is `Error::Corrupt`.
     pub fn open(path: &Path, expect_db: Option<DatabaseId>) -> Result<SealedSegment> {
-        let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
+        let mut file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
         let len = file
             .metadata()
             .map_err(|e| Error::io("stat segment", path, e))?
@@ -108,12 +100,10 @@ impl SealedSegment {
                 },
             ));
         }
-        // SAFETY: sealed segments are immutable by contract: nothing writes to
-        // a file after it has been renamed to its generation name. A file
-        // truncated underneath us would fault, which is why the size is
-        // checked first and segments are only ever deleted, never shrunk.
-        let map =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io("map segment", path, e))?;
+        let mut map = Vec::with_capacity(SEGMENT_SIZE);
+        std::io::Read::take(&mut file, SEGMENT_SIZE as u64)
+            .read_to_end(&mut map)
+            .map_err(|e| Error::io("read segment", path, e))?;
         let seg = SealedSegment {
             path: path.to_path_buf(),
             map,
@@ -139,11 +129,39 @@ impl SealedSegment {
         Ok(seg)
     }
 
+    /// Maps and verifies `path` (like `open`) and returns its header and
+    /// trailer, scanning it once.
+    pub fn verify(path: &Path, expect_db: Option<DatabaseId>) -> Result<(SegmentHeader, Trailer)> {
+        let seg = Self::open(path, expect_db)?;
+        seg.header_and_trailer()
+    }
+
+    fn header_and_trailer(&self) -> Result<(SegmentHeader, Trailer)> {
+        let header = SegmentHeader::decode(&self.map)
+            .map_err(|e| corrupt(&self.path, Generation::default(), e))?;
+        let trailer = Trailer::decode(&self.map[TRAILER_OFFSET..])
+            .map_err(|e| corrupt(&self.path, header.generation, e))?
+            .ok_or_else(|| {
+                corrupt(
+                    &self.path,
+                    header.generation,
+                    DecodeError {
+                        offset: TRAILER_OFFSET as u64,
+                        reason: format::Reason::BadField {
+                            field: "trailer",
+                            detail: "not sealed".into(),
+                        },
+                    },
+                )
+            })?;
+        Ok((header, trailer))
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.map
     }
 
-    /// The verified scan (cheap to redo: the data is mapped and was verified at open).
+    /// The verified scan (cheap to redo: the data is in memory and was verified at open).
     pub fn scan(&self) -> Result<format::SegmentScan<'_>> {
         format::scan_sealed(&self.map, None)
             .map_err(|e| corrupt(&self.path, Generation::default(), e))
@@ -213,7 +231,11 @@ impl LogWriter {
     /// Opens the log in `dir`: finishes a seal that a crash interrupted,
     /// truncates a torn tail of the current segment (logging path and
     /// offset), and recreates a missing current segment.
-    pub fn open(dir: &Path, database_id: DatabaseId) -> Result<LogWriter> {
+    ///
+    /// `keep` is the LSN the database holds: a repair that would drop a
+    /// record at or below it is refused (the database would be ahead of its
+    /// log), and nothing is written.
+    pub fn open(dir: &Path, database_id: DatabaseId, keep: Lsn) -> Result<LogWriter> {
         let current_path = dir.join(CURRENT_FILE_NAME);
         let temp = dir.join(TEMP_FILE_NAME);
         match fs::remove_file(&temp) {
@@ -266,6 +288,20 @@ impl LogWriter {
                 tracing::info!(path = %sealed.display(), "finished a seal interrupted by a crash");
             } else {
                 let records_end = scan.records_end;
+                let complete = scan
+                    .frames
+                    .iter()
+                    .rev()
+                    .find(|f| matches!(f.fragment, Fragment::Whole | Fragment::Last))
+                    .map(|f| f.lsn)
+                    .unwrap_or(scan.header.hash_lsn);
+                if complete < keep {
+                    return Err(Error::DatabaseAhead {
+                        path: current_path.clone(),
+                        db: keep,
+                        log: complete,
+                    });
+                }
                 let tail_dirty =
                     scan.torn.is_some() || bytes[records_end..].iter().any(|b| *b != 0);
                 if tail_dirty {
@@ -295,10 +331,19 @@ impl LogWriter {
         let last = SealedSegment::open(last_path, Some(database_id))?;
         let scan = last.scan()?;
         let trailer = scan.trailer.clone().expect("scan_sealed returns a trailer");
-        let header = successor_header(&scan.header, &trailer, scan.header.epoch, None);
+        // The schema at the end of that segment: its header's, unless a DDL
+        // record in it changed it.
+        let mut schema = scan.header.schema_hash;
+        for_each_record(dir, Some(database_id), scan.header.hash_lsn, |_, rec| {
+            if let format::Body::Ddl { schema_hash, .. } = rec.body {
+                schema = schema_hash;
+            }
+            Ok(())
+        })?;
+        let header = successor_header(&scan.header, &trailer, scan.header.epoch, Some(schema));
         install_current(dir, &header)?;
         drop(scan);
-        Self::open(dir, database_id)
+        Self::open(dir, database_id, keep)
     }
 
     fn from_scan(
@@ -471,7 +516,14 @@ impl LogWriter {
         if self.frame_count == 0 && self.pending.is_empty() {
             return Ok(None);
         }
-        self.write()?;
+        if !self.pending.is_empty() {
+            // The frames must be durable before the trailer that vouches for
+            // them, or a crash could leave a trailer over missing frames.
+            self.write()?;
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io("fdatasync", &self.current_path, e))?;
+        }
         let mut crc = self.crc.clone();
         let mut remaining = TRAILER_OFFSET - self.write_pos;
         while remaining > 0 {
@@ -661,6 +713,18 @@ pub fn for_each_record(
 /// that LSN, or in a segment header whose base is `lsn`. `Ok(None)` when the
 /// log no longer reaches back to it.
 pub fn hash_at(dir: &Path, lsn: Lsn) -> Result<Option<ContentHash>> {
+    // A seal renaming the current segment between our listing and our read
+    // makes the log look inconsistent for an instant: look again.
+    let mut tries = 0;
+    loop {
+        match hash_at_once(dir, lsn) {
+            Err(Error::Corrupt { .. }) | Err(Error::Io { .. }) if tries < 3 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
+fn hash_at_once(dir: &Path, lsn: Lsn) -> Result<Option<ContentHash>> {
     let current = dir.join(CURRENT_FILE_NAME);
     let mut files: Vec<PathBuf> = list_sealed(dir)?.into_iter().map(|(_, p)| p).collect();
     if current.exists() {

@@ -156,7 +156,25 @@ impl Share {
     /// Like `copy_to` without the fsync: for callers that verify what they
     /// copied and make a whole batch durable at once (`syncfs`).
     pub fn fetch(&self, name: &str, dest: &Path) -> Result<Option<u64>> {
-        self.copy_impl(name, dest, |_, _| {}, false)
+        match self {
+            Share::Dir(dir) => {
+                // In-kernel copy (copy_file_range), as cp does.
+                let src = dir.join(name);
+                let temp = temp_name(dest);
+                match fs::copy(&src, &temp) {
+                    Ok(n) => {
+                        fs::rename(&temp, dest).map_err(|e| Error::io("rename", &temp, e))?;
+                        Ok(Some(n))
+                    }
+                    Err(e)
+                        if e.kind() == ErrorKind::NotFound && self.reachable() && !src.exists() =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(Error::io("copy from share", src, e)),
+                }
+            }
+        }
     }
 
     fn copy_impl(
@@ -166,6 +184,7 @@ impl Share {
         mut progress: impl FnMut(u64, u64),
         durable: bool,
     ) -> Result<Option<u64>> {
+        debug_assert!(durable, "fetch() is the non-durable path");
         let path = self.path(name);
         let mut src = match File::open(&path) {
             Ok(f) => f,

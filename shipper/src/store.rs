@@ -64,6 +64,9 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Largest changeset one transaction may produce (default 64 MiB).
     pub max_transaction_bytes: usize,
+    /// fdatasync each group commit (default true). False only to build a
+    /// log fast for a benchmark: a crash then loses acknowledged transactions.
+    pub fsync: bool,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +75,7 @@ impl Default for StoreOptions {
             seal_after: DEFAULT_SEAL_AFTER,
             max_batch: DEFAULT_MAX_BATCH,
             max_transaction_bytes: DEFAULT_MAX_TRANSACTION_BYTES,
+            fsync: true,
         }
     }
 }
@@ -170,6 +174,9 @@ struct AuthState {
     mode: AtomicU8,
     /// What the authorizer refused last, for the error message.
     refused: Mutex<Option<Refusal>>,
+    /// The write connection's handle (as an address), to ask whether it is
+    /// still inside the writer's transaction.
+    db: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Clone, Debug)]
@@ -237,6 +244,13 @@ impl<'a> Tx<'a> {
             self.requeue = true;
             return Err(Error::Aborted("schema change: rerun alone".into()));
         }
+        if script::split_statements(sql).len() != 1 {
+            let what = format!("Tx::ddl takes exactly one schema statement, got {sql:?}");
+            self.poisoned = Some(what.clone());
+            return Err(Error::Refused { what });
+        }
+        // Whatever happens next, a failure must roll this request back.
+        self.poisoned = Some(format!("schema change {sql:?} did not complete"));
         if let Some(s) = self.batch.session.take() {
             let cs = s.changeset()?;
             drop(s);
@@ -258,6 +272,7 @@ impl<'a> Tx<'a> {
         }
         result?;
         self.batch.parts.push(DdlPart::Sql(sql.to_string()));
+        self.poisoned = None;
         Ok(())
     }
 
@@ -322,13 +337,64 @@ fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorization {
     if mode == MODE_INTERNAL {
         return Authorization::Allow;
     }
+    let db = state.db.load(Ordering::SeqCst) as *mut rusqlite::ffi::sqlite3;
+    // SAFETY: the address is the write connection's handle, set before the
+    // hook was installed; the hook runs on the writer thread while that
+    // connection is open, and sqlite3_get_autocommit only reads a flag.
+    if !db.is_null() && unsafe { rusqlite::ffi::sqlite3_get_autocommit(db) } != 0 {
+        *state.refused.lock().expect("auth lock") = Some(Refusal::Forbidden(
+            "an earlier statement rolled back the whole transaction; nothing more can run in it"
+                .into(),
+        ));
+        return Authorization::Deny;
+    }
     let forbid = |what: String| {
         *state.refused.lock().expect("auth lock") = Some(Refusal::Forbidden(what));
         Authorization::Deny
     };
+    let guard = |t: &str| t.eq_ignore_ascii_case(GUARD_TABLE);
+    let schema_table = |t: &str| {
+        t.eq_ignore_ascii_case("sqlite_schema") || t.eq_ignore_ascii_case("sqlite_master")
+    };
     match ctx.action {
         AuthAction::Transaction { operation } => {
             forbid(format!("{operation:?}: the store owns the transaction"))
+        }
+        // The guard row is the store's: it tells recovery and replay where
+        // the database is. Nothing else may write or reshape it.
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::CreateIndex { table_name, .. }
+            if guard(table_name) =>
+        {
+            forbid(format!("{GUARD_TABLE} is the store's guard table"))
+        }
+        // Schema statements report their own write to sqlite_schema: in user
+        // mode that is a schema change to route through `Tx::ddl` (where
+        // SQLite itself refuses direct writes to sqlite_schema).
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+            if schema_table(table_name) && mode == MODE_USER =>
+        {
+            *state.refused.lock().expect("auth lock") =
+                Some(Refusal::Ddl(format!("a write to {table_name}")));
+            Authorization::Deny
+        }
+        // Row changes inside a schema statement would be replayed as SQL
+        // text, not as values: refused.
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+            if mode == MODE_DDL
+                && ctx.accessor.is_none()
+                && !table_name.to_ascii_lowercase().starts_with("sqlite_") =>
+        {
+            forbid("row changes inside Tx::ddl: run them through the connection".into())
         }
         AuthAction::Savepoint { savepoint_name, .. }
             if savepoint_name.eq_ignore_ascii_case(SAVEPOINT) =>
@@ -432,8 +498,19 @@ pub fn check_replicable(conn: &Connection) -> Result<()> {
                 "it has no PRIMARY KEY; the session extension ignores such tables".into(),
             ));
         }
-        let rowid_alias =
-            !without_rowid && pk.len() == 1 && pk[0].1.eq_ignore_ascii_case("INTEGER");
+        // A rowid alias is a rowid table's single INTEGER key with no index
+        // of its own (`INTEGER PRIMARY KEY DESC` gets one and may hold NULL).
+        let pk_index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'",
+                [&table],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)?;
+        let rowid_alias = !without_rowid
+            && pk.len() == 1
+            && pk[0].1.eq_ignore_ascii_case("INTEGER")
+            && pk_index == 0;
         if !without_rowid
             && !rowid_alias
             && let Some((col, _, _)) = pk.iter().find(|(_, _, notnull)| !notnull)
@@ -587,6 +664,7 @@ impl Store {
         let schema = hash::schema_hash(&conn)?;
         drop(conn);
         LogWriter::create(&paths.logs, id, Epoch(1), schema)?;
+        log::sync_dir(data_dir)?;
         Ok(id)
     }
 
@@ -616,7 +694,7 @@ impl Store {
             },
             e => e,
         })?;
-        let mut log = LogWriter::open(&paths.logs, database_id)?;
+        let mut log = LogWriter::open(&paths.logs, database_id, db_lsn)?;
         let end = log.end().clone();
         if db_lsn > end.lsn {
             return Err(Error::DatabaseAhead {
@@ -630,9 +708,21 @@ impl Store {
         }
         check_replicable(&conn)?;
         let auth = Arc::new(AuthState::default());
+        // SAFETY: only the address is kept; see `authorize`.
+        auth.db
+            .store(unsafe { conn.handle() } as usize, Ordering::SeqCst);
         let auth_hook = auth.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&auth_hook, ctx)))
             .map_err(|e| Error::sql("install the authorizer", e))?;
+        // Only the writer commits. A closure whose statement ended the SQLite
+        // transaction (INSERT OR ROLLBACK) runs its next statements in
+        // autocommit mode; this veto turns each of their commits into a
+        // rollback, so nothing reaches the database without its record.
+        let auth_commit = auth.clone();
+        conn.commit_hook(Some(move || {
+            auth_commit.mode.load(Ordering::SeqCst) != MODE_INTERNAL
+        }))
+        .map_err(|e| Error::sql("install the commit hook", e))?;
         log.set_epoch(end.epoch);
         let state = StoreState {
             database_id,
@@ -827,12 +917,33 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<File> {
 fn recover(conn: &Connection, logs: &Path, db: DatabaseId, from: Lsn, to: Lsn) -> Result<()> {
     tracing::info!(from = %from, to = %to, "recovery: redoing durable records past the database's LSN");
     changeset::set_triggers_enabled(conn, false)?;
+    // The content hash is checked after every redone record: a redo that
+    // does not reproduce what the log recorded stops recovery.
+    let mut hash = log::hash_at(logs, from)?;
     let result = (|| {
         let mut in_batch = 0;
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| Error::sql("begin recovery", e))?;
         log::for_each_record(logs, Some(db), from, |lsn, rec| {
             apply::apply_record(conn, lsn, &rec)?;
+            if let Some(before) = hash {
+                let after = match &rec.body {
+                    Body::Changeset(cs) => hash::apply_changeset(before, cs)?,
+                    Body::Ddl { .. } => hash::full_scan(conn)?,
+                };
+                if after != rec.hash {
+                    return Err(Error::Conflict {
+                        lsn,
+                        table: String::new(),
+                        conflict: "CONTENT HASH".into(),
+                        detail: format!(
+                            "the log records {}, redoing the record gives {after}",
+                            rec.hash
+                        ),
+                    });
+                }
+                hash = Some(after);
+            }
             in_batch += 1;
             if in_batch == RECOVERY_BATCH {
                 conn.execute_batch("COMMIT; BEGIN IMMEDIATE")
@@ -982,14 +1093,14 @@ impl Writer {
                 }
             }
             // Gather what else is waiting, up to a batch.
-            while deferred.is_none() && queue.len() < self.opts.max_batch {
+            while deferred.is_none() && queue.len() < self.opts.max_batch.max(1) {
                 match rx.try_recv() {
                     Ok(Msg::Tx(j)) => queue.push_back(j),
                     Ok(other) => deferred = Some(other),
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
                 }
             }
-            let take = queue.len().min(self.opts.max_batch);
+            let take = queue.len().min(self.opts.max_batch.max(1));
             let batch: VecDeque<Job> = queue.drain(..take).collect();
             match self.run_batch(batch) {
                 Ok(rest) => {
@@ -1096,10 +1207,25 @@ impl Writer {
                     (false, None) => Ran::Failed,
                 };
                 let ok = matches!(outcome, Ran::Ok);
-                if self.conn.is_autocommit() {
-                    // A statement (INSERT OR ROLLBACK, RAISE(ROLLBACK)) ended
-                    // the whole SQLite transaction, and with it the work of
-                    // every earlier job of this batch: run those again.
+                // Close this job's savepoint. If the SQLite transaction is no
+                // longer the writer's (a statement such as INSERT OR ROLLBACK
+                // ended it), the batch is broken.
+                let closed = if self.conn.is_autocommit() {
+                    Err(())
+                } else if ok && !requeue {
+                    self.internal(&format!("RELEASE {SAVEPOINT}"))
+                        .map_err(|_| ())
+                } else {
+                    self.internal(&format!("ROLLBACK TO {SAVEPOINT}"))
+                        .and_then(|()| self.internal(&format!("RELEASE {SAVEPOINT}")))
+                        .map_err(|_| ())
+                };
+                if closed.is_err() {
+                    // The work of every earlier job of this batch is gone with
+                    // the transaction: run those again.
+                    if !self.conn.is_autocommit() {
+                        self.internal("ROLLBACK")?;
+                    }
                     drop(capture);
                     let culprit_error = if ok {
                         Err(Error::Aborted(
@@ -1126,24 +1252,16 @@ impl Writer {
                 }
                 if requeue {
                     // A schema change that must run first in its own batch.
-                    self.internal(&format!("ROLLBACK TO {SAVEPOINT}"))?;
-                    self.internal(&format!("RELEASE {SAVEPOINT}"))?;
                     capture.parts.truncate(parts_before);
                     jobs.push_front(job);
                     break;
                 }
-                if ok {
-                    self.internal(&format!("RELEASE {SAVEPOINT}"))?;
-                } else {
-                    self.internal(&format!("ROLLBACK TO {SAVEPOINT}"))?;
-                    self.internal(&format!("RELEASE {SAVEPOINT}"))?;
-                    if capture.ddl && ran.is_empty() {
-                        // The failed job was the batch's schema change: its
-                        // DDL and parts are rolled back with it.
-                        capture.parts.clear();
-                        capture.ddl = false;
-                        capture.session = Some(Session::new(&self.conn)?);
-                    }
+                if !ok && capture.ddl && ran.is_empty() {
+                    // The failed job was the batch's schema change: its DDL
+                    // and parts are rolled back with it.
+                    capture.parts.clear();
+                    capture.ddl = false;
+                    capture.session = Some(Session::new(&self.conn)?);
                 }
                 let was_ddl = capture.ddl;
                 ran.push((job, outcome));
@@ -1187,10 +1305,16 @@ impl Writer {
     ) -> Result<Option<(Lsn, RecordKind, Vec<u8>, ContentHash, SchemaHash)>> {
         let lsn = self.lsn.next();
         self.internal("SAVEPOINT logship_guard")?;
-        self.conn
+        let moved = self
+            .conn
             .prepare_cached(&format!("UPDATE {GUARD_TABLE} SET lsn = ?1 WHERE id = 1"))
             .and_then(|mut s| s.execute([lsn.0 as i64]))
             .map_err(|e| Error::sql("update the guard row", e))?;
+        if moved != 1 {
+            return Err(Error::Stopped(format!(
+                "the guard row of {GUARD_TABLE} is missing ({moved} rows updated)"
+            )));
+        }
         let cs = match capture.session.take() {
             Some(s) => s.changeset()?,
             None => Vec::new(),
@@ -1245,6 +1369,16 @@ impl Writer {
         let kind = record.kind();
         let mut payload = Vec::with_capacity(size + 64);
         record.encode(&mut payload);
+        let max = self
+            .opts
+            .max_transaction_bytes
+            .min(crate::format::MAX_RECORD_SIZE);
+        if payload.len() > max {
+            return Err(Error::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
         Ok(Some((lsn, kind, payload, new_hash, new_schema)))
     }
 
@@ -1258,7 +1392,9 @@ impl Writer {
             self.log.append(*kind, *lsn, payload, *h, *s)?;
             self.log.write()?;
             self.failpoint.hit(FailPoint::AfterAppend);
-            self.log.sync()?;
+            if self.opts.fsync {
+                self.log.sync()?;
+            }
             self.failpoint.hit(FailPoint::AfterFsync);
             c.syncs.fetch_add(1, Ordering::Relaxed);
             c.records.fetch_add(1, Ordering::Relaxed);

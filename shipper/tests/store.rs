@@ -615,3 +615,164 @@ fn a_refused_schema_change_is_rolled_back_even_if_the_closure_ignores_it() {
     );
     assert_hash_matches(&store);
 }
+
+#[test]
+fn statements_after_a_whole_transaction_rollback_cannot_commit_unlogged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)",
+    );
+    exec(&store, "INSERT INTO t VALUES (1, 'taken')");
+    let before = store.state().lsn;
+    let r = store.transaction(|tx| {
+        // Ends the SQLite transaction; the closure ignores it and goes on.
+        let _ = tx
+            .conn()
+            .execute("INSERT OR ROLLBACK INTO t VALUES (2, 'taken')", []);
+        let _ = tx.conn().execute("INSERT INTO t VALUES (99, 'sneaky')", []);
+        let _ = tx
+            .conn()
+            .execute_batch("SAVEPOINT x; INSERT INTO t VALUES (98, 'x'); RELEASE x;");
+        Ok(())
+    });
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM t WHERE id IN (98, 99)"),
+        0
+    );
+    assert_eq!(store.state().lsn, before);
+    assert_hash_matches(&store);
+}
+
+#[test]
+fn the_guard_table_and_sqlite_schema_are_out_of_reach() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY)");
+    let before = store.state().lsn;
+    for sql in [
+        "UPDATE _logship SET lsn = 500",
+        "DELETE FROM _logship",
+        "INSERT INTO _logship VALUES (2, 0, x'00')",
+        "ALTER TABLE _logship ADD COLUMN x",
+        "DROP TABLE _logship",
+        "CREATE TRIGGER g BEFORE UPDATE ON _logship BEGIN SELECT RAISE(ROLLBACK, 'no'); END",
+        "UPDATE sqlite_schema SET sql = sql",
+    ] {
+        let err = store
+            .transaction(move |tx| tx.execute_script(sql, |_, _, _| Ok(())))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Refused { .. } | Error::Sql { .. }),
+            "{sql}: {err}"
+        );
+    }
+    assert_eq!(store.state().lsn, before);
+    drop(store);
+    // And the store still opens.
+    let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    assert_hash_matches(&store);
+}
+
+#[test]
+fn ddl_takes_one_schema_statement_and_no_row_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)");
+    for sql in [
+        "CREATE TABLE a (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1, random())",
+        "INSERT INTO t VALUES (1, random())",
+    ] {
+        let err = store.transaction(move |tx| tx.ddl(sql)).unwrap_err();
+        assert!(matches!(err, Error::Refused { .. }), "{sql}: {err}");
+    }
+    assert_eq!(count(&store, "SELECT count(*) FROM t"), 0);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'a'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn integer_primary_key_desc_is_not_a_rowid_alias_and_is_refused_when_nullable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    let err = store
+        .transaction(|tx| {
+            tx.execute_script(
+                "CREATE TABLE d (id INTEGER PRIMARY KEY DESC, v TEXT)",
+                |_, _, _| Ok(()),
+            )
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("may be NULL"), "{err}");
+    exec(
+        &store,
+        "CREATE TABLE d (id INTEGER PRIMARY KEY DESC NOT NULL, v TEXT)",
+    );
+}
+
+#[test]
+fn a_torn_tail_repair_that_would_drop_committed_records_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    );
+    for _ in 0..3 {
+        exec(&store, "INSERT INTO t (v) VALUES ('x')");
+    }
+    drop(store);
+    // A bad byte early in the current segment: the records after it are in
+    // the database, so zeroing them would put the database ahead of its log.
+    let current = tmp
+        .path()
+        .join(LOG_DIR)
+        .join(shipper::format::CURRENT_FILE_NAME);
+    let mut bytes = std::fs::read(&current).unwrap();
+    bytes[shipper::format::HEADER_SIZE + 20] ^= 0xff;
+    std::fs::write(&current, &bytes).unwrap();
+    let err = Store::open(tmp.path(), StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::DatabaseAhead { .. }), "{err}");
+    assert_eq!(
+        std::fs::read(&current).unwrap(),
+        bytes,
+        "nothing was written"
+    );
+}
+
+#[test]
+fn a_crash_before_the_next_segment_keeps_the_schema_hash_of_the_last_ddl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY)");
+    store.seal().unwrap().unwrap();
+    let expected = store.state().schema_hash;
+    drop(store);
+    // As if the process died between the seal's rename and the new LS.log.
+    std::fs::remove_file(
+        tmp.path()
+            .join(LOG_DIR)
+            .join(shipper::format::CURRENT_FILE_NAME),
+    )
+    .unwrap();
+    let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    assert_eq!(store.state().schema_hash, expected);
+    let header = shipper::log::read_header(
+        &tmp.path()
+            .join(LOG_DIR)
+            .join(shipper::format::CURRENT_FILE_NAME),
+    )
+    .unwrap();
+    assert_eq!(header.schema_hash, expected);
+    assert_eq!(
+        shipper::hash::schema_hash(&store.reader().unwrap()).unwrap(),
+        expected
+    );
+}

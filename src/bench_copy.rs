@@ -1,0 +1,210 @@
+//! `logship bench replay` and `logship bench ship`: the passive's two hot
+//! paths against their baselines, in one run, ending with the ratio.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use shipper::format::{Body, Record, RecordKind};
+use shipper::share::Share;
+use shipper::{ContentHash, Lsn, SchemaHash};
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The SQL of transaction `i` (75% inserts, 25% updates of earlier rows).
+fn statement(i: usize) -> String {
+    if i % 4 == 3 {
+        // An earlier inserted row (ids that are 3 mod 4 are updates, not rows).
+        let mut j = (i * 7919) % (i - 1) + 1;
+        if j % 4 == 3 {
+            j -= 1;
+        }
+        format!("UPDATE items SET a = a + 1, b = 'u{i}' WHERE id = {j}")
+    } else {
+        format!(
+            "INSERT INTO items (id, a, b) VALUES ({i}, {}, 'row number {i} of the bench')",
+            i % 977
+        )
+    }
+}
+
+pub fn replay(base: &Path, n: usize) -> Result<ExitCode> {
+    let result = (|| -> Result<(f64, f64)> {
+        let src = base.join("active");
+        shipper::Store::init(&src)?;
+        {
+            let store = shipper::Store::open(&src, shipper::StoreOptions::default())?;
+            store.transaction(|tx| {
+                tx.execute_script(
+                    "CREATE TABLE items (id INTEGER PRIMARY KEY, a INTEGER NOT NULL, b TEXT NOT NULL)",
+                    |_, _, _| Ok(()),
+                )
+            })?;
+        }
+        // Two identical copies, seeded before the transactions.
+        for copy in ["replay", "sql"] {
+            let dir = base.join(copy);
+            std::fs::create_dir_all(&dir)?;
+            shipper::seed::snapshot(&src.join("store.db"), &dir.join("store.db"))?;
+        }
+        // Log N transactions, one record each (built without fdatasync: the
+        // benchmark measures replay, not commit).
+        println!("logging {n} transactions...");
+        let opts = shipper::StoreOptions {
+            fsync: false,
+            ..Default::default()
+        };
+        let store = shipper::Store::open(&src, opts)?;
+        for i in 0..n {
+            let sql = statement(i + 1);
+            store.transaction(move |tx| {
+                tx.conn().execute(&sql, [])?;
+                Ok(())
+            })?;
+        }
+        store.seal()?;
+        let end = store.state();
+        drop(store);
+
+        // Replay.
+        let mut replayer = replayer::replay::Replayer::open(&base.join("replay").join("store.db"))?;
+        let t = Instant::now();
+        let progress = replayer.replay_available(&src.join("logs"))?;
+        let replay_secs = t.elapsed().as_secs_f64();
+        if progress.lsn != end.lsn || progress.records != n as u64 {
+            bail!(
+                "replay reached LSN {} after {} records, expected {} / {n}",
+                progress.lsn,
+                progress.records,
+                end.lsn
+            );
+        }
+        // Re-executing the SQL, 1000 statements per transaction.
+        let conn = rusqlite::Connection::open(base.join("sql").join("store.db"))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        let t = Instant::now();
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(1000) {
+            conn.execute_batch("BEGIN")?;
+            for i in chunk {
+                conn.execute(&statement(*i), [])?;
+            }
+            conn.execute_batch("COMMIT")?;
+        }
+        let sql_secs = t.elapsed().as_secs_f64();
+        // Both copies must agree with the active's log.
+        let replayed = shipper::hash::full_scan(replayer.conn())?;
+        let reexecuted = shipper::hash::full_scan(&conn)?;
+        if replayed != end.hash || reexecuted != end.hash {
+            bail!(
+                "content hashes differ: log {}, replay {replayed}, SQL {reexecuted}",
+                end.hash
+            );
+        }
+        println!("replay {replay_secs:.3} s, re-execute {sql_secs:.3} s");
+        Ok((n as f64 / replay_secs, n as f64 / sql_secs))
+    })();
+    let _ = std::fs::remove_dir_all(base);
+    let (replay, sql) = result?;
+    println!("replay       {replay:>10.0} tx/s");
+    println!("re-execute   {sql:>10.0} tx/s (the same SQL, 1000 statements per transaction)");
+    println!("ratio {:.2}", replay / sql);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds `segments` sealed segments of ~200 KiB records in `dir`.
+fn build_log(dir: &Path, segments: u64) -> Result<()> {
+    let db = shipper::DatabaseId::random()?;
+    shipper::log::LogWriter::create(dir, db, shipper::Epoch(1), SchemaHash(0))?;
+    let mut w = shipper::log::LogWriter::open(dir, db, Lsn::ZERO)?;
+    let mut lsn = Lsn::ZERO;
+    let mut payload = Vec::new();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut body = vec![0u8; 200 * 1024];
+    while (shipper::log::list_sealed(dir)?.len() as u64) < segments {
+        for b in body.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        lsn = lsn.next();
+        let rec = Record {
+            time_us: 0,
+            hash: ContentHash(lsn.0 as u128),
+            body: Body::Changeset(body.clone()),
+        };
+        payload.clear();
+        rec.encode(&mut payload);
+        w.append(
+            RecordKind::Changeset,
+            lsn,
+            &payload,
+            rec.hash,
+            SchemaHash(0),
+        )?;
+        w.write()?;
+    }
+    Ok(())
+}
+
+pub fn ship(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
+    let result = (|| -> Result<(f64, f64, u64)> {
+        let src = base.join("source");
+        println!("building {segments} sealed segments...");
+        build_log(&src, segments)?;
+        let files: Vec<_> = shipper::log::list_sealed(&src)?
+            .into_iter()
+            .take(segments as usize)
+            .collect();
+        let db = shipper::log::read_header(&files[0].1)?.database_id;
+        let bytes: u64 = files.len() as u64 * shipper::format::SEGMENT_SIZE as u64;
+        let share = Share::Dir(src.clone());
+        let (mut ours, mut cps) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // cp of the same files.
+            let dest = base.join(format!("cp-{round}"));
+            std::fs::create_dir_all(&dest)?;
+            let t = Instant::now();
+            let status = std::process::Command::new("cp")
+                .args(files.iter().map(|(_, p)| p))
+                .arg(&dest)
+                .status()
+                .context("run cp")?;
+            if !status.success() {
+                bail!("cp failed: {status}");
+            }
+            cps.push(t.elapsed().as_secs_f64());
+            std::fs::remove_dir_all(&dest)?;
+            // Copy + inspect, as the replay daemon does.
+            let dest = base.join(format!("copy-{round}"));
+            let (inbox, logs) = (dest.join("inbox"), dest.join("logs"));
+            std::fs::create_dir_all(&logs)?;
+            let t = Instant::now();
+            let mut prev = None;
+            for (g, _) in &files {
+                let path =
+                    replayer::copier::copy(&share, &inbox, *g)?.context("segment vanished")?;
+                let ins = replayer::inspector::inspect(&path, *g, db, prev.as_ref())?;
+                std::fs::rename(&path, logs.join(shipper::format::segment_file_name(*g)))?;
+                prev = Some(ins);
+            }
+            ours.push(t.elapsed().as_secs_f64());
+            std::fs::remove_dir_all(&dest)?;
+        }
+        Ok((median(&mut ours), median(&mut cps), bytes))
+    })();
+    let _ = std::fs::remove_dir_all(base);
+    let (ours, cp, bytes) = result?;
+    let mib = bytes as f64 / (1 << 20) as f64;
+    println!(
+        "ship (copy + inspect) {:>8.0} MiB/s ({ours:.3} s)",
+        mib / ours
+    );
+    println!("cp                    {:>8.0} MiB/s ({cp:.3} s)", mib / cp);
+    println!("ratio {:.2}", cp / ours);
+    Ok(ExitCode::SUCCESS)
+}
