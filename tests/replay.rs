@@ -336,3 +336,205 @@ fn a_damaged_segment_is_copied_again_and_a_persistent_fault_fails_the_copy() {
     // Nothing of it was replayed.
     assert!(st["last_log_replayed"].as_u64().unwrap() < newest, "{st}");
 }
+
+fn newest_sealed(p: &Pair) -> u64 {
+    std::fs::read_dir(p.data_dir("alpha").join("logs"))
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_prefix("LS")
+                .and_then(|h| h.strip_suffix(".log"))
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn summary(p: &Pair) -> String {
+    p.copy_status("beta")
+        .and_then(|s| s["summary_copy_status"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_unreachable_share_is_disconnected_then_resumes_by_itself() {
+    let p = Pair::new();
+    setup(&p);
+    let _replay = start_replay(&p);
+    run_sql(&p, &statements(0, 40));
+    p.ok("alpha", &["seal"]);
+    p.wait_for("the copy to catch up", 60, || {
+        replayed_lsn(&p) == alpha_lsn(&p)
+    });
+    let share = p.data_dir("alpha").join("logs");
+    let away = p.data_dir("alpha").join("logs-away");
+    std::fs::rename(&share, &away).unwrap();
+    p.wait_for("Disconnected", 30, || summary(&p) == "Disconnected");
+    assert!(
+        p.copy_status("beta").unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("logs")
+    );
+    std::fs::rename(&away, &share).unwrap();
+    run_sql(&p, &statements(40, 80));
+    p.ok("alpha", &["seal"]);
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to resume", 60, || {
+        replayed_lsn(&p) == target && summary(&p) == "Healthy"
+    });
+}
+
+#[test]
+fn a_gap_in_generations_and_a_foreign_segment_fail_the_copy_by_name() {
+    let p = Pair::new();
+    setup(&p);
+    let _replay = start_replay(&p);
+    run_sql(&p, &statements(0, 40));
+    p.ok("alpha", &["seal"]);
+    p.wait_for("the copy to catch up", 60, || {
+        replayed_lsn(&p) == alpha_lsn(&p)
+    });
+    let before = copy_lsn(&p);
+
+    // A segment of another database where the next generation should be.
+    p.ok("beta", &["suspend"]);
+    run_sql(&p, &statements(40, 60));
+    p.ok("alpha", &["seal"]);
+    let next = newest_sealed(&p);
+    let other = Pair::new();
+    other.ok("alpha", &["init"]);
+    let mut g = 0;
+    while g < next {
+        other.ok(
+            "alpha",
+            &[
+                "sql",
+                &format!("CREATE TABLE x{g} (id INTEGER PRIMARY KEY)"),
+            ],
+        );
+        other.ok("alpha", &["seal"]);
+        g = newest_sealed(&other);
+    }
+    let name = format!("LS{next:016X}.log");
+    let ours = p.data_dir("alpha").join("logs").join(&name);
+    let saved = std::fs::read(&ours).unwrap();
+    std::fs::copy(other.data_dir("alpha").join("logs").join(&name), &ours).unwrap();
+    p.ok("beta", &["resume"]);
+    p.wait_for("the copy to fail", 30, || summary(&p) == "Failed");
+    let err = p.copy_status("beta").unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("belongs to database") || err.contains("database"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("generation 0x{next:X}")), "{err}");
+    assert_eq!(copy_lsn(&p), before, "nothing of it was applied");
+
+    // Put the right one back and retry: the copy heals.
+    std::fs::write(&ours, saved).unwrap();
+    p.ok("beta", &["resume"]);
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to recover", 60, || {
+        replayed_lsn(&p) == target && summary(&p) == "Healthy"
+    });
+
+    // A gap: the next generation is missing but a later one exists.
+    p.ok("beta", &["suspend"]);
+    run_sql(&p, &statements(60, 70));
+    p.ok("alpha", &["seal"]);
+    let missing = newest_sealed(&p);
+    run_sql(&p, &statements(70, 80));
+    p.ok("alpha", &["seal"]);
+    std::fs::remove_file(
+        p.data_dir("alpha")
+            .join("logs")
+            .join(format!("LS{missing:016X}.log")),
+    )
+    .unwrap();
+    p.ok("beta", &["resume"]);
+    p.wait_for("the copy to fail on the gap", 30, || {
+        summary(&p) == "Failed"
+    });
+    let err = p.copy_status("beta").unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("gap") && err.contains(&format!("0x{missing:X}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_copy_whose_schema_differs_is_refused_before_any_change() {
+    let p = Pair::new();
+    setup(&p);
+    // The copy got a column the active does not have.
+    let conn = rusqlite::Connection::open(p.data_dir("beta").join("store.db")).unwrap();
+    conn.execute_batch("ALTER TABLE tags ADD COLUMN extra TEXT")
+        .unwrap();
+    drop(conn);
+    let before = copy_lsn(&p);
+    run_sql(&p, &statements(0, 20));
+    p.ok("alpha", &["seal"]);
+    let _replay = start_replay(&p);
+    p.wait_for("the copy to fail", 30, || summary(&p) == "Failed");
+    let err = p.copy_status("beta").unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("schema mismatch"), "{err}");
+    assert_eq!(copy_lsn(&p), before, "nothing was applied");
+}
+
+#[test]
+fn a_full_disk_pauses_replay_with_an_error_and_it_resumes_when_space_returns() {
+    let p = Pair::new();
+    setup(&p);
+    // The replay daemon may not grow a file past 4 MiB; writes beyond fail
+    // (SIGXFSZ ignored) as they would on a full disk.
+    let bin = env!("CARGO_BIN_EXE_logship");
+    let mut child = Daemon(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; ulimit -S -f 4096; exec '{bin}' replay --poll 20ms --config '{}' --node beta",
+                p.config.display()
+            ))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    run_sql(&p, &statements(0, 3000));
+    p.ok("alpha", &["seal"]);
+    p.wait_for("replay to pause on the full disk", 60, || {
+        p.copy_status("beta").unwrap()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("replay paused"))
+    });
+    assert_eq!(summary(&p), "Failed");
+    // Space returns.
+    let out = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg("--fsize=unlimited")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = alpha_lsn(&p);
+    p.wait_for("replay to resume", 60, || {
+        replayed_lsn(&p) == target && summary(&p) == "Healthy"
+    });
+    let out = p.ok("beta", &["verify-copy"]);
+    assert!(out.contains("verdict equal"), "{out}");
+    child.0.kill().ok();
+}

@@ -97,19 +97,15 @@ impl Replayer {
             return Ok(progress);
         };
         let mut reasm = Reassembler::default();
-        for (generation, path) in &segments[start..] {
+        // The schema the log expects at the copy's LSN: the first segment's
+        // header, moved on by any DDL record up to that LSN. Checked once,
+        // before the first record is applied.
+        let mut expected_schema = None;
+        for (i, (generation, path)) in segments[start..].iter().enumerate() {
             let seg = SealedSegment::open(path, Some(self.db))?;
             let scan = seg.scan()?;
-            if !self.schema_checked && scan.header.hash_lsn == progress.lsn {
-                let found = shipper::hash::schema_hash(&self.conn)?;
-                if found != scan.header.schema_hash {
-                    return Err(Error::SchemaMismatch {
-                        lsn: progress.lsn.next(),
-                        expected: scan.header.schema_hash,
-                        found,
-                    });
-                }
-                self.schema_checked = true;
+            if i == 0 && !self.schema_checked {
+                expected_schema = Some(scan.header.schema_hash);
             }
             let tx = self
                 .conn
@@ -128,8 +124,34 @@ impl Replayer {
             };
             for frame in &scan.frames {
                 if !reasm.in_progress() && frame.lsn <= progress.lsn {
-                    // Already in the copy (or a continuation of such a record).
+                    // Already in the copy. Only a DDL record matters here,
+                    // for the schema check; one begun in an earlier segment
+                    // cannot be read, and then the check is skipped.
+                    if expected_schema.is_some() && frame.kind == shipper::format::RecordKind::Ddl {
+                        if frame.fragment != shipper::format::Fragment::Whole {
+                            expected_schema = None;
+                        } else if let Ok(Record {
+                            body: Body::Ddl { schema_hash, .. },
+                            ..
+                        }) = Record::decode(frame.kind, frame.payload)
+                        {
+                            expected_schema = Some(schema_hash);
+                        }
+                    }
                     continue;
+                }
+                if !self.schema_checked {
+                    if let Some(expected) = expected_schema {
+                        let found = shipper::hash::schema_hash(&self.conn)?;
+                        if found != expected {
+                            return Err(Error::SchemaMismatch {
+                                lsn: frame.lsn,
+                                expected,
+                                found,
+                            });
+                        }
+                    }
+                    self.schema_checked = true;
                 }
                 let done = reasm.push(frame).map_err(|reason| Error::Corrupt {
                     path: path.clone(),
