@@ -5,12 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests drive for real.
-PACKAGES=(sqlite3)
+# Commands the tests drive for real, and the Debian package of each.
+NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux)
 
 missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+for pair in "${NEEDED[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
   echo "== installing: ${missing[*]}"
