@@ -42,6 +42,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 80_000)]
         transactions: usize,
     },
+    /// Lag from seal on the active to replayed on the copy, with the replay
+    /// daemon polling as it does by default, and the daemon's CPU use while
+    /// idle. (No baseline: the figure to compare with is the poll interval.)
+    Lag {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seal-to-replay measurements.
+        #[arg(long, default_value_t = 30)]
+        samples: usize,
+        /// The replay daemon's poll interval.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        poll: Duration,
+    },
     /// Copy + inspection of sealed segments from a directory share into a
     /// copy's log directory, as the replay daemon does, against `cp` of the
     /// same files. Ends with `ratio <ship/cp>`.
@@ -77,6 +90,9 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             &writers,
             rounds.max(1),
         ),
+        BenchCommand::Lag { dir, samples, poll } => {
+            crate::bench_copy::lag(&bench_dir(dir)?, samples, poll)
+        }
         BenchCommand::Replay { dir, transactions } => {
             crate::bench_copy::replay(&bench_dir(dir)?, transactions)
         }

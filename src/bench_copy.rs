@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shipper::format::{Body, Record, RecordKind};
@@ -206,5 +206,88 @@ pub fn ship(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
     );
     println!("cp                    {:>8.0} MiB/s ({cp:.3} s)", mib / cp);
     println!("ratio {:.2}", cp / ours);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct,
+    // and getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+pub fn lag(base: &Path, samples: usize, poll: Duration) -> Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let result = (|| -> Result<(Vec<Duration>, f64)> {
+        let active = base.join("active");
+        shipper::Store::init(&active)?;
+        let store = shipper::Store::open(&active, shipper::StoreOptions::default())?;
+        store.transaction(|tx| {
+            tx.execute_script(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+                |_, _, _| Ok(()),
+            )
+        })?;
+        let copy = base.join("copy");
+        std::fs::create_dir_all(&copy)?;
+        shipper::seed::snapshot(&active.join("store.db"), &copy.join("store.db"))?;
+        let cfg = replayer::ReplayConfig {
+            node: "copy".into(),
+            data_dir: copy.clone(),
+            source_node: "active".into(),
+            source: Share::Dir(active.join("logs")),
+            own_share: None,
+            poll,
+        };
+        static STOP: AtomicBool = AtomicBool::new(false);
+        STOP.store(false, Ordering::Relaxed);
+        let daemon = std::thread::spawn(move || replayer::run(&cfg, &STOP));
+        let reader = shipper::store::open_read_only(&copy.join("store.db"))?;
+        let copy_lsn = || -> Result<u64> {
+            Ok(reader.query_row("SELECT lsn FROM _logship", [], |r| r.get::<_, i64>(0))? as u64)
+        };
+        let mut lags = Vec::new();
+        for i in 0..samples {
+            let done = store.transaction(move |tx| {
+                tx.conn()
+                    .execute("INSERT INTO t (v) VALUES (?1)", [format!("sample {i}")])?;
+                Ok(())
+            })?;
+            // A random phase against the daemon's poll.
+            std::thread::sleep(poll.mul_f64(((i * 7919) % 100) as f64 / 100.0));
+            store.seal()?;
+            let sealed = Instant::now();
+            while copy_lsn()? < done.lsn.0 {
+                if sealed.elapsed() > Duration::from_secs(30) {
+                    bail!("the copy did not replay LSN {} within 30 s", done.lsn);
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            lags.push(sealed.elapsed());
+        }
+        // Idle: nothing to copy; what does the daemon burn?
+        let window = Duration::from_secs(3);
+        let before = cpu_time();
+        std::thread::sleep(window);
+        let idle = (cpu_time() - before).as_secs_f64() / window.as_secs_f64() * 100.0;
+        STOP.store(true, Ordering::Relaxed);
+        daemon.join().expect("daemon thread")?;
+        Ok((lags, idle))
+    })();
+    let _ = std::fs::remove_dir_all(base);
+    let (mut lags, idle) = result?;
+    lags.sort();
+    let pct = |p: f64| lags[((lags.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "seal to replayed: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms over {} samples (poll {})",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.9).as_secs_f64() * 1e3,
+        lags[lags.len() - 1].as_secs_f64() * 1e3,
+        lags.len(),
+        humantime::format_duration(poll)
+    );
+    println!("idle replay daemon: {idle:.2}% of one core");
     Ok(ExitCode::SUCCESS)
 }
