@@ -160,3 +160,64 @@ fn seed_while_the_active_commits_then_follow_and_truncate() {
     });
     drop(ship);
 }
+
+#[test]
+fn a_seed_without_the_active_daemon_says_so_and_status_shows_seeding_meanwhile() {
+    let p = Pair::new();
+    p.ok("alpha", &["init"]);
+    let mut seed = Daemon(
+        p.cmd("beta", &["seed", "--timeout", "4s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    p.wait_for("Seeding", 20, || {
+        p.copy_status("beta")
+            .is_some_and(|s| s["summary_copy_status"] == "Seeding")
+    });
+    // The request is on beta's own share, nowhere else.
+    assert!(
+        p.dir
+            .path()
+            .join("beta-share")
+            .join("seed-request.json")
+            .exists()
+    );
+    let out = seed.0.wait_with_output_ref();
+    assert!(!out.0.success());
+    assert!(
+        out.1.contains("is `logship ship` running on alpha"),
+        "{}",
+        out.1
+    );
+    // The failed seed leaves a clear status and no request behind.
+    let st = p.copy_status("beta").unwrap();
+    assert_ne!(st["summary_copy_status"], "Seeding", "{st}");
+    assert!(
+        st["error"].as_str().unwrap().contains("seed failed"),
+        "{st}"
+    );
+    assert!(
+        !p.dir
+            .path()
+            .join("beta-share")
+            .join("seed-request.json")
+            .exists()
+    );
+}
+
+trait WaitOutput {
+    fn wait_with_output_ref(&mut self) -> (std::process::ExitStatus, String);
+}
+
+impl WaitOutput for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let mut err = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            e.read_to_string(&mut err).unwrap();
+        }
+        (self.wait().unwrap(), err)
+    }
+}
