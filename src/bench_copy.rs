@@ -181,13 +181,13 @@ pub fn ship(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
             std::fs::remove_dir_all(&dest)?;
             // Copy + inspect, as the replay daemon does.
             let dest = base.join(format!("copy-{round}"));
-            let (inbox, logs) = (dest.join("inbox"), dest.join("logs"));
+            let logs = dest.join("logs");
             std::fs::create_dir_all(&logs)?;
             let t = Instant::now();
             let mut prev = None;
             for (g, _) in &files {
                 let path =
-                    replayer::copier::copy(&share, &inbox, *g)?.context("segment vanished")?;
+                    replayer::copier::copy(&share, &logs, *g)?.context("segment vanished")?;
                 let ins = replayer::inspector::inspect(&path, *g, db, prev.as_ref())?;
                 std::fs::rename(&path, logs.join(shipper::format::segment_file_name(*g)))?;
                 prev = Some(ins);

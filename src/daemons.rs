@@ -221,10 +221,9 @@ fn install(paths: &CopyPaths, incoming: &std::path::Path) -> Result<()> {
         p.push(suffix);
         let _ = std::fs::remove_file(std::path::PathBuf::from(p));
     }
-    for dir in [&paths.logs, &paths.inbox] {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("clear {}", dir.display()))?;
-        }
+    if paths.logs.exists() {
+        std::fs::remove_dir_all(&paths.logs)
+            .with_context(|| format!("clear {}", paths.logs.display()))?;
     }
     std::fs::rename(incoming, &paths.database)
         .with_context(|| format!("install {}", paths.database.display()))?;

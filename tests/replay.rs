@@ -89,36 +89,10 @@ fn alpha_lsn(p: &Pair) -> u64 {
         .unwrap()
 }
 
-/// Compares every row of both databases with Python's sqlite3 module.
 fn python_compare(p: &Pair) {
-    let script = r#"
-import sqlite3, sys
-def dump(path):
-    c = sqlite3.connect("file:" + path + "?mode=ro", uri=True)
-    out = {}
-    for (t,) in c.execute("SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name"):
-        out[t] = sorted(c.execute('SELECT * FROM "%s"' % t).fetchall(), key=repr)
-    return out
-a, b = dump(sys.argv[1]), dump(sys.argv[2])
-if a != b:
-    for t in sorted(set(a) | set(b)):
-        if a.get(t) != b.get(t):
-            print("table", t, "differs:", len(a.get(t) or []), "rows vs", len(b.get(t) or []))
-    sys.exit(1)
-print("equal", sum(len(v) for v in a.values()), "rows")
-"#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(p.data_dir("alpha").join("store.db"))
-        .arg(p.data_dir("beta").join("store.db"))
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python row comparison: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    common::python_compare(
+        &p.data_dir("alpha").join("store.db"),
+        &p.data_dir("beta").join("store.db"),
     );
 }
 

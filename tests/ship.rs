@@ -107,6 +107,21 @@ fn seed_while_the_active_commits_then_follow_and_truncate() {
     });
     let copy = p.ok("beta", &["verify-copy"]);
     assert!(copy.contains("verdict equal"), "{copy}");
+    // The same LSN and hash as the active, and the same rows (Python's sqlite3).
+    let active = p.ok("alpha", &["verify-copy"]);
+    let line = |out: &str, k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(line(&copy, "lsn "), line(&active, "lsn "));
+    assert_eq!(line(&copy, "scan-hash "), line(&active, "log-hash "));
+    common::python_compare(
+        &p.data_dir("alpha").join("store.db"),
+        &p.data_dir("beta").join("store.db"),
+    );
 
     // Truncation: what the copy replayed goes away from the active's share.
     let replayed = status(&p)["last_log_replayed"].as_u64().unwrap();

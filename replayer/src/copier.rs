@@ -1,7 +1,7 @@
 //! The copier: brings the next sealed segment from the active's share into
-//! the copy's inbox, under a temporary name that is renamed when the copy
-//! is whole and synced. It finds where to start after a seed, and tells a
-//! missing segment from a gap.
+//! the copy's log directory, under a temporary name (`.part`) that the
+//! daemon renames to the generation name once the inspector passed it. It
+//! finds where to start after a seed, and tells a missing segment from a gap.
 
 use std::path::{Path, PathBuf};
 
@@ -9,12 +9,12 @@ use shipper::format::{self, HEADER_SIZE, SEGMENT_SIZE, SegmentHeader};
 use shipper::share::Share;
 use shipper::{Generation, Lsn, Result};
 
-/// Copies generation `g` from `source` into `inbox`. `Ok(None)` when the
-/// share does not hold it (yet).
-pub fn copy(source: &Share, inbox: &Path, g: Generation) -> Result<Option<PathBuf>> {
+/// Copies generation `g` from `source` into `dir` as `<name>.part` (a
+/// name no reader takes for a segment) and returns that path. `Ok(None)`
+/// when the share does not hold it (yet).
+pub fn copy(source: &Share, dir: &Path, g: Generation) -> Result<Option<PathBuf>> {
     let name = format::segment_file_name(g);
-    std::fs::create_dir_all(inbox).map_err(|e| shipper::Error::io("create", inbox, e))?;
-    let dest = inbox.join(&name);
+    let dest = dir.join(format!("{name}{}", shipper::share::TEMP_SUFFIX));
     // Not synced: see `daemon::Daemon::copy_available` for why that is safe.
     match source.fetch(&name, &dest)? {
         Some(len) if len == SEGMENT_SIZE as u64 => Ok(Some(dest)),

@@ -286,7 +286,7 @@ impl Daemon<'_> {
                 None => return Ok(false),
             },
         };
-        let Some(path) = copier::copy(source, &self.paths.inbox, next)? else {
+        let Some(path) = copier::copy(source, &self.paths.logs, next)? else {
             self.check_for_gap(next)?;
             return Ok(false);
         };
@@ -301,9 +301,9 @@ impl Daemon<'_> {
         match inspector::inspect(&path, next, db, self.prev.as_ref()) {
             Ok(ins) => {
                 let dest = self.paths.logs.join(format::segment_file_name(next));
+                // Not fsynced (see `copy_available`).
                 std::fs::rename(&path, &dest)
                     .map_err(|e| Error::io("move inspected segment", &path, e))?;
-                shipper::log::sync_dir(&self.paths.logs)?;
                 self.state.last_inspected = mark(next);
                 self.prev = Some(ins);
                 self.next = Some(next.next());

@@ -27,7 +27,21 @@ pub fn inspect(
     prev: Option<&Inspected>,
 ) -> Result<Inspected> {
     // One full verification (every byte), then the chain checks.
-    let (header, trailer) = SealedSegment::verify(path, Some(db))?;
+    // The copy's temporary name carries no generation: name it here.
+    let (header, trailer) = SealedSegment::verify(path, Some(db)).map_err(|e| match e {
+        Error::Corrupt {
+            path,
+            generation: Generation(0),
+            offset,
+            reason,
+        } => Error::Corrupt {
+            path,
+            generation,
+            offset,
+            reason,
+        },
+        e => e,
+    })?;
     let corrupt = |offset: u64, reason: format::Reason| Error::Corrupt {
         path: path.to_path_buf(),
         generation,

@@ -12,8 +12,6 @@ use shipper::{Error, Generation, Result};
 pub const STATE_FILE: &str = "copy.json";
 pub const SUSPEND_FILE: &str = "suspended";
 pub const RETRY_FILE: &str = "retry";
-/// Copied segments waiting for inspection.
-pub const INBOX_DIR: &str = "inbox";
 /// The largest state file read (it is a few hundred bytes).
 const MAX_STATE_BYTES: u64 = 64 * 1024;
 
@@ -70,7 +68,6 @@ pub struct CopyPaths {
     pub data_dir: PathBuf,
     pub database: PathBuf,
     pub logs: PathBuf,
-    pub inbox: PathBuf,
     pub state: PathBuf,
     pub suspend: PathBuf,
     pub retry: PathBuf,
@@ -82,7 +79,6 @@ impl CopyPaths {
             data_dir: data_dir.to_path_buf(),
             database: data_dir.join(shipper::store::DATABASE_FILE),
             logs: data_dir.join(shipper::store::LOG_DIR),
-            inbox: data_dir.join(INBOX_DIR),
             state: data_dir.join(STATE_FILE),
             suspend: data_dir.join(SUSPEND_FILE),
             retry: data_dir.join(RETRY_FILE),

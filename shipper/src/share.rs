@@ -153,19 +153,16 @@ impl Share {
         self.copy_impl(name, dest, progress, true)
     }
 
-    /// Like `copy_to` without the fsync: for callers that verify what they
-    /// copied and make a whole batch durable at once (`syncfs`).
+    /// Copies `name` to the local file `dest` as it is: no fsync, no
+    /// temporary name. For callers that verify the copy and then rename it
+    /// into place themselves.
     pub fn fetch(&self, name: &str, dest: &Path) -> Result<Option<u64>> {
         match self {
             Share::Dir(dir) => {
                 // In-kernel copy (copy_file_range), as cp does.
                 let src = dir.join(name);
-                let temp = temp_name(dest);
-                match fs::copy(&src, &temp) {
-                    Ok(n) => {
-                        fs::rename(&temp, dest).map_err(|e| Error::io("rename", &temp, e))?;
-                        Ok(Some(n))
-                    }
+                match fs::copy(&src, dest) {
+                    Ok(n) => Ok(Some(n)),
                     Err(e)
                         if e.kind() == ErrorKind::NotFound && self.reachable() && !src.exists() =>
                     {
