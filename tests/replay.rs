@@ -69,7 +69,11 @@ fn setup(p: &Pair) {
         "alpha",
         &["sql", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER, price REAL, note TEXT, blob BLOB); \
                   CREATE TABLE tags (item INTEGER NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (item, tag)) WITHOUT ROWID; \
-                  INSERT INTO tags VALUES (1, 'a'), (1, 'b'), (2, 'a');"],
+                  INSERT INTO tags VALUES (1, 'a'), (1, 'b'), (2, 'a'); \
+                  CREATE TABLE audit (id INTEGER PRIMARY KEY, item INTEGER NOT NULL, what TEXT NOT NULL); \
+                  CREATE TRIGGER items_ai AFTER INSERT ON items BEGIN INSERT INTO audit (item, what) VALUES (new.id, 'insert'); END; \
+                  CREATE TABLE notes (id INTEGER PRIMARY KEY, item INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE, body TEXT); \
+                  CREATE TRIGGER items_notes AFTER INSERT ON items WHEN new.id % 5 = 0 BEGIN INSERT INTO notes (item, body) VALUES (new.id, 'note'); END;"],
     );
     p.offline_seed();
 }
@@ -511,4 +515,43 @@ fn a_full_disk_pauses_replay_with_an_error_and_it_resumes_when_space_returns() {
     let out = p.ok("beta", &["verify-copy"]);
     assert!(out.contains("verdict equal"), "{out}");
     child.0.kill().ok();
+}
+
+#[test]
+fn divergence_fails_the_copy_naming_the_lsn_and_table() {
+    let p = Pair::new();
+    setup(&p);
+    let _replay = start_replay(&p);
+    run_sql(&p, &statements(0, 40));
+    p.ok("alpha", &["seal"]);
+    p.wait_for("the copy to catch up", 60, || {
+        replayed_lsn(&p) == alpha_lsn(&p)
+    });
+    // Triggers and cascades did not fire twice on the copy.
+    python_compare(&p);
+    // Someone changes the copy behind the replayer's back.
+    p.ok("beta", &["suspend"]);
+    let conn = rusqlite::Connection::open(p.data_dir("beta").join("store.db")).unwrap();
+    conn.execute("UPDATE items SET qty = 999 WHERE id = 4", [])
+        .unwrap();
+    drop(conn);
+    let before = copy_lsn(&p);
+    let out = p.ok("alpha", &["sql", "UPDATE items SET qty = 1 WHERE id = 4"]);
+    let lsn: u64 = out.trim().strip_prefix("ok ").unwrap().parse().unwrap();
+    p.ok("alpha", &["seal"]);
+    p.ok("beta", &["resume"]);
+    p.wait_for("the copy to fail", 30, || summary(&p) == "Failed");
+    let err = p.copy_status("beta").unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(&format!("divergence at LSN {lsn}")) && err.contains("\"items\""),
+        "{err}"
+    );
+    assert_eq!(
+        copy_lsn(&p),
+        before,
+        "nothing of the diverging segment was applied"
+    );
 }
