@@ -167,17 +167,31 @@ pub struct Pair {
 
 impl Pair {
     pub fn new() -> Pair {
+        Self::with("0s", None)
+    }
+
+    /// With `cluster.retention`, and optionally a share for alpha that is a
+    /// directory of its own (the ship daemon then publishes into it).
+    pub fn with(retention: &str, alpha_share: Option<&str>) -> Pair {
         let dir = tempfile::tempdir().expect("create temp dir");
         let p = dir.path();
         std::fs::create_dir_all(p.join("beta-share")).unwrap();
+        let a_share = match alpha_share {
+            Some(name) => {
+                std::fs::create_dir_all(p.join(name)).unwrap();
+                p.join(name)
+            }
+            None => p.join("alpha").join("logs"),
+        };
         let config = p.join("logship.toml");
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nname = \"pair\"\nseal-after = \"200ms\"\n\n\
-                 [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{a}/logs\"\n\n\
+                "[cluster]\nname = \"pair\"\nseal-after = \"200ms\"\nretention = \"{retention}\"\n\n\
+                 [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{as_}\"\n\n\
                  [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{bs}\"\n",
                 a = p.join("alpha").display(),
+                as_ = a_share.display(),
                 b = p.join("beta").display(),
                 bs = p.join("beta-share").display(),
             ),
