@@ -286,16 +286,7 @@ fn a_damaged_segment_is_copied_again_and_a_persistent_fault_fails_the_copy() {
     p.ok("beta", &["suspend"]);
     run_sql(&p, &statements(100, 150));
     p.ok("alpha", &["seal"]);
-    let gens: Vec<u64> = std::fs::read_dir(p.data_dir("alpha").join("logs"))
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.strip_prefix("LS")
-                .and_then(|h| h.strip_suffix(".log"))
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-        })
-        .collect();
-    let newest = *gens.iter().max().unwrap();
+    let newest = newest_sealed(&p);
     let seg = p
         .data_dir("alpha")
         .join("logs")
@@ -316,15 +307,9 @@ fn a_damaged_segment_is_copied_again_and_a_persistent_fault_fails_the_copy() {
 }
 
 fn newest_sealed(p: &Pair) -> u64 {
-    std::fs::read_dir(p.data_dir("alpha").join("logs"))
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.strip_prefix("LS")
-                .and_then(|h| h.strip_suffix(".log"))
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-        })
-        .max()
+    common::sealed_generations(&p.data_dir("alpha").join("logs"))
+        .last()
+        .copied()
         .unwrap_or(0)
 }
 

@@ -22,17 +22,7 @@ fn start(p: &Pair, node: &str, args: &[&str]) -> Daemon {
 }
 
 fn sealed(p: &Pair) -> Vec<u64> {
-    let mut v: Vec<u64> = std::fs::read_dir(p.data_dir("alpha").join("logs"))
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.strip_prefix("LS")
-                .and_then(|h| h.strip_suffix(".log"))
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-        })
-        .collect();
-    v.sort();
-    v
+    common::sealed_generations(&p.data_dir("alpha").join("logs"))
 }
 
 fn status(p: &Pair) -> serde_json::Value {

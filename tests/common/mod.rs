@@ -311,3 +311,12 @@ print("equal", sum(len(v) for v in a.values()), "rows")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The generations of the sealed segments in a log directory, ascending.
+pub fn sealed_generations(dir: &Path) -> Vec<u64> {
+    shipper::log::list_sealed(dir)
+        .expect("list the log directory")
+        .into_iter()
+        .map(|(g, _)| g.0)
+        .collect()
+}
