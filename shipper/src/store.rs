@@ -230,6 +230,11 @@ impl std::fmt::Debug for Tx<'_> {
 impl<'a> Tx<'a> {
     /// The connection, for queries and INSERT/UPDATE/DELETE. Transaction
     /// control, ATTACH and schema statements are refused here.
+    ///
+    /// Change nothing about the connection itself through it (db_config
+    /// flags such as WRITABLE_SCHEMA, functions or collations that the
+    /// schema uses): such changes are not logged, and a copy or a recovery
+    /// would not have them.
     pub fn conn(&self) -> &Connection {
         self.conn
     }
