@@ -155,6 +155,8 @@ pub fn serve(
 
 fn handle(stream: UnixStream, store: &shipper::Store) -> Result<()> {
     stream.set_nonblocking(false)?;
+    // A client that connects and says nothing does not hold a thread for ever.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     let mut line = String::new();
     BufReader::new(std::io::Read::take(&stream, MAX_REQUEST)).read_line(&mut line)?;
     let op: Op = serde_json::from_str(&line).context("read the request")?;

@@ -84,6 +84,18 @@ pub fn seed(
     state.seeding = true;
     state.source = source_name.clone();
     state.save(&paths)?;
+    // What the active reads for truncation must not describe the copy being
+    // replaced: publish a report that holds truncation back until replay runs.
+    let seeding = CopyState {
+        seeding: true,
+        source: source_name.clone(),
+        ..Default::default()
+    };
+    let report = replayer::status::status(name, &paths, &seeding, 0);
+    own.write_atomic(
+        replayer::daemon::PUBLISHED_STATUS,
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
     let request = SeedRequest {
         node: name.to_string(),
         id: random_id(),

@@ -540,3 +540,52 @@ fn divergence_fails_the_copy_naming_the_lsn_and_table() {
         "nothing of the diverging segment was applied"
     );
 }
+
+#[test]
+fn a_passive_copy_refuses_writes_of_its_own() {
+    let p = Pair::new();
+    setup(&p);
+    let mut d = start_replay(&p);
+    p.wait_for("the copy to start", 30, || p.copy_status("beta").is_some());
+    d.0.kill().unwrap();
+    d.0.wait().unwrap();
+    let out = p
+        .cmd(
+            "beta",
+            &["sql", "INSERT INTO items (id, name) VALUES (999, 'rogue')"],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("passive copy"), "{err}");
+    assert!(!p.data_dir("beta").join("logs").join("LS.log").exists());
+}
+
+#[test]
+fn a_lost_copy_of_a_segment_the_copy_no_longer_needs_is_not_a_gap() {
+    let p = Pair::new();
+    setup(&p);
+    let mut d = start_replay(&p);
+    run_sql(&p, &statements(0, 40));
+    p.ok("alpha", &["seal"]);
+    p.wait_for("the copy to catch up", 60, || {
+        replayed_lsn(&p) == alpha_lsn(&p)
+    });
+    d.0.kill().unwrap();
+    d.0.wait().unwrap();
+    // The copy's file of its newest segment is lost (power failure), and the
+    // active has truncated it (every copy had replayed it).
+    let newest = newest_sealed(&p);
+    let name = format!("LS{newest:016X}.log");
+    std::fs::write(p.data_dir("beta").join("logs").join(&name), b"").unwrap();
+    std::fs::remove_file(p.data_dir("alpha").join("logs").join(&name)).unwrap();
+    run_sql(&p, &statements(40, 80));
+    p.ok("alpha", &["seal"]);
+    let _d = start_replay(&p);
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to go on", 60, || replayed_lsn(&p) == target);
+    assert_eq!(summary(&p), "Healthy");
+    let out = p.ok("beta", &["verify-copy"]);
+    assert!(out.contains("verdict equal"), "{out}");
+}

@@ -110,6 +110,8 @@ pub fn run(cfg: &ReplayConfig, shutdown: &AtomicBool) -> Result<()> {
     state.source = cfg.source_node.clone();
     state.database_id = replayer.database_id().to_string();
     state.initializing = true;
+    // The daemon holds the data directory's lock: no seed can be running.
+    state.seeding = false;
     state.disconnected = false;
     state.error = None;
     state.replayed_lsn = replayer.lsn()?.0;
@@ -188,6 +190,9 @@ impl Daemon<'_> {
             self.backoff = self.cfg.poll;
             return Ok(false);
         }
+        // Copy what the share has; whatever was copied before a fault is
+        // still replayed below.
+        let mut copy_fault = None;
         let copied = match self.copy_available() {
             Ok(c) => {
                 if self.state.disconnected {
@@ -196,15 +201,10 @@ impl Daemon<'_> {
                 self.state.disconnected = false;
                 c
             }
-            Err(e) if permanent(&e) => return self.fail(e),
-            Err(e) => {
-                if !self.state.disconnected {
-                    tracing::warn!(share = %self.cfg.source.display(), error = %e, "cannot reach the source share; retrying");
-                }
-                self.state.disconnected = true;
-                self.state.error = Some(e.to_string());
-                self.back_off();
-                return Ok(false);
+            Err((_, e)) if permanent(&e) => return self.fail(e),
+            Err((c, e)) => {
+                copy_fault = Some(e);
+                c
             }
         };
         let replayed = match self.replayer.replay_available(&self.paths.logs) {
@@ -219,7 +219,9 @@ impl Daemon<'_> {
                     self.state.replayed_hash = p.hash.map(|h| h.to_string());
                     tracing::debug!(records = p.records, lsn = %p.lsn, "replayed");
                 }
-                self.state.error = None;
+                if copy_fault.is_none() {
+                    self.state.error = None;
+                }
                 p.records > 0
             }
             Err(e) if permanent(&e) => return self.fail(e),
@@ -232,13 +234,31 @@ impl Daemon<'_> {
                 return Ok(false);
             }
         };
-        if self.state.disconnected || self.state.error.is_none() {
-            self.backoff = self.cfg.poll;
+        if let Some(e) = copy_fault {
+            // The share, or our own disk?
+            if self.cfg.source.reachable() {
+                if self.state.error.is_none() {
+                    tracing::warn!(error = %e, "copying paused; it resumes by itself when the cause is gone");
+                }
+                self.state.disconnected = false;
+                self.state.error = Some(format!("copy paused: {e}"));
+            } else {
+                if !self.state.disconnected {
+                    tracing::warn!(share = %self.cfg.source.display(), error = %e, "cannot reach the source share; retrying");
+                }
+                self.state.disconnected = true;
+                self.state.error = Some(e.to_string());
+            }
+            self.back_off();
+            return Ok(replayed);
         }
+        self.backoff = self.cfg.poll;
         if !copied && !replayed && self.state.last_inspected.is_some() {
             self.state.initializing = false;
         }
-        self.trim()?;
+        if let Err(e) = self.trim() {
+            tracing::warn!(error = %e, "cannot delete replayed segments; retrying");
+        }
         Ok(copied || replayed)
     }
 
@@ -258,13 +278,14 @@ impl Daemon<'_> {
     /// replayed); a segment damaged by a crash is found by the re-inspection
     /// at start and copied again, and the active keeps every segment until
     /// the copy reports it replayed.
-    fn copy_available(&mut self) -> Result<bool> {
+    fn copy_available(&mut self) -> std::result::Result<bool, (bool, Error)> {
         let mut any = false;
         for _ in 0..COPY_BATCH {
-            if !self.copy_and_inspect()? {
-                break;
+            match self.copy_and_inspect() {
+                Ok(true) => any = true,
+                Ok(false) => break,
+                Err(e) => return Err((any, e)),
             }
-            any = true;
         }
         Ok(any)
     }
@@ -344,16 +365,32 @@ impl Daemon<'_> {
                 self.state.last_generated = mark(*newest);
             }
             if *newest > next {
-                return Err(Error::Corrupt {
-                    path: PathBuf::from(self.cfg.source.display())
-                        .join(format::segment_file_name(next)),
-                    generation: next,
-                    offset: 0,
-                    reason: format::Reason::GenerationGap {
-                        prev: Generation(next.0 - 1),
-                        found: gens.iter().copied().find(|g| *g > next).unwrap_or(*newest),
-                    },
-                });
+                // A newer generation exists but not `next`. If the copy does
+                // not need `next` (its records are all in the copy: truncated
+                // after we replayed it, but our file of it was lost), start
+                // again where the copy's LSN says. Only records the copy
+                // lacks make it a gap.
+                let lsn = self.replayer.lsn()?;
+                match copier::start_generation(&self.cfg.source, lsn)? {
+                    Some(g) if g > next => {
+                        tracing::info!(missing = %next, from = %g, lsn = %lsn, "the copy does not need the missing generation; continuing from the one that holds its next record");
+                        self.next = Some(g);
+                        self.prev = None;
+                        return Ok(());
+                    }
+                    _ => {
+                        return Err(Error::Corrupt {
+                            path: PathBuf::from(self.cfg.source.display())
+                                .join(format::segment_file_name(next)),
+                            generation: next,
+                            offset: 0,
+                            reason: format::Reason::GenerationGap {
+                                prev: Generation(next.0 - 1),
+                                found: gens.iter().copied().find(|g| *g > next).unwrap_or(*newest),
+                            },
+                        });
+                    }
+                }
             }
         }
         Ok(())
@@ -382,7 +419,14 @@ impl Daemon<'_> {
             return Ok(());
         }
         self.state.updated_us = now_us();
-        self.state.save(&self.paths)?;
+        if let Err(e) = self.state.save(&self.paths) {
+            // A full disk must not stop the daemon: keep going, say so.
+            tracing::warn!(error = %e, "cannot save the copy state; retrying");
+            self.state
+                .error
+                .get_or_insert_with(|| format!("cannot save the copy state: {e}"));
+            return Ok(());
+        }
         self.saved = self.state.clone();
         self.saved_at = Instant::now();
         if let Some(share) = &self.cfg.own_share {

@@ -32,6 +32,9 @@ impl std::fmt::Display for SummaryCopyStatus {
 pub struct CopyStatus {
     pub node: String,
     pub source: String,
+    /// The database the copy holds (the active ignores reports about another).
+    #[serde(default)]
+    pub database_id: String,
     pub summary_copy_status: SummaryCopyStatus,
     pub copy_queue_length: u64,
     pub replay_queue_length: u64,
@@ -92,6 +95,7 @@ pub fn status(node: &str, paths: &CopyPaths, state: &CopyState, now_us: u64) -> 
     CopyStatus {
         node: node.to_string(),
         source: state.source.clone(),
+        database_id: state.database_id.clone(),
         summary_copy_status: summary,
         copy_queue_length: g.saturating_sub(i),
         replay_queue_length: i.saturating_sub(r),

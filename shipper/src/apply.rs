@@ -25,9 +25,14 @@ pub fn apply_record(conn: &Connection, lsn: Lsn, record: &Record) -> Result<()> 
         Body::Ddl { schema_hash, parts } => {
             for part in parts {
                 match part {
-                    DdlPart::Sql(sql) => conn
-                        .execute_batch(sql)
-                        .map_err(|e| Error::sql(format!("replay DDL at LSN {lsn}: {sql}"), e))?,
+                    // A schema statement that fails on the copy means the
+                    // schemas diverged: a conflict, not a passing fault.
+                    DdlPart::Sql(sql) => conn.execute_batch(sql).map_err(|e| Error::Conflict {
+                        lsn,
+                        table: String::new(),
+                        conflict: "DDL".into(),
+                        detail: format!("{sql}: {e}"),
+                    })?,
                     DdlPart::Changeset(cs) => apply_changeset(conn, lsn, cs)?,
                 }
             }
@@ -63,16 +68,12 @@ pub fn apply_changesets(conn: &Connection, records: &[(Lsn, &[u8])]) -> Result<(
             match apply_changeset(conn, last, &combined) {
                 Ok(()) => Ok(()),
                 Err(Error::Conflict { .. }) => {
+                    // Find the record that diverges; if none does, applying
+                    // them one by one was the right answer anyway.
                     for (lsn, cs) in records {
                         apply_changeset(conn, *lsn, cs)?;
                     }
-                    // One by one they applied: the combination itself was refused.
-                    Err(Error::Conflict {
-                        lsn: last,
-                        table: String::new(),
-                        conflict: "COMBINED".into(),
-                        detail: "the records apply one by one but not combined".into(),
-                    })
+                    Ok(())
                 }
                 Err(e) => Err(e),
             }

@@ -18,6 +18,7 @@ pub mod script;
 pub mod seed;
 pub mod share;
 pub mod ship;
+pub mod smb;
 pub mod store;
 pub mod types;
 

@@ -752,6 +752,38 @@ fn hash_at_once(dir: &Path, lsn: Lsn) -> Result<Option<ContentHash>> {
     }
 }
 
+/// Reads and verifies only the trailer of a sealed segment file.
+pub fn read_trailer(path: &Path) -> Result<Trailer> {
+    let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
+    let mut buf = [0u8; format::TRAILER_SIZE];
+    file.read_exact_at(&mut buf, TRAILER_OFFSET as u64)
+        .map_err(|e| Error::io("read segment trailer", path, e))?;
+    Trailer::decode(&buf)
+        .map_err(|e| {
+            corrupt(
+                path,
+                Generation::default(),
+                DecodeError {
+                    offset: e.offset + TRAILER_OFFSET as u64,
+                    reason: e.reason,
+                },
+            )
+        })?
+        .ok_or_else(|| {
+            corrupt(
+                path,
+                Generation::default(),
+                DecodeError {
+                    offset: TRAILER_OFFSET as u64,
+                    reason: format::Reason::BadField {
+                        field: "trailer",
+                        detail: "not sealed".into(),
+                    },
+                },
+            )
+        })
+}
+
 /// Reads and verifies only the header of a segment file.
 pub fn read_header(path: &Path) -> Result<SegmentHeader> {
     let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;

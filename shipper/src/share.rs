@@ -77,6 +77,16 @@ impl Share {
         }
     }
 
+    /// The size of `name`; `None` when it does not exist.
+    pub fn size(&self, name: &str) -> Result<Option<u64>> {
+        let path = self.path(name);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound && self.reachable() => Ok(None),
+            Err(e) => Err(Error::io("stat", path, e)),
+        }
+    }
+
     /// Whether `name` exists. An unreachable share is an error, not `false`.
     pub fn exists(&self, name: &str) -> Result<bool> {
         let path = self.path(name);

@@ -32,6 +32,10 @@ const MAX_SMALL_FILE: u64 = 1 << 20;
 #[derive(Clone, Debug, Deserialize)]
 pub struct CopyReport {
     pub node: String,
+    /// The database the copy holds; a report about another database (an
+    /// old one, before a re-initialisation) counts for nothing.
+    #[serde(default)]
+    pub database_id: Option<String>,
     pub summary_copy_status: String,
     pub last_log_replayed: Option<u64>,
     pub suspend_comment: Option<String>,
@@ -56,23 +60,44 @@ pub fn run(store: &Store, cfg: &ShipConfig, shutdown: &AtomicBool) -> Result<()>
     };
     let mut held_reason: Option<String> = None;
     let mut published: Option<crate::Generation> = None;
+    // After a failed snapshot, wait before the next (each one reads the
+    // whole database).
+    let mut seed_retry_at: std::collections::HashMap<String, Instant> = Default::default();
     tracing::info!(node = %cfg.node, share = %cfg.share.display(), "ship daemon started");
     while !shutdown.load(Ordering::Relaxed) {
         let started = Instant::now();
         if publish_needed {
-            published = publish(&logs, &cfg.share, published)?;
-        }
-        for (peer, share) in &cfg.peers {
-            if let Err(e) = serve_seed(store, &cfg.share, peer, share) {
-                tracing::warn!(peer = %peer, error = %e, "seed request failed");
+            match publish(&logs, &cfg.share, published) {
+                Ok(p) => published = p,
+                Err(e) => {
+                    tracing::warn!(share = %cfg.share.display(), error = %e, "cannot publish sealed segments; retrying")
+                }
             }
         }
-        match truncation_limit(cfg) {
+        for (peer, share) in &cfg.peers {
+            if seed_retry_at.get(peer).is_some_and(|t| Instant::now() < *t) {
+                continue;
+            }
+            if let Err(e) = serve_seed(store, &cfg.share, peer, share) {
+                tracing::warn!(peer = %peer, error = %e, "seed request failed; retrying in 10 s");
+                seed_retry_at.insert(peer.clone(), Instant::now() + Duration::from_secs(10));
+            }
+        }
+        match truncation_limit(cfg, &store.state().database_id.to_string()) {
             Ok(limit) => {
                 if held_reason.take().is_some() {
                     tracing::info!("log truncation resumes");
                 }
-                truncate(&logs, &cfg.share, publish_needed, limit, cfg.retention)?;
+                if let Err(e) = truncate(
+                    store,
+                    &logs,
+                    &cfg.share,
+                    publish_needed,
+                    limit,
+                    cfg.retention,
+                ) {
+                    tracing::warn!(error = %e, "truncation failed; retrying");
+                }
             }
             Err(why) => {
                 if held_reason.as_deref() != Some(why.as_str()) {
@@ -90,7 +115,7 @@ pub fn run(store: &Store, cfg: &ShipConfig, shutdown: &AtomicBool) -> Result<()>
 }
 
 /// The newest generation every copy has replayed, or why nothing may go.
-pub fn truncation_limit(cfg: &ShipConfig) -> std::result::Result<u64, String> {
+pub fn truncation_limit(cfg: &ShipConfig, database_id: &str) -> std::result::Result<u64, String> {
     let mut limit = u64::MAX;
     for (peer, share) in &cfg.peers {
         let report = match share.read(COPY_STATUS_FILE, MAX_SMALL_FILE) {
@@ -99,6 +124,11 @@ pub fn truncation_limit(cfg: &ShipConfig) -> std::result::Result<u64, String> {
             Ok(None) => return Err(format!("copy {peer} has published no status")),
             Err(e) => return Err(format!("cannot read the status of copy {peer}: {e}")),
         };
+        if report.node != *peer || report.database_id.as_deref() != Some(database_id) {
+            return Err(format!(
+                "the status on {peer}'s share is not about {peer}'s copy of this database"
+            ));
+        }
         if report.suspend_comment.is_some() || report.summary_copy_status == "Suspended" {
             return Err(format!("copy {peer} is suspended"));
         }
@@ -114,12 +144,17 @@ pub fn truncation_limit(cfg: &ShipConfig) -> std::result::Result<u64, String> {
 }
 
 fn truncate(
+    store: &Store,
     logs: &std::path::Path,
     share: &Share,
     separate: bool,
     limit: u64,
     retention: Duration,
 ) -> Result<()> {
+    // The store's SQLite may hold recent commits only in its page cache
+    // (synchronous=NORMAL): make them durable before deleting the log that
+    // would redo them, and delete only what that covers.
+    let mut durable = None;
     for (g, path) in crate::log::list_sealed(logs)? {
         if g.0 > limit {
             break;
@@ -131,6 +166,17 @@ fn truncate(
             .unwrap_or_default();
         if age < retention {
             continue;
+        }
+        let durable_lsn = match durable {
+            Some(l) => l,
+            None => {
+                let l = store.checkpoint()?;
+                durable = Some(l);
+                l
+            }
+        };
+        if crate::log::read_trailer(&path)?.last_lsn > durable_lsn {
+            break;
         }
         if separate {
             share.remove(&format::segment_file_name(g))?;
@@ -173,6 +219,7 @@ fn serve_seed(store: &Store, own: &Share, peer: &str, peer_share: &Share) -> Res
     };
     let manifest_name = seed::manifest_name(peer);
     let Some(request) = request.filter(|r| r.node == peer) else {
+        // Nothing asked: remove an old answer (cheap when there is none).
         own.remove(&manifest_name)?;
         own.remove(&seed::snapshot_name(peer))?;
         return Ok(());

@@ -41,6 +41,9 @@ pub const DATABASE_FILE: &str = "store.db";
 /// Directory of the log segments inside a node's data directory.
 pub const LOG_DIR: &str = "logs";
 const LOCK_FILE: &str = "lock";
+/// A file that marks a data directory as a passive copy (the replayer's
+/// state file): the store refuses to open it for writing.
+pub const PASSIVE_MARKER: &str = "copy.json";
 
 /// Default for `StoreOptions::seal_after`.
 pub const DEFAULT_SEAL_AFTER: Duration = Duration::from_secs(10);
@@ -593,6 +596,7 @@ enum Msg {
     Tx(Job),
     Seal(oneshot::Sender<Result<Option<Generation>>>),
     Check(oneshot::Sender<Result<ContentCheck>>),
+    Checkpoint(oneshot::Sender<Result<Lsn>>),
     Shutdown,
 }
 
@@ -681,6 +685,14 @@ impl Store {
         if !paths.database.exists() {
             return Err(Error::NotInitialized {
                 path: data_dir.to_path_buf(),
+            });
+        }
+        if data_dir.join(PASSIVE_MARKER).exists() {
+            return Err(Error::Refused {
+                what: format!(
+                    "{} holds a passive copy ({PASSIVE_MARKER}): it takes changes only by replay; write on the active",
+                    data_dir.display()
+                ),
             });
         }
         let lock = lock_data_dir(data_dir)?;
@@ -850,6 +862,19 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.sender
             .send(Msg::Check(tx))
+            .map_err(|_| Error::Stopped(self.stop_reason()))?;
+        rx.blocking_recv()
+            .map_err(|_| Error::Stopped(self.stop_reason()))?
+    }
+
+    /// Makes everything committed durable in SQLite itself (a full WAL
+    /// checkpoint: SQLite runs at synchronous=NORMAL because the log is the
+    /// durability point) and returns the LSN that is now durable without the
+    /// log. Truncation calls this before it deletes a segment.
+    pub fn checkpoint(&self) -> Result<Lsn> {
+        let (tx, rx) = oneshot::channel();
+        self.sender
+            .send(Msg::Checkpoint(tx))
             .map_err(|_| Error::Stopped(self.stop_reason()))?;
         rx.blocking_recv()
             .map_err(|_| Error::Stopped(self.stop_reason()))?
@@ -1094,6 +1119,24 @@ impl Writer {
                         let _ = reply.send(r);
                         continue;
                     }
+                    Msg::Checkpoint(reply) => {
+                        self.internal_mode();
+                        let r = self
+                            .conn
+                            .query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0))
+                            .map_err(|e| Error::sql("checkpoint", e))
+                            .and_then(|busy| {
+                                if busy != 0 {
+                                    Err(Error::Stopped(
+                                        "a reader kept the checkpoint from completing".into(),
+                                    ))
+                                } else {
+                                    Ok(self.lsn)
+                                }
+                            });
+                        let _ = reply.send(r);
+                        continue;
+                    }
                     Msg::Shutdown => return,
                 }
             }
@@ -1162,9 +1205,16 @@ impl Writer {
                 Msg::Check(r) => {
                     let _ = r.send(Err(Error::Stopped(reason.clone())));
                 }
+                Msg::Checkpoint(r) => {
+                    let _ = r.send(Err(Error::Stopped(reason.clone())));
+                }
                 Msg::Shutdown => {}
             }
         }
+    }
+
+    fn internal_mode(&self) {
+        self.auth.mode.store(MODE_INTERNAL, Ordering::SeqCst);
     }
 
     /// Runs an internal statement (prepared once, cached).
