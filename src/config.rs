@@ -49,6 +49,16 @@ pub struct Cluster {
     /// every copy has replayed them (default 0s: truncate at once).
     #[serde(default, with = "humantime_serde")]
     pub retention: Duration,
+    /// A file holding the SMB password, readable by its owner only
+    /// (`LOGSHIP_SMB_PASSWORD` wins). Never put a password in a URL.
+    pub password_file: Option<PathBuf>,
+    /// Per-call timeout for SMB shares (default 5s).
+    #[serde(default = "default_smb_timeout", with = "humantime_serde")]
+    pub smb_timeout: Duration,
+}
+
+fn default_smb_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -73,6 +83,18 @@ pub struct Node {
     pub lmtp: Option<String>,
     /// Admin (status, /metrics) address (host:port).
     pub admin: Option<String>,
+    /// SMB encryption for this node's share: required | preferred (default) | off.
+    #[serde(default)]
+    pub encrypt: EncryptSetting,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncryptSetting {
+    Required,
+    #[default]
+    Preferred,
+    Off,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +132,11 @@ impl Config {
             if node.data_dir.is_relative() {
                 node.data_dir = base.join(&node.data_dir);
             }
+        }
+        if let Some(f) = config.cluster.password_file.as_mut()
+            && f.is_relative()
+        {
+            *f = base.join(&*f);
         }
         if let Some(d) = config.dumpster.as_mut()
             && let Some(dir) = d.data_dir.as_mut()

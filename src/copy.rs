@@ -43,11 +43,20 @@ pub fn source_node<'a>(
     }
 }
 
-pub fn share_of(name: &str, node: &Node) -> Result<Share> {
+pub fn share_of(name: &str, node: &Node, cfg: &Config) -> Result<Share> {
     let spec = node.share.as_deref().with_context(|| {
         format!("node {name} has no `share` in the config: where do its peers read its segments?")
     })?;
-    Ok(Share::parse(spec)?)
+    let opts = shipper::share::SmbOptions {
+        password_file: cfg.cluster.password_file.clone(),
+        encrypt: match node.encrypt {
+            logship::config::EncryptSetting::Required => shipper::share::Encrypt::Required,
+            logship::config::EncryptSetting::Preferred => shipper::share::Encrypt::Preferred,
+            logship::config::EncryptSetting::Off => shipper::share::Encrypt::Off,
+        },
+        timeout: Some(cfg.cluster.smb_timeout),
+    };
+    Share::open(spec, &opts).with_context(|| format!("the share of node {name}"))
 }
 
 pub fn replay(
@@ -74,8 +83,11 @@ pub fn replay(
         node: name.to_string(),
         data_dir: node.data_dir.clone(),
         source_node: source_name.clone(),
-        source: share_of(&source_name, source)?,
-        own_share: node.share.as_deref().map(Share::parse).transpose()?,
+        source: share_of(&source_name, source, cfg)?,
+        own_share: match node.share {
+            Some(_) => Some(share_of(name, node, cfg)?),
+            None => None,
+        },
         poll,
     };
     install_shutdown_handler();
@@ -98,8 +110,8 @@ pub fn collect(cfg: &Config, only: Option<&str>) -> Result<Vec<CopyStatus>> {
             continue;
         }
         // Not on this machine: what the node published on its share.
-        if let Some(spec) = &node.share
-            && let Ok(share) = Share::parse(spec)
+        if node.share.is_some()
+            && let Ok(share) = share_of(name, node, cfg)
             && let Ok(Some(bytes)) = share.read(replayer::daemon::PUBLISHED_STATUS, 1 << 20)
             && let Ok(st) = serde_json::from_slice::<CopyStatus>(&bytes)
         {
@@ -211,7 +223,7 @@ pub fn verify_copy(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
             cfg,
             name,
             Some(&source).filter(|s| !s.is_empty()).map(|s| s.as_str()),
-        ) && let Ok(Share::Dir(dir)) = share_of(&source_name, source_node)
+        ) && let Ok(Share::Dir(dir)) = share_of(&source_name, source_node, cfg)
         {
             logged = shipper::log::hash_at(&dir, lsn)?;
         }
@@ -241,4 +253,42 @@ pub fn verify_copy(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The smb.conf share definition that exports `node`'s log directory.
+pub fn share_config(name: &str, node: &Node, user: Option<&str>) -> String {
+    let url = node
+        .share
+        .as_deref()
+        .filter(|s| s.starts_with("smb://"))
+        .and_then(|s| shipper::smb::SmbUrl::parse(s).ok());
+    let share = url
+        .as_ref()
+        .map(|u| u.share.clone())
+        .unwrap_or_else(|| format!("logship-{name}"));
+    let user = user
+        .map(str::to_string)
+        .or_else(|| url.as_ref().map(|u| u.user.clone()))
+        .unwrap_or_else(|| "logship".into());
+    let encrypt = match node.encrypt {
+        logship::config::EncryptSetting::Required => "required",
+        logship::config::EncryptSetting::Preferred => "desired",
+        logship::config::EncryptSetting::Off => "off",
+    };
+    format!(
+        "# logship: node {name}'s log directory, for its peers (paste into smb.conf).
+# In [global], keepalive lets smbd drop a dead client's handles within
+# about 5 s (the witness lock relies on it), and aio off avoids a credit
+# leak in the SMB client on interim replies:
+#   socket options = TCP_NODELAY SO_KEEPALIVE TCP_KEEPIDLE=2 TCP_KEEPINTVL=1 TCP_KEEPCNT=3
+[{share}]
+    path = {path}
+    read only = no
+    valid users = {user}
+    smb encrypt = {encrypt}
+    aio read size = 0
+    aio write size = 0
+",
+        path = node.data_dir.join(shipper::store::LOG_DIR).display(),
+    )
 }

@@ -17,11 +17,11 @@ use shipper::share::Share;
 use crate::copy::{SHUTDOWN, install_shutdown_handler, share_of, source_node};
 
 pub fn ship(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
-    let share = share_of(name, node)?;
+    let share = share_of(name, node, cfg)?;
     let mut peers = Vec::new();
     for (peer, n) in &cfg.nodes {
         if peer != name {
-            peers.push((peer.clone(), share_of(peer, n)?));
+            peers.push((peer.clone(), share_of(peer, n, cfg)?));
         }
     }
     let opts = shipper::StoreOptions {
@@ -63,8 +63,8 @@ pub fn seed(
     timeout: Duration,
 ) -> Result<ExitCode> {
     let (source_name, source_node_cfg) = source_node(cfg, name, from)?;
-    let source = share_of(&source_name, source_node_cfg)?;
-    let own = share_of(name, node)?;
+    let source = share_of(&source_name, source_node_cfg, cfg)?;
+    let own = share_of(name, node, cfg)?;
     let paths = CopyPaths::new(&node.data_dir);
     std::fs::create_dir_all(&node.data_dir)
         .with_context(|| format!("create {}", node.data_dir.display()))?;

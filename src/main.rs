@@ -146,6 +146,16 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Print the Samba share definition that exports a node's log directory,
+    /// to paste into smb.conf (the test harness uses it too).
+    ShareConfig {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The Samba user allowed to read it (default: the user in the
+        /// node's smb:// URL, else `logship`).
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Seal the node's current segment now (if it holds any record).
     Seal {
         #[command(flatten)]
@@ -222,6 +232,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sql(args) => sql::run(args),
+        Command::ShareConfig { node, user } => {
+            let (name, node_cfg, _) = node.resolve()?;
+            print!("{}", copy::share_config(&name, &node_cfg, user.as_deref()));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ship { node } => {
             let (name, node_cfg, cfg) = node.resolve()?;
             daemons::ship(&name, &node_cfg, &cfg)
@@ -298,6 +313,7 @@ impl NodeArgs {
             heartbeat: node.heartbeat.clone(),
             lmtp: node.lmtp.clone(),
             admin: node.admin.clone(),
+            encrypt: node.encrypt,
         };
         Ok((name, node, cfg))
     }

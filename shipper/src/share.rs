@@ -1,6 +1,6 @@
-//! Shares: "a directory reachable by path" today, and by `smb://` URL once
-//! SMB lands, behind one type so that the replayer, the seed and the witness
-//! never care which. Every operation names the share and file in its error.
+//! Shares: "a directory reachable by path or by `smb://` URL", behind one
+//! type so that the replayer, the seed and the witness never care which
+//! (the SMB client itself is `crate::smb`). Every operation names the share and file in its error.
 //!
 //! Writes are atomic from a reader's point of view: `write_atomic` writes a
 //! temporary name, syncs it and renames it, so a reader sees either nothing
@@ -11,26 +11,61 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+pub use crate::smb::Encrypt;
+use crate::smb::{SmbShare, SmbUrl};
 
 /// Suffix of files being written; readers ignore them.
 pub const TEMP_SUFFIX: &str = ".part";
 
 /// A place where a node publishes files for its peers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Share {
     /// A local (or mounted) directory.
     Dir(PathBuf),
+    /// An SMB share (`smb://[user@]host[:port]/share[/path]`).
+    Smb(std::sync::Arc<SmbShare>),
+}
+
+impl PartialEq for Share {
+    fn eq(&self, other: &Share) -> bool {
+        match (self, other) {
+            (Share::Dir(a), Share::Dir(b)) => a == b,
+            (Share::Smb(a), Share::Smb(b)) => a.url == b.url,
+            _ => false,
+        }
+    }
+}
+
+/// How to reach SMB shares: the password and the policies. Only used for
+/// `smb://` specs.
+#[derive(Clone, Debug, Default)]
+pub struct SmbOptions {
+    /// A file holding the password (owner-only); `LOGSHIP_SMB_PASSWORD` wins.
+    pub password_file: Option<PathBuf>,
+    pub encrypt: Encrypt,
+    /// Per-call timeout (default 5 s).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Share {
-    /// Parses the config form: a path, or (later) an smb:// URL.
+    /// Parses the config form: a path, or an smb:// URL (with default SMB
+    /// options: the password from `LOGSHIP_SMB_PASSWORD`).
     pub fn parse(spec: &str) -> Result<Share> {
+        Self::open(spec, &SmbOptions::default())
+    }
+
+    /// Parses a path or an smb:// URL, with the SMB options to use.
+    pub fn open(spec: &str, opts: &SmbOptions) -> Result<Share> {
         if spec.starts_with("smb://") {
-            return Err(Error::Refused {
-                what: format!(
-                    "share {spec}: smb:// shares are not supported yet; use a mounted directory"
-                ),
-            });
+            let url = SmbUrl::parse(spec)?;
+            let password = crate::smb::password(opts.password_file.as_deref())?;
+            let share = SmbShare::new(
+                url,
+                password,
+                opts.encrypt,
+                opts.timeout.unwrap_or(crate::smb::DEFAULT_TIMEOUT),
+            )?;
+            return Ok(Share::Smb(std::sync::Arc::new(share)));
         }
         Ok(Share::Dir(PathBuf::from(spec)))
     }
@@ -39,12 +74,14 @@ impl Share {
     pub fn display(&self) -> String {
         match self {
             Share::Dir(p) => p.display().to_string(),
+            Share::Smb(s) => s.url.to_string(),
         }
     }
 
     fn path(&self, name: &str) -> PathBuf {
         match self {
             Share::Dir(p) => p.join(name),
+            Share::Smb(s) => PathBuf::from(format!("{}/{name}", s.url)),
         }
     }
 
@@ -52,12 +89,14 @@ impl Share {
     pub fn reachable(&self) -> bool {
         match self {
             Share::Dir(p) => p.is_dir(),
+            Share::Smb(s) => s.reachable(),
         }
     }
 
     /// Names of the files in the share (not directories, not temporary files).
     pub fn list(&self) -> Result<Vec<String>> {
         match self {
+            Share::Smb(s) => s.list(),
             Share::Dir(dir) => {
                 let mut out = Vec::new();
                 let entries = fs::read_dir(dir).map_err(|e| Error::io("list share", dir, e))?;
@@ -79,6 +118,9 @@ impl Share {
 
     /// The size of `name`; `None` when it does not exist.
     pub fn size(&self, name: &str) -> Result<Option<u64>> {
+        if let Share::Smb(s) = self {
+            return s.size(name);
+        }
         let path = self.path(name);
         match fs::metadata(&path) {
             Ok(m) => Ok(Some(m.len())),
@@ -89,6 +131,9 @@ impl Share {
 
     /// Whether `name` exists. An unreachable share is an error, not `false`.
     pub fn exists(&self, name: &str) -> Result<bool> {
+        if let Share::Smb(s) = self {
+            return s.exists(name);
+        }
         let path = self.path(name);
         match fs::metadata(&path) {
             Ok(_) => Ok(true),
@@ -106,6 +151,9 @@ impl Share {
     /// Reads a whole file, refusing one larger than `max` bytes. `Ok(None)`
     /// when it does not exist.
     pub fn read(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        if let Share::Smb(s) = self {
+            return s.read(name, max);
+        }
         let path = self.path(name);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -138,6 +186,9 @@ impl Share {
     /// The first `n` bytes of `name` (fewer if it is shorter); `Ok(None)`
     /// when it does not exist.
     pub fn read_prefix(&self, name: &str, n: usize) -> Result<Option<Vec<u8>>> {
+        if let Share::Smb(s) = self {
+            return s.read_prefix(name, n);
+        }
         let path = self.path(name);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -168,6 +219,7 @@ impl Share {
     /// into place themselves.
     pub fn fetch(&self, name: &str, dest: &Path) -> Result<Option<u64>> {
         match self {
+            Share::Smb(s) => s.copy_to_local(name, dest, false, &mut |_, _| {}),
             Share::Dir(dir) => {
                 // In-kernel copy (copy_file_range), as cp does.
                 let src = dir.join(name);
@@ -192,6 +244,9 @@ impl Share {
         durable: bool,
     ) -> Result<Option<u64>> {
         debug_assert!(durable, "fetch() is the non-durable path");
+        if let Share::Smb(s) = self {
+            return s.copy_to_local(name, dest, durable, &mut progress);
+        }
         let path = self.path(name);
         let mut src = match File::open(&path) {
             Ok(f) => f,
@@ -237,6 +292,11 @@ impl Share {
     /// Uploads the local file `src` as `name` (temporary name, fsync, rename).
     pub fn upload(&self, src: &Path, name: &str) -> Result<u64> {
         match self {
+            Share::Smb(s) => {
+                let bytes = fs::read(src).map_err(|e| Error::io("read", src, e))?;
+                s.write_atomic(name, &bytes)?;
+                Ok(bytes.len() as u64)
+            }
             Share::Dir(dir) => {
                 let dest = dir.join(name);
                 let temp = temp_name(&dest);
@@ -255,11 +315,15 @@ impl Share {
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
         match self {
             Share::Dir(dir) => write_atomic(&dir.join(name), bytes),
+            Share::Smb(s) => s.write_atomic(name, bytes),
         }
     }
 
     /// Deletes `name`; a missing file is not an error.
     pub fn remove(&self, name: &str) -> Result<()> {
+        if let Share::Smb(s) = self {
+            return s.remove(name);
+        }
         let path = self.path(name);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),

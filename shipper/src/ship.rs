@@ -57,6 +57,9 @@ pub fn run(store: &Store, cfg: &ShipConfig, shutdown: &AtomicBool) -> Result<()>
     let logs = store.paths().logs.clone();
     let publish_needed = match &cfg.share {
         Share::Dir(d) => std::fs::canonicalize(d).ok() != std::fs::canonicalize(&logs).ok(),
+        // An SMB share is how peers reach this node's log directory (the
+        // server exports it): nothing to copy.
+        Share::Smb(_) => false,
     };
     let mut held_reason: Option<String> = None;
     let mut published: Option<crate::Generation> = None;

@@ -209,6 +209,12 @@ struct Conn {
     tree: Arc<Tree>,
 }
 
+impl Drop for SmbShare {
+    fn drop(&mut self) {
+        self.drop_connection();
+    }
+}
+
 fn smb_status(e: &smb::Error) -> Option<u32> {
     match e {
         smb::Error::ReceivedErrorMessage(status, _) => Some(*status),
@@ -332,6 +338,9 @@ impl SmbShare {
         name: &str,
         f: impl for<'a> FnOnce(&'a Tree) -> BoxFuture<'a, std::result::Result<T, smb::Error>>,
     ) -> Result<std::result::Result<T, smb::Error>> {
+        // The crate's handles spawn on the runtime when dropped: drop them
+        // all inside its context.
+        let _inside = self.rt.enter();
         let existing = self.conn.lock().expect("smb conn lock").clone();
         let conn = match existing {
             Some(c) => c,
@@ -365,7 +374,9 @@ impl SmbShare {
     }
 
     fn drop_connection(&self) {
-        *self.conn.lock().expect("smb conn lock") = None;
+        let _inside = self.rt.enter();
+        let old = self.conn.lock().expect("smb conn lock").take();
+        drop(old);
     }
 
     /// True when the share can be reached and logged on to.
@@ -388,6 +399,27 @@ impl SmbShare {
         })? {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(self.err("stat", name, e.to_string())),
+        }
+    }
+
+    /// The size of `name`; `None` when it does not exist.
+    pub fn size(&self, name: &str) -> Result<Option<u64>> {
+        let rel = self.rel(name);
+        match self.call("stat", name, move |t| {
+            async move {
+                let args = FileCreateArgs::make_open_existing(
+                    FileAccessMask::new().with_generic_read(true),
+                );
+                let file = t.create(&rel, &args).await?.unwrap_file();
+                let len = file.get_len().await?;
+                file.close().await?;
+                Ok(len)
+            }
+            .boxed()
+        })? {
+            Ok(len) => Ok(Some(len)),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(self.err("stat", name, e.to_string())),
         }
     }

@@ -1,0 +1,191 @@
+//! A private smbd for tests: its own config, state, lock and log
+//! directories and port under a temp dir, a user and password set by the
+//! harness, started on loopback and stopped (and reaped) when dropped. If
+//! smbd cannot start, the test fails and says why; it never skips.
+
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "logshiptest";
+pub const PASSWORD: &str = "Harness-Pass-7";
+
+pub struct Samba {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{what}: cannot run: {e} (is samba installed? tools/test.sh installs it)")
+    });
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Samba {
+    /// Starts smbd with `shares` (smb.conf share sections) after the harness's [global].
+    pub fn start(shares: &str) -> Samba {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["lock", "state", "cache", "pid", "private", "ncalrpc", "log"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        let port = free_port();
+        let conf = r.join("smb.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global]
+    server role = standalone server
+    netbios name = LOGSHIPTEST
+    workgroup = WORKGROUP
+    interfaces = 127.0.0.1
+    bind interfaces only = yes
+    smb ports = {port}
+    disable netbios = yes
+    server min protocol = SMB2_10
+    server smb encrypt = default
+    lock directory = {r}/lock
+    state directory = {r}/state
+    cache directory = {r}/cache
+    pid directory = {r}/pid
+    private dir = {r}/private
+    ncalrpc dir = {r}/ncalrpc
+    log file = {r}/log/log.%m
+    passdb backend = tdbsam:{r}/private/passdb.tdb
+    map to guest = Bad User
+    load printers = no
+    printing = bsd
+    printcap name = /dev/null
+    disable spoolss = yes
+    usershare path =
+    socket options = TCP_NODELAY SO_KEEPALIVE TCP_KEEPIDLE=2 TCP_KEEPINTVL=1 TCP_KEEPCNT=3
+    aio read size = 0
+    aio write size = 0
+
+{shares}",
+                r = r.display()
+            ),
+        )
+        .unwrap();
+        // smbpasswd needs a Unix user.
+        if !Command::new("id")
+            .arg(USER)
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            run(
+                Command::new("useradd").args(["-M", "-s", "/usr/sbin/nologin", USER]),
+                "useradd",
+            );
+        }
+        let mut p = Command::new("smbpasswd")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-s", "-a", USER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run smbpasswd (is samba installed? tools/test.sh installs it)");
+        use std::io::Write;
+        p.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSWORD}\n{PASSWORD}\n").as_bytes())
+            .unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "smbpasswd failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let log = std::fs::File::create(r.join("log/smbd.out")).unwrap();
+        let mut cmd = Command::new("smbd");
+        cmd.args(["--foreground", "--debug-stdout", "-d", "1"])
+            .arg(format!("--configfile={}", conf.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl only sets a flag of the child; it is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("start smbd (is samba installed? tools/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "smbd exited ({status}) before accepting connections:\n{}",
+                    std::fs::read_to_string(r.join("log/smbd.out")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "smbd did not accept connections on 127.0.0.1:{port} within 10 s:\n{}",
+                    std::fs::read_to_string(r.join("log/smbd.out")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Samba { root, port, child }
+    }
+
+    /// A password file (owner-only) for logship.
+    pub fn password_file(&self) -> PathBuf {
+        let p = self.root.path().join("smb-password");
+        std::fs::write(&p, PASSWORD).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    pub fn url(&self, share: &str) -> String {
+        format!("smb://{USER}@127.0.0.1:{}/{share}", self.port)
+    }
+
+    /// A share section exporting `path` to the harness's user.
+    pub fn share_section(name: &str, path: &Path) -> String {
+        format!(
+            "[{name}]\n    path = {}\n    read only = no\n    valid users = {USER}\n    force user = root\n",
+            path.display()
+        )
+    }
+}
+
+impl Drop for Samba {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
