@@ -101,3 +101,169 @@ fn a_wrong_password_and_a_missing_share_fail_fast_and_clearly() {
     let err = Share::open(&s.url("data"), &o).unwrap_err().to_string();
     assert!(err.contains("readable by others"), "{err}");
 }
+
+#[test]
+fn the_passive_copy_follows_the_active_over_smb_seed_included() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    let bin = env!("CARGO_BIN_EXE_logship");
+    // The active's data directory first, so that its log directory exists to export.
+    std::fs::create_dir_all(p.join("beta-share")).unwrap();
+    let write_config = |share: &str, pw: &std::path::Path| {
+        std::fs::write(
+            p.join("logship.toml"),
+            format!(
+                "[cluster]\nname = \"smb\"\nseal-after = \"200ms\"\npassword-file = \"{pw}\"\n\n\
+                 [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{share}\"\n\n\
+                 [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{bs}\"\n",
+                pw = pw.display(),
+                a = p.join("alpha").display(),
+                b = p.join("beta").display(),
+                bs = p.join("beta-share").display(),
+            ),
+        )
+        .unwrap();
+    };
+    let cmd = |node: &str, args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.args(args)
+            .arg("--config")
+            .arg(p.join("logship.toml"))
+            .arg("--node")
+            .arg(node)
+            .env("RUST_LOG", "warn")
+            .env_remove("LOGSHIP_SMB_PASSWORD");
+        c
+    };
+    let ok = |node: &str, args: &[&str]| {
+        let out = cmd(node, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "logship {args:?} on {node}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    write_config("/nonexistent", std::path::Path::new("/nonexistent"));
+    ok("alpha", &["init"]);
+    ok(
+        "alpha",
+        &[
+            "sql",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB NOT NULL)",
+        ],
+    );
+    // Export alpha's log directory with the section logship prints.
+    write_config(
+        "smb://logshiptest@127.0.0.1:1/alphalogs",
+        std::path::Path::new("/nonexistent"),
+    );
+    let section = ok("alpha", &["share-config", "--user", samba::USER])
+        .replace("    valid users", "    force user = root\n    valid users");
+    assert!(
+        section.contains("[alphalogs]")
+            && section.contains(&p.join("alpha").join("logs").display().to_string())
+    );
+    let s = Samba::start(&section);
+    write_config(&s.url("alphalogs"), &s.password_file());
+
+    let ship = common::Daemon(
+        cmd("alpha", &["ship"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.join("alpha").join("control.sock").exists() {
+        assert!(Instant::now() < deadline, "ship did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let load: String = (0..1500)
+        .map(|i| {
+            format!(
+                "INSERT INTO t VALUES ({i}, randomblob({}));\n",
+                400 + i % 900
+            )
+        })
+        .collect();
+    std::fs::write(p.join("load.sql"), &load).unwrap();
+    let mut writer = common::Daemon(
+        cmd(
+            "alpha",
+            &[
+                "sql",
+                "--each",
+                "--file",
+                p.join("load.sql").to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let out = ok("beta", &["seed"]);
+    assert!(out.contains("verified"), "{out}");
+    assert!(writer.0.wait().unwrap().success());
+    let _replay = common::Daemon(
+        cmd("beta", &["replay", "--poll", "20ms"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let more: String = (1500..3000)
+        .map(|i| format!("INSERT INTO t VALUES ({i}, randomblob(700));\n"))
+        .collect();
+    std::fs::write(p.join("load.sql"), &more).unwrap();
+    ok(
+        "alpha",
+        &[
+            "sql",
+            "--each",
+            "--file",
+            p.join("load.sql").to_str().unwrap(),
+        ],
+    );
+    ok("alpha", &["seal"]);
+    let active = ok("alpha", &["verify-copy"]);
+    let line = |out: &str, k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let target: u64 = line(&active, "lsn ").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let st = ok("beta", &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+        let copy = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["node"] == "beta")
+            .cloned();
+        if copy
+            .as_ref()
+            .is_some_and(|c| c["last_replayed_lsn"] == target)
+        {
+            assert_eq!(copy.unwrap()["summary_copy_status"], "Healthy");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy did not catch up over SMB: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let copy = ok("beta", &["verify-copy"]);
+    assert!(copy.contains("verdict equal"), "{copy}");
+    assert_eq!(line(&copy, "lsn "), line(&active, "lsn "));
+    common::python_compare(
+        &p.join("alpha").join("store.db"),
+        &p.join("beta").join("store.db"),
+    );
+    drop(ship);
+}
