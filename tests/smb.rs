@@ -103,7 +103,7 @@ fn a_wrong_password_and_a_missing_share_fail_fast_and_clearly() {
 }
 
 #[test]
-fn the_passive_copy_follows_the_active_over_smb_seed_included() {
+fn the_passive_copy_follows_the_active_over_smb_through_server_restarts_seed_included() {
     use std::process::{Command, Stdio};
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path();
@@ -166,7 +166,7 @@ fn the_passive_copy_follows_the_active_over_smb_seed_included() {
         section.contains("[alphalogs]")
             && section.contains(&p.join("alpha").join("logs").display().to_string())
     );
-    let s = Samba::start(&section);
+    let mut s = Samba::start(&section);
     write_config(&s.url("alphalogs"), &s.password_file());
 
     let ship = common::Daemon(
@@ -206,9 +206,11 @@ fn the_passive_copy_follows_the_active_over_smb_seed_included() {
     let out = ok("beta", &["seed"]);
     assert!(out.contains("verified"), "{out}");
     assert!(writer.0.wait().unwrap().success());
+    let replay_log = p.join("replay.log");
     let _replay = common::Daemon(
         cmd("beta", &["replay", "--poll", "20ms"])
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&replay_log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -216,15 +218,26 @@ fn the_passive_copy_follows_the_active_over_smb_seed_included() {
         .map(|i| format!("INSERT INTO t VALUES ({i}, randomblob(700));\n"))
         .collect();
     std::fs::write(p.join("load.sql"), &more).unwrap();
-    ok(
-        "alpha",
-        &[
-            "sql",
-            "--each",
-            "--file",
-            p.join("load.sql").to_str().unwrap(),
-        ],
+    let mut writer = common::Daemon(
+        cmd(
+            "alpha",
+            &[
+                "sql",
+                "--each",
+                "--file",
+                p.join("load.sql").to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
     );
+    // The server goes away and comes back while the copy is copying.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(150));
+        s.restart();
+    }
+    assert!(writer.0.wait().unwrap().success());
     ok("alpha", &["seal"]);
     let active = ok("alpha", &["verify-copy"]);
     let line = |out: &str, k: &str| {
@@ -261,6 +274,12 @@ fn the_passive_copy_follows_the_active_over_smb_seed_included() {
     let copy = ok("beta", &["verify-copy"]);
     assert!(copy.contains("verdict equal"), "{copy}");
     assert_eq!(line(&copy, "lsn "), line(&active, "lsn "));
+    // The restarts did cut the copy's connection, and it came back by itself.
+    let log = std::fs::read_to_string(&replay_log).unwrap();
+    assert!(
+        log.contains("cannot reach the source share"),
+        "no lost connection seen:\n{log}"
+    );
     common::python_compare(
         &p.join("alpha").join("store.db"),
         &p.join("beta").join("store.db"),

@@ -120,44 +120,17 @@ impl Samba {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let log = std::fs::File::create(r.join("log/smbd.out")).unwrap();
-        let mut cmd = Command::new("smbd");
-        cmd.args(["--foreground", "--debug-stdout", "-d", "1"])
-            .arg(format!("--configfile={}", conf.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // SAFETY: prctl only sets a flag of the child; it is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .expect("start smbd (is samba installed? tools/test.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "smbd exited ({status}) before accepting connections:\n{}",
-                    std::fs::read_to_string(r.join("log/smbd.out")).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "smbd did not accept connections on 127.0.0.1:{port} within 10 s:\n{}",
-                    std::fs::read_to_string(r.join("log/smbd.out")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_smbd(r, port);
         Samba { root, port, child }
+    }
+
+    /// Kills smbd (SIGTERM: it takes its per-client children with it) and
+    /// starts it again on the same port.
+    pub fn restart(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        self.child = spawn_smbd(self.root.path(), self.port);
     }
 
     /// A password file (owner-only) for logship.
@@ -188,4 +161,46 @@ impl Drop for Samba {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+fn spawn_smbd(r: &Path, port: u16) -> Child {
+    let conf = r.join("smb.conf");
+    let log = std::fs::File::create(r.join("log/smbd.out")).unwrap();
+    let mut cmd = Command::new("smbd");
+    cmd.args(["--foreground", "--debug-stdout", "-d", "1"])
+        .arg(format!("--configfile={}", conf.display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: prctl only sets a flag of the child; it is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .expect("start smbd (is samba installed? tools/test.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "smbd exited ({status}) before accepting connections:\n{}",
+                std::fs::read_to_string(r.join("log/smbd.out")).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "smbd did not accept connections on 127.0.0.1:{port} within 10 s:\n{}",
+                std::fs::read_to_string(r.join("log/smbd.out")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
