@@ -64,6 +64,11 @@ pub enum BenchCommand {
         /// Segments to ship.
         #[arg(long, default_value_t = 200)]
         segments: u64,
+        /// Over SMB from a private smbd on loopback (needs root and samba),
+        /// against `smbclient -c 'prompt; mget *'`, unencrypted and with
+        /// encryption required.
+        #[arg(long)]
+        smb: bool,
         /// Rounds; the median of each side is reported.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -100,7 +105,14 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             dir,
             segments,
             rounds,
-        } => crate::bench_copy::ship(&bench_dir(dir)?, segments, rounds.max(1)),
+            smb,
+        } => {
+            if smb {
+                crate::bench_copy::ship_smb(&bench_dir(dir)?, segments, rounds.max(1))
+            } else {
+                crate::bench_copy::ship(&bench_dir(dir)?, segments, rounds.max(1))
+            }
+        }
     }
 }
 

@@ -184,14 +184,7 @@ pub fn ship(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
             let logs = dest.join("logs");
             std::fs::create_dir_all(&logs)?;
             let t = Instant::now();
-            let mut prev = None;
-            for (g, _) in &files {
-                let path =
-                    replayer::copier::copy(&share, &logs, *g)?.context("segment vanished")?;
-                let ins = replayer::inspector::inspect(&path, *g, db, prev.as_ref())?;
-                std::fs::rename(&path, logs.join(shipper::format::segment_file_name(*g)))?;
-                prev = Some(ins);
-            }
+            copy_and_inspect(&share, &files, db, &logs)?;
             ours.push(t.elapsed().as_secs_f64());
             std::fs::remove_dir_all(&dest)?;
         }
@@ -206,6 +199,106 @@ pub fn ship(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
     );
     println!("cp                    {:>8.0} MiB/s ({cp:.3} s)", mib / cp);
     println!("ratio {:.2}", cp / ours);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies and inspects `files` from `share` into `logs`, as the replay daemon does.
+fn copy_and_inspect(
+    share: &Share,
+    files: &[(shipper::Generation, std::path::PathBuf)],
+    db: shipper::DatabaseId,
+    logs: &Path,
+) -> Result<()> {
+    let mut prev = None;
+    for (g, _) in files {
+        let path = replayer::copier::copy(share, logs, *g)?.context("segment vanished")?;
+        let ins = replayer::inspector::inspect(&path, *g, db, prev.as_ref())?;
+        std::fs::rename(&path, logs.join(shipper::format::segment_file_name(*g)))?;
+        prev = Some(ins);
+    }
+    Ok(())
+}
+
+pub fn ship_smb(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
+    use logship::samba::{self, Samba};
+    let src = base.join("source");
+    println!("building {segments} sealed segments...");
+    build_log(&src, segments)?;
+    let files: Vec<_> = shipper::log::list_sealed(&src)?
+        .into_iter()
+        .take(segments as usize)
+        .collect();
+    let db = shipper::log::read_header(&files[0].1)?.database_id;
+    let mib = (files.len() * shipper::format::SEGMENT_SIZE) as f64 / (1 << 20) as f64;
+    let server = Samba::start(&Samba::share_section("bench", &src));
+    let auth = server.root.path().join("smbclient.auth");
+    std::fs::write(
+        &auth,
+        format!(
+            "username = {}\npassword = {}\n",
+            samba::USER,
+            samba::PASSWORD
+        ),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let mut last_ratio = 0.0;
+    for (label, encrypt, protection) in [
+        ("unencrypted", shipper::share::Encrypt::Off, "sign"),
+        (
+            "encryption required",
+            shipper::share::Encrypt::Required,
+            "encrypt",
+        ),
+    ] {
+        let share = Share::open(
+            &server.url("bench"),
+            &shipper::share::SmbOptions {
+                password_file: Some(server.password_file()),
+                encrypt,
+                timeout: Some(Duration::from_secs(10)),
+            },
+        )?;
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let dest = base.join(format!("smbclient-{round}"));
+            std::fs::create_dir_all(&dest)?;
+            let t = Instant::now();
+            let out = std::process::Command::new("smbclient")
+                .arg("//127.0.0.1/bench")
+                .args(["-p", &server.port.to_string()])
+                .arg("-A")
+                .arg(&auth)
+                .arg(format!("--client-protection={protection}"))
+                .arg("-c")
+                .arg(format!("prompt; lcd {}; mget LS0*", dest.display()))
+                .output()
+                .context("run smbclient")?;
+            if !out.status.success() {
+                bail!("smbclient failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            theirs.push(t.elapsed().as_secs_f64());
+            std::fs::remove_dir_all(&dest)?;
+            let dest = base.join(format!("copy-{round}"));
+            std::fs::create_dir_all(&dest)?;
+            let t = Instant::now();
+            copy_and_inspect(&share, &files, db, &dest)?;
+            ours.push(t.elapsed().as_secs_f64());
+            std::fs::remove_dir_all(&dest)?;
+        }
+        let (o, t) = (median(&mut ours), median(&mut theirs));
+        last_ratio = t / o;
+        println!(
+            "{label:>20}: ship {:>6.0} MiB/s, smbclient {:>6.0} MiB/s, ratio {last_ratio:.2}",
+            mib / o,
+            mib / t
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(base);
+    println!("ratio {last_ratio:.2}");
     Ok(ExitCode::SUCCESS)
 }
 

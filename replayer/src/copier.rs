@@ -15,25 +15,23 @@ use shipper::{Generation, Lsn, Result};
 pub fn copy(source: &Share, dir: &Path, g: Generation) -> Result<Option<PathBuf>> {
     let name = format::segment_file_name(g);
     let dest = dir.join(format!("{name}{}", shipper::share::TEMP_SUFFIX));
-    // Never copy more than a segment: a huge file under a segment's name
-    // must not fill the copy's disk.
-    match source.size(&name)? {
-        None => return Ok(None),
-        Some(len) if len > SEGMENT_SIZE as u64 => {
-            return Err(shipper::Error::Corrupt {
+    // Never more than a segment: a huge file under a segment's name must
+    // not fill the copy's disk.
+    let fetched = source
+        .fetch(&name, &dest, SEGMENT_SIZE as u64)
+        .map_err(|e| match e {
+            shipper::Error::TooLarge { size, max } => shipper::Error::Corrupt {
                 path: PathBuf::from(source.display()).join(&name),
                 generation: g,
                 offset: 0,
                 reason: format::Reason::LengthTooLarge {
-                    len,
-                    max: SEGMENT_SIZE as u64,
+                    len: size as u64,
+                    max: max as u64,
                 },
-            });
-        }
-        Some(_) => {}
-    }
-    // Not synced: see `daemon::Daemon::copy_available` for why that is safe.
-    match source.fetch(&name, &dest)? {
+            },
+            e => e,
+        })?;
+    match fetched {
         Some(len) if len == SEGMENT_SIZE as u64 => Ok(Some(dest)),
         // A short file is left for the inspector to refuse with its offset.
         Some(_) => Ok(Some(dest)),

@@ -217,12 +217,23 @@ impl Share {
     /// Copies `name` to the local file `dest` as it is: no fsync, no
     /// temporary name. For callers that verify the copy and then rename it
     /// into place themselves.
-    pub fn fetch(&self, name: &str, dest: &Path) -> Result<Option<u64>> {
+    /// Files larger than `max` bytes are refused (`Error::TooLarge`) before
+    /// anything is written.
+    pub fn fetch(&self, name: &str, dest: &Path, max: u64) -> Result<Option<u64>> {
         match self {
-            Share::Smb(s) => s.copy_to_local(name, dest, false, &mut |_, _| {}),
+            Share::Smb(s) => s.copy_to_local(name, dest, false, max, &mut |_, _| {}),
             Share::Dir(dir) => {
                 // In-kernel copy (copy_file_range), as cp does.
                 let src = dir.join(name);
+                match fs::metadata(&src) {
+                    Ok(m) if m.len() > max => {
+                        return Err(Error::TooLarge {
+                            size: m.len() as usize,
+                            max: max as usize,
+                        });
+                    }
+                    _ => {}
+                }
                 match fs::copy(&src, dest) {
                     Ok(n) => Ok(Some(n)),
                     Err(e)
@@ -245,7 +256,7 @@ impl Share {
     ) -> Result<Option<u64>> {
         debug_assert!(durable, "fetch() is the non-durable path");
         if let Share::Smb(s) = self {
-            return s.copy_to_local(name, dest, durable, &mut progress);
+            return s.copy_to_local(name, dest, durable, u64::MAX, &mut progress);
         }
         let path = self.path(name);
         let mut src = match File::open(&path) {

@@ -514,13 +514,14 @@ impl SmbShare {
         name: &str,
         dest: &Path,
         durable: bool,
+        max: u64,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Option<u64>> {
         let mut temp = dest.as_os_str().to_owned();
         temp.push(crate::share::TEMP_SUFFIX);
         let temp = PathBuf::from(temp);
         let mut out = std::fs::File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
-        let got = self.download(name, u64::MAX, None, &mut |chunk, done, total| {
+        let got = self.download(name, max, None, &mut |chunk, done, total| {
             out.write_all(chunk)
                 .map_err(|e| Error::io("write", &temp, e))?;
             progress(done, total);

@@ -4,7 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-pub mod samba;
+#[allow(unused_imports)] // only the SMB tests use it
+pub use logship::samba;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

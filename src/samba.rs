@@ -1,7 +1,9 @@
-//! A private smbd for tests: its own config, state, lock and log
-//! directories and port under a temp dir, a user and password set by the
-//! harness, started on loopback and stopped (and reaped) when dropped. If
-//! smbd cannot start, the test fails and says why; it never skips.
+//! A private smbd for tests and benchmarks: its own config, state, lock
+//! and log directories and port under a temp dir, a user and password set
+//! here, started on loopback and stopped (and reaped) when dropped. If smbd
+//! cannot start, `start` panics with smbd's own output: a test that needs
+//! Samba fails and says why, it never skips. Needs root (smbd, useradd).
+//! Test credentials only: never use this for a real share.
 
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 pub const USER: &str = "logshiptest";
 pub const PASSWORD: &str = "Harness-Pass-7";
 
+#[derive(Debug)]
 pub struct Samba {
     pub root: tempfile::TempDir,
     pub port: u16,
