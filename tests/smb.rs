@@ -293,3 +293,42 @@ fn the_passive_copy_follows_the_active_over_smb_through_server_restarts_seed_inc
     );
     drop(ship);
 }
+
+#[test]
+fn one_holder_at_a_time_for_a_share_lock_over_smb_and_on_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Samba::start(&Samba::share_section("data", dir.path()));
+    let a = Share::open(&s.url("data"), &opts(&s)).unwrap();
+    let b = Share::open(&s.url("data"), &opts(&s)).unwrap(); // a second connection
+    let d1 = Share::Dir(dir.path().join("local"));
+    std::fs::create_dir_all(dir.path().join("local")).unwrap();
+    let d2 = Share::Dir(dir.path().join("local"));
+    for (first, second) in [(&a, &b), (&d1, &d2)] {
+        let held = first
+            .try_lock("witness.lock")
+            .unwrap()
+            .expect("a free lock is taken");
+        assert!(
+            second.try_lock("witness.lock").unwrap().is_none(),
+            "{}: two holders",
+            first.display()
+        );
+        drop(held);
+        // Released: the other side may take it now (the server deletes the
+        // file when the handle closes; give it a moment, bounded).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let taken = loop {
+            if let Some(l) = second.try_lock("witness.lock").unwrap() {
+                break l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the lock was not released",
+                first.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(first.try_lock("witness.lock").unwrap().is_none());
+        drop(taken);
+    }
+}

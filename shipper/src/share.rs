@@ -350,6 +350,53 @@ fn temp_name(dest: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// An exclusive lock taken on a share (see `Share::try_lock`); released
+/// when dropped, or when the holder dies.
+#[derive(Debug)]
+pub enum ShareLock<'a> {
+    /// `flock` on a file in the directory (released by the kernel when the
+    /// process dies).
+    Dir(File),
+    Smb(crate::smb::SmbLock<'a>),
+}
+
+impl Share {
+    /// Takes the exclusive lock `name` if no one holds it (`Ok(None)` if
+    /// someone does). The witness builds on it.
+    pub fn try_lock(&self, name: &str) -> Result<Option<ShareLock<'_>>> {
+        match self {
+            Share::Smb(s) => Ok(s.try_lock(name)?.map(ShareLock::Smb)),
+            Share::Dir(dir) => {
+                let path = dir.join(name);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| Error::io("open lock", &path, e))?;
+                // SAFETY: flock on a valid descriptor owned by `file`.
+                let rc = unsafe {
+                    libc::flock(
+                        std::os::fd::AsRawFd::as_raw_fd(&file),
+                        libc::LOCK_EX | libc::LOCK_NB,
+                    )
+                };
+                if rc == 0 {
+                    Ok(Some(ShareLock::Dir(file)))
+                } else {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                        Ok(None)
+                    } else {
+                        Err(Error::io("lock", &path, e))
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Writes a local file atomically: temporary name, fsync, rename, directory fsync.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let temp = temp_name(path);

@@ -628,6 +628,75 @@ impl SmbShare {
     }
 }
 
+/// An exclusive lock on an SMB share: a file made with create-new and
+/// delete-on-close, held open. The crate cannot open a file exclusively, but
+/// only one opener can create a file that does not exist, and the server
+/// deletes it when the handle dies: at once when the holder closes or its
+/// process dies (the TCP connection closes), and after the server's TCP
+/// keepalive gives up on a partitioned holder (about 5 s with the settings
+/// `share-config` prints). The holder learns of a partition only by failing
+/// to reach the server: it must fence itself sooner than that bound.
+pub struct SmbLock<'a> {
+    share: &'a SmbShare,
+    name: String,
+    file: Option<smb::File>,
+}
+
+impl fmt::Debug for SmbLock<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmbLock")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SmbLock<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            let _inside = self.share.rt.enter();
+            let timeout = self.share.timeout;
+            let _ = self
+                .share
+                .rt
+                .block_on(async { tokio::time::timeout(timeout, file.close()).await });
+        }
+    }
+}
+
+/// STATUS_OBJECT_NAME_COLLISION: someone else holds the lock.
+const NAME_COLLISION: u32 = 0xC000_0035;
+
+impl SmbShare {
+    /// Takes the lock `name` if no one holds it; `Ok(None)` if someone does.
+    pub fn try_lock(&self, name: &str) -> Result<Option<SmbLock<'_>>> {
+        let rel = self.rel(name);
+        let r = self.call("lock", name, move |t| {
+            async move {
+                let args = FileCreateArgs {
+                    disposition: smb::CreateDisposition::Create,
+                    attributes: FileAttributes::new(),
+                    options: CreateOptions::new().with_delete_on_close(true),
+                    desired_access: FileAccessMask::new()
+                        .with_generic_read(true)
+                        .with_generic_write(true)
+                        .with_delete(true),
+                };
+                Ok(t.create(&rel, &args).await?.unwrap_file())
+            }
+            .boxed()
+        })?;
+        match r {
+            Ok(file) => Ok(Some(SmbLock {
+                share: self,
+                name: name.to_string(),
+                file: Some(file),
+            })),
+            Err(e) if smb_status(&e) == Some(NAME_COLLISION) => Ok(None),
+            Err(e) => Err(self.err("lock", name, e.to_string())),
+        }
+    }
+}
+
 async fn close(r: smb::Resource) -> std::result::Result<(), smb::Error> {
     match r {
         smb::Resource::File(f) => f.close().await,
