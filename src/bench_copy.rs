@@ -32,19 +32,21 @@ fn statement(i: usize) -> String {
     }
 }
 
+/// A new store in `dir` holding `schema` (one logged transaction).
+fn store_with(dir: &Path, schema: &'static str) -> Result<shipper::Store> {
+    shipper::Store::init(dir)?;
+    let store = shipper::Store::open(dir, shipper::StoreOptions::default())?;
+    store.transaction(move |tx| tx.execute_script(schema, |_, _, _| Ok(())))?;
+    Ok(store)
+}
+
 pub fn replay(base: &Path, n: usize) -> Result<ExitCode> {
     let result = (|| -> Result<(f64, f64)> {
         let src = base.join("active");
-        shipper::Store::init(&src)?;
-        {
-            let store = shipper::Store::open(&src, shipper::StoreOptions::default())?;
-            store.transaction(|tx| {
-                tx.execute_script(
-                    "CREATE TABLE items (id INTEGER PRIMARY KEY, a INTEGER NOT NULL, b TEXT NOT NULL)",
-                    |_, _, _| Ok(()),
-                )
-            })?;
-        }
+        drop(store_with(
+            &src,
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, a INTEGER NOT NULL, b TEXT NOT NULL)",
+        )?);
         // Two identical copies, seeded before the transactions.
         for copy in ["replay", "sql"] {
             let dir = base.join(copy);
@@ -315,14 +317,10 @@ pub fn lag(base: &Path, samples: usize, poll: Duration) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let result = (|| -> Result<(Vec<Duration>, f64)> {
         let active = base.join("active");
-        shipper::Store::init(&active)?;
-        let store = shipper::Store::open(&active, shipper::StoreOptions::default())?;
-        store.transaction(|tx| {
-            tx.execute_script(
-                "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
-                |_, _, _| Ok(()),
-            )
-        })?;
+        let store = store_with(
+            &active,
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+        )?;
         let copy = base.join("copy");
         std::fs::create_dir_all(&copy)?;
         shipper::seed::snapshot(&active.join("store.db"), &copy.join("store.db"))?;

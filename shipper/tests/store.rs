@@ -17,6 +17,17 @@ fn new_store(dir: &Path) -> Store {
     Store::open(dir, StoreOptions::default()).unwrap()
 }
 
+/// A store in `<tmp>/a`, a snapshot of its fresh database in `<tmp>/seed`,
+/// and the store reopened: what a copy seeded before any record looks like.
+fn store_and_seed(tmp: &Path) -> (PathBuf, PathBuf, Store) {
+    let dir = tmp.join("a");
+    drop(new_store(&dir));
+    let seed = tmp.join("seed");
+    snapshot(&dir, &seed);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    (dir, seed, store)
+}
+
 fn exec(store: &Store, sql: &'static str) -> shipper::Committed<()> {
     store
         .transaction(move |tx| tx.execute_script(sql, |_, _, _| Ok(())))
@@ -262,11 +273,7 @@ fn ddl_records_replay_onto_a_copy_seeded_before_them() {
 #[test]
 fn replaying_a_record_twice_or_skipping_one_is_a_conflict() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("a");
-    drop(new_store(&dir));
-    let seed = tmp.path().join("seed");
-    snapshot(&dir, &seed);
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    let (dir, seed, store) = store_and_seed(tmp.path());
     exec(
         &store,
         "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)",
@@ -401,11 +408,7 @@ fn a_torn_tail_is_truncated_and_earlier_records_survive() {
 #[test]
 fn a_sealed_segment_with_a_bad_byte_stops_recovery_with_its_location() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("a");
-    drop(new_store(&dir));
-    let seed = tmp.path().join("seed");
-    snapshot(&dir, &seed);
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    let (dir, seed, store) = store_and_seed(tmp.path());
     exec(
         &store,
         "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
