@@ -21,6 +21,17 @@ pub struct Samba {
     child: Child,
 }
 
+/// A system program by name: from PATH, else from the sbin directories
+/// (which a non-login root shell may not have on its PATH).
+fn program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -89,7 +100,7 @@ impl Samba {
         )
         .unwrap();
         // smbpasswd needs a Unix user.
-        if !Command::new("id")
+        if !Command::new(program("id"))
             .arg(USER)
             .output()
             .unwrap()
@@ -97,11 +108,11 @@ impl Samba {
             .success()
         {
             run(
-                Command::new("useradd").args(["-M", "-s", "/usr/sbin/nologin", USER]),
+                Command::new(program("useradd")).args(["-M", "-s", "/usr/sbin/nologin", USER]),
                 "useradd",
             );
         }
-        let mut p = Command::new("smbpasswd")
+        let mut p = Command::new(program("smbpasswd"))
             .arg("-c")
             .arg(&conf)
             .args(["-s", "-a", USER])
@@ -169,7 +180,7 @@ impl Drop for Samba {
 fn spawn_smbd(r: &Path, port: u16) -> Child {
     let conf = r.join("smb.conf");
     let log = std::fs::File::create(r.join("log/smbd.out")).unwrap();
-    let mut cmd = Command::new("smbd");
+    let mut cmd = Command::new(program("smbd"));
     cmd.args(["--foreground", "--debug-stdout", "-d", "1"])
         .arg(format!("--configfile={}", conf.display()))
         .stdin(Stdio::null())

@@ -10,7 +10,8 @@ NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:
 
 missing=()
 for pair in "${NEEDED[@]}"; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  cmd="${pair%%:*}"
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
   echo "== installing: ${missing[*]}"
