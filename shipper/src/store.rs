@@ -621,8 +621,13 @@ pub struct StoreStats {
     pub batches: u64,
 }
 
+/// How long a lone caller polls for its answer before it sleeps.
+const CALLER_SPIN: Duration = Duration::from_micros(500);
+
 #[derive(Debug)]
 struct Shared {
+    /// Callers waiting in `transaction`.
+    waiting: std::sync::atomic::AtomicUsize,
     state: Mutex<StoreState>,
     stopped: Mutex<Option<String>>,
     counters: Counters,
@@ -750,6 +755,7 @@ impl Store {
             epoch: end.epoch,
         };
         let shared = Arc::new(Shared {
+            waiting: Default::default(),
             state: Mutex::new(state),
             stopped: Mutex::new(None),
             counters: Counters::default(),
@@ -810,9 +816,26 @@ impl Store {
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
-        let rx = self.submit(f)?;
-        rx.blocking_recv()
-            .map_err(|_| Error::Stopped(self.stop_reason()))?
+        let mut rx = self.submit(f)?;
+        // A lone caller polls for its answer a little before it sleeps (see
+        // WRITER_SPIN); with company it sleeps at once, not to steal the
+        // writer's core.
+        if self.shared.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            let until = Instant::now() + CALLER_SPIN;
+            while Instant::now() < until {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                        return r;
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(oneshot::error::TryRecvError::Closed) => break,
+                }
+            }
+        }
+        let r = rx.blocking_recv();
+        self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+        r.map_err(|_| Error::Stopped(self.stop_reason()))?
     }
 
     /// Like `transaction`, for async callers.
@@ -1002,6 +1025,23 @@ fn recover(conn: &Connection, logs: &Path, db: DatabaseId, from: Lsn, to: Lsn) -
     Ok(())
 }
 
+/// How long the writer polls for the next request before it sleeps: a lone
+/// caller sends its next transaction within microseconds of its answer,
+/// and a sleeping thread's wake-up costs tens of them on a virtual machine.
+const WRITER_SPIN: Duration = Duration::from_micros(200);
+
+fn spin_then_recv(rx: &Receiver<Msg>) -> std::result::Result<Msg, std::sync::mpsc::RecvError> {
+    let until = Instant::now() + WRITER_SPIN;
+    while Instant::now() < until {
+        match rx.try_recv() {
+            Ok(m) => return Ok(m),
+            Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(TryRecvError::Disconnected) => return Err(std::sync::mpsc::RecvError),
+        }
+    }
+    rx.recv()
+}
+
 struct Writer {
     conn: Connection,
     log: LogWriter,
@@ -1092,7 +1132,7 @@ impl Writer {
                                 Err(RecvTimeoutError::Disconnected) => return,
                             }
                         }
-                        None => match rx.recv() {
+                        None => match spin_then_recv(&rx) {
                             Ok(m) => m,
                             Err(_) => return,
                         },
