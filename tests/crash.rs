@@ -62,12 +62,18 @@ fn sigkill_at_random_moments_loses_no_acknowledged_transaction() {
     let mut acked_total: Vec<usize> = Vec::new();
     let mut kills = 0;
     let mut last_lsn = base_lsn;
-    while next < STATEMENTS {
+    // More statements while kills remain to be done, so that a fast machine
+    // cannot finish the work before the kills are in.
+    let mut total = STATEMENTS;
+    loop {
+        if next >= total {
+            if kills >= KILLS {
+                break;
+            }
+            total += STATEMENTS / 2;
+        }
         let file = c.dir.path().join("batch.sql");
-        let text: String = (next..STATEMENTS)
-            .map(statement)
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text: String = (next..total).map(statement).collect::<Vec<_>>().join("\n");
         std::fs::write(&file, text).unwrap();
         let mut child = c
             .cmd(&["sql", "--each", "--file", file.to_str().unwrap()])
