@@ -1,7 +1,7 @@
 //! `logship bench replay` and `logship bench ship`: the passive's two hot
 //! paths against their baselines, in one run, ending with the ratio.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -153,16 +153,26 @@ fn build_log(dir: &Path, segments: u64) -> Result<()> {
     Ok(())
 }
 
+/// Sealed segments of a source log, with their paths.
+type Segments = Vec<(shipper::Generation, PathBuf)>;
+
+/// A source log of `segments` sealed segments under `base`: its directory,
+/// the segments, and their database.
+fn sealed_source(base: &Path, segments: u64) -> Result<(PathBuf, Segments, shipper::DatabaseId)> {
+    let src = base.join("source");
+    println!("building {segments} sealed segments...");
+    build_log(&src, segments)?;
+    let files: Vec<_> = shipper::log::list_sealed(&src)?
+        .into_iter()
+        .take(segments as usize)
+        .collect();
+    let db = shipper::log::read_header(&files[0].1)?.database_id;
+    Ok((src, files, db))
+}
+
 pub fn ship(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
     let result = (|| -> Result<(f64, f64, u64)> {
-        let src = base.join("source");
-        println!("building {segments} sealed segments...");
-        build_log(&src, segments)?;
-        let files: Vec<_> = shipper::log::list_sealed(&src)?
-            .into_iter()
-            .take(segments as usize)
-            .collect();
-        let db = shipper::log::read_header(&files[0].1)?.database_id;
+        let (src, files, db) = sealed_source(base, segments)?;
         let bytes: u64 = files.len() as u64 * shipper::format::SEGMENT_SIZE as u64;
         let share = Share::Dir(src.clone());
         let (mut ours, mut cps) = (Vec::new(), Vec::new());
@@ -223,14 +233,7 @@ fn copy_and_inspect(
 
 pub fn ship_smb(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
     use logship::samba::{self, Samba};
-    let src = base.join("source");
-    println!("building {segments} sealed segments...");
-    build_log(&src, segments)?;
-    let files: Vec<_> = shipper::log::list_sealed(&src)?
-        .into_iter()
-        .take(segments as usize)
-        .collect();
-    let db = shipper::log::read_header(&files[0].1)?.database_id;
+    let (src, files, db) = sealed_source(base, segments)?;
     let mib = (files.len() * shipper::format::SEGMENT_SIZE) as f64 / (1 << 20) as f64;
     let server = Samba::start(&Samba::share_section("bench", &src));
     let auth = server.root.path().join("smbclient.auth");

@@ -195,21 +195,24 @@ fn the_passive_copy_follows_the_active_over_smb_through_server_restarts_seed_inc
             )
         })
         .collect();
-    std::fs::write(p.join("load.sql"), &load).unwrap();
-    let mut writer = common::Daemon(
-        cmd(
-            "alpha",
-            &[
-                "sql",
-                "--each",
-                "--file",
-                p.join("load.sql").to_str().unwrap(),
-            ],
+    let writing = |sql: &str| {
+        std::fs::write(p.join("load.sql"), sql).unwrap();
+        common::Daemon(
+            cmd(
+                "alpha",
+                &[
+                    "sql",
+                    "--each",
+                    "--file",
+                    p.join("load.sql").to_str().unwrap(),
+                ],
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
         )
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
+    };
+    let mut writer = writing(&load);
     let out = ok("beta", &["seed"]);
     assert!(out.contains("verified"), "{out}");
     assert!(writer.0.wait().unwrap().success());
@@ -224,21 +227,7 @@ fn the_passive_copy_follows_the_active_over_smb_through_server_restarts_seed_inc
     let more: String = (1500..3000)
         .map(|i| format!("INSERT INTO t VALUES ({i}, randomblob(700));\n"))
         .collect();
-    std::fs::write(p.join("load.sql"), &more).unwrap();
-    let mut writer = common::Daemon(
-        cmd(
-            "alpha",
-            &[
-                "sql",
-                "--each",
-                "--file",
-                p.join("load.sql").to_str().unwrap(),
-            ],
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
+    let mut writer = writing(&more);
     // The server goes away and comes back while the copy is copying.
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(150));
