@@ -321,3 +321,28 @@ fn one_holder_at_a_time_for_a_share_lock_over_smb_and_on_a_directory() {
         drop(taken);
     }
 }
+
+#[test]
+fn a_read_only_share_reads_and_refuses_writes_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("present.txt"), b"here").unwrap();
+    let section =
+        Samba::share_section("ro", dir.path()).replace("read only = no", "read only = yes");
+    let s = Samba::start(&section);
+    let share = Share::open(&s.url("ro"), &opts(&s)).unwrap();
+    assert_eq!(share.read("present.txt", 100).unwrap().unwrap(), b"here");
+    let t = Instant::now();
+    let err = share.write_atomic("new.txt", b"x").unwrap_err().to_string();
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(err.contains("new.txt") && err.contains("ro"), "{err}");
+    assert!(!dir.path().join("new.txt").exists());
+    // A path outside the share is refused before any connection.
+    let err = Share::open(&format!("{}/../etc", s.url("ro")), &opts(&s))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the share"), "{err}");
+}
