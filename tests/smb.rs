@@ -346,3 +346,41 @@ fn a_read_only_share_reads_and_refuses_writes_clearly() {
         .to_string();
     assert!(err.contains("outside the share"), "{err}");
 }
+
+/// What smbstatus says about the encryption of the current sessions.
+fn session_encryption(s: &Samba) -> String {
+    let out = std::process::Command::new("smbstatus")
+        .arg("-s")
+        .arg(s.root.path().join("smb.conf"))
+        .arg("-b")
+        .output()
+        .expect("run smbstatus");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn encryption_is_on_by_default_where_the_server_offers_it_and_can_be_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let section = Samba::share_section("data", dir.path()) + "    smb encrypt = desired\n";
+    let s = Samba::start(&section);
+    let preferred = Share::open(&s.url("data"), &opts(&s)).unwrap();
+    assert!(!preferred.exists("x").unwrap());
+    let status = session_encryption(&s);
+    assert!(
+        status.contains("AES-128-GCM")
+            || status.contains("AES-256-GCM")
+            || status.contains("AES-128-CCM"),
+        "not encrypted by default:\n{status}"
+    );
+    drop(preferred);
+    let required = Share::open(
+        &s.url("data"),
+        &SmbOptions {
+            encrypt: shipper::share::Encrypt::Required,
+            ..opts(&s)
+        },
+    )
+    .unwrap();
+    assert!(!required.exists("x").unwrap());
+    assert!(session_encryption(&s).contains("GCM"));
+}
