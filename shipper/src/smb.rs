@@ -465,19 +465,20 @@ impl SmbShare {
                 let file = t.create(&rel, &args).await?.unwrap_file();
                 let len = file.get_len().await?;
                 let want = limit.map_or(len, |l| l.min(len));
-                let mut data = Vec::with_capacity(want.min(max.saturating_add(1)) as usize);
+                let mut data = Vec::new();
                 if want <= max {
-                    let mut buf = vec![0u8; CHUNK];
-                    let mut off = 0u64;
-                    while off < want {
-                        let n = ((want - off) as usize).min(CHUNK);
-                        let got = file.read_at(&mut buf[..n], off).await?;
+                    // Read straight into the result, a request per chunk.
+                    data.resize(want as usize, 0);
+                    let mut off = 0usize;
+                    while off < data.len() {
+                        let end = (off + CHUNK).min(data.len());
+                        let got = file.read_at(&mut data[off..end], off as u64).await?;
                         if got == 0 {
                             break;
                         }
-                        data.extend_from_slice(&buf[..got]);
-                        off += got as u64;
+                        off += got;
                     }
+                    data.truncate(off);
                 }
                 file.close().await?;
                 Ok((len, data))
