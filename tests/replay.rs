@@ -313,6 +313,20 @@ fn newest_sealed(p: &Pair) -> u64 {
         .unwrap_or(0)
 }
 
+/// A pair whose copy, replayed by a running daemon, has caught up with 40
+/// statements on the active.
+fn caught_up() -> (Pair, Daemon) {
+    let p = Pair::new();
+    setup(&p);
+    let replay = start_replay(&p);
+    run_sql(&p, &statements(0, 40));
+    p.ok("alpha", &["seal"]);
+    p.wait_for("the copy to catch up", 60, || {
+        replayed_lsn(&p) == alpha_lsn(&p)
+    });
+    (p, replay)
+}
+
 fn summary(p: &Pair) -> String {
     p.copy_status("beta")
         .and_then(|s| s["summary_copy_status"].as_str().map(str::to_string))
@@ -321,14 +335,7 @@ fn summary(p: &Pair) -> String {
 
 #[test]
 fn an_unreachable_share_is_disconnected_then_resumes_by_itself() {
-    let p = Pair::new();
-    setup(&p);
-    let _replay = start_replay(&p);
-    run_sql(&p, &statements(0, 40));
-    p.ok("alpha", &["seal"]);
-    p.wait_for("the copy to catch up", 60, || {
-        replayed_lsn(&p) == alpha_lsn(&p)
-    });
+    let (p, _replay) = caught_up();
     let share = p.data_dir("alpha").join("logs");
     let away = p.data_dir("alpha").join("logs-away");
     std::fs::rename(&share, &away).unwrap();
@@ -350,14 +357,7 @@ fn an_unreachable_share_is_disconnected_then_resumes_by_itself() {
 
 #[test]
 fn a_gap_in_generations_and_a_foreign_segment_fail_the_copy_by_name() {
-    let p = Pair::new();
-    setup(&p);
-    let _replay = start_replay(&p);
-    run_sql(&p, &statements(0, 40));
-    p.ok("alpha", &["seal"]);
-    p.wait_for("the copy to catch up", 60, || {
-        replayed_lsn(&p) == alpha_lsn(&p)
-    });
+    let (p, _replay) = caught_up();
     let before = copy_lsn(&p);
 
     // A segment of another database where the next generation should be.
@@ -504,14 +504,7 @@ fn a_full_disk_pauses_replay_with_an_error_and_it_resumes_when_space_returns() {
 
 #[test]
 fn divergence_fails_the_copy_naming_the_lsn_and_table() {
-    let p = Pair::new();
-    setup(&p);
-    let _replay = start_replay(&p);
-    run_sql(&p, &statements(0, 40));
-    p.ok("alpha", &["seal"]);
-    p.wait_for("the copy to catch up", 60, || {
-        replayed_lsn(&p) == alpha_lsn(&p)
-    });
+    let (p, _replay) = caught_up();
     // Triggers and cascades did not fire twice on the copy.
     python_compare(&p);
     // Someone changes the copy behind the replayer's back.

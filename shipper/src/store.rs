@@ -871,23 +871,13 @@ impl Store {
 
     /// Seals the current segment now if it holds any record.
     pub fn seal(&self) -> Result<Option<Generation>> {
-        let (tx, rx) = oneshot::channel();
-        self.sender
-            .send(Msg::Seal(tx))
-            .map_err(|_| Error::Stopped(self.stop_reason()))?;
-        rx.blocking_recv()
-            .map_err(|_| Error::Stopped(self.stop_reason()))?
+        self.ask(Msg::Seal)
     }
 
     /// Recomputes the content hash by a full scan and returns it beside the
     /// hash the log holds at the same LSN.
     pub fn check_content(&self) -> Result<ContentCheck> {
-        let (tx, rx) = oneshot::channel();
-        self.sender
-            .send(Msg::Check(tx))
-            .map_err(|_| Error::Stopped(self.stop_reason()))?;
-        rx.blocking_recv()
-            .map_err(|_| Error::Stopped(self.stop_reason()))?
+        self.ask(Msg::Check)
     }
 
     /// Makes everything committed durable in SQLite itself (a full WAL
@@ -895,9 +885,15 @@ impl Store {
     /// durability point) and returns the LSN that is now durable without the
     /// log. Truncation calls this before it deletes a segment.
     pub fn checkpoint(&self) -> Result<Lsn> {
+        self.ask(Msg::Checkpoint)
+    }
+
+    /// Sends the writer a request that carries its own reply channel, and
+    /// waits for the reply.
+    fn ask<T>(&self, msg: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.sender
-            .send(Msg::Checkpoint(tx))
+            .send(msg(tx))
             .map_err(|_| Error::Stopped(self.stop_reason()))?;
         rx.blocking_recv()
             .map_err(|_| Error::Stopped(self.stop_reason()))?
