@@ -80,10 +80,6 @@ pub fn seed(
             paths.database.display()
         );
     }
-    let mut state = CopyState::load(&paths)?.unwrap_or_default();
-    state.seeding = true;
-    state.source = source_name.clone();
-    state.save(&paths)?;
     // What the active reads for truncation must not describe the copy being
     // replaced: publish a report that holds truncation back until replay runs.
     let seeding = CopyState {
@@ -101,6 +97,12 @@ pub fn seed(
         id: random_id(),
     };
     own.write_atomic(seed::REQUEST_FILE, &serde_json::to_vec(&request)?)?;
+    // Status says Seeding only once the request is out, so whoever sees
+    // Seeding also finds the request on this node's share.
+    let mut state = CopyState::load(&paths)?.unwrap_or_default();
+    state.seeding = true;
+    state.source = source_name.clone();
+    state.save(&paths)?;
     let result = (|| -> Result<SeedManifest> {
         eprintln!(
             "asked {source_name} for a snapshot; waiting for it on {}",
