@@ -67,6 +67,12 @@ pub enum Error {
     #[error("the store has stopped after a fatal error: {0}")]
     Stopped(String),
 
+    /// The node lost its quorum lease: the store takes no more writes, and
+    /// what it was writing when the lease ran out was not acknowledged (it is
+    /// durable here, and rolled back if the peer took over without it).
+    #[error("this node lost quorum and stopped taking writes (fenced): {0}")]
+    Fenced(String),
+
     /// A segment or copy belongs to another database.
     #[error("{}: belongs to database {found}, expected {expected}", path.display())]
     ForeignDatabase {

@@ -23,5 +23,5 @@ pub mod store;
 pub mod types;
 
 pub use error::{Error, Result};
-pub use store::{Committed, Store, StoreOptions, StoreState, StoreStats, Tx};
+pub use store::{Committed, Fence, Store, StoreOptions, StoreState, StoreStats, Tx};
 pub use types::{ContentHash, DatabaseId, Epoch, Generation, Lsn, SchemaHash};

@@ -426,6 +426,33 @@ impl LogWriter {
         self.end.epoch = epoch;
     }
 
+    /// Makes `epoch` the epoch of the current segment and of every segment
+    /// after it: an empty current segment gets a new header in place of
+    /// its old one; one that holds frames is sealed first.
+    pub fn begin_epoch(&mut self, epoch: Epoch) -> Result<()> {
+        self.set_epoch(epoch);
+        if self.frame_count > 0 || !self.pending.is_empty() {
+            self.seal()?;
+            return Ok(());
+        }
+        let header = SegmentHeader {
+            epoch,
+            created_us: now_us(),
+            ..self.header.clone()
+        };
+        install_current(&self.dir, &header)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.current_path)
+            .map_err(|e| Error::io("open current segment", &self.current_path, e))?;
+        self.crc = crc32fast::Hasher::new();
+        self.crc.update(&header.encode());
+        self.header = header;
+        self.write_pos = HEADER_SIZE;
+        Ok(())
+    }
+
     /// Appends one logical record (an encoded `format::Record`) at `lsn`,
     /// which must be the next LSN. The frames are buffered; segments that fill
     /// up are written, sealed and made durable on the way. Call `sync` to make

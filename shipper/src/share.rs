@@ -353,17 +353,44 @@ fn temp_name(dest: &Path) -> PathBuf {
 /// An exclusive lock taken on a share (see `Share::try_lock`); released
 /// when dropped, or when the holder dies.
 #[derive(Debug)]
-pub enum ShareLock<'a> {
+pub enum ShareLock {
     /// `flock` on a file in the directory (released by the kernel when the
-    /// process dies).
-    Dir(File),
-    Smb(crate::smb::SmbLock<'a>),
+    /// process dies), and the path it was taken on.
+    Dir(File, PathBuf),
+    Smb(crate::smb::SmbLock),
+}
+
+impl ShareLock {
+    /// Proves the lock is still held: over SMB, a request on the lock's
+    /// handle answered by the server; in a directory, the locked file is
+    /// still the one at the lock's path (an operator may have deleted it).
+    pub fn confirm(&self) -> Result<()> {
+        match self {
+            ShareLock::Smb(l) => l.confirm(),
+            ShareLock::Dir(file, path) => {
+                use std::os::unix::fs::MetadataExt;
+                let held = file
+                    .metadata()
+                    .map_err(|e| Error::io("stat lock", path, e))?;
+                let now = fs::metadata(path).map_err(|e| Error::io("stat lock", path, e))?;
+                if held.ino() == now.ino() && held.dev() == now.dev() {
+                    Ok(())
+                } else {
+                    Err(Error::io(
+                        "confirm lock",
+                        path,
+                        std::io::Error::other("the lock file was replaced"),
+                    ))
+                }
+            }
+        }
+    }
 }
 
 impl Share {
     /// Takes the exclusive lock `name` if no one holds it (`Ok(None)` if
     /// someone does). The witness builds on it.
-    pub fn try_lock(&self, name: &str) -> Result<Option<ShareLock<'_>>> {
+    pub fn try_lock(&self, name: &str) -> Result<Option<ShareLock>> {
         match self {
             Share::Smb(s) => Ok(s.try_lock(name)?.map(ShareLock::Smb)),
             Share::Dir(dir) => {
@@ -383,7 +410,7 @@ impl Share {
                     )
                 };
                 if rc == 0 {
-                    Ok(Some(ShareLock::Dir(file)))
+                    Ok(Some(ShareLock::Dir(file, path)))
                 } else {
                     let e = std::io::Error::last_os_error();
                     if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -391,6 +418,35 @@ impl Share {
                     } else {
                         Err(Error::io("lock", &path, e))
                     }
+                }
+            }
+        }
+    }
+
+    /// Creates `name` holding `bytes` unless it already exists (`Ok(false)`
+    /// then). Only one of several concurrent creators wins, and readers see
+    /// the whole file or nothing: the witness's epochs rest on it.
+    pub fn create_new(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        match self {
+            Share::Smb(s) => s.create_new(name, bytes),
+            Share::Dir(dir) => {
+                let path = dir.join(name);
+                let temp = dir.join(format!("{name}.{}{TEMP_SUFFIX}", std::process::id()));
+                let mut f = File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
+                f.write_all(bytes)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| Error::io("write", &temp, e))?;
+                drop(f);
+                // link(2) fails when the name exists: the exclusive step.
+                let r = fs::hard_link(&temp, &path);
+                let _ = fs::remove_file(&temp);
+                match r {
+                    Ok(()) => {
+                        crate::log::sync_dir(dir)?;
+                        Ok(true)
+                    }
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(Error::io("create", path, e)),
                 }
             }
         }

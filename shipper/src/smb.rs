@@ -637,13 +637,13 @@ impl SmbShare {
 /// keepalive gives up on a partitioned holder (about 5 s with the settings
 /// `share-config` prints). The holder learns of a partition only by failing
 /// to reach the server: it must fence itself sooner than that bound.
-pub struct SmbLock<'a> {
-    share: &'a SmbShare,
+pub struct SmbLock {
+    share: Arc<SmbShare>,
     name: String,
     file: Option<smb::File>,
 }
 
-impl fmt::Debug for SmbLock<'_> {
+impl fmt::Debug for SmbLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SmbLock")
             .field("name", &self.name)
@@ -651,7 +651,7 @@ impl fmt::Debug for SmbLock<'_> {
     }
 }
 
-impl Drop for SmbLock<'_> {
+impl Drop for SmbLock {
     fn drop(&mut self) {
         if let Some(file) = self.file.take() {
             let _inside = self.share.rt.enter();
@@ -669,7 +669,7 @@ const NAME_COLLISION: u32 = 0xC000_0035;
 
 impl SmbShare {
     /// Takes the lock `name` if no one holds it; `Ok(None)` if someone does.
-    pub fn try_lock(&self, name: &str) -> Result<Option<SmbLock<'_>>> {
+    pub fn try_lock(self: &Arc<Self>, name: &str) -> Result<Option<SmbLock>> {
         let rel = self.rel(name);
         let r = self.call("lock", name, move |t| {
             async move {
@@ -688,12 +688,86 @@ impl SmbShare {
         })?;
         match r {
             Ok(file) => Ok(Some(SmbLock {
-                share: self,
+                share: self.clone(),
                 name: name.to_string(),
                 file: Some(file),
             })),
             Err(e) if smb_status(&e) == Some(NAME_COLLISION) => Ok(None),
             Err(e) => Err(self.err("lock", name, e.to_string())),
+        }
+    }
+
+    /// Creates `name` holding `bytes` unless it exists (`Ok(false)` then):
+    /// a temporary name, then a rename that never replaces, so readers see
+    /// the whole file or nothing and only one creator wins.
+    pub fn create_new(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        let temp_name = format!("{name}.{}{}", std::process::id(), crate::share::TEMP_SUFFIX);
+        let rel_temp = self.rel(&temp_name);
+        let rel_final = self.rel(name);
+        let data = bytes.to_vec();
+        let r = self.call("create", name, move |t| {
+            async move {
+                let args =
+                    FileCreateArgs::make_overwrite(FileAttributes::new(), CreateOptions::new());
+                let file = t.create(&rel_temp, &args).await?.unwrap_file();
+                let mut off = 0usize;
+                while off < data.len() {
+                    let end = (off + CHUNK).min(data.len());
+                    let n = file.write_at(&data[off..end], off as u64).await?;
+                    off += n.max(1);
+                }
+                file.flush().await.map_err(smb::Error::from)?;
+                let renamed = file
+                    .set_info(smb::FileRenameInformation {
+                        replace_if_exists: false.into(),
+                        root_directory: 0,
+                        file_name: rel_final.replace('/', "\\").as_str().into(),
+                    })
+                    .await;
+                if renamed.is_err() {
+                    // Lost the race (or failed): the temporary file goes.
+                    let _ = file
+                        .set_info(smb::FileDispositionInformation::default())
+                        .await;
+                }
+                file.close().await?;
+                renamed
+            }
+            .boxed()
+        })?;
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if smb_status(&e) == Some(NAME_COLLISION) => Ok(false),
+            Err(e) => Err(self.err("create", name, e.to_string())),
+        }
+    }
+}
+
+impl SmbLock {
+    /// Proves the server still holds the lock: a request on its handle
+    /// succeeds only while the handle is open on the server.
+    pub fn confirm(&self) -> Result<()> {
+        let Some(file) = &self.file else {
+            return Err(self
+                .share
+                .err("confirm lock", &self.name, "released".into()));
+        };
+        let _inside = self.share.rt.enter();
+        let r = self.share.rt.block_on(async {
+            tokio::time::timeout(
+                self.share.timeout,
+                file.query_info::<smb::FileStandardInformation>(),
+            )
+            .await
+        });
+        match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.share.err("confirm lock", &self.name, e.to_string())),
+            Err(_) => Err(self.share.err(
+                "confirm lock",
+                &self.name,
+                format!("no answer within {:?}", self.share.timeout),
+            )),
         }
     }
 }

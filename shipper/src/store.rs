@@ -70,6 +70,57 @@ pub struct StoreOptions {
     /// fdatasync each group commit (default true). False only to build a
     /// log fast for a benchmark: a crash then loses acknowledged transactions.
     pub fsync: bool,
+    /// The cluster's quorum lease (default none: a standalone store). Once
+    /// it runs out the writer takes nothing more, and a transaction whose
+    /// record became durable after it ran out is answered `Fenced`, not
+    /// acknowledged.
+    pub fence: Option<Arc<Fence>>,
+    /// Start this epoch (default none: keep the log's). A current segment
+    /// that holds records is sealed first, so every segment holds one epoch.
+    pub epoch: Option<Epoch>,
+}
+
+/// A deadline on a monotonic clock, moved forward by whoever holds the
+/// lease (the cluster daemon) and read by the store's writer before it
+/// writes and before it acknowledges.
+#[derive(Debug)]
+pub struct Fence {
+    base: Instant,
+    /// Nanoseconds after `base` until which writes are allowed.
+    until_ns: AtomicU64,
+}
+
+impl Default for Fence {
+    fn default() -> Self {
+        Fence::new()
+    }
+}
+
+impl Fence {
+    /// A fence that allows nothing until extended.
+    pub fn new() -> Fence {
+        Fence {
+            base: Instant::now(),
+            until_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Allows writes until `until` (never moves the deadline back unless
+    /// `revoke` is called).
+    pub fn extend(&self, until: Instant) {
+        let ns = until.saturating_duration_since(self.base).as_nanos() as u64;
+        self.until_ns.fetch_max(ns, Ordering::SeqCst);
+    }
+
+    /// Allows no more writes, at once.
+    pub fn revoke(&self) {
+        self.until_ns.store(0, Ordering::SeqCst);
+    }
+
+    /// True while writes are allowed.
+    pub fn allows(&self) -> bool {
+        (self.base.elapsed().as_nanos() as u64) < self.until_ns.load(Ordering::SeqCst)
+    }
 }
 
 impl Default for StoreOptions {
@@ -79,6 +130,8 @@ impl Default for StoreOptions {
             max_batch: DEFAULT_MAX_BATCH,
             max_transaction_bytes: DEFAULT_MAX_TRANSACTION_BYTES,
             fsync: true,
+            fence: None,
+            epoch: None,
         }
     }
 }
@@ -746,6 +799,21 @@ impl Store {
         }))
         .map_err(|e| Error::sql("install the commit hook", e))?;
         log.set_epoch(end.epoch);
+        if let Some(epoch) = opts.epoch {
+            if epoch < end.epoch {
+                return Err(Error::Refused {
+                    what: format!(
+                        "cannot start epoch {epoch}: the log of {} is already in epoch {}",
+                        paths.logs.display(),
+                        end.epoch
+                    ),
+                });
+            }
+            if epoch > end.epoch {
+                log.begin_epoch(epoch)?;
+            }
+        }
+        let end = log.end().clone();
         let state = StoreState {
             database_id,
             lsn: end.lsn,
@@ -1184,6 +1252,9 @@ impl Writer {
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
                 }
             }
+            if let Some(reason) = self.fenced() {
+                return self.stop(Error::Fenced(reason), rx, queue);
+            }
             let take = queue.len().min(self.opts.max_batch.max(1));
             let batch: VecDeque<Job> = queue.drain(..take).collect();
             match self.run_batch(batch) {
@@ -1197,6 +1268,14 @@ impl Writer {
             if let Err(e) = self.seal_if_due() {
                 return self.stop(e, rx, queue);
             }
+        }
+    }
+
+    /// Why writes are no longer allowed, if they are not.
+    fn fenced(&self) -> Option<String> {
+        match &self.opts.fence {
+            Some(f) if !f.allows() => Some("the quorum lease ran out".into()),
+            _ => None,
         }
     }
 
@@ -1225,24 +1304,36 @@ impl Writer {
     /// SQLite transaction, if any, is rolled back when the connection
     /// closes; what the log holds durably is redone at the next open.
     fn stop(self, e: Error, rx: Receiver<Msg>, queue: VecDeque<Job>) {
+        let fenced = matches!(e, Error::Fenced(_));
         let reason = e.to_string();
-        tracing::error!(error = %reason, "store writer stopped; reopen the store to recover");
+        if fenced {
+            tracing::warn!(error = %reason, "store writer stopped");
+        } else {
+            tracing::error!(error = %reason, "store writer stopped; reopen the store to recover");
+        }
         *self.shared.stopped.lock().expect("stopped lock") = Some(reason.clone());
         drop(self);
+        let err = || {
+            if fenced {
+                Error::Fenced(reason.clone())
+            } else {
+                Error::Stopped(reason.clone())
+            }
+        };
         for job in queue {
-            job.finish(Err(Error::Stopped(reason.clone())));
+            job.finish(Err(err()));
         }
         while let Ok(m) = rx.try_recv() {
             match m {
-                Msg::Tx(job) => job.finish(Err(Error::Stopped(reason.clone()))),
+                Msg::Tx(job) => job.finish(Err(err())),
                 Msg::Seal(r) => {
-                    let _ = r.send(Err(Error::Stopped(reason.clone())));
+                    let _ = r.send(Err(err()));
                 }
                 Msg::Check(r) => {
-                    let _ = r.send(Err(Error::Stopped(reason.clone())));
+                    let _ = r.send(Err(err()));
                 }
                 Msg::Checkpoint(r) => {
-                    let _ = r.send(Err(Error::Stopped(reason.clone())));
+                    let _ = r.send(Err(err()));
                 }
                 Msg::Shutdown => {}
             }
@@ -1502,15 +1593,28 @@ impl Writer {
         }
         self.publish();
         let lsn = self.lsn;
+        // Acknowledge only under a valid lease: past it, the peer may have
+        // taken over without this record.
+        let fenced = if logged { self.fenced() } else { None };
         let answers = ran
             .into_iter()
             .map(|(j, ran)| match ran {
+                Ran::Ok if fenced.is_some() => (
+                    j,
+                    Err(Error::Fenced(format!(
+                        "the lease ran out before LSN {lsn} was acknowledged"
+                    ))),
+                ),
                 Ran::Ok => (j, Ok((lsn, logged))),
                 Ran::Failed => (j, Ok((lsn, false))),
                 Ran::Refused(e) => (j, Err(e)),
             })
             .collect();
         self.replier.answer(answers);
-        commit
+        commit?;
+        match fenced {
+            Some(reason) => Err(Error::Fenced(reason)),
+            None => Ok(()),
+        }
     }
 }

@@ -779,3 +779,94 @@ fn a_crash_before_the_next_segment_keeps_the_schema_hash_of_the_last_ddl() {
         expected
     );
 }
+
+#[test]
+fn a_store_past_its_fence_takes_no_writes_and_acknowledges_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    Store::init(&dir).unwrap();
+    let fence = Arc::new(shipper::Fence::new());
+    fence.extend(Instant::now() + Duration::from_secs(3600));
+    let opts = StoreOptions {
+        fence: Some(fence.clone()),
+        ..Default::default()
+    };
+    let store = Store::open(&dir, opts).unwrap();
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT)",
+    );
+    let before = exec(&store, "INSERT INTO t VALUES (1, 'a')").lsn;
+    fence.revoke();
+    let r = store
+        .transaction(|tx| tx.execute_script("INSERT INTO t VALUES (2, 'b')", |_, _, _| Ok(())));
+    assert!(matches!(r, Err(Error::Fenced(_))), "{r:?}");
+    // And it stays fenced: nothing more is taken.
+    let r = store
+        .transaction(|tx| tx.execute_script("INSERT INTO t VALUES (3, 'c')", |_, _, _| Ok(())));
+    assert!(r.is_err(), "{r:?}");
+    drop(store);
+    // Nothing past the fence was logged.
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    assert_eq!(store.state().lsn, before);
+    assert_eq!(count(&store, "SELECT count(*) FROM t"), 1);
+}
+
+#[test]
+fn a_new_epoch_seals_a_segment_holding_records_and_rewrites_an_empty_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let store = new_store(&dir);
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL)");
+    let lsn = exec(&store, "INSERT INTO t VALUES (1)").lsn;
+    let old_epoch = store.state().epoch;
+    drop(store);
+    let opts = |e: u64| StoreOptions {
+        epoch: Some(shipper::Epoch(e)),
+        ..Default::default()
+    };
+    // Records in the current segment: it is sealed in the old epoch.
+    let store = Store::open(&dir, opts(7)).unwrap();
+    let st = store.state();
+    assert_eq!(st.epoch, shipper::Epoch(7));
+    let sealed = list_sealed(&dir.join(LOG_DIR)).unwrap();
+    assert_eq!(sealed.len(), 1);
+    let h = shipper::log::read_header(&sealed[0].1).unwrap();
+    assert_eq!(h.epoch, old_epoch);
+    let current = dir.join(LOG_DIR).join(shipper::format::CURRENT_FILE_NAME);
+    assert_eq!(
+        shipper::log::read_header(&current).unwrap().epoch,
+        shipper::Epoch(7)
+    );
+    exec(&store, "INSERT INTO t VALUES (2)");
+    drop(store);
+    // An epoch older than the log's is refused; the same epoch changes nothing.
+    assert!(matches!(
+        Store::open(&dir, opts(6)),
+        Err(Error::Refused { .. })
+    ));
+    drop(Store::open(&dir, opts(7)).unwrap());
+    // An empty current segment takes the new epoch in place.
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    store.seal().unwrap();
+    let generation = store.state().generation;
+    drop(store);
+    let store = Store::open(&dir, opts(9)).unwrap();
+    assert_eq!(store.state().generation, generation);
+    assert_eq!(
+        shipper::log::read_header(&current).unwrap().epoch,
+        shipper::Epoch(9)
+    );
+    exec(&store, "INSERT INTO t VALUES (3)");
+    assert!(store.state().lsn > lsn);
+    assert_hash_matches(&store);
+    drop(store);
+    // The whole log still reads as one chain.
+    let mut n = 0;
+    for_each_record(&dir.join(LOG_DIR), None, Lsn::ZERO, |_, _| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, 4);
+}
