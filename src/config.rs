@@ -61,14 +61,7 @@ fn default_smb_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum MountDial {
-    Lossless,
-    #[default]
-    GoodAvailability,
-    BestAvailability,
-}
+pub use witness::MountDial;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]

@@ -8,7 +8,20 @@ use std::fmt;
 /// Log sequence number: the position of one logical record (one transaction)
 /// in a database's log. The first record has LSN 1; LSN 0 means "nothing".
 /// Dense: every committed transaction takes exactly the previous LSN + 1.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Lsn(pub u64);
 
 impl Lsn {
@@ -27,7 +40,20 @@ impl fmt::Display for Lsn {
 
 /// Segment generation. Generations start at 1, grow by one per segment and
 /// are never reused within a database. Shown in hex, as in file names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Generation(pub u64);
 
 impl Generation {
@@ -46,7 +72,20 @@ impl fmt::Display for Generation {
 
 /// Activation epoch: every activation of a node as the active takes a new,
 /// larger epoch on the witness. At most one node is active per epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Epoch(pub u64);
 
 impl fmt::Display for Epoch {

@@ -1,5 +1,19 @@
-//! The cluster layer of logship: heartbeats between the two nodes, the
-//! file-share witness that breaks ties, quorum, epochs (one active per epoch),
-//! self-fencing, unplanned failover, planned moves and rejoin.
+//! The cluster layer of logship: the file-share witness that breaks ties
+//! and records epochs (`witness`), the heartbeats between the two nodes
+//! (`heartbeat`), the quorum leases that decide whether a node may take
+//! writes (`quorum`), and the mount dial that decides whether a copy may be
+//! activated after an unplanned failover (`dial`).
 //!
-//! Nothing lives here yet.
+//! This crate decides; the node daemon (package `logship`) acts. The
+//! protocol, its timing assumptions and its failure cases are written down
+//! in ARCHITECTURE.md ("The cluster protocol").
+
+pub mod dial;
+pub mod heartbeat;
+pub mod quorum;
+pub mod witness;
+
+pub use dial::{DialDecision, MountDial};
+pub use heartbeat::{Heartbeat, Role};
+pub use quorum::{Leases, Timing};
+pub use witness::{EpochRecord, Witness};

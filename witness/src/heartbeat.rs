@@ -1,0 +1,360 @@
+//! Heartbeats between the two nodes: one small JSON datagram (UDP) every
+//! `heartbeat-interval` each way. Each says who the sender is and what it
+//! does (role, epoch, log position, copy health), acknowledges the last
+//! heartbeat it received, and (from a passive) lends its vote to the active.
+//! A datagram from another cluster, or from a node whose configuration
+//! differs (its hash), is refused and reported, never counted.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shipper::Epoch;
+
+use crate::dial::Position;
+use crate::quorum::Timing;
+
+/// The largest heartbeat accepted (they are a few hundred bytes).
+pub const MAX_DATAGRAM: usize = 4096;
+/// How many sent heartbeats are remembered for acknowledgements.
+const SENT_RING: usize = 256;
+
+/// What a node is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Starting, or between roles.
+    #[default]
+    Starting,
+    /// Replaying the active's log.
+    Passive,
+    /// Taking writes in its epoch.
+    Active,
+    /// Was active, lost quorum and stopped taking writes.
+    Fenced,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Passive => "passive",
+            Role::Active => "active",
+            Role::Fenced => "fenced",
+        }
+    }
+}
+
+/// A passive copy's health, as `move-cluster` checks it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyBrief {
+    pub summary: String,
+    pub copy_queue: u64,
+    pub replay_queue: u64,
+}
+
+/// An active handing its role over (planned move): it has stopped intake
+/// and sealed; `to` takes over once it has replayed `lsn`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub to: String,
+    pub lsn: u64,
+    pub comment: String,
+}
+
+/// One heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub cluster: String,
+    pub node: String,
+    /// Hash of the configuration file: both nodes must run the same one.
+    pub config_hash: String,
+    pub seq: u64,
+    /// The last sequence number received from the peer (0: none yet).
+    pub ack: u64,
+    pub role: Role,
+    pub paused: bool,
+    /// The active's epoch, or the newest epoch this node knows.
+    pub epoch: Epoch,
+    /// From a passive: "you may be active in this epoch" (its vote).
+    pub supports: Option<Epoch>,
+    /// The log position: an active's last LSN and the generation holding it,
+    /// a passive's replayed LSN and generation.
+    pub position: Position,
+    pub copy: Option<CopyBrief>,
+    pub handoff: Option<Handoff>,
+}
+
+/// What this node knows of its peer.
+#[derive(Clone, Debug, Default)]
+pub struct PeerView {
+    pub last: Option<Heartbeat>,
+    pub heard_at: Option<Instant>,
+    /// The peer's vote: the epoch it supports and until when.
+    pub lease: Option<(Epoch, Instant)>,
+    /// Why the last datagram was refused (foreign cluster, other config).
+    pub problem: Option<String>,
+}
+
+impl PeerView {
+    /// True when the peer was heard within `within`.
+    pub fn alive(&self, within: Duration) -> bool {
+        self.heard_at.is_some_and(|t| t.elapsed() < within)
+    }
+}
+
+/// Where and as whom to heartbeat.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub bind: SocketAddr,
+    pub peer: SocketAddr,
+    pub cluster: String,
+    pub node: String,
+    pub peer_node: String,
+    pub config_hash: String,
+    pub timing: Timing,
+}
+
+/// The running heartbeat link: what we send, what we heard.
+#[derive(Debug)]
+pub struct Link {
+    pub ours: Mutex<Heartbeat>,
+    pub view: Mutex<PeerView>,
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+impl Link {
+    /// Binds the heartbeat address and starts the thread that sends and
+    /// receives until `shutdown` is set.
+    pub fn start(
+        cfg: LinkConfig,
+        shutdown: Arc<AtomicBool>,
+    ) -> std::io::Result<(Arc<Link>, JoinHandle<()>)> {
+        let socket = UdpSocket::bind(cfg.bind)?;
+        let local = socket.local_addr()?;
+        let link = Arc::new(Link {
+            ours: Mutex::new(Heartbeat {
+                cluster: cfg.cluster.clone(),
+                node: cfg.node.clone(),
+                config_hash: cfg.config_hash.clone(),
+                ..Default::default()
+            }),
+            view: Mutex::new(PeerView::default()),
+            socket: socket.try_clone()?,
+            local,
+        });
+        let l = link.clone();
+        let h = std::thread::Builder::new()
+            .name("logship-heartbeat".into())
+            .spawn(move || l.run(socket, cfg, shutdown))?;
+        Ok((link, h))
+    }
+
+    /// Sends a heartbeat now rather than at the next interval (a role
+    /// change the peer should learn at once).
+    pub fn poke(&self) {
+        let _ = self.socket.send_to(&[], self.local);
+    }
+
+    /// A copy of what the peer last said, and when.
+    pub fn peer(&self) -> PeerView {
+        self.view.lock().expect("view lock").clone()
+    }
+
+    fn run(&self, socket: UdpSocket, cfg: LinkConfig, shutdown: Arc<AtomicBool>) {
+        let mut seq = 0u64;
+        let mut sent: VecDeque<(u64, Instant)> = VecDeque::with_capacity(SENT_RING);
+        let mut next_send = Instant::now();
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut last_send_error: Option<String> = None;
+        while !shutdown.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next_send {
+                seq += 1;
+                let msg = {
+                    let mut ours = self.ours.lock().expect("ours lock");
+                    ours.seq = seq;
+                    serde_json::to_vec(&*ours).expect("heartbeats serialise")
+                };
+                if sent.len() == SENT_RING {
+                    sent.pop_front();
+                }
+                sent.push_back((seq, Instant::now()));
+                match socket.send_to(&msg, cfg.peer) {
+                    Ok(_) => last_send_error = None,
+                    Err(e) => {
+                        let e = e.to_string();
+                        if last_send_error.as_ref() != Some(&e) {
+                            tracing::debug!(peer = %cfg.peer, error = %e, "heartbeat not sent");
+                        }
+                        last_send_error = Some(e);
+                    }
+                }
+                next_send = Instant::now() + cfg.timing.interval;
+            }
+            let wait = next_send
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let _ = socket.set_read_timeout(Some(wait));
+            let (n, from) = match socket.recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(_) => continue,
+            };
+            if from == self.local && n == 0 {
+                next_send = Instant::now();
+                continue;
+            }
+            let received = Instant::now();
+            match self.check(&buf[..n], &cfg) {
+                Ok(hb) => {
+                    let mut view = self.view.lock().expect("view lock");
+                    if let Some(epoch) = hb.supports
+                        && let Some((_, at)) = sent.iter().find(|(s, _)| *s == hb.ack)
+                    {
+                        let until = *at + cfg.timing.peer_lease();
+                        view.lease = match view.lease {
+                            Some((e, t)) if e == epoch && t > until => Some((e, t)),
+                            _ => Some((epoch, until)),
+                        };
+                    }
+                    if hb.supports.is_none() {
+                        view.lease = None;
+                    }
+                    {
+                        let mut ours = self.ours.lock().expect("ours lock");
+                        ours.ack = ours.ack.max(hb.seq);
+                        if hb.seq < ours.ack {
+                            // The peer restarted: its sequence began again.
+                            ours.ack = hb.seq;
+                        }
+                    }
+                    view.last = Some(hb);
+                    view.heard_at = Some(received);
+                    view.problem = None;
+                }
+                Err(problem) => {
+                    let mut view = self.view.lock().expect("view lock");
+                    if view.problem.as_ref() != Some(&problem) {
+                        tracing::warn!(from = %from, %problem, "heartbeat refused");
+                    }
+                    view.problem = Some(problem);
+                }
+            }
+        }
+    }
+
+    fn check(&self, bytes: &[u8], cfg: &LinkConfig) -> Result<Heartbeat, String> {
+        if bytes.len() > MAX_DATAGRAM {
+            return Err(format!("a datagram larger than {MAX_DATAGRAM} bytes"));
+        }
+        let hb: Heartbeat =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a heartbeat: {e}"))?;
+        if hb.cluster != cfg.cluster {
+            return Err(format!(
+                "a heartbeat from cluster {:?}, not {:?}",
+                hb.cluster, cfg.cluster
+            ));
+        }
+        if hb.node != cfg.peer_node {
+            return Err(format!(
+                "a heartbeat from node {:?}, expected {:?}",
+                hb.node, cfg.peer_node
+            ));
+        }
+        if hb.config_hash != cfg.config_hash {
+            return Err(format!(
+                "node {} runs a different configuration (hash {}, ours {}): both nodes must use the same file",
+                hb.node, hb.config_hash, cfg.config_hash
+            ));
+        }
+        Ok(hb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(
+        bind: SocketAddr,
+        peer: SocketAddr,
+        node: &str,
+        peer_node: &str,
+        hash: &str,
+    ) -> LinkConfig {
+        LinkConfig {
+            bind,
+            peer,
+            cluster: "c".into(),
+            node: node.into(),
+            peer_node: peer_node.into(),
+            config_hash: hash.into(),
+            timing: Timing {
+                interval: Duration::from_millis(20),
+                dead_after: Duration::from_millis(200),
+            },
+        }
+    }
+
+    fn free_addr() -> SocketAddr {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    fn wait(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_supporting_peer_lends_a_lease_anchored_at_our_send_time() {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, ha) = Link::start(cfg(a_addr, b_addr, "a", "b", "h"), stop.clone()).unwrap();
+        let (b, hb) = Link::start(cfg(b_addr, a_addr, "b", "a", "h"), stop.clone()).unwrap();
+        a.ours.lock().unwrap().role = Role::Active;
+        a.ours.lock().unwrap().epoch = Epoch(3);
+        wait("b hears a", || {
+            b.peer().last.is_some_and(|h| h.role == Role::Active)
+        });
+        assert!(a.peer().lease.is_none());
+        b.ours.lock().unwrap().supports = Some(Epoch(3));
+        b.poke();
+        wait("a holds b's vote", || a.peer().lease.is_some());
+        let (e, until) = a.peer().lease.unwrap();
+        assert_eq!(e, Epoch(3));
+        assert!(until <= Instant::now() + Duration::from_millis(180));
+        // Withdrawn at once.
+        b.ours.lock().unwrap().supports = None;
+        b.poke();
+        wait("a loses b's vote", || a.peer().lease.is_none());
+        stop.store(true, Ordering::Relaxed);
+        ha.join().unwrap();
+        hb.join().unwrap();
+    }
+
+    #[test]
+    fn a_peer_with_another_configuration_is_refused_and_named() {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, ha) = Link::start(cfg(a_addr, b_addr, "a", "b", "h1"), stop.clone()).unwrap();
+        let (_b, hb) = Link::start(cfg(b_addr, a_addr, "b", "a", "h2"), stop.clone()).unwrap();
+        wait("a refuses b", || a.peer().problem.is_some());
+        let p = a.peer();
+        assert!(p.last.is_none() && p.heard_at.is_none());
+        assert!(p.problem.unwrap().contains("different configuration"));
+        stop.store(true, Ordering::Relaxed);
+        ha.join().unwrap();
+        hb.join().unwrap();
+    }
+}

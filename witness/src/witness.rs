@@ -1,0 +1,219 @@
+//! The file-share witness: a directory (local or `smb://`) that holds the
+//! witness vote and the history of epochs.
+//!
+//! - `witness.lock`: the vote. Whoever holds it (an flock in a directory, a
+//!   create-new + delete-on-close handle over SMB) has the witness's vote.
+//!   The server drops it when the holder dies.
+//! - `epoch-<16 hex digits>.json`: one file per epoch, made with an exclusive
+//!   create, so only one node can ever start a given epoch. It records who
+//!   started it and where its log begins (LSN and generation): what a
+//!   returning node needs to find the point where it diverged.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use shipper::share::{Share, ShareLock};
+use shipper::{Epoch, Error, Generation, Lsn, Result};
+
+/// The witness vote's lock file.
+pub const LOCK_FILE: &str = "witness.lock";
+const EPOCH_PREFIX: &str = "epoch-";
+const EPOCH_SUFFIX: &str = ".json";
+/// The largest epoch file read.
+const MAX_EPOCH_FILE: u64 = 64 * 1024;
+
+/// One epoch: who started it, why, and where its log begins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: Epoch,
+    /// The node that became active.
+    pub node: String,
+    /// The last LSN the new active held when it started: its records in
+    /// this epoch come after it. A returning node that holds more diverged.
+    pub start_lsn: Lsn,
+    /// The first generation written in this epoch.
+    pub start_generation: Generation,
+    /// start (first activation or restart), failover, move or forced.
+    pub reason: String,
+    /// Wall-clock time of the activation (µs since the Unix epoch), for people.
+    pub started_us: u64,
+}
+
+/// The file name of an epoch's record.
+pub fn epoch_file_name(e: Epoch) -> String {
+    format!("{EPOCH_PREFIX}{:016x}{EPOCH_SUFFIX}", e.0)
+}
+
+fn parse_epoch_file_name(name: &str) -> Option<Epoch> {
+    let hex = name
+        .strip_prefix(EPOCH_PREFIX)?
+        .strip_suffix(EPOCH_SUFFIX)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().map(Epoch)
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The witness directory, and the vote while this node holds it.
+#[derive(Debug)]
+pub struct Witness {
+    share: Share,
+    lock: Option<ShareLock>,
+}
+
+impl Witness {
+    pub fn new(share: Share) -> Witness {
+        Witness { share, lock: None }
+    }
+
+    pub fn share(&self) -> &Share {
+        &self.share
+    }
+
+    /// Every epoch recorded, oldest first.
+    pub fn history(&self) -> Result<Vec<EpochRecord>> {
+        let mut out = Vec::new();
+        for name in self.share.list()? {
+            let Some(epoch) = parse_epoch_file_name(&name) else {
+                continue;
+            };
+            let bytes = self.share.read(&name, MAX_EPOCH_FILE)?.ok_or_else(|| {
+                Error::io("read", name.clone(), std::io::Error::other("vanished"))
+            })?;
+            let rec: EpochRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::io(
+                    "parse epoch record",
+                    format!("{}/{name}", self.share.display()),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+            if rec.epoch != epoch {
+                return Err(Error::io(
+                    "parse epoch record",
+                    format!("{}/{name}", self.share.display()),
+                    std::io::Error::other(format!("it says epoch {}", rec.epoch)),
+                ));
+            }
+            out.push(rec);
+        }
+        out.sort_by_key(|r| r.epoch);
+        Ok(out)
+    }
+
+    /// The newest epoch, if any was ever started.
+    pub fn latest(&self) -> Result<Option<EpochRecord>> {
+        Ok(self.history()?.pop())
+    }
+
+    /// Starts `rec.epoch`; false when that epoch already exists (someone
+    /// else won it). Only the holder of the vote should call this.
+    pub fn claim(&self, rec: &EpochRecord) -> Result<bool> {
+        let bytes = serde_json::to_vec_pretty(rec).expect("epoch records serialise");
+        self.share.create_new(&epoch_file_name(rec.epoch), &bytes)
+    }
+
+    /// True while this node holds the vote (as last known; see `confirm`).
+    pub fn holds(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// Takes the vote if no one holds it. True when this node holds it.
+    pub fn acquire(&mut self) -> Result<bool> {
+        if self.lock.is_some() {
+            return Ok(true);
+        }
+        self.lock = self.share.try_lock(LOCK_FILE)?;
+        Ok(self.lock.is_some())
+    }
+
+    /// Proves the vote is still held; drops it (and says so) when not.
+    pub fn confirm(&mut self) -> Result<()> {
+        let Some(lock) = &self.lock else {
+            return Err(Error::io(
+                "confirm",
+                format!("{}/{LOCK_FILE}", self.share.display()),
+                std::io::Error::other("not held"),
+            ));
+        };
+        if let Err(e) = lock.confirm() {
+            self.lock = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives the vote back.
+    pub fn release(&mut self) {
+        self.lock = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(epoch: u64, node: &str) -> EpochRecord {
+        EpochRecord {
+            epoch: Epoch(epoch),
+            node: node.into(),
+            start_lsn: Lsn(10 * epoch),
+            start_generation: Generation(epoch),
+            reason: "test".into(),
+            started_us: now_us(),
+        }
+    }
+
+    #[test]
+    fn an_epoch_is_won_once_and_the_history_is_ordered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = Witness::new(Share::Dir(tmp.path().to_path_buf()));
+        let b = Witness::new(Share::Dir(tmp.path().to_path_buf()));
+        assert_eq!(a.latest().unwrap(), None);
+        assert!(a.claim(&rec(2, "alpha")).unwrap());
+        assert!(!b.claim(&rec(2, "beta")).unwrap());
+        assert!(b.claim(&rec(3, "beta")).unwrap());
+        let h = a.history().unwrap();
+        assert_eq!(
+            h,
+            vec![rec(2, "alpha"), rec(3, "beta")]
+                .into_iter()
+                .map(|mut r| {
+                    r.started_us = h.iter().find(|x| x.epoch == r.epoch).unwrap().started_us;
+                    r
+                })
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(b.latest().unwrap().unwrap().node, "beta");
+    }
+
+    #[test]
+    fn a_damaged_epoch_file_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(epoch_file_name(Epoch(4))), b"{not json").unwrap();
+        let w = Witness::new(Share::Dir(tmp.path().to_path_buf()));
+        let e = w.history().unwrap_err().to_string();
+        assert!(e.contains("epoch-0000000000000004.json"), "{e}");
+    }
+
+    #[test]
+    fn the_vote_is_held_by_one_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = Witness::new(Share::Dir(tmp.path().to_path_buf()));
+        let mut b = Witness::new(Share::Dir(tmp.path().to_path_buf()));
+        assert!(a.acquire().unwrap());
+        a.confirm().unwrap();
+        assert!(!b.acquire().unwrap());
+        a.release();
+        assert!(a.confirm().is_err());
+        assert!(b.acquire().unwrap());
+        b.confirm().unwrap();
+    }
+}
