@@ -334,6 +334,7 @@ pub fn lag(base: &Path, samples: usize, poll: Duration) -> Result<ExitCode> {
             source: Share::Dir(active.join("logs")),
             own_share: None,
             poll,
+            epochs: Default::default(),
         };
         static STOP: AtomicBool = AtomicBool::new(false);
         STOP.store(false, Ordering::Relaxed);

@@ -20,6 +20,10 @@ pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(2);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
+    /// A hash of the file's text: the nodes exchange it in heartbeats and
+    /// refuse a peer whose configuration differs.
+    #[serde(skip)]
+    pub source_hash: String,
     pub cluster: Cluster,
     #[serde(default)]
     pub nodes: BTreeMap<String, Node>,
@@ -120,6 +124,7 @@ impl Config {
             .with_context(|| format!("read config file {}", path.display()))?;
         let mut config =
             Self::parse(&text).with_context(|| format!("config file {}", path.display()))?;
+        config.source_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
         let base = path.parent().unwrap_or(Path::new("."));
         for node in config.nodes.values_mut() {
             if node.data_dir.is_relative() {

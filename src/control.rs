@@ -33,7 +33,16 @@ pub enum Op {
     Seal,
     /// `logship verify-copy` on the active.
     Check,
+    /// `logship activate`: make this passive node active now (a node
+    /// daemon only). `force` overrides the mount dial.
+    Activate { force: bool },
+    /// `logship pause` / `logship resume-node`: a paused node never becomes active.
+    Pause { paused: bool },
 }
+
+/// What serves the requests of a control socket.
+pub type Handler =
+    dyn Fn(&Op, &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<bool> + Send + Sync;
 
 /// Runs `op` on `store`, handing its output to `out`; false when the
 /// command must exit non-zero.
@@ -67,6 +76,9 @@ pub fn run_op(
             );
             out(text.as_bytes())?;
             Ok(equal)
+        }
+        Op::Activate { .. } | Op::Pause { .. } => {
+            bail!("this daemon runs no cluster node: start `logship node` to use it")
         }
     }
 }
@@ -113,11 +125,7 @@ enum Reply {
 
 /// Serves the control socket until `shutdown` is set. Each connection gets
 /// a thread; the store's group commit batches concurrent ones.
-pub fn serve(
-    data_dir: &Path,
-    store: Arc<shipper::Store>,
-    shutdown: &'static AtomicBool,
-) -> Result<()> {
+pub fn serve(data_dir: &Path, handler: Arc<Handler>, shutdown: &'static AtomicBool) -> Result<()> {
     let path = socket_path(data_dir);
     let _ = std::fs::remove_file(&path);
     let listener =
@@ -130,11 +138,11 @@ pub fn serve(
             while !shutdown.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let store = store.clone();
+                        let handler = handler.clone();
                         let _ = std::thread::Builder::new()
                             .name("logship-control-conn".into())
                             .spawn(move || {
-                                if let Err(e) = handle(stream, &store) {
+                                if let Err(e) = handle(stream, &*handler) {
                                     tracing::debug!(error = %e, "control connection ended");
                                 }
                             });
@@ -153,7 +161,7 @@ pub fn serve(
     Ok(())
 }
 
-fn handle(stream: UnixStream, store: &shipper::Store) -> Result<()> {
+fn handle(stream: UnixStream, handler: &Handler) -> Result<()> {
     stream.set_nonblocking(false)?;
     // A client that connects and says nothing does not hold a thread for ever.
     stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
@@ -166,7 +174,7 @@ fn handle(stream: UnixStream, store: &shipper::Store) -> Result<()> {
         b.push(b'\n');
         w.write_all(&b)
     };
-    let result = run_op(store, &op, &mut |chunk| {
+    let result = handler(&op, &mut |chunk| {
         send(&Reply::Out(String::from_utf8_lossy(chunk).into_owned()))
     });
     match result {

@@ -89,6 +89,7 @@ pub fn replay(
             None => None,
         },
         poll,
+        epochs: Default::default(),
     };
     install_shutdown_handler();
     replayer::run(&config, &SHUTDOWN)
@@ -128,11 +129,81 @@ fn shipper_now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// What each node's daemon last published (`node.json`), marked offline
+/// when the daemon is gone.
+pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeStatus> {
+    let now = shipper_now_us();
+    let mut out = Vec::new();
+    for (name, node) in &cfg.nodes {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        if let Some(mut st) = crate::node::NodeStatus::load(&node.data_dir) {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            let alive = unsafe { libc::kill(st.pid as libc::pid_t, 0) } == 0;
+            if !alive || now.saturating_sub(st.updated_us) > 10_000_000 {
+                st.node_state = "offline".into();
+                st.role = witness::Role::Starting;
+                st.quorum = Default::default();
+                st.active_node = None;
+            }
+            out.push(st);
+        }
+    }
+    out
+}
+
 pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> {
     let copies = collect(cfg, only)?;
+    let nodes = node_statuses(cfg, only);
     if json {
-        println!("{}", serde_json::to_string_pretty(&copies)?);
+        let mut out = Vec::new();
+        for name in cfg.nodes.keys() {
+            let copy = copies.iter().find(|c| &c.node == name);
+            let node = nodes.iter().find(|n| &n.node == name);
+            if copy.is_none() && node.is_none() {
+                continue;
+            }
+            let mut v = match copy {
+                Some(c) => serde_json::to_value(c)?,
+                None => serde_json::json!({ "node": name }),
+            };
+            if let (Some(n), Some(obj)) = (node, v.as_object_mut()) {
+                let nv = serde_json::to_value(n)?;
+                for (k, val) in nv.as_object().expect("a struct is an object") {
+                    if !matches!(k.as_str(), "node" | "pid" | "updated_us" | "lsn") {
+                        obj.insert(k.clone(), val.clone());
+                    }
+                }
+            }
+            out.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    if !nodes.is_empty() {
+        println!(
+            "{:<10} {:<8} {:>6} {:<8} {:<6} {:<10}",
+            "node", "role", "epoch", "state", "votes", "active"
+        );
+        for n in &nodes {
+            println!(
+                "{:<10} {:<8} {:>6} {:<8} {:<6} {:<10}",
+                n.node,
+                n.role.name(),
+                n.epoch,
+                n.node_state,
+                format!("{}/3", n.quorum.votes),
+                n.active_node.as_deref().unwrap_or("-")
+            );
+            if let Some(b) = &n.blocked {
+                println!("           {b}");
+            }
+            for w in &n.warnings {
+                println!("           warning: {w}");
+            }
+        }
+        println!();
     }
     if copies.is_empty() {
         println!("no passive copies found (run `logship replay --node NAME` on a passive node)");

@@ -35,7 +35,16 @@ pub fn ship(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         )
     })?);
     install_shutdown_handler();
-    crate::control::serve(&node.data_dir, store.clone(), &SHUTDOWN)?;
+    let on_op = store.clone();
+    crate::control::serve(
+        &node.data_dir,
+        Arc::new(
+            move |op: &crate::control::Op, out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| {
+                crate::control::run_op(&on_op, op, out)
+            },
+        ),
+        &SHUTDOWN,
+    )?;
     let ship_cfg = shipper::ship::ShipConfig {
         node: name.to_string(),
         share,
@@ -65,6 +74,10 @@ pub fn seed(
     let (source_name, source_node_cfg) = source_node(cfg, name, from)?;
     let source = share_of(&source_name, source_node_cfg, cfg)?;
     let own = share_of(name, node, cfg)?;
+    if let Share::Dir(d) = &own {
+        // Often the node's own log directory, not made yet.
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
     let paths = CopyPaths::new(&node.data_dir);
     std::fs::create_dir_all(&node.data_dir)
         .with_context(|| format!("create {}", node.data_dir.display()))?;
@@ -235,9 +248,16 @@ fn install(paths: &CopyPaths, incoming: &std::path::Path) -> Result<()> {
         p.push(suffix);
         let _ = std::fs::remove_file(std::path::PathBuf::from(p));
     }
+    // The old copy's segments go; other files stay (the log directory may
+    // be the node's share, holding its published status and seed request).
     if paths.logs.exists() {
-        std::fs::remove_dir_all(&paths.logs)
-            .with_context(|| format!("clear {}", paths.logs.display()))?;
+        for entry in std::fs::read_dir(&paths.logs)? {
+            let p = entry?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".log") || name.ends_with(shipper::share::TEMP_SUFFIX) {
+                std::fs::remove_file(&p).with_context(|| format!("clear {}", p.display()))?;
+            }
+        }
     }
     std::fs::rename(incoming, &paths.database)
         .with_context(|| format!("install {}", paths.database.display()))?;

@@ -8,12 +8,13 @@ mod control;
 mod copy;
 mod daemons;
 mod inspect;
+mod node;
 mod sql;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use logship::config;
 
@@ -78,6 +79,38 @@ enum Command {
     /// While it runs, `logship sql` on this node goes through it. Runs until
     /// SIGTERM or SIGINT.
     Ship {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// The cluster daemon: runs this node's role (active: the store and the
+    /// ship duties; passive: the replay daemon), heartbeats the peer, holds
+    /// quorum through the witness, fails over when the active is gone, and
+    /// fences itself when it loses quorum.
+    ///
+    /// Needs cluster.witness and both nodes' heartbeat addresses. Runs until
+    /// SIGTERM or SIGINT. Its state is in `<data-dir>/node.json`.
+    Node {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Make this passive node active now, when the active is gone: the
+    /// copy replays what it can reach, the mount dial is checked, and a new
+    /// epoch begins. --force overrides the mount dial (transactions the copy
+    /// never received are lost; the dumpster re-delivers mail).
+    Activate {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Activate even if the mount dial forbids it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pause a node: it keeps its role's duties but never becomes active.
+    PauseNode {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Undo `pause-node`.
+    ResumeNode {
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -241,6 +274,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (name, node_cfg, cfg) = node.resolve()?;
             daemons::ship(&name, &node_cfg, &cfg)
         }
+        Command::Node { node } => {
+            let (name, node_cfg, cfg) = node.resolve()?;
+            node::run(&name, &node_cfg, &cfg)
+        }
+        Command::Activate { node, force } => {
+            let (name, node_cfg, _) = node.resolve()?;
+            cluster_request(&name, &node_cfg, &control::Op::Activate { force })
+        }
+        Command::PauseNode { node } => {
+            let (name, node_cfg, _) = node.resolve()?;
+            cluster_request(&name, &node_cfg, &control::Op::Pause { paused: true })
+        }
+        Command::ResumeNode { node } => {
+            let (name, node_cfg, _) = node.resolve()?;
+            cluster_request(&name, &node_cfg, &control::Op::Pause { paused: false })
+        }
         Command::Seed {
             node,
             from,
@@ -291,6 +340,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify { files } => inspect::verify(&files),
         Command::Dump { file, changes } => inspect::dump(&file, changes),
         Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+/// Sends a cluster request to the node daemon of `name`.
+fn cluster_request(name: &str, node: &config::Node, op: &control::Op) -> Result<ExitCode> {
+    if !control::socket_path(&node.data_dir).exists() {
+        bail!(
+            "no daemon runs node {name} (no control socket in {}): start `logship node --node {name}`",
+            node.data_dir.display()
+        );
+    }
+    if control::forward(&node.data_dir, op)? {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
     }
 }
 

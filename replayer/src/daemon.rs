@@ -13,11 +13,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shipper::format;
 use shipper::share::Share;
-use shipper::{Error, Generation, Result};
+use shipper::{Epoch, Error, Generation, Result};
 
 use crate::copier;
 use crate::inspector::{self, Inspected};
@@ -58,6 +59,33 @@ pub struct ReplayConfig {
     /// Where this node publishes its copy status for the active.
     pub own_share: Option<Share>,
     pub poll: Duration,
+    /// Where each epoch began, as the cluster's witness records it (empty
+    /// outside a cluster). A segment written in an older epoch at or past
+    /// the start of a newer one comes from a deposed active: refused.
+    pub epochs: Arc<Mutex<Vec<EpochStart>>>,
+}
+
+/// The first generation of an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochStart {
+    pub epoch: Epoch,
+    pub start_generation: Generation,
+}
+
+/// Refuses a segment of `epoch` at `generation` when a newer epoch had
+/// already begun at or before that generation.
+pub fn check_epoch(
+    starts: &[EpochStart],
+    generation: Generation,
+    epoch: Epoch,
+) -> std::result::Result<(), EpochStart> {
+    match starts
+        .iter()
+        .find(|s| s.epoch > epoch && s.start_generation <= generation)
+    {
+        Some(s) => Err(*s),
+        None => Ok(()),
+    }
 }
 
 fn now_us() -> u64 {
@@ -83,6 +111,7 @@ fn permanent(e: &Error) -> bool {
             | Error::Corrupt { .. }
             | Error::ForeignDatabase { .. }
             | Error::MissingLog { .. }
+            | Error::StaleEpoch { .. }
     )
 }
 
@@ -104,66 +133,7 @@ struct Daemon<'a> {
 
 /// Runs the replay daemon until `shutdown` is set.
 pub fn run(cfg: &ReplayConfig, shutdown: &AtomicBool) -> Result<()> {
-    let paths = CopyPaths::new(&cfg.data_dir);
-    let replayer = Replayer::open(&paths.database)?;
-    let mut state = CopyState::load(&paths)?.unwrap_or_default();
-    state.source = cfg.source_node.clone();
-    state.database_id = replayer.database_id().to_string();
-    state.initializing = true;
-    // The daemon holds the data directory's lock: no seed can be running.
-    state.seeding = false;
-    state.disconnected = false;
-    state.error = None;
-    state.replayed_lsn = replayer.lsn()?.0;
-    std::fs::create_dir_all(&paths.logs).map_err(|e| Error::io("create", &paths.logs, e))?;
-    // Re-inspect what the log directory holds: segments copied before a
-    // crash may not have reached the disk whole. The first that fails is
-    // deleted with everything after it; they are copied again.
-    let mut prev: Option<Inspected> = None;
-    let mut next = None;
-    let db = replayer.database_id();
-    let mut last_good = None;
-    let mut bad = false;
-    for (g, path) in shipper::log::list_sealed(&paths.logs)? {
-        if !bad {
-            match inspector::inspect(&path, g, db, prev.as_ref()) {
-                Ok(ins) => {
-                    prev = Some(ins);
-                    next = Some(g.next());
-                    last_good = Some(g);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(generation = %g, error = %e, "a copied segment is damaged; copying it again");
-                    bad = true;
-                }
-            }
-        }
-        std::fs::remove_file(&path).map_err(|e| Error::io("delete damaged segment", &path, e))?;
-    }
-    if bad
-        || state
-            .last_inspected
-            .is_some_and(|m| Some(m.generation()) != last_good)
-    {
-        state.last_inspected = last_good.and_then(mark);
-    }
-    let mut d = Daemon {
-        cfg,
-        saved: CopyState::default(),
-        saved_at: Instant::now(),
-        paths,
-        state,
-        replayer,
-        prev,
-        next,
-        attempts: 0,
-        retry_at: None,
-        listed_at: None,
-        backoff: cfg.poll,
-    };
-    tracing::info!(node = %cfg.node, source = %cfg.source_node, share = %cfg.source.display(), lsn = d.state.replayed_lsn, "replay daemon started");
-    d.publish(true)?;
+    let mut d = Daemon::start(cfg)?;
     while !shutdown.load(Ordering::Relaxed) {
         let worked = d.turn()?;
         d.publish(false)?;
@@ -174,6 +144,88 @@ pub fn run(cfg: &ReplayConfig, shutdown: &AtomicBool) -> Result<()> {
     d.publish(true)?;
     tracing::info!(node = %cfg.node, "replay daemon stopped");
     Ok(())
+}
+
+/// Copies, inspects and replays everything the source share holds now, for
+/// at most `budget`: the last step of a failover. Returns the copy's state.
+pub fn drain(cfg: &ReplayConfig, budget: Duration) -> Result<CopyState> {
+    let deadline = Instant::now() + budget;
+    let mut d = Daemon::start(cfg)?;
+    d.listed_at = None;
+    while Instant::now() < deadline {
+        if !d.turn()? {
+            break;
+        }
+    }
+    d.publish(true)?;
+    Ok(d.state.clone())
+}
+
+impl<'a> Daemon<'a> {
+    fn start(cfg: &'a ReplayConfig) -> Result<Daemon<'a>> {
+        let paths = CopyPaths::new(&cfg.data_dir);
+        let replayer = Replayer::open(&paths.database)?;
+        let mut state = CopyState::load(&paths)?.unwrap_or_default();
+        state.source = cfg.source_node.clone();
+        state.database_id = replayer.database_id().to_string();
+        state.initializing = true;
+        // The daemon holds the data directory's lock: no seed can be running.
+        state.seeding = false;
+        state.disconnected = false;
+        state.error = None;
+        state.replayed_lsn = replayer.lsn()?.0;
+        std::fs::create_dir_all(&paths.logs).map_err(|e| Error::io("create", &paths.logs, e))?;
+        // Re-inspect what the log directory holds: segments copied before a
+        // crash may not have reached the disk whole. The first that fails is
+        // deleted with everything after it; they are copied again.
+        let mut prev: Option<Inspected> = None;
+        let mut next = None;
+        let db = replayer.database_id();
+        let mut last_good = None;
+        let mut bad = false;
+        for (g, path) in shipper::log::list_sealed(&paths.logs)? {
+            if !bad {
+                match inspector::inspect(&path, g, db, prev.as_ref()) {
+                    Ok(ins) => {
+                        prev = Some(ins);
+                        next = Some(g.next());
+                        last_good = Some(g);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(generation = %g, error = %e, "a copied segment is damaged; copying it again");
+                        bad = true;
+                    }
+                }
+            }
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io("delete damaged segment", &path, e))?;
+        }
+        if bad
+            || state
+                .last_inspected
+                .is_some_and(|m| Some(m.generation()) != last_good)
+        {
+            state.last_inspected = last_good.and_then(mark);
+        }
+        let mut d = Daemon {
+            cfg,
+            saved: CopyState::default(),
+            saved_at: Instant::now(),
+            paths,
+            state,
+            replayer,
+            prev,
+            next,
+            attempts: 0,
+            retry_at: None,
+            listed_at: None,
+            backoff: cfg.poll,
+        };
+        tracing::info!(node = %cfg.node, source = %cfg.source_node, share = %cfg.source.display(), lsn = d.state.replayed_lsn, "replay daemon started");
+        d.publish(true)?;
+        Ok(d)
+    }
 }
 
 impl Daemon<'_> {
@@ -319,7 +371,23 @@ impl Daemon<'_> {
         {
             self.state.last_generated = mark(next);
         }
-        match inspector::inspect(&path, next, db, self.prev.as_ref()) {
+        let inspected = inspector::inspect(&path, next, db, self.prev.as_ref()).and_then(|ins| {
+            let starts = self.cfg.epochs.lock().expect("epochs lock").clone();
+            match check_epoch(&starts, next, ins.header.epoch) {
+                Ok(()) => Ok(ins),
+                Err(newer) => Err(Error::StaleEpoch {
+                    generation: next,
+                    epoch: ins.header.epoch,
+                    newer: newer.epoch,
+                    newer_start: newer.start_generation,
+                }),
+            }
+        });
+        match inspected {
+            Err(e @ Error::StaleEpoch { .. }) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
             Ok(ins) => {
                 let dest = self.paths.logs.join(format::segment_file_name(next));
                 // Not fsynced (see `copy_available`).
@@ -437,5 +505,32 @@ impl Daemon<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_of_an_older_epoch_past_a_newer_epochs_start_is_refused() {
+        let starts = [
+            EpochStart {
+                epoch: Epoch(2),
+                start_generation: Generation(1),
+            },
+            EpochStart {
+                epoch: Epoch(3),
+                start_generation: Generation(10),
+            },
+        ];
+        assert!(check_epoch(&starts, Generation(9), Epoch(2)).is_ok());
+        assert!(check_epoch(&starts, Generation(10), Epoch(3)).is_ok());
+        assert_eq!(
+            check_epoch(&starts, Generation(10), Epoch(2)),
+            Err(starts[1])
+        );
+        assert!(check_epoch(&starts, Generation(12), Epoch(1)).is_err());
+        assert!(check_epoch(&[], Generation(12), Epoch(1)).is_ok());
     }
 }

@@ -228,6 +228,40 @@ impl LogWriter {
         install_current(dir, &header)
     }
 
+    /// Starts a log in `dir` (which holds no segment) at a database's
+    /// position: the first current segment is `generation`, its records
+    /// follow `lsn`, whose content hash is `hash`. A copy seeded from a
+    /// snapshot and activated before it received any segment starts so; the
+    /// chain to the old active's segments is not checked across this point.
+    pub fn create_at(
+        dir: &Path,
+        database_id: DatabaseId,
+        epoch: Epoch,
+        generation: Generation,
+        lsn: Lsn,
+        hash: ContentHash,
+        schema_hash: SchemaHash,
+    ) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create log directory", dir, e))?;
+        if !list_sealed(dir)?.is_empty() || dir.join(CURRENT_FILE_NAME).exists() {
+            return Err(Error::AlreadyInitialized {
+                path: dir.to_path_buf(),
+            });
+        }
+        let header = SegmentHeader {
+            database_id,
+            epoch,
+            generation,
+            created_us: now_us(),
+            prev_checksum: 0,
+            prev_lsn: lsn,
+            hash_lsn: lsn,
+            base_hash: hash,
+            schema_hash,
+        };
+        install_current(dir, &header)
+    }
+
     /// Opens the log in `dir`: finishes a seal that a crash interrupted,
     /// truncates a torn tail of the current segment (logging path and
     /// offset), and recreates a missing current segment.
@@ -646,6 +680,16 @@ fn install_current(dir: &Path, header: &SegmentHeader) -> Result<()> {
     file.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
     fs::rename(&temp, &current).map_err(|e| Error::io("rename", &temp, e))?;
     sync_dir(dir)
+}
+
+/// True when the current segment in `dir` holds at least one frame (a new
+/// epoch then begins in the next segment).
+pub fn current_has_frames(dir: &Path) -> Result<bool> {
+    let path = dir.join(CURRENT_FILE_NAME);
+    let bytes = fs::read(&path).map_err(|e| Error::io("read current segment", &path, e))?;
+    let scan =
+        format::scan_current(&bytes, None).map_err(|e| corrupt(&path, Generation::default(), e))?;
+    Ok(!scan.frames.is_empty())
 }
 
 /// Calls `f` with every complete record whose LSN is greater than `after`,

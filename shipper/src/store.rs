@@ -972,6 +972,11 @@ impl Store {
         open_read_only(&self.paths.database)
     }
 
+    /// Why the writer stopped, once it has (a fatal error, or the fence).
+    pub fn stopped(&self) -> Option<String> {
+        self.shared.stopped.lock().expect("stopped lock").clone()
+    }
+
     fn stop_reason(&self) -> String {
         self.shared
             .stopped

@@ -1,0 +1,1123 @@
+//! `logship node`: the cluster daemon. One process per node runs the role
+//! the cluster gives it: active (the store, its control socket and the ship
+//! duties, under a quorum fence) or passive (the replay daemon). It
+//! heartbeats the peer, holds or seeks the witness vote, takes a new epoch on
+//! every activation, fences itself when it loses quorum, fails over when
+//! the active is gone and the mount dial allows, and rejoins as passive
+//! when the peer took over.
+//!
+//! The decisions (timing, leases, dial) are the `witness` crate's; this
+//! module turns them into starting and stopping duties. It publishes what it
+//! does in `<data-dir>/node.json`, which `logship status` reads.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use logship::config::{Config, Node};
+use replayer::daemon::EpochStart;
+use replayer::state::{CopyPaths, CopyState};
+use serde::{Deserialize, Serialize};
+use shipper::{Epoch, Fence, Generation, Lsn, Store, StoreOptions};
+use witness::dial::{self, DialDecision, Position};
+use witness::heartbeat::{CopyBrief, Link, LinkConfig, PeerView};
+use witness::{EpochRecord, Role, Timing, Witness};
+
+use crate::control::Op;
+use crate::copy::{SHUTDOWN, install_shutdown_handler, share_of};
+
+/// The node's published state, beside its data.
+pub const NODE_STATUS_FILE: &str = "node.json";
+/// Present while the node is paused (it holds the operator's reason).
+pub const PAUSED_FILE: &str = "paused";
+/// How long a failover may spend copying and replaying what the old
+/// active's share still holds.
+const DRAIN_BUDGET: Duration = Duration::from_secs(15);
+
+/// The votes a node sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quorum {
+    /// This node's own vote (always, while it runs).
+    pub node: bool,
+    /// The peer's vote: heard within the dead time (for an active: a
+    /// supporting heartbeat whose lease still runs).
+    pub peer: bool,
+    /// The witness's vote: this node holds the witness lock.
+    pub witness: bool,
+    pub votes: u8,
+}
+
+/// What `<data-dir>/node.json` holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub role: Role,
+    /// The epoch this node is active in, or the newest it knows.
+    pub epoch: u64,
+    pub active_node: Option<String>,
+    /// online or paused (`logship status` shows offline when the daemon is gone).
+    pub node_state: String,
+    pub quorum: Quorum,
+    pub witness: String,
+    pub witness_reachable: bool,
+    /// Why this node does not become active although it could be asked to.
+    pub blocked: Option<String>,
+    /// The last mount-dial decision of a failover.
+    pub dial: Option<DialDecision>,
+    pub warnings: Vec<String>,
+    pub lsn: u64,
+    pub pid: u32,
+    pub updated_us: u64,
+}
+
+impl NodeStatus {
+    pub fn load(data_dir: &Path) -> Option<NodeStatus> {
+        let p = data_dir.join(NODE_STATUS_FILE);
+        let m = std::fs::metadata(&p).ok()?;
+        if m.len() > 1 << 20 {
+            return None;
+        }
+        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    }
+}
+
+/// What the witness thread knows and does.
+#[derive(Clone, Debug, Default)]
+struct WitnessView {
+    held: bool,
+    /// When the current holding began (the start of the winning request).
+    acquired_at: Option<Instant>,
+    /// The witness vote's lease end.
+    until: Option<Instant>,
+    reachable: bool,
+    error: Option<String>,
+    history: Vec<EpochRecord>,
+}
+
+#[derive(Debug, Default)]
+struct WitnessShared {
+    want: AtomicBool,
+    view: Mutex<WitnessView>,
+}
+
+impl WitnessShared {
+    fn view(&self) -> WitnessView {
+        self.view.lock().expect("witness view").clone()
+    }
+}
+
+/// Holds or seeks the witness vote as asked, proves it held, and reads the
+/// epoch history.
+fn witness_thread(
+    mut w: Witness,
+    shared: Arc<WitnessShared>,
+    timing: Timing,
+    shutdown: Arc<AtomicBool>,
+) {
+    let mut history_at: Option<Instant> = None;
+    while !shutdown.load(Ordering::Relaxed) {
+        let want = shared.want.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let mut error = None;
+        if want {
+            if w.holds() {
+                match w.confirm() {
+                    Ok(()) => {
+                        let mut v = shared.view.lock().expect("witness view");
+                        v.until = Some(started + timing.witness_lease());
+                        v.reachable = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lost the witness lock");
+                        error = Some(e.to_string());
+                    }
+                }
+            } else {
+                match w.acquire() {
+                    Ok(true) => {
+                        tracing::info!(witness = %w.share().display(), "holding the witness vote");
+                        let mut v = shared.view.lock().expect("witness view");
+                        v.acquired_at = Some(started);
+                        v.until = Some(started + timing.witness_lease());
+                        v.reachable = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => error = Some(e.to_string()),
+                }
+            }
+        } else if w.holds() {
+            w.release();
+        }
+        if history_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            history_at = Some(Instant::now());
+            match w.history() {
+                Ok(h) => {
+                    let mut v = shared.view.lock().expect("witness view");
+                    v.history = h;
+                }
+                Err(e) => error = error.or(Some(e.to_string())),
+            }
+        }
+        {
+            let mut v = shared.view.lock().expect("witness view");
+            v.held = w.holds();
+            if !v.held {
+                v.acquired_at = None;
+            }
+            v.reachable = error.is_none();
+            v.error = error;
+        }
+        let spent = started.elapsed();
+        if spent < timing.confirm_every() {
+            std::thread::sleep(timing.confirm_every() - spent);
+        }
+    }
+}
+
+/// A request from the control socket, with where to answer.
+struct Request {
+    op: Op,
+    reply: Sender<Result<String, String>>,
+}
+
+struct ActiveDuty {
+    store: Arc<Store>,
+    fence: Arc<Fence>,
+    epoch: Epoch,
+    shutdown: Arc<AtomicBool>,
+    ship: JoinHandle<()>,
+}
+
+struct PassiveDuty {
+    shutdown: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+enum Duty {
+    /// Nothing runs: no copy yet, fenced, or between roles.
+    Idle,
+    Active(ActiveDuty),
+    Passive(PassiveDuty),
+}
+
+struct Daemon<'a> {
+    name: String,
+    peer: String,
+    node: &'a Node,
+    cfg: &'a Config,
+    timing: Timing,
+    link: Arc<Link>,
+    wit: Arc<WitnessShared>,
+    /// The witness, for claiming epochs (its own connection).
+    claims: Witness,
+    duty: Duty,
+    role: Role,
+    /// The newest epoch known, and where each began.
+    known_epoch: Epoch,
+    epoch_starts: Arc<Mutex<Vec<EpochStart>>>,
+    /// The store the control socket serves while active.
+    serving: Arc<Mutex<Option<Arc<Store>>>>,
+    requests: Receiver<Request>,
+    blocked: Option<String>,
+    /// Set when the dial refused a failover: no new attempt until the peer
+    /// is heard again or an operator forces one.
+    dial_refused: bool,
+    dial: Option<DialDecision>,
+    /// The old active's last position (from its heartbeats).
+    active_position: Option<Position>,
+    started: Instant,
+    status_written: Option<(NodeStatus, Instant)>,
+}
+
+/// Runs the node daemon until SIGTERM or SIGINT.
+pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
+    let peers: Vec<&String> = cfg.nodes.keys().filter(|n| n.as_str() != name).collect();
+    let [peer] = peers.as_slice() else {
+        bail!(
+            "a cluster has two nodes; the config has {}",
+            cfg.nodes.len()
+        );
+    };
+    let peer = (*peer).clone();
+    let peer_node = cfg.node(&peer)?;
+    let witness_spec = cfg.cluster.witness.as_deref().context(
+        "cluster.witness is not set: a cluster needs a witness directory (a path or an smb:// URL) to break ties",
+    )?;
+    let parse_addr = |n: &str, node: &Node| -> Result<std::net::SocketAddr> {
+        let a = node
+            .heartbeat
+            .as_deref()
+            .with_context(|| format!("node {n} has no `heartbeat` address in the config"))?;
+        use std::net::ToSocketAddrs;
+        a.to_socket_addrs()
+            .with_context(|| format!("node {n}'s heartbeat address {a:?}"))?
+            .next()
+            .with_context(|| format!("node {n}'s heartbeat address {a:?} resolves to nothing"))
+    };
+    let bind = parse_addr(name, node)?;
+    let peer_addr = parse_addr(&peer, peer_node)?;
+    let timing = Timing {
+        interval: cfg.cluster.heartbeat_interval,
+        dead_after: cfg.cluster.dead_after,
+    };
+    std::fs::create_dir_all(&node.data_dir)
+        .with_context(|| format!("create {}", node.data_dir.display()))?;
+    install_shutdown_handler();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (link, link_thread) = Link::start(
+        LinkConfig {
+            bind,
+            peer: peer_addr,
+            cluster: cfg.cluster.name.clone(),
+            node: name.to_string(),
+            peer_node: peer.clone(),
+            config_hash: cfg.source_hash.clone(),
+            timing,
+        },
+        stop.clone(),
+    )
+    .with_context(|| format!("listen for heartbeats on {bind}"))?;
+    let witness_share = || witness_share(cfg, witness_spec);
+    let wit = Arc::new(WitnessShared::default());
+    let witness_thread = {
+        let w = Witness::new(witness_share()?);
+        let (wit, stop) = (wit.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("logship-witness".into())
+            .spawn(move || witness_thread(w, wit, timing, stop))?
+    };
+    let (req_tx, requests) = channel::<Request>();
+    let serving: Arc<Mutex<Option<Arc<Store>>>> = Default::default();
+    serve_control(name, &peer, node, serving.clone(), req_tx)?;
+    let mut d = Daemon {
+        name: name.to_string(),
+        peer,
+        node,
+        cfg,
+        timing,
+        link,
+        wit,
+        claims: Witness::new(witness_share()?),
+        duty: Duty::Idle,
+        role: Role::Starting,
+        known_epoch: Epoch(0),
+        epoch_starts: Default::default(),
+        serving,
+        requests,
+        blocked: None,
+        dial_refused: false,
+        dial: None,
+        active_position: None,
+        started: Instant::now(),
+        status_written: None,
+    };
+    tracing::info!(node = %name, peer = %d.peer, witness = %witness_spec, "node daemon started");
+    let tick = (timing.interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));
+    while !SHUTDOWN.load(Ordering::Relaxed) {
+        if let Err(e) = d.tick() {
+            tracing::error!(error = %format!("{e:#}"), "node step failed; retrying");
+            d.blocked = Some(format!("{e:#}"));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        std::thread::sleep(tick);
+    }
+    tracing::info!(node = %name, "node daemon stopping");
+    d.stop_duty();
+    d.role = Role::Starting;
+    d.write_status(true);
+    stop.store(true, Ordering::Relaxed);
+    let _ = link_thread.join();
+    let _ = witness_thread.join();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn witness_share(cfg: &Config, spec: &str) -> Result<shipper::share::Share> {
+    let opts = shipper::share::SmbOptions {
+        password_file: cfg.cluster.password_file.clone(),
+        encrypt: shipper::share::Encrypt::Preferred,
+        timeout: Some(cfg.cluster.smb_timeout),
+    };
+    shipper::share::Share::open(spec, &opts).with_context(|| format!("the witness {spec}"))
+}
+
+/// The control socket: statements go to the store while active; cluster
+/// requests go to the daemon's loop.
+fn serve_control(
+    name: &str,
+    peer: &str,
+    node: &Node,
+    serving: Arc<Mutex<Option<Arc<Store>>>>,
+    requests: Sender<Request>,
+) -> Result<()> {
+    let (name, peer) = (name.to_string(), peer.to_string());
+    let requests = Mutex::new(requests);
+    crate::control::serve(
+        &node.data_dir,
+        Arc::new(
+            move |op: &Op, out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| match op {
+                Op::Sql { .. } | Op::Seal | Op::Check => {
+                    let store = serving.lock().expect("serving lock").clone();
+                    match store {
+                        Some(s) => crate::control::run_op(&s, op, out),
+                        None => bail!(
+                            "node {name} is not active: send writes to the active node (normally {peer}; see `logship status`)"
+                        ),
+                    }
+                }
+                Op::Activate { .. } | Op::Pause { .. } => {
+                    let (reply, answer) = channel();
+                    requests
+                        .lock()
+                        .expect("requests lock")
+                        .send(Request {
+                            op: op.clone(),
+                            reply,
+                        })
+                        .map_err(|_| anyhow::anyhow!("the node daemon is stopping"))?;
+                    match answer.recv_timeout(Duration::from_secs(120)) {
+                        Ok(Ok(text)) => {
+                            out(text.as_bytes())?;
+                            Ok(true)
+                        }
+                        Ok(Err(e)) => bail!("{e}"),
+                        Err(_) => bail!("no answer from the node daemon"),
+                    }
+                }
+            },
+        ),
+        &SHUTDOWN,
+    )
+}
+
+impl Daemon<'_> {
+    fn copy_paths(&self) -> CopyPaths {
+        CopyPaths::new(&self.node.data_dir)
+    }
+
+    fn has_copy(&self) -> bool {
+        let p = self.copy_paths();
+        p.state.exists()
+            && p.database.exists()
+            && CopyState::load(&p)
+                .ok()
+                .flatten()
+                .is_some_and(|s| !s.seeding)
+    }
+
+    fn has_store(&self) -> bool {
+        let p = self.copy_paths();
+        p.database.exists() && !p.state.exists()
+    }
+
+    fn paused(&self) -> Option<String> {
+        std::fs::read_to_string(self.node.data_dir.join(PAUSED_FILE)).ok()
+    }
+
+    fn latest(&self, wv: &WitnessView) -> Option<EpochRecord> {
+        wv.history.last().cloned()
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        let peer = self.link.peer();
+        let wv = self.wit.view();
+        self.learn_epochs(&peer, &wv);
+        if let Some(hb) = &peer.last
+            && hb.role == Role::Active
+            && peer.alive(self.timing.dead_after)
+        {
+            self.active_position = Some(hb.position);
+            self.dial_refused = false;
+        }
+        while let Ok(req) = self.requests.try_recv() {
+            let r = self
+                .handle(&req.op, &peer, &wv)
+                .map_err(|e| format!("{e:#}"));
+            let _ = req.reply.send(r);
+        }
+        match self.duty {
+            Duty::Active(_) => self.tick_active(&peer, &wv)?,
+            _ if self.has_store() => self.tick_store_holder(&peer, &wv)?,
+            _ => self.tick_passive(&peer, &wv)?,
+        }
+        self.update_heartbeat(&peer);
+        self.write_status(false);
+        Ok(())
+    }
+
+    fn learn_epochs(&mut self, peer: &PeerView, wv: &WitnessView) {
+        if let Some(l) = wv.history.last() {
+            self.known_epoch = self.known_epoch.max(l.epoch);
+        }
+        if let Some(hb) = &peer.last {
+            self.known_epoch = self.known_epoch.max(hb.epoch);
+        }
+        let starts: Vec<EpochStart> = wv
+            .history
+            .iter()
+            .map(|r| EpochStart {
+                epoch: r.epoch,
+                start_generation: r.start_generation,
+            })
+            .collect();
+        let mut cur = self.epoch_starts.lock().expect("epochs lock");
+        if starts.len() > cur.len() {
+            *cur = starts;
+        }
+    }
+
+    fn handle(&mut self, op: &Op, peer: &PeerView, wv: &WitnessView) -> Result<String> {
+        match op {
+            Op::Pause { paused: true } => {
+                std::fs::write(
+                    self.node.data_dir.join(PAUSED_FILE),
+                    "paused by an operator",
+                )?;
+                Ok(format!(
+                    "node {} is paused: it will not become active\n",
+                    self.name
+                ))
+            }
+            Op::Pause { paused: false } => {
+                let _ = std::fs::remove_file(self.node.data_dir.join(PAUSED_FILE));
+                Ok(format!("node {} is online\n", self.name))
+            }
+            Op::Activate { force } => {
+                if matches!(self.duty, Duty::Active(_)) {
+                    return Ok(format!("node {} is already active\n", self.name));
+                }
+                if let Some(why) = self.paused() {
+                    bail!("node {} is paused ({why}): resume it first", self.name);
+                }
+                if peer.alive(self.timing.dead_after)
+                    && peer.last.as_ref().is_some_and(|h| h.role == Role::Active)
+                {
+                    bail!(
+                        "node {} is active and answering: use `logship move-cluster` for a planned move",
+                        self.peer
+                    );
+                }
+                if !self.has_copy() {
+                    bail!("node {} holds no usable copy to activate", self.name);
+                }
+                // Take the witness vote, then wait out the old holder's lease.
+                self.wit.want.store(true, Ordering::SeqCst);
+                let deadline = Instant::now() + self.timing.dead_after * 4;
+                let acquired = loop {
+                    let v = self.wit.view();
+                    if let Some(at) = v.acquired_at.filter(|_| v.held) {
+                        break at;
+                    }
+                    if Instant::now() > deadline {
+                        bail!(
+                            "cannot take the witness vote ({}): is the witness reachable, and is {} still holding it?",
+                            v.error.unwrap_or_else(|| "held by the other node".into()),
+                            self.peer
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                let wait = (acquired + self.timing.takeover_wait())
+                    .saturating_duration_since(Instant::now());
+                std::thread::sleep(wait);
+                let _ = wv;
+                let took = self.failover(if *force { "forced" } else { "activate" }, *force)?;
+                if took {
+                    Ok(format!(
+                        "node {} is active in epoch {}\n",
+                        self.name, self.known_epoch
+                    ))
+                } else {
+                    bail!(
+                        "{}",
+                        self.blocked
+                            .clone()
+                            .unwrap_or_else(|| "activation did not happen".into())
+                    )
+                }
+            }
+            _ => bail!("not a cluster request"),
+        }
+    }
+
+    // ---- active ----
+
+    fn tick_active(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
+        let Duty::Active(a) = &self.duty else {
+            return Ok(());
+        };
+        self.wit.want.store(true, Ordering::SeqCst);
+        let now = Instant::now();
+        let leases = witness::Leases {
+            peer_until: peer.lease.filter(|(e, _)| *e == a.epoch).map(|(_, t)| t),
+            witness_until: wv.until.filter(|_| wv.held),
+        };
+        if let Some(until) = leases.until() {
+            a.fence.extend(until);
+        }
+        let newer = self.known_epoch > a.epoch;
+        if newer {
+            tracing::warn!(epoch = %a.epoch, newer = %self.known_epoch, "a newer epoch exists: stepping down");
+            self.stop_duty();
+            self.role = Role::Fenced;
+            self.blocked = Some(format!(
+                "epoch {} began on another node while this node was active: it must rejoin as passive",
+                self.known_epoch
+            ));
+            return Ok(());
+        }
+        if !leases.quorate(now) || !a.fence.allows() {
+            a.fence.revoke();
+            tracing::warn!(epoch = %a.epoch, "lost quorum (no heartbeat support from the peer, no witness vote): fencing");
+            self.stop_duty();
+            self.role = Role::Fenced;
+            self.blocked = Some("lost quorum: stopped taking writes".into());
+            return Ok(());
+        }
+        if let Some(why) = a.store.stopped() {
+            tracing::error!(reason = %why, "the store stopped");
+            self.stop_duty();
+            self.role = Role::Fenced;
+            self.blocked = Some(format!("the store stopped: {why}"));
+        }
+        Ok(())
+    }
+
+    /// This node holds the store (not a copy) and is not active: it was
+    /// active before (fenced, restarted). It may activate again only while
+    /// it is on the newest timeline: no other node began a newer epoch.
+    fn tick_store_holder(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
+        let latest = self.latest(wv);
+        let peer_active = peer.alive(self.timing.dead_after)
+            && peer.last.as_ref().is_some_and(|h| h.role == Role::Active);
+        let ours = latest.as_ref().is_none_or(|l| l.node == self.name);
+        if !ours || peer_active {
+            self.wit.want.store(false, Ordering::SeqCst);
+            self.role = Role::Fenced;
+            self.blocked = Some(format!(
+                "node {} became active in epoch {}: this node must rejoin as passive (rewind not done yet)",
+                latest
+                    .as_ref()
+                    .map(|l| l.node.as_str())
+                    .unwrap_or(&self.peer),
+                self.known_epoch
+            ));
+            return Ok(());
+        }
+        if wv.error.is_some() && wv.history.is_empty() && !wv.reachable {
+            self.blocked = Some(format!(
+                "cannot read the witness: {}",
+                wv.error.clone().unwrap_or_default()
+            ));
+            return Ok(());
+        }
+        if let Some(why) = self.paused() {
+            self.wit.want.store(false, Ordering::SeqCst);
+            self.blocked = Some(format!("paused: {why}"));
+            return Ok(());
+        }
+        self.wit.want.store(true, Ordering::SeqCst);
+        let Some(acquired) = wv.acquired_at.filter(|_| wv.held) else {
+            self.blocked = Some("waiting for the witness vote".into());
+            return Ok(());
+        };
+        // A previous holder's lease must have run out.
+        if acquired.elapsed() < self.timing.takeover_wait() {
+            return Ok(());
+        }
+        let reason = if self.known_epoch == Epoch(0) {
+            "start"
+        } else {
+            "restart"
+        };
+        self.activate_store(reason, None)
+    }
+
+    /// Claims the next epoch and opens the store in it.
+    fn activate_store(&mut self, reason: &str, next_generation: Option<Generation>) -> Result<()> {
+        // The history, read again while holding the vote: no one else can
+        // claim meanwhile.
+        let history = self.claims.history().context("read the witness's epochs")?;
+        if let Some(l) = history.last()
+            && l.node != self.name
+            && reason != "failover"
+            && reason != "forced"
+            && reason != "activate"
+        {
+            self.blocked = Some(format!("node {} began epoch {} meanwhile", l.node, l.epoch));
+            return Ok(());
+        }
+        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
+        let (lsn, log_epoch, generation) = log_position(&paths)?;
+        let epoch = Epoch(
+            history
+                .last()
+                .map(|l| l.epoch.0)
+                .unwrap_or(0)
+                .max(log_epoch.0)
+                .max(self.known_epoch.0)
+                + 1,
+        );
+        let rec = EpochRecord {
+            epoch,
+            node: self.name.clone(),
+            start_lsn: lsn,
+            start_generation: next_generation.unwrap_or(generation),
+            reason: reason.to_string(),
+            started_us: witness::witness::now_us(),
+        };
+        if !self
+            .claims
+            .claim(&rec)
+            .context("claim an epoch on the witness")?
+        {
+            self.blocked = Some(format!("epoch {epoch} was claimed by another node first"));
+            return Ok(());
+        }
+        self.known_epoch = epoch;
+        let fence = Arc::new(Fence::new());
+        if let Some(until) = self.wit.view().until {
+            fence.extend(until);
+        }
+        let opts = StoreOptions {
+            seal_after: self.cfg.cluster.seal_after,
+            fence: Some(fence.clone()),
+            epoch: Some(epoch),
+            ..Default::default()
+        };
+        let store = Arc::new(Store::open(&self.node.data_dir, opts).with_context(|| {
+            format!(
+                "open the store of node {} in {}",
+                self.name,
+                self.node.data_dir.display()
+            )
+        })?);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let ship_cfg = shipper::ship::ShipConfig {
+            node: self.name.clone(),
+            share: share_of(&self.name, self.node, self.cfg)?,
+            peers: vec![(
+                self.peer.clone(),
+                share_of(&self.peer, self.cfg.node(&self.peer)?, self.cfg)?,
+            )],
+            retention: self.cfg.cluster.retention,
+        };
+        let ship = {
+            let (store, shutdown) = (store.clone(), shutdown.clone());
+            std::thread::Builder::new()
+                .name("logship-ship".into())
+                .spawn(move || {
+                    if let Err(e) = shipper::ship::run(&store, &ship_cfg, &shutdown) {
+                        tracing::error!(error = %e, "ship duties stopped");
+                    }
+                })?
+        };
+        *self.serving.lock().expect("serving lock") = Some(store.clone());
+        tracing::info!(node = %self.name, epoch = %epoch, lsn = %lsn, reason, "active");
+        self.duty = Duty::Active(ActiveDuty {
+            store,
+            fence,
+            epoch,
+            shutdown,
+            ship,
+        });
+        self.role = Role::Active;
+        self.blocked = None;
+        self.link.poke();
+        Ok(())
+    }
+
+    // ---- passive ----
+
+    fn tick_passive(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
+        if !self.has_copy() {
+            self.stop_duty();
+            self.wit.want.store(false, Ordering::SeqCst);
+            self.role = Role::Passive;
+            self.blocked = Some(format!(
+                "no copy yet: seed it with `logship seed --node {}`",
+                self.name
+            ));
+            return Ok(());
+        }
+        if !matches!(self.duty, Duty::Passive(_)) {
+            self.start_passive()?;
+        }
+        self.role = Role::Passive;
+        let silent = peer
+            .heard_at
+            .map(|t| t.elapsed())
+            .unwrap_or_else(|| self.started.elapsed());
+        let paused = self.paused();
+        if silent < self.timing.suspect_after() {
+            self.wit.want.store(false, Ordering::SeqCst);
+            if !self.dial_refused {
+                self.blocked = None;
+            }
+            return Ok(());
+        }
+        if paused.is_some() || self.dial_refused {
+            self.wit.want.store(false, Ordering::SeqCst);
+            if let Some(why) = paused {
+                self.blocked = Some(format!("paused: {why}"));
+            }
+            return Ok(());
+        }
+        // The active is silent: seek the witness vote early, take over once
+        // it has been silent for the dead time and its lease has run out.
+        self.wit.want.store(true, Ordering::SeqCst);
+        if silent < self.timing.dead_after {
+            return Ok(());
+        }
+        let Some(acquired) = wv.acquired_at.filter(|_| wv.held) else {
+            self.blocked = Some(format!(
+                "{} is silent, but the witness vote is not ours ({})",
+                self.peer,
+                wv.error.clone().unwrap_or_else(|| "held by another".into())
+            ));
+            return Ok(());
+        };
+        if acquired.elapsed() < self.timing.takeover_wait() {
+            return Ok(());
+        }
+        tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "the active is gone: failing over");
+        self.failover("failover", false)?;
+        Ok(())
+    }
+
+    fn start_passive(&mut self) -> Result<()> {
+        let paths = self.copy_paths();
+        let lock = shipper::store::lock_data_dir(&self.node.data_dir)
+            .with_context(|| format!("lock {}", self.node.data_dir.display()))?;
+        let peer_node = self.cfg.node(&self.peer)?;
+        let config = replayer::ReplayConfig {
+            node: self.name.clone(),
+            data_dir: self.node.data_dir.clone(),
+            source_node: self.peer.clone(),
+            source: share_of(&self.peer, peer_node, self.cfg)?,
+            own_share: match self.node.share {
+                Some(_) => Some(share_of(&self.name, self.node, self.cfg)?),
+                None => None,
+            },
+            poll: replayer::daemon::DEFAULT_POLL,
+            epochs: self.epoch_starts.clone(),
+        };
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let stop = shutdown.clone();
+        let handle = std::thread::Builder::new()
+            .name("logship-replay".into())
+            .spawn(move || {
+                let _lock = lock;
+                if let Err(e) = replayer::run(&config, &stop) {
+                    tracing::error!(error = %e, "replay stopped");
+                }
+            })?;
+        let _ = paths;
+        self.duty = Duty::Passive(PassiveDuty { shutdown, handle });
+        Ok(())
+    }
+
+    /// Becomes active from the passive copy: the last copy and replay of
+    /// what the old active's share holds, the mount dial, a new epoch, the
+    /// store. False when it stayed passive (the reason is in `blocked`).
+    fn failover(&mut self, reason: &str, forced: bool) -> Result<bool> {
+        let started = Instant::now();
+        self.stop_duty();
+        let peer_node = self.cfg.node(&self.peer)?;
+        let config = replayer::ReplayConfig {
+            node: self.name.clone(),
+            data_dir: self.node.data_dir.clone(),
+            source_node: self.peer.clone(),
+            source: share_of(&self.peer, peer_node, self.cfg)?,
+            own_share: None,
+            poll: replayer::daemon::DEFAULT_POLL,
+            epochs: self.epoch_starts.clone(),
+        };
+        let state = {
+            let _lock = shipper::store::lock_data_dir(&self.node.data_dir)?;
+            replayer::daemon::drain(&config, DRAIN_BUDGET)
+                .context("copy and replay what the old active's share holds")?
+        };
+        let replayed = Position {
+            lsn: state.replayed_lsn,
+            generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),
+        };
+        let decision = dial::decide(self.cfg.cluster.mount_dial, replayed, self.active_position);
+        tracing::info!(decision = %decision.text, allowed = decision.allowed, forced, "mount dial");
+        self.dial = Some(decision.clone());
+        if let Some(f) = &state.failed {
+            self.blocked = Some(format!("the copy is Failed: {f}"));
+            self.wit.want.store(false, Ordering::SeqCst);
+            self.dial_refused = true;
+            self.start_passive()?;
+            return Ok(false);
+        }
+        if !decision.allowed && !forced {
+            self.blocked = Some(format!(
+                "not activated: {}; `logship activate --node {} --force` overrides",
+                decision.text, self.name
+            ));
+            self.dial_refused = true;
+            self.wit.want.store(false, Ordering::SeqCst);
+            self.start_passive()?;
+            return Ok(false);
+        }
+        // The copy becomes the store.
+        let paths = self.copy_paths();
+        let next_generation = Generation(
+            state
+                .last_replayed
+                .map(|m| m.generation)
+                .max(state.last_generated.map(|m| m.generation))
+                .unwrap_or(0)
+                + 1,
+        );
+        prepare_log(&paths, &state, next_generation, self.known_epoch)?;
+        let kept = self.node.data_dir.join("copy.previous.json");
+        std::fs::rename(&paths.state, &kept)
+            .with_context(|| format!("retire {}", paths.state.display()))?;
+        for f in [replayer::state::SUSPEND_FILE, replayer::state::RETRY_FILE] {
+            let _ = std::fs::remove_file(self.node.data_dir.join(f));
+        }
+        if let Err(e) = self.activate_store(reason, None) {
+            // Put the copy back as it was: it stays passive.
+            let _ = std::fs::rename(&kept, &paths.state);
+            return Err(e);
+        }
+        if !matches!(self.duty, Duty::Active(_)) {
+            let _ = std::fs::rename(&kept, &paths.state);
+            self.start_passive()?;
+            return Ok(false);
+        }
+        tracing::info!(node = %self.name, ms = started.elapsed().as_millis() as u64, "failover complete");
+        Ok(true)
+    }
+
+    fn stop_duty(&mut self) {
+        match std::mem::replace(&mut self.duty, Duty::Idle) {
+            Duty::Idle => {}
+            Duty::Active(a) => {
+                a.fence.revoke();
+                *self.serving.lock().expect("serving lock") = None;
+                a.shutdown.store(true, Ordering::Relaxed);
+                let _ = a.ship.join();
+                drop(a.store);
+            }
+            Duty::Passive(p) => {
+                p.shutdown.store(true, Ordering::Relaxed);
+                let _ = p.handle.join();
+            }
+        }
+    }
+
+    // ---- heartbeat and status ----
+
+    fn update_heartbeat(&mut self, peer: &PeerView) {
+        let mut hb = self.link.ours.lock().expect("ours lock");
+        hb.role = self.role;
+        hb.paused = self.paused().is_some();
+        hb.supports = None;
+        hb.copy = None;
+        match &self.duty {
+            Duty::Active(a) => {
+                let st = a.store.state();
+                hb.epoch = a.epoch;
+                hb.position = Position {
+                    lsn: st.lsn.0,
+                    generation: active_generation(&a.store),
+                };
+            }
+            _ => {
+                hb.epoch = self.known_epoch;
+                let paths = self.copy_paths();
+                if let Ok(Some(state)) = CopyState::load(&paths) {
+                    hb.position = Position {
+                        lsn: state.replayed_lsn,
+                        generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),
+                    };
+                    let st = replayer::status::status(&self.name, &paths, &state, 0);
+                    hb.copy = Some(CopyBrief {
+                        summary: format!("{:?}", st.summary_copy_status),
+                        copy_queue: st.copy_queue_length,
+                        replay_queue: st.replay_queue_length,
+                    });
+                }
+                let taking_over = self.wit.want.load(Ordering::SeqCst);
+                if let Some(p) = &peer.last
+                    && p.role == Role::Active
+                    && p.epoch >= self.known_epoch
+                    && peer.alive(self.timing.dead_after)
+                    && !taking_over
+                    && self.role == Role::Passive
+                {
+                    hb.supports = Some(p.epoch);
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let peer = self.link.peer();
+        let wv = self.wit.view();
+        let now = Instant::now();
+        let (peer_vote, lsn) = match &self.duty {
+            Duty::Active(a) => (
+                peer.lease.is_some_and(|(e, t)| e == a.epoch && t > now),
+                a.store.state().lsn.0,
+            ),
+            _ => (
+                peer.alive(self.timing.dead_after),
+                CopyState::load(&self.copy_paths())
+                    .ok()
+                    .flatten()
+                    .map(|s| s.replayed_lsn)
+                    .unwrap_or(0),
+            ),
+        };
+        let witness_vote = wv.held && wv.until.is_some_and(|t| t > now);
+        let active_node = match &self.duty {
+            Duty::Active(_) => Some(self.name.clone()),
+            _ => match &peer.last {
+                Some(h) if h.role == Role::Active && peer.alive(self.timing.dead_after) => {
+                    Some(self.peer.clone())
+                }
+                _ => None,
+            },
+        };
+        let mut warnings = Vec::new();
+        if !wv.reachable {
+            warnings.push(format!(
+                "the witness is unreachable: {}",
+                wv.error.clone().unwrap_or_default()
+            ));
+        }
+        if let Some(p) = &peer.problem {
+            warnings.push(p.clone());
+        }
+        if !peer.alive(self.timing.dead_after) {
+            warnings.push(format!("no heartbeat from {}", self.peer));
+        }
+        NodeStatus {
+            node: self.name.clone(),
+            role: self.role,
+            epoch: match &self.duty {
+                Duty::Active(a) => a.epoch.0,
+                _ => self.known_epoch.0,
+            },
+            active_node,
+            node_state: if self.paused().is_some() {
+                "paused".into()
+            } else {
+                "online".into()
+            },
+            quorum: Quorum {
+                node: true,
+                peer: peer_vote,
+                witness: witness_vote,
+                votes: 1 + peer_vote as u8 + witness_vote as u8,
+            },
+            witness: self.claims.share().display(),
+            witness_reachable: wv.reachable,
+            blocked: self.blocked.clone(),
+            dial: self.dial.clone(),
+            warnings,
+            lsn,
+            pid: std::process::id(),
+            updated_us: 0,
+        }
+    }
+
+    fn write_status(&mut self, force: bool) {
+        let st = self.status();
+        if !force
+            && let Some((prev, at)) = &self.status_written
+            && *prev == st
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return;
+        }
+        let mut out = st.clone();
+        out.updated_us = witness::witness::now_us();
+        let path = self.node.data_dir.join(NODE_STATUS_FILE);
+        let json = serde_json::to_vec_pretty(&out).expect("status serialises");
+        if let Err(e) = shipper::share::write_atomic(&path, &json) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the node status");
+        }
+        self.status_written = Some((st, Instant::now()));
+    }
+}
+
+/// The generation holding an active's last record: its current one when
+/// that holds records, else the one before.
+fn active_generation(store: &Store) -> u64 {
+    let st = store.state();
+    let current = st.generation.0;
+    let logs = &store.paths().logs;
+    let holds_records = shipper::log::read_header(&logs.join(shipper::format::CURRENT_FILE_NAME))
+        .map(|h| h.hash_lsn < st.lsn)
+        .unwrap_or(true);
+    if holds_records {
+        current
+    } else {
+        current.saturating_sub(1)
+    }
+}
+
+/// The database's LSN, the log's epoch and its current (or next) generation.
+fn log_position(paths: &shipper::store::StorePaths) -> Result<(Lsn, Epoch, Generation)> {
+    let current = paths.logs.join(shipper::format::CURRENT_FILE_NAME);
+    let conn = shipper::store::open_read_only(&paths.database)?;
+    let (lsn, _) = shipper::apply::read_guard(&conn)?;
+    drop(conn);
+    if let Ok(h) = shipper::log::read_header(&current) {
+        let next = if shipper::log::current_has_frames(&paths.logs)? {
+            h.generation.next()
+        } else {
+            h.generation
+        };
+        return Ok((lsn, h.epoch, next));
+    }
+    match shipper::log::list_sealed(&paths.logs)?.last() {
+        Some((g, p)) => Ok((lsn, shipper::log::read_header(p)?.epoch, g.next())),
+        None => Ok((lsn, Epoch(0), Generation(1))),
+    }
+}
+
+/// Makes sure the copy's log directory can carry on as a store's log: when
+/// it holds no segment (a copy seeded and never sent one), it starts a log
+/// at the copy's LSN.
+fn prepare_log(
+    paths: &CopyPaths,
+    state: &CopyState,
+    next_generation: Generation,
+    epoch: Epoch,
+) -> Result<()> {
+    std::fs::create_dir_all(&paths.logs)?;
+    for entry in std::fs::read_dir(&paths.logs)? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "part") {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let has_log = !shipper::log::list_sealed(&paths.logs)?.is_empty()
+        || paths.logs.join(shipper::format::CURRENT_FILE_NAME).exists();
+    if has_log {
+        return Ok(());
+    }
+    let conn = shipper::store::open_read_only(&paths.database)?;
+    let (lsn, db) = shipper::apply::read_guard(&conn)?;
+    let schema = shipper::hash::schema_hash(&conn)?;
+    drop(conn);
+    let hash = state
+        .replayed_hash
+        .as_deref()
+        .and_then(|h| u128::from_str_radix(h, 16).ok())
+        .map(shipper::ContentHash)
+        .context("the copy's content hash is unknown: reseed it before activating")?;
+    shipper::log::LogWriter::create_at(&paths.logs, db, epoch, next_generation, lsn, hash, schema)?;
+    Ok(())
+}

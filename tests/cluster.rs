@@ -1,0 +1,325 @@
+//! The cluster with real processes: two `logship node` daemons and a
+//! witness directory. The active is killed with SIGKILL and the passive
+//! takes over; the passive is killed and the active keeps serving; the
+//! witness disappears and the pair keeps serving.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, listing};
+
+const INTERVAL_MS: u64 = 200;
+const DEAD_MS: u64 = 1000;
+
+/// Two nodes whose shares are their log directories, and a witness.
+struct Trio {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Trio {
+    fn new(dial: &str) -> Trio {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("witness")).unwrap();
+        let config = p.join("logship.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"trio\"\nwitness = \"{w}\"\nmount-dial = \"{dial}\"\n\
+                 heartbeat-interval = \"{INTERVAL_MS}ms\"\ndead-after = \"{DEAD_MS}ms\"\nseal-after = \"200ms\"\n\n\
+                 [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{a}/logs\"\nheartbeat = \"127.0.0.1:{pa}\"\n\n\
+                 [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{b}/logs\"\nheartbeat = \"127.0.0.1:{pb}\"\n",
+                w = p.join("witness").display(),
+                a = p.join("alpha").display(),
+                b = p.join("beta").display(),
+                pa = free_udp_port(),
+                pb = free_udp_port(),
+            ),
+        )
+        .unwrap();
+        Trio { dir, config }
+    }
+
+    fn data_dir(&self, node: &str) -> PathBuf {
+        self.dir.path().join(node)
+    }
+
+    fn cmd(&self, node: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
+        c.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(node)
+            .env("RUST_LOG", "info")
+            .env_remove("LOGSHIP_FAILPOINT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn ok(&self, node: &str, args: &[&str]) -> String {
+        let out = self.cmd(node, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "logship {args:?} on {node}: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            listing(self.dir.path())
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts a node daemon, its log in `<tmp>/<node>.log`.
+    fn start(&self, node: &str) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{node}.log")))
+            .unwrap();
+        Daemon(
+            self.cmd(node, &["node"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn status(&self, node: &str) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+            .args(["status", "--json", "--node", node, "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn wait_for(&self, what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            if Instant::now() > deadline {
+                let logs: String = ["alpha", "beta"]
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "--- {n}.log\n{}\n--- {n} status\n{}\n",
+                            std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                                .unwrap_or_default(),
+                            self.status(n)
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "timed out after {secs} s waiting for {what}\n{logs}\nfiles:\n{}",
+                    listing(self.dir.path())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// alpha active with a table, beta seeded and Healthy behind it.
+    fn running_pair(&self) -> (Daemon, Daemon) {
+        self.ok("alpha", &["init"]);
+        self.ok(
+            "alpha",
+            &[
+                "sql",
+                "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
+            ],
+        );
+        let alpha = self.start("alpha");
+        self.wait_for("alpha active", 30, || {
+            self.status("alpha")["role"] == "active"
+        });
+        let beta = self.start("beta");
+        self.ok("beta", &["seed"]);
+        self.wait_for("beta Healthy and passive", 60, || {
+            let s = self.status("beta");
+            s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
+        });
+        self.wait_for("alpha to hold beta's vote", 30, || {
+            self.status("alpha")["quorum"]["peer"] == true
+        });
+        (alpha, beta)
+    }
+
+    /// Inserts row `id` through `node`; the LSN when acknowledged.
+    fn insert(&self, node: &str, id: u64) -> Option<u64> {
+        let out = self
+            .cmd(
+                node,
+                &["sql", &format!("INSERT INTO t VALUES ({id}, 'v{id}')")],
+            )
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("ok ").and_then(|n| n.trim().parse().ok()))
+    }
+
+    fn ids(&self, node: &str) -> Vec<u64> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.data_dir(node).join("store.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut st = conn.prepare("SELECT id FROM t ORDER BY id").unwrap();
+        st.query_map([], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|r| r.unwrap() as u64)
+            .collect()
+    }
+}
+
+/// The last LSN sealed in a log directory: the current segment's header
+/// names it (sealed segments may already be truncated).
+fn sealed_lsn(dir: &std::path::Path) -> u64 {
+    shipper::log::read_header(&dir.join("LS.log"))
+        .unwrap()
+        .prev_lsn
+        .0
+}
+
+#[test]
+fn killing_the_active_fails_over_and_keeps_every_sealed_acknowledged_write() {
+    let t = Trio::new("best-availability");
+    let (mut alpha, _beta) = t.running_pair();
+    let epoch_before = t.status("alpha")["epoch"].as_u64().unwrap();
+    let mut acked = Vec::new();
+    for id in 1..=40 {
+        let lsn = t.insert("alpha", id).expect("alpha takes writes");
+        acked.push((id, lsn));
+    }
+    // Let some of it be sealed and shipped, then kill mid-stream.
+    std::thread::sleep(Duration::from_millis(400));
+    for id in 41..=60 {
+        if let Some(lsn) = t.insert("alpha", id) {
+            acked.push((id, lsn));
+        }
+    }
+    alpha.0.kill().unwrap();
+    let killed = Instant::now();
+    alpha.0.wait().unwrap();
+    let sealed = sealed_lsn(&t.data_dir("alpha").join("logs"));
+    assert!(sealed > 0, "nothing was sealed before the kill");
+    t.wait_for("beta to take writes", 30, || {
+        t.insert("beta", 1000).is_some()
+    });
+    let rto = killed.elapsed();
+    eprintln!("failover took {} ms", rto.as_millis());
+    assert!(
+        rto < Duration::from_millis(2 * DEAD_MS) + Duration::from_secs(5),
+        "failover took {rto:?}"
+    );
+    let st = t.status("beta");
+    assert_eq!(st["role"], "active", "{st}");
+    let epoch_after = st["epoch"].as_u64().unwrap();
+    assert!(epoch_after > epoch_before, "{st}");
+    let have = t.ids("beta");
+    for (id, lsn) in &acked {
+        if *lsn <= sealed {
+            assert!(
+                have.contains(id),
+                "acknowledged row {id} (LSN {lsn}, sealed) is missing after failover"
+            );
+        }
+    }
+    assert!(have.contains(&1000));
+    // The new epoch is in the new active's segment headers and on the witness.
+    let current = t.data_dir("beta").join("logs").join("LS.log");
+    let h = shipper::log::read_header(&current).unwrap();
+    assert_eq!(h.epoch.0, epoch_after);
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            t.dir
+                .path()
+                .join("witness")
+                .join(format!("epoch-{epoch_after:016x}.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["node"], "beta");
+    assert_eq!(rec["reason"], "failover");
+}
+
+#[test]
+fn killing_the_passive_leaves_the_active_serving() {
+    let t = Trio::new("good-availability");
+    let (_alpha, mut beta) = t.running_pair();
+    beta.0.kill().unwrap();
+    beta.0.wait().unwrap();
+    let until = Instant::now() + Duration::from_millis(3 * DEAD_MS);
+    let mut id = 1;
+    while Instant::now() < until {
+        assert!(
+            t.insert("alpha", id).is_some(),
+            "alpha refused a write after beta died"
+        );
+        id += 1;
+    }
+    let st = t.status("alpha");
+    assert_eq!(st["role"], "active", "{st}");
+    assert_eq!(st["quorum"]["witness"], true, "{st}");
+    assert_eq!(st["quorum"]["peer"], false, "{st}");
+    assert_eq!(t.status("beta")["node_state"], "offline");
+}
+
+#[test]
+fn the_pair_keeps_serving_without_the_witness_and_status_warns() {
+    let t = Trio::new("good-availability");
+    let (_alpha, _beta) = t.running_pair();
+    let w = t.dir.path().join("witness");
+    let away = t.dir.path().join("witness-gone");
+    std::fs::rename(&w, &away).unwrap();
+    t.wait_for("alpha to notice the witness is gone", 30, || {
+        t.status("alpha")["witness_reachable"] == false
+    });
+    let until = Instant::now() + Duration::from_millis(3 * DEAD_MS);
+    let mut id = 1;
+    while Instant::now() < until {
+        assert!(
+            t.insert("alpha", id).is_some(),
+            "alpha refused a write without the witness"
+        );
+        id += 1;
+    }
+    let st = t.status("alpha");
+    assert_eq!(st["role"], "active", "{st}");
+    assert_eq!(st["quorum"]["peer"], true, "{st}");
+    assert!(
+        st["warnings"]
+            .to_string()
+            .contains("witness is unreachable"),
+        "{st}"
+    );
+    assert_eq!(t.status("beta")["role"], "passive");
+    std::fs::rename(&away, &w).unwrap();
+    t.wait_for("the witness vote again", 30, || {
+        t.status("alpha")["quorum"]["witness"] == true
+    });
+}
