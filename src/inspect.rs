@@ -245,50 +245,13 @@ pub fn dump(path: &Path, changes: bool) -> Result<ExitCode> {
 }
 
 fn print_changes(cs: &[u8]) {
-    let r = shipper::changeset::for_each_change(cs, |c| {
-        let vals = |v: &[Option<shipper::changeset::Value>]| {
-            v.iter()
-                .map(|x| match x {
-                    None => "-".to_string(),
-                    Some(v) => fmt_value(v),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        println!(
-            "             {:?} {}{} old [{}] new [{}]",
-            c.op,
-            c.table,
-            if c.indirect { " (indirect)" } else { "" },
-            vals(&c.old),
-            vals(&c.new)
-        );
-        Ok(())
-    });
-    if let Err(e) = r {
-        println!("             undecodable changeset: {e}");
-    }
-}
-
-fn fmt_value(v: &shipper::changeset::Value) -> String {
-    use shipper::changeset::Value;
-    match v {
-        Value::Null => "NULL".into(),
-        Value::Integer(i) => i.to_string(),
-        Value::Real(f) => f.to_string(),
-        Value::Text(t) => {
-            let s = String::from_utf8_lossy(t);
-            if s.len() > 40 {
-                format!(
-                    "'{}…' ({} bytes)",
-                    &s.chars().take(40).collect::<String>(),
-                    t.len()
-                )
-            } else {
-                format!("'{s}'")
+    match shipper::changeset::describe(cs) {
+        Ok(lines) => {
+            for l in lines {
+                println!("             {l}");
             }
         }
-        Value::Blob(b) => format!("blob {} bytes", b.len()),
+        Err(e) => println!("             undecodable changeset: {e}"),
     }
 }
 

@@ -30,6 +30,10 @@ fn free_udp_port() -> u16 {
 
 impl Trio {
     fn new(dial: &str) -> Trio {
+        Self::with(dial, "200ms")
+    }
+
+    fn with(dial: &str, seal_after: &str) -> Trio {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir_all(p.join("witness")).unwrap();
@@ -38,7 +42,7 @@ impl Trio {
             &config,
             format!(
                 "[cluster]\nname = \"trio\"\nwitness = \"{w}\"\nmount-dial = \"{dial}\"\n\
-                 heartbeat-interval = \"{INTERVAL_MS}ms\"\ndead-after = \"{DEAD_MS}ms\"\nseal-after = \"200ms\"\n\n\
+                 heartbeat-interval = \"{INTERVAL_MS}ms\"\ndead-after = \"{DEAD_MS}ms\"\nseal-after = \"{seal_after}\"\n\n\
                  [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{a}/logs\"\nheartbeat = \"127.0.0.1:{pa}\"\n\n\
                  [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{b}/logs\"\nheartbeat = \"127.0.0.1:{pb}\"\n",
                 w = p.join("witness").display(),
@@ -322,4 +326,60 @@ fn the_pair_keeps_serving_without_the_witness_and_status_warns() {
     t.wait_for("the witness vote again", 30, || {
         t.status("alpha")["quorum"]["witness"] == true
     });
+}
+
+#[test]
+fn the_old_active_rejoins_after_a_lossy_failover_by_rewinding_not_reseeding() {
+    // Segments seal only on request: what alpha writes after the last seal
+    // stays in its current segment, which a failover cannot reach.
+    let t = Trio::with("good-availability", "1h");
+    let (mut alpha, _beta) = t.running_pair();
+    let mut last = 0;
+    for id in 1..=10 {
+        last = t.insert("alpha", id).unwrap();
+    }
+    t.ok("alpha", &["seal"]);
+    t.wait_for("beta to replay the sealed rows", 30, || {
+        t.status("beta")["last_replayed_lsn"].as_u64() == Some(last)
+    });
+    for id in 11..=20 {
+        t.insert("alpha", id).unwrap();
+    }
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    t.wait_for("beta to take writes", 30, || {
+        t.insert("beta", 100).is_some()
+    });
+    let dial = t.status("beta")["dial"].clone();
+    assert_eq!(dial["allowed"], true, "{dial}");
+    assert_eq!(dial["missing"], 1, "{dial}");
+    for id in 101..=105 {
+        t.insert("beta", id).unwrap();
+    }
+    t.ok("beta", &["seal"]);
+    // alpha comes back: it must find the fork, undo rows 11..=20, follow beta.
+    let _alpha = t.start("alpha");
+    let want: Vec<u64> = (1..=10).chain(100..=105).collect();
+    t.wait_for("alpha to catch up with beta as a passive", 60, || {
+        t.status("alpha")["role"] == "passive" && t.ids("alpha") == want
+    });
+    assert_eq!(t.ids("beta"), want);
+    let rewound = t.data_dir("alpha").join("rewound");
+    let reports: Vec<_> = std::fs::read_dir(&rewound)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !reports.iter().any(|n| n.starts_with("store-")),
+        "alpha was reseeded, not rewound: {reports:?}"
+    );
+    let report = reports
+        .iter()
+        .find(|n| n.starts_with("rewound-"))
+        .expect("a rewind report");
+    let text = std::fs::read_to_string(rewound.join(report)).unwrap();
+    assert_eq!(text.matches("\nLSN ").count(), 10, "{text}");
+    assert!(text.contains("'v20'") && text.contains("'v11'"), "{text}");
+    let out = t.ok("alpha", &["verify-copy"]);
+    assert!(out.contains("equal"), "{out}");
 }

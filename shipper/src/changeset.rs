@@ -194,6 +194,54 @@ pub struct ConflictReport {
     pub detail: String,
 }
 
+/// One line per row change, for people: `Insert t old [] new [1, 'a']`
+/// (long text is cut; blobs show their size).
+pub fn describe(changeset: &[u8]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for_each_change(changeset, |c| {
+        let vals = |v: &[Option<Value>]| {
+            v.iter()
+                .map(|x| match x {
+                    None => "-".to_string(),
+                    Some(v) => describe_value(v),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push(format!(
+            "{:?} {}{} old [{}] new [{}]",
+            c.op,
+            c.table,
+            if c.indirect { " (indirect)" } else { "" },
+            vals(&c.old),
+            vals(&c.new)
+        ));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn describe_value(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Text(t) => {
+            let s = String::from_utf8_lossy(t);
+            if s.len() > 40 {
+                format!(
+                    "'{}…' ({} bytes)",
+                    &s.chars().take(40).collect::<String>(),
+                    t.len()
+                )
+            } else {
+                format!("'{s}'")
+            }
+        }
+        Value::Blob(b) => format!("blob {} bytes", b.len()),
+    }
+}
+
 /// Applies `changeset` to `conn`; any conflict aborts (nothing of this
 /// changeset stays applied) and is returned as `Err(Ok(report))`; other
 /// failures as `Err(Err(error))`. FK actions do not fire (FKNOACTION).
