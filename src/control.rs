@@ -38,6 +38,8 @@ pub enum Op {
     Activate { force: bool },
     /// `logship pause` / `logship resume-node`: a paused node never becomes active.
     Pause { paused: bool },
+    /// `logship move-cluster`: a planned, lossless move of the active role.
+    MoveCluster { to: String, comment: String },
 }
 
 /// What serves the requests of a control socket.
@@ -77,7 +79,7 @@ pub fn run_op(
             out(text.as_bytes())?;
             Ok(equal)
         }
-        Op::Activate { .. } | Op::Pause { .. } => {
+        Op::Activate { .. } | Op::Pause { .. } | Op::MoveCluster { .. } => {
             bail!("this daemon runs no cluster node: start `logship node` to use it")
         }
     }

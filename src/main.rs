@@ -7,6 +7,7 @@ mod bench_copy;
 mod control;
 mod copy;
 mod daemons;
+mod events;
 mod inspect;
 mod node;
 mod sql;
@@ -103,6 +104,34 @@ enum Command {
         /// Activate even if the mount dial forbids it.
         #[arg(long)]
         force: bool,
+    },
+    /// A planned, lossless move of the active role to the other node, as
+    /// Move-ClusteredMailboxServer does.
+    ///
+    /// It checks first and refuses with the reason: the target must be a
+    /// Healthy copy (not paused, failed or seeding) with a copy queue of at
+    /// most 10 and a replay queue of at most 50, and the witness reachable.
+    /// Then the active stops intake, seals, waits until the target has
+    /// replayed its last LSN, and hands over the epoch. Prints how long the
+    /// handoff took. Run it where the active node runs.
+    MoveCluster {
+        #[arg(long, env = "LOGSHIP_CONFIG", default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// The node to make active.
+        #[arg(long)]
+        to: String,
+        /// Why (goes into the node's event log).
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Print a node's event log (`<data-dir>/events.jsonl`): role changes,
+    /// fencing, failovers with their dial decision, moves, rewinds.
+    Events {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The raw JSON lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Pause a node: it keeps its role's duties but never becomes active.
     PauseNode {
@@ -281,6 +310,63 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Activate { node, force } => {
             let (name, node_cfg, _) = node.resolve()?;
             cluster_request(&name, &node_cfg, &control::Op::Activate { force })
+        }
+        Command::MoveCluster {
+            config,
+            to,
+            comment,
+        } => {
+            let cfg = config::Config::load(&config)?;
+            cfg.node(&to)?;
+            let active = copy::node_statuses(&cfg, None)
+                .into_iter()
+                .find(|n| n.role == witness::Role::Active)
+                .context("no active node runs on this machine: run move-cluster where the active node runs")?;
+            let node_cfg = cfg.node(&active.node)?;
+            let op = control::Op::MoveCluster { to, comment };
+            cluster_request(&active.node, node_cfg, &op)
+        }
+        Command::Events { node, json } => {
+            let (name, node_cfg, _) = node.resolve()?;
+            let p = events::path(&node_cfg.data_dir);
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("no events recorded for node {name} yet");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e).with_context(|| format!("read {}", p.display())),
+            };
+            for line in text.lines() {
+                if json {
+                    println!("{line}");
+                    continue;
+                }
+                let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(line) else {
+                    println!("{line}");
+                    continue;
+                };
+                let time = m
+                    .remove("time")
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                let event = m
+                    .remove("event")
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                m.remove("node");
+                let rest: Vec<String> = m
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| match v {
+                        serde_json::Value::String(s) => format!("{k}={s:?}"),
+                        v if v.is_object() => format!("{k}=…"),
+                        v => format!("{k}={v}"),
+                    })
+                    .collect();
+                println!("{time}  {event:<18} {}", rest.join(" "));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::PauseNode { node } => {
             let (name, node_cfg, _) = node.resolve()?;

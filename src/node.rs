@@ -52,6 +52,20 @@ pub struct Quorum {
     pub votes: u8,
 }
 
+/// What this node last heard from its peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSummary {
+    pub node: String,
+    pub role: Role,
+    pub paused: bool,
+    pub epoch: u64,
+    /// The peer's log position: an active's last LSN, a passive's replayed LSN.
+    pub lsn: u64,
+    /// The peer's copy status, when it is a passive.
+    pub copy: Option<String>,
+    pub heard_ms_ago: Option<u64>,
+}
+
 /// What `<data-dir>/node.json` holds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -70,6 +84,7 @@ pub struct NodeStatus {
     /// The last mount-dial decision of a failover.
     pub dial: Option<DialDecision>,
     pub warnings: Vec<String>,
+    pub peer: Option<PeerSummary>,
     pub lsn: u64,
     pub pid: u32,
     pub updated_us: u64,
@@ -103,11 +118,30 @@ struct WitnessView {
 struct WitnessShared {
     want: AtomicBool,
     view: Mutex<WitnessView>,
+    /// Wakes the witness thread when `want` changes.
+    nudged: Mutex<bool>,
+    wake: std::sync::Condvar,
 }
 
 impl WitnessShared {
     fn view(&self) -> WitnessView {
         self.view.lock().expect("witness view").clone()
+    }
+
+    /// Asks for the witness vote (or gives it up), acting at once.
+    fn want(&self, want: bool) {
+        if self.want.swap(want, Ordering::SeqCst) != want {
+            *self.nudged.lock().expect("nudge lock") = true;
+            self.wake.notify_all();
+        }
+    }
+
+    fn sleep(&self, d: Duration) {
+        let mut n = self.nudged.lock().expect("nudge lock");
+        if !*n {
+            n = self.wake.wait_timeout(n, d).expect("nudge lock").0;
+        }
+        *n = false;
     }
 }
 
@@ -172,9 +206,15 @@ fn witness_thread(
             v.reachable = error.is_none();
             v.error = error;
         }
+        // Seeking the vote: try often, it may be handed over any moment.
+        let every = if want && !w.holds() {
+            timing.confirm_every().min(Duration::from_millis(50))
+        } else {
+            timing.confirm_every()
+        };
         let spent = started.elapsed();
-        if spent < timing.confirm_every() {
-            std::thread::sleep(timing.confirm_every() - spent);
+        if spent < every {
+            shared.sleep(every - spent);
         }
     }
 }
@@ -192,6 +232,24 @@ struct ActiveDuty {
     shutdown: Arc<AtomicBool>,
     ship: JoinHandle<()>,
 }
+
+/// A planned move in progress on the active.
+struct Moving {
+    to: String,
+    comment: String,
+    lsn: Lsn,
+    epoch: Epoch,
+    started: Instant,
+    /// The store is closed and the witness vote given up.
+    released: bool,
+    reply: Option<Sender<Result<String, String>>>,
+}
+
+/// How long a planned move may take before it is called off.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `move-cluster` refuses a target whose queues are longer.
+const MOVE_MAX_COPY_QUEUE: u64 = 10;
+const MOVE_MAX_REPLAY_QUEUE: u64 = 50;
 
 struct PassiveDuty {
     shutdown: Arc<AtomicBool>,
@@ -232,6 +290,9 @@ struct Daemon<'a> {
     active_position: Option<Position>,
     started: Instant,
     status_written: Option<(NodeStatus, Instant)>,
+    moving: Option<Moving>,
+    /// The position last announced, to announce progress at once during a move.
+    announced: Option<Position>,
 }
 
 /// Runs the node daemon until SIGTERM or SIGINT.
@@ -315,6 +376,8 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         active_position: None,
         started: Instant::now(),
         status_written: None,
+        moving: None,
+        announced: None,
     };
     tracing::info!(node = %name, peer = %d.peer, witness = %witness_spec, "node daemon started");
     let tick = (timing.interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));
@@ -369,7 +432,7 @@ fn serve_control(
                         ),
                     }
                 }
-                Op::Activate { .. } | Op::Pause { .. } => {
+                Op::Activate { .. } | Op::Pause { .. } | Op::MoveCluster { .. } => {
                     let (reply, answer) = channel();
                     requests
                         .lock()
@@ -434,13 +497,30 @@ impl Daemon<'_> {
             self.dial_refused = false;
         }
         while let Ok(req) = self.requests.try_recv() {
+            if let Op::MoveCluster { to, comment } = &req.op {
+                match self.start_move(to, comment, &peer, &wv) {
+                    Ok(()) => {
+                        if let Some(m) = self.moving.as_mut() {
+                            m.reply = Some(req.reply);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = req.reply.send(Err(format!("{e:#}")));
+                    }
+                }
+                continue;
+            }
             let r = self
                 .handle(&req.op, &peer, &wv)
                 .map_err(|e| format!("{e:#}"));
             let _ = req.reply.send(r);
         }
+        if self.moving.is_some() {
+            return self.tick_moving(&peer);
+        }
         match self.duty {
             Duty::Active(_) => self.tick_active(&peer, &wv)?,
+            _ if self.handoff_to_me(&peer) => self.tick_target(&peer, &wv)?,
             _ if self.has_store() => self.tick_store_holder(&peer, &wv)?,
             _ => self.tick_passive(&peer, &wv)?,
         }
@@ -505,7 +585,7 @@ impl Daemon<'_> {
                     bail!("node {} holds no usable copy to activate", self.name);
                 }
                 // Take the witness vote, then wait out the old holder's lease.
-                self.wit.want.store(true, Ordering::SeqCst);
+                self.wit.want(true);
                 let deadline = Instant::now() + self.timing.dead_after * 4;
                 let acquired = loop {
                     let v = self.wit.view();
@@ -550,7 +630,7 @@ impl Daemon<'_> {
         let Duty::Active(a) = &self.duty else {
             return Ok(());
         };
-        self.wit.want.store(true, Ordering::SeqCst);
+        self.wit.want(true);
         let now = Instant::now();
         let leases = witness::Leases {
             peer_until: peer.lease.filter(|(e, _)| *e == a.epoch).map(|(_, t)| t),
@@ -573,6 +653,12 @@ impl Daemon<'_> {
         if !leases.quorate(now) || !a.fence.allows() {
             a.fence.revoke();
             tracing::warn!(epoch = %a.epoch, "lost quorum (no heartbeat support from the peer, no witness vote): fencing");
+            crate::events::append(
+                &self.node.data_dir,
+                &self.name,
+                "fenced",
+                serde_json::json!({"epoch": a.epoch.0, "reason": "lost quorum"}),
+            );
             self.stop_duty();
             self.role = Role::Fenced;
             self.blocked = Some("lost quorum: stopped taking writes".into());
@@ -596,10 +682,16 @@ impl Daemon<'_> {
             && peer.last.as_ref().is_some_and(|h| h.role == Role::Active);
         let ours = latest.as_ref().is_none_or(|l| l.node == self.name);
         if !ours || peer_active {
-            self.wit.want.store(false, Ordering::SeqCst);
+            self.wit.want(false);
             self.role = Role::Fenced;
             if !ours {
                 return self.rejoin(&wv.history);
+            }
+            // The peer says it is active: read the witness now rather than
+            // at its next refresh, to rejoin at once.
+            let history = self.claims.history().context("read the witness's epochs")?;
+            if history.last().is_some_and(|l| l.node != self.name) {
+                return self.rejoin(&history);
             }
             self.blocked = Some(format!(
                 "node {} is active: waiting for its epoch on the witness to rejoin as passive",
@@ -615,11 +707,11 @@ impl Daemon<'_> {
             return Ok(());
         }
         if let Some(why) = self.paused() {
-            self.wit.want.store(false, Ordering::SeqCst);
+            self.wit.want(false);
             self.blocked = Some(format!("paused: {why}"));
             return Ok(());
         }
-        self.wit.want.store(true, Ordering::SeqCst);
+        self.wit.want(true);
         let Some(acquired) = wv.acquired_at.filter(|_| wv.held) else {
             self.blocked = Some("waiting for the witness vote".into());
             return Ok(());
@@ -681,6 +773,12 @@ impl Daemon<'_> {
         };
         state.save(&self.copy_paths())?;
         tracing::info!(node = %self.name, lsn = %to, source = %self.peer, "rejoined as a passive copy");
+        crate::events::append(
+            &self.node.data_dir,
+            &self.name,
+            "rejoin",
+            serde_json::json!({"from_lsn": lsn.0, "fork": fork.0, "rewound": lsn.0 - to.0, "source": self.peer}),
+        );
         Ok(())
     }
 
@@ -730,9 +828,7 @@ impl Daemon<'_> {
         let history = self.claims.history().context("read the witness's epochs")?;
         if let Some(l) = history.last()
             && l.node != self.name
-            && reason != "failover"
-            && reason != "forced"
-            && reason != "activate"
+            && !matches!(reason, "failover" | "forced" | "activate" | "move")
         {
             self.blocked = Some(format!("node {} began epoch {} meanwhile", l.node, l.epoch));
             return Ok(());
@@ -804,6 +900,12 @@ impl Daemon<'_> {
         };
         *self.serving.lock().expect("serving lock") = Some(store.clone());
         tracing::info!(node = %self.name, epoch = %epoch, lsn = %lsn, reason, "active");
+        crate::events::append(
+            &self.node.data_dir,
+            &self.name,
+            "active",
+            serde_json::json!({"epoch": epoch.0, "lsn": lsn.0, "reason": reason}),
+        );
         self.duty = Duty::Active(ActiveDuty {
             store,
             fence,
@@ -814,6 +916,185 @@ impl Daemon<'_> {
         self.role = Role::Active;
         self.blocked = None;
         self.link.poke();
+        self.write_status(true);
+        Ok(())
+    }
+
+    // ---- planned move ----
+
+    /// Checks, as Move-ClusteredMailboxServer does, then stops intake and
+    /// seals: the move goes on in `tick_moving`.
+    fn start_move(
+        &mut self,
+        to: &str,
+        comment: &str,
+        peer: &PeerView,
+        wv: &WitnessView,
+    ) -> Result<()> {
+        let Duty::Active(a) = &self.duty else {
+            bail!(
+                "node {} is not active: run move-cluster where the active node runs",
+                self.name
+            );
+        };
+        if to == self.name {
+            bail!("node {to} is already active");
+        }
+        if to != self.peer {
+            bail!(
+                "node {to:?} is not this cluster's other node ({})",
+                self.peer
+            );
+        }
+        if self.moving.is_some() {
+            bail!("a move is already in progress");
+        }
+        let Some(hb) = peer
+            .last
+            .as_ref()
+            .filter(|_| peer.alive(self.timing.dead_after))
+        else {
+            bail!("node {to} is not answering heartbeats");
+        };
+        if hb.paused {
+            bail!("node {to} is paused: `logship resume-node --node {to}` first");
+        }
+        if hb.role != Role::Passive {
+            bail!("node {to} is {}, not a passive copy", hb.role.name());
+        }
+        let Some(copy) = &hb.copy else {
+            bail!("node {to} reports no copy status");
+        };
+        if copy.summary != "Healthy" {
+            bail!("the copy on {to} is {}, not Healthy", copy.summary);
+        }
+        if copy.copy_queue > MOVE_MAX_COPY_QUEUE {
+            bail!(
+                "the copy queue on {to} is {} (at most {MOVE_MAX_COPY_QUEUE})",
+                copy.copy_queue
+            );
+        }
+        if copy.replay_queue > MOVE_MAX_REPLAY_QUEUE {
+            bail!(
+                "the replay queue on {to} is {} (at most {MOVE_MAX_REPLAY_QUEUE})",
+                copy.replay_queue
+            );
+        }
+        if !wv.reachable || !wv.held {
+            bail!(
+                "the witness is not reachable: {}",
+                wv.error
+                    .clone()
+                    .unwrap_or_else(|| "this node does not hold its vote".into())
+            );
+        }
+        let started = Instant::now();
+        *self.serving.lock().expect("serving lock") = None;
+        let lsn = a
+            .store
+            .freeze(&format!("node {} is moving to {to}", self.name))?;
+        tracing::info!(to, lsn = %lsn, comment, "planned move: intake stopped and sealed");
+        self.moving = Some(Moving {
+            to: to.to_string(),
+            comment: comment.to_string(),
+            lsn,
+            epoch: a.epoch,
+            started,
+            released: false,
+            reply: None,
+        });
+        self.link.poke();
+        Ok(())
+    }
+
+    /// The active's side of a move: once the target has replayed the last
+    /// LSN, close the store and give up the witness vote; once the target is
+    /// active in a newer epoch, the move is done (this node then rejoins).
+    fn tick_moving(&mut self, peer: &PeerView) -> Result<()> {
+        let m = self.moving.as_mut().expect("moving");
+        let hb = peer
+            .last
+            .as_ref()
+            .filter(|_| peer.alive(self.timing.dead_after));
+        if !m.released && hb.is_some_and(|h| h.position.lsn >= m.lsn.0) {
+            m.released = true;
+            self.stop_duty();
+            self.wit.want(false);
+            self.role = Role::Starting;
+            self.link.poke();
+        }
+        let m = self.moving.as_ref().expect("moving");
+        let done = hb.is_some_and(|h| h.role == Role::Active && h.epoch > m.epoch);
+        if done {
+            let m = self.moving.take().expect("moving");
+            let ms = m.started.elapsed().as_millis() as u64;
+            crate::events::append(
+                &self.node.data_dir,
+                &self.name,
+                "move",
+                serde_json::json!({"from": self.name, "to": m.to, "comment": m.comment, "lsn": m.lsn.0, "ms": ms}),
+            );
+            if let Some(r) = m.reply {
+                let _ = r.send(Ok(format!(
+                    "moved the active role from {} to {} in {ms} ms (LSN {}, nothing lost)\n",
+                    self.name, m.to, m.lsn
+                )));
+            }
+            self.role = Role::Fenced;
+            return Ok(());
+        }
+        if m.started.elapsed() > MOVE_TIMEOUT {
+            let m = self.moving.take().expect("moving");
+            tracing::error!(to = %m.to, "the planned move timed out; this node takes writes again");
+            if let Some(r) = m.reply {
+                let _ = r.send(Err(format!(
+                    "node {} did not take over within {}s; {} stays active",
+                    m.to,
+                    MOVE_TIMEOUT.as_secs(),
+                    self.name
+                )));
+            }
+            // Closing the frozen store lets the next steps activate it again
+            // in a new epoch.
+            self.stop_duty();
+        }
+        self.update_heartbeat(peer);
+        self.write_status(false);
+        Ok(())
+    }
+
+    fn handoff_to_me(&self, peer: &PeerView) -> bool {
+        peer.alive(self.timing.dead_after)
+            && peer
+                .last
+                .as_ref()
+                .and_then(|h| h.handoff.as_ref())
+                .is_some_and(|h| h.to == self.name)
+            && self.has_copy()
+    }
+
+    /// The target's side of a move: report progress at once; once the
+    /// active has closed its store and this copy holds its last LSN, take
+    /// the witness vote and become active.
+    fn tick_target(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
+        if !matches!(self.duty, Duty::Passive(_)) {
+            self.start_passive()?;
+        }
+        self.role = Role::Passive;
+        let hb = peer.last.as_ref().expect("handoff_to_me checked");
+        let handoff = hb.handoff.as_ref().expect("handoff_to_me checked");
+        let lsn = CopyState::load(&self.copy_paths())?
+            .map(|s| s.replayed_lsn)
+            .unwrap_or(0);
+        if lsn < handoff.lsn || hb.role == Role::Active {
+            return Ok(());
+        }
+        self.wit.want(true);
+        if !wv.held {
+            return Ok(());
+        }
+        self.failover("move", true)?;
+        self.link.poke();
         Ok(())
     }
 
@@ -822,7 +1103,7 @@ impl Daemon<'_> {
     fn tick_passive(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
         if !self.has_copy() {
             self.stop_duty();
-            self.wit.want.store(false, Ordering::SeqCst);
+            self.wit.want(false);
             self.role = Role::Passive;
             self.blocked = Some(format!(
                 "no copy yet: seed it with `logship seed --node {}`",
@@ -840,14 +1121,14 @@ impl Daemon<'_> {
             .unwrap_or_else(|| self.started.elapsed());
         let paused = self.paused();
         if silent < self.timing.suspect_after() {
-            self.wit.want.store(false, Ordering::SeqCst);
+            self.wit.want(false);
             if !self.dial_refused {
                 self.blocked = None;
             }
             return Ok(());
         }
         if paused.is_some() || self.dial_refused {
-            self.wit.want.store(false, Ordering::SeqCst);
+            self.wit.want(false);
             if let Some(why) = paused {
                 self.blocked = Some(format!("paused: {why}"));
             }
@@ -855,7 +1136,7 @@ impl Daemon<'_> {
         }
         // The active is silent: seek the witness vote early, take over once
         // it has been silent for the dead time and its lease has run out.
-        self.wit.want.store(true, Ordering::SeqCst);
+        self.wit.want(true);
         if silent < self.timing.dead_after {
             return Ok(());
         }
@@ -937,7 +1218,7 @@ impl Daemon<'_> {
         self.dial = Some(decision.clone());
         if let Some(f) = &state.failed {
             self.blocked = Some(format!("the copy is Failed: {f}"));
-            self.wit.want.store(false, Ordering::SeqCst);
+            self.wit.want(false);
             self.dial_refused = true;
             self.start_passive()?;
             return Ok(false);
@@ -948,7 +1229,7 @@ impl Daemon<'_> {
                 decision.text, self.name
             ));
             self.dial_refused = true;
-            self.wit.want.store(false, Ordering::SeqCst);
+            self.wit.want(false);
             self.start_passive()?;
             return Ok(false);
         }
@@ -979,7 +1260,18 @@ impl Daemon<'_> {
             self.start_passive()?;
             return Ok(false);
         }
-        tracing::info!(node = %self.name, ms = started.elapsed().as_millis() as u64, "failover complete");
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::info!(node = %self.name, ms, "activation complete");
+        crate::events::append(
+            &self.node.data_dir,
+            &self.name,
+            if reason == "move" {
+                "activated-by-move"
+            } else {
+                "failover"
+            },
+            serde_json::json!({"reason": reason, "forced": forced, "epoch": self.known_epoch.0, "dial": decision.text, "missing": decision.missing, "ms": ms}),
+        );
         Ok(true)
     }
 
@@ -1003,7 +1295,15 @@ impl Daemon<'_> {
     // ---- heartbeat and status ----
 
     fn update_heartbeat(&mut self, peer: &PeerView) {
+        let moving = self.moving.as_ref().map(|m| witness::heartbeat::Handoff {
+            to: m.to.clone(),
+            lsn: m.lsn.0,
+            comment: m.comment.clone(),
+        });
+        let target = self.handoff_to_me(peer);
         let mut hb = self.link.ours.lock().expect("ours lock");
+        hb.handoff = moving;
+        let changed = hb.role != self.role;
         hb.role = self.role;
         hb.paused = self.paused().is_some();
         hb.supports = None;
@@ -1044,6 +1344,12 @@ impl Daemon<'_> {
                 }
             }
         }
+        let position = hb.position;
+        drop(hb);
+        if changed || (target && self.announced != Some(position)) {
+            self.link.poke();
+        }
+        self.announced = Some(position);
     }
 
     fn status(&self) -> NodeStatus {
@@ -1111,6 +1417,18 @@ impl Daemon<'_> {
             blocked: self.blocked.clone(),
             dial: self.dial.clone(),
             warnings,
+            peer: peer.last.as_ref().map(|h| PeerSummary {
+                node: h.node.clone(),
+                role: h.role,
+                paused: h.paused,
+                epoch: h.epoch.0,
+                lsn: h.position.lsn,
+                copy: h.copy.as_ref().map(|c| c.summary.clone()),
+                // Rounded, so that the status file changes only when it matters.
+                heard_ms_ago: peer
+                    .heard_at
+                    .map(|t| t.elapsed().as_millis() as u64 / 1000 * 1000),
+            }),
             lsn,
             pid: std::process::id(),
             updated_us: 0,

@@ -118,24 +118,29 @@ impl Trio {
             .unwrap_or(serde_json::Value::Null)
     }
 
+    /// Both daemons' logs and statuses, and the files: for failure messages.
+    fn dump(&self) -> String {
+        let logs: String = ["alpha", "beta"]
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n}.log\n{}\n--- {n} status\n{}\n",
+                    std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                        .unwrap_or_default(),
+                    self.status(n)
+                )
+            })
+            .collect();
+        format!("{logs}\nfiles:\n{}", listing(self.dir.path()))
+    }
+
     fn wait_for(&self, what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !cond() {
             if Instant::now() > deadline {
-                let logs: String = ["alpha", "beta"]
-                    .iter()
-                    .map(|n| {
-                        format!(
-                            "--- {n}.log\n{}\n--- {n} status\n{}\n",
-                            std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
-                                .unwrap_or_default(),
-                            self.status(n)
-                        )
-                    })
-                    .collect();
                 panic!(
-                    "timed out after {secs} s waiting for {what}\n{logs}\nfiles:\n{}",
-                    listing(self.dir.path())
+                    "timed out after {secs} s waiting for {what}\n{}",
+                    self.dump()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -343,8 +348,12 @@ fn the_old_active_rejoins_after_a_lossy_failover_by_rewinding_not_reseeding() {
         t.status("beta")["last_replayed_lsn"].as_u64() == Some(last)
     });
     for id in 11..=20 {
-        t.insert("alpha", id).unwrap();
+        last = t.insert("alpha", id).unwrap();
     }
+    // beta knows how far alpha got (its heartbeats say): the dial counts the loss.
+    t.wait_for("beta to hear alpha's last LSN", 30, || {
+        t.status("beta")["peer"]["lsn"].as_u64() == Some(last)
+    });
     alpha.0.kill().unwrap();
     alpha.0.wait().unwrap();
     t.wait_for("beta to take writes", 30, || {
@@ -382,4 +391,145 @@ fn the_old_active_rejoins_after_a_lossy_failover_by_rewinding_not_reseeding() {
     assert!(text.contains("'v20'") && text.contains("'v11'"), "{text}");
     let out = t.ok("alpha", &["verify-copy"]);
     assert!(out.contains("equal"), "{out}");
+}
+
+fn move_cluster(t: &Trio, to: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args([
+            "move-cluster",
+            "--to",
+            to,
+            "--comment",
+            "patching the other node",
+            "--config",
+        ])
+        .arg(&t.config)
+        .output()
+        .unwrap()
+}
+
+/// Moves the active role to `to`; the handoff time it printed.
+fn moved(t: &Trio, to: &str) -> u64 {
+    let out = move_cluster(t, to);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "move to {to}: {}\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        t.dump()
+    );
+    let ms = text
+        .split(" in ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no handoff time in {text:?}"));
+    eprintln!("move to {to}: {ms} ms");
+    ms
+}
+
+fn refused(t: &Trio, to: &str, why: &str) {
+    let out = move_cluster(t, to);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the move to {to} should be refused ({why})"
+    );
+    assert!(err.contains(why), "{err}");
+}
+
+/// Both nodes agree: same rows, the passive's content hash is the active's.
+fn converged(t: &Trio, active: &str, passive: &str) {
+    let lsn = t.ok(active, &["verify-copy"]);
+    assert!(lsn.contains("verdict equal"), "{lsn}");
+    let want_lsn: u64 = lsn
+        .lines()
+        .find_map(|l| l.strip_prefix("lsn "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hash = lsn
+        .lines()
+        .find_map(|l| l.strip_prefix("log-hash "))
+        .unwrap()
+        .to_string();
+    t.wait_for("the passive to reach the active's LSN", 30, || {
+        t.status(passive)["last_replayed_lsn"].as_u64() == Some(want_lsn)
+    });
+    assert_eq!(t.status(passive)["content_hash"], hash.as_str());
+    let out = t.ok(passive, &["verify-copy"]);
+    assert!(out.contains("equal"), "{out}");
+    assert_eq!(t.ids(active), t.ids(passive));
+}
+
+#[test]
+fn move_cluster_checks_first_then_moves_and_moves_back_losing_nothing() {
+    let t = Trio::new("lossless");
+    let (_alpha, _beta) = t.running_pair();
+    for id in 1..=20 {
+        t.insert("alpha", id).unwrap();
+    }
+    // Refused while the target is paused, or its copy is not Healthy.
+    t.ok("beta", &["pause-node"]);
+    t.wait_for("alpha to see beta paused", 30, || {
+        t.status("alpha")["peer"]["paused"] == true
+    });
+    refused(&t, "beta", "paused");
+    t.ok("beta", &["resume-node"]);
+    t.ok("beta", &["suspend", "--reason", "maintenance"]);
+    t.wait_for("alpha to see beta's copy suspended", 30, || {
+        t.status("alpha")["peer"]["copy"] == "Suspended"
+    });
+    refused(&t, "beta", "not Healthy");
+    t.ok("beta", &["resume"]);
+    t.wait_for("alpha to see beta Healthy and online", 30, || {
+        let p = &t.status("alpha")["peer"];
+        p["copy"] == "Healthy" && p["paused"] == false
+    });
+    refused(&t, "alpha", "already active");
+    // The move, then writes on the new active, then the move back.
+    let there = moved(&t, "beta");
+    assert_eq!(t.status("beta")["role"], "active");
+    for id in 21..=40 {
+        t.insert("beta", id)
+            .expect("beta takes writes after the move");
+    }
+    t.wait_for("alpha to follow beta, and beta to know it", 30, || {
+        let p = &t.status("beta")["peer"];
+        p["role"] == "passive" && p["copy"] == "Healthy"
+    });
+    converged(&t, "beta", "alpha");
+    let back = moved(&t, "alpha");
+    for id in 41..=50 {
+        t.insert("alpha", id)
+            .expect("alpha takes writes after the move back");
+    }
+    t.wait_for("beta to follow alpha, and alpha to know it", 30, || {
+        let p = &t.status("alpha")["peer"];
+        p["role"] == "passive" && p["copy"] == "Healthy"
+    });
+    converged(&t, "alpha", "beta");
+    assert_eq!(t.ids("alpha"), (1..=50).collect::<Vec<u64>>());
+    assert!(
+        there < 1000 && back < 1000,
+        "handoffs took {there} ms and {back} ms"
+    );
+    let events = t.ok("alpha", &["events"]);
+    assert!(
+        events.contains("move") && events.contains("patching the other node"),
+        "{events}"
+    );
+    // No transaction was rewound by either move.
+    for n in ["alpha", "beta"] {
+        let d = t.data_dir(n).join("rewound");
+        if d.exists() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                assert!(
+                    !name.starts_with("rewound-") && !name.starts_with("store-"),
+                    "{n}: {name}"
+                );
+            }
+        }
+    }
 }

@@ -650,6 +650,7 @@ enum Msg {
     Seal(oneshot::Sender<Result<Option<Generation>>>),
     Check(oneshot::Sender<Result<ContentCheck>>),
     Checkpoint(oneshot::Sender<Result<Lsn>>),
+    Freeze(String, oneshot::Sender<Result<Lsn>>),
     Shutdown,
 }
 
@@ -841,6 +842,7 @@ impl Store {
             lsn: end.lsn,
             hash: end.hash,
             schema_hash: end.schema_hash,
+            frozen: None,
         };
         let handle = std::thread::Builder::new()
             .name("logship-writer".into())
@@ -940,6 +942,15 @@ impl Store {
     /// Seals the current segment now if it holds any record.
     pub fn seal(&self) -> Result<Option<Generation>> {
         self.ask(Msg::Seal)
+    }
+
+    /// Stops intake for a planned move: seals the current segment and
+    /// refuses every transaction submitted after this call (with `Fenced`
+    /// and `reason`); those submitted before are committed first. Returns
+    /// the last LSN, which the sealed segments now hold.
+    pub fn freeze(&self, reason: &str) -> Result<Lsn> {
+        let reason = reason.to_string();
+        self.ask(move |reply| Msg::Freeze(reason, reply))
     }
 
     /// Recomputes the content hash by a full scan and returns it beside the
@@ -1124,6 +1135,8 @@ struct Writer {
     lsn: Lsn,
     hash: ContentHash,
     schema_hash: SchemaHash,
+    /// Set by `freeze`: every later transaction is refused with this reason.
+    frozen: Option<String>,
 }
 
 /// A thread that wakes callers, so that a batch of many callers does not
@@ -1228,6 +1241,17 @@ impl Writer {
                         let _ = reply.send(r);
                         continue;
                     }
+                    Msg::Freeze(reason, reply) => {
+                        let r = self.log.seal().map(|_| self.lsn);
+                        let failed = r.as_ref().err().map(|e| e.to_string());
+                        self.publish();
+                        self.frozen = Some(reason);
+                        let _ = reply.send(r);
+                        if let Some(e) = failed {
+                            return self.stop(Error::Stopped(e), rx, queue);
+                        }
+                        continue;
+                    }
                     Msg::Checkpoint(reply) => {
                         self.internal_mode();
                         let r = self
@@ -1259,6 +1283,12 @@ impl Writer {
             }
             if let Some(reason) = self.fenced() {
                 return self.stop(Error::Fenced(reason), rx, queue);
+            }
+            if let Some(reason) = &self.frozen {
+                for job in queue.drain(..) {
+                    job.finish(Err(Error::Fenced(reason.clone())));
+                }
+                continue;
             }
             let take = queue.len().min(self.opts.max_batch.max(1));
             let batch: VecDeque<Job> = queue.drain(..take).collect();
@@ -1338,6 +1368,9 @@ impl Writer {
                     let _ = r.send(Err(err()));
                 }
                 Msg::Checkpoint(r) => {
+                    let _ = r.send(Err(err()));
+                }
+                Msg::Freeze(_, r) => {
                     let _ = r.send(Err(err()));
                 }
                 Msg::Shutdown => {}

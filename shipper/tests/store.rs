@@ -870,3 +870,24 @@ fn a_new_epoch_seals_a_segment_holding_records_and_rewrites_an_empty_one() {
     .unwrap();
     assert_eq!(n, 4);
 }
+
+#[test]
+fn a_frozen_store_has_sealed_everything_before_and_refuses_everything_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let store = new_store(&dir);
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL)");
+    let last = exec(&store, "INSERT INTO t VALUES (1)").lsn;
+    assert_eq!(store.freeze("handed over to beta").unwrap(), last);
+    let sealed = list_sealed(&dir.join(LOG_DIR)).unwrap();
+    let trailer = shipper::log::read_trailer(&sealed.last().unwrap().1).unwrap();
+    assert_eq!(trailer.last_lsn, last);
+    let r = store.transaction(|tx| tx.execute_script("INSERT INTO t VALUES (2)", |_, _, _| Ok(())));
+    match r {
+        Err(Error::Fenced(why)) => assert!(why.contains("handed over to beta"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Still answering reads and checks.
+    assert_hash_matches(&store);
+    assert_eq!(store.state().lsn, last);
+}

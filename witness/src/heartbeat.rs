@@ -212,6 +212,7 @@ impl Link {
             let received = Instant::now();
             match self.check(&buf[..n], &cfg) {
                 Ok(hb) => {
+                    tracing::trace!(from = %hb.node, seq = hb.seq, role = hb.role.name(), epoch = %hb.epoch, "heartbeat");
                     let mut view = self.view.lock().expect("view lock");
                     if let Some(epoch) = hb.supports
                         && let Some((_, at)) = sent.iter().find(|(s, _)| *s == hb.ack)
