@@ -359,6 +359,9 @@ fn the_old_active_rejoins_after_a_lossy_failover_by_rewinding_not_reseeding() {
     t.wait_for("beta to take writes", 30, || {
         t.insert("beta", 100).is_some()
     });
+    t.wait_for("beta's status to show the dial decision", 30, || {
+        !t.status("beta")["dial"].is_null()
+    });
     let dial = t.status("beta")["dial"].clone();
     assert_eq!(dial["allowed"], true, "{dial}");
     assert_eq!(dial["missing"], 1, "{dial}");
