@@ -73,6 +73,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Failover time: a two-node cluster with the default timings under a
+    /// steady write load; each round SIGKILLs the active and measures until
+    /// the other node accepts a write (the killed node rejoins before the
+    /// next round). Then a planned move and back. Ends with `rto_p50_ms <x>`.
+    Failover {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Kill rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 const SCHEMA: &str =
@@ -95,6 +106,9 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             &writers,
             rounds.max(1),
         ),
+        BenchCommand::Failover { dir, rounds } => {
+            crate::bench_failover::failover(&bench_dir(dir)?, rounds.max(1))
+        }
         BenchCommand::Lag { dir, samples, poll } => {
             crate::bench_copy::lag(&bench_dir(dir)?, samples, poll)
         }

@@ -188,6 +188,29 @@ fn handle(stream: UnixStream, handler: &Handler) -> Result<()> {
 
 /// Sends `op` to the daemon that owns the store and prints its output.
 pub fn forward(data_dir: &Path, op: &Op) -> Result<bool> {
+    let stdout = std::io::stdout();
+    exchange(data_dir, op, &mut |s| {
+        let mut out = stdout.lock();
+        out.write_all(s.as_bytes())?;
+        out.flush()
+    })
+}
+
+/// Sends `op` to the daemon and collects its output: (success, output).
+pub fn request(data_dir: &Path, op: &Op) -> Result<(bool, String)> {
+    let mut text = String::new();
+    let ok = exchange(data_dir, op, &mut |s| {
+        text.push_str(s);
+        Ok(())
+    })?;
+    Ok((ok, text))
+}
+
+fn exchange(
+    data_dir: &Path,
+    op: &Op,
+    out: &mut dyn FnMut(&str) -> std::io::Result<()>,
+) -> Result<bool> {
     let path = socket_path(data_dir);
     let stream = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -198,15 +221,10 @@ pub fn forward(data_dir: &Path, op: &Op) -> Result<bool> {
     let mut req = serde_json::to_vec(op)?;
     req.push(b'\n');
     (&stream).write_all(&req)?;
-    let stdout = std::io::stdout();
-    for line in BufReader::new(&stream).lines() {
+    for line in BufReader::new(std::io::Read::take(&stream, MAX_REQUEST)).lines() {
         let line = line?;
         match serde_json::from_str::<Reply>(&line).context("read the daemon's reply")? {
-            Reply::Out(s) => {
-                let mut out = stdout.lock();
-                out.write_all(s.as_bytes())?;
-                out.flush()?;
-            }
+            Reply::Out(s) => out(&s)?,
             Reply::Error(e) => bail!("{e}"),
             Reply::Done(ok) => return Ok(ok),
         }

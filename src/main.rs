@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_copy;
+mod bench_failover;
 mod control;
 mod copy;
 mod daemons;
