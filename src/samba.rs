@@ -18,6 +18,8 @@ pub const PASSWORD: &str = "Harness-Pass-7";
 pub struct Samba {
     pub root: tempfile::TempDir,
     pub port: u16,
+    /// The address smbd listens on (127.0.0.1 unless `start_on`).
+    pub host: String,
     child: Child,
 }
 
@@ -56,6 +58,11 @@ fn run(cmd: &mut Command, what: &str) {
 impl Samba {
     /// Starts smbd with `shares` (smb.conf share sections) after the harness's [global].
     pub fn start(shares: &str) -> Samba {
+        Self::start_on("127.0.0.1", shares)
+    }
+
+    /// Like `start`, listening on `host` (an address the test set up).
+    pub fn start_on(host: &str, shares: &str) -> Samba {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         for d in ["lock", "state", "cache", "pid", "private", "ncalrpc", "log"] {
@@ -70,7 +77,7 @@ impl Samba {
     server role = standalone server
     netbios name = LOGSHIPTEST
     workgroup = WORKGROUP
-    interfaces = 127.0.0.1
+    interfaces = {host}
     bind interfaces only = yes
     smb ports = {port}
     disable netbios = yes
@@ -134,8 +141,13 @@ impl Samba {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let child = spawn_smbd(r, port);
-        Samba { root, port, child }
+        let child = spawn_smbd(r, host, port);
+        Samba {
+            root,
+            port,
+            host: host.to_string(),
+            child,
+        }
     }
 
     /// Kills smbd (SIGTERM: it takes its per-client children with it) and
@@ -144,7 +156,7 @@ impl Samba {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
-        self.child = spawn_smbd(self.root.path(), self.port);
+        self.child = spawn_smbd(self.root.path(), &self.host, self.port);
     }
 
     /// A password file (owner-only) for logship.
@@ -157,7 +169,7 @@ impl Samba {
     }
 
     pub fn url(&self, share: &str) -> String {
-        format!("smb://{USER}@127.0.0.1:{}/{share}", self.port)
+        format!("smb://{USER}@{}:{}/{share}", self.host, self.port)
     }
 
     /// A share section exporting `path` to the harness's user.
@@ -177,7 +189,7 @@ impl Drop for Samba {
     }
 }
 
-fn spawn_smbd(r: &Path, port: u16) -> Child {
+fn spawn_smbd(r: &Path, host: &str, port: u16) -> Child {
     let conf = r.join("smb.conf");
     let log = std::fs::File::create(r.join("log/smbd.out")).unwrap();
     let mut cmd = Command::new(program("smbd"));
@@ -198,7 +210,7 @@ fn spawn_smbd(r: &Path, port: u16) -> Child {
         .expect("start smbd (is samba installed? tools/test.sh installs it)");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if TcpStream::connect((host, port)).is_ok() {
             break;
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -210,7 +222,7 @@ fn spawn_smbd(r: &Path, port: u16) -> Child {
         if Instant::now() > deadline {
             let _ = child.kill();
             panic!(
-                "smbd did not accept connections on 127.0.0.1:{port} within 10 s:\n{}",
+                "smbd did not accept connections on {host}:{port} within 10 s:\n{}",
                 std::fs::read_to_string(r.join("log/smbd.out")).unwrap_or_default()
             );
         }

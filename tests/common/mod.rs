@@ -7,6 +7,8 @@
 #[allow(unused_imports)] // only the SMB tests use it
 pub use logship::samba;
 
+pub mod trio;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

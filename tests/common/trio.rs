@@ -1,0 +1,232 @@
+//! Two `logship node` daemons and a witness, for the cluster tests: the
+//! config, starting daemons (in a network namespace when asked), status,
+//! writes, and waiting with the logs in the failure message.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Daemon, listing};
+
+pub const INTERVAL_MS: u64 = 200;
+pub const DEAD_MS: u64 = 1000;
+
+/// Two nodes whose shares are their log directories, and a witness.
+pub struct Trio {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    /// The network namespace each node daemon runs in, if any.
+    pub netns: Option<[String; 2]>,
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Trio {
+    pub fn new(dial: &str) -> Trio {
+        Self::with(dial, "200ms")
+    }
+
+    pub fn with(dial: &str, seal_after: &str) -> Trio {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path().join("witness");
+        std::fs::create_dir_all(&w).unwrap();
+        let hb = [
+            format!("127.0.0.1:{}", free_udp_port()),
+            format!("127.0.0.1:{}", free_udp_port()),
+        ];
+        let cluster = format!(
+            "witness = \"{}\"\nmount-dial = \"{dial}\"\nseal-after = \"{seal_after}\"\n",
+            w.display()
+        );
+        Self::custom(dir, &cluster, hb, None)
+    }
+
+    /// A cluster whose `[cluster]` section adds `cluster` (the witness and
+    /// more), with the heartbeat addresses given, its node daemons started
+    /// in `netns` when given.
+    pub fn custom(
+        dir: tempfile::TempDir,
+        cluster: &str,
+        heartbeat: [String; 2],
+        netns: Option<[String; 2]>,
+    ) -> Trio {
+        let p = dir.path();
+        let config = p.join("logship.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"trio\"\nheartbeat-interval = \"{INTERVAL_MS}ms\"\ndead-after = \"{DEAD_MS}ms\"\n{cluster}\n\
+                 [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{a}/logs\"\nheartbeat = \"{ha}\"\n\n\
+                 [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{b}/logs\"\nheartbeat = \"{hb}\"\n",
+                a = p.join("alpha").display(),
+                b = p.join("beta").display(),
+                ha = heartbeat[0],
+                hb = heartbeat[1],
+            ),
+        )
+        .unwrap();
+        Trio { dir, config, netns }
+    }
+
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.dir.path().join(node)
+    }
+
+    pub fn cmd(&self, node: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
+        c.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(node)
+            .env("RUST_LOG", "info")
+            .env_remove("LOGSHIP_FAILPOINT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn ok(&self, node: &str, args: &[&str]) -> String {
+        let out = self.cmd(node, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "logship {args:?} on {node}: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            listing(self.dir.path())
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts a node daemon, its log in `<tmp>/<node>.log`.
+    pub fn start(&self, node: &str) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{node}.log")))
+            .unwrap();
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let ns = if node == "alpha" { &ns[0] } else { &ns[1] };
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(env!("CARGO_BIN_EXE_logship"))
+                    .args(["node", "--config"])
+                    .arg(&self.config)
+                    .args(["--node", node])
+                    .env("RUST_LOG", "info")
+                    .stdin(Stdio::null());
+                c
+            }
+            None => self.cmd(node, &["node"]),
+        };
+        Daemon(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap())
+    }
+
+    pub fn status(&self, node: &str) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+            .args(["status", "--json", "--node", node, "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Both daemons' logs and statuses, and the files: for failure messages.
+    pub fn dump(&self) -> String {
+        let logs: String = ["alpha", "beta"]
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n}.log\n{}\n--- {n} status\n{}\n",
+                    std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                        .unwrap_or_default(),
+                    self.status(n)
+                )
+            })
+            .collect();
+        format!("{logs}\nfiles:\n{}", listing(self.dir.path()))
+    }
+
+    pub fn wait_for(&self, what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {secs} s waiting for {what}\n{}",
+                    self.dump()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// alpha active with a table, beta seeded and Healthy behind it.
+    pub fn running_pair(&self) -> (Daemon, Daemon) {
+        self.ok("alpha", &["init"]);
+        self.ok(
+            "alpha",
+            &[
+                "sql",
+                "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
+            ],
+        );
+        let alpha = self.start("alpha");
+        self.wait_for("alpha active", 30, || {
+            self.status("alpha")["role"] == "active"
+        });
+        let beta = self.start("beta");
+        self.ok("beta", &["seed"]);
+        self.wait_for("beta Healthy and passive", 60, || {
+            let s = self.status("beta");
+            s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
+        });
+        self.wait_for("alpha to hold beta's vote", 30, || {
+            self.status("alpha")["quorum"]["peer"] == true
+        });
+        (alpha, beta)
+    }
+
+    /// Inserts row `id` through `node`; the LSN when acknowledged.
+    pub fn insert(&self, node: &str, id: u64) -> Option<u64> {
+        let out = self
+            .cmd(
+                node,
+                &["sql", &format!("INSERT INTO t VALUES ({id}, 'v{id}')")],
+            )
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("ok ").and_then(|n| n.trim().parse().ok()))
+    }
+
+    pub fn ids(&self, node: &str) -> Vec<u64> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.data_dir(node).join("store.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut st = conn.prepare("SELECT id FROM t ORDER BY id").unwrap();
+        st.query_map([], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|r| r.unwrap() as u64)
+            .collect()
+    }
+}

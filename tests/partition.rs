@@ -1,0 +1,441 @@
+//! Partitions, with each node daemon in a network namespace this test
+//! creates: the nodes heartbeat over a veth pair of their own, and reach the
+//! witness (a real smbd in the test's namespace) over one veth each. Trials
+//! cut the node link both ways or one way, cut one node from the witness, or
+//! isolate the active entirely, for a random time, under a write load on
+//! both nodes; after each trial the cluster must settle with one active.
+//!
+//! The proof comes from the records, not from status: every acknowledged
+//! write is found in the log of the node that acknowledged it, in a segment
+//! whose header carries the epoch it was written in, and no epoch holds
+//! acknowledged writes of two nodes. Each epoch's witness record names the
+//! node that wrote in it.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::samba::Samba;
+use common::trio::{DEAD_MS, Trio};
+use common::{Rng, seed};
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2; tools/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The namespaces and links; removed when dropped.
+struct Net {
+    ns: [String; 2],
+    tag: String,
+    witness: String,
+}
+
+impl Net {
+    /// nsA and nsB, linked directly (10.T.3.1 / 10.T.3.2) and each to this
+    /// namespace (10.T.1.x, 10.T.2.x), where the witness listens on 10.T.0.1.
+    fn new() -> Net {
+        let t = (std::process::id() % 200 + 20) as u8;
+        let tag = format!("ls{}", std::process::id());
+        let ns = [format!("{tag}a"), format!("{tag}b")];
+        let net = Net {
+            ns: ns.clone(),
+            tag: tag.clone(),
+            witness: format!("10.{t}.0.1"),
+        };
+        for n in &ns {
+            ip(&["netns", "add", n]);
+            ip(&["-n", n, "link", "set", "lo", "up"]);
+        }
+        ip(&["addr", "add", &format!("10.{t}.0.1/32"), "dev", "lo"]);
+        for (i, n) in ns.iter().enumerate() {
+            let (outer, inner) = (format!("{tag}w{i}"), format!("{tag}n{i}"));
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ]);
+            ip(&["link", "set", &inner, "netns", n]);
+            ip(&[
+                "addr",
+                "add",
+                &format!("10.{t}.{}.1/24", i + 1),
+                "dev",
+                &outer,
+            ]);
+            ip(&["link", "set", &outer, "up"]);
+            ip(&[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("10.{t}.{}.2/24", i + 1),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", n, "link", "set", &inner, "up"]);
+            ip(&[
+                "-n",
+                n,
+                "route",
+                "add",
+                &format!("10.{t}.0.1/32"),
+                "via",
+                &format!("10.{t}.{}.1", i + 1),
+            ]);
+        }
+        let (la, lb) = (format!("{tag}pa"), format!("{tag}pb"));
+        ip(&["link", "add", &la, "type", "veth", "peer", "name", &lb]);
+        ip(&["link", "set", &la, "netns", &ns[0]]);
+        ip(&["link", "set", &lb, "netns", &ns[1]]);
+        ip(&[
+            "-n",
+            &ns[0],
+            "addr",
+            "add",
+            &format!("10.{t}.3.1/24"),
+            "dev",
+            &la,
+        ]);
+        ip(&[
+            "-n",
+            &ns[1],
+            "addr",
+            "add",
+            &format!("10.{t}.3.2/24"),
+            "dev",
+            &lb,
+        ]);
+        ip(&["-n", &ns[0], "link", "set", &la, "up"]);
+        ip(&["-n", &ns[1], "link", "set", &lb, "up"]);
+        net
+    }
+
+    fn t(&self) -> String {
+        self.witness
+            .split('.')
+            .nth(1)
+            .expect("10.T.0.1")
+            .to_string()
+    }
+
+    fn heartbeat(&self, i: usize, port: u16) -> String {
+        format!("10.{}.3.{}:{port}", self.t(), i + 1)
+    }
+
+    /// The link between the nodes, both ways.
+    fn peer_link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&[
+            "-n",
+            &self.ns[0],
+            "link",
+            "set",
+            &format!("{}pa", self.tag),
+            state,
+        ]);
+        ip(&[
+            "-n",
+            &self.ns[1],
+            "link",
+            "set",
+            &format!("{}pb", self.tag),
+            state,
+        ]);
+    }
+
+    /// Node `from` cannot send to node `to` (the other way still works).
+    fn one_way(&self, from: usize, cut: bool) {
+        let to = format!("10.{}.3.{}/32", self.t(), 2 - from);
+        let verb = if cut { "add" } else { "del" };
+        ip(&["-n", &self.ns[from], "route", verb, "blackhole", &to]);
+    }
+
+    /// Node `i`'s link to the witness.
+    fn witness_link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["link", "set", &format!("{}w{i}", self.tag), state]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        for i in 0..2 {
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{}w{i}", self.tag)])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.witness), "dev", "lo"])
+            .status();
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// The node link, both ways.
+    Split,
+    /// The active cannot reach the passive; the passive still reaches it.
+    ActiveMute,
+    /// The passive cannot reach the active.
+    PassiveMute,
+    /// The active loses the witness only.
+    ActiveWitness,
+    /// The passive loses the witness only.
+    PassiveWitness,
+    /// The active loses both the peer and the witness.
+    IsolateActive,
+}
+
+const FAULTS: [Fault; 6] = [
+    Fault::Split,
+    Fault::ActiveMute,
+    Fault::PassiveMute,
+    Fault::ActiveWitness,
+    Fault::PassiveWitness,
+    Fault::IsolateActive,
+];
+
+fn apply(net: &Net, f: Fault, active: usize, on: bool) {
+    let passive = 1 - active;
+    match f {
+        Fault::Split => net.peer_link(!on),
+        Fault::ActiveMute => net.one_way(active, on),
+        Fault::PassiveMute => net.one_way(passive, on),
+        Fault::ActiveWitness => net.witness_link(active, !on),
+        Fault::PassiveWitness => net.witness_link(passive, !on),
+        Fault::IsolateActive => {
+            net.peer_link(!on);
+            net.witness_link(active, !on);
+        }
+    }
+}
+
+const NODES: [&str; 2] = ["alpha", "beta"];
+
+/// One acknowledged write: which node, which row, at which LSN.
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    node: usize,
+    id: u64,
+    lsn: u64,
+}
+
+/// Every (LSN, inserted ids, segment epoch) in a node's own log
+/// directories (live and set aside by rewinds).
+fn records(data_dir: &Path) -> Vec<(u64, u64, Vec<u64>)> {
+    let mut dirs = vec![data_dir.join("logs")];
+    if let Ok(rd) = std::fs::read_dir(data_dir.join("rewound")) {
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p.clone());
+                dirs.push(p.join("logs"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p: PathBuf = e.unwrap().path();
+            if p.extension().is_none_or(|x| x != "log") {
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            let Ok(scan) = shipper::format::scan_current(&bytes, None) else {
+                continue;
+            };
+            let epoch = scan.header.epoch.0;
+            let mut r = shipper::format::Reassembler::default();
+            for f in &scan.frames {
+                if let Ok(Some((kind, lsn, payload))) = r.push(f)
+                    && let Ok(rec) = shipper::format::Record::decode(kind, &payload)
+                {
+                    let mut ids = Vec::new();
+                    if let shipper::format::Body::Changeset(cs) = &rec.body {
+                        let _ = shipper::changeset::for_each_change(cs, |c| {
+                            if c.table == "t"
+                                && c.op == shipper::changeset::Op::Insert
+                                && let Some(Some(shipper::changeset::Value::Integer(id))) =
+                                    c.new.first()
+                            {
+                                ids.push(*id as u64);
+                            }
+                            Ok(())
+                        });
+                    }
+                    out.push((lsn.0, epoch, ids));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn partitions_never_let_two_nodes_write_in_one_epoch() {
+    let seed = seed("partitions_never_let_two_nodes_write_in_one_epoch");
+    let mut rng = Rng::new(seed);
+    let trials: usize = std::env::var("LOGSHIP_PARTITION_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let net = Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let wdir = dir.path().join("witness");
+    std::fs::create_dir_all(&wdir).unwrap();
+    let samba = Samba::start_on(&net.witness, &Samba::share_section("witness", &wdir));
+    let pw = samba.password_file();
+    let cluster = format!(
+        "witness = \"{}\"\npassword-file = \"{}\"\nsmb-timeout = \"1s\"\nseal-after = \"300ms\"\nretention = \"1h\"\nmount-dial = \"best-availability\"\n",
+        samba.url("witness"),
+        pw.display()
+    );
+    let hb = [
+        net.heartbeat(0, common::trio::free_udp_port()),
+        net.heartbeat(1, common::trio::free_udp_port()),
+    ];
+    let t = Trio::custom(dir, &cluster, hb, Some(net.ns.clone()));
+    let mut daemons = {
+        let (a, b) = t.running_pair();
+        vec![Some(a), Some(b)]
+    };
+    // A writer per node, each with its own ids.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Vec::<Ack>::new()));
+    let writers: Vec<_> = (0..2)
+        .map(|i| {
+            let (stop, acks) = (stop.clone(), acks.clone());
+            let data_dir = t.data_dir(NODES[i]);
+            std::thread::spawn(move || {
+                let mut id = (i as u64 + 1) * 1_000_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    let op = format!(
+                        "{{\"sql\":{{\"sql\":\"INSERT INTO t VALUES ({id}, 'w')\",\"each\":false}}}}\n"
+                    );
+                    match control_request(&data_dir, &op) {
+                        Some(lsn) => acks.lock().unwrap().push(Ack { node: i, id, lsn }),
+                        None => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect();
+    for trial in 0..trials {
+        let active = (0..2)
+            .find(|i| t.status(NODES[*i])["role"] == "active")
+            .unwrap_or_else(|| panic!("no active node before trial {trial}\n{}", t.dump()));
+        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        let hold = Duration::from_millis(500 + rng.below(3 * DEAD_MS + 4000));
+        eprintln!(
+            "trial {trial}: {fault:?} with {} active, for {hold:?}",
+            NODES[active]
+        );
+        apply(&net, fault, active, true);
+        std::thread::sleep(hold); // the fault's duration, not a readiness wait
+        apply(&net, fault, active, false);
+        t.wait_for(
+            "the cluster to settle: one active, a Healthy passive",
+            90,
+            || {
+                let s: Vec<_> = NODES.iter().map(|n| t.status(n)).collect();
+                let actives = s.iter().filter(|s| s["role"] == "active").count();
+                let healthy = s
+                    .iter()
+                    .any(|s| s["role"] == "passive" && s["summary_copy_status"] == "Healthy");
+                actives == 1 && healthy
+            },
+        );
+        // A daemon that died is a failure, not a fault to recover from.
+        for (i, d) in daemons.iter_mut().enumerate() {
+            if let Some(st) = d.as_mut().and_then(|d| d.0.try_wait().unwrap()) {
+                panic!("node {} exited ({st})\n{}", NODES[i], t.dump());
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+    assert!(!acks.is_empty(), "no write was acknowledged");
+    // Which epoch each acknowledged write went into, from the acking node's own log.
+    let logs: Vec<_> = NODES.iter().map(|n| records(&t.data_dir(n))).collect();
+    let mut writers_of: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
+    for a in &acks {
+        let epoch = logs[a.node]
+            .iter()
+            .find(|(lsn, _, ids)| *lsn == a.lsn && ids.contains(&a.id))
+            .map(|(_, e, _)| *e)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} acknowledged row {} at LSN {} but its log does not hold it (seed {seed})",
+                    NODES[a.node], a.id, a.lsn
+                )
+            });
+        writers_of.entry(epoch).or_default().insert(a.node);
+    }
+    for (epoch, nodes) in &writers_of {
+        assert_eq!(
+            nodes.len(),
+            1,
+            "epoch {epoch} holds acknowledged writes of {nodes:?} (seed {seed})"
+        );
+        let rec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(wdir.join(format!("epoch-{epoch:016x}.json"))).unwrap(),
+        )
+        .unwrap();
+        let writer = NODES[*nodes.iter().next().unwrap()];
+        assert_eq!(rec["node"], writer, "epoch {epoch} (seed {seed})");
+    }
+    eprintln!(
+        "{} acknowledged writes in epochs {:?} (seed {seed})",
+        acks.len(),
+        writers_of
+    );
+    drop(daemons);
+    drop(samba);
+    drop(net);
+}
+
+/// Sends one raw request line to a node's control socket; the LSN of an
+/// acknowledged `ok <lsn>`.
+fn control_request(data_dir: &Path, line: &str) -> Option<u64> {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::os::unix::net::UnixStream::connect(data_dir.join("control.sock")).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    (&s).write_all(line.as_bytes()).ok()?;
+    let mut lsn = None;
+    for l in BufReader::new(&s).lines() {
+        let v: serde_json::Value = serde_json::from_str(&l.ok()?).ok()?;
+        if let Some(out) = v["out"].as_str() {
+            lsn = out
+                .lines()
+                .find_map(|x| x.strip_prefix("ok ").and_then(|n| n.trim().parse().ok()));
+        }
+        if v.get("error").is_some() {
+            return None;
+        }
+        if v.get("done").is_some() {
+            return lsn;
+        }
+    }
+    None
+}
