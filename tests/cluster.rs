@@ -342,3 +342,66 @@ fn move_cluster_checks_first_then_moves_and_moves_back_losing_nothing() {
         }
     }
 }
+
+#[test]
+fn both_nodes_started_at_once_with_a_fresh_witness_make_one_active() {
+    let t = Trio::new("good-availability");
+    {
+        let (_a, _b) = t.running_pair();
+    }
+    // A fresh witness directory: no epoch, no lock file.
+    let w = t.dir.path().join("witness");
+    std::fs::remove_dir_all(&w).unwrap();
+    std::fs::create_dir_all(&w).unwrap();
+    let (_a, _b) = (t.start("alpha"), t.start("beta"));
+    t.wait_for("one active and a Healthy passive", 60, || {
+        let (a, b) = (t.status("alpha"), t.status("beta"));
+        a["role"] == "active" && b["role"] == "passive" && b["summary_copy_status"] == "Healthy"
+    });
+    let epochs: Vec<String> = std::fs::read_dir(&w)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("epoch-"))
+        .collect();
+    assert_eq!(epochs.len(), 1, "{epochs:?}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.join(&epochs[0])).unwrap()).unwrap();
+    assert_eq!(rec["node"], "alpha");
+    assert!(t.insert("alpha", 7).is_some());
+}
+
+#[test]
+fn a_peer_with_another_configuration_is_refused_and_named() {
+    let t = Trio::new("good-availability");
+    let (_alpha, beta) = t.running_pair();
+    drop(beta);
+    let other = t.dir.path().join("other.toml");
+    let mut text = std::fs::read_to_string(&t.config).unwrap();
+    text.push_str("# edited on one node only\n");
+    std::fs::write(&other, text).unwrap();
+    let log = std::fs::File::create(t.dir.path().join("beta-other.log")).unwrap();
+    let _beta = common::Daemon(
+        Command::new(env!("CARGO_BIN_EXE_logship"))
+            .args(["node", "--node", "beta", "--config"])
+            .arg(&other)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    t.wait_for("alpha to name beta's other configuration", 30, || {
+        t.status("alpha")["warnings"]
+            .to_string()
+            .contains("node beta runs a different configuration")
+    });
+    // A refused peer is no vote: the old one's lease runs out and is not renewed.
+    t.wait_for("alpha to lose beta's vote", 30, || {
+        t.status("alpha")["quorum"]["peer"] == false
+    });
+    assert_eq!(t.status("alpha")["role"], "active");
+    t.wait_for("beta to name alpha's", 30, || {
+        t.status("beta")["warnings"]
+            .to_string()
+            .contains("node alpha runs a different configuration")
+    });
+}
