@@ -515,6 +515,9 @@ impl Daemon<'_> {
                 .map_err(|e| format!("{e:#}"));
             let _ = req.reply.send(r);
         }
+        // A request may have changed the role or taken the witness vote:
+        // decide on what holds now.
+        let (peer, wv) = (self.link.peer(), self.wit.view());
         if self.moving.is_some() {
             return self.tick_moving(&peer);
         }

@@ -405,3 +405,52 @@ fn a_peer_with_another_configuration_is_refused_and_named() {
             .contains("node alpha runs a different configuration")
     });
 }
+
+#[test]
+fn a_lossless_dial_keeps_a_lossy_copy_passive_until_an_operator_forces_it() {
+    let t = Trio::with("lossless", "1h");
+    let (mut alpha, _beta) = t.running_pair();
+    let mut last = 0;
+    for id in 1..=5 {
+        last = t.insert("alpha", id).unwrap();
+    }
+    t.wait_for("beta to hear alpha's last LSN", 30, || {
+        t.status("beta")["peer"]["lsn"].as_u64() == Some(last)
+    });
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    t.wait_for("beta to refuse by the dial", 30, || {
+        t.status("beta")["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("mount dial lossless"))
+    });
+    let st = t.status("beta");
+    assert_eq!(st["role"], "passive", "{st}");
+    assert_eq!(st["dial"]["allowed"], false, "{st}");
+    assert!(
+        t.insert("beta", 100).is_none(),
+        "a refused copy took a write"
+    );
+    let refused = t.cmd("beta", &["activate"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("mount dial lossless"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let out = t.ok("beta", &["activate", "--force"]);
+    assert!(out.contains("is active in epoch"), "{out}");
+    assert_eq!(t.status("beta")["role"], "active");
+    let w = t
+        .cmd("beta", &["sql", "INSERT INTO t VALUES (100, 'x')"])
+        .output()
+        .unwrap();
+    assert!(
+        w.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&w.stderr),
+        t.dump()
+    );
+    let events = t.ok("beta", &["events"]);
+    assert!(events.contains("forced=true"), "{events}");
+}
