@@ -23,6 +23,23 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_FILE)
 }
 
+/// Held by `logship node` for its whole life: while it is held, nothing
+/// else may open the node's store (the daemon may be between roles).
+pub const NODE_LOCK_FILE: &str = "node.lock";
+
+/// The pid of the `logship node` daemon running on `data_dir`, if one is.
+pub fn node_daemon(data_dir: &Path) -> Option<String> {
+    let path = data_dir.join(NODE_LOCK_FILE);
+    if !path.exists() {
+        return None;
+    }
+    match shipper::store::lock_file(&path, data_dir) {
+        Ok(_released_at_once) => None,
+        Err(shipper::Error::Locked { pid, .. }) => Some(pid),
+        Err(_) => None,
+    }
+}
+
 /// What a command asks of the store.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -93,6 +110,10 @@ pub fn run_on_node(
     cfg: &logship::config::Config,
     op: &Op,
 ) -> Result<bool> {
+    if node_daemon(&node.data_dir).is_some() {
+        // The cluster daemon owns this node's store, whatever its role now.
+        return forward(&node.data_dir, op);
+    }
     let opts = shipper::StoreOptions {
         seal_after: cfg.cluster.seal_after,
         ..Default::default()

@@ -16,7 +16,16 @@ use shipper::share::Share;
 
 use crate::copy::{SHUTDOWN, install_shutdown_handler, share_of, source_node};
 
+/// Refuses to run a role's daemon by hand where `logship node` runs it.
+pub fn refuse_under_node(name: &str, node: &Node) -> Result<()> {
+    if let Some(pid) = crate::control::node_daemon(&node.data_dir) {
+        bail!("`logship node` (pid {pid}) runs node {name}: it runs the role's duties itself");
+    }
+    Ok(())
+}
+
 pub fn ship(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
+    refuse_under_node(name, node)?;
     let share = share_of(name, node, cfg)?;
     let mut peers = Vec::new();
     for (peer, n) in &cfg.nodes {

@@ -328,6 +328,27 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     };
     std::fs::create_dir_all(&node.data_dir)
         .with_context(|| format!("create {}", node.data_dir.display()))?;
+    // Held for the daemon's life: no other process opens this node's store,
+    // even while the daemon is between roles.
+    // (A command checking whether a daemon runs holds it for an instant.)
+    let lock_path = node.data_dir.join(crate::control::NODE_LOCK_FILE);
+    let mut tries = 0;
+    let _node_lock = loop {
+        match shipper::store::lock_file(&lock_path, &node.data_dir) {
+            Err(shipper::Error::Locked { .. }) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => break r,
+        }
+    }
+    .map_err(|e| match e {
+        shipper::Error::Locked { pid, .. } => anyhow::anyhow!(
+            "another `logship node` (pid {pid}) runs node {name} on {}",
+            node.data_dir.display()
+        ),
+        e => e.into(),
+    })?;
     install_shutdown_handler();
     let stop = Arc::new(AtomicBool::new(false));
     let (link, link_thread) = Link::start(

@@ -86,6 +86,19 @@ fn killing_the_active_fails_over_and_keeps_every_sealed_acknowledged_write() {
 fn killing_the_passive_leaves_the_active_serving() {
     let t = Trio::new("good-availability");
     let (_alpha, mut beta) = t.running_pair();
+    // While the daemon runs a node, nothing else opens its store.
+    for (args, why) in [
+        (vec!["replay"], "runs node beta"),
+        (
+            vec!["sql", "INSERT INTO t VALUES (9, 'x')"],
+            "node beta is not active",
+        ),
+    ] {
+        let out = t.cmd("beta", &args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
     beta.0.kill().unwrap();
     beta.0.wait().unwrap();
     let until = Instant::now() + Duration::from_millis(3 * DEAD_MS);

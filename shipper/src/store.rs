@@ -1022,27 +1022,33 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
 /// Takes the data directory's lock (one writing process at a time); held
 /// until the returned file is dropped.
 pub fn lock_data_dir(data_dir: &Path) -> Result<File> {
-    let path = data_dir.join(LOCK_FILE);
+    lock_file(&data_dir.join(LOCK_FILE), data_dir)
+}
+
+/// Takes the exclusive lock `path` (an `flock`, released when the process
+/// dies) and writes our pid in it; `Error::Locked` names the holder's pid
+/// and `what`.
+pub fn lock_file(path: &Path, what: &Path) -> Result<File> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
-        .map_err(|e| Error::io("open lock file", &path, e))?;
+        .open(path)
+        .map_err(|e| Error::io("open lock file", path, e))?;
     // SAFETY: flock on a valid, open descriptor owned by `file`.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
         return Err(Error::Locked {
-            path: data_dir.to_path_buf(),
+            path: what.to_path_buf(),
             pid: pid.trim().to_string(),
         });
     }
     file.set_len(0)
-        .map_err(|e| Error::io("truncate lock file", &path, e))?;
-    write!(file, "{}", std::process::id()).map_err(|e| Error::io("write lock file", &path, e))?;
+        .map_err(|e| Error::io("truncate lock file", path, e))?;
+    write!(file, "{}", std::process::id()).map_err(|e| Error::io("write lock file", path, e))?;
     Ok(file)
 }
 

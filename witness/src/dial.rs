@@ -58,21 +58,17 @@ pub struct DialDecision {
 
 /// Decides whether a copy that replayed up to `replayed` may be activated,
 /// when the old active was last known to be at `known` (`None`: never heard
-/// from it; only what its share held counts, and `lossless` cannot be proven).
+/// from it, and then no dial allows it: only an operator can).
 pub fn decide(dial: MountDial, replayed: Position, known: Option<Position>) -> DialDecision {
     let missing = match known {
         Some(k) if k.lsn > replayed.lsn => k.generation.saturating_sub(replayed.generation).max(1),
         _ => 0,
     };
-    let provable = known.is_some() || dial != MountDial::Lossless;
-    let allowed = missing <= dial.max_missing() && provable;
+    // Never heard from the old active: how much is lost cannot be bounded.
+    let allowed = known.is_some() && missing <= dial.max_missing();
     let text = match known {
-        None if !provable => format!(
-            "mount dial {}: the old active's last position is unknown, so no loss can be ruled out",
-            dial.name()
-        ),
         None => format!(
-            "mount dial {}: the old active's last position is unknown; the copy holds LSN {} (generation {})",
+            "mount dial {}: the old active's last position is unknown (not heard since this node started), so the loss cannot be bounded; the copy holds LSN {} (generation {})",
             dial.name(),
             replayed.lsn,
             replayed.generation
@@ -121,6 +117,6 @@ mod tests {
         let d = decide(MountDial::BestAvailability, p(100, 5), Some(p(900, 17)));
         assert!(d.allowed);
         assert!(!decide(MountDial::Lossless, p(1, 1), None).allowed);
-        assert!(decide(MountDial::GoodAvailability, p(1, 1), None).allowed);
+        assert!(!decide(MountDial::BestAvailability, p(1, 1), None).allowed);
     }
 }
