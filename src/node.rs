@@ -831,6 +831,12 @@ impl Daemon<'_> {
             "rewind impossible ({why}); the old database is in {}; reseeding",
             aside.display()
         ));
+        crate::events::append(
+            &self.node.data_dir,
+            &self.name,
+            "reseed",
+            serde_json::json!({"reason": why, "old_database": aside.display().to_string(), "source": self.peer}),
+        );
         self.write_status(true);
         crate::daemons::seed(
             &self.name,

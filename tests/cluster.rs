@@ -467,3 +467,71 @@ fn a_lossless_dial_keeps_a_lossy_copy_passive_until_an_operator_forces_it() {
     let events = t.ok("beta", &["events"]);
     assert!(events.contains("forced=true"), "{events}");
 }
+
+#[test]
+fn a_rejoin_that_cannot_rewind_a_schema_change_reseeds_and_keeps_the_old_database() {
+    let t = Trio::with("good-availability", "1h");
+    let (mut alpha, _beta) = t.running_pair();
+    let mut last = t.insert("alpha", 1).unwrap();
+    t.ok("alpha", &["seal"]);
+    t.wait_for("beta to replay the sealed row", 30, || {
+        t.status("beta")["last_replayed_lsn"].as_u64() == Some(last)
+    });
+    // Unsealed when alpha dies: a row and a schema change.
+    t.insert("alpha", 2).unwrap();
+    let out = t.ok(
+        "alpha",
+        &[
+            "sql",
+            "CREATE TABLE extra (id INTEGER PRIMARY KEY NOT NULL)",
+        ],
+    );
+    last = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ok ").and_then(|n| n.trim().parse().ok()))
+        .unwrap();
+    t.wait_for("beta to hear alpha's last LSN", 30, || {
+        t.status("beta")["peer"]["lsn"].as_u64() == Some(last)
+    });
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    t.wait_for("beta to take writes", 30, || {
+        t.insert("beta", 100).is_some()
+    });
+    let _alpha = t.start("alpha");
+    t.wait_for("alpha reseeded and following beta", 90, || {
+        let s = t.status("alpha");
+        s["role"] == "passive"
+            && s["summary_copy_status"] == "Healthy"
+            && t.ids("alpha") == [1, 100]
+    });
+    let rewound = t.data_dir("alpha").join("rewound");
+    let aside = std::fs::read_dir(&rewound)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("store-")
+        })
+        .expect("the old database set aside");
+    // The old database, with what was lost, is there for an operator.
+    let old = rusqlite::Connection::open_with_flags(
+        aside.join("store.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let n: i64 = old
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'extra'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let events = t.ok("alpha", &["events"]);
+    assert!(events.contains("reseed"), "{events}");
+    let out = t.ok("alpha", &["verify-copy"]);
+    assert!(out.contains("equal"), "{out}");
+}
