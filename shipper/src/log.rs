@@ -474,6 +474,11 @@ impl LogWriter {
             created_us: now_us(),
             ..self.header.clone()
         };
+        self.install(header)
+    }
+
+    /// Installs an empty current segment with `header` and writes into it.
+    fn install(&mut self, header: SegmentHeader) -> Result<()> {
         install_current(&self.dir, &header)?;
         self.file = OpenOptions::new()
             .read(true)
@@ -622,16 +627,7 @@ impl LogWriter {
             self.end.epoch,
             Some(self.end.schema_hash),
         );
-        install_current(&self.dir, &header)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.current_path)
-            .map_err(|e| Error::io("open current segment", &self.current_path, e))?;
-        self.crc = crc32fast::Hasher::new();
-        self.crc.update(&header.encode());
-        self.header = header;
-        self.write_pos = HEADER_SIZE;
+        self.install(header)?;
         self.frame_count = 0;
         self.end.generation = self.header.generation;
         self.oldest_unsealed = None;

@@ -542,11 +542,26 @@ impl SmbShare {
 
     /// Writes `name` atomically: `<name>.part`, then a rename that replaces.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let temp_name = format!("{name}{}", crate::share::TEMP_SUFFIX);
-        let rel_temp = self.rel(&temp_name);
+        let temp = format!("{name}{}", crate::share::TEMP_SUFFIX);
+        self.write_and_rename("write", name, &temp, bytes, true)?
+            .map_err(|e| self.err("write", name, e.to_string()))
+    }
+
+    /// Writes `bytes` to `temp`, flushes, and renames it to `name`
+    /// (replacing it or not); a temporary file whose rename failed is
+    /// deleted.
+    fn write_and_rename(
+        &self,
+        op: &'static str,
+        name: &str,
+        temp: &str,
+        bytes: &[u8],
+        replace: bool,
+    ) -> Result<std::result::Result<(), smb::Error>> {
+        let rel_temp = self.rel(temp);
         let rel_final = self.rel(name);
         let data = bytes.to_vec();
-        let r = self.call("write", name, move |t| {
+        self.call(op, name, move |t| {
             async move {
                 let args =
                     FileCreateArgs::make_overwrite(FileAttributes::new(), CreateOptions::new());
@@ -558,17 +573,23 @@ impl SmbShare {
                     off += n.max(1);
                 }
                 file.flush().await.map_err(smb::Error::from)?;
-                file.set_info(smb::FileRenameInformation {
-                    replace_if_exists: true.into(),
-                    root_directory: 0,
-                    file_name: rel_final.replace('/', "\\").as_str().into(),
-                })
-                .await?;
-                file.close().await
+                let renamed = file
+                    .set_info(smb::FileRenameInformation {
+                        replace_if_exists: replace.into(),
+                        root_directory: 0,
+                        file_name: rel_final.replace('/', "\\").as_str().into(),
+                    })
+                    .await;
+                if renamed.is_err() {
+                    let _ = file
+                        .set_info(smb::FileDispositionInformation::default())
+                        .await;
+                }
+                file.close().await?;
+                renamed
             }
             .boxed()
-        })?;
-        r.map_err(|e| self.err("write", name, e.to_string()))
+        })
     }
 
     /// Deletes `name`; a missing file is not an error.
@@ -701,41 +722,8 @@ impl SmbShare {
     /// a temporary name, then a rename that never replaces, so readers see
     /// the whole file or nothing and only one creator wins.
     pub fn create_new(&self, name: &str, bytes: &[u8]) -> Result<bool> {
-        let temp_name = format!("{name}.{}{}", std::process::id(), crate::share::TEMP_SUFFIX);
-        let rel_temp = self.rel(&temp_name);
-        let rel_final = self.rel(name);
-        let data = bytes.to_vec();
-        let r = self.call("create", name, move |t| {
-            async move {
-                let args =
-                    FileCreateArgs::make_overwrite(FileAttributes::new(), CreateOptions::new());
-                let file = t.create(&rel_temp, &args).await?.unwrap_file();
-                let mut off = 0usize;
-                while off < data.len() {
-                    let end = (off + CHUNK).min(data.len());
-                    let n = file.write_at(&data[off..end], off as u64).await?;
-                    off += n.max(1);
-                }
-                file.flush().await.map_err(smb::Error::from)?;
-                let renamed = file
-                    .set_info(smb::FileRenameInformation {
-                        replace_if_exists: false.into(),
-                        root_directory: 0,
-                        file_name: rel_final.replace('/', "\\").as_str().into(),
-                    })
-                    .await;
-                if renamed.is_err() {
-                    // Lost the race (or failed): the temporary file goes.
-                    let _ = file
-                        .set_info(smb::FileDispositionInformation::default())
-                        .await;
-                }
-                file.close().await?;
-                renamed
-            }
-            .boxed()
-        })?;
-        match r {
+        let temp = format!("{name}.{}{}", std::process::id(), crate::share::TEMP_SUFFIX);
+        match self.write_and_rename("create", name, &temp, bytes, false)? {
             Ok(()) => Ok(true),
             Err(e) if smb_status(&e) == Some(NAME_COLLISION) => Ok(false),
             Err(e) => Err(self.err("create", name, e.to_string())),

@@ -163,6 +163,37 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
+/// `logship ARGS --config CONFIG --node NODE`, logging at `log_level`, no
+/// failpoint, no stdin.
+pub fn node_cmd(config: &Path, node: &str, args: &[&str], log_level: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
+    c.args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--node")
+        .arg(node)
+        .env("RUST_LOG", log_level)
+        .env_remove("LOGSHIP_FAILPOINT")
+        .stdin(Stdio::null());
+    c
+}
+
+/// `logship status --json --node NODE`, parsed: the node's entry, if any.
+pub fn status_json(config: &Path, node: &str) -> Option<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(["status", "--json", "--node", node, "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array().and_then(|a| a.first().cloned())
+}
+
 /// Two nodes: `alpha` (the active, whose share is its log directory) and
 /// `beta` (a passive, publishing its status on its own share).
 pub struct Pair {
@@ -210,16 +241,7 @@ impl Pair {
     }
 
     pub fn cmd(&self, node: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
-        c.args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--node")
-            .arg(node)
-            .env("RUST_LOG", "warn")
-            .env_remove("LOGSHIP_FAILPOINT")
-            .stdin(Stdio::null());
-        c
+        node_cmd(&self.config, node, args, "warn")
     }
 
     pub fn ok(&self, node: &str, args: &[&str]) -> String {
@@ -238,18 +260,7 @@ impl Pair {
 
     /// `logship status --json`, parsed, for one node's copy.
     pub fn copy_status(&self, node: &str) -> Option<serde_json::Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_logship"))
-            .args(["status", "--json", "--node", node, "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array().and_then(|a| a.first().cloned())
+        status_json(&self.config, node)
     }
 
     /// Offline seed: the active's database file, copied while no process has it open.

@@ -79,16 +79,7 @@ impl Trio {
     }
 
     pub fn cmd(&self, node: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
-        c.args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--node")
-            .arg(node)
-            .env("RUST_LOG", "info")
-            .env_remove("LOGSHIP_FAILPOINT")
-            .stdin(Stdio::null());
-        c
+        super::node_cmd(&self.config, node, args, "info")
     }
 
     pub fn ok(&self, node: &str, args: &[&str]) -> String {
@@ -129,20 +120,7 @@ impl Trio {
     }
 
     pub fn status(&self, node: &str) -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_logship"))
-            .args(["status", "--json", "--node", node, "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array()
-            .and_then(|a| a.first().cloned())
-            .unwrap_or(serde_json::Value::Null)
+        super::status_json(&self.config, node).unwrap_or(serde_json::Value::Null)
     }
 
     /// Both daemons' logs and statuses, and the files: for failure messages.
