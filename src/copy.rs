@@ -139,9 +139,19 @@ pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeS
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        if let Some(mut st) = crate::node::NodeStatus::load(&node.data_dir) {
+        let local = crate::node::NodeStatus::load(&node.data_dir);
+        let is_local = local.is_some();
+        // Not on this machine: what the node published on its share.
+        let st = local.or_else(|| {
+            let share = share_of(name, node, cfg).ok()?;
+            let bytes = share
+                .read(crate::node::PUBLISHED_NODE_STATUS, 1 << 20)
+                .ok()??;
+            serde_json::from_slice::<crate::node::NodeStatus>(&bytes).ok()
+        });
+        if let Some(mut st) = st {
             // SAFETY: kill with signal 0 only checks that the process exists.
-            let alive = unsafe { libc::kill(st.pid as libc::pid_t, 0) } == 0;
+            let alive = !is_local || unsafe { libc::kill(st.pid as libc::pid_t, 0) } == 0;
             if !alive || now.saturating_sub(st.updated_us) > 10_000_000 {
                 st.node_state = "offline".into();
                 st.role = witness::Role::Starting;

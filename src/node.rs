@@ -33,6 +33,8 @@ use crate::copy::{SHUTDOWN, install_shutdown_handler, share_of};
 
 /// The node's published state, beside its data.
 pub const NODE_STATUS_FILE: &str = "node.json";
+/// The same, on the node's own share, for `status` on other machines.
+pub const PUBLISHED_NODE_STATUS: &str = "node-status.json";
 /// Present while the node is paused (it holds the operator's reason).
 pub const PAUSED_FILE: &str = "paused";
 /// How long a failover may spend copying and replaying what the old
@@ -293,6 +295,9 @@ struct Daemon<'a> {
     moving: Option<Moving>,
     /// The position last announced, to announce progress at once during a move.
     announced: Option<Position>,
+    /// Hands the status to the thread that publishes it on the node's share
+    /// (a slow share must not hold up the daemon's loop).
+    publish: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
 }
 
 /// Runs the node daemon until SIGTERM or SIGINT.
@@ -399,6 +404,10 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         status_written: None,
         moving: None,
         announced: None,
+        publish: match node.share {
+            Some(_) => Some(status_publisher(share_of(name, node, cfg)?)?),
+            None => None,
+        },
     };
     tracing::info!(node = %name, peer = %d.peer, witness = %witness_spec, "node daemon started");
     let tick = (timing.interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));
@@ -418,6 +427,27 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     let _ = link_thread.join();
     let _ = witness_thread.join();
     Ok(ExitCode::SUCCESS)
+}
+
+/// A thread that writes each status it is handed to the node's share.
+fn status_publisher(share: shipper::share::Share) -> Result<std::sync::mpsc::SyncSender<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    std::thread::Builder::new()
+        .name("logship-status".into())
+        .spawn(move || {
+            let mut failing = false;
+            for json in rx {
+                match share.write_atomic(PUBLISHED_NODE_STATUS, &json) {
+                    Ok(()) => failing = false,
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(share = %share.display(), error = %e, "cannot publish the node status");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 fn witness_share(cfg: &Config, spec: &str) -> Result<shipper::share::Share> {
@@ -1480,6 +1510,10 @@ impl Daemon<'_> {
         let json = serde_json::to_vec_pretty(&out).expect("status serialises");
         if let Err(e) = shipper::share::write_atomic(&path, &json) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the node status");
+        }
+        if let Some(p) = &self.publish {
+            // Full: the publisher is behind; the next status will do.
+            let _ = p.try_send(json);
         }
         self.status_written = Some((st, Instant::now()));
     }

@@ -99,6 +99,19 @@ fn killing_the_passive_leaves_the_active_serving() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(why), "{args:?}: {err}");
     }
+    // Seen from another machine (alpha's data directory is not here): the
+    // status alpha publishes on its share.
+    let text = std::fs::read_to_string(&t.config).unwrap();
+    let a = t.data_dir("alpha").display().to_string();
+    let remote = text.replace(
+        &format!("data-dir = \"{a}\""),
+        "data-dir = \"/nonexistent/alpha\"",
+    );
+    assert_ne!(remote, text);
+    let view = t.dir.path().join("remote-view.toml");
+    std::fs::write(&view, remote).unwrap();
+    let seen = common::status_json(&view, "alpha").expect("alpha's published status");
+    assert_eq!(seen["role"], "active", "{seen}");
     beta.0.kill().unwrap();
     beta.0.wait().unwrap();
     let until = Instant::now() + Duration::from_millis(3 * DEAD_MS);
