@@ -384,3 +384,42 @@ fn encryption_is_on_by_default_where_the_server_offers_it_and_can_be_required() 
     assert!(!required.exists("x").unwrap());
     assert!(session_encryption(&s).contains("GCM"));
 }
+
+#[test]
+fn a_killed_active_releases_the_smb_witness_vote_and_the_passive_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let wdir = dir.path().join("witness");
+    std::fs::create_dir_all(&wdir).unwrap();
+    let s = Samba::start(&Samba::share_section("witness", &wdir));
+    let cluster = format!(
+        "witness = \"{}\"\npassword-file = \"{}\"\nsmb-timeout = \"2s\"\nseal-after = \"200ms\"\n",
+        s.url("witness"),
+        s.password_file().display()
+    );
+    let hb = [
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+    ];
+    let t = common::trio::Trio::custom(dir, &cluster, hb, None);
+    let (mut alpha, _beta) = t.running_pair();
+    // The vote is held over SMB: the lock file is on the server's disk.
+    assert!(wdir.join("witness.lock").exists());
+    let lsn = t.insert("alpha", 1).unwrap();
+    t.wait_for("beta to replay it", 30, || {
+        t.status("beta")["last_replayed_lsn"].as_u64() == Some(lsn)
+    });
+    alpha.0.kill().unwrap();
+    let killed = Instant::now();
+    alpha.0.wait().unwrap();
+    t.wait_for("beta to take writes", 30, || t.insert("beta", 2).is_some());
+    let rto = killed.elapsed();
+    eprintln!("failover with an SMB witness took {} ms", rto.as_millis());
+    // The server dropped the dead holder's handle at once: no keepalive wait.
+    assert!(
+        rto < Duration::from_millis(2 * common::trio::DEAD_MS + 2000),
+        "{rto:?}"
+    );
+    assert_eq!(t.ids("beta"), vec![1, 2]);
+    let st = t.status("beta");
+    assert_eq!(st["quorum"]["witness"], true, "{st}");
+}
