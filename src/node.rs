@@ -295,6 +295,8 @@ struct Daemon<'a> {
     moving: Option<Moving>,
     /// The position last announced, to announce progress at once during a move.
     announced: Option<Position>,
+    /// The LMTP endpoint's view of this node (the store while active).
+    mail: Arc<dumpster::lmtp::NodeMail>,
     /// Hands the status to the thread that publishes it on the node's share
     /// (a slow share must not hold up the daemon's loop).
     publish: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
@@ -378,6 +380,18 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
             .name("logship-witness".into())
             .spawn(move || witness_thread(w, wit, timing, stop))?
     };
+    let mail = Arc::new(dumpster::lmtp::NodeMail {
+        domains: cfg
+            .dumpster
+            .as_ref()
+            .map(|d| d.accepted_domains.clone())
+            .unwrap_or_default(),
+        node: name.to_string(),
+        ..Default::default()
+    });
+    if let Some(addr) = &node.lmtp {
+        start_lmtp(name, addr, mail.clone())?;
+    }
     let (req_tx, requests) = channel::<Request>();
     let serving: Arc<Mutex<Option<Arc<Store>>>> = Default::default();
     serve_control(name, &peer, node, serving.clone(), req_tx)?;
@@ -404,6 +418,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         status_written: None,
         moving: None,
         announced: None,
+        mail: mail.clone(),
         publish: match node.share {
             Some(_) => Some(status_publisher(share_of(name, node, cfg)?)?),
             None => None,
@@ -427,6 +442,30 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     let _ = link_thread.join();
     let _ = witness_thread.join();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the node's LMTP address and serves it from a thread of its own
+/// (a current-thread runtime: the store's writer does the heavy work).
+fn start_lmtp(name: &str, addr: &str, mail: Arc<dumpster::lmtp::NodeMail>) -> Result<()> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("listen for LMTP on {addr} (node {name}'s `lmtp`)"))?;
+    listener.set_nonblocking(true)?;
+    let hostname = name.to_string();
+    std::thread::Builder::new()
+        .name("logship-lmtp".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("start the LMTP runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
+                dumpster::lmtp::run(listener, mail, Default::default(), hostname).await;
+            });
+        })?;
+    tracing::info!(node = %name, lmtp = %addr, "LMTP endpoint listening");
+    Ok(())
 }
 
 /// A thread that writes each status it is handed to the node's share.
@@ -958,6 +997,10 @@ impl Daemon<'_> {
                     }
                 })?
         };
+        if self.node.lmtp.is_some() {
+            dumpster::mailbox::ensure_schema(&store).context("create the mailbox tables")?;
+            *self.mail.store.lock().expect("mail lock") = Some(store.clone());
+        }
         *self.serving.lock().expect("serving lock") = Some(store.clone());
         tracing::info!(node = %self.name, epoch = %epoch, lsn = %lsn, reason, "active");
         crate::events::append(
@@ -1050,6 +1093,7 @@ impl Daemon<'_> {
         }
         let started = Instant::now();
         *self.serving.lock().expect("serving lock") = None;
+        *self.mail.store.lock().expect("mail lock") = None;
         let lsn = a
             .store
             .freeze(&format!("node {} is moving to {to}", self.name))?;
@@ -1341,6 +1385,7 @@ impl Daemon<'_> {
             Duty::Active(a) => {
                 a.fence.revoke();
                 *self.serving.lock().expect("serving lock") = None;
+                *self.mail.store.lock().expect("mail lock") = None;
                 a.shutdown.store(true, Ordering::Relaxed);
                 let _ = a.ship.join();
                 drop(a.store);
@@ -1355,6 +1400,14 @@ impl Daemon<'_> {
     // ---- heartbeat and status ----
 
     fn update_heartbeat(&mut self, peer: &PeerView) {
+        let peer_active = peer.alive(self.timing.dead_after)
+            && peer.last.as_ref().is_some_and(|h| h.role == Role::Active);
+        let hint = if peer_active {
+            self.cfg.node(&self.peer).ok().and_then(|n| n.lmtp.clone())
+        } else {
+            None
+        };
+        *self.mail.active_hint.lock().expect("hint lock") = hint;
         let moving = self.moving.as_ref().map(|m| witness::heartbeat::Handoff {
             to: m.to.clone(),
             lsn: m.lsn.0,

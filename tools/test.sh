@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Commands the tests drive for real, and the Debian package of each.
-NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2)
+NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks)
 
 missing=()
 for pair in "${NEEDED[@]}"; do

@@ -3,4 +3,11 @@
 //! node's LMTP endpoint, the mailbox schema with duplicate detection by
 //! (Message-ID, recipient), and redelivery on request after a lossy failover.
 //!
-//! Nothing lives here yet.
+//! Built so far: the message rules (`message`), the mailbox store
+//! (`mailbox`), the SMTP/LMTP session engine (`protocol`) and the node's
+//! LMTP endpoint (`lmtp`). The relay comes next.
+
+pub mod lmtp;
+pub mod mailbox;
+pub mod message;
+pub mod protocol;

@@ -19,6 +19,14 @@ pub struct Trio {
     pub netns: Option<[String; 2]>,
 }
 
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -56,18 +64,75 @@ impl Trio {
         heartbeat: [String; 2],
         netns: Option<[String; 2]>,
     ) -> Trio {
+        Self::custom_full(
+            dir,
+            cluster,
+            heartbeat,
+            netns,
+            [String::new(), String::new()],
+            "",
+        )
+    }
+
+    /// A cluster whose nodes take mail over LMTP on free loopback ports,
+    /// for recipients in example.com.
+    pub fn with_mail(dial: &str) -> Trio {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path().join("witness");
+        std::fs::create_dir_all(&w).unwrap();
+        let hb = [
+            format!("127.0.0.1:{}", free_udp_port()),
+            format!("127.0.0.1:{}", free_udp_port()),
+        ];
+        let cluster = format!(
+            "witness = \"{}\"\nmount-dial = \"{dial}\"\nseal-after = \"200ms\"\n",
+            w.display()
+        );
+        let lmtp = |_| format!("lmtp = \"127.0.0.1:{}\"\n", free_tcp_port());
+        Self::custom_full(
+            dir,
+            &cluster,
+            hb,
+            None,
+            [lmtp(0), lmtp(1)],
+            "\n[dumpster]\naccepted-domains = [\"example.com\"]\n",
+        )
+    }
+
+    /// The node's LMTP address from the config.
+    pub fn lmtp(&self, node: &str) -> String {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let section = text.split(&format!("[nodes.{node}]")).nth(1).unwrap();
+        section
+            .lines()
+            .find_map(|l| l.strip_prefix("lmtp = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("an lmtp address")
+            .to_string()
+    }
+
+    pub fn custom_full(
+        dir: tempfile::TempDir,
+        cluster: &str,
+        heartbeat: [String; 2],
+        netns: Option<[String; 2]>,
+        node_extra: [String; 2],
+        tail: &str,
+    ) -> Trio {
         let p = dir.path();
         let config = p.join("logship.toml");
         std::fs::write(
             &config,
             format!(
                 "[cluster]\nname = \"trio\"\nheartbeat-interval = \"{INTERVAL_MS}ms\"\ndead-after = \"{DEAD_MS}ms\"\n{cluster}\n\
-                 [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{a}/logs\"\nheartbeat = \"{ha}\"\n\n\
-                 [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{b}/logs\"\nheartbeat = \"{hb}\"\n",
+                 [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{a}/logs\"\nheartbeat = \"{ha}\"\n{xa}\n\
+                 [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{b}/logs\"\nheartbeat = \"{hb}\"\n{xb}{tail}",
                 a = p.join("alpha").display(),
                 b = p.join("beta").display(),
                 ha = heartbeat[0],
                 hb = heartbeat[1],
+                xa = node_extra[0],
+                xb = node_extra[1],
             ),
         )
         .unwrap();

@@ -1,0 +1,130 @@
+//! The node's LMTP endpoint: while the node is active, each message is one
+//! store transaction (so concurrent deliveries share fsyncs through group
+//! commit) and each recipient is answered only once the message is durable.
+//! While passive, it answers 451 and names the active node's LMTP address,
+//! which the relay follows.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use shipper::Store;
+use tokio::net::TcpListener;
+
+use crate::mailbox::{self, Outcome};
+use crate::message::message_id;
+use crate::protocol::{self, Envelope, Handler, Limits, Mode, Reply};
+
+/// What the node tells its LMTP endpoint.
+#[derive(Debug, Default)]
+pub struct NodeMail {
+    /// The store while this node is active.
+    pub store: Mutex<Option<Arc<Store>>>,
+    /// Where the active node takes mail, when it is not this one.
+    pub active_hint: Mutex<Option<String>>,
+    /// Recipient domains accepted (empty: any).
+    pub domains: Vec<String>,
+    /// This node's name, for replies.
+    pub node: String,
+}
+
+impl NodeMail {
+    fn store(&self) -> Option<Arc<Store>> {
+        self.store.lock().expect("store lock").clone()
+    }
+
+    /// The reply of a node that cannot take mail now.
+    pub fn passive_reply(&self) -> Reply {
+        let hint = self.active_hint.lock().expect("hint lock").clone();
+        Reply::new(
+            451,
+            [4, 3, 2],
+            match hint {
+                Some(a) => format!("node {} is not active; active={a}", self.node),
+                None => format!(
+                    "node {} is not active; the active node is unknown",
+                    self.node
+                ),
+            },
+        )
+    }
+}
+
+fn domain_ok(domains: &[String], addr: &str) -> bool {
+    domains.is_empty()
+        || addr
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+}
+
+impl Handler for Arc<NodeMail> {
+    fn mail(&self, _from: &str) -> Option<Reply> {
+        if self.store().is_none() {
+            return Some(self.passive_reply());
+        }
+        None
+    }
+
+    fn rcpt(&self, to: &str) -> Option<Reply> {
+        if !domain_ok(&self.domains, to) {
+            return Some(Reply::new(
+                550,
+                [5, 1, 2],
+                format!("{to}: not a domain of this store"),
+            ));
+        }
+        None
+    }
+
+    async fn data(&self, env: Envelope, data: Vec<u8>) -> Vec<Reply> {
+        let n = env.rcpts.len();
+        let Some(store) = self.store() else {
+            return vec![self.passive_reply(); n];
+        };
+        let Some(id) = message_id(&data) else {
+            return vec![
+                Reply::new(
+                    550,
+                    [5, 6, 0],
+                    "no Message-ID: submit through the relay, which assigns one"
+                );
+                n
+            ];
+        };
+        match mailbox::deliver(&store, &env.from, &env.rcpts, &id, Arc::new(data)).await {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .zip(&env.rcpts)
+                .map(|(o, r)| match o {
+                    Outcome::Stored => Reply::ok(format!("<{r}> stored <{id}>")),
+                    Outcome::Duplicate => {
+                        Reply::ok(format!("<{r}> already has <{id}>: duplicate dropped"))
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, message_id = %id, "delivery not stored");
+                vec![Reply::new(451, [4, 3, 0], format!("not stored, try again: {e}")); n]
+            }
+        }
+    }
+}
+
+/// Accepts LMTP connections on `listener` for ever.
+pub async fn run(listener: TcpListener, mail: Arc<NodeMail>, limits: Limits, hostname: String) {
+    loop {
+        let (stream, peer): (_, SocketAddr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "LMTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (mail, limits, hostname) = (mail.clone(), limits.clone(), hostname.clone());
+        tokio::spawn(async move {
+            if let Err(e) = protocol::serve(stream, Mode::Lmtp, &hostname, &limits, &mail).await {
+                tracing::debug!(peer = %peer, error = %e, "LMTP connection ended");
+            }
+        });
+    }
+}

@@ -1,0 +1,83 @@
+//! Message bytes: the one Message-ID rule that the relay and the store
+//! share (duplicates are detected by it), line-ending normalisation, and
+//! adding a Message-ID to a message that has none (the relay does that at
+//! acceptance; the store never does).
+
+use mail_parser::{HeaderName, HeaderValue, MessageParser};
+
+/// The Message-ID of `raw`: the **first** `Message-ID` header (any case),
+/// without angle brackets or surrounding spaces; `None` when there is none
+/// or it is empty. (mail-parser's own `message_id()` returns the last one
+/// when a client sends two, as swaks does.)
+pub fn message_id(raw: &[u8]) -> Option<String> {
+    let msg = MessageParser::default().parse_headers(raw)?;
+    let first = msg
+        .headers()
+        .iter()
+        .find(|h| matches!(h.name, HeaderName::MessageId))?;
+    let text = match &first.value {
+        HeaderValue::Text(t) => t.to_string(),
+        HeaderValue::TextList(l) => l.first()?.to_string(),
+        _ => return None,
+    };
+    let id = text
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+/// Turns every bare LF into CRLF (as Postfix does), so that the stored
+/// message and any onward delivery read the same way.
+pub fn normalize_line_endings(raw: Vec<u8>) -> Vec<u8> {
+    let bare = raw
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| **b == b'\n' && (*i == 0 || raw[i - 1] != b'\r'))
+        .count();
+    if bare == 0 {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(raw.len() + bare);
+    for (i, b) in raw.iter().enumerate() {
+        if *b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(*b);
+    }
+    out
+}
+
+/// `raw` with a `Message-ID: <id>` header first.
+pub fn with_message_id(raw: &[u8], id: &str) -> Vec<u8> {
+    let mut out = format!("Message-ID: <{id}>\r\n").into_bytes();
+    out.extend_from_slice(raw);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_message_id_wins_and_loses_its_brackets() {
+        let m = b"Subject: x\r\nMessage-Id: <a@b>\r\nMESSAGE-ID: <c@d>\r\n\r\nbody\r\n";
+        assert_eq!(message_id(m).as_deref(), Some("a@b"));
+        assert_eq!(message_id(b"Subject: x\r\n\r\nbody\r\n"), None);
+        assert_eq!(message_id(b"Message-ID: <>\r\n\r\n"), None);
+        assert_eq!(message_id(b""), None);
+        let added = with_message_id(b"Subject: x\r\n\r\nbody\r\n", "n1@relay");
+        assert_eq!(message_id(&added).as_deref(), Some("n1@relay"));
+    }
+
+    #[test]
+    fn bare_line_feeds_become_crlf_and_crlf_stays() {
+        assert_eq!(
+            normalize_line_endings(b"a\nb\r\nc\n".to_vec()),
+            b"a\r\nb\r\nc\r\n"
+        );
+        assert_eq!(normalize_line_endings(b"\n".to_vec()), b"\r\n");
+        assert_eq!(normalize_line_endings(b"x\r\n".to_vec()), b"x\r\n");
+    }
+}

@@ -1,0 +1,392 @@
+//! The SMTP and LMTP server side, one session engine for both (smtp-proto
+//! parses; this module keeps the state, the limits and the replies).
+//!
+//! What it does, per RFC 5321 / 2033 and what real clients send
+//! (../shared/notes/smtp-lmtp.md): pipelining (replies are flushed when the
+//! input is used up), SIZE checked at MAIL and while DATA arrives (552, the
+//! session goes on), a cap on recipients (452), our own cap on command line
+//! length (500), bare LF in a message normalised to CRLF, BDAT refused and
+//! its chunk skipped, an idle timeout (421). In LMTP mode LHLO is the
+//! greeting and there is one reply per accepted recipient after the data;
+//! EHLO and HELO get 500, as Dovecot answers.
+
+use std::future::Future;
+use std::time::Duration;
+
+use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
+use smtp_proto::{EhloResponse, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::message::normalize_line_endings;
+
+/// SMTP (the relay) or LMTP (a node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Smtp,
+    Lmtp,
+}
+
+/// Bounds on what a client may send.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest message (advertised as SIZE).
+    pub max_message: usize,
+    /// Longest command line.
+    pub max_line: usize,
+    pub max_recipients: usize,
+    /// A silent client is dropped after this (421).
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message: 25 << 20,
+            max_line: 4096,
+            max_recipients: 100,
+            idle: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One reply line: code, enhanced status code, text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub esc: [u8; 3],
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, esc: [u8; 3], text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            esc,
+            text: text.into(),
+        }
+    }
+
+    pub fn ok(text: impl Into<String>) -> Reply {
+        Reply::new(250, [2, 0, 0], text)
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        let [a, b, c] = self.esc;
+        Response::new(self.code, a, b, c, self.text.as_str())
+            .write(&mut *out)
+            .expect("writing to a Vec cannot fail");
+    }
+}
+
+/// The envelope of one message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Envelope {
+    pub from: String,
+    pub rcpts: Vec<String>,
+}
+
+/// What the server asks of the relay or the node.
+pub trait Handler: Send + Sync + 'static {
+    /// `Some(reply)` refuses the sender (e.g. a passive node: 451).
+    fn mail(&self, from: &str) -> Option<Reply>;
+    /// `Some(reply)` refuses the recipient (e.g. a foreign domain: 550).
+    fn rcpt(&self, to: &str) -> Option<Reply>;
+    /// Takes a whole message: in LMTP mode one reply per recipient, in
+    /// SMTP mode exactly one. A 2xx reply promises the message is durable.
+    fn data(&self, env: Envelope, data: Vec<u8>) -> impl Future<Output = Vec<Reply>> + Send;
+}
+
+enum State {
+    Command(RequestReceiver),
+    Data(DataReceiver),
+    /// The message is over the limit: read it to its end, keep nothing.
+    Discard(DummyDataReceiver),
+    /// A BDAT chunk we did not offer to take: skip its bytes.
+    SkipChunk(DummyDataReceiver),
+    /// A command line over the limit: skip to its end.
+    SkipLine,
+}
+
+/// smtp-proto's `DataReceiver` starts as if no CRLF had been seen, so a
+/// message whose first line is "." (an empty message: `DATA\r\n.\r\n`) is
+/// not recognised. The CRLF that ended the DATA command counts.
+fn data_receiver() -> DataReceiver {
+    let mut r = DataReceiver::new();
+    r.ingest(&mut b"\r\n".iter(), &mut Vec::new());
+    r
+}
+
+/// Serves one connection until QUIT, EOF, or the idle timeout.
+pub async fn serve<H: Handler>(
+    stream: TcpStream,
+    mode: Mode,
+    hostname: &str,
+    limits: &Limits,
+    handler: &H,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut out = Vec::with_capacity(4096);
+    let proto = if mode == Mode::Lmtp { "LMTP" } else { "ESMTP" };
+    Reply::new(220, [2, 0, 0], format!("{hostname} {proto} logship")).write(&mut out);
+    wr.write_all(&out).await?;
+    out.clear();
+    let mut state = State::Command(RequestReceiver::default());
+    let mut env: Option<Envelope> = None;
+    let mut data = Vec::new();
+    // Bytes of the current command line fed so far (our own line cap).
+    let mut line = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match tokio::time::timeout(limits.idle, rd.read(&mut buf)).await {
+            Err(_) => {
+                Reply::new(421, [4, 4, 2], format!("{hostname} idle too long, closing"))
+                    .write(&mut out);
+                let _ = wr.write_all(&out).await;
+                return Ok(());
+            }
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e),
+        };
+        let mut iter = buf[..n].iter();
+        let mut quit = false;
+        while !quit {
+            match &mut state {
+                State::SkipLine => match iter.as_slice().iter().position(|b| *b == b'\n') {
+                    Some(p) => {
+                        iter = iter.as_slice()[p + 1..].iter();
+                        state = State::Command(RequestReceiver::default());
+                        line = 0;
+                    }
+                    None => break,
+                },
+                State::Command(rx) => {
+                    if iter.as_slice().is_empty() {
+                        break;
+                    }
+                    let before = iter.as_slice().len();
+                    let r = rx.ingest(&mut iter);
+                    line += before - iter.as_slice().len();
+                    match r {
+                        Err(smtp_proto::Error::NeedsMoreData { .. }) => {
+                            if line > limits.max_line {
+                                Reply::new(500, [5, 5, 2], "line too long").write(&mut out);
+                                state = State::SkipLine;
+                            }
+                            break;
+                        }
+                        _ if line > limits.max_line => {
+                            line = 0;
+                            Reply::new(500, [5, 5, 2], "line too long").write(&mut out);
+                        }
+                        Err(e) => {
+                            line = 0;
+                            syntax_error(e).write(&mut out);
+                        }
+                        Ok(req) => {
+                            line = 0;
+                            let req = req.into_owned();
+                            match command(req, mode, hostname, limits, handler, &mut env, &mut out)
+                            {
+                                Next::Command => {}
+                                Next::Data => {
+                                    data.clear();
+                                    state = State::Data(data_receiver());
+                                }
+                                Next::SkipChunk(n) => {
+                                    state = State::SkipChunk(DummyDataReceiver::new_bdat(n));
+                                }
+                                Next::Quit => quit = true,
+                            }
+                        }
+                    }
+                }
+                State::Data(rx) => {
+                    let done = rx.ingest(&mut iter, &mut data);
+                    if done {
+                        let e = env.take().unwrap_or_default();
+                        let count = if mode == Mode::Lmtp { e.rcpts.len() } else { 1 };
+                        let message = normalize_line_endings(std::mem::take(&mut data));
+                        // What the client sent so far is answered first.
+                        if !out.is_empty() {
+                            wr.write_all(&out).await?;
+                            out.clear();
+                        }
+                        let mut replies = handler.data(e, message).await;
+                        replies.resize(
+                            count,
+                            Reply::new(451, [4, 3, 0], "no reply for this recipient"),
+                        );
+                        for r in &replies {
+                            r.write(&mut out);
+                        }
+                        state = State::Command(RequestReceiver::default());
+                    } else {
+                        if data.len() > limits.max_message {
+                            let d = DummyDataReceiver::new_data(rx);
+                            data = Vec::new();
+                            state = State::Discard(d);
+                            continue;
+                        }
+                        break;
+                    }
+                }
+                State::Discard(rx) => {
+                    if rx.ingest(&mut iter) {
+                        let e = env.take().unwrap_or_default();
+                        let count = if mode == Mode::Lmtp { e.rcpts.len() } else { 1 };
+                        for _ in 0..count {
+                            Reply::new(
+                                552,
+                                [5, 3, 4],
+                                format!("message larger than {} bytes", limits.max_message),
+                            )
+                            .write(&mut out);
+                        }
+                        state = State::Command(RequestReceiver::default());
+                    } else {
+                        break;
+                    }
+                }
+                State::SkipChunk(rx) => {
+                    if rx.ingest(&mut iter) {
+                        state = State::Command(RequestReceiver::default());
+                    } else {
+                        break;
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+        if quit {
+            return Ok(());
+        }
+    }
+}
+
+enum Next {
+    Command,
+    Data,
+    SkipChunk(usize),
+    Quit,
+}
+
+fn syntax_error(e: smtp_proto::Error) -> Reply {
+    use smtp_proto::Error::*;
+    match e {
+        UnknownCommand => Reply::new(500, [5, 5, 1], "unknown command"),
+        InvalidSenderAddress => Reply::new(501, [5, 1, 7], "bad sender address"),
+        InvalidRecipientAddress => Reply::new(501, [5, 1, 3], "bad recipient address"),
+        SyntaxError { syntax } => Reply::new(501, [5, 5, 4], format!("syntax: {syntax}")),
+        InvalidParameter { param } => Reply::new(501, [5, 5, 4], format!("bad parameter {param}")),
+        UnsupportedParameter { param } => {
+            Reply::new(504, [5, 5, 4], format!("parameter {param} not supported"))
+        }
+        other => Reply::new(500, [5, 5, 2], format!("{other:?}")),
+    }
+}
+
+fn command<H: Handler>(
+    req: Request<String>,
+    mode: Mode,
+    hostname: &str,
+    limits: &Limits,
+    handler: &H,
+    env: &mut Option<Envelope>,
+    out: &mut Vec<u8>,
+) -> Next {
+    match req {
+        Request::Ehlo { .. } | Request::Helo { .. } if mode == Mode::Lmtp => {
+            Reply::new(500, [5, 5, 1], "this is an LMTP server: LHLO").write(out);
+        }
+        Request::Lhlo { .. } if mode == Mode::Smtp => {
+            Reply::new(500, [5, 5, 1], "this is an SMTP server: EHLO").write(out);
+        }
+        Request::Ehlo { .. } | Request::Lhlo { .. } => {
+            *env = None;
+            let mut r = EhloResponse::new(hostname);
+            r.capabilities = smtp_proto::EXT_PIPELINING
+                | smtp_proto::EXT_8BIT_MIME
+                | smtp_proto::EXT_SMTP_UTF8
+                | smtp_proto::EXT_SIZE
+                | smtp_proto::EXT_ENHANCED_STATUS_CODES;
+            r.size = limits.max_message;
+            r.write(&mut *out).expect("writing to a Vec cannot fail");
+        }
+        Request::Helo { .. } => {
+            *env = None;
+            Reply::new(250, [2, 0, 0], hostname).write(out);
+        }
+        Request::Mail { from } => {
+            if env.is_some() {
+                Reply::new(503, [5, 5, 1], "MAIL already given (RSET first)").write(out);
+            } else if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+                Reply::new(504, [5, 5, 4], "BODY=BINARYMIME is not offered").write(out);
+            } else if from.size > limits.max_message {
+                Reply::new(
+                    552,
+                    [5, 3, 4],
+                    format!("message larger than {} bytes", limits.max_message),
+                )
+                .write(out);
+            } else if let Some(r) = handler.mail(&from.address) {
+                r.write(out);
+            } else {
+                *env = Some(Envelope {
+                    from: from.address,
+                    rcpts: Vec::new(),
+                });
+                Reply::new(250, [2, 1, 0], "sender ok").write(out);
+            }
+        }
+        Request::Rcpt { to } => match env {
+            None => Reply::new(503, [5, 5, 1], "MAIL first").write(out),
+            Some(_) if to.address.is_empty() => {
+                Reply::new(501, [5, 1, 3], "an empty recipient address").write(out)
+            }
+            Some(e) if e.rcpts.len() >= limits.max_recipients => {
+                Reply::new(452, [4, 5, 3], "too many recipients").write(out)
+            }
+            Some(e) => match handler.rcpt(&to.address) {
+                Some(r) => r.write(out),
+                None => {
+                    e.rcpts.push(to.address);
+                    Reply::new(250, [2, 1, 5], "recipient ok").write(out);
+                }
+            },
+        },
+        Request::Data => match env {
+            Some(e) if !e.rcpts.is_empty() => {
+                Reply::new(354, [0, 0, 0], "send the message, end with <CRLF>.<CRLF>").write(out);
+                return Next::Data;
+            }
+            Some(_) => Reply::new(554, [5, 5, 1], "no valid recipients").write(out),
+            None => Reply::new(503, [5, 5, 1], "MAIL first").write(out),
+        },
+        Request::Bdat { chunk_size, .. } => {
+            Reply::new(503, [5, 5, 1], "CHUNKING is not offered; use DATA").write(out);
+            *env = None;
+            return Next::SkipChunk(chunk_size);
+        }
+        Request::Rset => {
+            *env = None;
+            Reply::new(250, [2, 0, 0], "reset").write(out);
+        }
+        Request::Noop { .. } => Reply::new(250, [2, 0, 0], "ok").write(out),
+        Request::Vrfy { .. } => {
+            Reply::new(252, [2, 5, 2], "cannot verify; send and see").write(out)
+        }
+        Request::Quit => {
+            Reply::new(221, [2, 0, 0], format!("{hostname} closing")).write(out);
+            return Next::Quit;
+        }
+        Request::StartTls => Reply::new(454, [4, 7, 0], "TLS not available").write(out),
+        other => Reply::new(502, [5, 5, 1], format!("{} not implemented", other.name())).write(out),
+    }
+    Next::Command
+}
