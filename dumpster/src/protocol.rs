@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
-use smtp_proto::{EhloResponse, Request, Response};
+use smtp_proto::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -72,6 +72,10 @@ impl Reply {
     }
 
     fn write(&self, out: &mut Vec<u8>) {
+        if self.esc == [0, 0, 0] {
+            out.extend_from_slice(format!("{} {}\r\n", self.code, self.text).as_bytes());
+            return;
+        }
         let [a, b, c] = self.esc;
         Response::new(self.code, a, b, c, self.text.as_str())
             .write(&mut *out)
@@ -205,7 +209,12 @@ pub async fn serve<H: Handler>(
                 }
                 State::Data(rx) => {
                     let done = rx.ingest(&mut iter, &mut data);
-                    if done {
+                    if done && data.len() > limits.max_message {
+                        let e = env.take().unwrap_or_default();
+                        refuse_oversize(mode, &e, limits, &mut out);
+                        data = Vec::new();
+                        state = State::Command(RequestReceiver::default());
+                    } else if done {
                         let e = env.take().unwrap_or_default();
                         let count = if mode == Mode::Lmtp { e.rcpts.len() } else { 1 };
                         let message = normalize_line_endings(std::mem::take(&mut data));
@@ -236,15 +245,7 @@ pub async fn serve<H: Handler>(
                 State::Discard(rx) => {
                     if rx.ingest(&mut iter) {
                         let e = env.take().unwrap_or_default();
-                        let count = if mode == Mode::Lmtp { e.rcpts.len() } else { 1 };
-                        for _ in 0..count {
-                            Reply::new(
-                                552,
-                                [5, 3, 4],
-                                format!("message larger than {} bytes", limits.max_message),
-                            )
-                            .write(&mut out);
-                        }
+                        refuse_oversize(mode, &e, limits, &mut out);
                         state = State::Command(RequestReceiver::default());
                     } else {
                         break;
@@ -266,6 +267,23 @@ pub async fn serve<H: Handler>(
         if quit {
             return Ok(());
         }
+    }
+}
+
+/// 552 for the message (per recipient in LMTP).
+fn refuse_oversize(mode: Mode, env: &Envelope, limits: &Limits, out: &mut Vec<u8>) {
+    let count = if mode == Mode::Lmtp {
+        env.rcpts.len()
+    } else {
+        1
+    };
+    for _ in 0..count {
+        Reply::new(
+            552,
+            [5, 3, 4],
+            format!("message larger than {} bytes", limits.max_message),
+        )
+        .write(out);
     }
 }
 
@@ -309,14 +327,14 @@ fn command<H: Handler>(
         }
         Request::Ehlo { .. } | Request::Lhlo { .. } => {
             *env = None;
-            let mut r = EhloResponse::new(hostname);
-            r.capabilities = smtp_proto::EXT_PIPELINING
-                | smtp_proto::EXT_8BIT_MIME
-                | smtp_proto::EXT_SMTP_UTF8
-                | smtp_proto::EXT_SIZE
-                | smtp_proto::EXT_ENHANCED_STATUS_CODES;
-            r.size = limits.max_message;
-            r.write(&mut *out).expect("writing to a Vec cannot fail");
+            // Written here: smtp-proto's EhloResponse greets LHLO as EHLO.
+            out.extend_from_slice(
+                format!(
+                    "250-{hostname}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 SIZE {}\r\n",
+                    limits.max_message
+                )
+                .as_bytes(),
+            );
         }
         Request::Helo { .. } => {
             *env = None;
@@ -389,4 +407,149 @@ fn command<H: Handler>(
         other => Reply::new(502, [5, 5, 1], format!("{} not implemented", other.name())).write(out),
     }
     Next::Command
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Accepts everything to example.com and records what it was given.
+    #[derive(Default)]
+    struct Recorder {
+        got: Mutex<Vec<(Envelope, Vec<u8>)>>,
+    }
+
+    impl Handler for Arc<Recorder> {
+        fn mail(&self, _from: &str) -> Option<Reply> {
+            None
+        }
+        fn rcpt(&self, to: &str) -> Option<Reply> {
+            (!to.ends_with("@example.com")).then(|| Reply::new(550, [5, 1, 2], "not here"))
+        }
+        async fn data(&self, env: Envelope, data: Vec<u8>) -> Vec<Reply> {
+            let n = env.rcpts.len();
+            self.got.lock().unwrap().push((env, data));
+            vec![Reply::ok("stored"); n]
+        }
+    }
+
+    /// Runs one session in `mode` with `limits`, sends `input` in the given
+    /// pieces, and returns everything the server said.
+    async fn session(mode: Mode, limits: Limits, pieces: &[&[u8]]) -> (String, Arc<Recorder>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let server = {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let (s, _) = listener.accept().await.unwrap();
+                serve(s, mode, "test", &limits, &rec).await
+            })
+        };
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for p in pieces {
+            c.write_all(p).await.unwrap();
+            c.flush().await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        c.shutdown().await.unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        server.await.unwrap().unwrap();
+        (out, rec)
+    }
+
+    fn codes(out: &str) -> Vec<u16> {
+        out.lines()
+            .filter(|l| l.len() >= 4 && l.as_bytes()[3] == b' ')
+            .map(|l| l[..3].parse().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lmtp_answers_each_recipient_and_pipelined_commands_in_order() {
+        let input: &[u8] = b"LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<z@else.org>\r\nRCPT TO:<c@example.com>\r\nDATA\r\nSubject: t\r\n\r\n..dot\r\n.\r\nQUIT\r\n";
+        let (out, rec) = session(Mode::Lmtp, Limits::default(), &[input]).await;
+        assert_eq!(
+            codes(&out),
+            vec![220, 250, 250, 250, 550, 250, 354, 250, 250, 221],
+            "{out}"
+        );
+        let got = rec.got.lock().unwrap();
+        assert_eq!(got[0].0.rcpts, vec!["b@example.com", "c@example.com"]);
+        assert_eq!(got[0].1, b"Subject: t\r\n\r\n.dot\r\n");
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_and_the_session_goes_on() {
+        let long = format!("NOOP {}\r\n", "x".repeat(5000));
+        let input = [
+            b"EHLO c\r\nFROBNICATE\r\nRCPT TO:<b@example.com>\r\n".as_slice(),
+            long.as_bytes(),
+            b"MAIL FROM:<a@x> SIZE=999999999\r\nMAIL FROM:<a@x>\r\nRCPT TO:<>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n".as_slice(),
+            // Bare LF line ends are normalised; the empty-first-line bug is avoided.
+            b"Subject: lf\nbody\n\r\n.\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n.\r\nQUIT\r\n".as_slice(),
+        ];
+        let (out, rec) = session(Mode::Smtp, Limits::default(), &input).await;
+        assert_eq!(
+            codes(&out),
+            vec![
+                220, 250, 500, 503, 500, 552, 250, 501, 250, 354, 250, 250, 250, 354, 250, 221
+            ],
+            "{out}"
+        );
+        let got = rec.got.lock().unwrap();
+        assert_eq!(got[0].1, b"Subject: lf\r\nbody\r\n\r\n");
+        assert_eq!(got[1].1, b"");
+    }
+
+    #[tokio::test]
+    async fn an_oversize_message_is_read_to_its_end_and_refused_per_recipient() {
+        let limits = Limits {
+            max_message: 100,
+            ..Default::default()
+        };
+        let body = format!("Subject: big\r\n\r\n{}\r\n.\r\n", "y".repeat(300));
+        let input = [
+            b"LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n".as_slice(),
+            body.as_bytes(),
+            b"NOOP\r\nQUIT\r\n".as_slice(),
+        ];
+        let (out, rec) = session(Mode::Lmtp, limits, &input).await;
+        assert_eq!(
+            codes(&out),
+            vec![220, 250, 250, 250, 250, 354, 552, 552, 250, 221],
+            "{out}"
+        );
+        assert!(rec.got.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_mid_data_leaves_nothing_and_bdat_is_skipped() {
+        let (_, rec) = session(
+            Mode::Smtp,
+            Limits::default(),
+            &[b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nSubject: half\r\n"],
+        )
+        .await;
+        assert!(rec.got.lock().unwrap().is_empty());
+        let (out, rec) = session(
+            Mode::Smtp,
+            Limits::default(),
+            &[b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@example.com>\r\nBDAT 12 LAST\r\nQUIT\r\nQUIT\r\nNOOP\r\nQUIT\r\n"],
+        )
+        .await;
+        // The 12 bytes after BDAT ("QUIT\r\nQUIT\r\n") are skipped, not obeyed.
+        assert_eq!(
+            codes(&out),
+            vec![220, 250, 250, 250, 503, 250, 221],
+            "{out}"
+        );
+        assert!(rec.got.lock().unwrap().is_empty());
+    }
 }
