@@ -8,6 +8,8 @@
 //! LMTP endpoint (`lmtp`). The relay comes next.
 
 pub mod lmtp;
+pub mod lmtp_client;
 pub mod mailbox;
 pub mod message;
 pub mod protocol;
+pub mod queue;

@@ -1,0 +1,389 @@
+//! The relay's durable queue and dumpster, in its own SQLite database
+//! (`<dumpster data-dir>/relay.db`, WAL, `synchronous=FULL`): a message is
+//! acknowledged (250) only once its row is committed. A row is *queued*
+//! while some recipient is pending, and in the *dumpster* once every
+//! recipient is done, until age or size evicts it (oldest first). A
+//! redelivery puts dumpster rows delivered since a time back in the queue.
+//!
+//! Times are microseconds since the Unix epoch, passed in by the caller so
+//! that eviction can be tested with any clock.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+  id INTEGER PRIMARY KEY,
+  message_id TEXT NOT NULL,
+  sender TEXT NOT NULL,
+  rcpts TEXT NOT NULL,
+  pending TEXT NOT NULL,
+  raw BLOB NOT NULL,
+  size INTEGER NOT NULL,
+  accepted_us INTEGER NOT NULL,
+  delivered_us INTEGER,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_us INTEGER NOT NULL,
+  last_error TEXT,
+  redelivery INTEGER
+);
+CREATE INDEX IF NOT EXISTS queued ON messages (next_us) WHERE delivered_us IS NULL;
+CREATE INDEX IF NOT EXISTS dumpster ON messages (delivered_us) WHERE delivered_us IS NOT NULL;
+CREATE TABLE IF NOT EXISTS epochs (
+  epoch INTEGER PRIMARY KEY,
+  node TEXT NOT NULL,
+  since_us INTEGER,
+  at_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS redeliveries (
+  id INTEGER PRIMARY KEY,
+  at_us INTEGER NOT NULL,
+  since_us INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  requeued INTEGER NOT NULL,
+  stored INTEGER NOT NULL DEFAULT 0,
+  duplicates INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// A queued message, as the delivery loop takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queued {
+    pub id: i64,
+    pub message_id: String,
+    pub sender: String,
+    /// Recipients not yet delivered.
+    pub pending: Vec<String>,
+    pub raw: Vec<u8>,
+    pub attempts: u32,
+    pub redelivery: Option<i64>,
+}
+
+/// What the queue holds, for status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    pub queue_length: u64,
+    pub dumpster_messages: u64,
+    pub dumpster_bytes: u64,
+    /// When the oldest message in the dumpster was delivered (µs).
+    pub dumpster_oldest_us: Option<u64>,
+}
+
+/// One redelivery and what came of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Redelivery {
+    pub id: i64,
+    pub at_us: u64,
+    pub since_us: u64,
+    pub reason: String,
+    pub requeued: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    conn: Mutex<Connection>,
+}
+
+fn sql(e: rusqlite::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+fn split(list: &str) -> Vec<String> {
+    list.lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl Queue {
+    pub fn open(path: &Path) -> std::io::Result<Queue> {
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(sql)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        Ok(Queue {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().expect("queue lock")
+    }
+
+    /// Queues a message; durable when this returns.
+    pub fn accept(
+        &self,
+        message_id: &str,
+        sender: &str,
+        rcpts: &[String],
+        raw: &[u8],
+        now_us: u64,
+    ) -> std::io::Result<i64> {
+        let list = rcpts.join("\n");
+        let c = self.conn();
+        c.execute(
+            "INSERT INTO messages (message_id, sender, rcpts, pending, raw, size, accepted_us, next_us) VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?6)",
+            params![message_id, sender, list, raw, raw.len() as i64, now_us as i64],
+        )
+        .map_err(sql)?;
+        Ok(c.last_insert_rowid())
+    }
+
+    /// Queued messages due at `now_us`, oldest first.
+    pub fn due(&self, now_us: u64, max: usize) -> std::io::Result<Vec<Queued>> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached(
+                "SELECT id, message_id, sender, pending, raw, attempts, redelivery FROM messages WHERE delivered_us IS NULL AND next_us <= ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(sql)?;
+        let rows = st
+            .query_map(params![now_us as i64, max as i64], |r| {
+                Ok(Queued {
+                    id: r.get(0)?,
+                    message_id: r.get(1)?,
+                    sender: r.get(2)?,
+                    pending: split(&r.get::<_, String>(3)?),
+                    raw: r.get(4)?,
+                    attempts: r.get(5)?,
+                    redelivery: r.get(6)?,
+                })
+            })
+            .map_err(sql)?;
+        rows.collect::<Result<_, _>>().map_err(sql)
+    }
+
+    /// When the next queued message is due, if any is queued.
+    pub fn next_due_us(&self) -> std::io::Result<Option<u64>> {
+        self.conn()
+            .query_row(
+                "SELECT min(next_us) FROM messages WHERE delivered_us IS NULL",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|v| v.map(|v| v as u64))
+            .map_err(sql)
+    }
+
+    /// Records an attempt: `pending` still to do; delivered when empty,
+    /// else retried at `next_us`. `stored`/`duplicates` count towards the
+    /// message's redelivery, if it is part of one.
+    pub fn attempted(
+        &self,
+        m: &Queued,
+        pending: &[String],
+        error: Option<&str>,
+        now_us: u64,
+        next_us: u64,
+        stored: u64,
+        duplicates: u64,
+    ) -> std::io::Result<()> {
+        let c = self.conn();
+        let delivered = pending.is_empty().then_some(now_us as i64);
+        c.execute(
+            "UPDATE messages SET pending = ?2, delivered_us = ?3, attempts = attempts + 1, next_us = ?4, last_error = ?5 WHERE id = ?1",
+            params![m.id, pending.join("\n"), delivered, next_us as i64, error],
+        )
+        .map_err(sql)?;
+        if let Some(r) = m.redelivery
+            && (stored > 0 || duplicates > 0)
+        {
+            c.execute(
+                "UPDATE redeliveries SET stored = stored + ?2, duplicates = duplicates + ?3 WHERE id = ?1",
+                params![r, stored as i64, duplicates as i64],
+            )
+            .map_err(sql)?;
+        }
+        Ok(())
+    }
+
+    /// Puts every message delivered since `since_us` back in the queue,
+    /// for all its recipients. Returns the redelivery.
+    pub fn redeliver_since(
+        &self,
+        since_us: u64,
+        reason: &str,
+        now_us: u64,
+    ) -> std::io::Result<Redelivery> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT INTO redeliveries (at_us, since_us, reason, requeued) VALUES (?1, ?2, ?3, 0)",
+            params![now_us as i64, since_us as i64, reason],
+        )
+        .map_err(sql)?;
+        let id = tx.last_insert_rowid();
+        let n = tx
+            .execute(
+                "UPDATE messages SET pending = rcpts, delivered_us = NULL, next_us = ?2, attempts = 0, redelivery = ?3 WHERE delivered_us IS NOT NULL AND delivered_us >= ?1",
+                params![since_us as i64, now_us as i64, id],
+            )
+            .map_err(sql)?;
+        tx.execute(
+            "UPDATE redeliveries SET requeued = ?2 WHERE id = ?1",
+            params![id, n as i64],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(Redelivery {
+            id,
+            at_us: now_us,
+            since_us,
+            reason: reason.to_string(),
+            requeued: n as u64,
+            ..Default::default()
+        })
+    }
+
+    /// Remembers that the active node's `epoch` was seen; true the first
+    /// time (the caller then redelivers if the node asked for it).
+    pub fn note_epoch(
+        &self,
+        epoch: u64,
+        node: &str,
+        since_us: Option<u64>,
+        now_us: u64,
+    ) -> std::io::Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO epochs (epoch, node, since_us, at_us) VALUES (?1, ?2, ?3, ?4)",
+                params![epoch as i64, node, since_us.map(|s| s as i64), now_us as i64],
+            )
+            .map_err(sql)?;
+        Ok(n == 1)
+    }
+
+    /// Evicts from the dumpster what is older than `max_age_us` or beyond
+    /// `max_bytes` (oldest first). Returns the count evicted.
+    pub fn evict(&self, now_us: u64, max_age_us: u64, max_bytes: u64) -> std::io::Result<u64> {
+        let c = self.conn();
+        let mut n = c
+            .execute(
+                "DELETE FROM messages WHERE delivered_us IS NOT NULL AND delivered_us < ?1",
+                params![now_us.saturating_sub(max_age_us) as i64],
+            )
+            .map_err(sql)? as u64;
+        // Newest first, keep while the running size fits.
+        n += c
+            .execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM (SELECT id, sum(size) OVER (ORDER BY delivered_us DESC, id DESC) AS running FROM messages WHERE delivered_us IS NOT NULL) WHERE running > ?1)",
+                params![max_bytes as i64],
+            )
+            .map_err(sql)? as u64;
+        Ok(n)
+    }
+
+    pub fn stats(&self) -> std::io::Result<QueueStats> {
+        let c = self.conn();
+        let (q,): (i64,) = c
+            .query_row(
+                "SELECT count(*) FROM messages WHERE delivered_us IS NULL",
+                [],
+                |r| Ok((r.get(0)?,)),
+            )
+            .map_err(sql)?;
+        let (d, b, o): (i64, i64, Option<i64>) = c
+            .query_row(
+                "SELECT count(*), coalesce(sum(size), 0), min(delivered_us) FROM messages WHERE delivered_us IS NOT NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(sql)?;
+        Ok(QueueStats {
+            queue_length: q as u64,
+            dumpster_messages: d as u64,
+            dumpster_bytes: b as u64,
+            dumpster_oldest_us: o.map(|o| o as u64),
+        })
+    }
+
+    pub fn last_redelivery(&self) -> std::io::Result<Option<Redelivery>> {
+        self.conn()
+            .query_row(
+                "SELECT id, at_us, since_us, reason, requeued, stored, duplicates FROM redeliveries ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(Redelivery {
+                        id: r.get(0)?,
+                        at_us: r.get::<_, i64>(1)? as u64,
+                        since_us: r.get::<_, i64>(2)? as u64,
+                        reason: r.get(3)?,
+                        requeued: r.get::<_, i64>(4)? as u64,
+                        stored: r.get::<_, i64>(5)? as u64,
+                        duplicates: r.get::<_, i64>(6)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000;
+
+    fn deliver_all(q: &Queue, now: u64) {
+        for m in q.due(now, 100).unwrap() {
+            q.attempted(&m, &[], None, now, now, 1, 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_dumpster_evicts_by_age_then_by_size_oldest_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = Queue::open(&tmp.path().join("relay.db")).unwrap();
+        let r = vec!["a@example.com".to_string()];
+        // Five 100-byte messages delivered at t = 10, 20, 30, 40, 50 s.
+        for i in 1..=5u64 {
+            q.accept(&format!("m{i}"), "s", &r, &[b'x'; 100], i * 10 * S)
+                .unwrap();
+            deliver_all(&q, i * 10 * S);
+        }
+        assert_eq!(q.stats().unwrap().dumpster_messages, 5);
+        // Age: at t = 65 s with a 40 s window, t = 10 and 20 go.
+        assert_eq!(q.evict(65 * S, 40 * S, 1 << 20).unwrap(), 2);
+        // Size: 250 bytes keep the two newest.
+        assert_eq!(q.evict(65 * S, 3600 * S, 250).unwrap(), 1);
+        let st = q.stats().unwrap();
+        assert_eq!((st.dumpster_messages, st.dumpster_bytes), (2, 200));
+        assert_eq!(st.dumpster_oldest_us, Some(40 * S));
+        // Queued messages are never evicted.
+        q.accept("m6", "s", &r, &[b'x'; 100], 66 * S).unwrap();
+        assert_eq!(q.evict(10_000 * S, 1, 0).unwrap(), 2);
+        assert_eq!(q.stats().unwrap().queue_length, 1);
+    }
+
+    #[test]
+    fn a_redelivery_requeues_what_was_delivered_since_and_counts_outcomes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = Queue::open(&tmp.path().join("relay.db")).unwrap();
+        let r = vec!["a@example.com".to_string(), "b@example.com".to_string()];
+        for i in 1..=3u64 {
+            q.accept(&format!("m{i}"), "s", &r, b"x", i * S).unwrap();
+            deliver_all(&q, i * S);
+        }
+        let red = q.redeliver_since(2 * S, "test", 10 * S).unwrap();
+        assert_eq!(red.requeued, 2);
+        let due = q.due(10 * S, 10).unwrap();
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].pending, r);
+        q.attempted(&due[0], &[], None, 11 * S, 11 * S, 1, 1)
+            .unwrap();
+        q.attempted(&due[1], &[], None, 11 * S, 11 * S, 0, 2)
+            .unwrap();
+        let last = q.last_redelivery().unwrap().unwrap();
+        assert_eq!((last.requeued, last.stored, last.duplicates), (2, 1, 3));
+        assert!(q.note_epoch(5, "beta", Some(S), 12 * S).unwrap());
+        assert!(!q.note_epoch(5, "beta", Some(S), 13 * S).unwrap());
+    }
+}
