@@ -61,6 +61,19 @@ pub struct Queued {
     pub redelivery: Option<i64>,
 }
 
+/// The result of one delivery attempt of a message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attempt {
+    /// Recipients still to deliver (empty: delivered).
+    pub pending: Vec<String>,
+    pub error: Option<String>,
+    /// When to try the pending ones again.
+    pub next_us: u64,
+    /// Recipients newly stored, and dropped as duplicates, by the node.
+    pub stored: u64,
+    pub duplicates: u64,
+}
+
 /// What the queue holds, for status.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
@@ -171,32 +184,22 @@ impl Queue {
             .map_err(sql)
     }
 
-    /// Records an attempt: `pending` still to do; delivered when empty,
-    /// else retried at `next_us`. `stored`/`duplicates` count towards the
-    /// message's redelivery, if it is part of one.
-    pub fn attempted(
-        &self,
-        m: &Queued,
-        pending: &[String],
-        error: Option<&str>,
-        now_us: u64,
-        next_us: u64,
-        stored: u64,
-        duplicates: u64,
-    ) -> std::io::Result<()> {
+    /// Records an attempt on `m`: delivered when nothing is pending, else
+    /// retried at `next_us`.
+    pub fn attempted(&self, m: &Queued, a: &Attempt, now_us: u64) -> std::io::Result<()> {
         let c = self.conn();
-        let delivered = pending.is_empty().then_some(now_us as i64);
+        let delivered = a.pending.is_empty().then_some(now_us as i64);
         c.execute(
             "UPDATE messages SET pending = ?2, delivered_us = ?3, attempts = attempts + 1, next_us = ?4, last_error = ?5 WHERE id = ?1",
-            params![m.id, pending.join("\n"), delivered, next_us as i64, error],
+            params![m.id, a.pending.join("\n"), delivered, a.next_us as i64, a.error],
         )
         .map_err(sql)?;
         if let Some(r) = m.redelivery
-            && (stored > 0 || duplicates > 0)
+            && (a.stored > 0 || a.duplicates > 0)
         {
             c.execute(
                 "UPDATE redeliveries SET stored = stored + ?2, duplicates = duplicates + ?3 WHERE id = ?1",
-                params![r, stored as i64, duplicates as i64],
+                params![r, a.stored as i64, a.duplicates as i64],
             )
             .map_err(sql)?;
         }
@@ -334,7 +337,11 @@ mod tests {
 
     fn deliver_all(q: &Queue, now: u64) {
         for m in q.due(now, 100).unwrap() {
-            q.attempted(&m, &[], None, now, now, 1, 0).unwrap();
+            let a = Attempt {
+                stored: 1,
+                ..Default::default()
+            };
+            q.attempted(&m, &a, now).unwrap();
         }
     }
 
