@@ -384,10 +384,13 @@ mod tests {
         let due = q.due(10 * S, 10).unwrap();
         assert_eq!(due.len(), 2);
         assert_eq!(due[0].pending, r);
-        q.attempted(&due[0], &[], None, 11 * S, 11 * S, 1, 1)
-            .unwrap();
-        q.attempted(&due[1], &[], None, 11 * S, 11 * S, 0, 2)
-            .unwrap();
+        let done = |stored, duplicates| Attempt {
+            stored,
+            duplicates,
+            ..Default::default()
+        };
+        q.attempted(&due[0], &done(1, 1), 11 * S).unwrap();
+        q.attempted(&due[1], &done(0, 2), 11 * S).unwrap();
         let last = q.last_redelivery().unwrap().unwrap();
         assert_eq!((last.requeued, last.stored, last.duplicates), (2, 1, 3));
         assert!(q.note_epoch(5, "beta", Some(S), 12 * S).unwrap());
