@@ -164,6 +164,13 @@ pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeS
     out
 }
 
+/// What the relay last wrote (`relay.json`), when it runs on this machine.
+fn relay_status(cfg: &Config) -> Option<dumpster::relay::RelayStatus> {
+    let dir = cfg.dumpster.as_ref()?.data_dir.as_ref()?;
+    let bytes = std::fs::read(dir.join(dumpster::relay::STATUS_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> {
     let copies = collect(cfg, only)?;
     let nodes = node_statuses(cfg, only);
@@ -189,8 +196,33 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
             }
             out.push(v);
         }
+        if only.is_none()
+            && let Some(r) = relay_status(cfg)
+        {
+            out.push(serde_json::json!({ "dumpster": r }));
+        }
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    if only.is_none()
+        && let Some(r) = relay_status(cfg)
+    {
+        println!(
+            "relay {}: queue {}, dumpster {} message(s) ({} bytes{}), delivering to {}",
+            r.smtp,
+            r.queue_length,
+            r.dumpster_messages,
+            r.dumpster_bytes,
+            r.dumpster_oldest
+                .as_deref()
+                .map(|t| format!(", oldest delivered {t}"))
+                .unwrap_or_default(),
+            r.delivering_to.as_deref().unwrap_or("-")
+        );
+        if let Some(l) = &r.last_redelivery {
+            println!("           last redelivery: {l}");
+        }
+        println!();
     }
     if !nodes.is_empty() {
         println!(

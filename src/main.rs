@@ -11,6 +11,7 @@ mod daemons;
 mod events;
 mod inspect;
 mod node;
+mod relay_cmd;
 mod sql;
 
 use std::path::PathBuf;
@@ -41,6 +42,17 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum DumpsterAction {
+    /// Queue again every message the relay delivered since a time (the
+    /// active node drops those it already holds).
+    Redeliver {
+        /// An RFC 3339 time, e.g. 2026-11-30T19:00:00Z.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        since: std::time::SystemTime,
+    },
 }
 
 /// Which node of which cluster a command acts for.
@@ -133,6 +145,18 @@ enum Command {
         /// The raw JSON lines.
         #[arg(long)]
         json: bool,
+    },
+    /// The relay (Exchange's transport dumpster): takes SMTP for the accepted
+    /// domains, queues each message durably before answering 250, delivers
+    /// over LMTP to the active node, keeps what it delivered for `max-age` /
+    /// `max-size`, and re-delivers after a lossy failover.
+    ///
+    /// Without a subcommand it runs the relay until SIGTERM or SIGINT.
+    Dumpster {
+        #[arg(long, env = "LOGSHIP_CONFIG", default_value_os_t = config::default_path())]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: Option<DumpsterAction>,
     },
     /// Pause a node: it keeps its role's duties but never becomes active.
     PauseNode {
@@ -368,6 +392,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{time}  {event:<18} {}", rest.join(" "));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Dumpster { config, action } => {
+            let cfg = config::Config::load(&config)?;
+            match action {
+                None => relay_cmd::run(&cfg),
+                Some(DumpsterAction::Redeliver { since }) => relay_cmd::redeliver(&cfg, since),
+            }
         }
         Command::PauseNode { node } => {
             let (name, node_cfg, _) = node.resolve()?;

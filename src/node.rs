@@ -87,6 +87,10 @@ pub struct NodeStatus {
     pub dial: Option<DialDecision>,
     pub warnings: Vec<String>,
     pub peer: Option<PeerSummary>,
+    /// Mail delivered over LMTP since the daemon started: recipients newly
+    /// stored, and dropped as duplicates (a redelivery shows up here).
+    pub mail_stored: u64,
+    pub mail_duplicates: u64,
     pub lsn: u64,
     pub pid: u32,
     pub updated_us: u64,
@@ -999,6 +1003,11 @@ impl Daemon<'_> {
         };
         if self.node.lmtp.is_some() {
             dumpster::mailbox::ensure_schema(&store).context("create the mailbox tables")?;
+            if !matches!(reason, "failover" | "forced" | "activate") {
+                // Nothing was lost: no redelivery to ask for.
+                *self.mail.redeliver_since.lock().expect("since lock") = None;
+            }
+            self.mail.epoch.store(epoch.0, Ordering::SeqCst);
             *self.mail.store.lock().expect("mail lock") = Some(store.clone());
         }
         *self.serving.lock().expect("serving lock") = Some(store.clone());
@@ -1348,6 +1357,13 @@ impl Daemon<'_> {
                 + 1,
         );
         prepare_log(&paths, &state, next_generation, self.known_epoch)?;
+        // What the old active committed after this copy's last record is
+        // lost: the relay re-delivers what it delivered since that record's
+        // time (less a margin for clock differences); unknown: everything.
+        let since = last_record_time(&paths.logs, Lsn(state.replayed_lsn))
+            .map(|t| t.saturating_sub(REDELIVERY_MARGIN.as_micros() as u64))
+            .unwrap_or(0);
+        *self.mail.redeliver_since.lock().expect("since lock") = Some(since);
         let kept = self.node.data_dir.join("copy.previous.json");
         std::fs::rename(&paths.state, &kept)
             .with_context(|| format!("retire {}", paths.state.display()))?;
@@ -1542,6 +1558,8 @@ impl Daemon<'_> {
                     .heard_at
                     .map(|t| t.elapsed().as_millis() as u64 / 1000 * 1000),
             }),
+            mail_stored: self.mail.stored.load(Ordering::Relaxed),
+            mail_duplicates: self.mail.duplicates.load(Ordering::Relaxed),
             lsn,
             pid: std::process::id(),
             updated_us: 0,
@@ -1586,6 +1604,26 @@ fn active_generation(store: &Store) -> u64 {
     } else {
         current.saturating_sub(1)
     }
+}
+
+/// How far before the last replayed record's time a redelivery starts
+/// (the relay's and the old active's clocks may differ).
+const REDELIVERY_MARGIN: Duration = Duration::from_secs(300);
+
+/// The commit time (µs) of the record at `lsn`, if the log still holds it.
+fn last_record_time(logs: &Path, lsn: Lsn) -> Option<u64> {
+    if lsn.0 == 0 {
+        return None;
+    }
+    let mut time = None;
+    shipper::log::for_each_record(logs, None, Lsn(lsn.0 - 1), |l, rec| {
+        if l == lsn {
+            time = Some(rec.time_us);
+        }
+        Ok(())
+    })
+    .ok()?;
+    time
 }
 
 /// The database's LSN, the log's epoch and its current (or next) generation.

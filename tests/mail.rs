@@ -156,3 +156,176 @@ assert refused == {}, refused
         rows(&t, "beta", "SELECT message_id FROM messages ORDER BY id").len() == 3
     });
 }
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn the_relay_takes_mail_from_real_clients_and_delivers_it_to_the_active() {
+    let t = Trio::with_mail("good-availability");
+    let (_alpha, _beta) = t.running_pair();
+    let _relay = t.start_relay();
+    let url = format!("smtp://{}", t.smtp());
+    let dir = t.dir.path();
+    // curl: CRLF file, LF file without and with --crlf, an empty file (no Message-ID).
+    std::fs::write(
+        dir.join("crlf.eml"),
+        "Message-ID: <c1@test>\r\nSubject: a\r\n\r\n.leading dot\r\nbody\r\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("lf.eml"),
+        "Message-ID: <c2@test>\nSubject: b\n\nline\n.dot\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("lf2.eml"),
+        "Message-ID: <c3@test>\nSubject: c\n\nline\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("empty.eml"), "").unwrap();
+    for (file, extra) in [
+        ("crlf.eml", None),
+        ("lf.eml", None),
+        ("lf2.eml", Some("--crlf")),
+        ("empty.eml", None),
+    ] {
+        let f = dir.join(file);
+        let mut args = vec![
+            url.as_str(),
+            "--mail-from",
+            "s@example.org",
+            "--mail-rcpt",
+            "ann@example.com",
+            "-T",
+            f.to_str().unwrap(),
+            "-sS",
+        ];
+        if let Some(x) = extra {
+            args.push(x);
+        }
+        let (ok, out) = curl(&args);
+        assert!(ok, "curl {file}: {out}");
+    }
+    // Not an open relay.
+    let f = dir.join("crlf.eml");
+    let (ok, out) = curl(&[
+        &url,
+        "--mail-from",
+        "s@example.org",
+        "--mail-rcpt",
+        "x@elsewhere.net",
+        "-T",
+        f.to_str().unwrap(),
+        "-sS",
+    ]);
+    assert!(!ok && out.contains("550"), "{out}");
+    // smtplib with SMTPUTF8, and swaks pipelining two recipients.
+    let (host, port) = t
+        .smtp()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let script = r#"
+import smtplib, sys
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "jörg@exämple.org"
+m["To"] = "zoë@example.com"
+m["Subject"] = "grüße"
+m["Message-ID"] = "<u1@test>"
+m.set_content("ça va\n")
+with smtplib.SMTP(sys.argv[1], int(sys.argv[2])) as s:
+    s.send_message(m, mail_options=["SMTPUTF8"])
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &host, &port])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, out) = swaks(&[
+        "--server",
+        &host,
+        "--port",
+        &port,
+        "--pipeline",
+        "--to",
+        "bob@example.com,cat@example.com",
+        "--header",
+        "Message-Id: <w1@test>",
+    ]);
+    assert!(ok, "{out}");
+    let want = 1 + 1 + 1 + 1 + 1 + 2; // curl ×4, smtplib, swaks ×2 recipients
+    t.wait_for("every message in the active store", 30, || {
+        rows(&t, "alpha", "SELECT message_id FROM messages").len() == want
+    });
+    let conn = rusqlite::Connection::open_with_flags(
+        t.data_dir("alpha").join("store.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let raw = |id: &str| -> Vec<u8> {
+        conn.query_row(
+            "SELECT raw FROM messages WHERE message_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        raw("c1@test"),
+        b"Message-ID: <c1@test>\r\nSubject: a\r\n\r\n.leading dot\r\nbody\r\n"
+    );
+    // Bare LF from curl is normalised to CRLF (its unstuffed dot line kept
+    // as sent; curl ends such a file with an extra CRLF of its own).
+    assert_eq!(
+        raw("c2@test"),
+        b"Message-ID: <c2@test>\r\nSubject: b\r\n\r\nline\r\n.dot\r\n\r\n"
+    );
+    assert_eq!(
+        raw("c3@test"),
+        b"Message-ID: <c3@test>\r\nSubject: c\r\n\r\nline\r\n"
+    );
+    // The empty message got its Message-ID from the relay, not the store.
+    let assigned = rows(
+        &t,
+        "alpha",
+        "SELECT message_id FROM messages WHERE message_id NOT LIKE '%@test'",
+    );
+    assert_eq!(assigned.len(), 1, "{assigned:?}");
+    let empty = raw(&assigned[0]);
+    assert_eq!(
+        empty,
+        format!("Message-ID: <{}>\r\n", assigned[0]).into_bytes()
+    );
+    let u = String::from_utf8(raw("u1@test")).unwrap();
+    assert!(u.contains("zoë@example.com") && u.contains("ça va"), "{u}");
+    assert_eq!(
+        rows(
+            &t,
+            "alpha",
+            "SELECT recipient FROM messages WHERE message_id = 'u1@test'"
+        ),
+        vec!["zoë@example.com"]
+    );
+    // Status shows the relay.
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(["status", "--config"])
+        .arg(&t.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("relay 127.0.0.1:") && text.contains("queue 0"),
+        "{text}"
+    );
+}

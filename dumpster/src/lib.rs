@@ -3,9 +3,10 @@
 //! node's LMTP endpoint, the mailbox schema with duplicate detection by
 //! (Message-ID, recipient), and redelivery on request after a lossy failover.
 //!
-//! Built so far: the message rules (`message`), the mailbox store
-//! (`mailbox`), the SMTP/LMTP session engine (`protocol`) and the node's
-//! LMTP endpoint (`lmtp`). The relay comes next.
+//! Modules: the message rules (`message`), the mailbox store (`mailbox`),
+//! the SMTP/LMTP session engine (`protocol`), the node's LMTP endpoint
+//! (`lmtp`), the relay's LMTP client (`lmtp_client`), its durable queue and
+//! dumpster (`queue`), and the relay itself (`relay`).
 
 pub mod lmtp;
 pub mod lmtp_client;
@@ -13,3 +14,4 @@ pub mod mailbox;
 pub mod message;
 pub mod protocol;
 pub mod queue;
+pub mod relay;

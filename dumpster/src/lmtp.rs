@@ -25,6 +25,14 @@ pub struct NodeMail {
     pub domains: Vec<String>,
     /// This node's name, for replies.
     pub node: String,
+    /// The epoch this node is active in (0: not active), and the time from
+    /// which it asks the relay to redeliver (µs; after a lossy failover).
+    pub epoch: std::sync::atomic::AtomicU64,
+    pub redeliver_since: Mutex<Option<u64>>,
+    /// Deliveries since the node started: recipients stored, and dropped
+    /// as duplicates.
+    pub stored: std::sync::atomic::AtomicU64,
+    pub duplicates: std::sync::atomic::AtomicU64,
 }
 
 impl NodeMail {
@@ -57,6 +65,18 @@ fn domain_ok(domains: &[String], addr: &str) -> bool {
 }
 
 impl Handler for Arc<NodeMail> {
+    fn banner(&self) -> String {
+        use std::sync::atomic::Ordering;
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if epoch == 0 || self.store().is_none() {
+            return String::new();
+        }
+        match *self.redeliver_since.lock().expect("since lock") {
+            Some(since) => format!(" epoch={epoch} redeliver-since={since}"),
+            None => format!(" epoch={epoch}"),
+        }
+    }
+
     fn mail(&self, _from: &str) -> Option<Reply> {
         if self.store().is_none() {
             return Some(self.passive_reply());
@@ -95,8 +115,14 @@ impl Handler for Arc<NodeMail> {
                 .into_iter()
                 .zip(&env.rcpts)
                 .map(|(o, r)| match o {
-                    Outcome::Stored => Reply::ok(format!("<{r}> stored <{id}>")),
+                    Outcome::Stored => {
+                        self.stored
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Reply::ok(format!("<{r}> stored <{id}>"))
+                    }
                     Outcome::Duplicate => {
+                        self.duplicates
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Reply::ok(format!("<{r}> already has <{id}>: duplicate dropped"))
                     }
                 })

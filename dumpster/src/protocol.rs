@@ -92,6 +92,10 @@ pub struct Envelope {
 
 /// What the server asks of the relay or the node.
 pub trait Handler: Send + Sync + 'static {
+    /// Words added to the 220 greeting (a node says its epoch there).
+    fn banner(&self) -> String {
+        String::new()
+    }
     /// `Some(reply)` refuses the sender (e.g. a passive node: 451).
     fn mail(&self, from: &str) -> Option<Reply>;
     /// `Some(reply)` refuses the recipient (e.g. a foreign domain: 550).
@@ -133,7 +137,12 @@ pub async fn serve<H: Handler>(
     let (mut rd, mut wr) = stream.into_split();
     let mut out = Vec::with_capacity(4096);
     let proto = if mode == Mode::Lmtp { "LMTP" } else { "ESMTP" };
-    Reply::new(220, [2, 0, 0], format!("{hostname} {proto} logship")).write(&mut out);
+    Reply::new(
+        220,
+        [0, 0, 0],
+        format!("{hostname} {proto} logship{}", handler.banner()),
+    )
+    .write(&mut out);
     wr.write_all(&out).await?;
     out.clear();
     let mut state = State::Command(RequestReceiver::default());

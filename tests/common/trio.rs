@@ -95,8 +95,47 @@ impl Trio {
             hb,
             None,
             [lmtp(0), lmtp(1)],
-            "\n[dumpster]\naccepted-domains = [\"example.com\"]\n",
+            &format!(
+                "\n[dumpster]\naccepted-domains = [\"example.com\"]\nsmtp = \"127.0.0.1:{}\"\ndata-dir = \"relay\"\n",
+                free_tcp_port()
+            ),
         )
+    }
+
+    /// The relay's SMTP address from the config.
+    pub fn smtp(&self) -> String {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("smtp = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("an smtp address")
+            .to_string()
+    }
+
+    /// Starts the relay, its log in `<tmp>/relay.log`, and waits until it
+    /// takes connections.
+    pub fn start_relay(&self) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("relay.log"))
+            .unwrap();
+        let d = Daemon(
+            Command::new(env!("CARGO_BIN_EXE_logship"))
+                .args(["dumpster", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let smtp = self.smtp();
+        self.wait_for("the relay to listen", 30, || {
+            std::net::TcpStream::connect(&smtp).is_ok()
+        });
+        d
     }
 
     /// The node's LMTP address from the config.
@@ -190,14 +229,18 @@ impl Trio {
 
     /// Both daemons' logs and statuses, and the files: for failure messages.
     pub fn dump(&self) -> String {
-        let logs: String = ["alpha", "beta"]
+        let logs: String = ["alpha", "beta", "relay"]
             .iter()
             .map(|n| {
                 format!(
                     "--- {n}.log\n{}\n--- {n} status\n{}\n",
                     std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
                         .unwrap_or_default(),
-                    self.status(n)
+                    if *n == "relay" {
+                        serde_json::Value::Null
+                    } else {
+                        self.status(n)
+                    }
                 )
             })
             .collect();

@@ -1,0 +1,495 @@
+//! `logship dumpster`, the relay: SMTP in (accepted only for configured
+//! recipient domains, and acknowledged only once durable in the queue),
+//! LMTP out to whichever node is active (following a passive node's 451
+//! hint, retrying with backoff through a failover), delivered messages kept
+//! in the dumpster for `max-age` and `max-size`, and redelivery: when a node
+//! greets it in an epoch it has not seen and asks for redelivery since a
+//! time (a lossy failover), every message delivered since then is queued
+//! again; the node drops the duplicates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::lmtp_client::{Client, Outcome};
+use crate::message::{message_id, with_message_id};
+use crate::protocol::{self, Envelope, Handler, Limits, Mode, Reply};
+use crate::queue::{Attempt, Queue, QueueStats, Queued, Redelivery};
+
+/// The relay's database and status, in its data directory.
+pub const QUEUE_FILE: &str = "relay.db";
+pub const STATUS_FILE: &str = "relay.json";
+/// Defaults for `max-age` and `max-size` (see the README for why).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_MAX_SIZE: u64 = 64 << 20;
+/// Longest wait between attempts of a queued message.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub smtp: SocketAddr,
+    pub data_dir: PathBuf,
+    pub accepted_domains: Vec<String>,
+    /// The nodes' names and LMTP addresses, in the order to try them.
+    pub nodes: Vec<(String, String)>,
+    pub max_age: Duration,
+    pub max_size: u64,
+    pub limits: Limits,
+    pub hostname: String,
+}
+
+/// What `relay.json` holds.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct RelayStatus {
+    pub smtp: String,
+    pub queue_length: u64,
+    pub dumpster_messages: u64,
+    pub dumpster_bytes: u64,
+    pub dumpster_oldest: Option<String>,
+    /// The node the relay delivers to now.
+    pub delivering_to: Option<String>,
+    pub last_redelivery: Option<serde_json::Value>,
+    pub accepted: u64,
+    pub pid: u32,
+    pub updated_us: u64,
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(us: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_micros(us)).to_string()
+}
+
+/// Wakes the delivery loop when a message is queued.
+#[derive(Debug, Default)]
+struct Wake {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn wake(&self) {
+        *self.flag.lock().expect("wake lock") = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self, d: Duration) {
+        let mut f = self.flag.lock().expect("wake lock");
+        if !*f {
+            f = self.cv.wait_timeout(f, d).expect("wake lock").0;
+        }
+        *f = false;
+    }
+}
+
+struct Smtp {
+    queue: Arc<Queue>,
+    domains: Vec<String>,
+    hostname: String,
+    wake: Arc<Wake>,
+    seq: AtomicU64,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Handler for Arc<Smtp> {
+    fn mail(&self, _from: &str) -> Option<Reply> {
+        None
+    }
+
+    fn rcpt(&self, to: &str) -> Option<Reply> {
+        let ok = to
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| self.domains.iter().any(|x| x.eq_ignore_ascii_case(d)));
+        (!ok).then(|| {
+            Reply::new(
+                550,
+                [5, 7, 1],
+                format!("{to}: relaying denied (not an accepted domain)"),
+            )
+        })
+    }
+
+    async fn data(&self, env: Envelope, data: Vec<u8>) -> Vec<Reply> {
+        let (id, raw) = match message_id(&data) {
+            Some(id) => (id, data),
+            None => {
+                let id = format!(
+                    "{}.{}@{}",
+                    now_us(),
+                    self.seq.fetch_add(1, Ordering::Relaxed),
+                    self.hostname
+                );
+                let raw = with_message_id(&data, &id);
+                (id, raw)
+            }
+        };
+        let queue = self.queue.clone();
+        let rcpts = env.rcpts.clone();
+        let from = env.from.clone();
+        let mid = id.clone();
+        let r =
+            tokio::task::spawn_blocking(move || queue.accept(&mid, &from, &rcpts, &raw, now_us()))
+                .await;
+        match r {
+            Ok(Ok(_)) => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                self.wake.wake();
+                vec![Reply::new(250, [2, 0, 0], format!("queued as <{id}>"))]
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot queue a message");
+                vec![Reply::new(
+                    451,
+                    [4, 3, 0],
+                    "cannot queue the message now; try again",
+                )]
+            }
+            Err(e) => vec![Reply::new(451, [4, 3, 0], format!("internal error: {e}"))],
+        }
+    }
+}
+
+/// Parses a node's greeting: `... epoch=N redeliver-since=US`.
+fn greeting_fields(g: &str) -> (Option<u64>, Option<u64>) {
+    let field = |k: &str| {
+        g.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+    };
+    (field("epoch="), field("redeliver-since="))
+}
+
+/// A passive node's hint: `active=host:port`.
+fn hint(reply: &Reply) -> Option<String> {
+    reply
+        .text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("active="))
+        .map(String::from)
+}
+
+fn backoff(attempts: u32) -> Duration {
+    (Duration::from_millis(100) * 2u32.saturating_pow(attempts.min(8))).min(MAX_BACKOFF)
+}
+
+struct Deliverer {
+    cfg: RelayConfig,
+    queue: Arc<Queue>,
+    rt: tokio::runtime::Runtime,
+    client: Option<(String, Client)>,
+    /// The node believed active.
+    target: Option<String>,
+}
+
+impl Deliverer {
+    /// Connects to the active node (the last one known, then each in
+    /// turn); notes its epoch and redelivers when it asks.
+    fn connect(&mut self) -> Option<()> {
+        if self.client.is_some() {
+            return Some(());
+        }
+        let mut order: Vec<String> = self.target.iter().cloned().collect();
+        order.extend(self.cfg.nodes.iter().map(|(_, a)| a.clone()));
+        for addr in order {
+            let c = self
+                .rt
+                .block_on(Client::connect(&addr, Duration::from_secs(2)));
+            let Ok(c) = c else {
+                continue;
+            };
+            let node = c
+                .greeting
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let (epoch, since) = greeting_fields(&c.greeting);
+            if let Some(e) = epoch {
+                match self.queue.note_epoch(e, &node, since, now_us()) {
+                    Ok(true) if since.is_some() => {
+                        let since = since.expect("checked");
+                        match self.queue.redeliver_since(
+                            since,
+                            &format!("node {node} became active in epoch {e}"),
+                            now_us(),
+                        ) {
+                            Ok(r) => tracing::warn!(
+                                node = %node, epoch = e, since = %rfc3339(since), requeued = r.requeued,
+                                "redelivering what was delivered since before the failover"
+                            ),
+                            Err(err) => {
+                                tracing::error!(error = %err, "cannot start the redelivery")
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "cannot note the node's epoch"),
+                }
+            }
+            self.target = Some(addr.clone());
+            self.client = Some((addr, c));
+            return Some(());
+        }
+        None
+    }
+
+    /// Delivers `m` over the open client; what to record.
+    fn deliver(&mut self, m: &Queued) -> Attempt {
+        let now = now_us();
+        let retry = |attempts: u32| now + backoff(attempts).as_micros() as u64;
+        let Some((addr, client)) = self.client.as_mut() else {
+            return Attempt {
+                pending: m.pending.clone(),
+                error: Some("no node reachable".into()),
+                next_us: retry(m.attempts),
+                ..Default::default()
+            };
+        };
+        let addr = addr.clone();
+        let r = self
+            .rt
+            .block_on(client.send(&addr, &m.sender, &m.pending, &m.raw));
+        match r {
+            Err(e) => {
+                self.client = None;
+                self.target = None;
+                Attempt {
+                    pending: m.pending.clone(),
+                    error: Some(e.to_string()),
+                    next_us: retry(m.attempts),
+                    ..Default::default()
+                }
+            }
+            Ok(Outcome::Refused(reply)) => {
+                if let Some(h) = hint(&reply) {
+                    self.target = Some(h);
+                    self.client = None;
+                }
+                let error = Some(format!("{} {}", reply.code, reply.text));
+                if reply.code / 100 == 5 {
+                    tracing::error!(message_id = %m.message_id, reply = %reply.text, "message refused for good; dropped");
+                    return Attempt {
+                        error,
+                        next_us: now,
+                        ..Default::default()
+                    };
+                }
+                if reply.code / 100 == 4 && self.client.is_none() {
+                    // Sent to the wrong node: try the hinted one at once.
+                    return Attempt {
+                        pending: m.pending.clone(),
+                        error,
+                        next_us: now,
+                        ..Default::default()
+                    };
+                }
+                Attempt {
+                    pending: m.pending.clone(),
+                    error,
+                    next_us: retry(m.attempts),
+                    ..Default::default()
+                }
+            }
+            Ok(Outcome::PerRecipient(replies)) => {
+                let mut a = Attempt {
+                    next_us: retry(m.attempts),
+                    ..Default::default()
+                };
+                for (rcpt, reply) in m.pending.iter().zip(&replies) {
+                    match reply.code / 100 {
+                        2 if reply.text.contains("duplicate") => a.duplicates += 1,
+                        2 => a.stored += 1,
+                        5 => {
+                            tracing::error!(message_id = %m.message_id, rcpt = %rcpt, reply = %reply.text, "recipient refused for good; dropped")
+                        }
+                        _ => {
+                            if let Some(h) = hint(reply) {
+                                self.target = Some(h);
+                                self.client = None;
+                                a.next_us = now;
+                            }
+                            a.error = Some(format!("{rcpt}: {} {}", reply.code, reply.text));
+                            a.pending.push(rcpt.clone());
+                        }
+                    }
+                }
+                a
+            }
+        }
+    }
+}
+
+/// Runs the relay until `shutdown` is set.
+pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let queue = Arc::new(Queue::open(&cfg.data_dir.join(QUEUE_FILE))?);
+    let wake = Arc::new(Wake::default());
+    let accepted = Arc::new(AtomicU64::new(0));
+    let listener = std::net::TcpListener::bind(cfg.smtp)?;
+    listener.set_nonblocking(true)?;
+    let smtp = Arc::new(Smtp {
+        queue: queue.clone(),
+        domains: cfg.accepted_domains.clone(),
+        hostname: cfg.hostname.clone(),
+        wake: wake.clone(),
+        seq: AtomicU64::new(0),
+        accepted: accepted.clone(),
+    });
+    {
+        let (limits, hostname) = (cfg.limits.clone(), cfg.hostname.clone());
+        std::thread::Builder::new()
+            .name("logship-smtp".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("start the SMTP runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("a bound listener converts");
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        };
+                        let (smtp, limits, hostname) =
+                            (smtp.clone(), limits.clone(), hostname.clone());
+                        tokio::spawn(async move {
+                            let _ = protocol::serve(stream, Mode::Smtp, &hostname, &limits, &smtp)
+                                .await;
+                        });
+                    }
+                });
+            })?;
+    }
+    tracing::info!(smtp = %cfg.smtp, domains = ?cfg.accepted_domains, "relay listening");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut d = Deliverer {
+        cfg: cfg.clone(),
+        queue: queue.clone(),
+        rt,
+        client: None,
+        target: None,
+    };
+    let mut evicted_at = Instant::now() - Duration::from_secs(60);
+    let mut status_at = Instant::now() - Duration::from_secs(60);
+    while !shutdown.load(Ordering::Relaxed) {
+        if evicted_at.elapsed() >= Duration::from_secs(10) {
+            evicted_at = Instant::now();
+            match queue.evict(now_us(), cfg.max_age.as_micros() as u64, cfg.max_size) {
+                Ok(n) if n > 0 => tracing::info!(evicted = n, "dumpster trimmed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot trim the dumpster"),
+            }
+        }
+        if status_at.elapsed() >= Duration::from_millis(500) {
+            status_at = Instant::now();
+            write_status(
+                &cfg,
+                &queue,
+                d.target.clone(),
+                accepted.load(Ordering::Relaxed),
+            );
+        }
+        let due = match queue.due(now_us(), 64) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the queue");
+                wake.wait(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if due.is_empty() {
+            let next = queue
+                .next_due_us()
+                .ok()
+                .flatten()
+                .map(|t| Duration::from_micros(t.saturating_sub(now_us())))
+                .unwrap_or(Duration::from_secs(1));
+            wake.wait(next.clamp(Duration::from_millis(1), Duration::from_millis(500)));
+            continue;
+        }
+        let connected = d.connect().is_some();
+        for m in &due {
+            let a = d.deliver(m);
+            if let Err(e) = queue.attempted(m, &a, now_us()) {
+                tracing::error!(error = %e, "cannot record a delivery");
+            }
+            if !connected || d.client.is_none() {
+                break;
+            }
+        }
+        if !connected {
+            // Nobody answers: wait a little before trying the nodes again.
+            wake.wait(Duration::from_millis(100));
+        }
+    }
+    write_status(
+        &cfg,
+        &queue,
+        d.target.clone(),
+        accepted.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
+fn write_status(cfg: &RelayConfig, queue: &Queue, target: Option<String>, accepted: u64) {
+    let stats = queue.stats().unwrap_or_else(|_| QueueStats::default());
+    let last: Option<Redelivery> = queue.last_redelivery().ok().flatten();
+    let st = RelayStatus {
+        smtp: cfg.smtp.to_string(),
+        queue_length: stats.queue_length,
+        dumpster_messages: stats.dumpster_messages,
+        dumpster_bytes: stats.dumpster_bytes,
+        dumpster_oldest: stats.dumpster_oldest_us.map(rfc3339),
+        delivering_to: target,
+        last_redelivery: last.map(|r| {
+            serde_json::json!({
+                "at": rfc3339(r.at_us),
+                "since": rfc3339(r.since_us),
+                "reason": r.reason,
+                "requeued": r.requeued,
+                "stored": r.stored,
+                "duplicates": r.duplicates,
+            })
+        }),
+        accepted,
+        pid: std::process::id(),
+        updated_us: now_us(),
+    };
+    let path = cfg.data_dir.join(STATUS_FILE);
+    let json = serde_json::to_vec_pretty(&st).expect("status serialises");
+    if let Err(e) = shipper::share::write_atomic(&path, &json) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the relay status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greetings_and_hints_parse() {
+        assert_eq!(
+            greeting_fields("beta LMTP logship epoch=7 redeliver-since=123"),
+            (Some(7), Some(123))
+        );
+        assert_eq!(greeting_fields("dovecot ready"), (None, None));
+        let r = Reply::new(
+            451,
+            [4, 3, 2],
+            "node beta is not active; active=127.0.0.1:2401",
+        );
+        assert_eq!(hint(&r).as_deref(), Some("127.0.0.1:2401"));
+        assert!(backoff(0) < backoff(3) && backoff(30) == MAX_BACKOFF);
+    }
+}
