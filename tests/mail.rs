@@ -329,3 +329,147 @@ with smtplib.SMTP(sys.argv[1], int(sys.argv[2])) as s:
         "{text}"
     );
 }
+
+#[test]
+fn every_accepted_message_is_stored_exactly_once_through_repeated_failovers() {
+    let seed =
+        common::seed("every_accepted_message_is_stored_exactly_once_through_repeated_failovers");
+    let mut rng = common::Rng::new(seed);
+    let t = Trio::with_mail("best-availability");
+    let (alpha, beta) = t.running_pair();
+    let mut daemons = [Some(alpha), Some(beta)];
+    let _relay = t.start_relay();
+    let (host, port) = t
+        .smtp()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let stop = t.dir.path().join("stop-submitting");
+    // A real client submitting continuously; it prints each accepted id.
+    let script = r#"
+import os, smtplib, sys, time
+host, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+i = 0
+s = None
+while not os.path.exists(stop):
+    i += 1
+    mid = "x%d@test" % i
+    msg = "Message-ID: <%s>\r\nSubject: n%d\r\n\r\nbody %d\r\n" % (mid, i, i)
+    try:
+        if s is None:
+            s = smtplib.SMTP(host, port, timeout=10)
+        s.sendmail("load@example.org", ["box@example.com"], msg)
+        print("ok " + mid, flush=True)
+    except Exception as e:
+        print("err %s %r" % (mid, e), flush=True)
+        s = None
+        time.sleep(0.05)
+    time.sleep(0.005)
+"#;
+    let submitter = Command::new("python3")
+        .args(["-c", script, &host, &port, stop.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let nodes = ["alpha", "beta"];
+    for round in 0..5 {
+        let active = (0..2)
+            .find(|i| t.status(nodes[*i])["role"] == "active")
+            .unwrap_or_else(|| panic!("no active before round {round}\n{}", t.dump()));
+        let other = 1 - active;
+        t.wait_for(
+            "the passive Healthy, and hearing the active, before the kill",
+            60,
+            || {
+                let s = t.status(nodes[other]);
+                s["role"] == "passive"
+                    && s["summary_copy_status"] == "Healthy"
+                    && s["peer"]["role"] == "active"
+            },
+        );
+        // Let some mail flow into the active, sealed or not, then kill it.
+        let before = rows(&t, nodes[active], "SELECT message_id FROM messages").len();
+        t.wait_for("mail flowing into the active", 30, || {
+            rows(&t, nodes[active], "SELECT message_id FROM messages").len()
+                > before + 3 + rng.below(10) as usize
+        });
+        let mut d = daemons[active].take().unwrap();
+        d.0.kill().unwrap();
+        d.0.wait().unwrap();
+        eprintln!("round {round}: killed {}", nodes[active]);
+        t.wait_for("the other node active", 60, || {
+            t.status(nodes[other])["role"] == "active"
+        });
+        daemons[active] = Some(t.start(nodes[active]));
+    }
+    std::fs::write(&stop, "").unwrap();
+    let out = submitter.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let accepted: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ok "))
+        .map(String::from)
+        .collect();
+    assert!(
+        accepted.len() > 20,
+        "too few messages accepted: {}",
+        accepted.len()
+    );
+    let active = (0..2)
+        .find(|i| t.status(nodes[*i])["role"] == "active")
+        .map(|i| nodes[i])
+        .expect("an active node at the end");
+    let relay_queue = || {
+        let st: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(t.dir.path().join("relay").join("relay.json")).unwrap_or_default(),
+        )
+        .unwrap_or(serde_json::Value::Null);
+        st["queue_length"].as_u64()
+    };
+    t.wait_for("the relay to deliver everything", 120, || {
+        relay_queue() == Some(0)
+    });
+    let stored = rows(
+        &t,
+        active,
+        "SELECT message_id FROM messages ORDER BY message_id",
+    );
+    let distinct: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
+    assert_eq!(
+        stored.len(),
+        distinct.len(),
+        "a message stored twice (seed {seed})"
+    );
+    let missing: Vec<_> = accepted.difference(&distinct).collect();
+    assert!(
+        missing.is_empty(),
+        "accepted but not stored: {missing:?} (seed {seed})\n{}",
+        t.dump()
+    );
+    // Nothing the client did not send (an 'err' id may have been accepted
+    // before the reply was lost: it was sent, so it may be there).
+    let sent: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(String::from)
+        .collect();
+    let extra: Vec<_> = distinct.difference(&sent).collect();
+    assert!(
+        extra.is_empty(),
+        "stored but never sent: {extra:?} (seed {seed})"
+    );
+    let relay_status: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(t.dir.path().join("relay").join("relay.json")).unwrap(),
+    )
+    .unwrap();
+    eprintln!(
+        "{} accepted, {} stored once; last redelivery {} (seed {seed})",
+        accepted.len(),
+        distinct.len(),
+        relay_status["last_redelivery"]
+    );
+    assert!(
+        !relay_status["last_redelivery"].is_null(),
+        "no redelivery happened"
+    );
+}

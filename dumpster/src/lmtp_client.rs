@@ -140,13 +140,29 @@ impl Client {
         }
     }
 
-    /// Delivers one message; `raw` must use CRLF line ends.
+    /// Delivers one message; `raw` must use CRLF line ends. Also returns
+    /// the text of the reply to MAIL (a node repeats its epoch there).
     pub async fn send(
         &mut self,
         addr: &str,
         from: &str,
         rcpts: &[String],
         raw: &[u8],
+    ) -> Result<(Outcome, String), ClientError> {
+        let mut mail_text = String::new();
+        let o = self
+            .send_inner(addr, from, rcpts, raw, &mut mail_text)
+            .await?;
+        Ok((o, mail_text))
+    }
+
+    async fn send_inner(
+        &mut self,
+        addr: &str,
+        from: &str,
+        rcpts: &[String],
+        raw: &[u8],
+        mail_text: &mut String,
     ) -> Result<Outcome, ClientError> {
         let io = |source| ClientError::Io {
             addr: addr.to_string(),
@@ -159,6 +175,7 @@ impl Client {
         cmds.push_str("DATA\r\n");
         self.wr.write_all(cmds.as_bytes()).await.map_err(io)?;
         let mail = self.reply(addr).await?;
+        mail_text.clone_from(&mail.text);
         let mut per_rcpt = Vec::with_capacity(rcpts.len());
         for _ in rcpts {
             per_rcpt.push(self.reply(addr).await?);

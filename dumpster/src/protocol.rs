@@ -368,7 +368,9 @@ fn command<H: Handler>(
                     from: from.address,
                     rcpts: Vec::new(),
                 });
-                Reply::new(250, [2, 1, 0], "sender ok").write(out);
+                // An active node repeats its epoch here: the client may have
+                // connected (and been greeted) just before it became active.
+                Reply::new(250, [2, 1, 0], format!("sender ok{}", handler.banner())).write(out);
             }
         }
         Request::Rcpt { to } => match env {

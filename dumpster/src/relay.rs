@@ -210,34 +210,41 @@ impl Deliverer {
                 .next()
                 .unwrap_or("")
                 .to_string();
-            let (epoch, since) = greeting_fields(&c.greeting);
-            if let Some(e) = epoch {
-                match self.queue.note_epoch(e, &node, since, now_us()) {
-                    Ok(true) if since.is_some() => {
-                        let since = since.expect("checked");
-                        match self.queue.redeliver_since(
-                            since,
-                            &format!("node {node} became active in epoch {e}"),
-                            now_us(),
-                        ) {
-                            Ok(r) => tracing::warn!(
-                                node = %node, epoch = e, since = %rfc3339(since), requeued = r.requeued,
-                                "redelivering what was delivered since before the failover"
-                            ),
-                            Err(err) => {
-                                tracing::error!(error = %err, "cannot start the redelivery")
-                            }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "cannot note the node's epoch"),
-                }
-            }
+            self.learn(&node, &c.greeting);
             self.target = Some(addr.clone());
             self.client = Some((addr, c));
             return Some(());
         }
         None
+    }
+
+    /// Notes the epoch a node announces (greeting or MAIL reply); the
+    /// first time it is seen with a redelivery time, queues again what was
+    /// delivered since then.
+    fn learn(&self, node: &str, text: &str) {
+        let (Some(e), since) = greeting_fields(text) else {
+            return;
+        };
+        match self.queue.note_epoch(e, node, since, now_us()) {
+            Ok(true) => {
+                let Some(since) = since else {
+                    return;
+                };
+                match self.queue.redeliver_since(
+                    since,
+                    &format!("node {node} became active in epoch {e}"),
+                    now_us(),
+                ) {
+                    Ok(r) => tracing::warn!(
+                        node = %node, epoch = e, since = %rfc3339(since), requeued = r.requeued,
+                        "redelivering what was delivered since before the failover"
+                    ),
+                    Err(err) => tracing::error!(error = %err, "cannot start the redelivery"),
+                }
+            }
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot note the node's epoch"),
+        }
     }
 
     /// Delivers `m` over the open client; what to record.
@@ -253,9 +260,19 @@ impl Deliverer {
             };
         };
         let addr = addr.clone();
+        let node = client
+            .greeting
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
         let r = self
             .rt
             .block_on(client.send(&addr, &m.sender, &m.pending, &m.raw));
+        let r = r.map(|(outcome, mail_text)| {
+            self.learn(&node, &mail_text);
+            outcome
+        });
         match r {
             Err(e) => {
                 self.client = None;
@@ -268,8 +285,11 @@ impl Deliverer {
                 }
             }
             Ok(Outcome::Refused(reply)) => {
-                if let Some(h) = hint(&reply) {
-                    self.target = Some(h);
+                if reply.code / 100 == 4 {
+                    // A node that cannot take mail now (passive, fenced):
+                    // reconnect, so that the next greeting (and its epoch)
+                    // is read afresh, to the hinted node if there is one.
+                    self.target = hint(&reply);
                     self.client = None;
                 }
                 let error = Some(format!("{} {}", reply.code, reply.text));
@@ -281,7 +301,7 @@ impl Deliverer {
                         ..Default::default()
                     };
                 }
-                if reply.code / 100 == 4 && self.client.is_none() {
+                if reply.code / 100 == 4 && self.target.is_some() {
                     // Sent to the wrong node: try the hinted one at once.
                     return Attempt {
                         pending: m.pending.clone(),
@@ -310,10 +330,12 @@ impl Deliverer {
                             tracing::error!(message_id = %m.message_id, rcpt = %rcpt, reply = %reply.text, "recipient refused for good; dropped")
                         }
                         _ => {
-                            if let Some(h) = hint(reply) {
-                                self.target = Some(h);
+                            if reply.code / 100 == 4 {
+                                self.target = hint(reply);
                                 self.client = None;
-                                a.next_us = now;
+                                if self.target.is_some() {
+                                    a.next_us = now;
+                                }
                             }
                             a.error = Some(format!("{rcpt}: {} {}", reply.code, reply.text));
                             a.pending.push(rcpt.clone());
