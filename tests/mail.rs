@@ -473,3 +473,54 @@ while not os.path.exists(stop):
         "no redelivery happened"
     );
 }
+
+#[test]
+fn a_relay_killed_with_mail_queued_loses_nothing() {
+    let t = Trio::with_mail("good-availability");
+    // No node runs yet: what the relay accepts stays queued.
+    let mut relay = t.start_relay();
+    let url = format!("smtp://{}", t.smtp());
+    for i in 1..=5 {
+        let f = t.dir.path().join(format!("q{i}.eml"));
+        std::fs::write(
+            &f,
+            format!("Message-ID: <q{i}@test>\r\nSubject: {i}\r\n\r\nqueued\r\n"),
+        )
+        .unwrap();
+        let (ok, out) = curl(&[
+            &url,
+            "--mail-from",
+            "s@example.org",
+            "--mail-rcpt",
+            "ann@example.com",
+            "-T",
+            f.to_str().unwrap(),
+            "-sS",
+        ]);
+        assert!(ok, "{out}");
+    }
+    relay.0.kill().unwrap();
+    relay.0.wait().unwrap();
+    let _relay = t.start_relay();
+    t.ok("alpha", &["init"]);
+    let _alpha = t.start("alpha");
+    t.wait_for("the queued mail in alpha's store", 60, || {
+        std::fs::metadata(t.data_dir("alpha").join("store.db")).is_ok()
+            && rows(
+                &t,
+                "alpha",
+                "SELECT name FROM sqlite_schema WHERE name = 'messages'",
+            )
+            .len()
+                == 1
+            && rows(&t, "alpha", "SELECT message_id FROM messages").len() == 5
+    });
+    assert_eq!(
+        rows(
+            &t,
+            "alpha",
+            "SELECT message_id FROM messages ORDER BY message_id"
+        ),
+        (1..=5).map(|i| format!("q{i}@test")).collect::<Vec<_>>()
+    );
+}
