@@ -1,7 +1,8 @@
-//! The `logship` package: the command-line binary (`src/main.rs`) and the
-//! glue shared by its subcommands: the cluster configuration file, and a
-//! private Samba server for the tests and the SMB benchmark. The node daemon
-//! that runs a role will live here too.
+//! The `logship` package: the command-line binary (`src/main.rs`, with the
+//! node daemon and the relay's glue) and what its subcommands and tests
+//! share: the cluster configuration file, and private Samba and Dovecot
+//! servers for the tests and benchmarks.
 
 pub mod config;
+pub mod dovecot;
 pub mod samba;

@@ -524,3 +524,43 @@ fn a_relay_killed_with_mail_queued_loses_nothing() {
         (1..=5).map(|i| format!("q{i}@test")).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn the_relays_lmtp_client_gets_dovecots_per_recipient_replies() {
+    let d = logship::dovecot::Dovecot::start(&["b@example.com", "c@example.com"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = b"Message-ID: <d1@test>\r\nSubject: to dovecot\r\n\r\n.starts with a dot\r\nend\r\n";
+    let (outcome, _) = rt.block_on(async {
+        let mut c =
+            dumpster::lmtp_client::Client::connect(&d.addr(), std::time::Duration::from_secs(5))
+                .await
+                .unwrap();
+        let rcpts = ["b@example.com", "nobody@example.com", "c@example.com"].map(String::from);
+        let r = c
+            .send(&d.addr(), "s@example.org", &rcpts, raw)
+            .await
+            .unwrap();
+        c.quit().await;
+        r
+    });
+    let dumpster::lmtp_client::Outcome::PerRecipient(replies) = outcome else {
+        panic!("{outcome:?}");
+    };
+    let codes: Vec<u16> = replies.iter().map(|r| r.code).collect();
+    assert_eq!(codes, vec![250, 550, 250], "{replies:?}");
+    for u in ["b@example.com", "c@example.com"] {
+        let got = d.delivered(u);
+        assert_eq!(got.len(), 1, "{u}");
+        // Dovecot adds Return-Path and Received and keeps LF line ends in
+        // its Maildir; the message is otherwise byte for byte (unstuffed).
+        let lf = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+        assert!(
+            got[0].ends_with(lf.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&got[0])
+        );
+    }
+}

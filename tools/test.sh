@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Commands the tests drive for real, and the Debian package of each.
-NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks)
+# Commands the tests drive for real (or a program path), and the Debian package of each.
+NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks dovecot:dovecot-core /usr/lib/dovecot/lmtp:dovecot-lmtpd)
 
 missing=()
 for pair in "${NEEDED[@]}"; do

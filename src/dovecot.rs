@@ -1,0 +1,167 @@
+//! A private Dovecot LMTP server for tests and `bench mail`: its own
+//! config, state and log directories, port and passwd-file users with
+//! Maildirs under a temp dir, started in the foreground and stopped (and
+//! reaped) when dropped. If it cannot start, `start` panics with its log: a
+//! test that needs Dovecot fails and says why. Needs root (it delivers as
+//! the `vmail` user, uid 5000, which it creates when missing).
+
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VMAIL_UID: u32 = 5000;
+
+#[derive(Debug)]
+pub struct Dovecot {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+fn program(name: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+impl Dovecot {
+    /// Starts Dovecot LMTP with one mailbox per address in `users`.
+    pub fn start(users: &[&str]) -> Dovecot {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["run", "state", "log", "home"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        let has_vmail = Command::new(program("id"))
+            .arg("vmail")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_vmail {
+            let out = Command::new(program("useradd"))
+                .args([
+                    "-u",
+                    &VMAIL_UID.to_string(),
+                    "-M",
+                    "-s",
+                    "/usr/sbin/nologin",
+                    "vmail",
+                ])
+                .output()
+                .expect("run useradd");
+            assert!(
+                out.status.success(),
+                "useradd vmail: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut passwd = String::new();
+        for u in users {
+            let home = r.join("home").join(u);
+            std::fs::create_dir_all(&home).unwrap();
+            std::os::unix::fs::chown(&home, Some(VMAIL_UID), Some(VMAIL_UID)).unwrap();
+            passwd.push_str(&format!(
+                "{u}::{VMAIL_UID}:{VMAIL_UID}::{}::\n",
+                home.display()
+            ));
+        }
+        std::fs::write(r.join("users"), passwd).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = r.join("dovecot.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+base_dir = {r}/run
+state_dir = {r}/state
+log_path = {r}/log/dovecot.log
+first_valid_uid = {VMAIL_UID}
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = username_format=%u {r}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {r}/users
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+",
+                r = r.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(program("dovecot"));
+        cmd.arg("-F")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl only sets a flag of the child; it is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("start dovecot (is dovecot-lmtpd installed? tools/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            let log = || std::fs::read_to_string(r.join("log/dovecot.log")).unwrap_or_default();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("dovecot exited ({status}) before listening:\n{}", log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "dovecot did not listen on 127.0.0.1:{port} within 15 s:\n{}",
+                    log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Dovecot { root, port, child }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Messages delivered to `user` (files in its Maildir's new/).
+    pub fn delivered(&self, user: &str) -> Vec<Vec<u8>> {
+        let dir = self.root.path().join("home").join(user).join("Maildir/new");
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            .collect()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
