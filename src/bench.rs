@@ -73,6 +73,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Mail: messages/s durable end to end through the relay into the active
+    /// store, and straight over LMTP into the node and into Dovecot's LMTP
+    /// (needs root and dovecot-lmtpd). Ends with `ratio <node/dovecot>`.
+    Mail {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Messages per leg.
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
     /// Failover time: a two-node cluster with the default timings under a
     /// steady write load; each round SIGKILLs the active and measures until
     /// the other node accepts a write (the killed node rejoins before the
@@ -106,6 +119,11 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             &writers,
             rounds.max(1),
         ),
+        BenchCommand::Mail {
+            dir,
+            messages,
+            clients,
+        } => crate::bench_mail::mail(&bench_dir(dir)?, messages.max(1), clients.max(1)),
         BenchCommand::Failover { dir, rounds } => {
             crate::bench_failover::failover(&bench_dir(dir)?, rounds.max(1))
         }

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_copy;
 mod bench_failover;
+mod bench_mail;
 mod control;
 mod copy;
 mod daemons;

@@ -53,6 +53,16 @@ pub enum Outcome {
 impl Client {
     /// Connects, reads the greeting and says LHLO.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
+        Self::connect_as(addr, timeout, "LHLO").await
+    }
+
+    /// Connects and greets with `hello` (`LHLO`, or `EHLO` to speak SMTP to
+    /// a relay: with one recipient per message the replies line up the same).
+    pub async fn connect_as(
+        addr: &str,
+        timeout: Duration,
+        hello: &str,
+    ) -> Result<Client, ClientError> {
         let io = |source| ClientError::Io {
             addr: addr.to_string(),
             source,
@@ -80,7 +90,7 @@ impl Client {
             });
         }
         c.greeting = g.text;
-        c.wr.write_all(b"LHLO logship-relay\r\n")
+        c.wr.write_all(format!("{hello} logship-relay\r\n").as_bytes())
             .await
             .map_err(io)?;
         let r = c.reply(addr).await?;

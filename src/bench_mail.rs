@@ -1,0 +1,186 @@
+//! `logship bench mail`: messages per second, durable end to end, in three
+//! legs on one machine, each with the same small messages (one recipient)
+//! from `clients` concurrent pipelining connections:
+//! 1. SMTP into the relay, until all are stored in the active node's store;
+//! 2. LMTP straight into the active node (each reply means durable);
+//! 3. LMTP into Dovecot (Maildir, which fsyncs each message).
+//!
+//! The last line is `ratio <leg 2 / leg 3>`.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use dumpster::lmtp_client::{Client, Outcome};
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait(what: &str, secs: u64, cond: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn message(leg: &str, i: usize) -> Vec<u8> {
+    format!(
+        "Message-ID: <{leg}{i}@bench>\r\nFrom: load@example.org\r\nTo: box@example.com\r\nSubject: bench {i}\r\n\r\nA small message for the benchmark, number {i}.\r\nSecond line.\r\n"
+    )
+    .into_bytes()
+}
+
+/// Sends `n` messages over `clients` connections; returns the seconds taken
+/// until every reply came back, failing on any refusal.
+fn drive(addr: &str, hello: &str, leg: &str, n: usize, clients: usize) -> Result<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (addr, hello, leg) = (addr.to_string(), hello.to_string(), leg.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut client = Client::connect_as(&addr, Duration::from_secs(10), &hello).await?;
+                let rcpt = ["box@example.com".to_string()];
+                for i in (c..n).step_by(clients) {
+                    let (o, _) = client
+                        .send(&addr, "load@example.org", &rcpt, &message(&leg, i))
+                        .await?;
+                    match o {
+                        Outcome::PerRecipient(r) if r.iter().all(|r| r.code / 100 == 2) => {}
+                        other => anyhow::bail!("message {i} refused: {other:?}"),
+                    }
+                }
+                client.quit().await;
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn stored(db: &Path) -> usize {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0)))
+        .map(|n| n as usize)
+        .unwrap_or(0)
+}
+
+pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    std::fs::create_dir_all(dir.join("witness"))?;
+    let (lmtp, smtp) = (free_port()?, free_port()?);
+    let config = dir.join("logship.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\n\n\
+             [nodes.alpha]\ndata-dir = \"{d}/alpha\"\nshare = \"{d}/alpha/logs\"\nheartbeat = \"127.0.0.1:{h1}\"\nlmtp = \"127.0.0.1:{lmtp}\"\n\n\
+             [nodes.beta]\ndata-dir = \"{d}/beta\"\nshare = \"{d}/beta/logs\"\nheartbeat = \"127.0.0.1:{h2}\"\n\n\
+             [dumpster]\nsmtp = \"127.0.0.1:{smtp}\"\ndata-dir = \"{d}/relay\"\naccepted-domains = [\"example.com\"]\n",
+            w = dir.join("witness").display(),
+            d = dir.display(),
+            h1 = free_port()?,
+            h2 = free_port()?,
+        ),
+    )?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new(&exe)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .output()?;
+        if !out.status.success() {
+            bail!("logship {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let spawn = |args: &[&str]| -> Result<Kill> {
+        Ok(Kill(
+            Command::new(&exe)
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        ))
+    };
+    run(&["init", "--node", "alpha"])?;
+    let _node = spawn(&["node", "--node", "alpha"])?;
+    let lmtp_addr = format!("127.0.0.1:{lmtp}");
+    // Active once its greeting names an epoch.
+    wait("alpha to take mail", 30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        rt.is_ok_and(|rt| {
+            rt.block_on(Client::connect(&lmtp_addr, Duration::from_secs(1)))
+                .is_ok_and(|c| c.greeting.contains("epoch="))
+        })
+    })?;
+    let _relay = spawn(&["dumpster"])?;
+    let smtp_addr = format!("127.0.0.1:{smtp}");
+    wait("the relay to listen", 30, || {
+        std::net::TcpStream::connect(&smtp_addr).is_ok()
+    })?;
+    let db = dir.join("alpha/store.db");
+    println!("{n} messages of ~200 bytes, one recipient, {clients} concurrent clients");
+
+    // 1. Through the relay, until stored.
+    let started = Instant::now();
+    drive(&smtp_addr, "EHLO", "r", n, clients).context("leg 1: SMTP into the relay")?;
+    wait("the relay's messages in the store", 300, || {
+        stored(&db) >= n
+    })?;
+    let e2e = n as f64 / started.elapsed().as_secs_f64();
+    println!("relay (SMTP, durable in its queue) -> LMTP -> store: {e2e:>8.0} msg/s end to end");
+
+    // 2. Straight into our LMTP endpoint.
+    let secs = drive(&lmtp_addr, "LHLO", "l", n, clients).context("leg 2: LMTP into the node")?;
+    let ours = n as f64 / secs;
+    println!("LMTP into the logship node (group commit):       {ours:>8.0} msg/s");
+
+    // 3. Into Dovecot's LMTP (Maildir).
+    let dovecot = logship::dovecot::Dovecot::start(&["box@example.com"]);
+    let secs =
+        drive(&dovecot.addr(), "LHLO", "d", n, clients).context("leg 3: LMTP into Dovecot")?;
+    let theirs = n as f64 / secs;
+    println!("LMTP into Dovecot 2.3 (Maildir, fsync):          {theirs:>8.0} msg/s");
+    if dovecot.delivered("box@example.com").len() != n {
+        bail!(
+            "Dovecot holds {} messages, not {n}",
+            dovecot.delivered("box@example.com").len()
+        );
+    }
+    drop(dovecot);
+    let _ = std::fs::remove_dir_all(dir);
+    println!("ratio {:.2}", ours / theirs);
+    Ok(ExitCode::SUCCESS)
+}
