@@ -299,6 +299,8 @@ struct Daemon<'a> {
     moving: Option<Moving>,
     /// The position last announced, to announce progress at once during a move.
     announced: Option<Position>,
+    /// When the mail counts were last logged (during a redelivery).
+    mail_logged: Option<Instant>,
     /// The LMTP endpoint's view of this node (the store while active).
     mail: Arc<dumpster::lmtp::NodeMail>,
     /// Hands the status to the thread that publishes it on the node's share
@@ -422,6 +424,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         status_written: None,
         moving: None,
         announced: None,
+        mail_logged: None,
         mail: mail.clone(),
         publish: match node.share {
             Some(_) => Some(status_publisher(share_of(name, node, cfg)?)?),
@@ -1568,6 +1571,20 @@ impl Daemon<'_> {
 
     fn write_status(&mut self, force: bool) {
         let st = self.status();
+        // The node's side of a redelivery: what it stored and dropped.
+        if let Some((prev, _)) = &self.status_written
+            && prev.mail_duplicates != st.mail_duplicates
+            && self
+                .mail_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            self.mail_logged = Some(Instant::now());
+            tracing::info!(
+                stored = st.mail_stored,
+                duplicates = st.mail_duplicates,
+                "mail since this daemon started: newly stored, dropped as duplicates"
+            );
+        }
         if !force
             && let Some((prev, at)) = &self.status_written
             && *prev == st

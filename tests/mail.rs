@@ -472,6 +472,18 @@ while not os.path.exists(stop):
         !relay_status["last_redelivery"].is_null(),
         "no redelivery happened"
     );
+    // Both sides report the counts.
+    let log = |n: &str| {
+        std::fs::read_to_string(t.dir.path().join(format!("{n}.log"))).unwrap_or_default()
+    };
+    t.wait_for("the relay to report the last redelivery done", 30, || {
+        log("relay").contains("redelivery done")
+    });
+    assert!(
+        log("alpha").contains("dropped as duplicates")
+            || log("beta").contains("dropped as duplicates"),
+        "no node reported its duplicates"
+    );
 }
 
 #[test]

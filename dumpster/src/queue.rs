@@ -307,6 +307,18 @@ impl Queue {
         })
     }
 
+    /// Messages of redelivery `id` still queued.
+    pub fn redelivery_pending(&self, id: i64) -> std::io::Result<u64> {
+        self.conn()
+            .query_row(
+                "SELECT count(*) FROM messages WHERE redelivery = ?1 AND delivered_us IS NULL",
+                [id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(sql)
+    }
+
     pub fn last_redelivery(&self) -> std::io::Result<Option<Redelivery>> {
         self.conn()
             .query_row(

@@ -402,6 +402,8 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
         client: None,
         target: None,
     };
+    // The redelivery whose end is still to be reported.
+    let mut reported: Option<i64> = queue.last_redelivery().ok().flatten().map(|r| r.id);
     let mut evicted_at = Instant::now() - Duration::from_secs(60);
     let mut status_at = Instant::now() - Duration::from_secs(60);
     while !shutdown.load(Ordering::Relaxed) {
@@ -415,6 +417,16 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
         }
         if status_at.elapsed() >= Duration::from_millis(500) {
             status_at = Instant::now();
+            if let Ok(Some(r)) = queue.last_redelivery()
+                && reported != Some(r.id)
+                && queue.redelivery_pending(r.id).is_ok_and(|n| n == 0)
+            {
+                reported = Some(r.id);
+                tracing::info!(
+                    reason = %r.reason, requeued = r.requeued, stored = r.stored, duplicates = r.duplicates,
+                    "redelivery done: re-delivered, newly stored, dropped as duplicates"
+                );
+            }
             write_status(
                 &cfg,
                 &queue,
