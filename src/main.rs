@@ -154,7 +154,7 @@ enum Command {
     ///
     /// Without a subcommand it runs the relay until SIGTERM or SIGINT.
     Dumpster {
-        #[arg(long, env = "LOGSHIP_CONFIG", default_value_os_t = config::default_path())]
+        #[arg(long, global = true, env = "LOGSHIP_CONFIG", default_value_os_t = config::default_path())]
         config: PathBuf,
         #[command(subcommand)]
         action: Option<DumpsterAction>,

@@ -328,6 +328,36 @@ with smtplib.SMTP(sys.argv[1], int(sys.argv[2])) as s:
         text.contains("relay 127.0.0.1:") && text.contains("queue 0"),
         "{text}"
     );
+    // An operator's redelivery: everything comes back, and is dropped.
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args([
+            "dumpster",
+            "redeliver",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--config",
+        ])
+        .arg(&t.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Six messages (swaks sent one to two recipients).
+    assert!(
+        text.contains(&format!("queued {} message(s)", want - 1)),
+        "{text}"
+    );
+    t.wait_for("the redelivered copies dropped as duplicates", 30, || {
+        t.status("alpha")["mail_duplicates"].as_u64() == Some(want as u64)
+    });
+    assert_eq!(
+        rows(&t, "alpha", "SELECT message_id FROM messages").len(),
+        want
+    );
 }
 
 #[test]
