@@ -126,10 +126,23 @@ impl Config {
             Self::parse(&text).with_context(|| format!("config file {}", path.display()))?;
         config.source_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
         let base = path.parent().unwrap_or(Path::new("."));
+        // A share or witness given as a relative path is a directory
+        // relative to the file too (an smb:// URL is left alone).
+        let resolve = |spec: &mut String| {
+            if !spec.starts_with("smb://") && Path::new(spec.as_str()).is_relative() {
+                *spec = base.join(spec.as_str()).display().to_string();
+            }
+        };
         for node in config.nodes.values_mut() {
             if node.data_dir.is_relative() {
                 node.data_dir = base.join(&node.data_dir);
             }
+            if let Some(s) = node.share.as_mut() {
+                resolve(s);
+            }
+        }
+        if let Some(w) = config.cluster.witness.as_mut() {
+            resolve(w);
         }
         if let Some(f) = config.cluster.password_file.as_mut()
             && f.is_relative()

@@ -9,6 +9,7 @@ mod bench_mail;
 mod control;
 mod copy;
 mod daemons;
+mod demo;
 mod events;
 mod inspect;
 mod node;
@@ -69,6 +70,21 @@ struct NodeArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole system on this machine, in under a minute: two nodes, a
+    /// witness and the relay on local directories and loopback ports. It
+    /// seeds, sends mail, kills the active, shows the failover, brings the
+    /// old node back (rewind), moves back, and checks every promise.
+    Demo {
+        /// Where to put the cluster (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Leave the cluster running afterwards, and print what to try.
+        #[arg(long)]
+        keep: bool,
+        /// Messages to send through the relay.
+        #[arg(long, default_value_t = 300)]
+        messages: usize,
+    },
     /// Create a node's data directory, database and log; print the database id.
     Init {
         #[command(flatten)]
@@ -329,6 +345,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (name, node_cfg, cfg) = node.resolve()?;
             daemons::ship(&name, &node_cfg, &cfg)
         }
+        Command::Demo {
+            dir,
+            keep,
+            messages,
+        } => demo::run(dir.as_deref(), keep, messages.max(40)),
         Command::Node { node } => {
             let (name, node_cfg, cfg) = node.resolve()?;
             node::run(&name, &node_cfg, &cfg)

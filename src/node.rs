@@ -1014,6 +1014,11 @@ impl Daemon<'_> {
             *self.mail.store.lock().expect("mail lock") = Some(store.clone());
         }
         *self.serving.lock().expect("serving lock") = Some(store.clone());
+        // The copy status this node published while passive no longer
+        // describes anything.
+        if let Ok(share) = share_of(&self.name, self.node, self.cfg) {
+            let _ = share.remove(replayer::daemon::PUBLISHED_STATUS);
+        }
         tracing::info!(node = %self.name, epoch = %epoch, lsn = %lsn, reason, "active");
         crate::events::append(
             &self.node.data_dir,
