@@ -12,6 +12,7 @@ mod daemons;
 mod demo;
 mod events;
 mod inspect;
+mod metrics;
 mod node;
 mod relay_cmd;
 mod sql;

@@ -91,6 +91,9 @@ pub struct NodeStatus {
     /// stored, and dropped as duplicates (a redelivery shows up here).
     pub mail_stored: u64,
     pub mail_duplicates: u64,
+    /// Activations of this node after its peer failed (failover, activate)
+    /// since the daemon started.
+    pub failovers: u64,
     pub lsn: u64,
     pub pid: u32,
     pub updated_us: u64,
@@ -301,6 +304,9 @@ struct Daemon<'a> {
     announced: Option<Position>,
     /// When the mail counts were last logged (during a redelivery).
     mail_logged: Option<Instant>,
+    failovers: u64,
+    /// The last status, for the admin endpoint.
+    snapshot: Arc<Mutex<Option<NodeStatus>>>,
     /// The LMTP endpoint's view of this node (the store while active).
     mail: Arc<dumpster::lmtp::NodeMail>,
     /// Hands the status to the thread that publishes it on the node's share
@@ -398,6 +404,10 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     if let Some(addr) = &node.lmtp {
         start_lmtp(name, addr, mail.clone())?;
     }
+    let snapshot: Arc<Mutex<Option<NodeStatus>>> = Default::default();
+    if let Some(addr) = &node.admin {
+        serve_admin(name, node, addr, snapshot.clone())?;
+    }
     let (req_tx, requests) = channel::<Request>();
     let serving: Arc<Mutex<Option<Arc<Store>>>> = Default::default();
     serve_control(name, &peer, node, serving.clone(), req_tx)?;
@@ -425,6 +435,8 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         moving: None,
         announced: None,
         mail_logged: None,
+        failovers: 0,
+        snapshot: snapshot.clone(),
         mail: mail.clone(),
         publish: match node.share {
             Some(_) => Some(status_publisher(share_of(name, node, cfg)?)?),
@@ -472,6 +484,122 @@ fn start_lmtp(name: &str, addr: &str, mail: Arc<dumpster::lmtp::NodeMail>) -> Re
             });
         })?;
     tracing::info!(node = %name, lmtp = %addr, "LMTP endpoint listening");
+    Ok(())
+}
+
+/// The node's admin endpoint: `/metrics` (Prometheus) and `/status` (JSON).
+fn serve_admin(
+    name: &str,
+    node: &Node,
+    addr: &str,
+    snapshot: Arc<Mutex<Option<NodeStatus>>>,
+) -> Result<()> {
+    let (n, data_dir) = (name.to_string(), node.data_dir.clone());
+    let snap = snapshot.clone();
+    let metrics = Arc::new(move || {
+        let st = snap
+            .lock()
+            .expect("snapshot lock")
+            .clone()
+            .unwrap_or_default();
+        let l = format!("node=\"{n}\"");
+        let mut e = crate::metrics::Exposition::default();
+        let roles = [Role::Starting, Role::Passive, Role::Active, Role::Fenced];
+        let samples: Vec<(String, f64)> = roles
+            .iter()
+            .map(|r| {
+                (
+                    format!("{l},role=\"{}\"", r.name()),
+                    f64::from(u8::from(st.role == *r)),
+                )
+            })
+            .collect();
+        let samples: Vec<(&str, f64)> = samples.iter().map(|(a, b)| (a.as_str(), *b)).collect();
+        e.metric(
+            "logship_role",
+            "gauge",
+            "1 for the node's current role",
+            &samples,
+        );
+        e.gauge(
+            "logship_epoch",
+            "The epoch the node is active in, or the newest it knows",
+            &l,
+            st.epoch as f64,
+        );
+        e.gauge(
+            "logship_quorum_votes",
+            "Votes this node holds (itself, the peer, the witness)",
+            &l,
+            f64::from(st.quorum.votes),
+        );
+        e.gauge(
+            "logship_witness_reachable",
+            "1 when the witness answers",
+            &l,
+            f64::from(u8::from(st.witness_reachable)),
+        );
+        e.gauge(
+            "logship_lsn",
+            "The node's LSN (active) or replayed LSN (passive)",
+            &l,
+            st.lsn as f64,
+        );
+        e.counter(
+            "logship_failovers_total",
+            "Activations after the peer failed, since the daemon started",
+            &l,
+            st.failovers as f64,
+        );
+        e.counter(
+            "logship_mail_stored_total",
+            "Recipients stored over LMTP since the daemon started",
+            &l,
+            st.mail_stored as f64,
+        );
+        e.counter(
+            "logship_mail_duplicates_total",
+            "Recipients dropped as duplicates since the daemon started",
+            &l,
+            st.mail_duplicates as f64,
+        );
+        let paths = CopyPaths::new(&data_dir);
+        if let Ok(Some(state)) = CopyState::load(&paths) {
+            let c = replayer::status::status(&n, &paths, &state, witness::witness::now_us());
+            e.gauge(
+                "logship_copy_queue_length",
+                "Generations generated but not yet inspected",
+                &l,
+                c.copy_queue_length as f64,
+            );
+            e.gauge(
+                "logship_replay_queue_length",
+                "Generations inspected but not yet replayed",
+                &l,
+                c.replay_queue_length as f64,
+            );
+            e.gauge(
+                "logship_inspection_failures",
+                "Failed inspections of the next segment so far",
+                &l,
+                f64::from(c.inspection_failures),
+            );
+        }
+        e.finish()
+    });
+    let status = Arc::new(move || {
+        let st = snapshot
+            .lock()
+            .expect("snapshot lock")
+            .clone()
+            .unwrap_or_default();
+        (
+            "application/json".to_string(),
+            serde_json::to_string_pretty(&st).expect("status serialises"),
+        )
+    });
+    crate::metrics::serve(addr, metrics, status)?;
+    tracing::info!(node = %name, admin = %addr, "admin endpoint listening (/metrics, /status)");
     Ok(())
 }
 
@@ -1389,6 +1517,9 @@ impl Daemon<'_> {
             return Ok(false);
         }
         let ms = started.elapsed().as_millis() as u64;
+        if reason != "move" {
+            self.failovers += 1;
+        }
         tracing::info!(node = %self.name, ms, "activation complete");
         crate::events::append(
             &self.node.data_dir,
@@ -1566,6 +1697,7 @@ impl Daemon<'_> {
                     .heard_at
                     .map(|t| t.elapsed().as_millis() as u64 / 1000 * 1000),
             }),
+            failovers: self.failovers,
             mail_stored: self.mail.stored.load(Ordering::Relaxed),
             mail_duplicates: self.mail.duplicates.load(Ordering::Relaxed),
             lsn,
@@ -1576,6 +1708,7 @@ impl Daemon<'_> {
 
     fn write_status(&mut self, force: bool) {
         let st = self.status();
+        *self.snapshot.lock().expect("snapshot lock") = Some(st.clone());
         // The node's side of a redelivery: what it stored and dropped.
         if let Some((prev, _)) = &self.status_written
             && prev.mail_duplicates != st.mail_duplicates

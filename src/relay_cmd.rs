@@ -96,9 +96,76 @@ pub fn run(cfg: &Config) -> Result<ExitCode> {
                 e => e.into(),
             }
         })?;
+    if let Some(addr) = cfg.dumpster.as_ref().and_then(|d| d.admin.clone()) {
+        serve_admin(&addr, rc.data_dir.join(relay::STATUS_FILE))?;
+    }
     install_shutdown_handler();
     relay::run(rc.clone(), &SHUTDOWN).with_context(|| format!("the relay on {}", rc.smtp))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The relay's admin endpoint, from the status it writes twice a second.
+fn serve_admin(addr: &str, status_file: std::path::PathBuf) -> Result<()> {
+    let file = status_file.clone();
+    let metrics = std::sync::Arc::new(move || {
+        let st: relay::RelayStatus = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let last = st.last_redelivery.clone().unwrap_or_default();
+        let num = |k: &str| last[k].as_f64().unwrap_or(0.0);
+        let mut e = crate::metrics::Exposition::default();
+        e.gauge(
+            "logship_relay_queue_length",
+            "Messages accepted and not yet delivered",
+            "",
+            st.queue_length as f64,
+        );
+        e.gauge(
+            "logship_dumpster_messages",
+            "Delivered messages kept for redelivery",
+            "",
+            st.dumpster_messages as f64,
+        );
+        e.gauge(
+            "logship_dumpster_bytes",
+            "Bytes of the messages in the dumpster",
+            "",
+            st.dumpster_bytes as f64,
+        );
+        e.counter(
+            "logship_relay_accepted_total",
+            "Messages accepted since the relay started",
+            "",
+            st.accepted as f64,
+        );
+        e.gauge(
+            "logship_last_redelivery_requeued",
+            "Messages the last redelivery queued again",
+            "",
+            num("requeued"),
+        );
+        e.gauge(
+            "logship_last_redelivery_stored",
+            "Recipients the last redelivery newly stored",
+            "",
+            num("stored"),
+        );
+        e.gauge(
+            "logship_last_redelivery_duplicates",
+            "Recipients the last redelivery found already stored",
+            "",
+            num("duplicates"),
+        );
+        e.finish()
+    });
+    let status = std::sync::Arc::new(move || {
+        (
+            "application/json".to_string(),
+            std::fs::read_to_string(&status_file).unwrap_or_else(|_| "{}".into()),
+        )
+    });
+    crate::metrics::serve(addr, metrics, status)
 }
 
 pub fn redeliver(cfg: &Config, since: std::time::SystemTime) -> Result<ExitCode> {

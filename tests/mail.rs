@@ -606,3 +606,82 @@ fn the_relays_lmtp_client_gets_dovecots_per_recipient_replies() {
         );
     }
 }
+
+/// A metric's value from a Prometheus text page.
+fn metric(page: &str, name_and_labels: &str) -> f64 {
+    page.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no {name_and_labels} in\n{page}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_admin_endpoints_serve_metrics_that_match_status() {
+    let t = Trio::with_mail("good-availability");
+    let (_alpha, _beta) = t.running_pair();
+    let _relay = t.start_relay();
+    let url = format!("smtp://{}", t.smtp());
+    let f = t.dir.path().join("m.eml");
+    std::fs::write(&f, "Message-ID: <met1@test>\r\nSubject: m\r\n\r\nx\r\n").unwrap();
+    let (ok, out) = curl(&[
+        &url,
+        "--mail-from",
+        "s@example.org",
+        "--mail-rcpt",
+        "ann@example.com",
+        "-T",
+        f.to_str().unwrap(),
+        "-sS",
+    ]);
+    assert!(ok, "{out}");
+    t.wait_for("the message on alpha", 30, || {
+        t.status("alpha")["mail_stored"].as_u64() == Some(1)
+    });
+    let scrape = |who: &str, path: &str| {
+        let (ok, body) = curl(&["-sS", &format!("http://{}{path}", t.admin(who))]);
+        assert!(ok, "{body}");
+        body
+    };
+    for node in ["alpha", "beta"] {
+        let st = t.status(node);
+        let page = scrape(node, "/metrics");
+        let l = format!("{{node=\"{node}\"");
+        let role = st["role"].as_str().unwrap();
+        assert_eq!(
+            metric(&page, &format!("logship_role{l},role=\"{role}\"}}")),
+            1.0,
+            "{page}"
+        );
+        assert_eq!(
+            metric(&page, &format!("logship_epoch{l}}}")),
+            st["epoch"].as_f64().unwrap()
+        );
+        assert_eq!(
+            metric(&page, &format!("logship_quorum_votes{l}}}")),
+            st["quorum"]["votes"].as_f64().unwrap()
+        );
+        assert_eq!(
+            metric(&page, &format!("logship_mail_stored_total{l}}}")),
+            st["mail_stored"].as_f64().unwrap()
+        );
+        let json: serde_json::Value = serde_json::from_str(&scrape(node, "/status")).unwrap();
+        assert_eq!(json["role"], st["role"]);
+    }
+    let page = scrape("beta", "/metrics");
+    let st = t.status("beta");
+    assert_eq!(
+        metric(&page, "logship_copy_queue_length{node=\"beta\"}"),
+        st["copy_queue_length"].as_f64().unwrap()
+    );
+    t.wait_for("the relay's status to count the message", 30, || {
+        let page = scrape("dumpster", "/metrics");
+        metric(&page, "logship_relay_accepted_total") == 1.0
+            && metric(&page, "logship_dumpster_messages") == 1.0
+            && metric(&page, "logship_relay_queue_length") == 0.0
+    });
+}

@@ -88,7 +88,13 @@ impl Trio {
             "witness = \"{}\"\nmount-dial = \"{dial}\"\nseal-after = \"200ms\"\n",
             w.display()
         );
-        let lmtp = |_| format!("lmtp = \"127.0.0.1:{}\"\n", free_tcp_port());
+        let lmtp = |_| {
+            format!(
+                "lmtp = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+                free_tcp_port(),
+                free_tcp_port()
+            )
+        };
         Self::custom_full(
             dir,
             &cluster,
@@ -96,7 +102,8 @@ impl Trio {
             None,
             [lmtp(0), lmtp(1)],
             &format!(
-                "\n[dumpster]\naccepted-domains = [\"example.com\"]\nsmtp = \"127.0.0.1:{}\"\ndata-dir = \"relay\"\n",
+                "\n[dumpster]\naccepted-domains = [\"example.com\"]\nsmtp = \"127.0.0.1:{}\"\ndata-dir = \"relay\"\nadmin = \"127.0.0.1:{}\"\n",
+                free_tcp_port(),
                 free_tcp_port()
             ),
         )
@@ -140,13 +147,27 @@ impl Trio {
 
     /// The node's LMTP address from the config.
     pub fn lmtp(&self, node: &str) -> String {
+        self.key(&format!("[nodes.{node}]"), "lmtp")
+    }
+
+    /// The admin address of a node, or of the relay (`"dumpster"`).
+    pub fn admin(&self, node: &str) -> String {
+        let section = if node == "dumpster" {
+            "[dumpster]".to_string()
+        } else {
+            format!("[nodes.{node}]")
+        };
+        self.key(&section, "admin")
+    }
+
+    fn key(&self, section: &str, key: &str) -> String {
         let text = std::fs::read_to_string(&self.config).unwrap();
-        let section = text.split(&format!("[nodes.{node}]")).nth(1).unwrap();
-        section
-            .lines()
-            .find_map(|l| l.strip_prefix("lmtp = \""))
+        let body = text.split(section).nth(1).unwrap();
+        let body = body.split("\n[").next().unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
             .and_then(|l| l.strip_suffix('"'))
-            .expect("an lmtp address")
+            .unwrap_or_else(|| panic!("no {key} in {section}"))
             .to_string()
     }
 
