@@ -406,3 +406,27 @@ pub fn share_config(name: &str, node: &Node, user: Option<&str>) -> String {
         path = node.data_dir.join(shipper::store::LOG_DIR).display(),
     )
 }
+
+/// The smb.conf section for the witness, when it is an smb:// URL: on the
+/// witness's host, a directory both nodes may write (the vote's lock file
+/// and the epoch records); encryption required, as it decides who writes.
+pub fn witness_share_config(cfg: &Config) -> Option<String> {
+    let url = cfg
+        .cluster
+        .witness
+        .as_deref()
+        .filter(|s| s.starts_with("smb://"))
+        .and_then(|s| shipper::smb::SmbUrl::parse(s).ok())?;
+    Some(format!(
+        "\n# logship: the witness of cluster {cluster}, on {host} (paste into that host's\n\
+         # smb.conf, with the same [global] socket options as above; create\n\
+         # /srv/{share}/{path} owned by {user}).\n\
+         [{share}]\n    path = /srv/{share}\n    read only = no\n    valid users = {user}\n    \
+         smb encrypt = required\n    aio read size = 0\n    aio write size = 0\n",
+        cluster = cfg.cluster.name,
+        host = url.host,
+        share = url.share,
+        user = url.user,
+        path = url.path,
+    ))
+}

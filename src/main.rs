@@ -338,8 +338,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sql(args) => sql::run(args),
         Command::ShareConfig { node, user } => {
-            let (name, node_cfg, _) = node.resolve()?;
+            let (name, node_cfg, cfg) = node.resolve()?;
             print!("{}", copy::share_config(&name, &node_cfg, user.as_deref()));
+            if let Some(w) = copy::witness_share_config(&cfg) {
+                print!("{w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Ship { node } => {

@@ -256,3 +256,27 @@ fn verify_and_dump_read_segments_and_name_every_fault() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_examples_parse_and_their_samba_sections_are_what_share_config_prints() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for node in ["alpha", "beta"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_logship"))
+            .args(["share-config", "--node", node, "--config"])
+            .arg(root.join("examples/two-node.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want =
+            std::fs::read_to_string(root.join(format!("examples/samba/{node}.conf"))).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            want,
+            "examples/samba/{node}.conf is stale"
+        );
+    }
+}
