@@ -335,6 +335,7 @@ pub fn lag(base: &Path, samples: usize, poll: Duration) -> Result<ExitCode> {
             own_share: None,
             poll,
             epochs: Default::default(),
+            replay_lag: Duration::ZERO,
         };
         static STOP: AtomicBool = AtomicBool::new(false);
         STOP.store(false, Ordering::Relaxed);

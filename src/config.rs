@@ -83,6 +83,11 @@ pub struct Node {
     /// SMB encryption for this node's share: required | preferred (default) | off.
     #[serde(default)]
     pub encrypt: EncryptSetting,
+    /// A lagged copy (Exchange's ReplayLagTime): segments are copied and
+    /// inspected at once but replayed only this long after they were
+    /// sealed (default 0s). A lagged copy is never activated automatically.
+    #[serde(default, with = "humantime_serde")]
+    pub replay_lag: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

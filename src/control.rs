@@ -52,7 +52,7 @@ pub enum Op {
     Check,
     /// `logship activate`: make this passive node active now (a node
     /// daemon only). `force` overrides the mount dial.
-    Activate { force: bool },
+    Activate { force: bool, play_down: bool },
     /// `logship pause` / `logship resume-node`: a paused node never becomes active.
     Pause { paused: bool },
     /// `logship move-cluster`: a planned, lossless move of the active role.

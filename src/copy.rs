@@ -91,6 +91,7 @@ pub fn replay(
         },
         poll,
         epochs: Default::default(),
+        replay_lag: node.replay_lag,
     };
     install_shutdown_handler();
     replayer::run(&config, &SHUTDOWN)

@@ -135,6 +135,10 @@ enum Command {
         /// Activate even if the mount dial forbids it.
         #[arg(long)]
         force: bool,
+        /// For a lagged copy (`replay-lag`): replay everything it holds
+        /// first, then activate. A lagged copy is never activated without it.
+        #[arg(long)]
+        play_down: bool,
     },
     /// A planned, lossless move of the active role to the other node, as
     /// Move-ClusteredMailboxServer does.
@@ -358,9 +362,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (name, node_cfg, cfg) = node.resolve()?;
             node::run(&name, &node_cfg, &cfg)
         }
-        Command::Activate { node, force } => {
+        Command::Activate {
+            node,
+            force,
+            play_down,
+        } => {
             let (name, node_cfg, _) = node.resolve()?;
-            cluster_request(&name, &node_cfg, &control::Op::Activate { force })
+            cluster_request(
+                &name,
+                &node_cfg,
+                &control::Op::Activate { force, play_down },
+            )
         }
         Command::MoveCluster {
             config,
@@ -522,6 +534,7 @@ impl NodeArgs {
             lmtp: node.lmtp.clone(),
             admin: node.admin.clone(),
             encrypt: node.encrypt,
+            replay_lag: node.replay_lag,
         };
         Ok((name, node, cfg))
     }

@@ -794,9 +794,16 @@ impl Daemon<'_> {
                 let _ = std::fs::remove_file(self.node.data_dir.join(PAUSED_FILE));
                 Ok(format!("node {} is online\n", self.name))
             }
-            Op::Activate { force } => {
+            Op::Activate { force, play_down } => {
                 if matches!(self.duty, Duty::Active(_)) {
                     return Ok(format!("node {} is already active\n", self.name));
+                }
+                if !self.node.replay_lag.is_zero() && !play_down {
+                    bail!(
+                        "node {} is a lagged copy (replay-lag {}): `logship activate --play-down` replays everything it holds, then activates",
+                        self.name,
+                        humantime::format_duration(self.node.replay_lag)
+                    );
                 }
                 if let Some(why) = self.paused() {
                     bail!("node {} is paused ({why}): resume it first", self.name);
@@ -1383,6 +1390,16 @@ impl Daemon<'_> {
             }
             return Ok(());
         }
+        if !self.node.replay_lag.is_zero() {
+            self.wit.want(false);
+            self.blocked = Some(format!(
+                "{} is silent, but this is a lagged copy (replay-lag {}): it is not activated automatically; `logship activate --node {} --play-down` replays everything, then activates",
+                self.peer,
+                humantime::format_duration(self.node.replay_lag),
+                self.name
+            ));
+            return Ok(());
+        }
         // The active is silent: seek the witness vote early, take over once
         // it has been silent for the dead time and its lease has run out.
         self.wit.want(true);
@@ -1421,6 +1438,7 @@ impl Daemon<'_> {
             },
             poll: replayer::daemon::DEFAULT_POLL,
             epochs: self.epoch_starts.clone(),
+            replay_lag: self.node.replay_lag,
         };
         let shutdown = Arc::new(AtomicBool::new(false));
         let stop = shutdown.clone();
@@ -1452,6 +1470,8 @@ impl Daemon<'_> {
             own_share: None,
             poll: replayer::daemon::DEFAULT_POLL,
             epochs: self.epoch_starts.clone(),
+            // Everything it can reach, lagged copy or not.
+            replay_lag: Duration::ZERO,
         };
         let state = {
             let _lock = shipper::store::lock_data_dir(&self.node.data_dir)?;

@@ -548,3 +548,62 @@ fn a_rejoin_that_cannot_rewind_a_schema_change_reseeds_and_keeps_the_old_databas
     let out = t.ok("alpha", &["verify-copy"]);
     assert!(out.contains("equal"), "{out}");
 }
+
+#[test]
+fn a_lagged_copy_inspects_at_once_replays_late_and_activates_only_when_played_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("witness");
+    std::fs::create_dir_all(&w).unwrap();
+    let hb = [
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+    ];
+    let cluster = format!("witness = \"{}\"\nseal-after = \"200ms\"\n", w.display());
+    let t = Trio::custom_full(
+        dir,
+        &cluster,
+        hb,
+        None,
+        [String::new(), "replay-lag = \"1h\"\n".to_string()],
+        "",
+    );
+    let (mut alpha, _beta) = t.running_pair();
+    let seeded = t.status("beta")["last_replayed_lsn"].as_u64().unwrap();
+    let mut last = 0;
+    for id in 1..=5 {
+        last = t.insert("alpha", id).unwrap();
+    }
+    t.ok("alpha", &["seal"]);
+    t.wait_for("beta to inspect the new segments at once", 30, || {
+        let s = t.status("beta");
+        s["replay_queue_length"].as_u64().unwrap_or(0) > 0
+    });
+    let s = t.status("beta");
+    assert_eq!(
+        s["last_replayed_lsn"].as_u64(),
+        Some(seeded),
+        "replayed despite the lag: {s}"
+    );
+    assert_eq!(s["summary_copy_status"], "Healthy", "{s}");
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    t.wait_for("beta to say why it stays passive, alpha dead", 30, || {
+        let s = t.status("beta");
+        s["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("lagged copy"))
+            && s["warnings"]
+                .to_string()
+                .contains("no heartbeat from alpha")
+    });
+    assert_eq!(t.status("beta")["role"], "passive");
+    let out = t.cmd("beta", &["activate"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--play-down"));
+    let out = t.ok("beta", &["activate", "--play-down"]);
+    assert!(out.contains("is active in epoch"), "{out}");
+    // Played down: everything alpha sealed is there.
+    assert_eq!(t.ids("beta"), (1..=5).collect::<Vec<u64>>());
+    let w = t.insert("beta", 6).expect("beta takes writes");
+    assert!(w > last);
+}

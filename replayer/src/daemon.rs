@@ -63,6 +63,8 @@ pub struct ReplayConfig {
     /// outside a cluster). A segment written in an older epoch at or past
     /// the start of a newer one comes from a deposed active: refused.
     pub epochs: Arc<Mutex<Vec<EpochStart>>>,
+    /// Replay a segment only this long after it was sealed (0: at once).
+    pub replay_lag: Duration,
 }
 
 /// The first generation of an epoch.
@@ -259,7 +261,9 @@ impl Daemon<'_> {
                 c
             }
         };
-        let replayed = match self.replayer.replay_available(&self.paths.logs) {
+        let cutoff = (!self.cfg.replay_lag.is_zero())
+            .then(|| now_us().saturating_sub(self.cfg.replay_lag.as_micros() as u64));
+        let replayed = match self.replayer.replay_sealed_before(&self.paths.logs, cutoff) {
             Ok(p) => {
                 if let Some(g) = p.replayed
                     && self.state.last_replayed.map(|m| m.generation) != Some(g.0)

@@ -79,6 +79,16 @@ impl Replayer {
 
     /// Applies every complete record in `logs` past the copy's LSN.
     pub fn replay_available(&mut self, logs: &Path) -> Result<Progress> {
+        self.replay_sealed_before(logs, None)
+    }
+
+    /// Like `replay_available`, but stops at the first segment sealed after
+    /// `cutoff_us` (µs since the Unix epoch): a lagged copy.
+    pub fn replay_sealed_before(
+        &mut self,
+        logs: &Path,
+        cutoff_us: Option<u64>,
+    ) -> Result<Progress> {
         let guard = self.lsn()?;
         let mut progress = Progress {
             lsn: guard,
@@ -104,6 +114,11 @@ impl Replayer {
         for (i, (generation, path)) in segments[start..].iter().enumerate() {
             let seg = SealedSegment::open(path, Some(self.db))?;
             let scan = seg.scan()?;
+            if let (Some(cutoff), Some(t)) = (cutoff_us, scan.trailer.as_ref())
+                && t.sealed_us > cutoff
+            {
+                break;
+            }
             if i == 0 && !self.schema_checked {
                 expected_schema = Some(scan.header.schema_hash);
             }
