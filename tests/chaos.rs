@@ -1,0 +1,253 @@
+//! The chaos suite, bounded: two nodes, a witness and the relay under a
+//! continuous SMTP load from a real client (Python's smtplib), and random
+//! faults from a printed seed: SIGKILL of the active, of the passive or of
+//! the relay, and a full disk on the passive (its data directory is a small
+//! tmpfs the test fills and then frees). After every fault the cluster must
+//! settle (one active, a Healthy passive, `verify-copy` equal on both); at
+//! the end every accepted message is stored exactly once, nothing the client
+//! did not send is there, and no process panicked.
+//!
+//! `LOGSHIP_CHAOS_FAULTS` sets the number of faults (default 6, what CI
+//! runs); `LOGSHIP_TEST_SEED` replays a run.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::trio::Trio;
+use common::{Daemon, Rng, seed};
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    KillActive,
+    KillPassive,
+    KillRelay,
+    FullDiskOnPassive,
+}
+
+const FAULTS: [Fault; 4] = [
+    Fault::KillActive,
+    Fault::KillPassive,
+    Fault::KillRelay,
+    Fault::FullDiskOnPassive,
+];
+
+fn mount_tmpfs(dir: &std::path::Path, size: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "mount a tmpfs on {} (the chaos suite needs root): {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = Command::new("umount").arg("-l").arg(d).status();
+        }
+    }
+}
+
+fn stored(t: &Trio, node: &str) -> Vec<String> {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(
+        t.data_dir(node).join("store.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return Vec::new();
+    };
+    let Ok(mut st) = conn.prepare("SELECT message_id FROM messages") else {
+        return Vec::new();
+    };
+    st.query_map([], |r| r.get::<_, String>(0))
+        .map(|rows| rows.filter_map(|r| r.ok()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn chaos_under_mail_load_keeps_every_promise() {
+    let seed = seed("chaos_under_mail_load_keeps_every_promise");
+    let mut rng = Rng::new(seed);
+    let faults: usize = std::env::var("LOGSHIP_CHAOS_FAULTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let t = Trio::with_mail("best-availability");
+    // Both data directories on small tmpfs mounts, so a disk can fill.
+    let _mounts = Unmount(vec![t.data_dir("alpha"), t.data_dir("beta")]);
+    mount_tmpfs(&t.data_dir("alpha"), "256m");
+    mount_tmpfs(&t.data_dir("beta"), "256m");
+    let nodes = ["alpha", "beta"];
+    let (a, b) = t.running_pair();
+    let mut daemons: [Option<Daemon>; 2] = [Some(a), Some(b)];
+    let mut relay = Some(t.start_relay());
+    let (host, port) = t
+        .smtp()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let stop = t.dir.path().join("stop-submitting");
+    let script = r#"
+import os, smtplib, sys, time
+host, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+i = 0
+s = None
+while not os.path.exists(stop):
+    i += 1
+    mid = "c%d@test" % i
+    msg = "Message-ID: <%s>\r\nSubject: n%d\r\n\r\nbody %d\r\n" % (mid, i, i)
+    try:
+        if s is None:
+            s = smtplib.SMTP(host, port, timeout=10)
+        s.sendmail("load@example.org", ["box@example.com"], msg)
+        print("ok " + mid, flush=True)
+    except Exception as e:
+        print("err %s %r" % (mid, e), flush=True)
+        s = None
+        time.sleep(0.1)
+    time.sleep(0.005)
+"#;
+    let submitter = Command::new("python3")
+        .args(["-c", script, &host, &port, stop.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for n in 0..faults {
+        let active = (0..2)
+            .find(|i| t.status(nodes[*i])["role"] == "active")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no active node before fault {n} (seed {seed})\n{}",
+                    t.dump()
+                )
+            });
+        let passive = 1 - active;
+        // Let mail flow first.
+        let before = stored(&t, nodes[active]).len();
+        t.wait_for("mail flowing into the active", 60, || {
+            stored(&t, nodes[active]).len() > before + 3 + rng.below(20) as usize
+        });
+        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        eprintln!("fault {n}: {fault:?} ({} active)", nodes[active]);
+        match fault {
+            Fault::KillActive | Fault::KillPassive => {
+                let i = if matches!(fault, Fault::KillActive) {
+                    active
+                } else {
+                    passive
+                };
+                let mut d = daemons[i].take().unwrap();
+                d.0.kill().unwrap();
+                d.0.wait().unwrap();
+                if matches!(fault, Fault::KillActive) {
+                    t.wait_for("the other node active", 60, || {
+                        t.status(nodes[passive])["role"] == "active"
+                    });
+                }
+                daemons[i] = Some(t.start(nodes[i]));
+            }
+            Fault::KillRelay => {
+                let mut r = relay.take().unwrap();
+                r.0.kill().unwrap();
+                r.0.wait().unwrap();
+                relay = Some(t.start_relay());
+            }
+            Fault::FullDiskOnPassive => {
+                let filler = t.data_dir(nodes[passive]).join("filler");
+                // dd stops at ENOSPC; that is the point.
+                let _ = Command::new("dd")
+                    .args(["if=/dev/zero", "bs=1M"])
+                    .arg(format!("of={}", filler.display()))
+                    .output();
+                // Keep it full while the active writes a good many records
+                // (the passive can store none of them meanwhile).
+                let lsn = |n: &str| stored(&t, n).len();
+                let start = lsn(nodes[active]);
+                t.wait_for(
+                    "the active to move on while the passive's disk is full",
+                    60,
+                    || lsn(nodes[active]) > start + 30,
+                );
+                std::fs::remove_file(&filler).unwrap();
+            }
+        }
+        // Settle: one active, a Healthy passive that hears it, both equal.
+        t.wait_for("the cluster to settle", 120, || {
+            let s: Vec<_> = nodes.iter().map(|n| t.status(n)).collect();
+            let actives: Vec<usize> = (0..2).filter(|i| s[*i]["role"] == "active").collect();
+            actives.len() == 1 && {
+                let p = &s[1 - actives[0]];
+                p["role"] == "passive"
+                    && p["summary_copy_status"] == "Healthy"
+                    && p["peer"]["role"] == "active"
+                    && p["error"].is_null()
+            }
+        });
+        for node in nodes {
+            let out = t.cmd(node, &["verify-copy"]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "verify-copy on {node} after fault {n} ({fault:?}, seed {seed}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                t.dump()
+            );
+        }
+    }
+    std::fs::write(&stop, "").unwrap();
+    let out = submitter.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let accepted: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ok "))
+        .map(String::from)
+        .collect();
+    let sent: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(String::from)
+        .collect();
+    let active = (0..2)
+        .find(|i| t.status(nodes[*i])["role"] == "active")
+        .map(|i| nodes[i])
+        .expect("an active node at the end");
+    t.wait_for("every accepted message delivered", 120, || {
+        let s: BTreeSet<String> = stored(&t, active).into_iter().collect();
+        accepted.is_subset(&s)
+    });
+    let all = stored(&t, active);
+    let distinct: BTreeSet<String> = all.iter().cloned().collect();
+    assert_eq!(
+        all.len(),
+        distinct.len(),
+        "a message stored twice (seed {seed})"
+    );
+    let extra: Vec<_> = distinct.difference(&sent).collect();
+    assert!(
+        extra.is_empty(),
+        "stored but never sent: {extra:?} (seed {seed})"
+    );
+    for name in ["alpha", "beta", "relay"] {
+        let log =
+            std::fs::read_to_string(t.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+        assert!(
+            !log.contains("panicked"),
+            "{name} panicked (seed {seed}):\n{log}"
+        );
+    }
+    eprintln!(
+        "{faults} faults: {} accepted, {} stored once (seed {seed})",
+        accepted.len(),
+        distinct.len()
+    );
+    drop(relay);
+    drop(daemons);
+}
