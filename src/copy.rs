@@ -308,6 +308,12 @@ pub fn suspend(name: &str, node: &Node, reason: &str) -> Result<ExitCode> {
         bail!("node {name} holds no copy at {}", node.data_dir.display());
     }
     replayer::state::suspend(&paths, reason)?;
+    crate::events::append(
+        &node.data_dir,
+        name,
+        "suspend",
+        serde_json::json!({ "reason": reason }),
+    );
     println!("suspended the copy on {name}: {reason}");
     Ok(ExitCode::SUCCESS)
 }
@@ -315,6 +321,7 @@ pub fn suspend(name: &str, node: &Node, reason: &str) -> Result<ExitCode> {
 pub fn resume(name: &str, node: &Node) -> Result<ExitCode> {
     let paths = CopyPaths::new(&node.data_dir);
     replayer::state::resume(&paths)?;
+    crate::events::append(&node.data_dir, name, "resume", serde_json::json!({}));
     println!("resumed the copy on {name}");
     Ok(ExitCode::SUCCESS)
 }

@@ -305,6 +305,9 @@ struct Daemon<'a> {
     /// When the mail counts were last logged (during a redelivery).
     mail_logged: Option<Instant>,
     failovers: u64,
+    /// The copy's inspection failures and failure text last seen, to log
+    /// each new one as an event.
+    inspection_seen: (u32, Option<String>),
     /// The last status, for the admin endpoint.
     snapshot: Arc<Mutex<Option<NodeStatus>>>,
     /// The LMTP endpoint's view of this node (the store while active).
@@ -436,6 +439,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         announced: None,
         mail_logged: None,
         failovers: 0,
+        inspection_seen: (0, None),
         snapshot: snapshot.clone(),
         mail: mail.clone(),
         publish: match node.share {
@@ -1609,6 +1613,28 @@ impl Daemon<'_> {
                 hb.epoch = self.known_epoch;
                 let paths = self.copy_paths();
                 if let Ok(Some(state)) = CopyState::load(&paths) {
+                    let seen = (state.inspection_failures, state.failed.clone());
+                    if seen != self.inspection_seen {
+                        if state.inspection_failures > self.inspection_seen.0 {
+                            crate::events::append(
+                                &self.node.data_dir,
+                                &self.name,
+                                "inspection-failure",
+                                serde_json::json!({"failures": state.inspection_failures, "error": state.error}),
+                            );
+                        }
+                        if let Some(f) = &state.failed
+                            && self.inspection_seen.1.as_ref() != Some(f)
+                        {
+                            crate::events::append(
+                                &self.node.data_dir,
+                                &self.name,
+                                "copy-failed",
+                                serde_json::json!({ "error": f }),
+                            );
+                        }
+                        self.inspection_seen = seen;
+                    }
                     hb.position = Position {
                         lsn: state.replayed_lsn,
                         generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),

@@ -354,6 +354,11 @@ fn move_cluster_checks_first_then_moves_and_moves_back_losing_nothing() {
         events.contains("move") && events.contains("patching the other node"),
         "{events}"
     );
+    let events = t.ok("beta", &["events"]);
+    assert!(
+        events.contains("suspend") && events.contains("maintenance") && events.contains("resume"),
+        "{events}"
+    );
     // No transaction was rewound by either move.
     for n in ["alpha", "beta"] {
         let d = t.data_dir(n).join("rewound");
