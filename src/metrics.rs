@@ -71,6 +71,33 @@ impl Exposition {
         self.metric(name, "counter", help, &[(labels, v)]);
     }
 
+    /// A histogram (seconds) with `le` buckets.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &str,
+        h: &shipper::metrics::Snapshot,
+    ) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} histogram");
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, c) in h.cumulative.iter().enumerate() {
+            let le = shipper::metrics::BOUNDS
+                .get(i)
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(self.out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {c}");
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(self.out, "{name}_sum{braces} {}", h.sum_seconds);
+        let _ = writeln!(self.out, "{name}_count{braces} {}", h.count);
+    }
+
     pub fn finish(self) -> (String, String) {
         ("text/plain; version=0.0.4".into(), self.out)
     }

@@ -408,11 +408,11 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         start_lmtp(name, addr, mail.clone())?;
     }
     let snapshot: Arc<Mutex<Option<NodeStatus>>> = Default::default();
+    let serving: Arc<Mutex<Option<Arc<Store>>>> = Default::default();
     if let Some(addr) = &node.admin {
-        serve_admin(name, node, addr, snapshot.clone())?;
+        serve_admin(name, node, addr, snapshot.clone(), serving.clone())?;
     }
     let (req_tx, requests) = channel::<Request>();
-    let serving: Arc<Mutex<Option<Arc<Store>>>> = Default::default();
     serve_control(name, &peer, node, serving.clone(), req_tx)?;
     let mut d = Daemon {
         name: name.to_string(),
@@ -497,6 +497,7 @@ fn serve_admin(
     node: &Node,
     addr: &str,
     snapshot: Arc<Mutex<Option<NodeStatus>>>,
+    serving: Arc<Mutex<Option<Arc<Store>>>>,
 ) -> Result<()> {
     let (n, data_dir) = (name.to_string(), node.data_dir.clone());
     let snap = snapshot.clone();
@@ -589,6 +590,26 @@ fn serve_admin(
                 f64::from(c.inspection_failures),
             );
         }
+        if let Some(store) = serving.lock().expect("serving lock").clone() {
+            e.histogram(
+                "logship_fsync_seconds",
+                "Latency of the log's fdatasync per group commit",
+                &l,
+                &store.fsync_latency(),
+            );
+        }
+        e.histogram(
+            "logship_replay_lag_seconds",
+            "From a segment's seal on the active to its replay here",
+            &l,
+            &replayer::REPLAY_LAG.snapshot(),
+        );
+        e.counter(
+            "logship_copied_bytes_total",
+            "Bytes of segments copied from the active's share",
+            &l,
+            replayer::BYTES_COPIED.load(Ordering::Relaxed) as f64,
+        );
         e.finish()
     });
     let status = Arc::new(move || {

@@ -686,6 +686,25 @@ fn the_admin_endpoints_serve_metrics_that_match_status() {
         metric(&page, "logship_copy_queue_length{node=\"beta\"}"),
         st["copy_queue_length"].as_f64().unwrap()
     );
+    // Histograms: the active's fsyncs, the passive's seal-to-replay lag.
+    let page = scrape("alpha", "/metrics");
+    assert!(
+        metric(&page, "logship_fsync_seconds_count{node=\"alpha\"}") > 0.0,
+        "{page}"
+    );
+    t.wait_for(
+        "beta to replay a segment (lag observed, bytes copied)",
+        30,
+        || {
+            let page = scrape("beta", "/metrics");
+            metric(&page, "logship_replay_lag_seconds_count{node=\"beta\"}") > 0.0
+                && metric(&page, "logship_copied_bytes_total{node=\"beta\"}") >= 1048576.0
+                && metric(
+                    &page,
+                    "logship_replay_lag_seconds_bucket{node=\"beta\",le=\"+Inf\"}",
+                ) > 0.0
+        },
+    );
     t.wait_for("the relay's status to count the message", 30, || {
         let page = scrape("dumpster", "/metrics");
         metric(&page, "logship_relay_accepted_total") == 1.0

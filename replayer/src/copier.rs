@@ -31,6 +31,9 @@ pub fn copy(source: &Share, dir: &Path, g: Generation) -> Result<Option<PathBuf>
             },
             e => e,
         })?;
+    if let Some(len) = fetched {
+        crate::BYTES_COPIED.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    }
     match fetched {
         Some(len) if len == SEGMENT_SIZE as u64 => Ok(Some(dest)),
         // A short file is left for the inspector to refuse with its offset.

@@ -22,3 +22,10 @@ pub mod status;
 pub use daemon::{ReplayConfig, run};
 pub use state::CopyState;
 pub use status::{CopyStatus, SummaryCopyStatus};
+
+/// Bytes of segments copied from the source share since the process started.
+pub static BYTES_COPIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Seal-to-replay lag of each replayed segment: from its seal on the active
+/// (the trailer's wall-clock time) to its commit on the copy.
+pub static REPLAY_LAG: shipper::metrics::Histogram = shipper::metrics::Histogram::new();

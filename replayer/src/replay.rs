@@ -206,6 +206,17 @@ impl Replayer {
             progress.records += applied;
             if !reasm.in_progress() {
                 progress.replayed = Some(*generation);
+                if applied > 0
+                    && let Some(t) = &scan.trailer
+                {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_micros() as u64)
+                        .unwrap_or(0);
+                    crate::REPLAY_LAG.observe(std::time::Duration::from_micros(
+                        now.saturating_sub(t.sealed_us),
+                    ));
+                }
             }
         }
         Ok(progress)

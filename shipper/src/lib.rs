@@ -14,6 +14,7 @@ pub mod error;
 pub mod format;
 pub mod hash;
 pub mod log;
+pub mod metrics;
 pub mod rewind;
 pub mod script;
 pub mod seed;

@@ -660,6 +660,7 @@ struct Counters {
     syncs: AtomicU64,
     records: AtomicU64,
     batches: AtomicU64,
+    fsync: crate::metrics::Histogram,
 }
 
 /// Counters since the store was opened.
@@ -951,6 +952,11 @@ impl Store {
     pub fn freeze(&self, reason: &str) -> Result<Lsn> {
         let reason = reason.to_string();
         self.ask(move |reply| Msg::Freeze(reason, reply))
+    }
+
+    /// The latency of the log's fdatasyncs since the store was opened.
+    pub fn fsync_latency(&self) -> crate::metrics::Snapshot {
+        self.shared.counters.fsync.snapshot()
     }
 
     /// Recomputes the content hash by a full scan and returns it beside the
@@ -1619,7 +1625,9 @@ impl Writer {
             self.log.write()?;
             self.failpoint.hit(FailPoint::AfterAppend);
             if self.opts.fsync {
+                let t = Instant::now();
                 self.log.sync()?;
+                c.fsync.observe(t.elapsed());
             }
             self.failpoint.hit(FailPoint::AfterFsync);
             c.syncs.fetch_add(1, Ordering::Relaxed);
