@@ -7,6 +7,7 @@
 #[allow(unused_imports)] // only the SMB tests use it
 pub use logship::samba;
 
+pub mod net;
 pub mod trio;
 
 use std::path::{Path, PathBuf};
