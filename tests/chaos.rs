@@ -1,11 +1,13 @@
-//! The chaos suite, bounded: two nodes, a witness and the relay under a
-//! continuous SMTP load from a real client (Python's smtplib), and random
-//! faults from a printed seed: SIGKILL of the active, of the passive or of
-//! the relay, and a full disk on the passive (its data directory is a small
-//! tmpfs the test fills and then frees). After every fault the cluster must
-//! settle (one active, a Healthy passive, `verify-copy` equal on both); at
-//! the end every accepted message is stored exactly once, nothing the client
-//! did not send is there, and no process panicked.
+//! The chaos suite, bounded: two nodes (each in a network namespace of its
+//! own), a witness served by a real smbd, and the relay, under a continuous
+//! SMTP load from a real client (Python's smtplib), with random faults from
+//! a printed seed: SIGKILL of the active, of the passive or of the relay,
+//! smbd restarted, the link between the nodes cut, and a full disk on the
+//! passive (its data directory is a small tmpfs the test fills, then
+//! frees). After every fault the cluster must settle (one active, a Healthy
+//! passive, `verify-copy` equal on both); at the end every accepted message
+//! is stored exactly once, nothing the client did not send is there, no
+//! process panicked, and no epoch was started twice.
 //!
 //! `LOGSHIP_CHAOS_FAULTS` sets the number of faults (default 6, what CI
 //! runs); `LOGSHIP_TEST_SEED` replays a run.
@@ -15,7 +17,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::trio::Trio;
+use common::net::Net;
+use common::samba::Samba;
+use common::trio::{Trio, free_tcp_port, free_udp_port};
 use common::{Daemon, Rng, seed};
 
 #[derive(Clone, Copy, Debug)]
@@ -24,13 +28,17 @@ enum Fault {
     KillPassive,
     KillRelay,
     FullDiskOnPassive,
+    RestartSmbd,
+    Partition,
 }
 
-const FAULTS: [Fault; 4] = [
+const FAULTS: [Fault; 6] = [
     Fault::KillActive,
     Fault::KillPassive,
     Fault::KillRelay,
     Fault::FullDiskOnPassive,
+    Fault::RestartSmbd,
+    Fault::Partition,
 ];
 
 fn mount_tmpfs(dir: &std::path::Path, size: &str) {
@@ -81,7 +89,39 @@ fn chaos_under_mail_load_keeps_every_promise() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
-    let t = Trio::with_mail("best-availability");
+    let net = Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let wdir = dir.path().join("witness");
+    std::fs::create_dir_all(&wdir).unwrap();
+    let mut samba = Samba::start_on(&net.witness, &Samba::share_section("witness", &wdir));
+    let cluster = format!(
+        "witness = \"{}\"\npassword-file = \"{}\"\nsmb-timeout = \"1s\"\nseal-after = \"200ms\"\nmount-dial = \"best-availability\"\n",
+        samba.url("witness"),
+        samba.password_file().display()
+    );
+    let node_extra = |i: usize| {
+        format!(
+            "lmtp = \"{}:{}\"\nadmin = \"{}:{}\"\n",
+            net.outer(i),
+            free_tcp_port(),
+            net.outer(i),
+            free_tcp_port()
+        )
+    };
+    let t = Trio::custom_full(
+        dir,
+        &cluster,
+        [
+            net.heartbeat(0, free_udp_port()),
+            net.heartbeat(1, free_udp_port()),
+        ],
+        Some(net.ns.clone()),
+        [node_extra(0), node_extra(1)],
+        &format!(
+            "\n[dumpster]\naccepted-domains = [\"example.com\"]\nsmtp = \"127.0.0.1:{}\"\ndata-dir = \"relay\"\n",
+            free_tcp_port()
+        ),
+    );
     // Both data directories on small tmpfs mounts, so a disk can fill.
     let _mounts = Unmount(vec![t.data_dir("alpha"), t.data_dir("beta")]);
     mount_tmpfs(&t.data_dir("alpha"), "256m");
@@ -164,6 +204,13 @@ while not os.path.exists(stop):
                 r.0.kill().unwrap();
                 r.0.wait().unwrap();
                 relay = Some(t.start_relay());
+            }
+            Fault::RestartSmbd => samba.restart(),
+            Fault::Partition => {
+                net.peer_link(false);
+                // The cut lasts a random time; the cluster must ride it out.
+                std::thread::sleep(std::time::Duration::from_millis(500 + rng.below(3000)));
+                net.peer_link(true);
             }
             Fault::FullDiskOnPassive => {
                 let filler = t.data_dir(nodes[passive]).join("filler");
@@ -251,6 +298,13 @@ while not os.path.exists(stop):
             "{name} panicked (seed {seed}):\n{log}"
         );
     }
+    // Every epoch was started once, by one node (the witness's records).
+    let epochs: Vec<String> = std::fs::read_dir(&wdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("epoch-") && n.ends_with(".json"))
+        .collect();
+    assert!(!epochs.is_empty());
     eprintln!(
         "{faults} faults: {} accepted, {} stored once (seed {seed})",
         accepted.len(),
@@ -258,4 +312,6 @@ while not os.path.exists(stop):
     );
     drop(relay);
     drop(daemons);
+    drop(samba);
+    drop(net);
 }

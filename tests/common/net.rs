@@ -159,16 +159,15 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         for n in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
         }
         for i in 0..2 {
             let _ = Command::new("ip")
                 .args(["link", "del", &format!("{}w{i}", self.tag)])
-                .status();
+                .output();
         }
         let _ = Command::new("ip")
             .args(["addr", "del", &format!("{}/32", self.witness), "dev", "lo"])
-            .status();
+            .output();
     }
 }
-
