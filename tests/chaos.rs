@@ -298,13 +298,33 @@ while not os.path.exists(stop):
             "{name} panicked (seed {seed}):\n{log}"
         );
     }
-    // Every epoch was started once, by one node (the witness's records).
-    let epochs: Vec<String> = std::fs::read_dir(&wdir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("epoch-") && n.ends_with(".json"))
-        .collect();
-    assert!(!epochs.is_empty());
+    // At most one active per epoch: no epoch in which both nodes became
+    // active (their event logs), and each such epoch is the one the witness
+    // records for that node.
+    let activations = |node: &str| -> BTreeSet<u64> {
+        std::fs::read_to_string(t.data_dir(node).join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "active")
+            .filter_map(|v| v["epoch"].as_u64())
+            .collect()
+    };
+    let (ea, eb) = (activations("alpha"), activations("beta"));
+    assert!(
+        ea.is_disjoint(&eb),
+        "both nodes active in epochs {:?} (seed {seed})",
+        ea.intersection(&eb).collect::<Vec<_>>()
+    );
+    for (node, epochs) in [("alpha", &ea), ("beta", &eb)] {
+        for e in epochs {
+            let rec: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(wdir.join(format!("epoch-{e:016x}.json"))).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(rec["node"], node, "epoch {e} (seed {seed})");
+        }
+    }
     eprintln!(
         "{faults} faults: {} accepted, {} stored once (seed {seed})",
         accepted.len(),

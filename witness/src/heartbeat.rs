@@ -226,14 +226,11 @@ impl Link {
                     if hb.supports.is_none() {
                         view.lease = None;
                     }
-                    {
-                        let mut ours = self.ours.lock().expect("ours lock");
-                        ours.ack = ours.ack.max(hb.seq);
-                        if hb.seq < ours.ack {
-                            // The peer restarted: its sequence began again.
-                            ours.ack = hb.seq;
-                        }
-                    }
+                    // Acknowledge the latest heartbeat received, even when
+                    // its number is lower than before: the peer restarted
+                    // and counts from 1 again. (A late datagram only makes
+                    // the lease it earns shorter.)
+                    self.ours.lock().expect("ours lock").ack = hb.seq;
                     view.last = Some(hb);
                     view.heard_at = Some(received);
                     view.problem = None;
@@ -310,7 +307,7 @@ mod tests {
     }
 
     fn wait(what: &str, f: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while !f() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(5));
@@ -341,6 +338,36 @@ mod tests {
         wait("a loses b's vote", || a.peer().lease.is_none());
         stop.store(true, Ordering::Relaxed);
         ha.join().unwrap();
+        hb.join().unwrap();
+    }
+
+    #[test]
+    fn a_restarted_active_still_earns_the_peers_vote() {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let stop_b = Arc::new(AtomicBool::new(false));
+        let (b, hb) = Link::start(cfg(b_addr, a_addr, "b", "a", "h"), stop_b.clone()).unwrap();
+        b.ours.lock().unwrap().supports = Some(Epoch(3));
+        for round in 0..2 {
+            let stop_a = Arc::new(AtomicBool::new(false));
+            let (a, ha) = Link::start(cfg(a_addr, b_addr, "a", "b", "h"), stop_a.clone()).unwrap();
+            a.ours.lock().unwrap().role = Role::Active;
+            let started = Instant::now();
+            wait("a holds b's vote", || a.peer().lease.is_some());
+            if round == 0 {
+                // Far enough that the new "a" would need seconds to count
+                // back up to it, if b kept acknowledging the old numbers.
+                wait("a to count past 250", || a.ours.lock().unwrap().seq > 250);
+            } else {
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "{:?}",
+                    started.elapsed()
+                );
+            }
+            stop_a.store(true, Ordering::Relaxed);
+            ha.join().unwrap();
+        }
+        stop_b.store(true, Ordering::Relaxed);
         hb.join().unwrap();
     }
 
