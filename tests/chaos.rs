@@ -231,13 +231,18 @@ while not os.path.exists(stop):
                 std::fs::remove_file(&filler).unwrap();
             }
         }
-        // Settle: one active, a Healthy passive that hears it, both equal.
+        // Settle: one active holding all three votes again (the passive's
+        // and the witness's: statuses alone may be a heartbeat old), and a
+        // Healthy passive that hears it.
         t.wait_for("the cluster to settle", 120, || {
             let s: Vec<_> = nodes.iter().map(|n| t.status(n)).collect();
             let actives: Vec<usize> = (0..2).filter(|i| s[*i]["role"] == "active").collect();
             actives.len() == 1 && {
+                let a = &s[actives[0]];
                 let p = &s[1 - actives[0]];
-                p["role"] == "passive"
+                a["quorum"]["peer"] == true
+                    && a["quorum"]["witness"] == true
+                    && p["role"] == "passive"
                     && p["summary_copy_status"] == "Healthy"
                     && p["peer"]["role"] == "active"
                     && p["error"].is_null()
@@ -247,8 +252,9 @@ while not os.path.exists(stop):
             let out = t.cmd(node, &["verify-copy"]).output().unwrap();
             assert!(
                 out.status.success(),
-                "verify-copy on {node} after fault {n} ({fault:?}, seed {seed}): {}\n{}",
+                "verify-copy on {node} after fault {n} ({fault:?}, seed {seed}): {}{}\n{}",
                 String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
                 t.dump()
             );
         }
