@@ -423,3 +423,27 @@ fn a_killed_active_releases_the_smb_witness_vote_and_the_passive_takes_over() {
     let st = t.status("beta");
     assert_eq!(st["quorum"]["witness"], true, "{st}");
 }
+
+#[test]
+fn a_witness_vote_lost_to_a_server_restart_is_dropped_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Samba::start(&Samba::share_section("witness", dir.path()));
+    let share = Share::open(&s.url("witness"), &opts(&s)).unwrap();
+    let mut w = witness::Witness::new(share);
+    assert!(w.acquire().unwrap());
+    w.confirm().unwrap();
+    s.restart();
+    // A call on the share drops its dead connection; the lock's handle is
+    // then the last thing holding the old session, and must close cleanly
+    // (the SMB crate spawns on drop: outside its runtime that panicked).
+    let _ = w.history(); // fails or reconnects; either way the old connection is gone
+    assert!(w.confirm().is_err());
+    assert!(!w.holds());
+    // And the vote can be taken again on the new server.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.acquire().unwrap_or(false) {
+        assert!(Instant::now() < deadline, "the vote was not released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.confirm().unwrap();
+}

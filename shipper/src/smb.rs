@@ -674,13 +674,17 @@ impl fmt::Debug for SmbLock {
 
 impl Drop for SmbLock {
     fn drop(&mut self) {
+        // Entered first, so that it is left last: the handle (and with it,
+        // perhaps, the last reference to its tree and session) must drop
+        // inside the runtime, because the crate spawns on drop.
+        let _inside = self.share.rt.enter();
         if let Some(file) = self.file.take() {
-            let _inside = self.share.rt.enter();
             let timeout = self.share.timeout;
             let _ = self
                 .share
                 .rt
                 .block_on(async { tokio::time::timeout(timeout, file.close()).await });
+            drop(file);
         }
     }
 }
