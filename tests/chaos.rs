@@ -19,7 +19,7 @@ use std::process::Command;
 
 use common::net::Net;
 use common::samba::Samba;
-use common::trio::{Trio, free_tcp_port, free_udp_port};
+use common::trio::{Submitter, Trio, free_tcp_port, free_udp_port, stored_ids};
 use common::{Daemon, Rng, seed};
 
 #[derive(Clone, Copy, Debug)]
@@ -64,21 +64,6 @@ impl Drop for Unmount {
             let _ = Command::new("umount").arg("-l").arg(d).status();
         }
     }
-}
-
-fn stored(t: &Trio, node: &str) -> Vec<String> {
-    let Ok(conn) = rusqlite::Connection::open_with_flags(
-        t.data_dir(node).join("store.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
-        return Vec::new();
-    };
-    let Ok(mut st) = conn.prepare("SELECT message_id FROM messages") else {
-        return Vec::new();
-    };
-    st.query_map([], |r| r.get::<_, String>(0))
-        .map(|rows| rows.filter_map(|r| r.ok()).collect())
-        .unwrap_or_default()
 }
 
 #[test]
@@ -130,41 +115,7 @@ fn chaos_under_mail_load_keeps_every_promise() {
     let (a, b) = t.running_pair();
     let mut daemons: [Option<Daemon>; 2] = [Some(a), Some(b)];
     let mut relay = Some(t.start_relay());
-    let (host, port) = t
-        .smtp()
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
-    let stop = t.dir.path().join("stop-submitting");
-    // What the client sent and what was accepted: a file, not a pipe (a
-    // full pipe would stall the client).
-    let sent_log = t.dir.path().join("submitted.txt");
-    let script = r#"
-import os, smtplib, sys, time
-host, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-log = open(sys.argv[4], "a", buffering=1)
-i = 0
-s = None
-while not os.path.exists(stop):
-    i += 1
-    mid = "c%d@test" % i
-    msg = "Message-ID: <%s>\r\nSubject: n%d\r\n\r\nbody %d\r\n" % (mid, i, i)
-    try:
-        if s is None:
-            s = smtplib.SMTP(host, port, timeout=10)
-        s.sendmail("load@example.org", ["box@example.com"], msg)
-        log.write("ok " + mid + "\n")
-    except Exception as e:
-        log.write("err %s %r\n" % (mid, e))
-        s = None
-        time.sleep(0.1)
-    time.sleep(0.005)
-"#;
-    let mut submitter = Command::new("python3")
-        .args(["-c", script, &host, &port, stop.to_str().unwrap()])
-        .arg(&sent_log)
-        .spawn()
-        .unwrap();
+    let submitter = Submitter::start(&t, "c");
     for n in 0..faults {
         let active = (0..2)
             .find(|i| t.status(nodes[*i])["role"] == "active")
@@ -176,9 +127,9 @@ while not os.path.exists(stop):
             });
         let passive = 1 - active;
         // Let mail flow first.
-        let before = stored(&t, nodes[active]).len();
+        let before = stored_ids(&t, nodes[active]).len();
         t.wait_for("mail flowing into the active", 60, || {
-            stored(&t, nodes[active]).len() > before + 3 + rng.below(20) as usize
+            stored_ids(&t, nodes[active]).len() > before + 3 + rng.below(20) as usize
         });
         let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
         eprintln!("fault {n}: {fault:?} ({} active)", nodes[active]);
@@ -221,7 +172,7 @@ while not os.path.exists(stop):
                     .output();
                 // Keep it full while the active writes a good many records
                 // (the passive can store none of them meanwhile).
-                let lsn = |n: &str| stored(&t, n).len();
+                let lsn = |n: &str| stored_ids(&t, n).len();
                 let start = lsn(nodes[active]);
                 t.wait_for(
                     "the active to move on while the passive's disk is full",
@@ -259,32 +210,16 @@ while not os.path.exists(stop):
             );
         }
     }
-    std::fs::write(&stop, "").unwrap();
-
-    assert!(
-        submitter.wait().unwrap().success(),
-        "the submitting client failed"
-    );
-    let text = std::fs::read_to_string(&sent_log).unwrap();
-    let accepted: BTreeSet<String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("ok "))
-        .map(String::from)
-        .collect();
-    let sent: BTreeSet<String> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .map(String::from)
-        .collect();
+    let (accepted, sent) = submitter.stop();
     let active = (0..2)
         .find(|i| t.status(nodes[*i])["role"] == "active")
         .map(|i| nodes[i])
         .expect("an active node at the end");
     t.wait_for("every accepted message delivered", 120, || {
-        let s: BTreeSet<String> = stored(&t, active).into_iter().collect();
+        let s: BTreeSet<String> = stored_ids(&t, active).into_iter().collect();
         accepted.is_subset(&s)
     });
-    let all = stored(&t, active);
+    let all = stored_ids(&t, active);
     let distinct: BTreeSet<String> = all.iter().cloned().collect();
     assert_eq!(
         all.len(),

@@ -369,42 +369,7 @@ fn every_accepted_message_is_stored_exactly_once_through_repeated_failovers() {
     let (alpha, beta) = t.running_pair();
     let mut daemons = [Some(alpha), Some(beta)];
     let _relay = t.start_relay();
-    let (host, port) = t
-        .smtp()
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
-    let stop = t.dir.path().join("stop-submitting");
-    // What the client sent and what was accepted: a file, not a pipe (a
-    // full pipe would stall the client).
-    let sent_log = t.dir.path().join("submitted.txt");
-    // A real client submitting continuously; it prints each accepted id.
-    let script = r#"
-import os, smtplib, sys, time
-host, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-log = open(sys.argv[4], "a", buffering=1)
-i = 0
-s = None
-while not os.path.exists(stop):
-    i += 1
-    mid = "x%d@test" % i
-    msg = "Message-ID: <%s>\r\nSubject: n%d\r\n\r\nbody %d\r\n" % (mid, i, i)
-    try:
-        if s is None:
-            s = smtplib.SMTP(host, port, timeout=10)
-        s.sendmail("load@example.org", ["box@example.com"], msg)
-        log.write("ok " + mid + "\n")
-    except Exception as e:
-        log.write("err %s %r\n" % (mid, e))
-        s = None
-        time.sleep(0.05)
-    time.sleep(0.005)
-"#;
-    let mut submitter = Command::new("python3")
-        .args(["-c", script, &host, &port, stop.to_str().unwrap()])
-        .arg(&sent_log)
-        .spawn()
-        .unwrap();
+    let submitter = common::trio::Submitter::start(&t, "x");
     let nodes = ["alpha", "beta"];
     for round in 0..5 {
         let active = (0..2)
@@ -436,18 +401,7 @@ while not os.path.exists(stop):
         });
         daemons[active] = Some(t.start(nodes[active]));
     }
-    std::fs::write(&stop, "").unwrap();
-
-    assert!(
-        submitter.wait().unwrap().success(),
-        "the submitting client failed"
-    );
-    let text = std::fs::read_to_string(&sent_log).unwrap();
-    let accepted: std::collections::BTreeSet<String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("ok "))
-        .map(String::from)
-        .collect();
+    let (accepted, sent) = submitter.stop();
     assert!(
         accepted.len() > 20,
         "too few messages accepted: {}",
@@ -484,13 +438,7 @@ while not os.path.exists(stop):
         "accepted but not stored: {missing:?} (seed {seed})\n{}",
         t.dump()
     );
-    // Nothing the client did not send (an 'err' id may have been accepted
-    // before the reply was lost: it was sent, so it may be there).
-    let sent: std::collections::BTreeSet<String> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .map(String::from)
-        .collect();
+    // Nothing the client did not send.
     let extra: Vec<_> = distinct.difference(&sent).collect();
     assert!(
         extra.is_empty(),

@@ -2,6 +2,7 @@
 //! config, starting daemons (in a network namespace when asked), status,
 //! writes, and waiting with the logs in the failure message.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -336,4 +337,95 @@ impl Trio {
             .map(|r| r.unwrap() as u64)
             .collect()
     }
+}
+
+/// A real SMTP client (Python's smtplib) submitting one message after
+/// another to the relay until stopped; what it sent and what the relay
+/// accepted go to a file (not a pipe, which could fill and stall it).
+pub struct Submitter {
+    child: std::process::Child,
+    stop: PathBuf,
+    log: PathBuf,
+}
+
+const SUBMIT: &str = r#"
+import os, smtplib, sys, time
+host, port, stop, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5]
+log = open(sys.argv[4], "a", buffering=1)
+i = 0
+s = None
+while not os.path.exists(stop):
+    i += 1
+    mid = "%s%d@test" % (prefix, i)
+    msg = "Message-ID: <%s>\r\nSubject: n%d\r\n\r\nbody %d\r\n" % (mid, i, i)
+    try:
+        if s is None:
+            s = smtplib.SMTP(host, port, timeout=10)
+        s.sendmail("load@example.org", ["box@example.com"], msg)
+        log.write("ok " + mid + "\n")
+    except Exception as e:
+        log.write("err %s %r\n" % (mid, e))
+        s = None
+        time.sleep(0.1)
+    time.sleep(0.005)
+"#;
+
+impl Submitter {
+    /// Starts submitting to the relay of `t`, Message-IDs `<prefix>N@test`.
+    pub fn start(t: &Trio, prefix: &str) -> Submitter {
+        let (host, port) = t
+            .smtp()
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.to_string()))
+            .unwrap();
+        let stop = t.dir.path().join(format!("stop-{prefix}"));
+        let log = t.dir.path().join(format!("submitted-{prefix}.txt"));
+        let child = Command::new("python3")
+            .args(["-c", SUBMIT, &host, &port])
+            .arg(&stop)
+            .arg(&log)
+            .arg(prefix)
+            .spawn()
+            .unwrap();
+        Submitter { child, stop, log }
+    }
+
+    /// Stops it; the Message-IDs the relay accepted, and all it sent.
+    pub fn stop(mut self) -> (BTreeSet<String>, BTreeSet<String>) {
+        std::fs::write(&self.stop, "").unwrap();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "the submitting client failed"
+        );
+        let text = std::fs::read_to_string(&self.log).unwrap();
+        let accepted = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("ok "))
+            .map(String::from)
+            .collect();
+        // An 'err' message may have been accepted before the reply was
+        // lost: it was sent, so it may be stored.
+        let sent = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(String::from)
+            .collect();
+        (accepted, sent)
+    }
+}
+
+/// The Message-IDs in a node's mailbox store (empty if it has none yet).
+pub fn stored_ids(t: &Trio, node: &str) -> Vec<String> {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(
+        t.data_dir(node).join("store.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return Vec::new();
+    };
+    let Ok(mut st) = conn.prepare("SELECT message_id FROM messages") else {
+        return Vec::new();
+    };
+    st.query_map([], |r| r.get::<_, String>(0))
+        .map(|rows| rows.filter_map(|r| r.ok()).collect())
+        .unwrap_or_default()
 }
