@@ -29,7 +29,28 @@ impl Net {
     /// nsA and nsB, linked directly (10.T.3.1 / 10.T.3.2) and each to this
     /// namespace (10.T.1.x, 10.T.2.x), where the witness listens on 10.T.0.1.
     pub fn new() -> Net {
-        let t = (std::process::id() % 200 + 20) as u8;
+        // Test processes may set up namespaces at the same time: choose a
+        // 10.T.x.x range no one uses, under a lock held while setting up.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("logship-test-netns.lock"))
+            .unwrap();
+        // SAFETY: flock on a valid descriptor owned by `lock`.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        let used = String::from_utf8(
+            Command::new("ip")
+                .args(["-o", "addr", "show"])
+                .output()
+                .expect("run ip")
+                .stdout,
+        )
+        .unwrap();
+        let t = (20..240u8)
+            .map(|i| (std::process::id() as u8).wrapping_add(i) % 220 + 20)
+            .find(|t| !used.contains(&format!(" 10.{t}.")))
+            .expect("a free 10.T.0.0/16 range");
         let tag = format!("ls{}", std::process::id());
         let ns = [format!("{tag}a"), format!("{tag}b")];
         let net = Net {
@@ -100,6 +121,7 @@ impl Net {
         ]);
         ip(&["-n", &ns[0], "link", "set", &la, "up"]);
         ip(&["-n", &ns[1], "link", "set", &lb, "up"]);
+        drop(lock);
         net
     }
 
