@@ -404,19 +404,17 @@ fn a_gap_in_generations_and_a_foreign_segment_fail_the_copy_by_name() {
         replayed_lsn(&p) == target && summary(&p) == "Healthy"
     });
 
-    // A gap: the next generation is missing but a later one exists.
+    // A gap: the next generation is renamed away under the copy while a
+    // later one exists.
     p.ok("beta", &["suspend"]);
     run_sql(&p, &statements(60, 70));
     p.ok("alpha", &["seal"]);
     let missing = newest_sealed(&p);
     run_sql(&p, &statements(70, 80));
     p.ok("alpha", &["seal"]);
-    std::fs::remove_file(
-        p.data_dir("alpha")
-            .join("logs")
-            .join(format!("LS{missing:016X}.log")),
-    )
-    .unwrap();
+    let logs = p.data_dir("alpha").join("logs");
+    let name = format!("LS{missing:016X}.log");
+    std::fs::rename(logs.join(&name), logs.join(format!("{name}.moved"))).unwrap();
     p.ok("beta", &["resume"]);
     p.wait_for("the copy to fail on the gap", 30, || {
         summary(&p) == "Failed"
@@ -429,6 +427,14 @@ fn a_gap_in_generations_and_a_foreign_segment_fail_the_copy_by_name() {
         err.contains("gap") && err.contains(&format!("0x{missing:X}")),
         "{err}"
     );
+    // Renamed back and retried: nothing was lost, the copy catches up.
+    std::fs::rename(logs.join(format!("{name}.moved")), logs.join(&name)).unwrap();
+    p.ok("beta", &["resume"]);
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to catch up after the rename back", 60, || {
+        replayed_lsn(&p) == target && summary(&p) == "Healthy"
+    });
+    python_compare(&p);
 }
 
 #[test]
