@@ -6,140 +6,38 @@
 //! them. The last line is `rto_p50_ms <x>`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use logship::sys::free_udp_port;
+
 use crate::control::{self, Op};
+use crate::procs::Procs;
 
 const NODES: [&str; 2] = ["alpha", "beta"];
 
-struct Bench {
-    dir: PathBuf,
-    config: PathBuf,
-    exe: PathBuf,
-    children: Vec<(String, Child)>,
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-impl Bench {
-    fn new(dir: &Path) -> Result<Bench> {
-        std::fs::create_dir_all(dir.join("witness"))?;
-        let config = dir.join("logship.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\n\n\
-                 [nodes.alpha]\ndata-dir = \"{d}/alpha\"\nshare = \"{d}/alpha/logs\"\nheartbeat = \"127.0.0.1:{pa}\"\n\n\
-                 [nodes.beta]\ndata-dir = \"{d}/beta\"\nshare = \"{d}/beta/logs\"\nheartbeat = \"127.0.0.1:{pb}\"\n",
-                w = dir.join("witness").display(),
-                d = dir.display(),
-                pa = free_udp_port()?,
-                pb = free_udp_port()?,
-            ),
-        )?;
-        Ok(Bench {
-            dir: dir.to_path_buf(),
-            config,
-            exe: std::env::current_exe()?,
-            children: Vec::new(),
-        })
-    }
-
-    fn cmd(&self, node: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.exe);
-        c.args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--node")
-            .arg(node)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, node: &str, args: &[&str]) -> Result<String> {
-        let out = self.cmd(node, args).output()?;
-        if !out.status.success() {
-            bail!(
-                "logship {args:?} on {node}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn start(&mut self, node: &str) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{node}.log")))?;
-        let child = self
-            .cmd(node, &["node"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        self.children.push((node.to_string(), child));
-        Ok(())
-    }
-
-    fn kill(&mut self, node: &str) -> Result<()> {
-        let i = self
-            .children
-            .iter()
-            .position(|(n, _)| n == node)
-            .context("no such node process")?;
-        let (_, mut c) = self.children.remove(i);
-        c.kill()?;
-        c.wait()?;
-        Ok(())
-    }
-
-    fn data_dir(&self, node: &str) -> PathBuf {
-        self.dir.join(node)
-    }
-
-    fn status(&self, node: &str) -> serde_json::Value {
-        let out = Command::new(&self.exe)
-            .args(["status", "--json", "--node", node, "--config"])
-            .arg(&self.config)
-            .output();
-        out.ok()
-            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-            .and_then(|v| v.as_array().and_then(|a| a.first().cloned()))
-            .unwrap_or(serde_json::Value::Null)
-    }
-
-    fn wait(&self, what: &str, secs: u64, cond: impl Fn() -> bool) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !cond() {
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out after {secs} s waiting for {what} (logs in {})",
-                    self.dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    }
+/// The cluster's config in `dir`: two nodes on local directories with the
+/// default timings.
+fn write_config(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("witness"))?;
+    let config = dir.join("logship.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\n\n\
+             [nodes.alpha]\ndata-dir = \"{d}/alpha\"\nshare = \"{d}/alpha/logs\"\nheartbeat = \"127.0.0.1:{pa}\"\n\n\
+             [nodes.beta]\ndata-dir = \"{d}/beta\"\nshare = \"{d}/beta/logs\"\nheartbeat = \"127.0.0.1:{pb}\"\n",
+            w = dir.join("witness").display(),
+            d = dir.display(),
+            pa = free_udp_port()?,
+            pb = free_udp_port()?,
+        ),
+    )?;
+    Ok(config)
 }
 
 /// One INSERT through the node's daemon; true when acknowledged.
@@ -152,19 +50,18 @@ fn insert(data_dir: &Path, id: u64) -> bool {
 }
 
 pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
-    let mut b = Bench::new(dir)?;
-    b.run("alpha", &["init"])?;
-    b.run(
+    let mut b = Procs::new(dir.to_path_buf(), write_config(dir)?)?;
+    b.run(&["init", "--node", "alpha"])?;
+    b.run(&[
+        "sql",
+        "--node",
         "alpha",
-        &[
-            "sql",
-            "CREATE TABLE load (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
-        ],
-    )?;
-    b.start("alpha")?;
+        "CREATE TABLE load (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
+    ])?;
+    b.start("alpha", &["node", "--node", "alpha"])?;
     b.wait("alpha active", 30, || b.status("alpha")["role"] == "active")?;
-    b.start("beta")?;
-    b.run("beta", &["seed"])?;
+    b.start("beta", &["node", "--node", "beta"])?;
+    b.run(&["seed", "--node", "beta"])?;
     b.wait("beta Healthy", 60, || {
         b.status("beta")["summary_copy_status"] == "Healthy"
     })?;
@@ -173,7 +70,7 @@ pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
     let acked = Arc::new(AtomicU64::new(0));
     let load = {
         let (stop, acked) = (stop.clone(), acked.clone());
-        let dirs: Vec<PathBuf> = NODES.iter().map(|n| b.data_dir(n)).collect();
+        let dirs: Vec<PathBuf> = NODES.iter().map(|n| b.dir.join(n)).collect();
         std::thread::spawn(move || {
             let mut id = 1_000_000u64;
             while !stop.load(Ordering::Relaxed) {
@@ -207,7 +104,7 @@ pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
         let killed = Instant::now();
         loop {
             probe += 1;
-            if insert(&b.data_dir(other), probe) {
+            if insert(&b.dir.join(other), probe) {
                 break;
             }
             if killed.elapsed() > Duration::from_secs(60) {
@@ -222,7 +119,7 @@ pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
             rto.as_millis()
         );
         rtos.push(rto.as_secs_f64() * 1000.0);
-        b.start(active)?;
+        b.start(active, &["node", "--node", active])?;
     }
     // Planned moves, with the load still running.
     let active = NODES
@@ -241,23 +138,8 @@ pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
                 p["role"] == "passive" && p["copy"] == "Healthy"
             },
         )?;
-        let out = Command::new(&b.exe)
-            .args(["move-cluster", "--to", to, "--comment", "bench", "--config"])
-            .arg(&b.config)
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            bail!(
-                "move-cluster to {to}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let ms: f64 = text
-            .split(" in ")
-            .nth(1)
-            .and_then(|r| r.split(" ms").next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("no handoff time in {text:?}"))?;
+        let (_, ms) = b.move_cluster(to, "bench")?;
+        let ms = ms as f64;
         println!("move {from} -> {to}: {ms} ms");
         moves.push(ms);
     }

@@ -8,37 +8,14 @@
 //! The last line is `ratio <leg 2 / leg 3>`.
 
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use dumpster::lmtp_client::{Client, Outcome};
+use logship::sys::{free_tcp_port, free_udp_port};
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait(what: &str, secs: u64, cond: impl Fn() -> bool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
+use crate::procs::Procs;
 
 fn message(leg: &str, i: usize) -> Vec<u8> {
     format!(
@@ -90,9 +67,8 @@ fn stored(db: &Path) -> usize {
 }
 
 pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
-    let exe = std::env::current_exe()?;
     std::fs::create_dir_all(dir.join("witness"))?;
-    let (lmtp, smtp) = (free_port()?, free_port()?);
+    let (lmtp, smtp) = (free_tcp_port()?, free_tcp_port()?);
     let config = dir.join("logship.toml");
     std::fs::write(
         &config,
@@ -103,40 +79,16 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
              [dumpster]\nsmtp = \"127.0.0.1:{smtp}\"\ndata-dir = \"{d}/relay\"\naccepted-domains = [\"example.com\"]\n",
             w = dir.join("witness").display(),
             d = dir.display(),
-            h1 = free_port()?,
-            h2 = free_port()?,
+            h1 = free_udp_port()?,
+            h2 = free_udp_port()?,
         ),
     )?;
-    let run = |args: &[&str]| -> Result<()> {
-        let out = Command::new(&exe)
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .output()?;
-        if !out.status.success() {
-            bail!("logship {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    };
-    let spawn = |args: &[&str]| -> Result<Kill> {
-        Ok(Kill(
-            Command::new(&exe)
-                .args(args)
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        ))
-    };
-    run(&["init", "--node", "alpha"])?;
-    let _node = spawn(&["node", "--node", "alpha"])?;
+    let mut procs = Procs::new(dir.to_path_buf(), config)?;
+    procs.run(&["init", "--node", "alpha"])?;
+    procs.start("alpha", &["node", "--node", "alpha"])?;
     let lmtp_addr = format!("127.0.0.1:{lmtp}");
     // Active once its greeting names an epoch.
-    wait("alpha to take mail", 30, || {
+    procs.wait("alpha to take mail", 30, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
@@ -145,9 +97,9 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
                 .is_ok_and(|c| c.greeting.contains("epoch="))
         })
     })?;
-    let _relay = spawn(&["dumpster"])?;
+    procs.start("relay", &["dumpster"])?;
     let smtp_addr = format!("127.0.0.1:{smtp}");
-    wait("the relay to listen", 30, || {
+    procs.wait("the relay to listen", 30, || {
         std::net::TcpStream::connect(&smtp_addr).is_ok()
     })?;
     let db = dir.join("alpha/store.db");
@@ -156,7 +108,7 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
     // 1. Through the relay, until stored.
     let started = Instant::now();
     drive(&smtp_addr, "EHLO", "r", n, clients).context("leg 1: SMTP into the relay")?;
-    wait("the relay's messages in the store", 300, || {
+    procs.wait("the relay's messages in the store", 300, || {
         stored(&db) >= n
     })?;
     let e2e = n as f64 / started.elapsed().as_secs_f64();
@@ -180,6 +132,7 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
         );
     }
     drop(dovecot);
+    drop(procs);
     let _ = std::fs::remove_dir_all(dir);
     println!("ratio {:.2}", ours / theirs);
     Ok(ExitCode::SUCCESS)

@@ -6,44 +6,42 @@
 //! summary. It exits non-zero if a promise failed.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use dumpster::lmtp_client::{Client, Outcome};
+use logship::sys::{free_tcp_port, free_udp_port};
 
-struct Proc {
-    name: String,
-    child: Child,
+use crate::procs::Procs;
+
+/// The demo's processes, and where the relay listens.
+struct Demo {
+    p: Procs,
+    smtp: String,
 }
 
-struct Demo {
-    dir: PathBuf,
-    config: PathBuf,
-    exe: PathBuf,
-    procs: Vec<Proc>,
-    keep: bool,
-    smtp: String,
+impl std::ops::Deref for Demo {
+    type Target = Procs;
+    fn deref(&self) -> &Procs {
+        &self.p
+    }
+}
+
+impl std::ops::DerefMut for Demo {
+    fn deref_mut(&mut self) -> &mut Procs {
+        &mut self.p
+    }
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        if self.keep {
-            return;
+        if !self.p.keep {
+            self.p.kill_all();
+            let _ = std::fs::remove_dir_all(&self.p.dir);
         }
-        for p in &mut self.procs {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn say(what: &str) {
@@ -51,81 +49,6 @@ fn say(what: &str) {
 }
 
 impl Demo {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.exe);
-        c.args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = self.cmd(args).output()?;
-        if !out.status.success() {
-            bail!(
-                "logship {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn start(&mut self, name: &str, args: &[&str]) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{name}.log")))?;
-        let child = self
-            .cmd(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        self.procs.push(Proc {
-            name: name.to_string(),
-            child,
-        });
-        Ok(())
-    }
-
-    fn kill(&mut self, name: &str) -> Result<()> {
-        let i = self
-            .procs
-            .iter()
-            .position(|p| p.name == name)
-            .context("no such process")?;
-        let mut p = self.procs.remove(i);
-        p.child.kill()?;
-        p.child.wait()?;
-        Ok(())
-    }
-
-    fn status(&self, node: &str) -> serde_json::Value {
-        self.cmd(&["status", "--json", "--node", node])
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-            .and_then(|v| v.as_array().and_then(|a| a.first().cloned()))
-            .unwrap_or(serde_json::Value::Null)
-    }
-
-    fn wait(&self, what: &str, secs: u64, cond: impl Fn() -> bool) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !cond() {
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out after {secs} s waiting for {what} (logs in {})",
-                    self.dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
     fn show_status(&self) -> Result<()> {
         print!("{}", self.run(&["status"])?);
         Ok(())
@@ -187,7 +110,7 @@ pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> 
     };
     std::fs::create_dir_all(dir.join("witness"))
         .with_context(|| format!("create {}", dir.display()))?;
-    let smtp = format!("127.0.0.1:{}", free_port()?);
+    let smtp = format!("127.0.0.1:{}", free_tcp_port()?);
     let config = dir.join("logship.toml");
     std::fs::write(
         &config,
@@ -197,20 +120,17 @@ pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> 
              [nodes.beta]\ndata-dir = \"beta\"\nshare = \"beta/logs\"\nheartbeat = \"127.0.0.1:{h2}\"\nlmtp = \"127.0.0.1:{l2}\"\n\n\
              [dumpster]\nsmtp = \"{smtp}\"\ndata-dir = \"relay\"\naccepted-domains = [\"example.com\"]\n",
             w = dir.join("witness").display(),
-            h1 = free_port()?,
-            h2 = free_port()?,
-            l1 = free_port()?,
-            l2 = free_port()?,
+            h1 = free_udp_port()?,
+            h2 = free_udp_port()?,
+            l1 = free_tcp_port()?,
+            l2 = free_tcp_port()?,
         ),
     )?;
     let mut d = Demo {
-        dir: dir.clone(),
-        config,
-        exe: std::env::current_exe()?,
-        procs: Vec::new(),
-        keep,
+        p: Procs::new(dir.clone(), config)?,
         smtp,
     };
+    d.keep = keep;
     let t0 = Instant::now();
     println!("logship demo in {} (config: logship.toml)", dir.display());
 
@@ -288,20 +208,8 @@ pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> 
         let p = &d.status("beta")["peer"];
         p["role"] == "passive" && p["copy"] == "Healthy"
     })?;
-    let out = d.run(&[
-        "move-cluster",
-        "--to",
-        "alpha",
-        "--comment",
-        "demo: back home",
-    ])?;
+    let (out, move_ms) = d.move_cluster("alpha", "demo: back home")?;
     print!("{out}");
-    let move_ms: u64 = out
-        .split(" in ")
-        .nth(1)
-        .and_then(|r| r.split(" ms").next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
     d.wait("beta Healthy again", 60, || {
         let s = d.status("beta");
         s["role"] == "passive" && s["summary_copy_status"] == "Healthy"

@@ -7,7 +7,8 @@
 
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+
+use crate::sys::program;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,14 +19,6 @@ pub struct Dovecot {
     pub root: tempfile::TempDir,
     pub port: u16,
     child: Child,
-}
-
-fn program(name: &str) -> PathBuf {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 impl Dovecot {
@@ -69,11 +62,7 @@ impl Dovecot {
             ));
         }
         std::fs::write(r.join("users"), passwd).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::sys::free_tcp_port().unwrap();
         let conf = r.join("dovecot.conf");
         std::fs::write(
             &conf,

@@ -6,3 +6,4 @@
 pub mod config;
 pub mod dovecot;
 pub mod samba;
+pub mod sys;

@@ -14,6 +14,7 @@ mod events;
 mod inspect;
 mod metrics;
 mod node;
+mod procs;
 mod relay_cmd;
 mod sql;
 

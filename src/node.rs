@@ -760,9 +760,7 @@ impl Daemon<'_> {
                 }
                 continue;
             }
-            let r = self
-                .handle(&req.op, &peer, &wv)
-                .map_err(|e| format!("{e:#}"));
+            let r = self.handle(&req.op, &peer).map_err(|e| format!("{e:#}"));
             let _ = req.reply.send(r);
         }
         // A request may have changed the role or taken the witness vote:
@@ -803,7 +801,7 @@ impl Daemon<'_> {
         }
     }
 
-    fn handle(&mut self, op: &Op, peer: &PeerView, wv: &WitnessView) -> Result<String> {
+    fn handle(&mut self, op: &Op, peer: &PeerView) -> Result<String> {
         match op {
             Op::Pause { paused: true } => {
                 std::fs::write(
@@ -864,7 +862,6 @@ impl Daemon<'_> {
                 let wait = (acquired + self.timing.takeover_wait())
                     .saturating_duration_since(Instant::now());
                 std::thread::sleep(wait);
-                let _ = wv;
                 let took = self.failover(if *force { "forced" } else { "activate" }, *force)?;
                 if took {
                     Ok(format!(
@@ -1448,7 +1445,6 @@ impl Daemon<'_> {
     }
 
     fn start_passive(&mut self) -> Result<()> {
-        let paths = self.copy_paths();
         let lock = shipper::store::lock_data_dir(&self.node.data_dir)
             .with_context(|| format!("lock {}", self.node.data_dir.display()))?;
         let peer_node = self.cfg.node(&self.peer)?;
@@ -1475,7 +1471,6 @@ impl Daemon<'_> {
                     tracing::error!(error = %e, "replay stopped");
                 }
             })?;
-        let _ = paths;
         self.duty = Duty::Passive(PassiveDuty { shutdown, handle });
         Ok(())
     }

@@ -8,6 +8,8 @@
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+
+use crate::sys::program;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,25 +23,6 @@ pub struct Samba {
     /// The address smbd listens on (127.0.0.1 unless `start_on`).
     pub host: String,
     child: Child,
-}
-
-/// A system program by name: from PATH, else from the sbin directories
-/// (which a non-login root shell may not have on its PATH).
-fn program(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn run(cmd: &mut Command, what: &str) {
@@ -68,7 +51,7 @@ impl Samba {
         for d in ["lock", "state", "cache", "pid", "private", "ncalrpc", "log"] {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
-        let port = free_port();
+        let port = crate::sys::free_tcp_port().unwrap();
         let conf = r.join("smb.conf");
         std::fs::write(
             &conf,

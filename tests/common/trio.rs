@@ -21,19 +21,11 @@ pub struct Trio {
 }
 
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    logship::sys::free_tcp_port().unwrap()
 }
 
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    logship::sys::free_udp_port().unwrap()
 }
 
 impl Trio {

@@ -1,0 +1,141 @@
+//! A set of `logship` processes started from this binary against one
+//! config file, for `logship demo` and the benchmarks that run a cluster:
+//! one-shot commands, daemons with their logs in `<dir>/<name>.log`,
+//! SIGKILL, status, and waiting for a condition. Daemons still running are
+//! killed when dropped, unless `keep` is set.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+#[derive(Debug)]
+pub struct Procs {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    exe: PathBuf,
+    children: Vec<(String, Child)>,
+    /// Leave the daemons running when dropped.
+    pub keep: bool,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.kill_all();
+        }
+    }
+}
+
+impl Procs {
+    /// Processes of this binary in `dir`, all with `--config config`.
+    pub fn new(dir: PathBuf, config: PathBuf) -> Result<Procs> {
+        Ok(Procs {
+            dir,
+            config,
+            exe: std::env::current_exe()?,
+            children: Vec::new(),
+            keep: false,
+        })
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a command to its end; its stdout, or an error with its stderr.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self.cmd(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "logship {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts a daemon called `name`, logging to `<dir>/<name>.log`.
+    pub fn start(&mut self, name: &str, args: &[&str]) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))?;
+        let child = self
+            .cmd(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    /// SIGKILLs the daemon called `name` and reaps it.
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .with_context(|| format!("no process called {name}"))?;
+        let (_, mut c) = self.children.remove(i);
+        c.kill()?;
+        c.wait()?;
+        Ok(())
+    }
+
+    /// SIGKILLs and reaps every daemon still running.
+    pub fn kill_all(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    /// `logship status --json` for one node (Null if it cannot be read).
+    pub fn status(&self, node: &str) -> serde_json::Value {
+        self.cmd(&["status", "--json", "--node", node])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| v.as_array().and_then(|a| a.first().cloned()))
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `logship move-cluster --to TO`: its output and the handoff time (ms)
+    /// it reports.
+    pub fn move_cluster(&self, to: &str, comment: &str) -> Result<(String, u64)> {
+        let out = self.run(&["move-cluster", "--to", to, "--comment", comment])?;
+        let ms = out
+            .split(" in ")
+            .nth(1)
+            .and_then(|r| r.split(" ms").next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no handoff time in {out:?}"))?;
+        Ok((out, ms))
+    }
+
+    /// Waits until `cond` holds, up to `secs` seconds.
+    pub fn wait(&self, what: &str, secs: u64, cond: impl Fn() -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out after {secs} s waiting for {what} (logs in {})",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
