@@ -214,7 +214,9 @@ pub fn ship(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Copies and inspects `files` from `share` into `logs`, as the replay daemon does.
+/// Copies and inspects `files` from `share` into `logs`, as the replay
+/// daemon does when it is behind: segments copied and inspected on
+/// parallel lanes, the chain check and the rename in generation order.
 fn copy_and_inspect(
     share: &Share,
     files: &[(shipper::Generation, std::path::PathBuf)],
@@ -222,11 +224,32 @@ fn copy_and_inspect(
     logs: &Path,
 ) -> Result<()> {
     let mut prev = None;
-    for (g, _) in files {
-        let path = replayer::copier::copy(share, logs, *g)?.context("segment vanished")?;
-        let ins = replayer::inspector::inspect(&path, *g, db, prev.as_ref())?;
-        std::fs::rename(&path, logs.join(shipper::format::segment_file_name(*g)))?;
-        prev = Some(ins);
+    for window in files.chunks(replayer::daemon::MAX_WINDOW) {
+        let mut outcome = Ok(());
+        replayer::copier::copy_window(
+            share,
+            logs,
+            window[0].0,
+            window.len(),
+            db,
+            replayer::daemon::LANES,
+            &mut |g, f| {
+                let r = (|| -> Result<()> {
+                    let f = f?.context("segment vanished")?;
+                    let ins = f.inspected?;
+                    replayer::inspector::follows(&f.path, &ins, prev.as_ref())?;
+                    std::fs::rename(&f.path, logs.join(shipper::format::segment_file_name(g)))?;
+                    prev = Some(ins);
+                    Ok(())
+                })();
+                let go_on = r.is_ok();
+                if outcome.is_ok() {
+                    outcome = r;
+                }
+                go_on
+            },
+        );
+        outcome?;
     }
     Ok(())
 }

@@ -1,45 +1,77 @@
-//! The copier: brings the next sealed segment from the active's share into
-//! the copy's log directory, under a temporary name (`.part`) that the
-//! daemon renames to the generation name once the inspector passed it. It
-//! finds where to start after a seed, and tells a missing segment from a gap.
+//! The copier: brings the next sealed segments from the active's share into
+//! the copy's log directory, several at a time when the copy is behind,
+//! under a temporary name (`.part`) that the daemon renames to the
+//! generation name once the inspector passed it. It finds where to start
+//! after a seed, and tells a missing segment from a gap.
 
 use std::path::{Path, PathBuf};
 
 use shipper::format::{self, HEADER_SIZE, SEGMENT_SIZE, SegmentHeader};
 use shipper::share::Share;
-use shipper::{Generation, Lsn, Result};
+use shipper::{DatabaseId, Generation, Lsn, Result};
 
-/// Copies generation `g` from `source` into `dir` as `<name>.part` (a
-/// name no reader takes for a segment) and returns that path. `Ok(None)`
-/// when the share does not hold it (yet).
-pub fn copy(source: &Share, dir: &Path, g: Generation) -> Result<Option<PathBuf>> {
-    let name = format::segment_file_name(g);
-    let dest = dir.join(format!("{name}{}", shipper::share::TEMP_SUFFIX));
+use crate::inspector::{self, Inspected};
+
+/// A segment the copier brought into the copy's log directory under its
+/// temporary name, with its inspection (all but the chain check, which
+/// needs the segments in order: `inspector::follows`).
+#[derive(Debug)]
+pub struct Fetched {
+    pub path: PathBuf,
+    pub inspected: Result<Inspected>,
+}
+
+/// Copies generations `from`, `from + 1`, ... (`count` of them) from
+/// `source` into `dir` as `<name>.part` (a name no reader takes for a
+/// segment), on `lanes` connections at a time, and inspects each while its
+/// bytes are at hand. `take(generation, result)` gets them in generation
+/// order as they come (`Ok(None)`: the share does not hold it yet); when it
+/// returns false, no further copy starts (see `Share::fetch_many`).
+pub fn copy_window(
+    source: &Share,
+    dir: &Path,
+    from: Generation,
+    count: usize,
+    db: DatabaseId,
+    lanes: usize,
+    take: &mut dyn FnMut(Generation, Result<Option<Fetched>>) -> bool,
+) {
+    let gens: Vec<Generation> = (0..count as u64).map(|i| Generation(from.0 + i)).collect();
+    let jobs: Vec<(String, PathBuf)> = gens
+        .iter()
+        .map(|g| {
+            let name = format::segment_file_name(*g);
+            let dest = dir.join(format!("{name}{}", shipper::share::TEMP_SUFFIX));
+            (name, dest)
+        })
+        .collect();
+    let check = |i: usize, bytes: &[u8]| inspector::inspect_bytes(&jobs[i].1, bytes, gens[i], db);
     // Never more than a segment: a huge file under a segment's name must
     // not fill the copy's disk.
-    let fetched = source
-        .fetch(&name, &dest, SEGMENT_SIZE as u64)
-        .map_err(|e| match e {
-            shipper::Error::TooLarge { size, max } => shipper::Error::Corrupt {
-                path: PathBuf::from(source.display()).join(&name),
+    source.fetch_many(&jobs, SEGMENT_SIZE as u64, lanes, &check, &mut |i, r| {
+        let g = gens[i];
+        let r = match r {
+            Ok(Some((len, inspected))) => {
+                crate::BYTES_COPIED.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                Ok(Some(Fetched {
+                    path: jobs[i].1.clone(),
+                    inspected,
+                }))
+            }
+            Ok(None) => Ok(None),
+            Err(shipper::Error::TooLarge { size, max }) => Err(shipper::Error::Corrupt {
+                path: PathBuf::from(source.display()).join(&jobs[i].0),
                 generation: g,
                 offset: 0,
                 reason: format::Reason::LengthTooLarge {
                     len: size as u64,
                     max: max as u64,
                 },
-            },
-            e => e,
-        })?;
-    if let Some(len) = fetched {
-        crate::BYTES_COPIED.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-    }
-    match fetched {
-        Some(len) if len == SEGMENT_SIZE as u64 => Ok(Some(dest)),
-        // A short file is left for the inspector to refuse with its offset.
-        Some(_) => Ok(Some(dest)),
-        None => Ok(None),
-    }
+            }),
+            Err(e) => Err(e),
+        };
+        take(g, r)
+    });
 }
 
 /// The sealed generations the share holds, ascending.

@@ -32,6 +32,10 @@ pub const DEFAULT_POLL: Duration = Duration::from_millis(100);
 pub const INSPECTION_TRIES: u32 = 3;
 /// Segments copied per turn before replay runs.
 pub const COPY_BATCH: usize = 64;
+/// Most segments asked for at once by a copy that is behind.
+pub const MAX_WINDOW: usize = COPY_BATCH;
+/// Connections (and threads) that copy and inspect a window in parallel.
+pub const LANES: usize = 3;
 /// Replayed segments kept in the copy's log directory.
 pub const KEEP_REPLAYED: u64 = 8;
 /// Name of the status file a passive publishes on its own share.
@@ -131,6 +135,8 @@ struct Daemon<'a> {
     retry_at: Option<Instant>,
     listed_at: Option<Instant>,
     backoff: Duration,
+    /// Segments to ask for on the next copy (see `copy_available`).
+    window: usize,
 }
 
 /// Runs the replay daemon until `shutdown` is set.
@@ -223,6 +229,7 @@ impl<'a> Daemon<'a> {
             retry_at: None,
             listed_at: None,
             backoff: cfg.poll,
+            window: 1,
         };
         tracing::info!(node = %cfg.node, source = %cfg.source_node, share = %cfg.source.display(), lsn = d.state.replayed_lsn, "replay daemon started");
         d.publish(true)?;
@@ -334,72 +341,118 @@ impl Daemon<'_> {
     /// replayed); a segment damaged by a crash is found by the re-inspection
     /// at start and copied again, and the active keeps every segment until
     /// the copy reports it replayed.
+    ///
+    /// A copy that keeps finding the next generations asks for several at
+    /// once (a window that doubles up to `MAX_WINDOW` while every segment
+    /// asked for was there, and falls back to one when one was not), copied
+    /// and inspected on `LANES` connections in parallel; a copy that is
+    /// current asks for one at a time, as before.
     fn copy_available(&mut self) -> std::result::Result<bool, (bool, Error)> {
         let mut any = false;
-        for _ in 0..COPY_BATCH {
-            match self.copy_and_inspect() {
-                Ok(true) => any = true,
-                Ok(false) => break,
-                Err(e) => return Err((any, e)),
+        let mut budget = COPY_BATCH;
+        while budget > 0 {
+            match self.copy_window(budget) {
+                Ok((n, true)) => {
+                    any |= n > 0;
+                    budget = budget.saturating_sub(n.max(1));
+                }
+                Ok((n, false)) => return Ok(any || n > 0),
+                Err((n, e)) => return Err((any || n > 0, e)),
             }
         }
         Ok(any)
     }
 
-    /// Copies and inspects the next generation if the share has it.
-    fn copy_and_inspect(&mut self) -> Result<bool> {
+    /// Copies and inspects the next generations (a window) if the share has
+    /// them. Returns how many were accepted and whether all asked for were.
+    fn copy_window(&mut self, budget: usize) -> std::result::Result<(usize, bool), (usize, Error)> {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
-            return Ok(false);
+            return Ok((0, false));
         }
-        let source = &self.cfg.source;
         let db = self.replayer.database_id();
         let next = match self.next {
             Some(g) => g,
-            None => match copier::start_generation(source, self.replayer.lsn()?)? {
-                Some(g) => {
+            None => match self
+                .replayer
+                .lsn()
+                .and_then(|lsn| copier::start_generation(&self.cfg.source, lsn))
+            {
+                Ok(Some(g)) => {
                     self.next = Some(g);
                     g
                 }
-                None => return Ok(false),
+                Ok(None) => return Ok((0, false)),
+                Err(e) => return Err((0, e)),
             },
         };
-        let Some(path) = copier::copy(source, &self.paths.logs, next)? else {
-            self.check_for_gap(next)?;
+        let want = self.window.min(budget).max(1);
+        let lanes = if want > 1 { LANES } else { 1 };
+        let (cfg, logs) = (self.cfg, self.paths.logs.clone());
+        let mut accepted = 0;
+        let mut outcome = Ok(true);
+        copier::copy_window(&cfg.source, &logs, next, want, db, lanes, &mut |g, f| {
+            if !matches!(outcome, Ok(true)) {
+                // Past the first refusal: drop what was copied ahead.
+                if let Ok(Some(f)) = f {
+                    let _ = std::fs::remove_file(&f.path);
+                }
+                return false;
+            }
+            outcome = self.accept(g, f);
+            accepted += usize::from(matches!(outcome, Ok(true)));
+            matches!(outcome, Ok(true))
+        });
+        let all = accepted == want;
+        self.window = if all { (want * 2).min(MAX_WINDOW) } else { 1 };
+        match outcome {
+            Ok(_) => Ok((accepted, all)),
+            Err(e) => Err((accepted, e)),
+        }
+    }
+
+    /// Takes in generation `g` as the copier brought it (or did not):
+    /// checks it follows the previous one and belongs to a current epoch,
+    /// then moves it to its generation name. `Ok(false)` when the share does
+    /// not hold it yet, or when it failed inspection and will be copied
+    /// again.
+    fn accept(&mut self, g: Generation, fetched: Result<Option<copier::Fetched>>) -> Result<bool> {
+        let Some(fetched) = fetched? else {
+            self.check_for_gap(g)?;
             return Ok(false);
         };
-        self.state.last_copied = mark(next);
-        if self
-            .state
-            .last_generated
-            .is_none_or(|m| m.generation < next.0)
-        {
-            self.state.last_generated = mark(next);
+        let path = fetched.path;
+        self.state.last_copied = mark(g);
+        if self.state.last_generated.is_none_or(|m| m.generation < g.0) {
+            self.state.last_generated = mark(g);
         }
-        let inspected = inspector::inspect(&path, next, db, self.prev.as_ref()).and_then(|ins| {
-            let starts = self.cfg.epochs.lock().expect("epochs lock").clone();
-            match check_epoch(&starts, next, ins.header.epoch) {
-                Ok(()) => Ok(ins),
-                Err(newer) => Err(Error::StaleEpoch {
-                    generation: next,
-                    epoch: ins.header.epoch,
-                    newer: newer.epoch,
-                    newer_start: newer.start_generation,
-                }),
-            }
-        });
+        let inspected = fetched
+            .inspected
+            .and_then(|ins| inspector::follows(&path, &ins, self.prev.as_ref()).map(|()| ins))
+            .and_then(|ins| {
+                let starts = self.cfg.epochs.lock().expect("epochs lock").clone();
+                match check_epoch(&starts, g, ins.header.epoch) {
+                    Ok(()) => Ok(ins),
+                    Err(newer) => Err(Error::StaleEpoch {
+                        generation: g,
+                        epoch: ins.header.epoch,
+                        newer: newer.epoch,
+                        newer_start: newer.start_generation,
+                    }),
+                }
+            });
         match inspected {
             Err(e @ Error::StaleEpoch { .. }) => {
                 let _ = std::fs::remove_file(&path);
                 Err(e)
             }
             Ok(ins) => {
-                let dest = self.paths.logs.join(format::segment_file_name(next));
+                let dest = self.paths.logs.join(format::segment_file_name(g));
                 // Not fsynced (see `copy_available`).
                 std::fs::rename(&path, &dest)
                     .map_err(|e| Error::io("move inspected segment", &path, e))?;
-                self.state.last_inspected = mark(next);
+                self.state.last_inspected = mark(g);
                 self.prev = Some(ins);
-                self.next = Some(next.next());
+                self.next = Some(g.next());
                 self.attempts = 0;
                 self.state.inspection_failures = 0;
                 self.retry_at = None;
@@ -411,10 +464,10 @@ impl Daemon<'_> {
                 self.state.inspection_failures = self.attempts;
                 self.retry_at = Some(Instant::now() + RETRY_DELAY * self.attempts);
                 if self.attempts >= INSPECTION_TRIES {
-                    tracing::error!(generation = %next, tries = self.attempts, error = %e, "segment failed inspection");
+                    tracing::error!(generation = %g, tries = self.attempts, error = %e, "segment failed inspection");
                     return Err(e);
                 }
-                tracing::warn!(generation = %next, attempt = self.attempts, error = %e, "segment failed inspection; copying it again");
+                tracing::warn!(generation = %g, attempt = self.attempts, error = %e, "segment failed inspection; copying it again");
                 Ok(false)
             }
         }

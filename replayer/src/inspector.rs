@@ -26,9 +26,52 @@ pub fn inspect(
     db: DatabaseId,
     prev: Option<&Inspected>,
 ) -> Result<Inspected> {
-    // One full verification (every byte), then the chain checks.
+    let checked = SealedSegment::verify(path, Some(db));
+    let ins = finish(path, generation, checked)?;
+    follows(path, &ins, prev)?;
+    Ok(ins)
+}
+
+/// The inspection of a segment copied to `path` whose bytes are at hand,
+/// without the chain check (`follows`): what can run on the copier's lanes,
+/// in any order.
+pub fn inspect_bytes(
+    path: &Path,
+    bytes: &[u8],
+    generation: Generation,
+    db: DatabaseId,
+) -> Result<Inspected> {
+    finish(
+        path,
+        generation,
+        SealedSegment::check_bytes(path, bytes, Some(db)),
+    )
+}
+
+/// The chain check: `ins` (at `path`) follows `prev`, when given.
+pub fn follows(path: &Path, ins: &Inspected, prev: Option<&Inspected>) -> Result<()> {
+    if let Some(p) = prev {
+        format::check_successor(&p.header, &p.trailer, &ins.header).map_err(|r| {
+            Error::Corrupt {
+                path: path.to_path_buf(),
+                generation: ins.header.generation,
+                offset: 0,
+                reason: r,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// One full verification's result (every byte), with the generation the
+/// file must hold.
+fn finish(
+    path: &Path,
+    generation: Generation,
+    checked: Result<(SegmentHeader, Trailer)>,
+) -> Result<Inspected> {
     // The copy's temporary name carries no generation: name it here.
-    let (header, trailer) = SealedSegment::verify(path, Some(db)).map_err(|e| match e {
+    let (header, trailer) = checked.map_err(|e| match e {
         Error::Corrupt {
             path,
             generation: Generation(0),
@@ -42,26 +85,19 @@ pub fn inspect(
         },
         e => e,
     })?;
-    let corrupt = |offset: u64, reason: format::Reason| Error::Corrupt {
-        path: path.to_path_buf(),
-        generation,
-        offset,
-        reason,
-    };
     if header.generation != generation {
-        return Err(corrupt(
-            48,
-            format::Reason::BadField {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            generation,
+            offset: 48,
+            reason: format::Reason::BadField {
                 field: "generation",
                 detail: format!(
                     "expected {generation}, the header says {}",
                     header.generation
                 ),
             },
-        ));
-    }
-    if let Some(p) = prev {
-        format::check_successor(&p.header, &p.trailer, &header).map_err(|r| corrupt(0, r))?;
+        });
     }
     Ok(Inspected { header, trailer })
 }

@@ -104,12 +104,27 @@ impl SealedSegment {
         std::io::Read::take(&mut file, SEGMENT_SIZE as u64)
             .read_to_end(&mut map)
             .map_err(|e| Error::io("read segment", path, e))?;
-        let seg = SealedSegment {
+        Self::check_bytes(path, &map, expect_db)?;
+        Ok(SealedSegment {
             path: path.to_path_buf(),
             map,
-        };
+        })
+    }
+
+    /// Verifies the bytes of the segment file `path` (already read) like
+    /// `open`, and returns its header and trailer.
+    pub fn check_bytes(
+        path: &Path,
+        bytes: &[u8],
+        expect_db: Option<DatabaseId>,
+    ) -> Result<(SegmentHeader, Trailer)> {
+        let generation = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(format::parse_segment_file_name)
+            .unwrap_or_default();
         let scan =
-            format::scan_sealed(&seg.map, expect_db).map_err(|e| corrupt(path, generation, e))?;
+            format::scan_sealed(bytes, expect_db).map_err(|e| corrupt(path, generation, e))?;
         if generation != Generation::default() && scan.header.generation != generation {
             return Err(corrupt(
                 path,
@@ -126,7 +141,20 @@ impl SealedSegment {
                 },
             ));
         }
-        Ok(seg)
+        let trailer = scan.trailer.ok_or_else(|| {
+            corrupt(
+                path,
+                scan.header.generation,
+                DecodeError {
+                    offset: TRAILER_OFFSET as u64,
+                    reason: format::Reason::BadField {
+                        field: "trailer",
+                        detail: "not sealed".into(),
+                    },
+                },
+            )
+        })?;
+        Ok((scan.header, trailer))
     }
 
     /// Maps and verifies `path` (like `open`) and returns its header and

@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 pub use crate::smb::Encrypt;
 use crate::smb::{SmbShare, SmbUrl};
 
+/// One job's outcome in `Share::fetch_many`: the size and what `check`
+/// said, `None` when the share does not hold the file.
+pub type Fetch<R> = Result<Option<(u64, R)>>;
+
 /// Suffix of files being written; readers ignore them.
 pub const TEMP_SUFFIX: &str = ".part";
 
@@ -151,36 +155,8 @@ impl Share {
     /// Reads a whole file, refusing one larger than `max` bytes. `Ok(None)`
     /// when it does not exist.
     pub fn read(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
-        if let Share::Smb(s) = self {
-            return s.read(name, max);
-        }
-        let path = self.path(name);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound && self.reachable() => return Ok(None),
-            Err(e) => return Err(Error::io("open", path, e)),
-        };
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", &path, e))?
-            .len();
-        if len > max {
-            return Err(Error::TooLarge {
-                size: len as usize,
-                max: max as usize,
-            });
-        }
-        let mut buf = Vec::with_capacity(len as usize);
-        file.take(max + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io("read", &path, e))?;
-        if buf.len() as u64 > max {
-            return Err(Error::TooLarge {
-                size: buf.len(),
-                max: max as usize,
-            });
-        }
-        Ok(Some(buf))
+        let mut buf = Vec::new();
+        Ok(self.read_into(name, max, &mut buf)?.map(|_| buf))
     }
 
     /// The first `n` bytes of `name` (fewer if it is shorter); `Ok(None)`
@@ -245,6 +221,112 @@ impl Share {
                 }
             }
         }
+    }
+
+    /// Fetches several files at once on `lanes` threads (an SMB share uses
+    /// one connection per lane, each with one request in flight, which
+    /// keeps clear of the crate's credit leak on pipelined reads). Each job
+    /// copies `name` to the local `dest` as `fetch` does (no fsync, no
+    /// temporary name, at most `max` bytes), then runs `check(job index,
+    /// bytes)` on its lane while the bytes are at hand.
+    ///
+    /// `take(job index, result)` runs on the calling thread, in job order,
+    /// while the lanes go on with later jobs: `Ok(None)` is a file the share
+    /// does not hold. When it returns false no further job starts; jobs
+    /// already running still reach `take`, so that it can clean up.
+    pub fn fetch_many<R: Send>(
+        &self,
+        jobs: &[(String, PathBuf)],
+        max: u64,
+        lanes: usize,
+        check: &(dyn Fn(usize, &[u8]) -> R + Sync),
+        take: &mut dyn FnMut(usize, Fetch<R>) -> bool,
+    ) {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let lanes = lanes.clamp(1, jobs.len().max(1));
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let run = |i: usize,
+                   lane: &Option<std::result::Result<std::sync::Arc<SmbShare>, String>>,
+                   buf: &mut Vec<u8>| {
+            let (name, dest) = &jobs[i];
+            let got = match lane {
+                Some(Ok(s)) => s.read_into(name, max, buf),
+                Some(Err(msg)) => Err(Error::io(
+                    "open a connection for",
+                    self.path(name),
+                    std::io::Error::other(msg.clone()),
+                )),
+                None => self.read_into(name, max, buf),
+            };
+            got.and_then(|n| match n {
+                None => Ok(None),
+                Some(n) => {
+                    fs::write(dest, &buf[..]).map_err(|e| Error::io("write", dest, e))?;
+                    Ok(Some((n, check(i, buf))))
+                }
+            })
+        };
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for lane in 0..lanes {
+                let (tx, next, stop, run) = (tx.clone(), &next, &stop, &run);
+                scope.spawn(move || {
+                    let smb = match self {
+                        Share::Smb(s) => Some(s.lane(lane).map_err(|e| e.to_string())),
+                        Share::Dir(_) => None,
+                    };
+                    let mut buf = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= jobs.len() {
+                            break;
+                        }
+                        if tx.send((i, run(i, &smb, &mut buf))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            // Hand results over in job order.
+            let mut waiting = std::collections::BTreeMap::new();
+            let mut due = 0;
+            for (i, r) in rx {
+                waiting.insert(i, r);
+                while let Some(r) = waiting.remove(&due) {
+                    if !take(due, r) {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    due += 1;
+                }
+            }
+        });
+    }
+
+    /// Reads `name` whole into `buf` (its capacity is reused), refusing a
+    /// file larger than `max`; the size, or `None` when it does not exist.
+    fn read_into(&self, name: &str, max: u64, buf: &mut Vec<u8>) -> Result<Option<u64>> {
+        if let Share::Smb(s) = self {
+            return s.read_into(name, max, buf);
+        }
+        let path = self.path(name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound && self.reachable() => return Ok(None),
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        buf.clear();
+        file.take(max + 1)
+            .read_to_end(buf)
+            .map_err(|e| Error::io("read", &path, e))?;
+        if buf.len() as u64 > max {
+            return Err(Error::TooLarge {
+                size: buf.len(),
+                max: max as usize,
+            });
+        }
+        Ok(Some(buf.len() as u64))
     }
 
     fn copy_impl(

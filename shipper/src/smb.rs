@@ -28,9 +28,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
-/// Receives downloaded bytes: the chunk, bytes so far, total.
-type Sink<'a> = dyn FnMut(&[u8], u64, u64) -> Result<()> + 'a;
-
 /// Default for `SmbShare::new`'s timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes per read or write request (the crate does not split requests).
@@ -192,6 +189,8 @@ pub struct SmbShare {
     timeout: Duration,
     rt: tokio::runtime::Runtime,
     conn: Mutex<Option<Arc<Conn>>>,
+    /// Extra connections for parallel transfers (`lane`).
+    lanes: Mutex<Vec<Arc<SmbShare>>>,
 }
 
 impl fmt::Debug for SmbShare {
@@ -245,6 +244,7 @@ impl SmbShare {
             timeout,
             rt,
             conn: Mutex::new(None),
+            lanes: Mutex::new(Vec::new()),
         })
     }
 
@@ -427,36 +427,35 @@ impl SmbShare {
     /// Reads `name` whole, refusing more than `max` bytes; `None` when missing.
     pub fn read(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
         let mut out = Vec::new();
-        match self.download(name, max, None, &mut |chunk, _, _| {
-            out.extend_from_slice(chunk);
-            Ok(())
-        })? {
-            Some(_) => Ok(Some(out)),
-            None => Ok(None),
-        }
+        Ok(self.download(name, max, None, &mut out)?.map(|_| out))
+    }
+
+    /// Reads `name` whole into `buf` (its capacity is reused), refusing
+    /// more than `max` bytes; returns the size, `None` when missing.
+    pub fn read_into(&self, name: &str, max: u64, buf: &mut Vec<u8>) -> Result<Option<u64>> {
+        self.download(name, max, None, buf)
     }
 
     pub fn read_prefix(&self, name: &str, n: usize) -> Result<Option<Vec<u8>>> {
         let mut out = Vec::new();
-        match self.download(name, u64::MAX, Some(n as u64), &mut |chunk, _, _| {
-            out.extend_from_slice(chunk);
-            Ok(())
-        })? {
-            Some(_) => Ok(Some(out)),
-            None => Ok(None),
-        }
+        Ok(self
+            .download(name, u64::MAX, Some(n as u64), &mut out)?
+            .map(|_| out))
     }
 
-    /// Streams `name` to `sink(chunk, done, total)`; returns the size, or
-    /// `None` when the file does not exist.
+    /// Reads `name` (its first `limit` bytes when given) into `out`;
+    /// returns the file's size, or `None` when the file does not exist.
     fn download(
         &self,
         name: &str,
         max: u64,
         limit: Option<u64>,
-        sink: &mut Sink<'_>,
+        out: &mut Vec<u8>,
     ) -> Result<Option<u64>> {
         let rel = self.rel(name);
+        // The buffer travels into the request and back, keeping its pages
+        // (and its old bytes, overwritten below: no zero-fill on reuse).
+        let mut data = std::mem::take(out);
         let r = self.call("read", name, move |t| {
             async move {
                 let args = FileCreateArgs::make_open_existing(
@@ -465,10 +464,12 @@ impl SmbShare {
                 let file = t.create(&rel, &args).await?.unwrap_file();
                 let len = file.get_len().await?;
                 let want = limit.map_or(len, |l| l.min(len));
-                let mut data = Vec::new();
                 if want <= max {
                     // Read straight into the result, a request per chunk.
-                    data.resize(want as usize, 0);
+                    if data.len() < want as usize {
+                        data.resize(want as usize, 0);
+                    }
+                    data.truncate(want as usize);
                     let mut off = 0usize;
                     while off < data.len() {
                         let end = (off + CHUNK).min(data.len());
@@ -480,6 +481,9 @@ impl SmbShare {
                     }
                     data.truncate(off);
                 }
+                if want > max {
+                    data.clear();
+                }
                 file.close().await?;
                 Ok((len, data))
             }
@@ -487,6 +491,7 @@ impl SmbShare {
         })?;
         match r {
             Ok((len, data)) => {
+                *out = data;
                 let want = limit.map_or(len, |l| l.min(len));
                 if want > max {
                     return Err(Error::TooLarge {
@@ -494,14 +499,13 @@ impl SmbShare {
                         max: max as usize,
                     });
                 }
-                if (data.len() as u64) < want {
+                if (out.len() as u64) < want {
                     return Err(self.err(
                         "read",
                         name,
-                        format!("short read: {} of {want} bytes", data.len()),
+                        format!("short read: {} of {want} bytes", out.len()),
                     ));
                 }
-                sink(&data, data.len() as u64, len)?;
                 Ok(Some(len))
             }
             Err(e) if is_not_found(&e) => Ok(None),
@@ -522,22 +526,39 @@ impl SmbShare {
         temp.push(crate::share::TEMP_SUFFIX);
         let temp = PathBuf::from(temp);
         let mut out = std::fs::File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
-        let got = self.download(name, max, None, &mut |chunk, done, total| {
-            out.write_all(chunk)
-                .map_err(|e| Error::io("write", &temp, e))?;
-            progress(done, total);
-            Ok(())
-        })?;
-        let Some(n) = got else {
+        let mut data = Vec::new();
+        let Some(n) = self.download(name, max, None, &mut data)? else {
             let _ = std::fs::remove_file(&temp);
             return Ok(None);
         };
+        out.write_all(&data)
+            .map_err(|e| Error::io("write", &temp, e))?;
+        progress(n, n);
         if durable {
             out.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
         }
         drop(out);
         std::fs::rename(&temp, dest).map_err(|e| Error::io("rename", &temp, e))?;
         Ok(Some(n))
+    }
+
+    /// Connection `i` of a parallel transfer: 0 is this share's own; the
+    /// others are independent connections (each with its own runtime),
+    /// made on first use and kept for the next transfer.
+    pub fn lane(self: &Arc<Self>, i: usize) -> Result<Arc<SmbShare>> {
+        if i == 0 {
+            return Ok(self.clone());
+        }
+        let mut lanes = self.lanes.lock().expect("smb lanes lock");
+        while lanes.len() < i {
+            lanes.push(Arc::new(SmbShare::new(
+                self.url.clone(),
+                self.password.clone(),
+                self.encrypt,
+                self.timeout,
+            )?));
+        }
+        Ok(lanes[i - 1].clone())
     }
 
     /// Writes `name` atomically: `<name>.part`, then a rename that replaces.
