@@ -306,6 +306,73 @@ fn a_damaged_segment_is_copied_again_and_a_persistent_fault_fails_the_copy() {
     assert!(st["last_log_replayed"].as_u64().unwrap() < newest, "{st}");
 }
 
+#[test]
+fn a_damaged_segment_in_a_backlog_stops_the_copy_there_and_nothing_copied_ahead_stays() {
+    let (p, _replay) = caught_up();
+    // A backlog of twelve segments, which the copy takes in growing
+    // windows on parallel connections.
+    p.ok("beta", &["suspend", "--reason", "test: build a backlog"]);
+    let first = newest_sealed(&p) + 1;
+    for k in 0..12 {
+        p.ok(
+            "alpha",
+            &[
+                "sql",
+                &format!(
+                    "INSERT INTO items (id, name, qty, price, note, blob) VALUES ({}, 'big', 1, 1.5, NULL, randomblob(150000))",
+                    100_000 + k
+                ),
+            ],
+        );
+        p.ok("alpha", &["seal"]);
+    }
+    assert_eq!(newest_sealed(&p), first + 11);
+    // The sixth is damaged for good: the windows before it are taken
+    // whole, the one that holds it stops there.
+    let damaged = first + 5;
+    let seg = p
+        .data_dir("alpha")
+        .join("logs")
+        .join(format!("LS{damaged:016X}.log"));
+    flip(&seg, 4000);
+    p.ok("beta", &["resume"]);
+    p.wait_for("the copy to fail", 30, || {
+        p.copy_status("beta").unwrap()["summary_copy_status"] == "Failed"
+    });
+    let st = p.copy_status("beta").unwrap();
+    let err = st["error"].as_str().unwrap();
+    assert!(err.contains(&format!("generation 0x{damaged:X}")), "{st}");
+    assert_eq!(st["last_log_inspected"].as_u64(), Some(damaged - 1), "{st}");
+    p.wait_for("the segments before it to be replayed", 30, || {
+        p.copy_status("beta").unwrap()["last_log_replayed"].as_u64() == Some(damaged - 1)
+    });
+    // Nothing at or past the damaged generation is left in the copy's
+    // log directory, under its name or a temporary one.
+    let names: Vec<String> = std::fs::read_dir(p.data_dir("beta").join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for n in &names {
+        if let Some(g) = n
+            .strip_prefix("LS")
+            .and_then(|r| r.get(..16))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            assert!(g < damaged, "{n} left in the copy's logs: {names:?}");
+        }
+    }
+    // Repaired at the source and resumed: the copy catches up whole.
+    flip(&seg, 4000);
+    p.ok("beta", &["resume"]);
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to catch up", 60, || replayed_lsn(&p) == target);
+    assert_eq!(
+        p.copy_status("beta").unwrap()["summary_copy_status"],
+        "Healthy"
+    );
+    p.ok("beta", &["verify-copy"]);
+}
+
 fn newest_sealed(p: &Pair) -> u64 {
     common::sealed_generations(&p.data_dir("alpha").join("logs"))
         .last()

@@ -47,6 +47,7 @@ fn exercise(share: &Share) {
         Err(shipper::Error::TooLarge { .. })
     ));
     assert_eq!(std::fs::read(&local).unwrap(), data);
+    fetch_many(share, &tmp.path().join("many"));
     // Replacing an existing file is atomic and whole.
     share.write_atomic(&name, b"second").unwrap();
     assert_eq!(share.read(&name, 100).unwrap().unwrap(), b"second");
@@ -54,6 +55,63 @@ fn exercise(share: &Share) {
     share.remove(&name).unwrap();
     assert!(!share.exists(&name).unwrap());
     assert!(!share.list().unwrap().contains(&name));
+}
+
+/// `fetch_many` on three lanes: results in job order, each file whole at
+/// its destination and checked on its lane; a missing file is `None`, and
+/// after `take` says stop no job starts (the jobs delivered stay a prefix).
+fn fetch_many(share: &Share, local: &std::path::Path) {
+    std::fs::create_dir_all(local).unwrap();
+    let tag = std::process::id();
+    let names: Vec<String> = (0..12).map(|i| format!("many-{tag}-{i:02}.bin")).collect();
+    let body = |i: usize| -> Vec<u8> {
+        (0..100_000 + i * 1000)
+            .map(|b| (b * (i + 3) % 251) as u8)
+            .collect()
+    };
+    for (i, n) in names.iter().enumerate() {
+        if i != 9 {
+            share.write_atomic(n, &body(i)).unwrap();
+        }
+    }
+    share.write_atomic(&names[10], &vec![7u8; 300_000]).unwrap();
+    let jobs: Vec<(String, std::path::PathBuf)> =
+        names.iter().map(|n| (n.clone(), local.join(n))).collect();
+    let check = |i: usize, bytes: &[u8]| (i, bytes.iter().map(|b| *b as u64).sum::<u64>());
+    // Everything up to the missing file, in order.
+    let mut seen = Vec::new();
+    share.fetch_many(&jobs[..9], 200_000, 3, &check, &mut |i, r| {
+        let (n, (j, sum)) = r.unwrap().unwrap();
+        assert_eq!((i, j), (seen.len(), i), "results come in job order");
+        assert_eq!(n, body(i).len() as u64);
+        assert_eq!(sum, body(i).iter().map(|b| *b as u64).sum::<u64>());
+        assert_eq!(std::fs::read(&jobs[i].1).unwrap(), body(i));
+        seen.push(i);
+        true
+    });
+    assert_eq!(seen, (0..9).collect::<Vec<_>>());
+    // A missing file is `None`, a file over the limit `TooLarge`; stopping
+    // at the gap leaves a prefix of the jobs delivered.
+    let mut seen = Vec::new();
+    share.fetch_many(&jobs[6..], 200_000, 3, &check, &mut |i, r| {
+        seen.push(i);
+        match i + 6 {
+            9 => {
+                assert!(matches!(r, Ok(None)), "{r:?}");
+                false
+            }
+            10 => {
+                assert!(matches!(r, Err(shipper::Error::TooLarge { .. })), "{r:?}");
+                false
+            }
+            _ => r.unwrap().is_some(),
+        }
+    });
+    assert!(seen.len() >= 4, "{seen:?}");
+    assert_eq!(seen, (0..seen.len()).collect::<Vec<_>>());
+    for n in &names {
+        share.remove(n).unwrap();
+    }
 }
 
 #[test]

@@ -267,6 +267,20 @@ impl Share {
                 }
             })
         };
+        if lanes == 1 {
+            // One lane: on this thread, no hand-over.
+            let smb = match self {
+                Share::Smb(s) => Some(Ok(s.clone())),
+                Share::Dir(_) => None,
+            };
+            let mut buf = Vec::new();
+            for i in 0..jobs.len() {
+                if !take(i, run(i, &smb, &mut buf)) {
+                    break;
+                }
+            }
+            return;
+        }
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::channel();
             for lane in 0..lanes {
