@@ -496,7 +496,13 @@ impl Daemon<'_> {
                 // again where the copy's LSN says. Only records the copy
                 // lacks make it a gap.
                 let lsn = self.replayer.lsn()?;
-                match copier::start_generation(&self.cfg.source, lsn)? {
+                // A share that no longer reaches back to the copy's LSN is
+                // this same gap: name the generation that is missing.
+                let start = match copier::start_generation(&self.cfg.source, lsn) {
+                    Err(Error::MissingLog { .. }) => None,
+                    r => r?,
+                };
+                match start {
                     Some(g) if g > next => {
                         tracing::info!(missing = %next, from = %g, lsn = %lsn, "the copy does not need the missing generation; continuing from the one that holds its next record");
                         self.next = Some(g);
