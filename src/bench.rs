@@ -54,6 +54,10 @@ pub enum BenchCommand {
         /// The replay daemon's poll interval.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         poll: Duration,
+        /// Copy over SMB (encryption on) from a private smbd on loopback that
+        /// exports the active's log directory (needs root and samba).
+        #[arg(long)]
+        smb: bool,
     },
     /// Copy + inspection of sealed segments from a directory share into a
     /// copy's log directory, as the replay daemon does, against `cp` of the
@@ -127,9 +131,12 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Failover { dir, rounds } => {
             crate::bench_failover::failover(&bench_dir(dir)?, rounds.max(1))
         }
-        BenchCommand::Lag { dir, samples, poll } => {
-            crate::bench_copy::lag(&bench_dir(dir)?, samples, poll)
-        }
+        BenchCommand::Lag {
+            dir,
+            samples,
+            poll,
+            smb,
+        } => crate::bench_copy::lag(&bench_dir(dir)?, samples, poll, smb),
         BenchCommand::Replay { dir, transactions } => {
             crate::bench_copy::replay(&bench_dir(dir)?, transactions)
         }

@@ -339,8 +339,9 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-pub fn lag(base: &Path, samples: usize, poll: Duration) -> Result<ExitCode> {
+pub fn lag(base: &Path, samples: usize, poll: Duration, smb: bool) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
+    let mut server = None;
     let result = (|| -> Result<(Vec<Duration>, f64)> {
         let active = base.join("active");
         let store = store_with(
@@ -350,11 +351,28 @@ pub fn lag(base: &Path, samples: usize, poll: Duration) -> Result<ExitCode> {
         let copy = base.join("copy");
         std::fs::create_dir_all(&copy)?;
         shipper::seed::snapshot(&active.join("store.db"), &copy.join("store.db"))?;
+        let source = if smb {
+            use logship::samba::Samba;
+            let s = server.insert(Samba::start(&Samba::share_section(
+                "lag",
+                &active.join("logs"),
+            )));
+            Share::open(
+                &s.url("lag"),
+                &shipper::share::SmbOptions {
+                    password_file: Some(s.password_file()),
+                    ..Default::default()
+                },
+            )?
+        } else {
+            Share::Dir(active.join("logs"))
+        };
+        println!("copying from {}", source.display());
         let cfg = replayer::ReplayConfig {
             node: "copy".into(),
             data_dir: copy.clone(),
             source_node: "active".into(),
-            source: Share::Dir(active.join("logs")),
+            source,
             own_share: None,
             poll,
             epochs: Default::default(),
@@ -395,6 +413,7 @@ pub fn lag(base: &Path, samples: usize, poll: Duration) -> Result<ExitCode> {
         daemon.join().expect("daemon thread")?;
         Ok((lags, idle))
     })();
+    drop(server);
     let _ = std::fs::remove_dir_all(base);
     let (mut lags, idle) = result?;
     lags.sort();
