@@ -1,0 +1,59 @@
+//! The benchmarks run end to end on small sizes, so that they cannot rot
+//! between measurements: each prints its figures and its last line is the
+//! ratio. (Speed itself is measured by running them at full size; the
+//! README has the figures.)
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .arg("bench")
+        .args(args)
+        .arg("--dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bench {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The ratio on the last line, a positive number.
+fn last_ratio(out: &str) -> f64 {
+    let last = out.lines().last().unwrap_or_default();
+    let r: f64 = last
+        .strip_prefix("ratio ")
+        .unwrap_or_else(|| panic!("the last line is not a ratio: {out}"))
+        .parse()
+        .unwrap();
+    assert!(r > 0.0 && r.is_finite(), "{out}");
+    r
+}
+
+#[test]
+fn bench_ship_over_a_directory_and_over_smb_ends_with_its_ratio() {
+    last_ratio(&bench(&["ship", "--segments", "12", "--rounds", "1"]));
+    let out = bench(&["ship", "--smb", "--segments", "12", "--rounds", "1"]);
+    last_ratio(&out);
+    for label in ["unencrypted", "encryption required"] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(label) && l.contains("smbclient")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn bench_lag_over_smb_measures_every_sample() {
+    let out = bench(&["lag", "--smb", "--samples", "4", "--poll", "20ms"]);
+    assert!(out.contains("copying from smb://"), "{out}");
+    assert!(out.contains("over 4 samples"), "{out}");
+    assert!(out.contains("idle replay daemon"), "{out}");
+}
