@@ -1122,16 +1122,24 @@ fn recover(conn: &Connection, logs: &Path, db: DatabaseId, from: Lsn, to: Lsn) -
 /// and a sleeping thread's wake-up costs tens of them on a virtual machine.
 const WRITER_SPIN: Duration = Duration::from_micros(200);
 
-fn spin_then_recv(rx: &Receiver<Msg>) -> std::result::Result<Msg, std::sync::mpsc::RecvError> {
+/// The next message: polled for `WRITER_SPIN`, then waited for until
+/// `deadline` (for ever without one).
+fn spin_then_recv(
+    rx: &Receiver<Msg>,
+    deadline: Option<Instant>,
+) -> std::result::Result<Msg, RecvTimeoutError> {
     let until = Instant::now() + WRITER_SPIN;
-    while Instant::now() < until {
+    while Instant::now() < until.min(deadline.unwrap_or(until)) {
         match rx.try_recv() {
             Ok(m) => return Ok(m),
             Err(TryRecvError::Empty) => std::hint::spin_loop(),
-            Err(TryRecvError::Disconnected) => return Err(std::sync::mpsc::RecvError),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
         }
     }
-    rx.recv()
+    match deadline {
+        Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    }
 }
 
 struct Writer {
@@ -1211,25 +1219,15 @@ impl Writer {
             if queue.is_empty() {
                 let msg = match deferred.take() {
                     Some(m) => m,
-                    None => match self.seal_deadline() {
-                        Some(deadline) => {
-                            match rx
-                                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                            {
-                                Ok(m) => m,
-                                Err(RecvTimeoutError::Timeout) => {
-                                    if let Err(e) = self.seal_if_due() {
-                                        return self.stop(e, rx, queue);
-                                    }
-                                    continue;
-                                }
-                                Err(RecvTimeoutError::Disconnected) => return,
+                    None => match spin_then_recv(&rx, self.seal_deadline()) {
+                        Ok(m) => m,
+                        Err(RecvTimeoutError::Timeout) => {
+                            if let Err(e) = self.seal_if_due() {
+                                return self.stop(e, rx, queue);
                             }
+                            continue;
                         }
-                        None => match spin_then_recv(&rx) {
-                            Ok(m) => m,
-                            Err(_) => return,
-                        },
+                        Err(RecvTimeoutError::Disconnected) => return,
                     },
                 };
                 match msg {
