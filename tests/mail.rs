@@ -1,4 +1,5 @@
-//! The node's LMTP endpoint with real clients (swaks, Python's smtplib):
+//! The node's LMTP endpoint with real clients (swaks, Python's smtplib,
+//! Postfix's smtp-source):
 //! per-recipient replies after DATA, duplicates dropped by (Message-ID,
 //! recipient), a passive node answering 451 with the active node's
 //! address, and the mailbox rows replicated to the passive copy.
@@ -659,4 +660,126 @@ fn the_admin_endpoints_serve_metrics_that_match_status() {
             && metric(&page, "logship_dumpster_messages") == 1.0
             && metric(&page, "logship_relay_queue_length") == 0.0
     });
+}
+
+/// Postfix's own test client, `smtp-source`: concurrent SMTP sessions
+/// through the relay, and LMTP (`-L`) straight to the active node, several
+/// recipients a message. Every message is stored once per recipient, and an
+/// LMTP 250 means stored.
+#[test]
+fn postfix_smtp_source_through_the_relay_and_over_lmtp_stores_every_message_once() {
+    let t = Trio::with_mail("good-availability");
+    let (_alpha, _beta) = t.running_pair();
+    let _relay = t.start_relay();
+    let source = |args: &[&str], to: &str| {
+        let out = Command::new(logship::sys::program("smtp-source"))
+            .args(args)
+            .arg(to)
+            .output()
+            .expect("run smtp-source (tools/test.sh installs postfix for it)");
+        assert!(
+            out.status.success(),
+            "smtp-source {args:?} {to}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let count = |sql: &str| -> usize { rows(&t, "alpha", sql).len() };
+
+    // LMTP to the active: 40 messages, two recipients each, on two sessions.
+    source(
+        &[
+            "-L",
+            "-s",
+            "2",
+            "-m",
+            "40",
+            "-r",
+            "2",
+            "-N",
+            "-l",
+            "3000",
+            "-M",
+            "lmtp.test",
+            "-f",
+            "sender@example.org",
+            "-t",
+            "bob@example.com",
+        ],
+        &t.lmtp("alpha"),
+    );
+    // Answered 250 only once stored: no waiting.
+    assert_eq!(
+        count(
+            "SELECT message_id || ' ' || recipient FROM messages WHERE message_id LIKE '%@lmtp.test'"
+        ),
+        80
+    );
+    assert_eq!(
+        count("SELECT DISTINCT message_id FROM messages WHERE message_id LIKE '%@lmtp.test'"),
+        40
+    );
+
+    // SMTP through the relay: 150 messages on four concurrent sessions,
+    // three recipients each.
+    source(
+        &[
+            "-s",
+            "4",
+            "-m",
+            "150",
+            "-r",
+            "3",
+            "-N",
+            "-l",
+            "2000",
+            "-M",
+            "smtp.test",
+            "-f",
+            "sender@example.org",
+            "-t",
+            "ann@example.com",
+        ],
+        &t.smtp(),
+    );
+    t.wait_for("the relay to deliver everything", 60, || {
+        count("SELECT message_id FROM messages WHERE message_id LIKE '%@smtp.test'") >= 450
+    });
+    assert_eq!(
+        count(
+            "SELECT message_id || ' ' || recipient FROM messages WHERE message_id LIKE '%@smtp.test'"
+        ),
+        450
+    );
+    assert_eq!(
+        count("SELECT DISTINCT message_id FROM messages WHERE message_id LIKE '%@smtp.test'"),
+        150
+    );
+    // Each stored message is the one sent: its headers and its size.
+    let raw = rows(
+        &t,
+        "alpha",
+        "SELECT CAST(raw AS TEXT) FROM messages WHERE message_id LIKE '%@smtp.test' LIMIT 1",
+    );
+    assert!(
+        raw[0].contains("From: <sender@example.org>\r\n") && raw[0].contains("XXXX"),
+        "{}",
+        raw[0]
+    );
+    // Not an open relay, whatever the client.
+    let out = Command::new(logship::sys::program("smtp-source"))
+        .args([
+            "-m",
+            "1",
+            "-f",
+            "sender@example.org",
+            "-t",
+            "x@elsewhere.net",
+        ])
+        .arg(t.smtp())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("550"), "{text}");
 }

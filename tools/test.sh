@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Commands the tests drive for real (or a program path), and the Debian package of each.
-NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks dovecot:dovecot-core /usr/lib/dovecot/lmtp:dovecot-lmtpd)
+NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks dovecot:dovecot-core /usr/lib/dovecot/lmtp:dovecot-lmtpd smtp-source:postfix)
 
 missing=()
 for pair in "${NEEDED[@]}"; do
@@ -17,8 +17,13 @@ if ((${#missing[@]})); then
   echo "== installing: ${missing[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  # Postfix only for its test client (smtp-source): installed unconfigured,
+  # so that no mail system is set up or started.
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+  # --no-remove: never replace what the machine has (another MTA, say);
+  # fail instead, loudly.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-remove "${missing[@]}"
 fi
 
 echo "== cargo fmt --check"
