@@ -77,6 +77,13 @@ pub struct SealedSegment {
 impl SealedSegment {
     /// Reads and verifies `path`. Any bad byte is `Error::Corrupt`.
     pub fn open(path: &Path, expect_db: Option<DatabaseId>) -> Result<SealedSegment> {
+        Self::read_checked(path, expect_db).map(|(seg, _)| seg)
+    }
+
+    fn read_checked(
+        path: &Path,
+        expect_db: Option<DatabaseId>,
+    ) -> Result<(SealedSegment, (SegmentHeader, Trailer))> {
         let mut file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
         let len = file
             .metadata()
@@ -104,11 +111,14 @@ impl SealedSegment {
         std::io::Read::take(&mut file, SEGMENT_SIZE as u64)
             .read_to_end(&mut map)
             .map_err(|e| Error::io("read segment", path, e))?;
-        Self::check_bytes(path, &map, expect_db)?;
-        Ok(SealedSegment {
-            path: path.to_path_buf(),
-            map,
-        })
+        let checked = Self::check_bytes(path, &map, expect_db)?;
+        Ok((
+            SealedSegment {
+                path: path.to_path_buf(),
+                map,
+            },
+            checked,
+        ))
     }
 
     /// Verifies the bytes of the segment file `path` (already read) like
@@ -157,32 +167,10 @@ impl SealedSegment {
         Ok((scan.header, trailer))
     }
 
-    /// Maps and verifies `path` (like `open`) and returns its header and
+    /// Reads and verifies `path` (like `open`) and returns its header and
     /// trailer, scanning it once.
     pub fn verify(path: &Path, expect_db: Option<DatabaseId>) -> Result<(SegmentHeader, Trailer)> {
-        let seg = Self::open(path, expect_db)?;
-        seg.header_and_trailer()
-    }
-
-    fn header_and_trailer(&self) -> Result<(SegmentHeader, Trailer)> {
-        let header = SegmentHeader::decode(&self.map)
-            .map_err(|e| corrupt(&self.path, Generation::default(), e))?;
-        let trailer = Trailer::decode(&self.map[TRAILER_OFFSET..])
-            .map_err(|e| corrupt(&self.path, header.generation, e))?
-            .ok_or_else(|| {
-                corrupt(
-                    &self.path,
-                    header.generation,
-                    DecodeError {
-                        offset: TRAILER_OFFSET as u64,
-                        reason: format::Reason::BadField {
-                            field: "trailer",
-                            detail: "not sealed".into(),
-                        },
-                    },
-                )
-            })?;
-        Ok((header, trailer))
+        Self::read_checked(path, expect_db).map(|(_, checked)| checked)
     }
 
     pub fn bytes(&self) -> &[u8] {
