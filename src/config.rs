@@ -56,6 +56,10 @@ pub struct Cluster {
     /// A file holding the SMB password, readable by its owner only
     /// (`LOGSHIP_SMB_PASSWORD` wins). Never put a password in a URL.
     pub password_file: Option<PathBuf>,
+    /// A file holding the cluster key (owner-only, its first line, at least
+    /// 16 bytes), the same on both nodes: heartbeats are authenticated with
+    /// it. Without it they are not, and the node says so when it starts.
+    pub key_file: Option<PathBuf>,
     /// Per-call timeout for SMB shares (default 5s).
     #[serde(default = "default_smb_timeout", with = "humantime_serde")]
     pub smb_timeout: Duration,
@@ -149,10 +153,16 @@ impl Config {
         if let Some(w) = config.cluster.witness.as_mut() {
             resolve(w);
         }
-        if let Some(f) = config.cluster.password_file.as_mut()
-            && f.is_relative()
+        for f in [
+            config.cluster.password_file.as_mut(),
+            config.cluster.key_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
-            *f = base.join(&*f);
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
         }
         if let Some(d) = config.dumpster.as_mut()
             && let Some(dir) = d.data_dir.as_mut()

@@ -103,6 +103,25 @@ impl Demo {
     }
 }
 
+/// A fresh random cluster key (authenticates the heartbeats), owner-only.
+fn write_cluster_key(path: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("read /dev/urandom")?;
+    let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{text}"))
+        .with_context(|| format!("write {}", path.display()))
+}
+
 pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> {
     let dir = match dir {
         Some(d) => d.to_path_buf(),
@@ -111,11 +130,12 @@ pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> 
     std::fs::create_dir_all(dir.join("witness"))
         .with_context(|| format!("create {}", dir.display()))?;
     let smtp = format!("127.0.0.1:{}", free_tcp_port()?);
+    write_cluster_key(&dir.join("cluster.key"))?;
     let config = dir.join("logship.toml");
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nname = \"demo\"\nwitness = \"{w}\"\nmount-dial = \"good-availability\"\nseal-after = \"1s\"\n\n\
+            "[cluster]\nname = \"demo\"\nwitness = \"{w}\"\nmount-dial = \"good-availability\"\nseal-after = \"1s\"\nkey-file = \"cluster.key\"\n\n\
              [nodes.alpha]\ndata-dir = \"alpha\"\nshare = \"alpha/logs\"\nheartbeat = \"127.0.0.1:{h1}\"\nlmtp = \"127.0.0.1:{l1}\"\n\n\
              [nodes.beta]\ndata-dir = \"beta\"\nshare = \"beta/logs\"\nheartbeat = \"127.0.0.1:{h2}\"\nlmtp = \"127.0.0.1:{l2}\"\n\n\
              [dumpster]\nsmtp = \"{smtp}\"\ndata-dir = \"relay\"\naccepted-domains = [\"example.com\"]\n",

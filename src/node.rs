@@ -348,6 +348,15 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         interval: cfg.cluster.heartbeat_interval,
         dead_after: cfg.cluster.dead_after,
     };
+    let key: Option<Arc<[u8]>> = match &cfg.cluster.key_file {
+        Some(f) => Some(shipper::secret::cluster_key(f)?.into()),
+        None => {
+            tracing::warn!(
+                "heartbeats are not authenticated: anyone who can reach the heartbeat port can speak for the peer; set [cluster] key-file (the same owner-only file on both nodes)"
+            );
+            None
+        }
+    };
     std::fs::create_dir_all(&node.data_dir)
         .with_context(|| format!("create {}", node.data_dir.display()))?;
     // Held for the daemon's life: no other process opens this node's store,
@@ -382,6 +391,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
             peer_node: peer.clone(),
             config_hash: cfg.source_hash.clone(),
             timing,
+            key,
         },
         stop.clone(),
     )
@@ -1722,6 +1732,9 @@ impl Daemon<'_> {
         }
         if !peer.alive(self.timing.dead_after) {
             warnings.push(format!("no heartbeat from {}", self.peer));
+        }
+        if !self.link.authenticated {
+            warnings.push("heartbeats are not authenticated: set [cluster] key-file".into());
         }
         NodeStatus {
             node: self.name.clone(),

@@ -405,6 +405,14 @@ fn both_nodes_started_at_once_with_a_fresh_witness_make_one_active() {
 fn a_peer_with_another_configuration_is_refused_and_named() {
     let t = Trio::new("good-availability");
     let (_alpha, beta) = t.running_pair();
+    // Without a cluster key, status says heartbeats are unauthenticated.
+    assert!(
+        t.status("alpha")["warnings"]
+            .to_string()
+            .contains("heartbeats are not authenticated"),
+        "{}",
+        t.status("alpha")
+    );
     drop(beta);
     let other = t.dir.path().join("other.toml");
     let mut text = std::fs::read_to_string(&t.config).unwrap();
@@ -611,4 +619,75 @@ fn a_lagged_copy_inspects_at_once_replays_late_and_activates_only_when_played_do
     assert_eq!(t.ids("beta"), (1..=5).collect::<Vec<u64>>());
     let w = t.insert("beta", 6).expect("beta takes writes");
     assert!(w > last);
+}
+
+#[test]
+fn with_a_cluster_key_heartbeats_are_authenticated_and_another_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = |name: &str, text: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        f
+    };
+    let ours = key("cluster.key", "k5Vq3Zt8LmN0pXw2Rb7Yc4Hd9Fj6Ga1E\n");
+    let theirs = key("other.key", "a different key of the same length\n");
+    let w = dir.path().join("witness");
+    std::fs::create_dir_all(&w).unwrap();
+    let hb = [
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+    ];
+    let cluster = format!(
+        "witness = \"{}\"\nseal-after = \"200ms\"\nkey-file = \"{}\"\n",
+        w.display(),
+        ours.display()
+    );
+    let t = Trio::custom(dir, &cluster, hb, None);
+    // Keyed heartbeats flow: the pair forms and the active holds the vote.
+    let (_alpha, beta) = t.running_pair();
+    assert!(
+        !t.status("alpha")["warnings"]
+            .to_string()
+            .contains("not authenticated"),
+        "{}",
+        t.status("alpha")
+    );
+    assert!(t.insert("alpha", 1).is_some());
+    // Beta restarted with another key: alpha refuses its heartbeats, says
+    // why, and no longer counts its vote.
+    drop(beta);
+    let other = t.dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&t.config)
+        .unwrap()
+        .replace(&ours.display().to_string(), &theirs.display().to_string());
+    std::fs::write(&other, text).unwrap();
+    let log = std::fs::File::create(t.dir.path().join("beta-other.log")).unwrap();
+    let _beta = common::Daemon(
+        Command::new(env!("CARGO_BIN_EXE_logship"))
+            .args(["node", "--node", "beta", "--config"])
+            .arg(&other)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    t.wait_for("alpha to refuse beta's heartbeats", 30, || {
+        t.status("alpha")["warnings"]
+            .to_string()
+            .contains("does not match our cluster key")
+    });
+    t.wait_for("alpha to lose beta's vote", 30, || {
+        t.status("alpha")["quorum"]["peer"] == false
+    });
+    assert_eq!(t.status("alpha")["role"], "active");
+    // A key file others can read is refused at start, by name.
+    std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = t.cmd("beta", &["node"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cluster key file") && err.contains("chmod 600"),
+        "{err}"
+    );
 }

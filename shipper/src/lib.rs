@@ -17,6 +17,7 @@ pub mod log;
 pub mod metrics;
 pub mod rewind;
 pub mod script;
+pub mod secret;
 pub mod seed;
 pub mod share;
 pub mod ship;

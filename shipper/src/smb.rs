@@ -85,30 +85,7 @@ pub fn password(file: Option<&Path>) -> Result<Password> {
             what: "an smb:// share needs a password: set LOGSHIP_SMB_PASSWORD or `password-file` in [cluster]".into(),
         });
     };
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(file).map_err(|e| Error::io("stat password file", file, e))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(Error::Refused {
-            what: format!(
-                "password file {} is readable by others (mode {:o}); make it owner-only (chmod 600)",
-                file.display(),
-                meta.mode() & 0o777
-            ),
-        });
-    }
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        return Err(Error::Refused {
-            what: format!(
-                "password file {} belongs to uid {}, not to this user ({me})",
-                file.display(),
-                meta.uid()
-            ),
-        });
-    }
-    let text =
-        std::fs::read_to_string(file).map_err(|e| Error::io("read password file", file, e))?;
+    let text = crate::secret::read_private(file, "password file")?;
     Ok(Password(text.lines().next().unwrap_or("").to_string()))
 }
 

@@ -4,6 +4,13 @@
 //! heartbeat it received, and (from a passive) lends its vote to the active.
 //! A datagram from another cluster, or from a node whose configuration
 //! differs (its hash), is refused and reported, never counted.
+//!
+//! With a cluster key (`[cluster] key-file`), each datagram ends with an
+//! HMAC-SHA256 of its JSON under the key, and one without a valid code is
+//! refused: nobody without the key can lend a vote or fake a position. A
+//! replayed genuine heartbeat earns nothing new: a vote is counted only
+//! against one of our own recent heartbeats (its `ack`), and the lease runs
+//! from when we sent that one.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
@@ -20,6 +27,18 @@ use crate::quorum::Timing;
 
 /// The largest heartbeat accepted (they are a few hundred bytes).
 pub const MAX_DATAGRAM: usize = 4096;
+/// Bytes of the authentication code at the end of a keyed heartbeat.
+pub const MAC_LEN: usize = 32;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// The authentication code of `json` under `key`.
+fn mac(key: &[u8], json: &[u8]) -> HmacSha256 {
+    use hmac::{KeyInit, Mac};
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    m.update(json);
+    m
+}
 /// How many sent heartbeats are remembered for acknowledgements.
 const SENT_RING: usize = 256;
 
@@ -117,6 +136,75 @@ pub struct LinkConfig {
     pub peer_node: String,
     pub config_hash: String,
     pub timing: Timing,
+    /// The cluster key: heartbeats are authenticated when it is set.
+    pub key: Option<Arc<[u8]>>,
+}
+
+impl LinkConfig {
+    /// The datagram for `hb`: its JSON, then its code when keyed.
+    pub fn seal(&self, hb: &Heartbeat) -> Vec<u8> {
+        use hmac::Mac;
+        let mut out = serde_json::to_vec(hb).expect("heartbeats serialise");
+        if let Some(key) = &self.key {
+            let code = mac(key, &out).finalize().into_bytes();
+            out.extend_from_slice(&code);
+        }
+        out
+    }
+
+    /// The heartbeat in `bytes`, checked: size, authentication code,
+    /// cluster, node, configuration.
+    pub fn open(&self, bytes: &[u8]) -> Result<Heartbeat, String> {
+        use hmac::Mac;
+        if bytes.len() > MAX_DATAGRAM {
+            return Err(format!("a datagram larger than {MAX_DATAGRAM} bytes"));
+        }
+        let json = match &self.key {
+            Some(key) => {
+                let Some(split) = bytes.len().checked_sub(MAC_LEN) else {
+                    return Err("a heartbeat without an authentication code".into());
+                };
+                let (json, code) = bytes.split_at(split);
+                mac(key, json).verify_slice(code).map_err(|_| {
+                    "a heartbeat whose authentication code does not match our cluster key (is [cluster] key-file the same key on both nodes?)".to_string()
+                })?;
+                json
+            }
+            None => bytes,
+        };
+        let hb: Heartbeat = match serde_json::from_slice(json) {
+            Ok(hb) => hb,
+            Err(e) => {
+                let keyed = self.key.is_none()
+                    && bytes.len() > MAC_LEN
+                    && serde_json::from_slice::<Heartbeat>(&bytes[..bytes.len() - MAC_LEN]).is_ok();
+                return Err(if keyed {
+                    "an authenticated heartbeat, and this node has no cluster key ([cluster] key-file)".into()
+                } else {
+                    format!("not a heartbeat: {e}")
+                });
+            }
+        };
+        if hb.cluster != self.cluster {
+            return Err(format!(
+                "a heartbeat from cluster {:?}, not {:?}",
+                hb.cluster, self.cluster
+            ));
+        }
+        if hb.node != self.peer_node {
+            return Err(format!(
+                "a heartbeat from node {:?}, expected {:?}",
+                hb.node, self.peer_node
+            ));
+        }
+        if hb.config_hash != self.config_hash {
+            return Err(format!(
+                "node {} runs a different configuration (hash {}, ours {}): both nodes must use the same file",
+                hb.node, hb.config_hash, self.config_hash
+            ));
+        }
+        Ok(hb)
+    }
 }
 
 /// The running heartbeat link: what we send, what we heard.
@@ -126,6 +214,8 @@ pub struct Link {
     pub view: Mutex<PeerView>,
     socket: UdpSocket,
     local: SocketAddr,
+    /// Whether heartbeats carry and need the cluster key's code.
+    pub authenticated: bool,
 }
 
 impl Link {
@@ -147,6 +237,7 @@ impl Link {
             view: Mutex::new(PeerView::default()),
             socket: socket.try_clone()?,
             local,
+            authenticated: cfg.key.is_some(),
         });
         let l = link.clone();
         let h = std::thread::Builder::new()
@@ -179,7 +270,7 @@ impl Link {
                 let msg = {
                     let mut ours = self.ours.lock().expect("ours lock");
                     ours.seq = seq;
-                    serde_json::to_vec(&*ours).expect("heartbeats serialise")
+                    cfg.seal(&ours)
                 };
                 if sent.len() == SENT_RING {
                     sent.pop_front();
@@ -210,7 +301,7 @@ impl Link {
                 continue;
             }
             let received = Instant::now();
-            match self.check(&buf[..n], &cfg) {
+            match cfg.open(&buf[..n]) {
                 Ok(hb) => {
                     tracing::trace!(from = %hb.node, seq = hb.seq, role = hb.role.name(), epoch = %hb.epoch, "heartbeat");
                     let mut view = self.view.lock().expect("view lock");
@@ -245,33 +336,6 @@ impl Link {
             }
         }
     }
-
-    fn check(&self, bytes: &[u8], cfg: &LinkConfig) -> Result<Heartbeat, String> {
-        if bytes.len() > MAX_DATAGRAM {
-            return Err(format!("a datagram larger than {MAX_DATAGRAM} bytes"));
-        }
-        let hb: Heartbeat =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a heartbeat: {e}"))?;
-        if hb.cluster != cfg.cluster {
-            return Err(format!(
-                "a heartbeat from cluster {:?}, not {:?}",
-                hb.cluster, cfg.cluster
-            ));
-        }
-        if hb.node != cfg.peer_node {
-            return Err(format!(
-                "a heartbeat from node {:?}, expected {:?}",
-                hb.node, cfg.peer_node
-            ));
-        }
-        if hb.config_hash != cfg.config_hash {
-            return Err(format!(
-                "node {} runs a different configuration (hash {}, ours {}): both nodes must use the same file",
-                hb.node, hb.config_hash, cfg.config_hash
-            ));
-        }
-        Ok(hb)
-    }
 }
 
 #[cfg(test)]
@@ -296,7 +360,13 @@ mod tests {
                 interval: Duration::from_millis(20),
                 dead_after: Duration::from_millis(200),
             },
+            key: None,
         }
+    }
+
+    fn keyed(mut c: LinkConfig, key: &str) -> LinkConfig {
+        c.key = Some(key.as_bytes().into());
+        c
     }
 
     fn free_addr() -> SocketAddr {
@@ -384,5 +454,90 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         ha.join().unwrap();
         hb.join().unwrap();
+    }
+
+    #[test]
+    fn with_a_cluster_key_only_heartbeats_under_that_key_count() {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let a_cfg = keyed(
+            cfg(a_addr, b_addr, "a", "b", "h"),
+            "the cluster key, 32 bytes long..",
+        );
+        // The datagram carries its code; a flipped byte, another key, no
+        // code or no key at all are each refused, and say so.
+        let hb = Heartbeat {
+            cluster: "c".into(),
+            node: "b".into(),
+            config_hash: "h".into(),
+            seq: 7,
+            supports: Some(Epoch(3)),
+            ..Default::default()
+        };
+        let b_cfg = keyed(
+            cfg(b_addr, a_addr, "b", "a", "h"),
+            "the cluster key, 32 bytes long..",
+        );
+        let good = b_cfg.seal(&hb);
+        assert_eq!(a_cfg.open(&good).unwrap(), hb);
+        // A changed value that keeps the JSON valid: only the code tells.
+        let at = good.windows(7).position(|w| w == b"\"seq\":7").unwrap() + 6;
+        let mut altered = good.clone();
+        altered[at] = b'8';
+        assert!(
+            a_cfg
+                .open(&altered)
+                .unwrap_err()
+                .contains("does not match our cluster key")
+        );
+        let other = keyed(
+            cfg(b_addr, a_addr, "b", "a", "h"),
+            "another key, also long enough",
+        );
+        assert!(
+            a_cfg
+                .open(&other.seal(&hb))
+                .unwrap_err()
+                .contains("does not match")
+        );
+        let plain = cfg(b_addr, a_addr, "b", "a", "h").seal(&hb);
+        assert!(
+            a_cfg
+                .open(&plain)
+                .unwrap_err()
+                .contains("authentication code")
+        );
+        assert!(
+            a_cfg
+                .open(b"{}")
+                .unwrap_err()
+                .contains("without an authentication code")
+        );
+        let keyless = cfg(a_addr, b_addr, "a", "b", "h");
+        assert!(keyless.open(&good).unwrap_err().contains("no cluster key"));
+
+        // Over the wire: a forger without the key lends no vote.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, ha) = Link::start(a_cfg, stop.clone()).unwrap();
+        a.ours.lock().unwrap().role = Role::Active;
+        let forger = UdpSocket::bind(b_addr).unwrap();
+        for ack in 1..40 {
+            let fake = Heartbeat { ack, ..hb.clone() };
+            forger.send_to(&plain_seal(&fake), a_addr).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        wait("a refuses the forgeries", || a.peer().problem.is_some());
+        assert!(a.peer().lease.is_none() && a.peer().last.is_none());
+        drop(forger);
+        // The real peer, with the key, is heard and lends its vote.
+        let (b, hb_thread) = Link::start(b_cfg, stop.clone()).unwrap();
+        b.ours.lock().unwrap().supports = Some(Epoch(0));
+        wait("a holds b's vote", || a.peer().lease.is_some());
+        stop.store(true, Ordering::Relaxed);
+        ha.join().unwrap();
+        hb_thread.join().unwrap();
+    }
+
+    fn plain_seal(hb: &Heartbeat) -> Vec<u8> {
+        serde_json::to_vec(hb).unwrap()
     }
 }
