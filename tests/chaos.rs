@@ -80,9 +80,10 @@ fn chaos_under_mail_load_keeps_every_promise() {
     std::fs::create_dir_all(&wdir).unwrap();
     let mut samba = Samba::start_on(&net.witness, &Samba::share_section("witness", &wdir));
     let cluster = format!(
-        "witness = \"{}\"\npassword-file = \"{}\"\nsmb-timeout = \"1s\"\nseal-after = \"200ms\"\nmount-dial = \"best-availability\"\n",
+        "witness = \"{}\"\npassword-file = \"{}\"\nsmb-timeout = \"1s\"\nseal-after = \"200ms\"\nmount-dial = \"best-availability\"\n{}",
         samba.url("witness"),
-        samba.password_file().display()
+        samba.password_file().display(),
+        common::trio::cluster_key(dir.path())
     );
     let node_extra = |i: usize| {
         format!(

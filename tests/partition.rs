@@ -143,9 +143,10 @@ fn partitions_never_let_two_nodes_write_in_one_epoch() {
     let samba = Samba::start_on(&net.witness, &Samba::share_section("witness", &wdir));
     let pw = samba.password_file();
     let cluster = format!(
-        "witness = \"{}\"\npassword-file = \"{}\"\nsmb-timeout = \"1s\"\nseal-after = \"300ms\"\nretention = \"1h\"\nmount-dial = \"best-availability\"\n",
+        "witness = \"{}\"\npassword-file = \"{}\"\nsmb-timeout = \"1s\"\nseal-after = \"300ms\"\nretention = \"1h\"\nmount-dial = \"best-availability\"\n{}",
         samba.url("witness"),
-        pw.display()
+        pw.display(),
+        common::trio::cluster_key(dir.path())
     );
     let hb = [
         net.heartbeat(0, common::trio::free_udp_port()),

@@ -24,6 +24,16 @@ pub fn free_tcp_port() -> u16 {
     logship::sys::free_tcp_port().unwrap()
 }
 
+/// Writes an owner-only cluster key file `cluster.key` in `dir` and
+/// returns the `key-file = "..."` line that names it.
+pub fn cluster_key(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let f = dir.join("cluster.key");
+    std::fs::write(&f, format!("test-cluster-key-{}\n", std::process::id())).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!("key-file = \"{}\"\n", f.display())
+}
+
 pub fn free_udp_port() -> u16 {
     logship::sys::free_udp_port().unwrap()
 }
@@ -78,8 +88,9 @@ impl Trio {
             format!("127.0.0.1:{}", free_udp_port()),
         ];
         let cluster = format!(
-            "witness = \"{}\"\nmount-dial = \"{dial}\"\nseal-after = \"200ms\"\n",
-            w.display()
+            "witness = \"{}\"\nmount-dial = \"{dial}\"\nseal-after = \"200ms\"\n{}",
+            w.display(),
+            cluster_key(dir.path())
         );
         let lmtp = |_| {
             format!(
