@@ -131,6 +131,48 @@ fn a_share_behaves_the_same_over_smb_and_as_a_directory() {
 }
 
 #[test]
+fn a_large_copy_streams_with_progress_and_resumes_after_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Samba::start(&Samba::share_section("data", dir.path()));
+    let smb = Share::open(&s.url("data"), &opts(&s)).unwrap();
+    // 12 MiB and a bit: several spans, the last one short.
+    let data: Vec<u8> = (0..12 * 1024 * 1024 + 12_345u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(dir.path().join("big.db"), &data).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let dest = local.path().join("big.db");
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let mut restarted_at = None;
+    let n = smb
+        .copy_to("big.db", &dest, |done, total| {
+            seen.push((done, total));
+            // The server goes away once the copy is under way.
+            if restarted_at.is_none() && done >= 4 << 20 {
+                restarted_at = Some(done);
+                s.restart();
+            }
+        })
+        .unwrap();
+    assert_eq!(n, Some(data.len() as u64));
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let restarted_at = restarted_at.expect("the copy reported progress past 4 MiB");
+    assert!(restarted_at < data.len() as u64);
+    // Progress came span by span, never backwards, to the end.
+    assert!(seen.len() >= 6, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    assert!(seen.iter().all(|&(_, t)| t == data.len() as u64));
+    assert_eq!(seen.last().unwrap().0, data.len() as u64);
+    // A missing file is `None` and leaves nothing behind.
+    assert_eq!(
+        smb.copy_to("nothing.db", &local.path().join("x"), |_, _| {})
+            .unwrap(),
+        None
+    );
+    assert_eq!(std::fs::read_dir(local.path()).unwrap().count(), 1);
+}
+
+#[test]
 fn a_wrong_password_and_a_missing_share_fail_fast_and_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let s = Samba::start(&Samba::share_section("data", dir.path()));

@@ -32,6 +32,21 @@ use crate::error::{Error, Result};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes per read or write request (the crate does not split requests).
 const CHUNK: usize = 1 << 20;
+/// Reads in flight on one connection in a streamed copy: few, since the
+/// crate loses credits on a server's interim replies, which a long queue
+/// of reads invites (see the design notes on SMB).
+const STREAM_IN_FLIGHT: usize = 2;
+/// Reconnections a streamed copy makes before it gives up.
+const STREAM_RETRIES: u32 = 3;
+
+/// Receives a streamed copy's spans: the bytes, bytes so far, total.
+type SpanSink<'a> = dyn FnMut(&[u8], u64, u64) -> Result<()> + 'a;
+
+/// One step of a streamed copy.
+enum Step {
+    Opened(Arc<smb::File>, u64),
+    Read(Vec<u8>),
+}
 /// STATUS_OBJECT_NAME_NOT_FOUND, STATUS_NO_SUCH_FILE, STATUS_OBJECT_PATH_NOT_FOUND.
 const NOT_FOUND: [u32; 3] = [0xC000_0034, 0xC000_000F, 0xC000_003A];
 
@@ -490,7 +505,13 @@ impl SmbShare {
         }
     }
 
-    /// Copies `name` to the local `dest` (temporary name, optional fsync, rename).
+    /// Copies `name` to the local `dest` (temporary name, optional fsync,
+    /// rename), streaming: `STREAM_IN_FLIGHT` reads of a chunk each in
+    /// flight, each span written out as it arrives and reported to
+    /// `progress(done, total)`, so that memory stays small whatever the file
+    /// (a seed is the whole database). A dropped connection is made again
+    /// and the copy resumes where it stopped, a few times; a file that
+    /// changes size meanwhile is an error.
     pub fn copy_to_local(
         &self,
         name: &str,
@@ -503,20 +524,159 @@ impl SmbShare {
         temp.push(crate::share::TEMP_SUFFIX);
         let temp = PathBuf::from(temp);
         let mut out = std::fs::File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
-        let mut data = Vec::new();
-        let Some(n) = self.download(name, max, None, &mut data)? else {
-            let _ = std::fs::remove_file(&temp);
-            return Ok(None);
+        let r = self.stream(name, max, &mut |span, done, total| {
+            out.write_all(span)
+                .map_err(|e| Error::io("write", &temp, e))?;
+            progress(done, total);
+            Ok(())
+        });
+        let n = match r {
+            Ok(Some(n)) => n,
+            other => {
+                let _ = std::fs::remove_file(&temp);
+                return other;
+            }
         };
-        out.write_all(&data)
-            .map_err(|e| Error::io("write", &temp, e))?;
-        progress(n, n);
         if durable {
             out.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
         }
         drop(out);
         std::fs::rename(&temp, dest).map_err(|e| Error::io("rename", &temp, e))?;
         Ok(Some(n))
+    }
+
+    /// Reads `name` from start to end, handing each span to `sink(span,
+    /// done, total)`; the size, or `None` when the file does not exist.
+    fn stream(&self, name: &str, max: u64, sink: &mut SpanSink<'_>) -> Result<Option<u64>> {
+        // The crate's handles spawn on the runtime when dropped: drop ours
+        // inside its context.
+        let _inside = self.rt.enter();
+        let rel = self.rel(name);
+        let mut open: Option<Arc<smb::File>> = None;
+        let mut total: Option<u64> = None;
+        let mut done = 0u64;
+        let mut failures = 0u32;
+        loop {
+            let step = match &open {
+                None => {
+                    let rel = rel.clone();
+                    self.call("open", name, move |t| {
+                        async move {
+                            let args = FileCreateArgs::make_open_existing(
+                                FileAccessMask::new().with_generic_read(true),
+                            );
+                            let file = t.create(&rel, &args).await?.unwrap_file();
+                            let len = file.get_len().await?;
+                            Ok(Step::Opened(Arc::new(file), len))
+                        }
+                        .boxed()
+                    })
+                }
+                Some(_) if total.is_some_and(|t| done >= t) => break,
+                Some(file) => {
+                    let file = file.clone();
+                    let span = (total.unwrap_or(0) - done).min((CHUNK * STREAM_IN_FLIGHT) as u64);
+                    self.call("read", name, move |_| {
+                        async move {
+                            let mut buf = vec![0u8; span as usize];
+                            let got =
+                                futures_util::future::try_join_all(
+                                    buf.chunks_mut(CHUNK).enumerate().map(|(i, chunk)| {
+                                        let file = &file;
+                                        async move {
+                                            file.read_at(chunk, done + (i * CHUNK) as u64).await
+                                        }
+                                    }),
+                                )
+                                .await?;
+                            // Keep what arrived in one piece from the start.
+                            let mut n = 0;
+                            for (i, g) in got.iter().enumerate() {
+                                n = i * CHUNK + g;
+                                if *g < CHUNK {
+                                    break;
+                                }
+                            }
+                            buf.truncate(n.min(span as usize));
+                            Ok(Step::Read(buf))
+                        }
+                        .boxed()
+                    })
+                }
+            };
+            match step {
+                Ok(Ok(Step::Opened(file, len))) => {
+                    if len > max {
+                        self.close_quietly(&file);
+                        return Err(Error::TooLarge {
+                            size: len as usize,
+                            max: max as usize,
+                        });
+                    }
+                    if total.is_some_and(|t| t != len) {
+                        self.close_quietly(&file);
+                        return Err(self.err(
+                            "read",
+                            name,
+                            format!(
+                                "the file changed size during the copy ({} bytes, then {len})",
+                                total.unwrap_or(0)
+                            ),
+                        ));
+                    }
+                    total = Some(len);
+                    open = Some(file);
+                }
+                Ok(Ok(Step::Read(span))) => {
+                    let len = total.unwrap_or(0);
+                    if span.is_empty() {
+                        if let Some(f) = open.take() {
+                            self.close_quietly(&f);
+                        }
+                        return Err(self.err(
+                            "read",
+                            name,
+                            format!("short read: the file ended at {done} of {len} bytes"),
+                        ));
+                    }
+                    done += span.len() as u64;
+                    failures = 0;
+                    sink(&span, done, len)?;
+                }
+                Ok(Err(e)) if is_not_found(&e) && total.is_none() => return Ok(None),
+                Ok(Err(e)) => {
+                    if let Some(f) = open.take() {
+                        self.close_quietly(&f);
+                    }
+                    return Err(self.err("read", name, e.to_string()));
+                }
+                Err(e) => {
+                    // The connection is gone (`call` dropped it): open the
+                    // file again on a new one and go on from `done`.
+                    open = None;
+                    failures += 1;
+                    if failures > STREAM_RETRIES {
+                        return Err(e);
+                    }
+                    tracing::warn!(file = %name, copied = done, error = %e, "SMB copy interrupted; reconnecting to resume");
+                    std::thread::sleep(Duration::from_millis(200) * failures);
+                }
+            }
+        }
+        if let Some(f) = open {
+            self.close_quietly(&f);
+        }
+        Ok(Some(done))
+    }
+
+    /// Closes a handle, ignoring errors (the server closes it with the
+    /// connection anyway).
+    fn close_quietly(&self, file: &Arc<smb::File>) {
+        let _inside = self.rt.enter();
+        let file = file.clone();
+        let _ = self.call("close", "", move |_| {
+            async move { file.close().await }.boxed()
+        });
     }
 
     /// Connection `i` of a parallel transfer: 0 is this share's own; the
