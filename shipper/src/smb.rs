@@ -542,6 +542,9 @@ impl SmbShare {
         }
         drop(out);
         std::fs::rename(&temp, dest).map_err(|e| Error::io("rename", &temp, e))?;
+        if durable && let Some(parent) = dest.parent() {
+            crate::log::sync_dir(parent)?;
+        }
         Ok(Some(n))
     }
 
