@@ -286,8 +286,10 @@ impl Share {
             for lane in 0..lanes {
                 let (tx, next, stop, run) = (tx.clone(), &next, &stop, &run);
                 scope.spawn(move || {
+                    // Connections of their own: this share's stays free for
+                    // the calling thread (`take` may list the share).
                     let smb = match self {
-                        Share::Smb(s) => Some(s.lane(lane).map_err(|e| e.to_string())),
+                        Share::Smb(s) => Some(s.lane(lane + 1).map_err(|e| e.to_string())),
                         Share::Dir(_) => None,
                     };
                     let mut buf = Vec::new();

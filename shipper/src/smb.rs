@@ -684,7 +684,8 @@ impl SmbShare {
 
     /// Connection `i` of a parallel transfer: 0 is this share's own; the
     /// others are independent connections (each with its own runtime),
-    /// made on first use and kept for the next transfer.
+    /// made on first use and kept for the next transfer. (`fetch_many`
+    /// uses 1 and up, leaving 0 to its caller.)
     pub fn lane(self: &Arc<Self>, i: usize) -> Result<Arc<SmbShare>> {
         if i == 0 {
             return Ok(self.clone());
