@@ -262,7 +262,11 @@ impl Share {
             got.and_then(|n| match n {
                 None => Ok(None),
                 Some(n) => {
-                    fs::write(dest, &buf[..]).map_err(|e| Error::io("write", dest, e))?;
+                    if let Err(e) = fs::write(dest, &buf[..]) {
+                        // A full disk: leave no half file taking space.
+                        let _ = fs::remove_file(dest);
+                        return Err(Error::io("write", dest, e));
+                    }
                     Ok(Some((n, check(i, buf))))
                 }
             })
