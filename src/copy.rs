@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use logship::config::{Config, Node};
@@ -153,11 +154,25 @@ pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeS
         if let Some(mut st) = st {
             // SAFETY: kill with signal 0 only checks that the process exists.
             let alive = !is_local || unsafe { libc::kill(st.pid as libc::pid_t, 0) } == 0;
-            if !alive || now.saturating_sub(st.updated_us) > 10_000_000 {
-                st.node_state = "offline".into();
+            let age = Duration::from_micros(now.saturating_sub(st.updated_us));
+            let stale = age > (cfg.cluster.dead_after * 4).max(Duration::from_secs(5));
+            if !alive || stale {
+                // What it said last is no longer known to hold.
                 st.role = witness::Role::Starting;
                 st.quorum = Default::default();
                 st.active_node = None;
+                st.node_state = "offline".into();
+                if alive && is_local {
+                    // Running, yet silent: it cannot write (a full disk) or
+                    // it is stuck.
+                    st.node_state = "stale".into();
+                    st.warnings.push(format!(
+                        "status not updated for {}s although the daemon (pid {}) runs: is the disk of {} full, or the daemon stopped?",
+                        age.as_secs(),
+                        st.pid,
+                        node.data_dir.display()
+                    ));
+                }
             }
             out.push(st);
         }

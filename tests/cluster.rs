@@ -691,3 +691,25 @@ fn with_a_cluster_key_heartbeats_are_authenticated_and_another_key_is_refused() 
         "{err}"
     );
 }
+
+#[test]
+fn a_daemon_that_stops_updating_its_status_is_shown_stale_not_healthy() {
+    let t = Trio::new("good-availability");
+    let (_alpha, beta) = t.running_pair();
+    assert_eq!(t.status("beta")["node_state"], "online");
+    // Frozen, as a daemon whose disk is full or that is stuck: alive, silent.
+    let pid = beta.0.id() as i32;
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    t.wait_for("beta shown stale", 30, || {
+        let s = t.status("beta");
+        s["node_state"] == "stale"
+            && s["role"] == "starting"
+            && s["warnings"].to_string().contains("status not updated")
+    });
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    t.wait_for("beta online again", 30, || {
+        let s = t.status("beta");
+        s["node_state"] == "online" && s["role"] == "passive"
+    });
+}
