@@ -152,8 +152,11 @@ pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeS
             serde_json::from_slice::<crate::node::NodeStatus>(&bytes).ok()
         });
         if let Some(mut st) = st {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            let alive = !is_local || unsafe { libc::kill(st.pid as libc::pid_t, 0) } == 0;
+            // SAFETY: kill with signal 0 only checks that the process exists
+            // (EPERM: it does, and belongs to another user).
+            let alive = !is_local
+                || unsafe { libc::kill(st.pid as libc::pid_t, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
             let age = Duration::from_micros(now.saturating_sub(st.updated_us));
             let stale = age > (cfg.cluster.dead_after * 4).max(Duration::from_secs(5));
             if !alive || stale {
@@ -167,9 +170,10 @@ pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeS
                     // it is stuck.
                     st.node_state = "stale".into();
                     st.warnings.push(format!(
-                        "status not updated for {}s although the daemon (pid {}) runs: is the disk of {} full, or the daemon stopped?",
+                        "status not updated for {}s although the daemon (pid {}) runs: it may be busy (a failover drains for up to {} s), stuck, or unable to write to {} (a full disk?)",
                         age.as_secs(),
                         st.pid,
+                        crate::node::DRAIN_BUDGET.as_secs(),
                         node.data_dir.display()
                     ));
                 }

@@ -39,7 +39,7 @@ pub const PUBLISHED_NODE_STATUS: &str = "node-status.json";
 pub const PAUSED_FILE: &str = "paused";
 /// How long a failover may spend copying and replaying what the old
 /// active's share still holds.
-const DRAIN_BUDGET: Duration = Duration::from_secs(15);
+pub(crate) const DRAIN_BUDGET: Duration = Duration::from_secs(15);
 
 /// The votes a node sees.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -137,6 +137,8 @@ struct Daemon<'a> {
     backoff: Duration,
     /// Segments to ask for on the next copy (see `copy_available`).
     window: usize,
+    /// Whether the last window came back whole.
+    window_full: bool,
 }
 
 /// Runs the replay daemon until `shutdown` is set.
@@ -183,6 +185,18 @@ impl<'a> Daemon<'a> {
         state.error = None;
         state.replayed_lsn = replayer.lsn()?.0;
         std::fs::create_dir_all(&paths.logs).map_err(|e| Error::io("create", &paths.logs, e))?;
+        // Copies a crash interrupted (`.part`) are of no use: they go.
+        let entries =
+            std::fs::read_dir(&paths.logs).map_err(|e| Error::io("list", &paths.logs, e))?;
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(shipper::share::TEMP_SUFFIX))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         // Re-inspect what the log directory holds: segments copied before a
         // crash may not have reached the disk whole. The first that fails is
         // deleted with everything after it; they are copied again.
@@ -230,6 +244,7 @@ impl<'a> Daemon<'a> {
             listed_at: None,
             backoff: cfg.poll,
             window: 1,
+            window_full: false,
         };
         tracing::info!(node = %cfg.node, source = %cfg.source_node, share = %cfg.source.display(), lsn = d.state.replayed_lsn, "replay daemon started");
         d.publish(true)?;
@@ -343,10 +358,10 @@ impl Daemon<'_> {
     /// the copy reports it replayed.
     ///
     /// A copy that keeps finding the next generations asks for several at
-    /// once (a window that doubles up to `MAX_WINDOW` while every segment
-    /// asked for was there, and falls back to one when one was not), copied
-    /// and inspected on `LANES` connections in parallel; a copy that is
-    /// current asks for one at a time, as before.
+    /// once (a window that doubles up to `MAX_WINDOW` once two windows in a
+    /// row came back whole, and falls back to one when a segment was
+    /// missing), copied and inspected on `LANES` connections in parallel; a
+    /// copy that is current asks for one at a time, as before.
     fn copy_available(&mut self) -> std::result::Result<bool, (bool, Error)> {
         let mut any = false;
         let mut budget = COPY_BATCH;
@@ -398,12 +413,19 @@ impl Daemon<'_> {
                 }
                 return false;
             }
-            outcome = self.accept(g, f);
+            outcome = self.accept(g, g == next, f);
             accepted += usize::from(matches!(outcome, Ok(true)));
             matches!(outcome, Ok(true))
         });
         let all = accepted == want;
-        self.window = if all { (want * 2).min(MAX_WINDOW) } else { 1 };
+        // A copy that is current takes one segment a turn, then finds the
+        // next missing: it stays at one (no lanes). Two full windows in a
+        // row mean it is behind: double.
+        self.window = match (all, self.window_full) {
+            (true, true) => (want * 2).min(MAX_WINDOW),
+            _ => 1.max(want * usize::from(all)),
+        };
+        self.window_full = all;
         match outcome {
             Ok(_) => Ok((accepted, all)),
             Err(e) => Err((accepted, e)),
@@ -415,9 +437,19 @@ impl Daemon<'_> {
     /// then moves it to its generation name. `Ok(false)` when the share does
     /// not hold it yet, or when it failed inspection and will be copied
     /// again.
-    fn accept(&mut self, g: Generation, fetched: Result<Option<copier::Fetched>>) -> Result<bool> {
+    fn accept(
+        &mut self,
+        g: Generation,
+        first: bool,
+        fetched: Result<Option<copier::Fetched>>,
+    ) -> Result<bool> {
         let Some(fetched) = fetched? else {
-            self.check_for_gap(g)?;
+            // Only a fresh miss can tell a gap: a later job's answer may be
+            // older than the segments sealed since (the next window asks
+            // again, from this generation).
+            if first {
+                self.check_for_gap(g)?;
+            }
             return Ok(false);
         };
         let path = fetched.path;
@@ -481,6 +513,10 @@ impl Daemon<'_> {
         }
         self.listed_at = Some(Instant::now());
         let gens = copier::sealed_generations(&self.cfg.source)?;
+        if gens.contains(&next) {
+            // Sealed since it was asked for: no gap, the next turn takes it.
+            return Ok(());
+        }
         if let Some(newest) = gens.last() {
             if self
                 .state

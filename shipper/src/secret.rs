@@ -10,8 +10,23 @@ use crate::error::{Error, Result};
 /// The text of the secret file `file` (`what` names it in errors: "password
 /// file", "cluster key file"), after checking it is owner-only.
 pub fn read_private(file: &Path, what: &str) -> Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(file).map_err(|e| Error::io("stat secret file", file, e))?;
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // Opened first and checked on the handle, so that what is checked is
+    // what is read; non-blocking, so that a FIFO cannot hang the open.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(file)
+        .map_err(|e| Error::io("open secret file", file, e))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io("stat secret file", file, e))?;
+    if !meta.is_file() {
+        return Err(Error::Refused {
+            what: format!("{what} {} is not a regular file", file.display()),
+        });
+    }
     if meta.mode() & 0o077 != 0 {
         return Err(Error::Refused {
             what: format!(
@@ -42,7 +57,11 @@ pub fn read_private(file: &Path, what: &str) -> Result<String> {
             ),
         });
     }
-    std::fs::read_to_string(file).map_err(|e| Error::io("read secret file", file, e))
+    let mut text = String::new();
+    f.take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io("read secret file", file, e))?;
+    Ok(text)
 }
 
 /// The cluster key from `file`: its first line, at least 16 bytes long.

@@ -251,7 +251,12 @@ impl Share {
                    buf: &mut Vec<u8>| {
             let (name, dest) = &jobs[i];
             let got = match lane {
-                Some(Ok(s)) => s.read_into(name, max, buf),
+                // A lane idle since the server dropped its connection fails
+                // its first read: once more, on a fresh one.
+                Some(Ok(s)) => match s.read_into(name, max, buf) {
+                    Err(Error::Io { .. }) => s.read_into(name, max, buf),
+                    r => r,
+                },
                 Some(Err(msg)) => Err(Error::io(
                     "open a connection for",
                     self.path(name),
@@ -302,7 +307,19 @@ impl Share {
                         if i >= jobs.len() {
                             break;
                         }
-                        if tx.send((i, run(i, &smb, &mut buf))).is_err() {
+                        // A panic must not leave a hole that holds back
+                        // every later result: it is this job's error.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            run(i, &smb, &mut buf)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(Error::io(
+                                "fetch",
+                                jobs[i].1.clone(),
+                                std::io::Error::other("the copy panicked"),
+                            ))
+                        });
+                        if tx.send((i, r)).is_err() {
                             break;
                         }
                     }

@@ -537,11 +537,12 @@ impl SmbShare {
                 return other;
             }
         };
-        if durable {
-            out.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
-        }
+        let synced = if durable { out.sync_all() } else { Ok(()) };
         drop(out);
-        std::fs::rename(&temp, dest).map_err(|e| Error::io("rename", &temp, e))?;
+        if let Err(e) = synced.and_then(|()| std::fs::rename(&temp, dest)) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(Error::io("fsync and rename", &temp, e));
+        }
         if durable && let Some(parent) = dest.parent() {
             crate::log::sync_dir(parent)?;
         }

@@ -8,9 +8,9 @@
 //! With a cluster key (`[cluster] key-file`), each datagram ends with an
 //! HMAC-SHA256 of its JSON under the key, and one without a valid code is
 //! refused: nobody without the key can lend a vote or fake a position. A
-//! replayed genuine heartbeat earns nothing new: a vote is counted only
-//! against one of our own recent heartbeats (its `ack`), and the lease runs
-//! from when we sent that one.
+//! replayed genuine heartbeat is ignored: each carries a random id of its
+//! sender's run and a sequence number, and only a newer number of the
+//! current run, or a run never seen before, counts.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
@@ -41,6 +41,55 @@ fn mac(key: &[u8], json: &[u8]) -> HmacSha256 {
 }
 /// How many sent heartbeats are remembered for acknowledgements.
 const SENT_RING: usize = 256;
+/// How many of the peer's earlier runs (boot ids) are remembered, so that
+/// their heartbeats, replayed, are refused.
+const RETIRED_BOOTS: usize = 64;
+
+/// A random id for this run of the heartbeat link.
+fn new_boot() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    match random {
+        Ok(()) => u64::from_le_bytes(b).max(1),
+        // Unique enough for telling runs apart without a key.
+        Err(_) => (crate::witness::now_us() ^ u64::from(std::process::id()) << 40).max(1),
+    }
+}
+
+/// What was last heard of the peer's runs: a heartbeat counts only if it is
+/// newer than the last one of the same run, or of a run never seen before.
+#[derive(Debug, Default)]
+struct Freshness {
+    boot: Option<u64>,
+    seq: u64,
+    retired: VecDeque<u64>,
+}
+
+impl Freshness {
+    /// Whether `hb` is fresh; if so, it becomes the last one heard.
+    fn admit(&mut self, hb: &Heartbeat) -> bool {
+        if hb.boot == 0 {
+            // A sender without run ids: as heartbeats always were.
+            return true;
+        }
+        let fresh = match self.boot {
+            Some(b) if b == hb.boot => hb.seq > self.seq,
+            _ => !self.retired.contains(&hb.boot),
+        };
+        if fresh {
+            if let Some(old) = self.boot.filter(|b| *b != hb.boot) {
+                if self.retired.len() == RETIRED_BOOTS {
+                    self.retired.pop_front();
+                }
+                self.retired.push_back(old);
+            }
+            self.boot = Some(hb.boot);
+            self.seq = hb.seq;
+        }
+        fresh
+    }
+}
 
 /// What a node is doing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +139,10 @@ pub struct Handoff {
 pub struct Heartbeat {
     pub cluster: String,
     pub node: String,
+    /// Random for each run of the sender: with `seq`, what tells a fresh
+    /// heartbeat from a replayed or late one (0: a sender without it).
+    #[serde(default)]
+    pub boot: u64,
     /// Hash of the configuration file: both nodes must run the same one.
     pub config_hash: String,
     pub seq: u64,
@@ -231,6 +284,7 @@ impl Link {
             ours: Mutex::new(Heartbeat {
                 cluster: cfg.cluster.clone(),
                 node: cfg.node.clone(),
+                boot: new_boot(),
                 config_hash: cfg.config_hash.clone(),
                 ..Default::default()
             }),
@@ -263,6 +317,7 @@ impl Link {
         let mut next_send = Instant::now();
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut last_send_error: Option<String> = None;
+        let mut freshness = Freshness::default();
         while !shutdown.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_send {
@@ -302,6 +357,10 @@ impl Link {
             }
             let received = Instant::now();
             match cfg.open(&buf[..n]) {
+                Ok(hb) if !freshness.admit(&hb) => {
+                    // Replayed, or overtaken by a newer one: it says nothing new.
+                    tracing::debug!(from = %from, boot = hb.boot, seq = hb.seq, "stale heartbeat ignored");
+                }
                 Ok(hb) => {
                     tracing::trace!(from = %hb.node, seq = hb.seq, role = hb.role.name(), epoch = %hb.epoch, "heartbeat");
                     let mut view = self.view.lock().expect("view lock");
@@ -317,10 +376,8 @@ impl Link {
                     if hb.supports.is_none() {
                         view.lease = None;
                     }
-                    // Acknowledge the latest heartbeat received, even when
-                    // its number is lower than before: the peer restarted
-                    // and counts from 1 again. (A late datagram only makes
-                    // the lease it earns shorter.)
+                    // Acknowledge the latest heartbeat received (a restarted
+                    // peer counts from 1 again, under a new boot id).
                     self.ours.lock().expect("ours lock").ack = hb.seq;
                     view.last = Some(hb);
                     view.heard_at = Some(received);
@@ -539,5 +596,73 @@ mod tests {
 
     fn plain_seal(hb: &Heartbeat) -> Vec<u8> {
         serde_json::to_vec(hb).unwrap()
+    }
+
+    #[test]
+    fn replayed_or_overtaken_heartbeats_are_ignored_even_with_a_valid_code() {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let key = "the cluster key, 32 bytes long..";
+        let stop = Arc::new(AtomicBool::new(false));
+        // A long lease, so that only a heartbeat can end it in this test.
+        let mut a_cfg = keyed(cfg(a_addr, b_addr, "a", "b", "h"), key);
+        a_cfg.timing.dead_after = Duration::from_secs(60);
+        let (a, ha) = Link::start(a_cfg, stop.clone()).unwrap();
+        a.ours.lock().unwrap().role = Role::Active;
+        // Genuine datagrams of b, as captured on the wire. A vote with an
+        // unknown `ack` neither grants nor withdraws the lease: a marker
+        // that shows the datagrams before it were processed.
+        let b_cfg = keyed(cfg(b_addr, a_addr, "b", "a", "h"), key);
+        let wire = UdpSocket::bind(b_addr).unwrap();
+        let send = |boot: u64, seq: u64, supports: Option<Epoch>, valid_ack: bool| {
+            let ack = if valid_ack {
+                a.ours.lock().unwrap().seq
+            } else {
+                u64::MAX
+            };
+            let hb = Heartbeat {
+                cluster: "c".into(),
+                node: "b".into(),
+                config_hash: "h".into(),
+                boot,
+                seq,
+                ack,
+                supports,
+                ..Default::default()
+            };
+            wire.send_to(&b_cfg.seal(&hb), a_addr).unwrap();
+        };
+        let heard = |boot: u64, seq: u64| {
+            wait("a hears it", || {
+                a.peer()
+                    .last
+                    .is_some_and(|h| h.boot == boot && h.seq == seq)
+            })
+        };
+        wait("a has sent", || a.ours.lock().unwrap().seq > 0);
+        send(7, 10, Some(Epoch(0)), true);
+        heard(7, 10);
+        assert!(a.peer().lease.is_some());
+        // Older heartbeats of the same run, replayed: they withdraw nothing.
+        send(7, 9, None, true);
+        send(7, 10, None, true);
+        send(7, 11, Some(Epoch(0)), false);
+        heard(7, 11);
+        assert!(a.peer().lease.is_some(), "a replay withdrew the vote");
+        // b restarts: its new run counts from 1 and is heard.
+        send(8, 1, Some(Epoch(0)), true);
+        heard(8, 1);
+        // The old run's heartbeats, replayed later, are refused.
+        send(7, 500, None, true);
+        send(8, 2, Some(Epoch(0)), false);
+        heard(8, 2);
+        assert!(
+            a.peer().lease.is_some(),
+            "an old run's heartbeat withdrew the vote"
+        );
+        // A genuine newer one does withdraw it.
+        send(8, 3, None, true);
+        wait("the vote withdrawn", || a.peer().lease.is_none());
+        stop.store(true, Ordering::Relaxed);
+        ha.join().unwrap();
     }
 }
