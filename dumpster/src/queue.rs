@@ -207,7 +207,9 @@ impl Queue {
     }
 
     /// Puts every message delivered since `since_us` back in the queue,
-    /// for all its recipients. Returns the redelivery.
+    /// for all its recipients, and every queued message that some recipient
+    /// already took (that delivery may be among the lost ones too). Returns
+    /// the redelivery.
     pub fn redeliver_since(
         &self,
         since_us: u64,
@@ -216,51 +218,38 @@ impl Queue {
     ) -> std::io::Result<Redelivery> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(sql)?;
-        tx.execute(
-            "INSERT INTO redeliveries (at_us, since_us, reason, requeued) VALUES (?1, ?2, ?3, 0)",
-            params![now_us as i64, since_us as i64, reason],
-        )
-        .map_err(sql)?;
-        let id = tx.last_insert_rowid();
-        let n = tx
-            .execute(
-                "UPDATE messages SET pending = rcpts, delivered_us = NULL, next_us = ?2, attempts = 0, redelivery = ?3 WHERE delivered_us IS NOT NULL AND delivered_us >= ?1",
-                params![since_us as i64, now_us as i64, id],
-            )
-            .map_err(sql)?;
-        tx.execute(
-            "UPDATE redeliveries SET requeued = ?2 WHERE id = ?1",
-            params![id, n as i64],
-        )
-        .map_err(sql)?;
+        let r = redeliver_in(&tx, since_us, reason, now_us)?;
         tx.commit().map_err(sql)?;
-        Ok(Redelivery {
-            id,
-            at_us: now_us,
-            since_us,
-            reason: reason.to_string(),
-            requeued: n as u64,
-            ..Default::default()
-        })
+        Ok(r)
     }
 
-    /// Remembers that the active node's `epoch` was seen; true the first
-    /// time (the caller then redelivers if the node asked for it).
+    /// Remembers that the active node's `epoch` was seen and, the first
+    /// time, when the node asked for it (`since_us`), starts the
+    /// redelivery, in the same transaction: a crash cannot leave the epoch
+    /// noted and its redelivery not started. `Some` when one was started.
     pub fn note_epoch(
         &self,
         epoch: u64,
         node: &str,
         since_us: Option<u64>,
+        reason: &str,
         now_us: u64,
-    ) -> std::io::Result<bool> {
-        let n = self
-            .conn()
+    ) -> std::io::Result<Option<Redelivery>> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(sql)?;
+        let first = tx
             .execute(
                 "INSERT OR IGNORE INTO epochs (epoch, node, since_us, at_us) VALUES (?1, ?2, ?3, ?4)",
                 params![epoch as i64, node, since_us.map(|s| s as i64), now_us as i64],
             )
-            .map_err(sql)?;
-        Ok(n == 1)
+            .map_err(sql)?
+            == 1;
+        let r = match since_us {
+            Some(since) if first => Some(redeliver_in(&tx, since, reason, now_us)?),
+            _ => None,
+        };
+        tx.commit().map_err(sql)?;
+        Ok(r)
     }
 
     /// Evicts from the dumpster what is older than `max_age_us` or beyond
@@ -341,6 +330,47 @@ impl Queue {
     }
 }
 
+/// The redelivery of `Queue::redeliver_since`, inside the caller's transaction.
+fn redeliver_in(
+    tx: &rusqlite::Transaction<'_>,
+    since_us: u64,
+    reason: &str,
+    now_us: u64,
+) -> std::io::Result<Redelivery> {
+    tx.execute(
+        "INSERT INTO redeliveries (at_us, since_us, reason, requeued) VALUES (?1, ?2, ?3, 0)",
+        params![now_us as i64, since_us as i64, reason],
+    )
+    .map_err(sql)?;
+    let id = tx.last_insert_rowid();
+    let delivered = tx
+        .execute(
+            "UPDATE messages SET pending = rcpts, delivered_us = NULL, next_us = ?2, attempts = 0, redelivery = ?3 WHERE delivered_us IS NOT NULL AND delivered_us >= ?1",
+            params![since_us as i64, now_us as i64, id],
+        )
+        .map_err(sql)?;
+    let partial = tx
+        .execute(
+            "UPDATE messages SET pending = rcpts, redelivery = ?1 WHERE delivered_us IS NULL AND pending != rcpts",
+            params![id],
+        )
+        .map_err(sql)?;
+    let n = (delivered + partial) as u64;
+    tx.execute(
+        "UPDATE redeliveries SET requeued = ?2 WHERE id = ?1",
+        params![id, n as i64],
+    )
+    .map_err(sql)?;
+    Ok(Redelivery {
+        id,
+        at_us: now_us,
+        since_us,
+        reason: reason.to_string(),
+        requeued: n,
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,7 +435,32 @@ mod tests {
         q.attempted(&due[1], &done(0, 2), 11 * S).unwrap();
         let last = q.last_redelivery().unwrap().unwrap();
         assert_eq!((last.requeued, last.stored, last.duplicates), (2, 1, 3));
-        assert!(q.note_epoch(5, "beta", Some(S), 12 * S).unwrap());
-        assert!(!q.note_epoch(5, "beta", Some(S), 13 * S).unwrap());
+        // A new epoch that asks for a redelivery starts it, once.
+        let r = q.note_epoch(5, "beta", Some(S), "epoch 5", 12 * S).unwrap();
+        assert_eq!(r.map(|r| r.requeued), Some(3));
+        assert!(q.note_epoch(5, "beta", Some(S), "epoch 5", 13 * S).unwrap().is_none());
+        assert!(q.note_epoch(6, "alpha", None, "epoch 6", 14 * S).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_redelivery_also_resends_a_queued_message_that_some_recipient_took() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = Queue::open(&tmp.path().join("relay.db")).unwrap();
+        let r = vec!["a@example.com".to_string(), "b@example.com".to_string()];
+        q.accept("m1", "s", &r, b"x", S).unwrap();
+        // a took it (from the active that is about to be lost), b is retried.
+        let due = q.due(S, 10).unwrap();
+        let partial = Attempt {
+            pending: vec!["b@example.com".to_string()],
+            stored: 1,
+            next_us: 100 * S,
+            ..Default::default()
+        };
+        q.attempted(&due[0], &partial, 2 * S).unwrap();
+        let red = q.redeliver_since(3 * S, "lossy failover", 4 * S).unwrap();
+        assert_eq!(red.requeued, 1);
+        let due = q.due(100 * S, 10).unwrap();
+        assert_eq!(due[0].pending, r, "both recipients again");
     }
 }
+

@@ -225,25 +225,15 @@ impl Deliverer {
         let (Some(e), since) = greeting_fields(text) else {
             return;
         };
-        match self.queue.note_epoch(e, node, since, now_us()) {
-            Ok(true) => {
-                let Some(since) = since else {
-                    return;
-                };
-                match self.queue.redeliver_since(
-                    since,
-                    &format!("node {node} became active in epoch {e}"),
-                    now_us(),
-                ) {
-                    Ok(r) => tracing::warn!(
-                        node = %node, epoch = e, since = %rfc3339(since), requeued = r.requeued,
-                        "redelivering what was delivered since before the failover"
-                    ),
-                    Err(err) => tracing::error!(error = %err, "cannot start the redelivery"),
-                }
-            }
-            Ok(false) => {}
-            Err(err) => tracing::warn!(error = %err, "cannot note the node's epoch"),
+        let reason = format!("node {node} became active in epoch {e}");
+        match self.queue.note_epoch(e, node, since, &reason, now_us()) {
+            Ok(Some(r)) => tracing::warn!(
+                node = %node, epoch = e, since = %rfc3339(r.since_us), requeued = r.requeued,
+                "redelivering what was delivered since before the failover"
+            ),
+            Ok(None) => {}
+            // Not noted either: the next greeting tries again.
+            Err(err) => tracing::error!(error = %err, "cannot note the node's epoch and start its redelivery"),
         }
     }
 
