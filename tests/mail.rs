@@ -226,6 +226,19 @@ fn the_relay_takes_mail_from_real_clients_and_delivers_it_to_the_active() {
         "-sS",
     ]);
     assert!(!ok && out.contains("550"), "{out}");
+    // A quoted local part cannot be relayed as it was written: refused
+    // before acceptance, never accepted and dropped.
+    let (ok, out) = curl(&[
+        &url,
+        "--mail-from",
+        "s@example.org",
+        "--mail-rcpt",
+        "\"ann smith\"@example.com",
+        "-T",
+        f.to_str().unwrap(),
+        "-sS",
+    ]);
+    assert!(!ok && out.contains("553"), "{out}");
     // smtplib with SMTPUTF8, and swaks pipelining two recipients.
     let (host, port) = t
         .smtp()

@@ -361,6 +361,8 @@ fn command<H: Handler>(
                     format!("message larger than {} bytes", limits.max_message),
                 )
                 .write(out);
+            } else if !from.address.is_empty() && !plain_address(&from.address) {
+                not_plain(&from.address).write(out);
             } else if let Some(r) = handler.mail(&from.address) {
                 r.write(out);
             } else {
@@ -381,6 +383,7 @@ fn command<H: Handler>(
             Some(e) if e.rcpts.len() >= limits.max_recipients => {
                 Reply::new(452, [4, 5, 3], "too many recipients").write(out)
             }
+            Some(_) if !plain_address(&to.address) => not_plain(&to.address).write(out),
             Some(e) => match handler.rcpt(&to.address) {
                 Some(r) => r.write(out),
                 None => {
@@ -418,6 +421,35 @@ fn command<H: Handler>(
         other => Reply::new(502, [5, 5, 1], format!("{} not implemented", other.name())).write(out),
     }
     Next::Command
+}
+
+/// True when `addr` can be written back in an envelope as it is: its
+/// local part is a dot-atom (RFC 5321), UTF-8 allowed. The parser has
+/// already removed the quotes of a quoted local part (`"a b"@x` arrives
+/// as `a b@x`), so such an address could not be relayed faithfully: it is
+/// refused before the message is accepted rather than dropped after.
+pub fn plain_address(addr: &str) -> bool {
+    let Some((local, domain)) = addr.rsplit_once('@') else {
+        return false;
+    };
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    !local.is_empty()
+        && !domain.is_empty()
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
+fn not_plain(addr: &str) -> Reply {
+    Reply::new(
+        553,
+        [5, 1, 3],
+        format!(
+            "{:?}: only plain addresses (a dot-atom local part, no quotes) are taken",
+            addr.chars().take(100).collect::<String>()
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -562,5 +594,33 @@ mod tests {
             "{out}"
         );
         assert!(rec.got.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_plain_addresses_are_taken() {
+        for ok in [
+            "a@example.com",
+            "a.b+c@example.com",
+            "Ünïcode@example.com",
+            "x!#$%&'*/=?^_`{|}~-@d",
+        ] {
+            assert!(plain_address(ok), "{ok}");
+        }
+        for bad in [
+            "a b@example.com",
+            "a\"b@example.com",
+            "a@evil.com@example.com",
+            ".a@x",
+            "a.@x",
+            "a..b@x",
+            "a>b@x",
+            "a@",
+            "@x",
+            "nodomain",
+            "a,b@x",
+            "a(b)@x",
+        ] {
+            assert!(!plain_address(bad), "{bad}");
+        }
     }
 }

@@ -438,8 +438,16 @@ mod tests {
         // A new epoch that asks for a redelivery starts it, once.
         let r = q.note_epoch(5, "beta", Some(S), "epoch 5", 12 * S).unwrap();
         assert_eq!(r.map(|r| r.requeued), Some(3));
-        assert!(q.note_epoch(5, "beta", Some(S), "epoch 5", 13 * S).unwrap().is_none());
-        assert!(q.note_epoch(6, "alpha", None, "epoch 6", 14 * S).unwrap().is_none());
+        assert!(
+            q.note_epoch(5, "beta", Some(S), "epoch 5", 13 * S)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            q.note_epoch(6, "alpha", None, "epoch 6", 14 * S)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -463,4 +471,3 @@ mod tests {
         assert_eq!(due[0].pending, r, "both recipients again");
     }
 }
-

@@ -233,7 +233,9 @@ impl Deliverer {
             ),
             Ok(None) => {}
             // Not noted either: the next greeting tries again.
-            Err(err) => tracing::error!(error = %err, "cannot note the node's epoch and start its redelivery"),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot note the node's epoch and start its redelivery")
+            }
         }
     }
 
