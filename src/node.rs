@@ -494,7 +494,8 @@ fn start_lmtp(name: &str, addr: &str, mail: Arc<dumpster::lmtp::NodeMail>) -> Re
             rt.block_on(async move {
                 let listener =
                     tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
-                dumpster::lmtp::run(listener, mail, Default::default(), hostname).await;
+                dumpster::lmtp::run(listener, mail, dumpster::protocol::Limits::node(), hostname)
+                    .await;
             });
         })?;
     tracing::info!(node = %name, lmtp = %addr, "LMTP endpoint listening");

@@ -39,6 +39,22 @@ pub struct Limits {
     pub idle: Duration,
 }
 
+/// What a node's LMTP endpoint takes beyond a relay's message limit: the
+/// headers a relay may add (a Message-ID), so that a message a relay
+/// accepted is never refused for its size afterwards.
+pub const NODE_HEADROOM: usize = 1 << 20;
+
+impl Limits {
+    /// The default limits with `NODE_HEADROOM` more for the message.
+    pub fn node() -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_message: d.max_message + NODE_HEADROOM,
+            ..d
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -218,15 +234,19 @@ pub async fn serve<H: Handler>(
                 }
                 State::Data(rx) => {
                     let done = rx.ingest(&mut iter, &mut data);
-                    if done && data.len() > limits.max_message {
+                    // The size that counts is the stored one: after bare
+                    // LFs became CRLF.
+                    let message = done.then(|| normalize_line_endings(std::mem::take(&mut data)));
+                    if message
+                        .as_ref()
+                        .is_some_and(|m| m.len() > limits.max_message)
+                    {
                         let e = env.take().unwrap_or_default();
                         refuse_oversize(mode, &e, limits, &mut out);
-                        data = Vec::new();
                         state = State::Command(RequestReceiver::default());
-                    } else if done {
+                    } else if let Some(message) = message {
                         let e = env.take().unwrap_or_default();
                         let count = if mode == Mode::Lmtp { e.rcpts.len() } else { 1 };
-                        let message = normalize_line_endings(std::mem::take(&mut data));
                         // What the client sent so far is answered first.
                         if !out.is_empty() {
                             wr.write_all(&out).await?;
@@ -570,6 +590,31 @@ mod tests {
             "{out}"
         );
         assert!(rec.got.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_size_limit_counts_the_message_as_stored_with_crlf_line_ends() {
+        let limits = Limits {
+            max_message: 100,
+            ..Default::default()
+        };
+        // 91 bytes as sent, 105 once each bare LF is CRLF.
+        let body = format!("{}abcde\r\n.\r\n", "abcde\n".repeat(14));
+        assert!(body.len() <= 100);
+        let input = [
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n".as_slice(),
+            body.as_bytes(),
+            b"QUIT\r\n".as_slice(),
+        ];
+        let (out, rec) = session(Mode::Smtp, limits, &input).await;
+        assert_eq!(
+            codes(&out),
+            vec![220, 250, 250, 250, 354, 552, 221],
+            "{out}"
+        );
+        assert!(rec.got.lock().unwrap().is_empty());
+        // The node takes a relay's limit and room for what a relay adds.
+        assert!(Limits::node().max_message > Limits::default().max_message);
     }
 
     #[tokio::test]
