@@ -110,26 +110,45 @@ impl Handler for Arc<NodeMail> {
                 n
             ];
         };
-        match mailbox::deliver(&store, &env.from, &env.rcpts, &id, Arc::new(data)).await {
-            Ok(outcomes) => outcomes
-                .into_iter()
-                .zip(&env.rcpts)
-                .map(|(o, r)| match o {
-                    Outcome::Stored => {
-                        self.stored
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Reply::ok(format!("<{r}> stored <{id}>"))
-                    }
-                    Outcome::Duplicate => {
-                        self.duplicates
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Reply::ok(format!("<{r}> already has <{id}>: duplicate dropped"))
-                    }
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, message_id = %id, "delivery not stored");
-                vec![Reply::new(451, [4, 3, 0], format!("not stored, try again: {e}")); n]
+        // Each recipient's row holds the whole message: recipients go in
+        // groups whose transaction stays well within a record's limit.
+        let per_group =
+            (shipper::store::DEFAULT_MAX_TRANSACTION_BYTES / 2 / data.len().max(1)).max(1);
+        let data = Arc::new(data);
+        let mut results = Vec::with_capacity(n);
+        for group in env.rcpts.chunks(per_group) {
+            match mailbox::deliver(&store, &env.from, group, &id, data.clone()).await {
+                Ok(outcomes) => results.extend(outcomes.into_iter().map(Ok)),
+                Err(e) => {
+                    tracing::warn!(error = %e, message_id = %id, "delivery not stored");
+                    let e = e.to_string();
+                    results.extend(group.iter().map(|_| Err(e.clone())));
+                }
+            }
+        }
+        results
+            .into_iter()
+            .zip(&env.rcpts)
+            .map(|(o, r)| match o {
+                Ok(o) => self.reply(o, r, &id),
+                Err(e) => Reply::new(451, [4, 3, 0], format!("not stored, try again: {e}")),
+            })
+            .collect()
+    }
+}
+
+impl NodeMail {
+    fn reply(&self, o: Outcome, r: &str, id: &str) -> Reply {
+        match o {
+            Outcome::Stored => {
+                self.stored
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Reply::ok(format!("<{r}> stored <{id}>"))
+            }
+            Outcome::Duplicate => {
+                self.duplicates
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Reply::ok(format!("<{r}> already has <{id}>: duplicate dropped"))
             }
         }
     }

@@ -844,6 +844,7 @@ impl Store {
             hash: end.hash,
             schema_hash: end.schema_hash,
             frozen: None,
+            solo: 0,
         };
         let handle = std::thread::Builder::new()
             .name("logship-writer".into())
@@ -1157,6 +1158,9 @@ struct Writer {
     schema_hash: SchemaHash,
     /// Set by `freeze`: every later transaction is refused with this reason.
     frozen: Option<String>,
+    /// Batches still to run with one job each: after a batch too large for
+    /// one record, its jobs run again alone (each may fit).
+    solo: usize,
 }
 
 /// A thread that wakes callers, so that a batch of many callers does not
@@ -1499,6 +1503,10 @@ impl Writer {
                     // Nothing shares a record with a schema change.
                     break;
                 }
+                if self.solo > 0 {
+                    self.solo -= 1;
+                    break;
+                }
             }
             let built = self.build_record(capture);
             let (record, fail_all) = match built {
@@ -1509,6 +1517,24 @@ impl Writer {
                 // The batch's record could not be built (too large, ...):
                 // nothing of it is committed.
                 self.internal("ROLLBACK")?;
+                let oks = ran.iter().filter(|(_, r)| matches!(r, Ran::Ok)).count();
+                if matches!(e, Error::TooLarge { .. }) && oks > 1 {
+                    // Together too large, each perhaps not: run them again,
+                    // one per record.
+                    self.solo = oks;
+                    let mut again = Vec::new();
+                    for (j, ran) in ran {
+                        match ran {
+                            Ran::Ok => again.push(j),
+                            Ran::Failed => j.finish(Ok((self.lsn, false))),
+                            Ran::Refused(e) => j.finish(Err(e)),
+                        }
+                    }
+                    for j in again.into_iter().rev() {
+                        jobs.push_front(j);
+                    }
+                    continue 'batch;
+                }
                 let reason = e.to_string();
                 let answers = ran
                     .into_iter()

@@ -891,3 +891,56 @@ fn a_frozen_store_has_sealed_everything_before_and_refuses_everything_after() {
     assert_hash_matches(&store);
     assert_eq!(store.state().lsn, last);
 }
+
+#[test]
+fn transactions_too_large_together_for_one_record_are_committed_one_by_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    Store::init(tmp.path()).unwrap();
+    let store = Arc::new(
+        Store::open(
+            tmp.path(),
+            StoreOptions {
+                max_transaction_bytes: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    exec(
+        &store,
+        "CREATE TABLE b (id INTEGER PRIMARY KEY, v BLOB NOT NULL)",
+    );
+    let before = store.state().lsn;
+    // Four of 600 KiB queue behind a held writer: one batch would be 2.4 MiB.
+    let (release, holder) = hold_writer(&store);
+    let base = store.stats().submitted;
+    let mut threads = Vec::new();
+    for i in 0..4 {
+        let s = store.clone();
+        threads.push(std::thread::spawn(move || {
+            s.transaction(move |tx| {
+                tx.conn()
+                    .execute("INSERT INTO b VALUES (?1, zeroblob(600 * 1024))", [i])?;
+                Ok(())
+            })
+        }));
+        wait_submitted(&store, base + i as u64 + 1);
+    }
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    for t in threads {
+        t.join().unwrap().expect("each fits a record alone");
+    }
+    assert_eq!(count(&store, "SELECT count(*) FROM b"), 4);
+    // One record each (and the held one's, which changed nothing).
+    assert_eq!(store.state().lsn.0, before.0 + 4);
+    // Alone, one larger than the limit is still refused, by size.
+    let e = store
+        .transaction(|tx| {
+            tx.conn()
+                .execute("INSERT INTO b VALUES (9, zeroblob(1100 * 1024))", [])?;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("too large"), "{e}");
+}
