@@ -1175,8 +1175,12 @@ impl Daemon<'_> {
         if self.node.lmtp.is_some() {
             dumpster::mailbox::ensure_schema(&store).context("create the mailbox tables")?;
             if !matches!(reason, "failover" | "forced" | "activate") {
-                // Nothing was lost: no redelivery to ask for.
-                *self.mail.redeliver_since.lock().expect("since lock") = None;
+                // Nothing was lost now; but a lossy activation of this node
+                // shortly before may not have reached the relay yet (it
+                // hears of it when it connects): ask again. A redelivery
+                // asked twice only brings duplicates, which are dropped.
+                *self.mail.redeliver_since.lock().expect("since lock") =
+                    recent_redelivery(&self.node.data_dir);
             }
             self.mail.epoch.store(epoch.0, Ordering::SeqCst);
             *self.mail.store.lock().expect("mail lock") = Some(store.clone());
@@ -1551,6 +1555,15 @@ impl Daemon<'_> {
             .map(|t| t.saturating_sub(REDELIVERY_MARGIN.as_micros() as u64))
             .unwrap_or(0);
         *self.mail.redeliver_since.lock().expect("since lock") = Some(since);
+        // Kept on disk: if this node restarts before the relay has heard
+        // the request, it asks again (see `activate_store`).
+        let request = serde_json::json!({"since_us": since, "at_us": witness::witness::now_us()});
+        if let Err(e) = shipper::share::write_atomic(
+            &self.node.data_dir.join(REDELIVERY_FILE),
+            request.to_string().as_bytes(),
+        ) {
+            tracing::warn!(error = %e, "cannot keep the redelivery request on disk");
+        }
         let kept = self.node.data_dir.join("copy.previous.json");
         std::fs::rename(&paths.state, &kept)
             .with_context(|| format!("retire {}", paths.state.display()))?;
@@ -1840,6 +1853,24 @@ fn active_generation(store: &Store) -> u64 {
 /// How far before the last replayed record's time a redelivery starts
 /// (the relay's and the old active's clocks may differ).
 const REDELIVERY_MARGIN: Duration = Duration::from_secs(300);
+/// Where a node keeps the redelivery its last lossy activation asked for.
+const REDELIVERY_FILE: &str = "redelivery.json";
+/// How long after a lossy activation a restart of the same node asks for
+/// the redelivery again.
+const REDELIVERY_REPEAT: Duration = Duration::from_secs(3600);
+
+/// The redelivery time a lossy activation of this node asked for, if it
+/// was less than `REDELIVERY_REPEAT` ago.
+fn recent_redelivery(data_dir: &Path) -> Option<u64> {
+    let bytes = std::fs::read(data_dir.join(REDELIVERY_FILE)).ok()?;
+    if bytes.len() > 4096 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let at = v["at_us"].as_u64()?;
+    let age = witness::witness::now_us().saturating_sub(at);
+    (age < REDELIVERY_REPEAT.as_micros() as u64).then(|| v["since_us"].as_u64())?
+}
 
 /// The commit time (µs) of the record at `lsn`, if the log still holds it.
 fn last_record_time(logs: &Path, lsn: Lsn) -> Option<u64> {

@@ -796,3 +796,38 @@ fn postfix_smtp_source_through_the_relay_and_over_lmtp_stores_every_message_once
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("550"), "{text}");
 }
+
+/// The redelivery a lossy failover asks for is kept on disk: if the new
+/// active restarts before any relay has heard it, it asks again.
+#[test]
+fn a_new_active_restarted_before_the_relay_heard_it_still_asks_for_the_redelivery() {
+    use std::io::{BufRead, BufReader};
+    let t = Trio::with_mail("best-availability");
+    let (alpha, beta) = t.running_pair();
+    let greeting = |node: &str| -> String {
+        let s = std::net::TcpStream::connect(t.lmtp(node)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
+    let since = |g: &str| -> Option<String> {
+        g.split_whitespace()
+            .find_map(|w| w.strip_prefix("redeliver-since="))
+            .map(str::to_string)
+    };
+    drop(alpha); // SIGKILL: a failover to beta, which asks for a redelivery
+    t.wait_for("beta active", 60, || t.status("beta")["role"] == "active");
+    let first = greeting("beta");
+    let asked = since(&first).unwrap_or_else(|| panic!("no redelivery asked: {first}"));
+    // beta's daemon restarts at once (no relay has connected).
+    drop(beta);
+    let _beta = t.start("beta");
+    t.wait_for("beta active again", 60, || {
+        t.status("beta")["role"] == "active"
+    });
+    let again = greeting("beta");
+    assert_eq!(since(&again).as_deref(), Some(asked.as_str()), "{again}");
+    assert_ne!(first, again, "a new epoch: {again}");
+}
