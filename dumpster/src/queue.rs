@@ -253,8 +253,17 @@ impl Queue {
     }
 
     /// Evicts from the dumpster what is older than `max_age_us` or beyond
-    /// `max_bytes` (oldest first). Returns the count evicted.
-    pub fn evict(&self, now_us: u64, max_age_us: u64, max_bytes: u64) -> std::io::Result<u64> {
+    /// `max_bytes` (oldest first), but never for size what was delivered
+    /// less than `floor_us` ago: a lossy failover may ask for it back (the
+    /// dumpster then holds more than `max_bytes` for a while). Returns the
+    /// count evicted.
+    pub fn evict(
+        &self,
+        now_us: u64,
+        max_age_us: u64,
+        max_bytes: u64,
+        floor_us: u64,
+    ) -> std::io::Result<u64> {
         let c = self.conn();
         let mut n = c
             .execute(
@@ -265,8 +274,8 @@ impl Queue {
         // Newest first, keep while the running size fits.
         n += c
             .execute(
-                "DELETE FROM messages WHERE id IN (SELECT id FROM (SELECT id, sum(size) OVER (ORDER BY delivered_us DESC, id DESC) AS running FROM messages WHERE delivered_us IS NOT NULL) WHERE running > ?1)",
-                params![max_bytes as i64],
+                "DELETE FROM messages WHERE id IN (SELECT id FROM (SELECT id, delivered_us, sum(size) OVER (ORDER BY delivered_us DESC, id DESC) AS running FROM messages WHERE delivered_us IS NOT NULL) WHERE running > ?1 AND delivered_us < ?2)",
+                params![max_bytes as i64, now_us.saturating_sub(floor_us) as i64],
             )
             .map_err(sql)? as u64;
         Ok(n)
@@ -400,15 +409,17 @@ mod tests {
         }
         assert_eq!(q.stats().unwrap().dumpster_messages, 5);
         // Age: at t = 65 s with a 40 s window, t = 10 and 20 go.
-        assert_eq!(q.evict(65 * S, 40 * S, 1 << 20).unwrap(), 2);
+        assert_eq!(q.evict(65 * S, 40 * S, 1 << 20, 0).unwrap(), 2);
+        // Size, but all three were delivered in the last 40 s: they stay.
+        assert_eq!(q.evict(65 * S, 3600 * S, 250, 40 * S).unwrap(), 0);
         // Size: 250 bytes keep the two newest.
-        assert_eq!(q.evict(65 * S, 3600 * S, 250).unwrap(), 1);
+        assert_eq!(q.evict(65 * S, 3600 * S, 250, 0).unwrap(), 1);
         let st = q.stats().unwrap();
         assert_eq!((st.dumpster_messages, st.dumpster_bytes), (2, 200));
         assert_eq!(st.dumpster_oldest_us, Some(40 * S));
         // Queued messages are never evicted.
         q.accept("m6", "s", &r, &[b'x'; 100], 66 * S).unwrap();
-        assert_eq!(q.evict(10_000 * S, 1, 0).unwrap(), 2);
+        assert_eq!(q.evict(10_000 * S, 1, 0, 0).unwrap(), 2);
         assert_eq!(q.stats().unwrap().queue_length, 1);
     }
 

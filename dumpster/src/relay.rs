@@ -24,6 +24,10 @@ pub const STATUS_FILE: &str = "relay.json";
 /// Defaults for `max-age` and `max-size` (see the README for why).
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MAX_SIZE: u64 = 64 << 20;
+/// Mail delivered more recently than this is never evicted for size: a
+/// lossy failover asks for what was delivered since the copy's last record
+/// less 5 minutes, and a copy is normally well under a second behind.
+pub const SIZE_EVICTION_FLOOR: Duration = Duration::from_secs(15 * 60);
 /// Longest wait between attempts of a queued message.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -401,7 +405,12 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
     while !shutdown.load(Ordering::Relaxed) {
         if evicted_at.elapsed() >= Duration::from_secs(10) {
             evicted_at = Instant::now();
-            match queue.evict(now_us(), cfg.max_age.as_micros() as u64, cfg.max_size) {
+            match queue.evict(
+                now_us(),
+                cfg.max_age.as_micros() as u64,
+                cfg.max_size,
+                SIZE_EVICTION_FLOOR.as_micros() as u64,
+            ) {
                 Ok(n) if n > 0 => tracing::info!(evicted = n, "dumpster trimmed"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot trim the dumpster"),
