@@ -297,8 +297,10 @@ impl Deliverer {
                         ..Default::default()
                     };
                 }
-                if reply.code / 100 == 4 && self.target.is_some() {
-                    // Sent to the wrong node: try the hinted one at once.
+                if reply.code / 100 == 4 && self.target.is_some() && m.attempts < 2 {
+                    // Sent to the wrong node: try the hinted one at once
+                    // (once: two nodes naming each other for a moment must
+                    // not make a tight loop).
                     return Attempt {
                         pending: m.pending.clone(),
                         error,
@@ -329,7 +331,7 @@ impl Deliverer {
                             if reply.code / 100 == 4 {
                                 self.target = hint(reply);
                                 self.client = None;
-                                if self.target.is_some() {
+                                if self.target.is_some() && m.attempts < 2 {
                                     a.next_us = now;
                                 }
                             }
