@@ -156,6 +156,7 @@ impl NodeMail {
 
 /// Accepts LMTP connections on `listener` for ever.
 pub async fn run(listener: TcpListener, mail: Arc<NodeMail>, limits: Limits, hostname: String) {
+    let sessions = limits.sessions();
     loop {
         let (stream, peer): (_, SocketAddr) = match listener.accept().await {
             Ok(c) => c,
@@ -165,11 +166,14 @@ pub async fn run(listener: TcpListener, mail: Arc<NodeMail>, limits: Limits, hos
                 continue;
             }
         };
-        let (mail, limits, hostname) = (mail.clone(), limits.clone(), hostname.clone());
-        tokio::spawn(async move {
-            if let Err(e) = protocol::serve(stream, Mode::Lmtp, &hostname, &limits, &mail).await {
-                tracing::debug!(peer = %peer, error = %e, "LMTP connection ended");
-            }
-        });
+        tracing::trace!(peer = %peer, "LMTP connection");
+        protocol::spawn_session(
+            &sessions,
+            stream,
+            Mode::Lmtp,
+            hostname.clone(),
+            limits.clone(),
+            mail.clone(),
+        );
     }
 }

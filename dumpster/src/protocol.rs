@@ -11,6 +11,7 @@
 //! EHLO and HELO get 500, as Dovecot answers.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
@@ -37,6 +38,46 @@ pub struct Limits {
     pub max_recipients: usize,
     /// A silent client is dropped after this (421).
     pub idle: Duration,
+    /// Sessions at once; one more is answered 421 and closed.
+    pub max_sessions: usize,
+}
+
+/// Sessions in progress, bounded by `Limits::max_sessions`.
+pub type Sessions = Arc<tokio::sync::Semaphore>;
+
+impl Limits {
+    pub fn sessions(&self) -> Sessions {
+        Arc::new(tokio::sync::Semaphore::new(self.max_sessions))
+    }
+}
+
+/// Serves `stream` if a session slot is free (held until it ends), else
+/// answers 421 and closes: memory stays bounded however many connect.
+pub fn spawn_session<H: Handler + Send + Sync + 'static>(
+    sessions: &Sessions,
+    stream: TcpStream,
+    mode: Mode,
+    hostname: String,
+    limits: Limits,
+    handler: H,
+) {
+    match sessions.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = serve(stream, mode, &hostname, &limits, &handler).await {
+                    tracing::debug!(error = %e, "session ended");
+                }
+            });
+        }
+        Err(_) => {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let busy = b"421 4.3.2 too many sessions, try again later\r\n";
+                let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(busy)).await;
+            });
+        }
+    }
 }
 
 /// What a node's LMTP endpoint takes beyond a relay's message limit: the
@@ -62,6 +103,7 @@ impl Default for Limits {
             max_line: 4096,
             max_recipients: 100,
             idle: Duration::from_secs(300),
+            max_sessions: 256,
         }
     }
 }
@@ -667,5 +709,56 @@ mod tests {
         ] {
             assert!(!plain_address(bad), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn sessions_beyond_the_limit_are_answered_421_and_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_sessions: 2,
+            ..Default::default()
+        };
+        let rec = Arc::new(Recorder::default());
+        let sessions = limits.sessions();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                spawn_session(
+                    &sessions,
+                    stream,
+                    Mode::Smtp,
+                    "test".into(),
+                    limits.clone(),
+                    rec.clone(),
+                );
+            }
+        });
+        let greet = |mut c: TcpStream| async move {
+            let mut buf = vec![0u8; 256];
+            let n = c.read(&mut buf).await.unwrap();
+            (c, String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        let (a, ga) = greet(TcpStream::connect(addr).await.unwrap()).await;
+        let (b, gb) = greet(TcpStream::connect(addr).await.unwrap()).await;
+        assert!(ga.starts_with("220") && gb.starts_with("220"), "{ga} {gb}");
+        let (mut c, gc) = greet(TcpStream::connect(addr).await.unwrap()).await;
+        assert!(gc.starts_with("421"), "{gc}");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "closed after 421");
+        // A slot freed is a slot again.
+        drop(a);
+        drop(b);
+        let mut ok = false;
+        for _ in 0..100 {
+            let (_d, gd) = greet(TcpStream::connect(addr).await.unwrap()).await;
+            if gd.starts_with("220") {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ok, "no slot after the sessions ended");
     }
 }

@@ -374,17 +374,20 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)
                         .expect("a bound listener converts");
+                    let sessions = limits.sessions();
                     loop {
                         let Ok((stream, _)) = listener.accept().await else {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         };
-                        let (smtp, limits, hostname) =
-                            (smtp.clone(), limits.clone(), hostname.clone());
-                        tokio::spawn(async move {
-                            let _ = protocol::serve(stream, Mode::Smtp, &hostname, &limits, &smtp)
-                                .await;
-                        });
+                        protocol::spawn_session(
+                            &sessions,
+                            stream,
+                            Mode::Smtp,
+                            hostname.clone(),
+                            limits.clone(),
+                            smtp.clone(),
+                        );
                     }
                 });
             })?;
