@@ -228,9 +228,17 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
         && let Some(r) = relay_status(cfg)
     {
         println!(
-            "relay {}: queue {}, dumpster {} message(s) ({} bytes{}), delivering to {}",
+            "relay {}: queue {}{}, dumpster {} message(s) ({} bytes{}), delivering to {}",
             r.smtp,
             r.queue_length,
+            if r.parked > 0 {
+                format!(
+                    " ({} parked: refused by the node, retried hourly)",
+                    r.parked
+                )
+            } else {
+                String::new()
+            },
             r.dumpster_messages,
             r.dumpster_bytes,
             r.dumpster_oldest

@@ -122,6 +122,12 @@ fn serve_admin(addr: &str, status_file: std::path::PathBuf) -> Result<()> {
             st.queue_length as f64,
         );
         e.gauge(
+            "logship_relay_parked",
+            "Queued messages a node refused for good, kept and retried hourly",
+            "",
+            st.parked as f64,
+        );
+        e.gauge(
             "logship_dumpster_messages",
             "Delivered messages kept for redelivery",
             "",

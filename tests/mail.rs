@@ -831,3 +831,53 @@ fn a_new_active_restarted_before_the_relay_heard_it_still_asks_for_the_redeliver
     assert_eq!(since(&again).as_deref(), Some(asked.as_str()), "{again}");
     assert_ne!(first, again, "a new epoch: {again}");
 }
+
+/// A recipient the delivering server refuses for good after the relay has
+/// accepted the message (here Dovecot, which knows no such user) is kept in
+/// the queue, parked and shown, never dropped; the others are delivered.
+#[test]
+fn a_recipient_refused_for_good_after_acceptance_is_parked_not_dropped() {
+    let d = logship::dovecot::Dovecot::start(&["b@example.com"]);
+    let t = Trio::with_mail("good-availability");
+    // The relay delivers to Dovecot in alpha's place.
+    let text = std::fs::read_to_string(&t.config).unwrap();
+    let alpha_lmtp = t.lmtp("alpha");
+    std::fs::write(&t.config, text.replace(&alpha_lmtp, &d.addr())).unwrap();
+    let _relay = t.start_relay();
+    let f = t.dir.path().join("m.eml");
+    std::fs::write(
+        &f,
+        "Message-ID: <parked@test>\r\nSubject: p\r\n\r\nbody\r\n",
+    )
+    .unwrap();
+    let (ok, out) = curl(&[
+        &format!("smtp://{}", t.smtp()),
+        "--mail-from",
+        "s@example.org",
+        "--mail-rcpt",
+        "b@example.com",
+        "--mail-rcpt",
+        "nobody@example.com",
+        "-T",
+        f.to_str().unwrap(),
+        "-sS",
+    ]);
+    assert!(ok, "accepted by the relay: {out}");
+    let status = || -> serde_json::Value {
+        std::fs::read(t.dir.path().join("relay").join("relay.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    t.wait_for("b delivered and nobody parked", 30, || {
+        d.delivered("b@example.com").len() == 1 && status()["parked"] == 1
+    });
+    assert_eq!(status()["queue_length"], 1, "{}", status());
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(["status", "--config"])
+        .arg(&t.config)
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(human.contains("1 parked"), "{human}");
+}

@@ -78,6 +78,9 @@ pub struct Attempt {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
     pub queue_length: u64,
+    /// Of the queue: messages a node refused for good, kept and retried
+    /// hourly (`relay::PARKED`).
+    pub parked: u64,
     pub dumpster_messages: u64,
     pub dumpster_bytes: u64,
     /// When the oldest message in the dumpster was delivered (µs).
@@ -283,11 +286,11 @@ impl Queue {
 
     pub fn stats(&self) -> std::io::Result<QueueStats> {
         let c = self.conn();
-        let (q,): (i64,) = c
+        let (q, parked): (i64, i64) = c
             .query_row(
-                "SELECT count(*) FROM messages WHERE delivered_us IS NULL",
+                "SELECT count(*), count(*) FILTER (WHERE last_error LIKE 'parked: %') FROM messages WHERE delivered_us IS NULL",
                 [],
-                |r| Ok((r.get(0)?,)),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sql)?;
         let (d, b, o): (i64, i64, Option<i64>) = c
@@ -299,6 +302,7 @@ impl Queue {
             .map_err(sql)?;
         Ok(QueueStats {
             queue_length: q as u64,
+            parked: parked as u64,
             dumpster_messages: d as u64,
             dumpster_bytes: b as u64,
             dumpster_oldest_us: o.map(|o| o as u64),

@@ -28,6 +28,10 @@ pub const DEFAULT_MAX_SIZE: u64 = 64 << 20;
 /// lossy failover asks for what was delivered since the copy's last record
 /// less 5 minutes, and a copy is normally well under a second behind.
 pub const SIZE_EVICTION_FLOOR: Duration = Duration::from_secs(15 * 60);
+/// Prefix of the last error of a message the node refused for good: it is
+/// kept in the queue (parked) and tried again every `PARK_RETRY`.
+pub const PARKED: &str = "parked: ";
+pub const PARK_RETRY: Duration = Duration::from_secs(3600);
 /// Longest wait between attempts of a queued message.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -49,6 +53,9 @@ pub struct RelayConfig {
 pub struct RelayStatus {
     pub smtp: String,
     pub queue_length: u64,
+    /// Of the queue: refused by the node for good, kept, retried hourly.
+    #[serde(default)]
+    pub parked: u64,
     pub dumpster_messages: u64,
     pub dumpster_bytes: u64,
     pub dumpster_oldest: Option<String>,
@@ -290,10 +297,13 @@ impl Deliverer {
                 }
                 let error = Some(format!("{} {}", reply.code, reply.text));
                 if reply.code / 100 == 5 {
-                    tracing::error!(message_id = %m.message_id, reply = %reply.text, "message refused for good; dropped");
+                    // Accepted here, refused there: a configuration that
+                    // differs, most likely. Kept, never dropped.
+                    tracing::error!(message_id = %m.message_id, reply = %reply.text, "message refused by the node; parked, tried again every hour until the cause is fixed");
                     return Attempt {
-                        error,
-                        next_us: now,
+                        pending: m.pending.clone(),
+                        error: Some(format!("{PARKED}{} {}", reply.code, reply.text)),
+                        next_us: now + PARK_RETRY.as_micros() as u64,
                         ..Default::default()
                     };
                 }
@@ -320,14 +330,20 @@ impl Deliverer {
                     next_us: retry(m.attempts),
                     ..Default::default()
                 };
+                let (mut parked, mut deferred) = (false, false);
                 for (rcpt, reply) in m.pending.iter().zip(&replies) {
                     match reply.code / 100 {
                         2 if reply.text.contains("duplicate") => a.duplicates += 1,
                         2 => a.stored += 1,
                         5 => {
-                            tracing::error!(message_id = %m.message_id, rcpt = %rcpt, reply = %reply.text, "recipient refused for good; dropped")
+                            tracing::error!(message_id = %m.message_id, rcpt = %rcpt, reply = %reply.text, "recipient refused by the node; parked, tried again every hour until the cause is fixed");
+                            parked = true;
+                            a.error =
+                                Some(format!("{PARKED}{rcpt}: {} {}", reply.code, reply.text));
+                            a.pending.push(rcpt.clone());
                         }
                         _ => {
+                            deferred = true;
                             if reply.code / 100 == 4 {
                                 self.target = hint(reply);
                                 self.client = None;
@@ -339,6 +355,10 @@ impl Deliverer {
                             a.pending.push(rcpt.clone());
                         }
                     }
+                }
+                if parked && !deferred {
+                    // Only parked recipients left: the hourly retry.
+                    a.next_us = now + PARK_RETRY.as_micros() as u64;
                 }
                 a
             }
@@ -488,6 +508,7 @@ fn write_status(cfg: &RelayConfig, queue: &Queue, target: Option<String>, accept
     let st = RelayStatus {
         smtp: cfg.smtp.to_string(),
         queue_length: stats.queue_length,
+        parked: stats.parked,
         dumpster_messages: stats.dumpster_messages,
         dumpster_bytes: stats.dumpster_bytes,
         dumpster_oldest: stats.dumpster_oldest_us.map(rfc3339),
