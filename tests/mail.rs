@@ -881,3 +881,27 @@ fn a_recipient_refused_for_good_after_acceptance_is_parked_not_dropped() {
     let human = String::from_utf8_lossy(&out.stdout);
     assert!(human.contains("1 parked"), "{human}");
 }
+
+/// An idle relay (nothing queued) still hears of a lossy failover soon: it
+/// greets the active again every few seconds.
+#[test]
+fn an_idle_relay_hears_a_failover_without_mail_to_send() {
+    let t = Trio::with_mail("best-availability");
+    let (alpha, _beta) = t.running_pair();
+    let _relay = t.start_relay();
+    let last = || -> serde_json::Value {
+        std::fs::read(t.dir.path().join("relay").join("relay.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| v["last_redelivery"].clone())
+            .unwrap_or_default()
+    };
+    assert!(last().is_null(), "{}", last());
+    drop(alpha); // SIGKILL: beta takes over and asks for a redelivery
+    t.wait_for("beta active", 60, || t.status("beta")["role"] == "active");
+    t.wait_for("the idle relay to start the redelivery", 30, || {
+        last()["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("node beta became active"))
+    });
+}

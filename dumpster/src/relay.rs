@@ -32,6 +32,8 @@ pub const SIZE_EVICTION_FLOOR: Duration = Duration::from_secs(15 * 60);
 /// kept in the queue (parked) and tried again every `PARK_RETRY`.
 pub const PARKED: &str = "parked: ";
 pub const PARK_RETRY: Duration = Duration::from_secs(3600);
+/// How often an idle relay greets the active again (see `run`).
+const IDLE_PROBE: Duration = Duration::from_secs(5);
 /// Longest wait between attempts of a queued message.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -427,6 +429,7 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
     let mut reported: Option<i64> = queue.last_redelivery().ok().flatten().map(|r| r.id);
     let mut evicted_at = Instant::now() - Duration::from_secs(60);
     let mut status_at = Instant::now() - Duration::from_secs(60);
+    let mut probed_at = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
         if evicted_at.elapsed() >= Duration::from_secs(10) {
             evicted_at = Instant::now();
@@ -469,6 +472,16 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
             }
         };
         if due.is_empty() {
+            if probed_at.elapsed() >= IDLE_PROBE {
+                // Idle, yet a failover may have happened: greet the active
+                // afresh, so that its epoch (and any redelivery it asks
+                // for) is heard now rather than with the next message.
+                probed_at = Instant::now();
+                if let Some((_, c)) = d.client.take() {
+                    d.rt.block_on(c.quit());
+                }
+                let _ = d.connect();
+            }
             let next = queue
                 .next_due_us()
                 .ok()
@@ -478,6 +491,7 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
             wake.wait(next.clamp(Duration::from_millis(1), Duration::from_millis(500)));
             continue;
         }
+        probed_at = Instant::now();
         let connected = d.connect().is_some();
         for m in &due {
             let a = d.deliver(m);
