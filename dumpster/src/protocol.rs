@@ -40,6 +40,9 @@ pub struct Limits {
     pub idle: Duration,
     /// Sessions at once; one more is answered 421 and closed.
     pub max_sessions: usize,
+    /// A session is closed after this, however busy: `idle` bounds each
+    /// read, this bounds a client that trickles bytes.
+    pub max_session: Duration,
 }
 
 /// Sessions in progress, bounded by `Limits::max_sessions`.
@@ -65,8 +68,14 @@ pub fn spawn_session<H: Handler + Send + Sync + 'static>(
         Ok(permit) => {
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(e) = serve(stream, mode, &hostname, &limits, &handler).await {
-                    tracing::debug!(error = %e, "session ended");
+                let session = serve(stream, mode, &hostname, &limits, &handler);
+                match tokio::time::timeout(limits.max_session, session).await {
+                    Ok(Err(e)) => tracing::debug!(error = %e, "session ended"),
+                    Ok(Ok(())) => {}
+                    Err(_) => tracing::info!(
+                        limit = ?limits.max_session,
+                        "session closed at its time limit"
+                    ),
                 }
             });
         }
@@ -104,6 +113,7 @@ impl Default for Limits {
             max_recipients: 100,
             idle: Duration::from_secs(300),
             max_sessions: 256,
+            max_session: Duration::from_secs(3600),
         }
     }
 }
@@ -760,5 +770,38 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(ok, "no slot after the sessions ended");
+    }
+
+    #[tokio::test]
+    async fn a_session_is_closed_at_its_time_limit_however_busy() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_session: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let rec = Arc::new(Recorder::default());
+        let sessions = limits.sessions();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            spawn_session(&sessions, stream, Mode::Smtp, "test".into(), limits, rec);
+        });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        // A NOOP every 50 ms: never idle, but the session still ends.
+        let mut buf = vec![0u8; 512];
+        loop {
+            if c.write_all(b"NOOP\r\n").await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("no answer and not closed"),
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "never closed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(250));
     }
 }
