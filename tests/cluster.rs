@@ -418,16 +418,7 @@ fn a_peer_with_another_configuration_is_refused_and_named() {
     let mut text = std::fs::read_to_string(&t.config).unwrap();
     text.push_str("# edited on one node only\n");
     std::fs::write(&other, text).unwrap();
-    let log = std::fs::File::create(t.dir.path().join("beta-other.log")).unwrap();
-    let _beta = common::Daemon(
-        Command::new(env!("CARGO_BIN_EXE_logship"))
-            .args(["node", "--node", "beta", "--config"])
-            .arg(&other)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _beta = beta_with_config(&t, &other);
     t.wait_for("alpha to name beta's other configuration", 30, || {
         t.status("alpha")["warnings"]
             .to_string()
@@ -663,16 +654,7 @@ fn with_a_cluster_key_heartbeats_are_authenticated_and_another_key_is_refused() 
         .unwrap()
         .replace(&ours.display().to_string(), &theirs.display().to_string());
     std::fs::write(&other, text).unwrap();
-    let log = std::fs::File::create(t.dir.path().join("beta-other.log")).unwrap();
-    let _beta = common::Daemon(
-        Command::new(env!("CARGO_BIN_EXE_logship"))
-            .args(["node", "--node", "beta", "--config"])
-            .arg(&other)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _beta = beta_with_config(&t, &other);
     t.wait_for("alpha to refuse beta's heartbeats", 30, || {
         t.status("alpha")["warnings"]
             .to_string()
@@ -712,4 +694,19 @@ fn a_daemon_that_stops_updating_its_status_is_shown_stale_not_healthy() {
         let s = t.status("beta");
         s["node_state"] == "online" && s["role"] == "passive"
     });
+}
+
+/// Starts beta's daemon with another configuration file than the cluster's
+/// (as if edited on one machine only); its log in `beta-other.log`.
+fn beta_with_config(t: &Trio, config: &std::path::Path) -> common::Daemon {
+    let log = std::fs::File::create(t.dir.path().join("beta-other.log")).unwrap();
+    common::Daemon(
+        Command::new(env!("CARGO_BIN_EXE_logship"))
+            .args(["node", "--node", "beta", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }

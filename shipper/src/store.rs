@@ -1470,18 +1470,7 @@ impl Writer {
                     };
                     self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
                     job.finish(culprit_error);
-                    let mut again = Vec::new();
-                    for (j, ran) in ran {
-                        match ran {
-                            Ran::Ok => again.push(j),
-                            // It failed on its own: its answer is its error.
-                            Ran::Failed => j.finish(Ok((self.lsn, false))),
-                            Ran::Refused(e) => j.finish(Err(e)),
-                        }
-                    }
-                    for j in again.into_iter().rev() {
-                        jobs.push_front(j);
-                    }
+                    self.run_again(ran, &mut jobs);
                     continue 'batch;
                 }
                 if requeue {
@@ -1522,17 +1511,7 @@ impl Writer {
                     // Together too large, each perhaps not: run them again,
                     // one per record.
                     self.solo = oks;
-                    let mut again = Vec::new();
-                    for (j, ran) in ran {
-                        match ran {
-                            Ran::Ok => again.push(j),
-                            Ran::Failed => j.finish(Ok((self.lsn, false))),
-                            Ran::Refused(e) => j.finish(Err(e)),
-                        }
-                    }
-                    for j in again.into_iter().rev() {
-                        jobs.push_front(j);
-                    }
+                    self.run_again(ran, &mut jobs);
                     continue 'batch;
                 }
                 let reason = e.to_string();
@@ -1549,6 +1528,23 @@ impl Writer {
             }
             self.commit_batch(ran, record)?;
             return Ok(jobs);
+        }
+    }
+
+    /// After a batch was rolled back: the jobs that succeeded go back to
+    /// the front of the queue, in order, to run again; the others are
+    /// answered (a job that failed on its own: its answer is its error).
+    fn run_again(&self, ran: Vec<(Job, Ran)>, jobs: &mut VecDeque<Job>) {
+        let mut again = Vec::new();
+        for (j, ran) in ran {
+            match ran {
+                Ran::Ok => again.push(j),
+                Ran::Failed => j.finish(Ok((self.lsn, false))),
+                Ran::Refused(e) => j.finish(Err(e)),
+            }
+        }
+        for j in again.into_iter().rev() {
+            jobs.push_front(j);
         }
     }
 
