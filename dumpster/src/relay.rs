@@ -108,6 +108,8 @@ struct Smtp {
     hostname: String,
     wake: Arc<Wake>,
     seq: AtomicU64,
+    /// Random for each run of the relay (in the Message-IDs it assigns).
+    run: u64,
     accepted: Arc<AtomicU64>,
 }
 
@@ -133,9 +135,12 @@ impl Handler for Arc<Smtp> {
         let (id, raw) = match message_id(&data) {
             Some(id) => (id, data),
             None => {
+                // Time, a random id of this run and a counter: unique even
+                // across restarts and a clock stepped back.
                 let id = format!(
-                    "{}.{}@{}",
+                    "{}.{:x}.{}@{}",
                     now_us(),
+                    self.run,
                     self.seq.fetch_add(1, Ordering::Relaxed),
                     self.hostname
                 );
@@ -382,6 +387,12 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
         hostname: cfg.hostname.clone(),
         wake: wake.clone(),
         seq: AtomicU64::new(0),
+        run: {
+            use std::io::Read;
+            let mut b = [0u8; 8];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+            u64::from_le_bytes(b) >> 16
+        },
         accepted: accepted.clone(),
     });
     {
