@@ -24,11 +24,12 @@ const NODES: [&str; 2] = ["alpha", "beta"];
 /// default timings.
 fn write_config(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir.join("witness"))?;
+    crate::procs::write_cluster_key(&dir.join("cluster.key"))?;
     let config = dir.join("logship.toml");
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\n\n\
+            "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\nkey-file = \"cluster.key\"\n\n\
              [nodes.alpha]\ndata-dir = \"{d}/alpha\"\nshare = \"{d}/alpha/logs\"\nheartbeat = \"127.0.0.1:{pa}\"\n\n\
              [nodes.beta]\ndata-dir = \"{d}/beta\"\nshare = \"{d}/beta/logs\"\nheartbeat = \"127.0.0.1:{pb}\"\n",
             w = dir.join("witness").display(),

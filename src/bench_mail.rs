@@ -69,11 +69,12 @@ fn stored(db: &Path) -> usize {
 pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
     std::fs::create_dir_all(dir.join("witness"))?;
     let (lmtp, smtp) = (free_tcp_port()?, free_tcp_port()?);
+    crate::procs::write_cluster_key(&dir.join("cluster.key"))?;
     let config = dir.join("logship.toml");
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\n\n\
+            "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\nkey-file = \"cluster.key\"\n\n\
              [nodes.alpha]\ndata-dir = \"{d}/alpha\"\nshare = \"{d}/alpha/logs\"\nheartbeat = \"127.0.0.1:{h1}\"\nlmtp = \"127.0.0.1:{lmtp}\"\n\n\
              [nodes.beta]\ndata-dir = \"{d}/beta\"\nshare = \"{d}/beta/logs\"\nheartbeat = \"127.0.0.1:{h2}\"\n\n\
              [dumpster]\nsmtp = \"127.0.0.1:{smtp}\"\ndata-dir = \"{d}/relay\"\naccepted-domains = [\"example.com\"]\n",

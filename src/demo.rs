@@ -103,25 +103,6 @@ impl Demo {
     }
 }
 
-/// A fresh random cluster key (authenticates the heartbeats), owner-only.
-fn write_cluster_key(path: &Path) -> Result<()> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut raw = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut raw))
-        .context("read /dev/urandom")?;
-    let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| writeln!(f, "{text}"))
-        .with_context(|| format!("write {}", path.display()))
-}
-
 pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> {
     let dir = match dir {
         Some(d) => d.to_path_buf(),
@@ -130,7 +111,7 @@ pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> 
     std::fs::create_dir_all(dir.join("witness"))
         .with_context(|| format!("create {}", dir.display()))?;
     let smtp = format!("127.0.0.1:{}", free_tcp_port()?);
-    write_cluster_key(&dir.join("cluster.key"))?;
+    crate::procs::write_cluster_key(&dir.join("cluster.key"))?;
     let config = dir.join("logship.toml");
     std::fs::write(
         &config,

@@ -4,7 +4,7 @@
 //! SIGKILL, status, and waiting for a condition. Daemons still running are
 //! killed when dropped, unless `keep` is set.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -138,4 +138,23 @@ impl Procs {
         }
         Ok(())
     }
+}
+
+/// A fresh random cluster key (authenticates the heartbeats), owner-only.
+pub fn write_cluster_key(path: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("read /dev/urandom")?;
+    let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{text}"))
+        .with_context(|| format!("write {}", path.display()))
 }
