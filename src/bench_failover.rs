@@ -13,33 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use logship::sys::free_udp_port;
-
 use crate::control::{self, Op};
 use crate::procs::Procs;
 
 const NODES: [&str; 2] = ["alpha", "beta"];
-
-/// The cluster's config in `dir`: two nodes on local directories with the
-/// default timings.
-fn write_config(dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir.join("witness"))?;
-    crate::procs::write_cluster_key(&dir.join("cluster.key"))?;
-    let config = dir.join("logship.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\nkey-file = \"cluster.key\"\n\n\
-             [nodes.alpha]\ndata-dir = \"{d}/alpha\"\nshare = \"{d}/alpha/logs\"\nheartbeat = \"127.0.0.1:{pa}\"\n\n\
-             [nodes.beta]\ndata-dir = \"{d}/beta\"\nshare = \"{d}/beta/logs\"\nheartbeat = \"127.0.0.1:{pb}\"\n",
-            w = dir.join("witness").display(),
-            d = dir.display(),
-            pa = free_udp_port()?,
-            pb = free_udp_port()?,
-        ),
-    )?;
-    Ok(config)
-}
 
 /// One INSERT through the node's daemon; true when acknowledged.
 fn insert(data_dir: &Path, id: u64) -> bool {
@@ -51,7 +28,10 @@ fn insert(data_dir: &Path, id: u64) -> bool {
 }
 
 pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
-    let mut b = Procs::new(dir.to_path_buf(), write_config(dir)?)?;
+    let mut b = Procs::new(
+        dir.to_path_buf(),
+        crate::procs::write_bench_config(dir, "", "")?,
+    )?;
     b.run(&["init", "--node", "alpha"])?;
     b.run(&[
         "sql",

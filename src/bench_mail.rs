@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use dumpster::lmtp_client::{Client, Outcome};
-use logship::sys::{free_tcp_port, free_udp_port};
+use logship::sys::free_tcp_port;
 
 use crate::procs::Procs;
 
@@ -67,21 +67,13 @@ fn stored(db: &Path) -> usize {
 }
 
 pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
-    std::fs::create_dir_all(dir.join("witness"))?;
     let (lmtp, smtp) = (free_tcp_port()?, free_tcp_port()?);
-    crate::procs::write_cluster_key(&dir.join("cluster.key"))?;
-    let config = dir.join("logship.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\nkey-file = \"cluster.key\"\n\n\
-             [nodes.alpha]\ndata-dir = \"{d}/alpha\"\nshare = \"{d}/alpha/logs\"\nheartbeat = \"127.0.0.1:{h1}\"\nlmtp = \"127.0.0.1:{lmtp}\"\n\n\
-             [nodes.beta]\ndata-dir = \"{d}/beta\"\nshare = \"{d}/beta/logs\"\nheartbeat = \"127.0.0.1:{h2}\"\n\n\
-             [dumpster]\nsmtp = \"127.0.0.1:{smtp}\"\ndata-dir = \"{d}/relay\"\naccepted-domains = [\"example.com\"]\n",
-            w = dir.join("witness").display(),
-            d = dir.display(),
-            h1 = free_udp_port()?,
-            h2 = free_udp_port()?,
+    let config = crate::procs::write_bench_config(
+        dir,
+        &format!("lmtp = \"127.0.0.1:{lmtp}\"\n"),
+        &format!(
+            "\n[dumpster]\nsmtp = \"127.0.0.1:{smtp}\"\ndata-dir = \"{d}/relay\"\naccepted-domains = [\"example.com\"]\n",
+            d = dir.display()
         ),
     )?;
     let mut procs = Procs::new(dir.to_path_buf(), config)?;

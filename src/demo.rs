@@ -82,18 +82,7 @@ impl Demo {
     }
 
     fn stored(&self, node: &str) -> Vec<String> {
-        let db = self.dir.join(node).join("store.db");
-        let Ok(conn) =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        else {
-            return Vec::new();
-        };
-        let Ok(mut st) = conn.prepare("SELECT message_id FROM messages") else {
-            return Vec::new();
-        };
-        st.query_map([], |r| r.get::<_, String>(0))
-            .map(|rows| rows.filter_map(|r| r.ok()).collect())
-            .unwrap_or_default()
+        dumpster::mailbox::stored_message_ids(&self.dir.join(node).join("store.db"))
     }
 
     fn verify(&self, node: &str) -> bool {

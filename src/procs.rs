@@ -158,3 +158,25 @@ pub fn write_cluster_key(path: &Path) -> Result<()> {
         .and_then(|mut f| writeln!(f, "{text}"))
         .with_context(|| format!("write {}", path.display()))
 }
+
+/// A two-node benchmark cluster's config in `dir` (absolute paths, default
+/// timings, a fresh cluster key, free heartbeat ports), with `alpha_extra`
+/// added to alpha's section and `tail` after the nodes.
+pub fn write_bench_config(dir: &Path, alpha_extra: &str, tail: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("witness"))?;
+    write_cluster_key(&dir.join("cluster.key"))?;
+    let config = dir.join("logship.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"bench\"\nwitness = \"{w}\"\nkey-file = \"cluster.key\"\n\n\
+             [nodes.alpha]\ndata-dir = \"{d}/alpha\"\nshare = \"{d}/alpha/logs\"\nheartbeat = \"127.0.0.1:{pa}\"\n{alpha_extra}\n\
+             [nodes.beta]\ndata-dir = \"{d}/beta\"\nshare = \"{d}/beta/logs\"\nheartbeat = \"127.0.0.1:{pb}\"\n{tail}",
+            w = dir.join("witness").display(),
+            d = dir.display(),
+            pa = logship::sys::free_udp_port()?,
+            pb = logship::sys::free_udp_port()?,
+        ),
+    )?;
+    Ok(config)
+}

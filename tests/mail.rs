@@ -166,6 +166,18 @@ fn curl(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// curl submits the file `f` to `url` from s@example.org for `rcpts`, with
+/// `extra` arguments; whether it succeeded, and what it said.
+fn submit(url: &str, rcpts: &[&str], f: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![url, "--mail-from", "s@example.org"];
+    for r in rcpts {
+        args.extend(["--mail-rcpt", r]);
+    }
+    args.extend(["-T", f.to_str().unwrap(), "-sS"]);
+    args.extend(extra);
+    curl(&args)
+}
+
 #[test]
 fn the_relay_takes_mail_from_real_clients_and_delivers_it_to_the_active() {
     let t = Trio::with_mail("good-availability");
@@ -197,47 +209,16 @@ fn the_relay_takes_mail_from_real_clients_and_delivers_it_to_the_active() {
         ("empty.eml", None),
     ] {
         let f = dir.join(file);
-        let mut args = vec![
-            url.as_str(),
-            "--mail-from",
-            "s@example.org",
-            "--mail-rcpt",
-            "ann@example.com",
-            "-T",
-            f.to_str().unwrap(),
-            "-sS",
-        ];
-        if let Some(x) = extra {
-            args.push(x);
-        }
-        let (ok, out) = curl(&args);
+        let (ok, out) = submit(&url, &["ann@example.com"], &f, extra.as_slice());
         assert!(ok, "curl {file}: {out}");
     }
     // Not an open relay.
     let f = dir.join("crlf.eml");
-    let (ok, out) = curl(&[
-        &url,
-        "--mail-from",
-        "s@example.org",
-        "--mail-rcpt",
-        "x@elsewhere.net",
-        "-T",
-        f.to_str().unwrap(),
-        "-sS",
-    ]);
+    let (ok, out) = submit(&url, &["x@elsewhere.net"], &f, &[]);
     assert!(!ok && out.contains("550"), "{out}");
     // A quoted local part cannot be relayed as it was written: refused
     // before acceptance, never accepted and dropped.
-    let (ok, out) = curl(&[
-        &url,
-        "--mail-from",
-        "s@example.org",
-        "--mail-rcpt",
-        "\"ann smith\"@example.com",
-        "-T",
-        f.to_str().unwrap(),
-        "-sS",
-    ]);
+    let (ok, out) = submit(&url, &["\"ann smith\"@example.com"], &f, &[]);
     assert!(!ok && out.contains("553"), "{out}");
     // smtplib with SMTPUTF8, and swaks pipelining two recipients.
     let (host, port) = t
@@ -499,16 +480,7 @@ fn a_relay_killed_with_mail_queued_loses_nothing() {
             format!("Message-ID: <q{i}@test>\r\nSubject: {i}\r\n\r\nqueued\r\n"),
         )
         .unwrap();
-        let (ok, out) = curl(&[
-            &url,
-            "--mail-from",
-            "s@example.org",
-            "--mail-rcpt",
-            "ann@example.com",
-            "-T",
-            f.to_str().unwrap(),
-            "-sS",
-        ]);
+        let (ok, out) = submit(&url, &["ann@example.com"], &f, &[]);
         assert!(ok, "{out}");
     }
     relay.0.kill().unwrap();
@@ -598,16 +570,7 @@ fn the_admin_endpoints_serve_metrics_that_match_status() {
     let url = format!("smtp://{}", t.smtp());
     let f = t.dir.path().join("m.eml");
     std::fs::write(&f, "Message-ID: <met1@test>\r\nSubject: m\r\n\r\nx\r\n").unwrap();
-    let (ok, out) = curl(&[
-        &url,
-        "--mail-from",
-        "s@example.org",
-        "--mail-rcpt",
-        "ann@example.com",
-        "-T",
-        f.to_str().unwrap(),
-        "-sS",
-    ]);
+    let (ok, out) = submit(&url, &["ann@example.com"], &f, &[]);
     assert!(ok, "{out}");
     t.wait_for("the message on alpha", 30, || {
         t.status("alpha")["mail_stored"].as_u64() == Some(1)
@@ -850,18 +813,12 @@ fn a_recipient_refused_for_good_after_acceptance_is_parked_not_dropped() {
         "Message-ID: <parked@test>\r\nSubject: p\r\n\r\nbody\r\n",
     )
     .unwrap();
-    let (ok, out) = curl(&[
+    let (ok, out) = submit(
         &format!("smtp://{}", t.smtp()),
-        "--mail-from",
-        "s@example.org",
-        "--mail-rcpt",
-        "b@example.com",
-        "--mail-rcpt",
-        "nobody@example.com",
-        "-T",
-        f.to_str().unwrap(),
-        "-sS",
-    ]);
+        &["b@example.com", "nobody@example.com"],
+        &f,
+        &[],
+    );
     assert!(ok, "accepted by the relay: {out}");
     let status = || -> serde_json::Value {
         std::fs::read(t.dir.path().join("relay").join("relay.json"))

@@ -18,6 +18,22 @@ fn opts(s: &Samba) -> SmbOptions {
     }
 }
 
+/// `name` copied to the local `dest` by `fetch_many`, as one job.
+fn fetch_one(
+    share: &Share,
+    name: &str,
+    dest: &std::path::Path,
+    max: u64,
+) -> shipper::Result<Option<u64>> {
+    let mut got = None;
+    let jobs = [(name.to_string(), dest.to_path_buf())];
+    share.fetch_many(&jobs, max, 1, &|_, _| (), &mut |_, r| {
+        got = Some(r.map(|o| o.map(|(n, ())| n)));
+        true
+    });
+    got.expect("the job ran")
+}
+
 fn exercise(share: &Share) {
     let name = format!("probe-{}.bin", std::process::id());
     assert!(!share.exists(&name).unwrap());
@@ -39,11 +55,11 @@ fn exercise(share: &Share) {
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("copy");
     assert_eq!(
-        share.fetch(&name, &local, 1 << 30).unwrap(),
+        fetch_one(share, &name, &local, 1 << 30).unwrap(),
         Some(data.len() as u64)
     );
     assert!(matches!(
-        share.fetch(&name, &local, 10),
+        fetch_one(share, &name, &local, 10),
         Err(shipper::Error::TooLarge { .. })
     ));
     assert_eq!(std::fs::read(&local).unwrap(), data);

@@ -61,6 +61,22 @@ pub fn ensure_schema(store: &Store) -> shipper::Result<()> {
     Ok(())
 }
 
+/// The Message-IDs stored in the database file `db`, read with a
+/// read-only connection of its own; empty when it has none (yet).
+pub fn stored_message_ids(db: &std::path::Path) -> Vec<String> {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new();
+    };
+    let Ok(mut st) = conn.prepare("SELECT message_id FROM messages") else {
+        return Vec::new();
+    };
+    st.query_map([], |r| r.get::<_, String>(0))
+        .map(|rows| rows.filter_map(|r| r.ok()).collect())
+        .unwrap_or_default()
+}
+
 /// The address as stored: trimmed and lower-cased.
 pub fn normalize_address(a: &str) -> String {
     a.trim().to_lowercase()

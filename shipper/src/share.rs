@@ -187,47 +187,14 @@ impl Share {
         dest: &Path,
         progress: impl FnMut(u64, u64),
     ) -> Result<Option<u64>> {
-        self.copy_impl(name, dest, progress, true)
-    }
-
-    /// Copies `name` to the local file `dest` as it is: no fsync, no
-    /// temporary name. For callers that verify the copy and then rename it
-    /// into place themselves.
-    /// Files larger than `max` bytes are refused (`Error::TooLarge`) before
-    /// anything is written.
-    pub fn fetch(&self, name: &str, dest: &Path, max: u64) -> Result<Option<u64>> {
-        match self {
-            Share::Smb(s) => s.copy_to_local(name, dest, false, max, &mut |_, _| {}),
-            Share::Dir(dir) => {
-                // In-kernel copy (copy_file_range), as cp does.
-                let src = dir.join(name);
-                match fs::metadata(&src) {
-                    Ok(m) if m.len() > max => {
-                        return Err(Error::TooLarge {
-                            size: m.len() as usize,
-                            max: max as usize,
-                        });
-                    }
-                    _ => {}
-                }
-                match fs::copy(&src, dest) {
-                    Ok(n) => Ok(Some(n)),
-                    Err(e)
-                        if e.kind() == ErrorKind::NotFound && self.reachable() && !src.exists() =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) => Err(Error::io("copy from share", src, e)),
-                }
-            }
-        }
+        self.copy_impl(name, dest, progress)
     }
 
     /// Fetches several files at once on `lanes` threads (an SMB share uses
     /// one connection per lane, each with one request in flight, which
     /// keeps clear of the crate's credit leak on pipelined reads). Each job
-    /// copies `name` to the local `dest` as `fetch` does (no fsync, no
-    /// temporary name, at most `max` bytes), then runs `check(job index,
+    /// copies `name` to the local `dest` (no fsync, no temporary name, at
+    /// most `max` bytes), then runs `check(job index,
     /// bytes)` on its lane while the bytes are at hand.
     ///
     /// `take(job index, result)` runs on the calling thread, in job order,
@@ -371,11 +338,9 @@ impl Share {
         name: &str,
         dest: &Path,
         mut progress: impl FnMut(u64, u64),
-        durable: bool,
     ) -> Result<Option<u64>> {
-        debug_assert!(durable, "fetch() is the non-durable path");
         if let Share::Smb(s) = self {
-            return s.copy_to_local(name, dest, durable, u64::MAX, &mut progress);
+            return s.copy_to_local(name, dest, &mut progress);
         }
         let path = self.path(name);
         let mut src = match File::open(&path) {
@@ -408,12 +373,10 @@ impl Share {
             copied += n as u64;
             progress(copied, total);
         }
-        if durable {
-            out.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
-        }
+        out.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
         drop(out);
         fs::rename(&temp, dest).map_err(|e| Error::io("rename", &temp, e))?;
-        if durable && let Some(parent) = dest.parent() {
+        if let Some(parent) = dest.parent() {
             crate::log::sync_dir(parent)?;
         }
         Ok(Some(copied))

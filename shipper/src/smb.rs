@@ -505,8 +505,8 @@ impl SmbShare {
         }
     }
 
-    /// Copies `name` to the local `dest` (temporary name, optional fsync,
-    /// rename), streaming: `STREAM_IN_FLIGHT` reads of a chunk each in
+    /// Copies `name` to the local `dest` (temporary name, fsync, rename,
+    /// directory fsync), streaming: `STREAM_IN_FLIGHT` reads of a chunk each in
     /// flight, each span written out as it arrives and reported to
     /// `progress(done, total)`, so that memory stays small whatever the file
     /// (a seed is the whole database). A dropped connection is made again
@@ -516,15 +516,13 @@ impl SmbShare {
         &self,
         name: &str,
         dest: &Path,
-        durable: bool,
-        max: u64,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Option<u64>> {
         let mut temp = dest.as_os_str().to_owned();
         temp.push(crate::share::TEMP_SUFFIX);
         let temp = PathBuf::from(temp);
         let mut out = std::fs::File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
-        let r = self.stream(name, max, &mut |span, done, total| {
+        let r = self.stream(name, u64::MAX, &mut |span, done, total| {
             out.write_all(span)
                 .map_err(|e| Error::io("write", &temp, e))?;
             progress(done, total);
@@ -537,13 +535,13 @@ impl SmbShare {
                 return other;
             }
         };
-        let synced = if durable { out.sync_all() } else { Ok(()) };
+        let synced = out.sync_all();
         drop(out);
         if let Err(e) = synced.and_then(|()| std::fs::rename(&temp, dest)) {
             let _ = std::fs::remove_file(&temp);
             return Err(Error::io("fsync and rename", &temp, e));
         }
-        if durable && let Some(parent) = dest.parent() {
+        if let Some(parent) = dest.parent() {
             crate::log::sync_dir(parent)?;
         }
         Ok(Some(n))

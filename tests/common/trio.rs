@@ -419,16 +419,5 @@ impl Submitter {
 
 /// The Message-IDs in a node's mailbox store (empty if it has none yet).
 pub fn stored_ids(t: &Trio, node: &str) -> Vec<String> {
-    let Ok(conn) = rusqlite::Connection::open_with_flags(
-        t.data_dir(node).join("store.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
-        return Vec::new();
-    };
-    let Ok(mut st) = conn.prepare("SELECT message_id FROM messages") else {
-        return Vec::new();
-    };
-    st.query_map([], |r| r.get::<_, String>(0))
-        .map(|rows| rows.filter_map(|r| r.ok()).collect())
-        .unwrap_or_default()
+    dumpster::mailbox::stored_message_ids(&t.data_dir(node).join("store.db"))
 }
