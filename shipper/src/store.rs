@@ -28,7 +28,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::apply;
-use crate::changeset::{self, GUARD_TABLE, Session};
+use crate::capture::{Capture, IntUpdate};
+use crate::changeset::{self, GUARD_TABLE};
 use crate::error::{Error, Result};
 use crate::format::{Body, DdlPart, Record, RecordKind};
 use crate::hash;
@@ -256,6 +257,7 @@ pub type RowFn<'f> = dyn FnMut(&[String], usize, &rusqlite::Row<'_>) -> Result<(
 pub struct Tx<'a> {
     conn: &'a Connection,
     auth: &'a AuthState,
+    capture: &'a mut Capture,
     batch: &'a mut BatchCapture,
     /// True when this request runs first in its group commit.
     first: bool,
@@ -266,10 +268,9 @@ pub struct Tx<'a> {
     poisoned: Option<String>,
 }
 
-/// What a group commit has captured so far.
+/// What a group commit holds besides the rows its capture saw.
 #[derive(Debug, Default)]
 struct BatchCapture {
-    session: Option<Session>,
     parts: Vec<DdlPart>,
     ddl: bool,
 }
@@ -312,21 +313,23 @@ impl<'a> Tx<'a> {
         }
         // Whatever happens next, a failure must roll this request back.
         self.poisoned = Some(format!("schema change {sql:?} did not complete"));
-        if let Some(s) = self.batch.session.take() {
-            let cs = s.changeset()?;
-            drop(s);
-            if !cs.is_empty() {
-                self.batch.parts.push(DdlPart::Changeset(cs));
-            }
+        // The rows changed before the statement, as a part of their own;
+        // the statement's own row changes (a table rewrite) are not
+        // captured: the record replays the statement.
+        let cs = self.capture.changeset()?;
+        if !cs.is_empty() {
+            self.batch.parts.push(DdlPart::Changeset(cs));
         }
+        self.capture.stop();
         self.auth.mode.store(MODE_DDL, Ordering::SeqCst);
         let run = self.conn.execute_batch(sql);
         self.auth.mode.store(MODE_USER, Ordering::SeqCst);
         let result = run
             .map_err(|e| self.refusal_or(format!("run {sql}"), e))
             .and_then(|()| check_replicable(self.conn));
-        // A new session either way: the old one ended at the statement.
-        self.batch.session = Some(Session::new(self.conn)?);
+        // Capture again either way, with the tables read afresh.
+        self.capture.schema_changed();
+        self.capture.start();
         self.batch.ddl = true;
         if let Err(e) = &result {
             self.poisoned = Some(format!("schema change {sql:?} failed: {e}"));
@@ -831,7 +834,11 @@ impl Store {
             counters: Counters::default(),
         });
         let (sender, receiver) = sync_channel(REQUEST_QUEUE);
+        let capture = Capture::new(&conn, &[GUARD_TABLE]);
+        let guard = IntUpdate::new(&conn, GUARD_TABLE, "lsn")?;
         let writer = Writer {
+            capture,
+            guard,
             conn,
             log,
             auth,
@@ -1144,6 +1151,11 @@ fn spin_then_recv(
 }
 
 struct Writer {
+    /// Declared before `conn`: it is dropped first (it holds statements
+    /// and the hook of the connection).
+    capture: Capture,
+    /// Encodes the guard row's change, which the writer makes itself.
+    guard: IntUpdate,
     conn: Connection,
     log: LogWriter,
     auth: Arc<AuthState>,
@@ -1412,8 +1424,8 @@ impl Writer {
     fn run_batch(&mut self, mut jobs: VecDeque<Job>) -> Result<VecDeque<Job>> {
         'batch: loop {
             self.internal("BEGIN IMMEDIATE")?;
+            self.capture.start();
             let mut capture = BatchCapture {
-                session: Some(Session::new(&self.conn)?),
                 parts: Vec::new(),
                 ddl: false,
             };
@@ -1426,6 +1438,7 @@ impl Writer {
                 let mut tx = Tx {
                     conn: &self.conn,
                     auth: &self.auth,
+                    capture: &mut self.capture,
                     batch: &mut capture,
                     first: ran.is_empty(),
                     requeue: false,
@@ -1460,6 +1473,9 @@ impl Writer {
                     if !self.conn.is_autocommit() {
                         self.internal("ROLLBACK")?;
                     }
+                    if capture.ddl {
+                        self.capture.schema_changed();
+                    }
                     drop(capture);
                     let culprit_error = if ok {
                         Err(Error::Aborted(
@@ -1484,7 +1500,8 @@ impl Writer {
                     // and parts are rolled back with it.
                     capture.parts.clear();
                     capture.ddl = false;
-                    capture.session = Some(Session::new(&self.conn)?);
+                    self.capture.schema_changed();
+                    self.capture.start();
                 }
                 let was_ddl = capture.ddl;
                 ran.push((job, outcome));
@@ -1497,6 +1514,7 @@ impl Writer {
                     break;
                 }
             }
+            let capture_ddl = capture.ddl;
             let built = self.build_record(capture);
             let (record, fail_all) = match built {
                 Ok(r) => (r, None),
@@ -1506,6 +1524,9 @@ impl Writer {
                 // The batch's record could not be built (too large, ...):
                 // nothing of it is committed.
                 self.internal("ROLLBACK")?;
+                if capture_ddl {
+                    self.capture.schema_changed();
+                }
                 let oks = ran.iter().filter(|(_, r)| matches!(r, Ran::Ok)).count();
                 if matches!(e, Error::TooLarge { .. }) && oks > 1 {
                     // Together too large, each perhaps not: run them again,
@@ -1548,37 +1569,41 @@ impl Writer {
         }
     }
 
-    /// Finishes a batch's capture: guard row, changeset, hash. `None` when
+    /// Finishes a batch's capture: changeset, guard row, hash. `None` when
     /// the batch changed nothing (then the guard row is left alone).
     #[allow(clippy::type_complexity)] // a private tuple, built and consumed once
     fn build_record(
-        &self,
+        &mut self,
         mut capture: BatchCapture,
     ) -> Result<Option<(Lsn, RecordKind, Vec<u8>, ContentHash, SchemaHash)>> {
         let lsn = self.lsn.next();
-        self.internal("SAVEPOINT logship_guard")?;
+        let captured = self.capture.changeset();
+        self.capture.stop();
+        let mut cs = captured?;
+        let (new_hash, changes) = hash::apply_changeset_counting(self.hash, &cs)?;
+        if changes == 0 && !capture.ddl {
+            // A read-only (or net-zero) batch: no record.
+            return Ok(None);
+        }
+        // The guard row moves in the same transaction, and its change goes
+        // into the changeset as the session extension would write it: a
+        // copy that skips or repeats a record conflicts on it.
+        self.internal_mode();
         let moved = self
             .conn
-            .prepare_cached(&format!("UPDATE {GUARD_TABLE} SET lsn = ?1 WHERE id = 1"))
-            .and_then(|mut s| s.execute([lsn.0 as i64]))
+            .prepare_cached(&format!(
+                "UPDATE {GUARD_TABLE} SET lsn = ?1 WHERE id = 1 AND lsn = ?2"
+            ))
+            .and_then(|mut s| s.execute([lsn.0 as i64, self.lsn.0 as i64]))
             .map_err(|e| Error::sql("update the guard row", e))?;
         if moved != 1 {
             return Err(Error::Stopped(format!(
-                "the guard row of {GUARD_TABLE} is missing ({moved} rows updated)"
+                "the guard row of {GUARD_TABLE} is missing or not at LSN {} ({moved} rows updated)",
+                self.lsn
             )));
         }
-        let cs = match capture.session.take() {
-            Some(s) => s.changeset()?,
-            None => Vec::new(),
-        };
-        let (new_hash, changes) = hash::apply_changeset_counting(self.hash, &cs)?;
-        if changes == 0 && !capture.ddl {
-            // Only the guard row moved: a read-only (or net-zero) batch.
-            self.internal("ROLLBACK TO logship_guard")?;
-            self.internal("RELEASE logship_guard")?;
-            return Ok(None);
-        }
-        self.internal("RELEASE logship_guard")?;
+        self.guard
+            .append(&mut cs, 1, self.lsn.0 as i64, lsn.0 as i64);
         let size = cs.len()
             + capture
                 .parts
