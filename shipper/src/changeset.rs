@@ -1,7 +1,10 @@
 //! SQLite session-extension primitives over raw FFI (the bundled SQLite is
 //! built with SQLITE_ENABLE_SESSION; rusqlite's `session` feature is not used
-//! because it needs libclang): capture a changeset, iterate its changes,
-//! apply it strictly (any conflict aborts and is reported), invert it.
+//! because it needs libclang): iterate a changeset's changes, apply it
+//! strictly (any conflict aborts and is reported), invert it, combine
+//! changesets. `Session` captures with the extension itself; the store
+//! captures with `capture` instead, and `Session` is the reference its tests
+//! compare against.
 //!
 //! This module knows nothing of LSNs or files.
 

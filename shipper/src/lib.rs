@@ -5,7 +5,7 @@
 //! changeset primitives (capture, apply, invert) that the replayer reuses.
 //!
 //! Reading order: `types` and `error`, then `format` (bytes, no I/O),
-//! `changeset` and `hash` (SQLite session primitives), `log` (segment files
+//! `changeset`, `capture` and `hash` (changesets: apply, capture, hash), `log` (segment files
 //! on disk), `store` (transactions, group commit, recovery).
 
 pub mod apply;
