@@ -4,14 +4,12 @@
 //! refuse tables the session extension cannot replicate, and crash recovery
 //! on open.
 //!
-//! One writer owns the write connection, behind a lock. Callers send
-//! closures to the writer thread, which runs a batch of them in one SQLite
-//! transaction, each inside its own savepoint, with one capture of their row
-//! changes (`capture`) for the batch's one record; writes that record with
-//! one pwrite and one fdatasync, commits SQLite, and only then answers each
-//! caller. A caller that finds the writer idle and nothing queued runs its
-//! own batch of one on its own thread, the same way. The write connection is
-//! never handed out outside a closure, so no write can bypass capture.
+//! One writer thread owns the write connection. Callers send closures; the
+//! writer runs a batch of them in one SQLite transaction, each inside its own
+//! savepoint, with one capture of their row changes (`capture`) for the
+//! batch's one record; writes that record with one pwrite and one
+//! fdatasync, commits SQLite, and only then answers each caller. The write connection is never
+//! handed out outside a closure, so no write can bypass capture.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -59,10 +57,6 @@ const REQUEST_QUEUE: usize = 1024;
 /// Records replayed per SQLite transaction during recovery.
 const RECOVERY_BATCH: usize = 1000;
 const SAVEPOINT: &str = "logship_request";
-/// The statements on `SAVEPOINT` (spelled out: they run for every job).
-const SAVEPOINT_BEGIN: &str = "SAVEPOINT logship_request";
-const SAVEPOINT_RELEASE: &str = "RELEASE logship_request";
-const SAVEPOINT_UNDO: &str = "ROLLBACK TO logship_request";
 
 /// Tunables of a store. Every field has a default (`Default`).
 #[derive(Clone, Debug)]
@@ -660,9 +654,6 @@ enum Msg {
     Check(oneshot::Sender<Result<ContentCheck>>),
     Checkpoint(oneshot::Sender<Result<Lsn>>),
     Freeze(String, oneshot::Sender<Result<Lsn>>),
-    /// Wakes the writer thread to look at the seal-after deadline again (a
-    /// lone caller's transaction started a segment's unsealed records).
-    Tick,
     Shutdown,
 }
 
@@ -695,45 +686,10 @@ const CALLER_SPIN: Duration = Duration::from_micros(500);
 struct Shared {
     /// Callers waiting in `transaction`.
     waiting: std::sync::atomic::AtomicUsize,
-    /// Requests sent to the writer thread and not yet done (`Tick`
-    /// excepted). A caller runs its transaction itself only when this is
-    /// zero, so it never overtakes a request sent before, and the writer
-    /// thread never waits behind a stream of such callers.
-    pending: std::sync::atomic::AtomicUsize,
     state: Mutex<StoreState>,
     stopped: Mutex<Option<String>>,
-    /// Whether the writer stopped because its lease ran out.
-    fenced: std::sync::atomic::AtomicBool,
     counters: Counters,
 }
-
-impl Shared {
-    /// Counts `n` requests done.
-    fn done(&self, n: usize) {
-        if n > 0 {
-            self.pending.fetch_sub(n, Ordering::SeqCst);
-        }
-    }
-
-    /// The error that answers requests once the writer stopped.
-    fn stop_error(&self) -> Error {
-        let reason = self
-            .stopped
-            .lock()
-            .expect("stopped lock")
-            .clone()
-            .unwrap_or_else(|| "the store is closed".into());
-        if self.fenced.load(Ordering::SeqCst) {
-            Error::Fenced(reason)
-        } else {
-            Error::Stopped(reason)
-        }
-    }
-}
-
-/// The writer, shared by the writer thread and lone callers; `None` once it
-/// stopped (its connection is then closed).
-type Core = Arc<Mutex<Option<Writer>>>;
 
 /// A logged SQLite database. Cheap to share across threads (`&Store` is
 /// `Sync`); dropping it stops the writer after the work already queued.
@@ -742,7 +698,6 @@ pub struct Store {
     paths: StorePaths,
     sender: SyncSender<Msg>,
     writer: Option<JoinHandle<()>>,
-    core: Core,
     shared: Arc<Shared>,
     _lock: File,
 }
@@ -874,10 +829,8 @@ impl Store {
         };
         let shared = Arc::new(Shared {
             waiting: Default::default(),
-            pending: Default::default(),
             state: Mutex::new(state),
             stopped: Mutex::new(None),
-            fenced: Default::default(),
             counters: Counters::default(),
         });
         let (sender, receiver) = sync_channel(REQUEST_QUEUE);
@@ -900,20 +853,14 @@ impl Store {
             frozen: None,
             solo: 0,
         };
-        let max_batch = writer.opts.max_batch.max(1);
-        let core: Core = Arc::new(Mutex::new(Some(writer)));
-        let handle = {
-            let (core, shared) = (core.clone(), shared.clone());
-            std::thread::Builder::new()
-                .name("logship-writer".into())
-                .spawn(move || writer_thread(core, receiver, shared, max_batch))
-                .map_err(|e| Error::io("start the writer thread", data_dir, e))?
-        };
+        let handle = std::thread::Builder::new()
+            .name("logship-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| Error::io("start the writer thread", data_dir, e))?;
         Ok(Store {
             paths,
             sender,
             writer: Some(handle),
-            core,
             shared,
             _lock: lock,
         })
@@ -948,10 +895,6 @@ impl Store {
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
-        let f = match self.try_inline(f) {
-            Ok(r) => return r,
-            Err(f) => f,
-        };
         let mut rx = self.submit(f)?;
         // A lone caller polls for its answer a little before it sleeps (see
         // WRITER_SPIN); with company it sleeps at once, not to steal the
@@ -971,7 +914,7 @@ impl Store {
         }
         let r = rx.blocking_recv();
         self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
-        r.map_err(|_| self.shared.stop_error())?
+        r.map_err(|_| Error::Stopped(self.stop_reason()))?
     }
 
     /// Like `transaction`, for async callers.
@@ -981,70 +924,7 @@ impl Store {
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
         let rx = self.submit(f)?;
-        rx.await.map_err(|_| self.shared.stop_error())?
-    }
-
-    /// Runs `f` on the caller's thread when nothing else is going on: the
-    /// writer is free and nothing waits in its channel. It is the same group
-    /// commit as on the writer thread (the same locks, record, fdatasync
-    /// and answers), without the two thread hand-offs that a lone caller
-    /// would otherwise wait for. `Err(f)` when the writer thread must take
-    /// it (busy, requests waiting, or stopped: the channel then answers).
-    fn try_inline<T, F>(&self, f: F) -> std::result::Result<Result<Committed<T>>, F>
-    where
-        T: Send + 'static,
-        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
-    {
-        if self.shared.pending.load(Ordering::SeqCst) != 0 {
-            return Err(f);
-        }
-        let Ok(mut g) = self.core.try_lock() else {
-            return Err(f);
-        };
-        // Checked again under the lock: a request sent meanwhile goes first.
-        if g.is_none() || self.shared.pending.load(Ordering::SeqCst) != 0 {
-            return Err(f);
-        }
-        let w = g.as_mut().expect("checked above");
-        let (reply, mut rx) = oneshot::channel::<Result<Committed<T>>>();
-        let job: Job = Box::new(Req {
-            f,
-            last: None,
-            reply,
-        });
-        self.shared
-            .counters
-            .submitted
-            .fetch_add(1, Ordering::Relaxed);
-        let no_deadline = w.seal_deadline().is_none();
-        let mut queue = VecDeque::from([job]);
-        let mut result = Ok(());
-        while !queue.is_empty() && result.is_ok() {
-            result = w.work(&mut queue);
-        }
-        match result {
-            Ok(()) => {
-                let wake = no_deadline && w.seal_deadline().is_some();
-                drop(g);
-                if wake {
-                    // The writer thread may sleep with no deadline: this
-                    // transaction started the unsealed records it must seal.
-                    let _ = self.sender.try_send(Msg::Tick);
-                }
-            }
-            Err(e) => {
-                let w = g.take().expect("checked above");
-                drop(g);
-                w.stop(e, None, queue);
-                // The writer thread finds the writer gone at its next
-                // request and answers it.
-                let _ = self.sender.try_send(Msg::Tick);
-            }
-        }
-        Ok(match rx.try_recv() {
-            Ok(r) => r,
-            Err(_) => Err(self.shared.stop_error()),
-        })
+        rx.await.map_err(|_| Error::Stopped(self.stop_reason()))?
     }
 
     fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<Committed<T>>>>
@@ -1058,7 +938,9 @@ impl Store {
             last: None,
             reply,
         });
-        self.send(Msg::Tx(job))?;
+        self.sender
+            .send(Msg::Tx(job))
+            .map_err(|_| Error::Stopped(self.stop_reason()))?;
         self.shared
             .counters
             .submitted
@@ -1103,18 +985,11 @@ impl Store {
     /// waits for the reply.
     fn ask<T>(&self, msg: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.send(msg(tx))?;
-        rx.blocking_recv().map_err(|_| self.shared.stop_error())?
-    }
-
-    /// Sends a request to the writer thread, counted in `pending` until it
-    /// is taken.
-    fn send(&self, msg: Msg) -> Result<()> {
-        self.shared.pending.fetch_add(1, Ordering::SeqCst);
-        self.sender.send(msg).map_err(|_| {
-            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-            self.shared.stop_error()
-        })
+        self.sender
+            .send(msg(tx))
+            .map_err(|_| Error::Stopped(self.stop_reason()))?;
+        rx.blocking_recv()
+            .map_err(|_| Error::Stopped(self.stop_reason()))?
     }
 
     /// Opens a read-only connection to the database.
@@ -1126,6 +1001,15 @@ impl Store {
     pub fn stopped(&self) -> Option<String> {
         self.shared.stopped.lock().expect("stopped lock").clone()
     }
+
+    fn stop_reason(&self) -> String {
+        self.shared
+            .stopped
+            .lock()
+            .expect("stopped lock")
+            .clone()
+            .unwrap_or_else(|| "the store is closed".into())
+    }
 }
 
 impl Drop for Store {
@@ -1133,10 +1017,6 @@ impl Drop for Store {
         let _ = self.sender.send(Msg::Shutdown);
         if let Some(h) = self.writer.take() {
             let _ = h.join();
-        }
-        // Close the database before the data directory's lock is released.
-        if let Ok(mut g) = self.core.lock() {
-            g.take();
         }
     }
 }
@@ -1295,15 +1175,6 @@ struct Writer {
     solo: usize,
 }
 
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer")
-            .field("lsn", &self.lsn)
-            .field("frozen", &self.frozen)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A thread that wakes callers, so that a batch of many callers does not
 /// pay their wake-ups on the writer thread.
 struct Replier {
@@ -1356,199 +1227,109 @@ impl Drop for Replier {
     }
 }
 
-/// The writer thread: takes requests from the channel, gathers what waits
-/// into group commits, and runs them (and the control requests) on the
-/// writer, which it shares with lone callers (`Store::try_inline`).
-fn writer_thread(core: Core, rx: Receiver<Msg>, shared: Arc<Shared>, max_batch: usize) {
-    let mut deferred: Option<Msg> = None;
-    let mut queue: VecDeque<Job> = VecDeque::new();
-    loop {
-        if queue.is_empty() {
-            let msg = match deferred.take() {
-                Some(m) => m,
-                None => {
-                    let deadline = match lock(&core).as_ref() {
-                        Some(w) => w.seal_deadline(),
-                        None => return drain_stopped(&rx, &shared, queue),
-                    };
-                    match spin_then_recv(&rx, deadline) {
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut deferred: Option<Msg> = None;
+        let mut queue: VecDeque<Job> = VecDeque::new();
+        loop {
+            if queue.is_empty() {
+                let msg = match deferred.take() {
+                    Some(m) => m,
+                    None => match spin_then_recv(&rx, self.seal_deadline()) {
                         Ok(m) => m,
                         Err(RecvTimeoutError::Timeout) => {
-                            let mut g = lock(&core);
-                            let Some(w) = g.as_mut() else {
-                                return drain_stopped(&rx, &shared, queue);
-                            };
-                            if let Err(e) = w.seal_if_due() {
-                                let w = g.take().expect("the writer");
-                                drop(g);
-                                return w.stop(e, Some(&rx), queue);
+                            if let Err(e) = self.seal_if_due() {
+                                return self.stop(e, rx, queue);
                             }
                             continue;
                         }
                         Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-            };
-            match msg {
-                Msg::Tx(job) => queue.push_back(job),
-                Msg::Tick => continue,
-                Msg::Shutdown => return,
-                control => {
-                    let mut g = lock(&core);
-                    let Some(w) = g.as_mut() else {
-                        answer_stopped(control, &shared);
-                        return drain_stopped(&rx, &shared, queue);
-                    };
-                    let r = w.control(control);
-                    shared.done(1);
-                    if let Err(e) = r {
-                        let w = g.take().expect("the writer");
-                        drop(g);
-                        return w.stop(e, Some(&rx), queue);
-                    }
-                    continue;
-                }
-            }
-        }
-        let mut g = lock(&core);
-        let Some(w) = g.as_mut() else {
-            return drain_stopped(&rx, &shared, queue);
-        };
-        // Gather what else is waiting, up to a batch (after taking the
-        // writer: what arrived while a lone caller held it joins in).
-        while deferred.is_none() && queue.len() < max_batch {
-            match rx.try_recv() {
-                Ok(Msg::Tx(j)) => queue.push_back(j),
-                Ok(Msg::Tick) => {}
-                Ok(other) => deferred = Some(other),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            }
-        }
-        let before = queue.len();
-        let r = w.work(&mut queue);
-        shared.done(before.saturating_sub(queue.len()));
-        if let Err(e) = r {
-            let w = g.take().expect("the writer");
-            drop(g);
-            return w.stop(e, Some(&rx), queue);
-        }
-    }
-}
-
-/// Locks the writer. A panic while it was held left it in an unknown state:
-/// that is a bug, and it stops the store.
-fn lock(core: &Core) -> std::sync::MutexGuard<'_, Option<Writer>> {
-    core.lock()
-        .expect("a panic while the store's writer was held")
-}
-
-/// After the writer stopped: answers what is queued and waiting with the
-/// reason it stopped.
-fn drain_stopped(rx: &Receiver<Msg>, shared: &Shared, queue: VecDeque<Job>) {
-    for job in queue {
-        job.finish(Err(shared.stop_error()));
-    }
-    while let Ok(m) = rx.try_recv() {
-        answer_stopped(m, shared);
-    }
-}
-
-fn answer_stopped(m: Msg, shared: &Shared) {
-    let err = shared.stop_error();
-    match m {
-        Msg::Tx(job) => job.finish(Err(err)),
-        Msg::Seal(r) => {
-            let _ = r.send(Err(err));
-        }
-        Msg::Check(r) => {
-            let _ = r.send(Err(err));
-        }
-        Msg::Checkpoint(r) => {
-            let _ = r.send(Err(err));
-        }
-        Msg::Freeze(_, r) => {
-            let _ = r.send(Err(err));
-        }
-        Msg::Tick | Msg::Shutdown => {}
-    }
-}
-
-impl Writer {
-    /// Runs a control request. An `Err` is fatal for the writer.
-    fn control(&mut self, msg: Msg) -> Result<()> {
-        match msg {
-            Msg::Seal(reply) => {
-                let r = self.log.seal();
-                let failed = r.as_ref().err().map(|e| e.to_string());
-                self.publish();
-                let _ = reply.send(r);
-                if let Some(e) = failed {
-                    return Err(Error::Stopped(e));
-                }
-            }
-            Msg::Check(reply) => {
-                let r = hash::full_scan(&self.conn).map(|scanned| ContentCheck {
-                    lsn: self.lsn,
-                    logged: self.hash,
-                    scanned,
-                });
-                let _ = reply.send(r);
-            }
-            Msg::Freeze(reason, reply) => {
-                let r = self.log.seal().map(|_| self.lsn);
-                let failed = r.as_ref().err().map(|e| e.to_string());
-                self.publish();
-                self.frozen = Some(reason);
-                let _ = reply.send(r);
-                if let Some(e) = failed {
-                    return Err(Error::Stopped(e));
-                }
-            }
-            Msg::Checkpoint(reply) => {
-                self.internal_mode();
-                let r = self
-                    .conn
-                    .query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0))
-                    .map_err(|e| Error::sql("checkpoint", e))
-                    .and_then(|busy| {
-                        if busy != 0 {
-                            Err(Error::Stopped(
-                                "a reader kept the checkpoint from completing".into(),
-                            ))
-                        } else {
-                            Ok(self.lsn)
+                    },
+                };
+                match msg {
+                    Msg::Tx(job) => queue.push_back(job),
+                    Msg::Seal(reply) => {
+                        let r = self.log.seal();
+                        let failed = r.as_ref().err().map(|e| e.to_string());
+                        self.publish();
+                        let _ = reply.send(r);
+                        if let Some(e) = failed {
+                            return self.stop(Error::Stopped(e), rx, queue);
                         }
-                    });
-                let _ = reply.send(r);
+                        continue;
+                    }
+                    Msg::Check(reply) => {
+                        let r = hash::full_scan(&self.conn).map(|scanned| ContentCheck {
+                            lsn: self.lsn,
+                            logged: self.hash,
+                            scanned,
+                        });
+                        let _ = reply.send(r);
+                        continue;
+                    }
+                    Msg::Freeze(reason, reply) => {
+                        let r = self.log.seal().map(|_| self.lsn);
+                        let failed = r.as_ref().err().map(|e| e.to_string());
+                        self.publish();
+                        self.frozen = Some(reason);
+                        let _ = reply.send(r);
+                        if let Some(e) = failed {
+                            return self.stop(Error::Stopped(e), rx, queue);
+                        }
+                        continue;
+                    }
+                    Msg::Checkpoint(reply) => {
+                        self.internal_mode();
+                        let r = self
+                            .conn
+                            .query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0))
+                            .map_err(|e| Error::sql("checkpoint", e))
+                            .and_then(|busy| {
+                                if busy != 0 {
+                                    Err(Error::Stopped(
+                                        "a reader kept the checkpoint from completing".into(),
+                                    ))
+                                } else {
+                                    Ok(self.lsn)
+                                }
+                            });
+                        let _ = reply.send(r);
+                        continue;
+                    }
+                    Msg::Shutdown => return,
+                }
             }
-            Msg::Tx(job) => job.finish(Err(Error::Stopped(
-                "a transaction sent as a control request".into(),
-            ))),
-            Msg::Tick | Msg::Shutdown => {}
-        }
-        Ok(())
-    }
-
-    /// Runs one group commit of the jobs at the head of `queue` (those that
-    /// must wait go back to its head), then seals if due. An `Err` is fatal
-    /// for the writer; the jobs still in `queue` are then answered by `stop`.
-    fn work(&mut self, queue: &mut VecDeque<Job>) -> Result<()> {
-        if let Some(reason) = self.fenced() {
-            return Err(Error::Fenced(reason));
-        }
-        if let Some(reason) = &self.frozen {
-            for job in queue.drain(..) {
-                job.finish(Err(Error::Fenced(reason.clone())));
+            // Gather what else is waiting, up to a batch.
+            while deferred.is_none() && queue.len() < self.opts.max_batch.max(1) {
+                match rx.try_recv() {
+                    Ok(Msg::Tx(j)) => queue.push_back(j),
+                    Ok(other) => deferred = Some(other),
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                }
             }
-            return Ok(());
+            if let Some(reason) = self.fenced() {
+                return self.stop(Error::Fenced(reason), rx, queue);
+            }
+            if let Some(reason) = &self.frozen {
+                for job in queue.drain(..) {
+                    job.finish(Err(Error::Fenced(reason.clone())));
+                }
+                continue;
+            }
+            let take = queue.len().min(self.opts.max_batch.max(1));
+            let batch: VecDeque<Job> = queue.drain(..take).collect();
+            match self.run_batch(batch) {
+                Ok(rest) => {
+                    for job in rest.into_iter().rev() {
+                        queue.push_front(job);
+                    }
+                }
+                Err(e) => return self.stop(e, rx, queue),
+            }
+            if let Err(e) = self.seal_if_due() {
+                return self.stop(e, rx, queue);
+            }
         }
-        let take = queue.len().min(self.opts.max_batch.max(1));
-        let batch: VecDeque<Job> = queue.drain(..take).collect();
-        let rest = self.run_batch(batch)?;
-        for job in rest.into_iter().rev() {
-            queue.push_front(job);
-        }
-        self.seal_if_due()
     }
 
     /// Why writes are no longer allowed, if they are not.
@@ -1580,13 +1361,10 @@ impl Writer {
         s.epoch = self.log.end().epoch;
     }
 
-    /// A fatal error: answer everything queued with it and close the
-    /// database. The SQLite transaction, if any, is rolled back when the
-    /// connection closes; what the log holds durably is redone at the next
-    /// open. The writer thread passes its channel to answer what waits in
-    /// it; after a lone caller's fatal error, the thread finds the writer
-    /// gone and answers instead.
-    fn stop(self, e: Error, rx: Option<&Receiver<Msg>>, queue: VecDeque<Job>) {
+    /// A fatal error: answer everything queued with it and exit. The
+    /// SQLite transaction, if any, is rolled back when the connection
+    /// closes; what the log holds durably is redone at the next open.
+    fn stop(self, e: Error, rx: Receiver<Msg>, queue: VecDeque<Job>) {
         let fenced = matches!(e, Error::Fenced(_));
         let reason = e.to_string();
         if fenced {
@@ -1594,16 +1372,34 @@ impl Writer {
         } else {
             tracing::error!(error = %reason, "store writer stopped; reopen the store to recover");
         }
-        let shared = self.shared.clone();
-        shared.fenced.store(fenced, Ordering::SeqCst);
-        *shared.stopped.lock().expect("stopped lock") = Some(reason);
+        *self.shared.stopped.lock().expect("stopped lock") = Some(reason.clone());
         drop(self);
-        match rx {
-            Some(rx) => drain_stopped(rx, &shared, queue),
-            None => {
-                for job in queue {
-                    job.finish(Err(shared.stop_error()));
+        let err = || {
+            if fenced {
+                Error::Fenced(reason.clone())
+            } else {
+                Error::Stopped(reason.clone())
+            }
+        };
+        for job in queue {
+            job.finish(Err(err()));
+        }
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Tx(job) => job.finish(Err(err())),
+                Msg::Seal(r) => {
+                    let _ = r.send(Err(err()));
                 }
+                Msg::Check(r) => {
+                    let _ = r.send(Err(err()));
+                }
+                Msg::Checkpoint(r) => {
+                    let _ = r.send(Err(err()));
+                }
+                Msg::Freeze(_, r) => {
+                    let _ = r.send(Err(err()));
+                }
+                Msg::Shutdown => {}
             }
         }
     }
@@ -1621,9 +1417,8 @@ impl Writer {
             .map_err(|e| Error::sql(sql.to_string(), e))
     }
 
-    /// Runs one group commit: every job in its own savepoint (a lone job in
-    /// none), all sharing one capture, one record, one fdatasync and one
-    /// SQLite COMMIT. An
+    /// Runs one group commit: every job in its own savepoint, all sharing
+    /// one capture, one record, one fdatasync and one SQLite COMMIT. An
     /// `Err` is fatal for the writer.
     /// Returns the jobs that did not fit (they wait for the next batch).
     fn run_batch(&mut self, mut jobs: VecDeque<Job>) -> Result<VecDeque<Job>> {
@@ -1638,12 +1433,7 @@ impl Writer {
             // after the batch, like the others, to keep one path).
             let mut ran: Vec<(Job, Ran)> = Vec::new();
             while let Some(mut job) = jobs.pop_front() {
-                // The batch's only job needs no savepoint: the transaction
-                // is all its own.
-                let lone = ran.is_empty() && jobs.is_empty();
-                if !lone {
-                    self.internal(SAVEPOINT_BEGIN)?;
-                }
+                self.internal(&format!("SAVEPOINT {SAVEPOINT}"))?;
                 let parts_before = capture.parts.len();
                 let mut tx = Tx {
                     conn: &self.conn,
@@ -1670,19 +1460,11 @@ impl Writer {
                 let closed = if self.conn.is_autocommit() {
                     Err(())
                 } else if ok && !requeue {
-                    if lone {
-                        Ok(())
-                    } else {
-                        self.internal(SAVEPOINT_RELEASE).map_err(|_| ())
-                    }
-                } else if lone {
-                    // Undone whole, and an empty transaction goes on.
-                    self.internal("ROLLBACK")
-                        .and_then(|()| self.internal("BEGIN IMMEDIATE"))
+                    self.internal(&format!("RELEASE {SAVEPOINT}"))
                         .map_err(|_| ())
                 } else {
-                    self.internal(SAVEPOINT_UNDO)
-                        .and_then(|()| self.internal(SAVEPOINT_RELEASE))
+                    self.internal(&format!("ROLLBACK TO {SAVEPOINT}"))
+                        .and_then(|()| self.internal(&format!("RELEASE {SAVEPOINT}")))
                         .map_err(|_| ())
                 };
                 if closed.is_err() {
