@@ -115,8 +115,12 @@ struct State {
 ///
 /// It installs the connection's preupdate hook and removes it on drop.
 /// It holds raw pointers into the connection: it must be dropped before the
-/// connection is closed, by the thread that uses the connection. It is not
-/// `Sync`.
+/// connection is closed, and used only by the thread that is using the
+/// connection. Those rules are the store's to keep (`Writer` declares it
+/// before its connection and never lets it leave the writer thread), which is
+/// why this module is private to the crate. No session of the session
+/// extension may be created on the same connection: it would take the
+/// capture's state for another session's.
 #[derive(Debug)]
 pub struct Capture {
     db: *mut ffi::sqlite3,
@@ -206,7 +210,8 @@ impl Capture {
 
     /// Fails if another hook replaced this one (the closure of a
     /// transaction reached the connection's hooks): what it captured would
-    /// be incomplete.
+    /// be incomplete. (The other hook is replaced in turn; its context, if
+    /// it had one, is not freed.)
     fn check_hook(&mut self) -> Result<()> {
         let ctx = self.state.cast::<c_void>();
         // SAFETY: `db` is live; setting the same hook and context again
@@ -381,26 +386,19 @@ impl State {
         op: c_int,
         name: &str,
     ) -> std::result::Result<(), String> {
-        let Some(info) = self.info(db, name, false)? else {
+        let Some(info) = self.info(db, name)? else {
             return Ok(());
         };
         // SAFETY: inside the preupdate callback of `db`.
         let count = unsafe { ffi::sqlite3_preupdate_count(db) };
-        let info = if count != self.infos[info].total {
-            // The schema changed without `schema_changed` (it cannot
-            // through the store); read the table again once.
-            match self.info(db, name, true)? {
-                Some(i) if self.infos[i].total == count => i,
-                _ => {
-                    return Err(format!(
-                        "table {name}: the preupdate hook reports {count} columns, the schema {}",
-                        self.infos[info].total
-                    ));
-                }
-            }
-        } else {
-            info
-        };
+        if count != self.infos[info].total {
+            // The schema changed without `schema_changed`: what was kept
+            // under the old description can no longer be trusted.
+            return Err(format!(
+                "table {name} changed shape during the transaction ({} columns, now {count})",
+                self.infos[info].total
+            ));
+        }
         // SAFETY: inside the preupdate callback of `db`.
         let indirect = unsafe { ffi::sqlite3_preupdate_depth(db) } > 0;
         self.one_change(db, info, op, indirect)?;
@@ -475,15 +473,14 @@ impl State {
         Ok(())
     }
 
-    /// The description of table `name`, read on first use (or again with
-    /// `reload`). `None` for tables not captured.
+    /// The description of table `name`, read on first use. `None` for
+    /// tables not captured.
     fn info(
         &mut self,
         db: *mut ffi::sqlite3,
         name: &str,
-        reload: bool,
     ) -> std::result::Result<Option<usize>, String> {
-        if !reload && let Some(i) = self.info_by_name.get(name) {
+        if let Some(i) = self.info_by_name.get(name) {
             return Ok(*i);
         }
         let lower = name.to_ascii_lowercase();
@@ -562,20 +559,19 @@ fn read_table_info(db: *mut ffi::sqlite3, name: &str) -> std::result::Result<Tab
             });
         }
     }
-    let cols = names
-        .iter()
-        .map(|n| quote_ident(n))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // Columns qualified by an alias: a column that is gone is an error, not
+    // a string literal (SQLite reads an unknown "name" as one).
+    let col = |n: &str| format!("x.{}", quote_ident(n));
+    let cols = names.iter().map(|n| col(n)).collect::<Vec<_>>().join(", ");
     let pk_cols: Vec<String> = names
         .iter()
         .zip(&columns)
         .filter(|(_, c)| c.pk > 0)
-        .map(|(n, _)| quote_ident(n))
+        .map(|(n, _)| col(n))
         .collect();
     let params: Vec<String> = (1..=pk_cols.len()).map(|i| format!("?{i}")).collect();
     let select_sql = format!(
-        "SELECT {cols} FROM main.{} WHERE ({}) IS ({})",
+        "SELECT {cols} FROM main.{} AS x WHERE ({}) IS ({})",
         quote_ident(name),
         pk_cols.join(", "),
         params.join(", ")
@@ -613,6 +609,25 @@ fn write_table(
     out.extend_from_slice(info.name.as_bytes());
     out.push(0);
     let body = out.len();
+    let written = write_rows(db, stmt, &info.columns, rows, out);
+    // SAFETY: live statement; resetting releases its read of the table,
+    // whatever happened above.
+    unsafe { ffi::sqlite3_reset(stmt) };
+    written.map_err(err)?;
+    if out.len() == body {
+        out.truncate(start);
+    }
+    Ok(())
+}
+
+/// Appends the changes of `rows`, read back through `stmt`.
+fn write_rows(
+    db: *mut ffi::sqlite3,
+    stmt: *mut ffi::sqlite3_stmt,
+    columns: &[Column],
+    rows: &[Row],
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
     let mut new_rec = Vec::new();
     for row in rows {
         // SAFETY: `stmt` is a live statement of `db`; the key holds one
@@ -620,15 +635,11 @@ fn write_table(
         // copied by SQLite (SQLITE_TRANSIENT).
         let found = unsafe {
             ffi::sqlite3_reset(stmt);
-            bind_key(stmt, &row.key).map_err(err)?;
+            bind_key(stmt, &row.key)?;
             match ffi::sqlite3_step(stmt) {
                 ffi::SQLITE_ROW => true,
                 ffi::SQLITE_DONE => false,
-                rc => {
-                    let e = errmsg(db, rc);
-                    ffi::sqlite3_reset(stmt);
-                    return Err(err(format!("reading a row back: {e}")));
-                }
+                rc => return Err(format!("reading a row back: {}", errmsg(db, rc))),
             }
         };
         match (&row.old, found) {
@@ -636,9 +647,9 @@ fn write_table(
             (None, true) => {
                 out.push(OP_INSERT);
                 out.push(row.indirect as u8);
-                for i in 0..info.columns.len() {
+                for i in 0..columns.len() {
                     // SAFETY: a row is current; `i` < the column count.
-                    unsafe { serialize_column(stmt, i as c_int, out) }.map_err(err)?;
+                    unsafe { serialize_column(stmt, i as c_int, out) }?;
                 }
             }
             (Some(old), false) => {
@@ -648,15 +659,9 @@ fn write_table(
             }
             (Some(old), true) => {
                 // SAFETY: a row is current.
-                unsafe { append_update(stmt, &info.columns, old, row.indirect, out, &mut new_rec) }
-                    .map_err(err)?;
+                unsafe { append_update(stmt, columns, old, row.indirect, out, &mut new_rec) }?;
             }
         }
-    }
-    // SAFETY: live statement; resetting releases its read of the table.
-    unsafe { ffi::sqlite3_reset(stmt) };
-    if out.len() == body {
-        out.truncate(start);
     }
     Ok(())
 }
@@ -1096,44 +1101,63 @@ mod tests {
         "[a-d]".prop_map(|s| format!("'k{s}'"))
     }
 
-    /// One statement; many fail on purpose (constraints, no savepoint).
-    fn statement() -> impl Strategy<Value = String> {
+    /// One statement; some fail on purpose (constraints).
+    fn simple() -> impl Strategy<Value = String> {
         let conflict = prop_oneof![Just(""), Just("OR REPLACE"), Just("OR IGNORE")];
         prop_oneof![
-            (conflict.clone(), 0i64..8, int(), "[a-e]", val()).prop_map(|(c, id, a, b, v)| format!(
+            3 => (conflict.clone(), 0i64..20, int(), "[a-l]", val()).prop_map(|(c, id, a, b, v)| format!(
                 "INSERT {c} INTO t1 (id, a, b, c) VALUES ({id}, {a}, '{b}', {v})"
             )),
-            (int(), "[a-e]", 0i64..8).prop_map(|(a, b, id)| format!(
+            2 => (int(), "[a-l]", 0i64..20).prop_map(|(a, b, id)| format!(
                 "UPDATE t1 SET a = {a}, b = '{b}' WHERE id = {id}"
             )),
-            (val(), int()).prop_map(|(v, a)| format!("UPDATE t1 SET c = {v} WHERE a >= {a}")),
-            (0i64..8, 0i64..8).prop_map(|(n, o)| format!("UPDATE t1 SET id = {n} WHERE id = {o}")),
-            (0i64..8).prop_map(|id| format!("DELETE FROM t1 WHERE id = {id}")),
-            Just("DELETE FROM t1".to_string()),
-            (0i64..8).prop_map(|id| format!(
+            1 => (val(), int()).prop_map(|(v, a)| format!("UPDATE t1 SET c = {v} WHERE a >= {a}")),
+            1 => (0i64..20, 0i64..20).prop_map(|(n, o)| format!("UPDATE t1 SET id = {n} WHERE id = {o}")),
+            1 => (0i64..20).prop_map(|id| format!("DELETE FROM t1 WHERE id = {id}")),
+            1 => (0i64..20).prop_map(|id| format!("DELETE FROM t1 WHERE id > {id}")),
+            1 => (0i64..20).prop_map(|id| format!(
                 "INSERT INTO t1 (id, b) VALUES ({id}, 'x'), ({}, 'x')", id + 1
             )),
-            (key(), val(), int()).prop_map(|(k, v, n)| format!(
+            2 => (key(), val(), int()).prop_map(|(k, v, n)| format!(
                 "INSERT INTO t2 VALUES ({k}, {v}, {n}) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1"
             )),
-            (key(), key()).prop_map(|(n, o)| format!("UPDATE t2 SET k = {n} WHERE k = {o}")),
-            (conflict.clone(), 0i64..3, "[a-c]", val()).prop_map(|(c, x, y, z)| format!(
+            // Through the trigger: an indirect change of t1.
+            1 => (key(), 0i64..8).prop_map(|(k, n)| format!("UPDATE t2 SET n = {n} WHERE k = {k}")),
+            1 => (key(), key()).prop_map(|(n, o)| format!("UPDATE t2 SET k = {n} WHERE k = {o}")),
+            1 => key().prop_map(|k| format!("DELETE FROM t2 WHERE k = {k}")),
+            1 => (conflict.clone(), 0i64..3, "[a-c]", val()).prop_map(|(c, x, y, z)| format!(
                 "INSERT {c} INTO t3 VALUES ({x}, '{y}', {z})"
             )),
-            ("[a-c]", "[a-c]").prop_map(|(n, o)| format!("UPDATE t3 SET y = '{n}' WHERE y = '{o}'")),
-            (val(), 0i64..3).prop_map(|(z, x)| format!("UPDATE t3 SET z = {z} WHERE x = {x}")),
-            (0i64..3).prop_map(|x| format!("DELETE FROM t3 WHERE x = {x}")),
-            (conflict, 0i64..4, int(), val()).prop_map(|(c, id, a, d)| format!(
+            1 => ("[a-c]", "[a-c]").prop_map(|(n, o)| format!("UPDATE t3 SET y = '{n}' WHERE y = '{o}'")),
+            1 => (val(), 0i64..3).prop_map(|(z, x)| format!("UPDATE t3 SET z = {z} WHERE x = {x}")),
+            1 => (0i64..3).prop_map(|x| format!("DELETE FROM t3 WHERE x = {x}")),
+            1 => (conflict, 0i64..4, int(), val()).prop_map(|(c, id, a, d)| format!(
                 "INSERT {c} INTO t4 (id, a, d) VALUES ({id}, {a}, {d})"
             )),
-            (int(), 0i64..4).prop_map(|(a, id)| format!("UPDATE t4 SET a = {a} WHERE id = {id}")),
-            (0i64..4).prop_map(|id| format!("DELETE FROM t4 WHERE id = {id}")),
-            (0i64..6, 0i64..8, val()).prop_map(|(id, p, n)| format!(
+            1 => (int(), 0i64..4).prop_map(|(a, id)| format!("UPDATE t4 SET a = {a} WHERE id = {id}")),
+            1 => (0i64..4).prop_map(|id| format!("DELETE FROM t4 WHERE id = {id}")),
+            1 => (0i64..6, 0i64..4, val()).prop_map(|(id, p, n)| format!(
                 "INSERT OR REPLACE INTO child VALUES ({id}, {p}, {n})"
             )),
-            Just("SAVEPOINT sp".to_string()),
-            Just("ROLLBACK TO sp".to_string()),
-            Just("RELEASE sp".to_string()),
+        ]
+    }
+
+    /// A statement, or a few inside a savepoint that is rolled back or
+    /// released.
+    fn statement() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => simple(),
+            1 => (proptest::collection::vec(simple(), 1..4), any::<bool>()).prop_map(|(inner, undo)| {
+                let mut sql = String::from("SAVEPOINT sp; ");
+                for s in inner {
+                    // Each inner statement may fail alone; run them one by
+                    // one so that a failure does not skip the rest.
+                    sql.push_str(&s);
+                    sql.push_str("\u{1}");
+                }
+                sql.push_str(if undo { "ROLLBACK TO sp; RELEASE sp" } else { "RELEASE sp" });
+                sql
+            }),
         ]
     }
 
@@ -1177,7 +1201,7 @@ mod tests {
             b.execute_batch("BEGIN").unwrap();
             let session = Session::new(&a).unwrap();
             capture.start();
-            for sql in batch {
+            for sql in batch.iter().flat_map(|s| s.split('\u{1}')) {
                 let ra = a.execute_batch(sql).map_err(|e| e.to_string());
                 let rb = b.execute_batch(sql).map_err(|e| e.to_string());
                 assert_eq!(ra, rb, "{sql}");
@@ -1299,6 +1323,20 @@ mod tests {
         let cs = capture.changeset().unwrap();
         let tables: Vec<String> = changes(&cs).into_iter().map(|(t, _)| t).collect();
         assert_eq!(tables, ["t4"]);
+    }
+
+    #[test]
+    fn a_table_that_changes_shape_unannounced_fails_the_changeset() {
+        let b = open();
+        let mut capture = Capture::new(&b, &[]);
+        capture.start();
+        b.execute_batch(
+            "UPDATE t4 SET a = 5 WHERE id = 1; ALTER TABLE t4 ADD COLUMN e DEFAULT 1; \
+             UPDATE t4 SET a = 6 WHERE id = 2",
+        )
+        .unwrap();
+        let e = capture.changeset().unwrap_err().to_string();
+        assert!(e.contains("table t4 changed shape"), "{e}");
     }
 
     #[test]

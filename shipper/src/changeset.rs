@@ -2,9 +2,9 @@
 //! built with SQLITE_ENABLE_SESSION; rusqlite's `session` feature is not used
 //! because it needs libclang): iterate a changeset's changes, apply it
 //! strictly (any conflict aborts and is reported), invert it, combine
-//! changesets. `Session` captures with the extension itself; the store
-//! captures with `capture` instead, and `Session` is the reference its tests
-//! compare against.
+//! changesets. `Session` (tests only) captures with the extension itself;
+//! the store captures with `capture`, and `Session` is the reference its
+//! tests compare against.
 //!
 //! This module knows nothing of LSNs or files.
 
@@ -24,24 +24,31 @@ pub const GUARD_TABLE: &str = "_logship";
 
 /// The table the session extension special-cases (it is captured although it
 /// has no PRIMARY KEY); `Session` excludes it: statistics are per copy.
+#[cfg(test)]
 const STAT1_TABLE: &[u8] = b"sqlite_stat1";
 
 /// Longest `ConflictReport::detail`, in bytes (then cut on a char boundary).
 const DETAIL_MAX: usize = 200;
 
 /// A capture session on the `main` database of one connection, attached to
-/// every table (also tables created later) except `sqlite_stat1`.
+/// every table (also tables created later) except `sqlite_stat1`: the
+/// reference that tests compare the store's capture (`capture`) with.
+///
+/// Tests only: a session chains itself to the connection's preupdate hook
+/// and takes the previous hook's context for another session's, so one
+/// created on a connection that has a `Capture` would crash the process.
 ///
 /// It holds a raw `sqlite3_session*` that points into the connection: it is
 /// deliberately neither `Send` nor `Sync`, and it must be dropped before the
-/// connection is closed (the store creates and drops it within one savepoint,
-/// on the thread that owns the connection). Extract the changeset before the
-/// next request runs: `sqlite3session_changeset` reads the *current* rows.
+/// connection is closed. Extract the changeset before the connection changes
+/// more rows: `sqlite3session_changeset` reads the *current* rows.
+#[cfg(test)]
 #[derive(Debug)]
 pub struct Session {
     raw: *mut rusqlite::ffi::sqlite3_session,
 }
 
+#[cfg(test)]
 impl Session {
     /// # Safety contract
     /// The session must be dropped before `conn` is closed.
@@ -89,6 +96,7 @@ impl Session {
     }
 }
 
+#[cfg(test)]
 impl Drop for Session {
     fn drop(&mut self) {
         // SAFETY: `self.raw` was created by sqlite3session_create and is
@@ -98,6 +106,7 @@ impl Drop for Session {
 }
 
 /// Table filter for auto-attached tables: everything but `sqlite_stat1`.
+#[cfg(test)]
 unsafe extern "C" fn table_filter(_ctx: *mut c_void, table: *const c_char) -> c_int {
     if table.is_null() {
         return 1;

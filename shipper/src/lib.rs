@@ -9,7 +9,7 @@
 //! on disk), `store` (transactions, group commit, recovery).
 
 pub mod apply;
-pub mod capture;
+pub(crate) mod capture;
 pub mod changeset;
 pub mod error;
 pub mod format;

@@ -234,6 +234,9 @@ struct AuthState {
     /// The write connection's handle (as an address), to ask whether it is
     /// still inside the writer's transaction.
     db: std::sync::atomic::AtomicUsize,
+    /// The table a `DROP TABLE` in `Tx::ddl` is dropping (lower case): its
+    /// own rows go with it, which SQLite authorizes as a delete.
+    dropping: Mutex<Option<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -266,6 +269,10 @@ pub struct Tx<'a> {
     /// Set when a schema change failed: the request is rolled back even if
     /// its closure ignores the error (the DDL would otherwise go unlogged).
     poisoned: Option<String>,
+    /// `PRAGMA schema_version` right after this request's last schema
+    /// change: if it differs when the closure returns, a savepoint rollback
+    /// undid a logged schema change, and the request is refused.
+    schema_version: Option<i64>,
 }
 
 /// What a group commit holds besides the rows its capture saw.
@@ -321,12 +328,17 @@ impl<'a> Tx<'a> {
             self.batch.parts.push(DdlPart::Changeset(cs));
         }
         self.capture.stop();
+        *self.auth.dropping.lock().expect("auth lock") = None;
         self.auth.mode.store(MODE_DDL, Ordering::SeqCst);
         let run = self.conn.execute_batch(sql);
         self.auth.mode.store(MODE_USER, Ordering::SeqCst);
         let result = run
             .map_err(|e| self.refusal_or(format!("run {sql}"), e))
-            .and_then(|()| check_replicable(self.conn));
+            .and_then(|()| check_replicable(self.conn))
+            .and_then(|()| {
+                self.schema_version = Some(schema_version(self.conn)?);
+                Ok(())
+            });
         // Capture again either way, with the tables read afresh.
         self.capture.schema_changed();
         self.capture.start();
@@ -449,6 +461,19 @@ fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorization {
                 Some(Refusal::Ddl(format!("a write to {table_name}")));
             Authorization::Deny
         }
+        // DROP TABLE deletes the table's own rows (SQLite asks about it as
+        // a delete); the statement replays as SQL with the same effect.
+        AuthAction::DropTable { table_name } if mode == MODE_DDL => {
+            *state.dropping.lock().expect("auth lock") = Some(table_name.to_ascii_lowercase());
+            Authorization::Allow
+        }
+        AuthAction::Delete { table_name }
+            if mode == MODE_DDL
+                && state.dropping.lock().expect("auth lock").as_deref()
+                    == Some(table_name.to_ascii_lowercase().as_str()) =>
+        {
+            Authorization::Allow
+        }
         // Row changes inside a schema statement would be replayed as SQL
         // text, not as values: refused.
         AuthAction::Insert { table_name }
@@ -496,7 +521,15 @@ fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorization {
     }
 }
 
-/// Pragmas that take an argument but only read.
+/// The database's schema cookie (it changes with every schema change, and
+/// goes back with a rollback of one).
+fn schema_version(conn: &Connection) -> Result<i64> {
+    conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .map_err(|e| Error::sql("read the schema version", e))
+}
+
+/// Pragmas that take an argument but only read. (`table_xinfo` must stay:
+/// the capture reads table descriptions with it, on the write connection.)
 const READ_PRAGMAS: &[&str] = &[
     "table_info",
     "table_xinfo",
@@ -834,8 +867,12 @@ impl Store {
             counters: Counters::default(),
         });
         let (sender, receiver) = sync_channel(REQUEST_QUEUE);
-        let capture = Capture::new(&conn, &[GUARD_TABLE]);
+        // Everything that can fail comes before the capture: once it exists,
+        // it must be dropped before `conn` (the field order of `Writer`).
+        let replier =
+            Replier::start().map_err(|e| Error::io("start the replier thread", data_dir, e))?;
         let guard = IntUpdate::new(&conn, GUARD_TABLE, "lsn")?;
+        let capture = Capture::new(&conn, &[GUARD_TABLE]);
         let writer = Writer {
             capture,
             guard,
@@ -845,8 +882,7 @@ impl Store {
             opts,
             shared: shared.clone(),
             failpoint: FailPoint::from_env(),
-            replier: Replier::start()
-                .map_err(|e| Error::io("start the replier thread", data_dir, e))?,
+            replier,
             lsn: end.lsn,
             hash: end.hash,
             schema_hash: end.schema_hash,
@@ -1443,10 +1479,22 @@ impl Writer {
                     first: ran.is_empty(),
                     requeue: false,
                     poisoned: None,
+                    schema_version: None,
                 };
                 self.auth.mode.store(MODE_USER, Ordering::SeqCst);
                 let closure_ok = job.run(&mut tx);
                 self.auth.mode.store(MODE_INTERNAL, Ordering::SeqCst);
+                if let Some(v) = tx.schema_version
+                    && tx.poisoned.is_none()
+                    && !self.conn.is_autocommit()
+                    && schema_version(&self.conn)? != v
+                {
+                    tx.poisoned = Some(
+                        "a savepoint rollback undid a schema change of this transaction; \
+                         run the schema change without rolling it back"
+                            .into(),
+                    );
+                }
                 let requeue = tx.requeue;
                 let outcome = match (closure_ok, tx.poisoned.take()) {
                     (_, Some(what)) => Ran::Refused(Error::Refused { what }),

@@ -248,6 +248,14 @@ fn ddl_records_replay_onto_a_copy_seeded_before_them() {
          UPDATE m SET flags = 7 WHERE id = 3; CREATE INDEX m_box ON m (box);",
     );
     exec(&store, "DELETE FROM m WHERE id = 2");
+    // A table dropped with rows in it, in a transaction that also changes
+    // rows: its rows go with it, on the copy as on the active.
+    exec(&store, "CREATE TABLE gone (id INTEGER PRIMARY KEY, v TEXT)");
+    exec(&store, "INSERT INTO gone VALUES (1, 'a'), (2, 'b')");
+    exec(
+        &store,
+        "UPDATE m SET box = 'old' WHERE id = 1; DROP TABLE gone; INSERT INTO m VALUES (4, 'new', NULL, 1)",
+    );
     assert_hash_matches(&store);
     let end = store.state();
     drop(store);
@@ -268,6 +276,54 @@ fn ddl_records_replay_onto_a_copy_seeded_before_them() {
         .query_row("SELECT flags FROM m WHERE id = 3", [], |r| r.get(0))
         .unwrap();
     assert_eq!(flags, 7);
+    let gone: i64 = copy
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'gone'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(gone, 0);
+}
+
+#[test]
+fn a_schema_change_undone_by_a_savepoint_rollback_is_refused_and_logs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    exec(
+        &store,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER); INSERT INTO t VALUES (1, 1), (2, 2)",
+    );
+    let before = store.state();
+    // The ALTER would be logged as SQL although the database no longer has
+    // it: a copy replaying the record would gain the column.
+    let r = store.transaction(|tx| {
+        tx.execute_script(
+            "SAVEPOINT u; ALTER TABLE t ADD COLUMN e INTEGER DEFAULT 5; \
+             UPDATE t SET a = 10 WHERE id = 1; ROLLBACK TO u; RELEASE u; \
+             UPDATE t SET a = 20 WHERE id = 2",
+            |_, _, _| Ok(()),
+        )
+    });
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.contains("savepoint rollback undid a schema change"),
+        "{e}"
+    );
+    assert_eq!(store.state().lsn, before.lsn, "nothing was logged");
+    assert_eq!(count(&store, "SELECT a FROM t WHERE id = 2"), 2);
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM pragma_table_info('t')"),
+        2
+    );
+    // A savepoint rolled back before a schema change, or released, is fine.
+    exec(
+        &store,
+        "SAVEPOINT v; UPDATE t SET a = 3 WHERE id = 1; ROLLBACK TO v; RELEASE v; \
+         ALTER TABLE t ADD COLUMN f INTEGER DEFAULT 6; SAVEPOINT w; UPDATE t SET f = 7; RELEASE w",
+    );
+    assert_eq!(count(&store, "SELECT sum(f) FROM t"), 14);
+    assert_hash_matches(&store);
 }
 
 #[test]
