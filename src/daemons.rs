@@ -263,8 +263,19 @@ fn install(paths: &CopyPaths, incoming: &std::path::Path) -> Result<()> {
         for entry in std::fs::read_dir(&paths.logs)? {
             let p = entry?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(".log") || name.ends_with(shipper::share::TEMP_SUFFIX) {
-                std::fs::remove_file(&p).with_context(|| format!("clear {}", p.display()))?;
+            // Segments and their interrupted copies only: other temporary
+            // files there (the node's status on its way to its name) are
+            // another process's, and may vanish while this runs.
+            let segment = name
+                .strip_suffix(shipper::share::TEMP_SUFFIX)
+                .unwrap_or(name);
+            if segment.ends_with(".log") {
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("clear {}", p.display()));
+                    }
+                    _ => {}
+                }
             }
         }
     }

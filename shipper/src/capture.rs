@@ -1153,7 +1153,7 @@ mod tests {
                     // Each inner statement may fail alone; run them one by
                     // one so that a failure does not skip the rest.
                     sql.push_str(&s);
-                    sql.push_str("\u{1}");
+                    sql.push('\u{1}');
                 }
                 sql.push_str(if undo { "ROLLBACK TO sp; RELEASE sp" } else { "RELEASE sp" });
                 sql

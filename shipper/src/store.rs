@@ -553,24 +553,25 @@ pub fn check_replicable(conn: &Connection) -> Result<()> {
     let sql_err = |e| Error::sql("check the schema", e);
     let mut stmt = conn
         .prepare(
-            "SELECT s.name, s.sql, l.wr FROM sqlite_schema s \
+            "SELECT s.name, s.sql, l.wr, l.strict FROM sqlite_schema s \
              JOIN pragma_table_list l ON l.name = s.name AND l.schema = 'main' \
              WHERE s.type = 'table' AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
              ORDER BY s.name",
         )
         .map_err(sql_err)?;
-    let tables: Vec<(String, String, bool)> = stmt
+    let tables: Vec<(String, String, bool, bool)> = stmt
         .query_map([], |r| {
             Ok((
                 r.get(0)?,
                 r.get::<_, Option<String>>(1)?.unwrap_or_default(),
                 r.get(2)?,
+                r.get(3)?,
             ))
         })
         .map_err(sql_err)?
         .collect::<rusqlite::Result<_>>()
         .map_err(sql_err)?;
-    for (table, sql, without_rowid) in tables {
+    for (table, sql, without_rowid, strict) in tables {
         let refuse = |reason: String| Error::Unreplicable {
             table: table.clone(),
             reason,
@@ -619,8 +620,53 @@ pub fn check_replicable(conn: &Connection) -> Result<()> {
                 )));
             }
         }
+        // A key is found by its bytes in a changeset, but compared by its
+        // collation and affinity in SQLite: where two different values are
+        // one key ('a' and 'A' under NOCASE, 1 and 1.0 in an untyped
+        // column), a copy cannot apply the changes.
+        for (col, ty, _) in &pk {
+            if !rowid_alias && blob_affinity(ty) && !(strict && ty.eq_ignore_ascii_case("BLOB")) {
+                return Err(refuse(format!(
+                    "primary key column {col:?} has no type (or BLOB): 1 and 1.0 would be one \
+                     key with two spellings; declare it INTEGER, TEXT, REAL or NUMERIC (or \
+                     BLOB in a STRICT table)"
+                )));
+            }
+        }
+        let mut colls = conn
+            .prepare(
+                "SELECT x.name, x.coll FROM pragma_index_list(?1) l, pragma_index_xinfo(l.name) x \
+                 WHERE l.origin = 'pk' AND x.key = 1 AND x.cid >= 0",
+            )
+            .map_err(sql_err)?;
+        let colls: Vec<(String, String)> = colls
+            .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql_err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql_err)?;
+        if let Some((col, coll)) = colls
+            .iter()
+            .find(|(_, coll)| !coll.eq_ignore_ascii_case("BINARY"))
+        {
+            return Err(refuse(format!(
+                "primary key column {col:?} compares with COLLATE {coll}: values that differ \
+                 only by it would be one key with two spellings; use the default (BINARY) \
+                 collation for key columns"
+            )));
+        }
     }
     Ok(())
+}
+
+/// True when a column of declared type `ty` has BLOB affinity (SQLite's
+/// rules: none of INT, CHAR/CLOB/TEXT, REAL/FLOA/DOUB, and either no type
+/// or one that names BLOB).
+fn blob_affinity(ty: &str) -> bool {
+    let t = ty.to_ascii_uppercase();
+    if t.contains("INT") || ["CHAR", "CLOB", "TEXT"].iter().any(|k| t.contains(k)) {
+        return false;
+    }
+    t.trim().is_empty() || t.contains("BLOB")
 }
 
 // ---------------------------------------------------------------------------

@@ -202,6 +202,22 @@ fn unreplicable_tables_and_transaction_control_are_refused() {
             "AUTOINCREMENT",
         ),
         ("CREATE VIRTUAL TABLE v USING fts5(x)", "virtual table"),
+        (
+            "CREATE TABLE nocase (k TEXT COLLATE NOCASE PRIMARY KEY NOT NULL, v TEXT)",
+            "COLLATE NOCASE",
+        ),
+        (
+            "CREATE TABLE cw (a TEXT NOT NULL, b INT NOT NULL, PRIMARY KEY (b, a COLLATE RTRIM)) WITHOUT ROWID",
+            "COLLATE RTRIM",
+        ),
+        (
+            "CREATE TABLE untyped (k PRIMARY KEY NOT NULL, v)",
+            "has no type",
+        ),
+        (
+            "CREATE TABLE blobkey (k BLOB PRIMARY KEY NOT NULL)",
+            "has no type",
+        ),
         ("BEGIN", "the store owns the transaction"),
         ("ATTACH ':memory:' AS other", "ATTACH"),
     ] {
@@ -222,6 +238,16 @@ fn unreplicable_tables_and_transaction_control_are_refused() {
         "CREATE TABLE ok2 (a TEXT, b INT, PRIMARY KEY (b, a)) WITHOUT ROWID",
     );
     exec(&store, "CREATE TABLE ok3 (id INTEGER PRIMARY KEY, b TEXT)");
+    // Collations and untyped columns outside the key, and BLOB keys in a
+    // STRICT table (which holds only blobs there).
+    exec(
+        &store,
+        "CREATE TABLE ok4 (k TEXT PRIMARY KEY NOT NULL, v TEXT COLLATE NOCASE, w)",
+    );
+    exec(
+        &store,
+        "CREATE TABLE ok5 (k BLOB PRIMARY KEY NOT NULL, v ANY) STRICT",
+    );
 }
 
 #[test]
