@@ -1310,6 +1310,54 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// Writes `bytes` at offset 0 of t2.v in the row with rowid 1, through
+    /// SQLite's incremental blob I/O (no UPDATE statement).
+    fn blob_write(conn: &Connection, bytes: &[u8]) {
+        let mut blob: *mut ffi::sqlite3_blob = ptr::null_mut();
+        // SAFETY: a live connection; NUL-terminated names; a valid
+        // out-pointer; the blob handle is closed before returning; `bytes`
+        // is valid for its length.
+        unsafe {
+            let rc = ffi::sqlite3_blob_open(
+                conn.handle(),
+                c"main".as_ptr(),
+                c"t2".as_ptr(),
+                c"v".as_ptr(),
+                1,
+                1,
+                &mut blob,
+            );
+            assert_eq!(rc, ffi::SQLITE_OK);
+            let rc = ffi::sqlite3_blob_write(blob, bytes.as_ptr().cast(), bytes.len() as c_int, 0);
+            assert_eq!(rc, ffi::SQLITE_OK);
+            assert_eq!(ffi::sqlite3_blob_close(blob), ffi::SQLITE_OK);
+        }
+    }
+
+    #[test]
+    fn incremental_blob_writes_are_captured_as_the_session_extension_does() {
+        let a = open();
+        let b = open();
+        let c = open();
+        changeset::set_triggers_enabled(&c, false).unwrap();
+        let mut capture = Capture::new(&b, &["_logship"]);
+        a.execute_batch("BEGIN").unwrap();
+        b.execute_batch("BEGIN").unwrap();
+        let session = Session::new(&a).unwrap();
+        capture.start();
+        blob_write(&a, &[0xaa]);
+        blob_write(&b, &[0xaa]);
+        let want = session.changeset().unwrap();
+        drop(session);
+        let got = capture.changeset().unwrap();
+        a.execute_batch("COMMIT").unwrap();
+        b.execute_batch("COMMIT").unwrap();
+        assert!(!got.is_empty(), "the blob write was not captured");
+        assert_eq!(changes(&got), changes(&want));
+        changeset::apply_strict(&c, &got, ApplyOptions::default()).unwrap();
+        assert_eq!(hash::full_scan(&c).unwrap(), hash::full_scan(&b).unwrap());
+    }
+
     #[test]
     fn tables_without_a_primary_key_are_ignored() {
         let b = open();
