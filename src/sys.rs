@@ -15,16 +15,49 @@ pub fn program(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// Ports handed out here: below Linux's default ephemeral range (32768 and
+/// up), so that no outgoing connection of another process is given the port
+/// between the check and its use, as happens with a port picked by binding
+/// port 0. Processes running side by side pick at random.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A pseudo-random candidate port (no cryptographic need: spreading picks
+/// of concurrent processes is enough).
+fn candidate() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 32);
+    let mut x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ seed;
+    // splitmix64
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    PORTS.start + (x % u64::from(PORTS.end - PORTS.start)) as u16
+}
+
+fn free_port(free: impl Fn(u16) -> bool) -> std::io::Result<u16> {
+    for _ in 0..500 {
+        let port = candidate();
+        if free(port) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free loopback port in {}..{}", PORTS.start, PORTS.end),
+    ))
+}
+
 /// A TCP port free on loopback now.
 pub fn free_tcp_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    free_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// A UDP port free on loopback now (heartbeats).
 pub fn free_udp_port() -> std::io::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    free_port(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }

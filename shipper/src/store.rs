@@ -461,9 +461,17 @@ fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorization {
                 Some(Refusal::Ddl(format!("a write to {table_name}")));
             Authorization::Deny
         }
-        // DROP TABLE deletes the table's own rows (SQLite asks about it as
-        // a delete); the statement replays as SQL with the same effect.
-        AuthAction::DropTable { table_name } if mode == MODE_DDL => {
+        // DROP TABLE deletes the table's own rows, and SQLite asks about
+        // DROP VIEW the same way (as a delete); the statement replays as
+        // SQL with the same effect.
+        AuthAction::DropTable { table_name }
+        | AuthAction::DropTempTable { table_name }
+        | AuthAction::DropView {
+            view_name: table_name,
+        }
+        | AuthAction::DropTempView {
+            view_name: table_name,
+        } if mode == MODE_DDL => {
             *state.dropping.lock().expect("auth lock") = Some(table_name.to_ascii_lowercase());
             Authorization::Allow
         }

@@ -274,13 +274,15 @@ fn ddl_records_replay_onto_a_copy_seeded_before_them() {
          UPDATE m SET flags = 7 WHERE id = 3; CREATE INDEX m_box ON m (box);",
     );
     exec(&store, "DELETE FROM m WHERE id = 2");
-    // A table dropped with rows in it, in a transaction that also changes
-    // rows: its rows go with it, on the copy as on the active.
+    // A table dropped with rows in it, and a view, in a transaction that
+    // also changes rows: the rows go with the table, on the copy as on the
+    // active.
     exec(&store, "CREATE TABLE gone (id INTEGER PRIMARY KEY, v TEXT)");
     exec(&store, "INSERT INTO gone VALUES (1, 'a'), (2, 'b')");
     exec(
         &store,
-        "UPDATE m SET box = 'old' WHERE id = 1; DROP TABLE gone; INSERT INTO m VALUES (4, 'new', NULL, 1)",
+        "UPDATE m SET box = 'old' WHERE id = 1; DROP TABLE gone; CREATE VIEW mv AS SELECT id FROM m; \
+         DROP VIEW mv; INSERT INTO m VALUES (4, 'new', NULL, 1)",
     );
     assert_hash_matches(&store);
     let end = store.state();
