@@ -303,6 +303,29 @@ fn run_sqlite(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
     Ok(rate)
 }
 
+/// "; with a journal" or "; no journal" for an ext3/ext4 device, from
+/// whether the kernel runs a jbd2 journal for it (/proc/fs/jbd2/<dev>-<n>);
+/// empty for other filesystems.
+fn journal_of(fstype: &str, device: &str) -> &'static str {
+    if !matches!(fstype, "ext3" | "ext4") {
+        return "";
+    }
+    let Some(dev) = device.strip_prefix("/dev/") else {
+        return "";
+    };
+    let prefix = format!("{}-", dev.replace('/', "!"));
+    let journaled = std::fs::read_dir("/proc/fs/jbd2").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    });
+    if journaled {
+        "; with a journal"
+    } else {
+        "; no journal"
+    }
+}
+
 /// The mount that holds `path`, from /proc/self/mounts: "TYPE (DEVICE on
 /// MOUNTPOINT, OPTIONS)". Whether a filesystem journals decides what an
 /// fsync costs, so the figures are meaningless without it.
@@ -316,7 +339,14 @@ pub fn filesystem_of(path: &Path) -> Option<String> {
             (f.len() >= 4 && path.starts_with(f[1])).then(|| {
                 (
                     f[1].len(),
-                    format!("{} ({} on {}, {})", f[2], f[0], f[1], f[3]),
+                    format!(
+                        "{} ({} on {}, {}){}",
+                        f[2],
+                        f[0],
+                        f[1],
+                        f[3],
+                        journal_of(f[2], f[0])
+                    ),
                 )
             })
         })
