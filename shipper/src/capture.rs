@@ -44,6 +44,7 @@ const T_NULL: u8 = ffi::SQLITE_NULL as u8;
 /// non-hidden columns in declaration order).
 #[derive(Debug)]
 struct Column {
+    name: String,
     /// Index for `sqlite3_preupdate_old/new` (counts hidden columns too).
     cid: c_int,
     /// Position in the primary key, from 1; 0 when not part of it.
@@ -258,7 +259,6 @@ impl IntUpdate {
         // SAFETY: the live connection's handle, used for this call only.
         let db = unsafe { conn.handle() };
         let info = read_table_info(db, table).map_err(err)?;
-        let names = column_names(db, table).map_err(err)?;
         let keys: Vec<usize> = (0..info.columns.len())
             .filter(|&i| info.columns[i].pk > 0)
             .collect();
@@ -268,9 +268,10 @@ impl IntUpdate {
                 keys.len()
             )));
         };
-        let value_col = names
+        let value_col = info
+            .columns
             .iter()
-            .position(|n| n.eq_ignore_ascii_case(column))
+            .position(|c| c.name.eq_ignore_ascii_case(column))
             .ok_or_else(|| err(format!("no column {column}")))?;
         let mut header = vec![b'T'];
         put_varint(&mut header, info.columns.len() as u64);
@@ -309,32 +310,6 @@ impl IntUpdate {
             }
         }
     }
-}
-
-/// The non-hidden column names of `table`, in order.
-fn column_names(db: *mut ffi::sqlite3, table: &str) -> std::result::Result<Vec<String>, String> {
-    let stmt = RawStmt::prepare(
-        db,
-        &format!("PRAGMA main.table_xinfo({})", quote_ident(table)),
-    )?;
-    let mut names = Vec::new();
-    while stmt.step()? {
-        // SAFETY: a row is current; table_xinfo has columns 1 and 6.
-        unsafe {
-            if ffi::sqlite3_column_int(stmt.0, 6) != 0 {
-                continue;
-            }
-            let p = ffi::sqlite3_column_text(stmt.0, 1);
-            if !p.is_null() {
-                names.push(
-                    CStr::from_ptr(p.cast::<c_char>())
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    Ok(names)
 }
 
 /// The preupdate hook.
@@ -532,7 +507,6 @@ fn read_table_info(db: *mut ffi::sqlite3, name: &str) -> std::result::Result<Tab
     let sql = format!("PRAGMA main.table_xinfo({})", quote_ident(name));
     let stmt = RawStmt::prepare(db, &sql)?;
     let mut columns = Vec::new();
-    let mut names = Vec::new();
     let mut total: c_int = 0;
     while stmt.step()? {
         total += 1;
@@ -551,8 +525,8 @@ fn read_table_info(db: *mut ffi::sqlite3, name: &str) -> std::result::Result<Tab
             let col = CStr::from_ptr(p.cast::<c_char>())
                 .to_str()
                 .map_err(|_| format!("table {name}: a column name that is not UTF-8"))?;
-            names.push(col.to_string());
             columns.push(Column {
+                name: col.to_string(),
                 cid,
                 pk: u8::try_from(pk)
                     .map_err(|_| format!("table {name}: primary key of {pk} columns"))?,
@@ -562,12 +536,15 @@ fn read_table_info(db: *mut ffi::sqlite3, name: &str) -> std::result::Result<Tab
     // Columns qualified by an alias: a column that is gone is an error, not
     // a string literal (SQLite reads an unknown "name" as one).
     let col = |n: &str| format!("x.{}", quote_ident(n));
-    let cols = names.iter().map(|n| col(n)).collect::<Vec<_>>().join(", ");
-    let pk_cols: Vec<String> = names
+    let cols = columns
         .iter()
-        .zip(&columns)
-        .filter(|(_, c)| c.pk > 0)
-        .map(|(n, _)| col(n))
+        .map(|c| col(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pk_cols: Vec<String> = columns
+        .iter()
+        .filter(|c| c.pk > 0)
+        .map(|c| col(&c.name))
         .collect();
     let params: Vec<String> = (1..=pk_cols.len()).map(|i| format!("?{i}")).collect();
     let select_sql = format!(
@@ -594,11 +571,11 @@ fn write_table(
     rows: &[Row],
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let name = info.name.clone();
-    let err = |e: String| Error::Stopped(format!("building the changeset of table {name}: {e}"));
+    let err =
+        |e: String, t: &str| Error::Stopped(format!("building the changeset of table {t}: {e}"));
     if info.select.is_null() {
         info.select = RawStmt::prepare(db, &info.select_sql)
-            .map_err(err)?
+            .map_err(|e| err(e, &info.name))?
             .into_raw();
     }
     let stmt = info.select;
@@ -613,7 +590,7 @@ fn write_table(
     // SAFETY: live statement; resetting releases its read of the table,
     // whatever happened above.
     unsafe { ffi::sqlite3_reset(stmt) };
-    written.map_err(err)?;
+    written.map_err(|e| err(e, &info.name))?;
     if out.len() == body {
         out.truncate(start);
     }

@@ -8,8 +8,9 @@
 //! writer runs a batch of them in one SQLite transaction, each inside its own
 //! savepoint, with one capture of their row changes (`capture`) for the
 //! batch's one record; writes that record with one pwrite and one
-//! fdatasync, commits SQLite, and only then answers each caller. The write connection is never
-//! handed out outside a closure, so no write can bypass capture.
+//! fdatasync, commits SQLite, and only then answers each caller. The write
+//! connection is never handed out outside a closure, so no write can bypass
+//! capture.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};

@@ -441,14 +441,17 @@ fn seal_after_seals_an_idle_segment() {
     let store = Store::open(tmp.path(), opts).unwrap();
     exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY)");
     let logs = tmp.path().join(LOG_DIR);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while list_sealed(&logs).unwrap().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no segment sealed 10 s after a record with seal-after 200ms"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let wait_sealed = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while list_sealed(&logs).unwrap().len() < n {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_sealed(
+        1,
+        "no segment sealed 10 s after a record with seal-after 200ms",
+    );
     let sealed = list_sealed(&logs).unwrap();
     assert_eq!(sealed.len(), 1);
     shipper::log::SealedSegment::open(&sealed[0].1, Some(store.state().database_id)).unwrap();
@@ -456,14 +459,10 @@ fn seal_after_seals_an_idle_segment() {
     assert_eq!(store.seal().unwrap(), None);
     // The writer now sleeps with no deadline; the next record sets one.
     exec(&store, "INSERT INTO t VALUES (1)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while list_sealed(&logs).unwrap().len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "a record written after an idle spell was not sealed 10 s later"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_sealed(
+        2,
+        "a record written after an idle spell was not sealed 10 s later",
+    );
 }
 
 #[test]
