@@ -29,8 +29,12 @@ fn killing_the_active_fails_over_and_keeps_every_sealed_acknowledged_write() {
         let lsn = t.insert("alpha", id).expect("alpha takes writes");
         acked.push((id, lsn));
     }
-    // Let some of it be sealed and shipped, then kill mid-stream.
-    std::thread::sleep(Duration::from_millis(400));
+    // Let some of it be sealed (seal-after), then kill mid-stream. The
+    // current segment is renamed while a seal runs: read it again then.
+    let logs = t.data_dir("alpha").join("logs");
+    t.wait_for("a segment to be sealed", 30, || {
+        shipper::log::read_header(&logs.join("LS.log")).is_ok_and(|h| h.prev_lsn.0 > 0)
+    });
     for id in 41..=60 {
         if let Some(lsn) = t.insert("alpha", id) {
             acked.push((id, lsn));
