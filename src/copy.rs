@@ -132,6 +132,22 @@ fn shipper_now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether process `pid` of this machine exists.
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists
+    // (EPERM: it does, and belongs to another user).
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The ship loop's status in `node`'s data directory on this machine, if
+/// its daemon runs and wrote it in the last few seconds.
+fn ship_status(node: &Node) -> Option<shipper::ship::ShipStatus> {
+    let st = shipper::ship::ShipStatus::load(&node.data_dir)?;
+    let age = Duration::from_micros(shipper_now_us().saturating_sub(st.updated_us));
+    (process_alive(st.pid) && age < Duration::from_secs(5)).then_some(st)
+}
+
 /// What each node's daemon last published (`node.json`), marked offline
 /// when the daemon is gone.
 pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeStatus> {
@@ -152,11 +168,7 @@ pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeS
             serde_json::from_slice::<crate::node::NodeStatus>(&bytes).ok()
         });
         if let Some(mut st) = st {
-            // SAFETY: kill with signal 0 only checks that the process exists
-            // (EPERM: it does, and belongs to another user).
-            let alive = !is_local
-                || unsafe { libc::kill(st.pid as libc::pid_t, 0) } == 0
-                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            let alive = !is_local || process_alive(st.pid);
             let age = Duration::from_micros(now.saturating_sub(st.updated_us));
             let stale = age > (cfg.cluster.dead_after * 4).max(Duration::from_secs(5));
             if !alive || stale {
@@ -199,7 +211,12 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
         for name in cfg.nodes.keys() {
             let copy = copies.iter().find(|c| &c.node == name);
             let node = nodes.iter().find(|n| &n.node == name);
-            if copy.is_none() && node.is_none() {
+            let ship = if only.is_some_and(|o| o != name) {
+                None
+            } else {
+                ship_status(&cfg.nodes[name])
+            };
+            if copy.is_none() && node.is_none() && ship.is_none() {
                 continue;
             }
             let mut v = match copy {
@@ -213,6 +230,12 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
                         obj.insert(k.clone(), val.clone());
                     }
                 }
+            }
+            if let (Some(s), Some(obj)) = (&ship, v.as_object_mut()) {
+                obj.insert(
+                    "truncation_held".into(),
+                    serde_json::json!(s.truncation_held),
+                );
             }
             out.push(v);
         }
@@ -274,6 +297,22 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
                 println!("           warning: {w}");
             }
         }
+        println!();
+    }
+    let mut shipping = false;
+    for (name, node) in &cfg.nodes {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        if let Some(s) = ship_status(node) {
+            shipping = true;
+            match &s.truncation_held {
+                Some(why) => println!("log truncation on {name}: held back: {why}"),
+                None => println!("log truncation on {name}: running"),
+            }
+        }
+    }
+    if shipping {
         println!();
     }
     if copies.is_empty() {

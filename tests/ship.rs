@@ -7,7 +7,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::{Daemon, Pair};
 
@@ -38,6 +37,33 @@ fn inserts(from: usize, to: usize) -> String {
             )
         })
         .collect()
+}
+
+/// Waits until alpha's ship loop has run a whole turn that began after
+/// this call, and returns the status it wrote then: a check that nothing
+/// was truncated waits on the loop, not on the clock.
+fn after_a_ship_turn(p: &Pair) -> shipper::ship::ShipStatus {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let mut first: Option<u64> = None;
+    let mut last = None;
+    p.wait_for("a whole turn of the ship loop", 30, || {
+        let Some(s) = shipper::ship::ShipStatus::load(&p.data_dir("alpha")) else {
+            return false;
+        };
+        if s.updated_us <= since {
+            return false;
+        }
+        // The turn that wrote this status ended after `since`, so the next
+        // one began after it.
+        let done = first.is_some_and(|t| s.turns > t);
+        first.get_or_insert(s.turns);
+        last = Some(s);
+        done
+    });
+    last.unwrap()
 }
 
 fn lsn_of(out: &str) -> u64 {
@@ -122,10 +148,15 @@ fn seed_while_the_active_commits_then_follow_and_truncate() {
         assert!(g > replayed, "generation {g} was kept though replayed");
     }
 
-    // Suspended: nothing is truncated, even what the copy has replayed.
+    // Suspended: truncation is held back, and says why.
     p.ok("beta", &["suspend", "--reason", "maintenance"]);
     p.wait_for("the suspension to be published", 30, || {
         status(&p)["summary_copy_status"] == "Suspended"
+    });
+    let suspended = Some("copy beta is suspended (maintenance)");
+    p.wait_for("the active to hold truncation back", 30, || {
+        shipper::ship::ShipStatus::load(&p.data_dir("alpha"))
+            .is_some_and(|s| s.truncation_held.as_deref() == suspended)
     });
     std::fs::write(&file, inserts(4000, 5000)).unwrap();
     p.ok(
@@ -135,11 +166,17 @@ fn seed_while_the_active_commits_then_follow_and_truncate() {
     p.ok("alpha", &["seal"]);
     let kept = sealed(&p);
     assert!(!kept.is_empty());
-    std::thread::sleep(Duration::from_millis(1000)); // several ship ticks (200 ms each)
+    let held = after_a_ship_turn(&p);
     assert_eq!(
         sealed(&p),
         kept,
         "segments were truncated while the copy was suspended"
+    );
+    assert_eq!(held.truncation_held.as_deref(), suspended);
+    let shown = p.ok("alpha", &["status"]);
+    assert!(
+        shown.contains("log truncation on alpha: held back: copy beta is suspended (maintenance)"),
+        "{shown}"
     );
     let st = status(&p);
     assert!(st["last_log_replayed"].as_u64().unwrap() < *kept.last().unwrap());
@@ -287,7 +324,7 @@ fn a_share_of_its_own_is_published_into_and_retention_keeps_replayed_segments() 
         status(&p)["last_replayed_lsn"] == active_lsn
     });
     // Replayed, but younger than the retention: kept on both sides.
-    std::thread::sleep(Duration::from_millis(1000)); // several ship ticks (200 ms each)
+    assert_eq!(after_a_ship_turn(&p).truncation_held, None);
     assert_eq!(names_in(&logs), sealed);
     assert_eq!(names_in(&share), sealed);
 }

@@ -9,11 +9,11 @@
 //! `copy-status.json` on its own share; the active only reads it. A copy
 //! whose report cannot be read holds truncation back: when in doubt, keep.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::format;
@@ -23,6 +23,33 @@ use crate::store::Store;
 
 /// The status file a passive publishes on its share (see the replayer).
 pub const COPY_STATUS_FILE: &str = "copy-status.json";
+/// What the ship loop says about itself, in the node's data directory.
+pub const SHIP_STATUS_FILE: &str = "ship-status.json";
+
+/// The ship loop's status: written when truncation is held back or
+/// resumes, and at least once a second while the loop runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipStatus {
+    /// Turns of the loop completed since the daemon started.
+    pub turns: u64,
+    /// Why replayed sealed segments are kept; `None` while truncation runs.
+    pub truncation_held: Option<String>,
+    pub pid: u32,
+    /// When this was written, microseconds since the Unix epoch.
+    pub updated_us: u64,
+}
+
+impl ShipStatus {
+    /// The status in `data_dir`, if a ship loop ever wrote one there.
+    pub fn load(data_dir: &Path) -> Option<ShipStatus> {
+        let path = data_dir.join(SHIP_STATUS_FILE);
+        if std::fs::metadata(&path).ok()?.len() > MAX_SMALL_FILE {
+            return None;
+        }
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
 /// How often the ship loop runs.
 pub const TICK: Duration = Duration::from_millis(200);
 /// Largest status or request file read from a peer.
@@ -62,6 +89,14 @@ pub fn run(store: &Store, cfg: &ShipConfig, shutdown: &AtomicBool) -> Result<()>
         Share::Smb(_) => false,
     };
     let mut held_reason: Option<String> = None;
+    let status_path = store.paths().data_dir.join(SHIP_STATUS_FILE);
+    let mut status = ShipStatus {
+        pid: std::process::id(),
+        ..Default::default()
+    };
+    // The status as last written, and when.
+    let mut written: Option<(Option<String>, Instant)> = None;
+    let mut status_failed = false;
     let mut published: Option<crate::Generation> = None;
     // After a failed snapshot, wait before the next (each one reads the
     // whole database).
@@ -91,7 +126,7 @@ pub fn run(store: &Store, cfg: &ShipConfig, shutdown: &AtomicBool) -> Result<()>
                 if held_reason.take().is_some() {
                     tracing::info!("log truncation resumes");
                 }
-                if let Err(e) = truncate(
+                status.truncation_held = match truncate(
                     store,
                     &logs,
                     &cfg.share,
@@ -99,15 +134,37 @@ pub fn run(store: &Store, cfg: &ShipConfig, shutdown: &AtomicBool) -> Result<()>
                     limit,
                     cfg.retention,
                 ) {
-                    tracing::warn!(error = %e, "truncation failed; retrying");
-                }
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "truncation failed; retrying");
+                        Some(format!("truncation failed: {e}"))
+                    }
+                };
             }
             Err(why) => {
                 if held_reason.as_deref() != Some(why.as_str()) {
                     tracing::info!(reason = %why, "log truncation held back");
-                    held_reason = Some(why);
+                    held_reason = Some(why.clone());
                 }
+                status.truncation_held = Some(why);
             }
+        }
+        status.turns += 1;
+        let due = written.as_ref().is_none_or(|(held, at)| {
+            *held != status.truncation_held || at.elapsed() >= Duration::from_secs(1)
+        });
+        if due {
+            status.updated_us = crate::log::now_us();
+            let json = serde_json::to_vec_pretty(&status).expect("status serialises");
+            match crate::share::write_atomic(&status_path, &json) {
+                Ok(()) => status_failed = false,
+                Err(e) if !status_failed => {
+                    status_failed = true;
+                    tracing::warn!(error = %e, "cannot write the ship status");
+                }
+                Err(_) => {}
+            }
+            written = Some((status.truncation_held.clone(), Instant::now()));
         }
         let spent = started.elapsed();
         if spent < TICK {
@@ -133,7 +190,11 @@ pub fn truncation_limit(cfg: &ShipConfig, database_id: &str) -> std::result::Res
             ));
         }
         if report.suspend_comment.is_some() || report.summary_copy_status == "Suspended" {
-            return Err(format!("copy {peer} is suspended"));
+            let why = report
+                .suspend_comment
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            return Err(format!("copy {peer} is suspended{why}"));
         }
         match report.last_log_replayed {
             Some(g) => limit = limit.min(g),
