@@ -188,6 +188,10 @@ fn commit(
     if let Some(fs) = filesystem_of(&base) {
         println!("filesystem {fs}");
     }
+    match shipper::log::direct_io_block(&base)? {
+        Some(b) => println!("log writes: direct I/O in {} KiB blocks", b / 1024),
+        None => println!("log writes: through the page cache (no direct I/O here)"),
+    }
     println!(
         "{:>8} {:>14} {:>14} {:>8}",
         "writers", "store tx/s", "sqlite tx/s", "ratio"

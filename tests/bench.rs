@@ -57,3 +57,27 @@ fn bench_lag_over_smb_measures_every_sample() {
     assert!(out.contains("over 4 samples"), "{out}");
     assert!(out.contains("idle replay daemon"), "{out}");
 }
+
+#[test]
+fn bench_commit_says_how_it_writes_and_ends_with_its_ratio() {
+    let out = bench(&[
+        "commit",
+        "--seconds",
+        "0.2",
+        "--rounds",
+        "1",
+        "--writers",
+        "1,4",
+    ]);
+    last_ratio(&out);
+    assert!(out.lines().any(|l| l.starts_with("filesystem ")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("log writes: ")), "{out}");
+    for n in ["1", "4"] {
+        assert!(
+            out.lines().any(
+                |l| l.split_whitespace().next() == Some(n) && l.split_whitespace().count() == 4
+            ),
+            "no row for {n} writers: {out}"
+        );
+    }
+}

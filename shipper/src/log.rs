@@ -246,6 +246,23 @@ fn open_for_append(path: &Path) -> Result<(File, usize)> {
     }
 }
 
+/// The block size the log writer's direct writes would use in `dir`
+/// (probed with a temporary file), or `None` when it would write through the
+/// page cache there.
+pub fn direct_io_block(dir: &Path) -> Result<Option<usize>> {
+    let probe = dir.join(".direct-io-probe");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|e| Error::io("create", &probe, e))?;
+    let block = direct_alignment(&file);
+    drop(file);
+    fs::remove_file(&probe).map_err(|e| Error::io("remove", &probe, e))?;
+    Ok(block)
+}
+
 /// The block size of direct writes to `file`: `MAX_DIRECT_ALIGN` if its
 /// filesystem supports direct I/O with alignments that covers (statx,
 /// Linux 6.1 and later).
