@@ -1,9 +1,10 @@
 //! The segment files of one log directory on disk: the writer that appends
-//! frames to the current segment (`LS.log`) with direct-I/O pwrite of whole
-//! 4 KiB blocks and makes them durable with fdatasync, seals full or idle segments (trailer, fsync,
-//! rename to the generation name, directory fsync), repairs a torn tail on
-//! open, and the reader that walks every record after an LSN across sealed
-//! segments and the current one.
+//! frames to the current segment (`LS.log`) with pwrite (direct I/O in whole
+//! 4 KiB blocks where the filesystem allows it) and makes them durable with
+//! fdatasync, seals full or idle segments (trailer, fsync, rename to the
+//! generation name, directory fsync), repairs a torn tail on open, and the
+//! reader that walks every record after an LSN across sealed segments and
+//! the current one.
 //!
 //! This module knows segments and records as bytes; it does not know SQLite.
 
