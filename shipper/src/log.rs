@@ -229,22 +229,26 @@ impl std::fmt::Debug for Image {
 /// an append skips the page cache (an append plus fdatasync took about 8%
 /// less time on a virtual disk), and buffered (block 0) where it does not.
 fn open_for_append(path: &Path) -> Result<(File, usize)> {
-    let open = |flags| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(flags)
-            .open(path)
-            .map_err(|e| Error::io("open current segment", path, e))
-    };
-    let buffered = open(0)?;
-    match direct_alignment(&buffered) {
-        Some(block) => match open(libc::O_DIRECT) {
-            Ok(file) => Ok((file, block)),
-            Err(_) => Ok((buffered, 0)),
-        },
-        None => Ok((buffered, 0)),
+    let direct = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    if let Ok(file) = direct
+        && let Some(block) = direct_alignment(&file)
+    {
+        return Ok((file, block));
     }
+    Ok((open_buffered(path)?, 0))
+}
+
+/// The current segment opened for writing through the page cache.
+fn open_buffered(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open current segment", path, e))
 }
 
 /// The block size the log writer's direct writes would use in `dir`
@@ -719,11 +723,7 @@ impl LogWriter {
             // before it writes anything: write buffered from now on.
             Err(e) if b > 0 && e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(path = %self.current_path.display(), "direct I/O refused; writing through the page cache");
-                self.file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&self.current_path)
-                    .map_err(|e| Error::io("open current segment", &self.current_path, e))?;
+                self.file = open_buffered(&self.current_path)?;
                 self.direct_block = 0;
                 self.write_range(start, end, what)
             }
@@ -1033,11 +1033,7 @@ mod tests {
         /// Writes through the page cache from now on, as on a filesystem
         /// without direct I/O.
         fn force_buffered(&mut self) {
-            self.file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&self.current_path)
-                .expect("reopen the current segment");
+            self.file = open_buffered(&self.current_path).expect("reopen the current segment");
             self.direct_block = 0;
         }
     }
