@@ -26,7 +26,16 @@ fn message(leg: &str, i: usize) -> Vec<u8> {
 
 /// Sends `n` messages over `clients` connections; returns the seconds taken
 /// until every reply came back, failing on any refusal.
-fn drive(addr: &str, hello: &str, leg: &str, n: usize, clients: usize) -> Result<f64> {
+/// With `secret`, proves the cluster key as the relay does and sends each
+/// message under its delivery id, as the relay does.
+fn drive(
+    addr: &str,
+    hello: &str,
+    leg: &str,
+    n: usize,
+    clients: usize,
+    secret: Option<&dumpster::lmtp::LmtpSecret>,
+) -> Result<f64> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -35,12 +44,23 @@ fn drive(addr: &str, hello: &str, leg: &str, n: usize, clients: usize) -> Result
         let mut tasks = Vec::new();
         for c in 0..clients {
             let (addr, hello, leg) = (addr.to_string(), hello.to_string(), leg.to_string());
+            let secret = secret.cloned();
             tasks.push(tokio::spawn(async move {
-                let mut client = Client::connect_as(&addr, Duration::from_secs(10), &hello).await?;
+                let mut client = Client::connect_with(
+                    &addr,
+                    Duration::from_secs(10),
+                    &hello,
+                    secret.as_ref().map(|s| s.bytes()),
+                )
+                .await?;
                 let rcpt = ["box@example.com".to_string()];
                 for i in (c..n).step_by(clients) {
+                    let raw = message(&leg, i);
+                    let envid = secret
+                        .is_some()
+                        .then(|| dumpster::relay::delivery_id("load@example.org", &raw));
                     let (o, _) = client
-                        .send(&addr, "load@example.org", &rcpt, &message(&leg, i))
+                        .send(&addr, "load@example.org", &rcpt, envid.as_deref(), &raw)
                         .await?;
                     match o {
                         Outcome::PerRecipient(r) if r.iter().all(|r| r.code / 100 == 2) => {}
@@ -100,7 +120,7 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
 
     // 1. Through the relay, until stored.
     let started = Instant::now();
-    drive(&smtp_addr, "EHLO", "r", n, clients).context("leg 1: SMTP into the relay")?;
+    drive(&smtp_addr, "EHLO", "r", n, clients, None).context("leg 1: SMTP into the relay")?;
     procs.wait("the relay's messages in the store", 300, || {
         stored(&db) >= n
     })?;
@@ -108,14 +128,17 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
     println!("relay (SMTP, durable in its queue) -> LMTP -> store: {e2e:>8.0} msg/s end to end");
 
     // 2. Straight into our LMTP endpoint.
-    let secs = drive(&lmtp_addr, "LHLO", "l", n, clients).context("leg 2: LMTP into the node")?;
+    let key = shipper::secret::cluster_key(&dir.join("cluster.key"))?;
+    let secret = dumpster::lmtp::LmtpSecret::from_cluster_key(&key);
+    let secs = drive(&lmtp_addr, "LHLO", "l", n, clients, Some(&secret))
+        .context("leg 2: LMTP into the node")?;
     let ours = n as f64 / secs;
     println!("LMTP into the logship node (group commit):       {ours:>8.0} msg/s");
 
     // 3. Into Dovecot's LMTP (Maildir).
     let dovecot = logship::dovecot::Dovecot::start(&["box@example.com"]);
     let secs =
-        drive(&dovecot.addr(), "LHLO", "d", n, clients).context("leg 3: LMTP into Dovecot")?;
+        drive(&dovecot.addr(), "LHLO", "d", n, clients, None).context("leg 3: LMTP into Dovecot")?;
     let theirs = n as f64 / secs;
     println!("LMTP into Dovecot 2.3 (Maildir, fsync):          {theirs:>8.0} msg/s");
     if dovecot.delivered("box@example.com").len() != n {

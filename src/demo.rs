@@ -69,7 +69,7 @@ impl Demo {
                     "Message-ID: <{id}>\r\nFrom: demo@example.org\r\nTo: inbox@example.com\r\nSubject: demo message {i}\r\n\r\nHello from the logship demo ({i}).\r\n"
                 );
                 if let (Outcome::PerRecipient(r), _) = c
-                    .send(&self.smtp, "demo@example.org", &rcpt, msg.as_bytes())
+                    .send(&self.smtp, "demo@example.org", &rcpt, None, msg.as_bytes())
                     .await?
                     && r.iter().all(|r| r.code == 250)
                 {

@@ -391,7 +391,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
             peer_node: peer.clone(),
             config_hash: cfg.source_hash.clone(),
             timing,
-            key,
+            key: key.clone(),
         },
         stop.clone(),
     )
@@ -412,8 +412,16 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
             .map(|d| d.accepted_domains.clone())
             .unwrap_or_default(),
         node: name.to_string(),
+        secret: key
+            .as_deref()
+            .map(dumpster::lmtp::LmtpSecret::from_cluster_key),
         ..Default::default()
     });
+    if node.lmtp.is_some() && key.is_none() {
+        tracing::warn!(
+            "the LMTP endpoint takes mail from anyone who can reach it, past the relay and its dumpster; set [cluster] key-file (the relay then proves it holds the key)"
+        );
+    }
     if let Some(addr) = &node.lmtp {
         start_lmtp(name, addr, mail.clone())?;
     }
@@ -1749,6 +1757,12 @@ impl Daemon<'_> {
         }
         if !self.link.authenticated {
             warnings.push("heartbeats are not authenticated: set [cluster] key-file".into());
+            if self.node.lmtp.is_some() {
+                warnings.push(
+                    "the LMTP endpoint takes mail from anyone (no relay proof): set [cluster] key-file"
+                        .into(),
+                );
+            }
         }
         NodeStatus {
             node: self.name.clone(),

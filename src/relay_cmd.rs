@@ -76,6 +76,12 @@ pub fn relay_config(cfg: &Config) -> Result<RelayConfig> {
         max_age,
         max_size,
         limits: Default::default(),
+        lmtp_secret: match &cfg.cluster.key_file {
+            Some(f) => Some(dumpster::lmtp::LmtpSecret::from_cluster_key(
+                &shipper::secret::cluster_key(f)?,
+            )),
+            None => None,
+        },
         hostname: logship::config::host_name().unwrap_or_else(|| "logship-relay".into()),
     })
 }

@@ -1,6 +1,6 @@
 //! The node's LMTP endpoint with real clients (swaks, Python's smtplib,
 //! Postfix's smtp-source):
-//! per-recipient replies after DATA, duplicates dropped by (Message-ID,
+//! per-recipient replies after DATA, redeliveries dropped by (delivery id,
 //! recipient), a passive node answering 451 with the active node's
 //! address, and the mailbox rows replicated to the passive copy.
 
@@ -34,6 +34,18 @@ fn rows(t: &Trio, node: &str, sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// The CRAM-MD5 secret a relay proves to the nodes of `t` (from its
+/// cluster key), as the text an LMTP client is given as its password.
+fn lmtp_secret(t: &Trio) -> String {
+    let key = shipper::secret::cluster_key(&t.dir.path().join("cluster.key")).unwrap();
+    String::from_utf8(
+        dumpster::lmtp::LmtpSecret::from_cluster_key(&key)
+            .bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn lmtp_delivers_per_recipient_drops_duplicates_and_a_passive_names_the_active() {
     let t = Trio::with_mail("good-availability");
@@ -43,9 +55,11 @@ fn lmtp_delivers_per_recipient_drops_duplicates_and_a_passive_names_the_active()
         .rsplit_once(':')
         .map(|(h, p)| (h.to_string(), p.to_string()))
         .unwrap();
-    // Two local recipients, one foreign (refused at RCPT); pipelined.
-    let send = |id: &str| {
-        swaks(&[
+    let secret = lmtp_secret(&t);
+    // Two local recipients, one foreign (refused at RCPT); pipelined; the
+    // client proves the cluster key as the relay does (CRAM-MD5).
+    let send = |id: &str, auth: bool| {
+        let mut args = vec![
             "--protocol",
             "LMTP",
             "--server",
@@ -58,18 +72,31 @@ fn lmtp_delivers_per_recipient_drops_duplicates_and_a_passive_names_the_active()
             "--to",
             "ann@example.com,bob@example.com,eve@elsewhere.net",
             "--header",
-            &format!("Message-Id: <{id}>"),
-            "--body",
-            "hello from swaks",
-        ])
+        ];
+        let header = format!("Message-Id: <{id}>");
+        args.push(&header);
+        args.extend(["--body", "hello from swaks"]);
+        if auth {
+            args.extend([
+                "--auth",
+                "CRAM-MD5",
+                "--auth-user",
+                "relay",
+                "--auth-password",
+                &secret,
+            ]);
+        }
+        swaks(&args)
     };
-    let (ok, out) = send("m1@test");
+    // Without the proof, nothing is taken: only the relay delivers.
+    let (ok, out) = send("m0@test", false);
+    assert!(!ok && out.contains("530 5.7.0"), "{out}");
+    let (ok, out) = send("m1@test", true);
+    assert!(out.contains("235 2.7.0"), "{out}");
     assert!(out.contains("550 5.1.2"), "{out}");
-    assert!(out.contains("<ann@example.com> stored <m1@test>"), "{out}");
-    assert!(out.contains("<bob@example.com> stored <m1@test>"), "{out}");
+    assert!(out.contains("<ann@example.com> stored"), "{out}");
+    assert!(out.contains("<bob@example.com> stored"), "{out}");
     let _ = ok; // swaks exits non-zero when any recipient is refused
-    let (_, again) = send("m1@test");
-    assert!(again.contains("duplicate dropped"), "{again}");
     assert_eq!(
         rows(
             &t,
@@ -78,24 +105,36 @@ fn lmtp_delivers_per_recipient_drops_duplicates_and_a_passive_names_the_active()
         ),
         vec!["ann@example.com m1@test", "bob@example.com m1@test"]
     );
-    // Python's smtplib.LMTP, one recipient: the message is stored byte for byte.
+    // Python's smtplib.LMTP, one recipient: the message is stored byte for
+    // byte; the same delivery (ENVID) again is dropped as a duplicate, and
+    // a different message with the same Message-ID is stored.
     let script = r#"
 import smtplib, sys
 msg = b"Message-ID: <py1@test>\r\nSubject: caf\xc3\xa9\r\n\r\nline one\r\n.dot line\r\nlast\r\n"
-c = smtplib.LMTP(sys.argv[1], int(sys.argv[2]))
-refused = c.sendmail("p@example.org", ["cat@example.com"], msg)
-c.quit()
-assert refused == {}, refused
+other = b"Message-ID: <py1@test>\r\nSubject: another message, the same id\r\n\r\nbody\r\n"
+def send(m, envid):
+    c = smtplib.LMTP(sys.argv[1], int(sys.argv[2]))
+    c.ehlo_or_helo_if_needed()
+    c.login("relay", sys.argv[3])
+    c.mail("p@example.org", ["ENVID=" + envid])
+    c.rcpt("cat@example.com")
+    code, text = c.data(m)
+    c.quit()
+    return code, text.decode()
+print(send(msg, "d1"))
+print(send(msg, "d1"))
+print(send(other, "d2"))
 "#;
     let out = Command::new("python3")
-        .args(["-c", script, &host, &port])
+        .args(["-c", script, &host, &port, &secret])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 3, "{said} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(lines[0].contains("250") && lines[0].contains("stored"), "{said}");
+    assert!(lines[1].contains("duplicate dropped"), "{said}");
+    assert!(lines[2].contains("250") && lines[2].contains("stored"), "{said}");
     let conn = rusqlite::Connection::open_with_flags(
         t.data_dir("alpha").join("store.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -103,7 +142,7 @@ assert refused == {}, refused
     .unwrap();
     let raw: Vec<u8> = conn
         .query_row(
-            "SELECT raw FROM messages WHERE message_id = 'py1@test'",
+            "SELECT raw FROM messages WHERE message_id = 'py1@test' ORDER BY id LIMIT 1",
             [],
             |r| r.get(0),
         )
@@ -124,6 +163,12 @@ assert refused == {}, refused
         "ann@example.com",
         "--data",
         "Subject: no id\r\n\r\nbody\r\n",
+        "--auth",
+        "CRAM-MD5",
+        "--auth-user",
+        "relay",
+        "--auth-password",
+        &secret,
     ]);
     assert!(out.contains("550 5.6.0"), "{out}");
     // The passive answers 451 and names the active's LMTP address.
@@ -143,6 +188,12 @@ assert refused == {}, refused
         "ann@example.com",
         "--header",
         "Message-Id: <m2@test>",
+        "--auth",
+        "CRAM-MD5",
+        "--auth-user",
+        "relay",
+        "--auth-password",
+        &secret,
     ]);
     assert!(!ok);
     assert!(
@@ -154,7 +205,7 @@ assert refused == {}, refused
     );
     // Deliveries are store transactions: they reach the passive copy.
     t.wait_for("the messages on beta", 30, || {
-        rows(&t, "beta", "SELECT message_id FROM messages ORDER BY id").len() == 3
+        rows(&t, "beta", "SELECT message_id FROM messages ORDER BY id").len() == 4
     });
 }
 
@@ -524,7 +575,7 @@ fn the_relays_lmtp_client_gets_dovecots_per_recipient_replies() {
                 .unwrap();
         let rcpts = ["b@example.com", "nobody@example.com", "c@example.com"].map(String::from);
         let r = c
-            .send(&d.addr(), "s@example.org", &rcpts, raw)
+            .send(&d.addr(), "s@example.org", &rcpts, Some("d1"), raw)
             .await
             .unwrap();
         c.quit().await;

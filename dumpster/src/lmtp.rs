@@ -3,6 +3,12 @@
 //! commit) and each recipient is answered only once the message is durable.
 //! While passive, it answers 451 and names the active node's LMTP address,
 //! which the relay follows.
+//!
+//! With a cluster key, only a relay that proves it holds the key
+//! (CRAM-MD5 under `LmtpSecret`) may hand over mail: a message injected
+//! past the relay would bypass the dumpster and its redelivery. The relay's
+//! identity of each message (MAIL's ENVID) is what duplicates are dropped
+//! by; a message without one is stored as it comes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,6 +19,39 @@ use tokio::net::TcpListener;
 use crate::mailbox::{self, Outcome};
 use crate::message::message_id;
 use crate::protocol::{self, Envelope, Handler, Limits, Mode, Reply};
+
+/// The shared secret of CRAM-MD5 between the relay and a node: derived from
+/// the cluster key (HMAC-SHA256 under a fixed label, in hex), so that the
+/// key itself is never used with MD5 and never crosses the wire. Prints as
+/// `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LmtpSecret(Vec<u8>);
+
+impl LmtpSecret {
+    pub fn from_cluster_key(key: &[u8]) -> LmtpSecret {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+            .expect("HMAC takes a key of any length");
+        mac.update(b"logship lmtp cram-md5 v1");
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        LmtpSecret(hex.into_bytes())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for LmtpSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LmtpSecret(***)")
+    }
+}
 
 /// What the node tells its LMTP endpoint.
 #[derive(Debug, Default)]
@@ -25,6 +64,9 @@ pub struct NodeMail {
     pub domains: Vec<String>,
     /// This node's name, for replies.
     pub node: String,
+    /// What a relay must prove it holds (`None`: no cluster key, anyone
+    /// who reaches the port may deliver; status warns).
+    pub secret: Option<LmtpSecret>,
     /// The epoch this node is active in (0: not active), and the time from
     /// which it asks the relay to redeliver (µs; after a lossy failover).
     pub epoch: std::sync::atomic::AtomicU64,
@@ -77,6 +119,10 @@ impl Handler for Arc<NodeMail> {
         }
     }
 
+    fn auth_secret(&self) -> Option<Vec<u8>> {
+        self.secret.as_ref().map(|s| s.bytes().to_vec())
+    }
+
     fn mail(&self, _from: &str) -> Option<Reply> {
         if self.store().is_none() {
             return Some(self.passive_reply());
@@ -117,7 +163,8 @@ impl Handler for Arc<NodeMail> {
         let data = Arc::new(data);
         let mut results = Vec::with_capacity(n);
         for group in env.rcpts.chunks(per_group) {
-            match mailbox::deliver(&store, &env.from, group, &id, data.clone()).await {
+            let delivery = env.envid.as_deref();
+            match mailbox::deliver(&store, &env.from, group, &id, delivery, data.clone()).await {
                 Ok(outcomes) => results.extend(outcomes.into_iter().map(Ok)),
                 Err(e) => {
                     tracing::warn!(error = %e, message_id = %id, "delivery not stored");
@@ -130,7 +177,7 @@ impl Handler for Arc<NodeMail> {
             .into_iter()
             .zip(&env.rcpts)
             .map(|(o, r)| match o {
-                Ok(o) => self.reply(o, r, &id),
+                Ok(o) => self.reply(o, r),
                 Err(e) => Reply::new(451, [4, 3, 0], format!("not stored, try again: {e}")),
             })
             .collect()
@@ -138,18 +185,31 @@ impl Handler for Arc<NodeMail> {
 }
 
 impl NodeMail {
-    fn reply(&self, o: Outcome, r: &str, id: &str) -> Reply {
+    /// The reply for recipient `r`: never an echo of the message's own
+    /// text (its Message-ID may hold anything).
+    fn reply(&self, o: Outcome, r: &str) -> Reply {
         match o {
             Outcome::Stored => {
                 self.stored
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Reply::ok(format!("<{r}> stored <{id}>"))
+                Reply::new(250, [2, 1, 5], format!("<{r}> stored"))
             }
             Outcome::Duplicate => {
                 self.duplicates
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Reply::ok(format!("<{r}> already has <{id}>: duplicate dropped"))
+                Reply::new(
+                    250,
+                    [2, 1, 5],
+                    format!("<{r}> already has this delivery: duplicate dropped"),
+                )
             }
+            Outcome::MessageIdTaken => Reply::new(
+                550,
+                [5, 7, 0],
+                format!(
+                    "<{r}> already has another message with this Message-ID, and this mailbox database (made before deliveries had identities of their own) keeps one per Message-ID"
+                ),
+            ),
         }
     }
 }

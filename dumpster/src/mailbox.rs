@@ -11,12 +11,23 @@
 //!   received_at TEXT NOT NULL,    -- RFC 3339, UTC, milliseconds
 //!   size INTEGER NOT NULL,        -- bytes of raw
 //!   raw BLOB NOT NULL,            -- the message as delivered, CRLF line ends
-//!   UNIQUE (message_id, recipient)
+//!   delivery_id TEXT,             -- the relay's identity of the message (ENVID)
+//!   UNIQUE (delivery_id, recipient)
 //! );
 //! ```
 //!
-//! A message is stored at most once per recipient: a second delivery of
-//! the same (Message-ID, recipient) is a duplicate, acknowledged and dropped.
+//! A delivery is stored at most once per recipient: a second delivery with
+//! the same (delivery id, recipient) is a redelivery, acknowledged and
+//! dropped. The delivery id is the relay's (`relay::delivery_id`), so two
+//! different messages that share a Message-ID are both stored. A delivery
+//! without one (a client other than the relay, on a node without a cluster
+//! key) is stored as it comes.
+//!
+//! A database made before delivery ids has `UNIQUE (message_id, recipient)`
+//! instead; it gains the column and a unique index on it, and keeps its old
+//! constraint (SQLite cannot drop one without copying the table): there a
+//! second message with a Message-ID the recipient already has is refused
+//! (`Outcome::MessageIdTaken`), never dropped in silence.
 
 use std::sync::Arc;
 
@@ -25,20 +36,29 @@ use shipper::Store;
 /// The schema, created by the first active node that delivers mail.
 pub const SCHEMA: [&str; 2] = [
     "CREATE TABLE IF NOT EXISTS mailboxes (address TEXT PRIMARY KEY NOT NULL, created_at TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, recipient TEXT NOT NULL, message_id TEXT NOT NULL, sender TEXT NOT NULL, received_at TEXT NOT NULL, size INTEGER NOT NULL, raw BLOB NOT NULL, UNIQUE (message_id, recipient))",
+    "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, recipient TEXT NOT NULL, message_id TEXT NOT NULL, sender TEXT NOT NULL, received_at TEXT NOT NULL, size INTEGER NOT NULL, raw BLOB NOT NULL, delivery_id TEXT, UNIQUE (delivery_id, recipient))",
+];
+
+/// What a database made before delivery ids gains.
+const UPGRADE: [&str; 2] = [
+    "ALTER TABLE messages ADD COLUMN delivery_id TEXT",
+    "CREATE UNIQUE INDEX IF NOT EXISTS messages_delivery ON messages (delivery_id, recipient)",
 ];
 
 /// What became of one recipient's copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Stored,
-    /// Already stored (same Message-ID and recipient): dropped.
+    /// Already stored (same delivery id and recipient): dropped.
     Duplicate,
+    /// Refused: a database made before delivery ids already holds another
+    /// message with this Message-ID for this recipient.
+    MessageIdTaken,
 }
 
 /// Creates the mailbox tables if the database lacks them.
 pub fn ensure_schema(store: &Store) -> shipper::Result<()> {
-    let missing = {
+    let (missing, old) = {
         let conn = store.reader()?;
         let n: i64 = conn
             .query_row(
@@ -47,7 +67,14 @@ pub fn ensure_schema(store: &Store) -> shipper::Result<()> {
                 |r| r.get(0),
             )
             .map_err(|e| shipper::Error::sql("look for the mailbox tables", e))?;
-        n < 2
+        let has_id: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'delivery_id'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| shipper::Error::sql("look for the mailbox's delivery ids", e))?;
+        (n < 2, n == 2 && has_id == 0)
     };
     if missing {
         store.transaction(|tx| {
@@ -57,6 +84,16 @@ pub fn ensure_schema(store: &Store) -> shipper::Result<()> {
             Ok(())
         })?;
         tracing::info!("created the mailbox tables");
+    } else if old {
+        store.transaction(|tx| {
+            for sql in UPGRADE {
+                tx.ddl(sql)?;
+            }
+            Ok(())
+        })?;
+        tracing::warn!(
+            "the mailbox tables gained delivery ids; their old one-message-per-Message-ID rule stays (a second message with a Message-ID a recipient has is refused)"
+        );
     }
     Ok(())
 }
@@ -83,17 +120,19 @@ pub fn normalize_address(a: &str) -> String {
 }
 
 /// Stores `raw` for every recipient in one transaction (one log record),
-/// dropping duplicates. Acknowledged only once durable.
+/// dropping redeliveries of `delivery_id`. Acknowledged only once durable.
 pub async fn deliver(
     store: &Arc<Store>,
     sender: &str,
     recipients: &[String],
     message_id: &str,
+    delivery_id: Option<&str>,
     raw: Arc<Vec<u8>>,
 ) -> shipper::Result<Vec<Outcome>> {
     let received_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let sender = sender.to_string();
     let message_id = message_id.to_string();
+    let delivery_id = delivery_id.map(String::from);
     let recipients: Vec<String> = recipients.iter().map(|r| normalize_address(r)).collect();
     let done = store
         .transaction_async(move |tx| {
@@ -105,16 +144,31 @@ pub async fn deliver(
                     (r, &received_at),
                 )
                 .map_err(|e| shipper::Error::sql("create the mailbox", e))?;
+                if let Some(d) = &delivery_id {
+                    let had: i64 = conn
+                        .query_row(
+                            "SELECT count(*) FROM messages WHERE delivery_id = ?1 AND recipient = ?2",
+                            (d, r),
+                            |row| row.get(0),
+                        )
+                        .map_err(|e| shipper::Error::sql("look for the delivery", e))?;
+                    if had > 0 {
+                        outcomes.push(Outcome::Duplicate);
+                        continue;
+                    }
+                }
+                // Ignored only by an old database's (Message-ID, recipient)
+                // rule: the delivery itself is new.
                 let n = conn
                     .execute(
-                        "INSERT OR IGNORE INTO messages (recipient, message_id, sender, received_at, size, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        (r, &message_id, &sender, &received_at, raw.len() as i64, &raw[..]),
+                        "INSERT OR IGNORE INTO messages (recipient, message_id, sender, received_at, size, raw, delivery_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        (r, &message_id, &sender, &received_at, raw.len() as i64, &raw[..], &delivery_id),
                     )
                     .map_err(|e| shipper::Error::sql("store the message", e))?;
                 outcomes.push(if n == 1 {
                     Outcome::Stored
                 } else {
-                    Outcome::Duplicate
+                    Outcome::MessageIdTaken
                 });
             }
             Ok(outcomes)

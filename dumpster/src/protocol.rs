@@ -156,6 +156,7 @@ impl Reply {
 pub struct Envelope {
     pub from: String,
     pub rcpts: Vec<String>,
+    pub envid: Option<String>,
 }
 
 /// What the server asks of the relay or the node.
@@ -163,6 +164,9 @@ pub trait Handler: Send + Sync + 'static {
     /// Words added to the 220 greeting (a node says its epoch there).
     fn banner(&self) -> String {
         String::new()
+    }
+    fn auth_secret(&self) -> Option<Vec<u8>> {
+        None
     }
     /// `Some(reply)` refuses the sender (e.g. a passive node: 451).
     fn mail(&self, from: &str) -> Option<Reply>;
@@ -411,7 +415,7 @@ fn command<H: Handler>(
             // Written here: smtp-proto's EhloResponse greets LHLO as EHLO.
             out.extend_from_slice(
                 format!(
-                    "250-{hostname}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 SIZE {}\r\n",
+                    "250-{hostname}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 SIZE {}\r\n",
                     limits.max_message
                 )
                 .as_bytes(),
@@ -441,6 +445,7 @@ fn command<H: Handler>(
                 *env = Some(Envelope {
                     from: from.address,
                     rcpts: Vec::new(),
+                    envid: from.env_id,
                 });
                 // An active node repeats its epoch here: the client may have
                 // connected (and been greeted) just before it became active.
@@ -804,4 +809,17 @@ mod tests {
         }
         assert!(started.elapsed() >= Duration::from_millis(250));
     }
+}
+
+/// The line a client sends in answer to a CRAM-MD5 challenge (RFC 2195):
+/// base64 of `user SP hex(HMAC-MD5(secret, challenge))`.
+pub fn cram_md5_response(secret: &[u8], challenge: &str, user: &str) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<md5::Md5> as KeyInit>::new_from_slice(secret)
+        .expect("HMAC takes a key of any length");
+    mac.update(challenge.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    base64::engine::general_purpose::STANDARD.encode(format!("{user} {hex}"))
 }

@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS messages (
   attempts INTEGER NOT NULL DEFAULT 0,
   next_us INTEGER NOT NULL,
   last_error TEXT,
-  redelivery INTEGER
+  redelivery INTEGER,
+  envid TEXT,
+  strikes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queued ON messages (next_us) WHERE delivered_us IS NULL;
 CREATE INDEX IF NOT EXISTS dumpster ON messages (delivered_us) WHERE delivered_us IS NOT NULL;
@@ -48,10 +50,21 @@ CREATE TABLE IF NOT EXISTS redeliveries (
 );
 ";
 
+/// Columns added since the first layout of `messages`, added to an older
+/// database at open: (name, definition).
+const ADDED_COLUMNS: [(&str, &str); 2] = [
+    ("envid", "TEXT"),
+    ("strikes", "INTEGER NOT NULL DEFAULT 0"),
+];
+
 /// A queued message, as the delivery loop takes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Queued {
     pub id: i64,
+    /// The relay's own identity of the message, assigned at acceptance and
+    /// sent to the node as ENVID: a redelivery of this message carries the
+    /// same one, and only it is dropped as a duplicate.
+    pub envid: String,
     pub message_id: String,
     pub sender: String,
     /// Recipients not yet delivered.
@@ -59,6 +72,9 @@ pub struct Queued {
     pub raw: Vec<u8>,
     pub attempts: u32,
     pub redelivery: Option<i64>,
+    /// Consecutive attempts that failed because of this message (see
+    /// `Attempt::strike`).
+    pub strikes: u32,
 }
 
 /// The result of one delivery attempt of a message.
@@ -72,6 +88,10 @@ pub struct Attempt {
     /// Recipients newly stored, and dropped as duplicates, by the node.
     pub stored: u64,
     pub duplicates: u64,
+    /// The attempt failed in a way this message may have caused (a
+    /// malformed reply, the connection lost after its body was sent, a
+    /// panic): counted in `strikes`, which any other outcome resets.
+    pub strike: bool,
 }
 
 /// What the queue holds, for status.
@@ -123,6 +143,32 @@ impl Queue {
         )
         .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        for (name, def) in ADDED_COLUMNS {
+            let has: bool = conn
+                .query_row(
+                    "SELECT count(*) FROM pragma_table_info('messages') WHERE name = ?1",
+                    [name],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(sql)?
+                > 0;
+            if has {
+                continue;
+            }
+            conn.execute_batch(&format!("ALTER TABLE messages ADD COLUMN {name} {def}"))
+                .map_err(sql)?;
+            if name == "envid" {
+                // Messages accepted before the relay assigned identities of
+                // its own get one each now: unique and never sent before, so
+                // the node stores them (a redelivery of one delivered before
+                // the upgrade may be stored twice).
+                conn.execute(
+                    "UPDATE messages SET envid = 'legacy.' || id || '.' || lower(hex(randomblob(6)))",
+                    [],
+                )
+                .map_err(sql)?;
+            }
+        }
         Ok(Queue {
             conn: Mutex::new(conn),
         })
@@ -132,9 +178,11 @@ impl Queue {
         self.conn.lock().expect("queue lock")
     }
 
-    /// Queues a message; durable when this returns.
+    /// Queues a message under the relay's identity `envid`; durable when
+    /// this returns.
     pub fn accept(
         &self,
+        envid: &str,
         message_id: &str,
         sender: &str,
         rcpts: &[String],
@@ -144,8 +192,8 @@ impl Queue {
         let list = rcpts.join("\n");
         let c = self.conn();
         c.execute(
-            "INSERT INTO messages (message_id, sender, rcpts, pending, raw, size, accepted_us, next_us) VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?6)",
-            params![message_id, sender, list, raw, raw.len() as i64, now_us as i64],
+            "INSERT INTO messages (message_id, sender, rcpts, pending, raw, size, accepted_us, next_us, envid) VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?6, ?7)",
+            params![message_id, sender, list, raw, raw.len() as i64, now_us as i64, envid],
         )
         .map_err(sql)?;
         Ok(c.last_insert_rowid())
@@ -156,7 +204,7 @@ impl Queue {
         let c = self.conn();
         let mut st = c
             .prepare_cached(
-                "SELECT id, message_id, sender, pending, raw, attempts, redelivery FROM messages WHERE delivered_us IS NULL AND next_us <= ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, message_id, sender, pending, raw, attempts, redelivery, envid, strikes FROM messages WHERE delivered_us IS NULL AND next_us <= ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(sql)?;
         let rows = st
@@ -169,6 +217,8 @@ impl Queue {
                     raw: r.get(4)?,
                     attempts: r.get(5)?,
                     redelivery: r.get(6)?,
+                    envid: r.get(7)?,
+                    strikes: r.get(8)?,
                 })
             })
             .map_err(sql)?;
@@ -193,8 +243,8 @@ impl Queue {
         let c = self.conn();
         let delivered = a.pending.is_empty().then_some(now_us as i64);
         c.execute(
-            "UPDATE messages SET pending = ?2, delivered_us = ?3, attempts = attempts + 1, next_us = ?4, last_error = ?5 WHERE id = ?1",
-            params![m.id, a.pending.join("\n"), delivered, a.next_us as i64, a.error],
+            "UPDATE messages SET pending = ?2, delivered_us = ?3, attempts = attempts + 1, next_us = ?4, last_error = ?5, strikes = CASE WHEN ?6 THEN strikes + 1 ELSE 0 END WHERE id = ?1",
+            params![m.id, a.pending.join("\n"), delivered, a.next_us as i64, a.error, a.strike],
         )
         .map_err(sql)?;
         if let Some(r) = m.redelivery
@@ -207,6 +257,37 @@ impl Queue {
             .map_err(sql)?;
         }
         Ok(())
+    }
+
+    /// Counts a strike against queued message `id` outside an attempt (the
+    /// relay stopped while delivering it); parks it with `why` when that
+    /// makes `park_at` strikes. Returns its envid and strikes, if queued.
+    pub fn strike(
+        &self,
+        id: i64,
+        why: &str,
+        park_at: u32,
+        park_until_us: u64,
+    ) -> std::io::Result<Option<(String, u32)>> {
+        let c = self.conn();
+        let row: Option<(String, u32)> = c
+            .query_row(
+                "UPDATE messages SET strikes = strikes + 1, last_error = ?2 WHERE id = ?1 AND delivered_us IS NULL RETURNING envid, strikes",
+                params![id, why],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        if let Some((_, n)) = &row
+            && *n >= park_at
+        {
+            c.execute(
+                "UPDATE messages SET last_error = ?2, next_us = ?3 WHERE id = ?1",
+                params![id, format!("{}{why}", crate::relay::PARKED), park_until_us as i64],
+            )
+            .map_err(sql)?;
+        }
+        Ok(row)
     }
 
     /// Puts every message delivered since `since_us` back in the queue,
@@ -358,7 +439,7 @@ fn redeliver_in(
     let id = tx.last_insert_rowid();
     let delivered = tx
         .execute(
-            "UPDATE messages SET pending = rcpts, delivered_us = NULL, next_us = ?2, attempts = 0, redelivery = ?3 WHERE delivered_us IS NOT NULL AND delivered_us >= ?1",
+            "UPDATE messages SET pending = rcpts, delivered_us = NULL, next_us = ?2, attempts = 0, strikes = 0, redelivery = ?3 WHERE delivered_us IS NOT NULL AND delivered_us >= ?1",
             params![since_us as i64, now_us as i64, id],
         )
         .map_err(sql)?;
@@ -407,7 +488,7 @@ mod tests {
         let r = vec!["a@example.com".to_string()];
         // Five 100-byte messages delivered at t = 10, 20, 30, 40, 50 s.
         for i in 1..=5u64 {
-            q.accept(&format!("m{i}"), "s", &r, &[b'x'; 100], i * 10 * S)
+            q.accept(&format!("e{i}"), &format!("m{i}"), "s", &r, &[b'x'; 100], i * 10 * S)
                 .unwrap();
             deliver_all(&q, i * 10 * S);
         }
@@ -422,7 +503,7 @@ mod tests {
         assert_eq!((st.dumpster_messages, st.dumpster_bytes), (2, 200));
         assert_eq!(st.dumpster_oldest_us, Some(40 * S));
         // Queued messages are never evicted.
-        q.accept("m6", "s", &r, &[b'x'; 100], 66 * S).unwrap();
+        q.accept("e6", "m6", "s", &r, &[b'x'; 100], 66 * S).unwrap();
         assert_eq!(q.evict(10_000 * S, 1, 0, 0).unwrap(), 2);
         assert_eq!(q.stats().unwrap().queue_length, 1);
     }
@@ -433,7 +514,7 @@ mod tests {
         let q = Queue::open(&tmp.path().join("relay.db")).unwrap();
         let r = vec!["a@example.com".to_string(), "b@example.com".to_string()];
         for i in 1..=3u64 {
-            q.accept(&format!("m{i}"), "s", &r, b"x", i * S).unwrap();
+            q.accept(&format!("e{i}"), &format!("m{i}"), "s", &r, b"x", i * S).unwrap();
             deliver_all(&q, i * S);
         }
         let red = q.redeliver_since(2 * S, "test", 10 * S).unwrap();
@@ -470,7 +551,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let q = Queue::open(&tmp.path().join("relay.db")).unwrap();
         let r = vec!["a@example.com".to_string(), "b@example.com".to_string()];
-        q.accept("m1", "s", &r, b"x", S).unwrap();
+        q.accept("e1", "m1", "s", &r, b"x", S).unwrap();
         // a took it (from the active that is about to be lost), b is retried.
         let due = q.due(S, 10).unwrap();
         let partial = Attempt {

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::lmtp_client::{Client, Outcome};
+use crate::lmtp::LmtpSecret;
+use crate::lmtp_client::{Client, ClientError, Outcome, SendError};
 use crate::message::{message_id, with_message_id};
 use crate::protocol::{self, Envelope, Handler, Limits, Mode, Reply};
 use crate::queue::{Attempt, Queue, QueueStats, Queued, Redelivery};
@@ -32,6 +33,14 @@ pub const SIZE_EVICTION_FLOOR: Duration = Duration::from_secs(15 * 60);
 /// kept in the queue (parked) and tried again every `PARK_RETRY`.
 pub const PARKED: &str = "parked: ";
 pub const PARK_RETRY: Duration = Duration::from_secs(3600);
+/// A message is parked after this many attempts in a row failed because
+/// of it (`queue::Attempt::strike`), as Exchange moves a message that
+/// crashed its transport twice to the poison queue: one bad message must
+/// never hold up the rest or crash-loop the relay.
+pub const POISON_STRIKES: u32 = 3;
+/// Names the queued message being delivered, so that a relay that dies
+/// during a delivery counts a strike against it when it starts again.
+pub const INFLIGHT_FILE: &str = "relay.inflight";
 /// How often an idle relay greets the active again (see `run`).
 const IDLE_PROBE: Duration = Duration::from_secs(5);
 /// Longest wait between attempts of a queued message.
@@ -48,6 +57,9 @@ pub struct RelayConfig {
     pub max_size: u64,
     pub limits: Limits,
     pub hostname: String,
+    /// The proof a node asks of the relay (from the cluster key); `None`
+    /// without a key.
+    pub lmtp_secret: Option<LmtpSecret>,
 }
 
 /// What `relay.json` holds.
@@ -132,14 +144,14 @@ impl Handler for Arc<Smtp> {
     }
 
     async fn data(&self, env: Envelope, data: Vec<u8>) -> Vec<Reply> {
+        let now = now_us();
         let (id, raw) = match message_id(&data) {
             Some(id) => (id, data),
             None => {
                 // Time, a random id of this run and a counter: unique even
                 // across restarts and a clock stepped back.
                 let id = format!(
-                    "{}.{:x}.{}@{}",
-                    now_us(),
+                    "{now}.{:x}.{}@{}",
                     self.run,
                     self.seq.fetch_add(1, Ordering::Relaxed),
                     self.hostname
@@ -151,15 +163,19 @@ impl Handler for Arc<Smtp> {
         let queue = self.queue.clone();
         let rcpts = env.rcpts.clone();
         let from = env.from.clone();
-        let mid = id.clone();
-        let r =
-            tokio::task::spawn_blocking(move || queue.accept(&mid, &from, &rcpts, &raw, now_us()))
-                .await;
+        let r = tokio::task::spawn_blocking(move || {
+            let envid = delivery_id(&from, &raw);
+            queue
+                .accept(&envid, &id, &from, &rcpts, &raw, now)
+                .map(|_| envid)
+        })
+        .await;
         match r {
-            Ok(Ok(_)) => {
+            Ok(Ok(envid)) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
                 self.wake.wake();
-                vec![Reply::new(250, [2, 0, 0], format!("queued as <{id}>"))]
+                // Never the client's Message-ID: a reply is ours, one line.
+                vec![Reply::new(250, [2, 0, 0], format!("queued as {envid}"))]
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot queue a message");
@@ -172,6 +188,22 @@ impl Handler for Arc<Smtp> {
             Err(e) => vec![Reply::new(451, [4, 3, 0], format!("internal error: {e}"))],
         }
     }
+}
+
+/// The identity of an accepted message, which the node deduplicates on
+/// (with the recipient): SHA-256 of the envelope sender and the message as
+/// queued, in hex. Two different messages never share one, however their
+/// Message-IDs compare; the same message sent again (same sender, same
+/// bytes: a client that did not see the relay's 250) has the same one, and
+/// so has every redelivery of it from the dumpster.
+pub fn delivery_id(sender: &str, raw: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"logship delivery v1\0");
+    h.update((sender.len() as u64).to_le_bytes());
+    h.update(sender.as_bytes());
+    h.update(raw);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses a node's greeting: `... epoch=N redeliver-since=US`.
@@ -216,11 +248,20 @@ impl Deliverer {
         let mut order: Vec<String> = self.target.iter().cloned().collect();
         order.extend(self.cfg.nodes.iter().map(|(_, a)| a.clone()));
         for addr in order {
-            let c = self
-                .rt
-                .block_on(Client::connect(&addr, Duration::from_secs(2)));
-            let Ok(c) = c else {
-                continue;
+            let secret = self.cfg.lmtp_secret.as_ref().map(|s| s.bytes());
+            let c = self.rt.block_on(Client::connect_with(
+                &addr,
+                Duration::from_secs(2),
+                "LHLO",
+                secret,
+            ));
+            let c = match c {
+                Ok(c) => c,
+                Err(e @ ClientError::Auth { .. }) => {
+                    tracing::error!(error = %e, "the node does not take mail from this relay");
+                    continue;
+                }
+                Err(_) => continue,
             };
             let node = c
                 .greeting
@@ -276,23 +317,25 @@ impl Deliverer {
             .next()
             .unwrap_or("")
             .to_string();
-        let r = self
-            .rt
-            .block_on(client.send(&addr, &m.sender, &m.pending, &m.raw));
+        let r = self.rt.block_on(client.send(
+            &addr,
+            &m.sender,
+            &m.pending,
+            Some(&m.envid),
+            &m.raw,
+        ));
         let r = r.map(|(outcome, mail_text)| {
             self.learn(&node, &mail_text);
             outcome
         });
         match r {
-            Err(e) => {
+            Err(SendError { error, body_sent }) => {
                 self.client = None;
                 self.target = None;
-                Attempt {
-                    pending: m.pending.clone(),
-                    error: Some(e.to_string()),
-                    next_us: retry(m.attempts),
-                    ..Default::default()
-                }
+                // A reply that is not one, or a connection lost once the
+                // message was on its way, may be this message's doing.
+                let strike = body_sent || matches!(error, ClientError::Protocol { .. });
+                failed(m, error.to_string(), strike, now)
             }
             Ok(Outcome::Refused(reply)) => {
                 if reply.code / 100 == 4 {
@@ -373,6 +416,93 @@ impl Deliverer {
     }
 }
 
+/// The attempt that records a failure of `m`: retried with backoff, or,
+/// when it is the message's `POISON_STRIKES`th strike in a row, parked with
+/// its reason.
+fn failed(m: &Queued, error: String, strike: bool, now: u64) -> Attempt {
+    let strikes = if strike { m.strikes + 1 } else { 0 };
+    if strikes >= POISON_STRIKES {
+        tracing::error!(
+            envid = %m.envid, message_id = %m.message_id, error = %error, strikes,
+            "message parked: its deliveries keep failing in a way it may cause; tried again every hour"
+        );
+        return Attempt {
+            pending: m.pending.clone(),
+            error: Some(format!(
+                "{PARKED}{strikes} attempts in a row failed: {error}"
+            )),
+            next_us: now + PARK_RETRY.as_micros() as u64,
+            strike,
+            ..Default::default()
+        };
+    }
+    Attempt {
+        pending: m.pending.clone(),
+        error: Some(error),
+        next_us: now + backoff(m.attempts).as_micros() as u64,
+        strike,
+        ..Default::default()
+    }
+}
+
+/// The text of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// `relay.inflight`: the row id of the message being delivered (8 bytes,
+/// little-endian; 0 or a shorter file: none). Written without fsync: it
+/// matters only when the relay *process* dies, and then the page cache
+/// still has it.
+#[derive(Debug)]
+struct Inflight {
+    file: Option<std::fs::File>,
+}
+
+impl Inflight {
+    /// Opens the marker; returns the message a previous run was delivering
+    /// when it stopped, if any.
+    fn open(dir: &std::path::Path) -> (Inflight, Option<i64>) {
+        use std::io::Read;
+        let path = dir.join(INFLIGHT_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path);
+        let mut file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep the in-flight marker: a message that crashes the relay will not be parked");
+                return (Inflight { file: None }, None);
+            }
+        };
+        let mut b = [0u8; 8];
+        let was = file
+            .read_exact(&mut b)
+            .ok()
+            .map(|()| i64::from_le_bytes(b))
+            .filter(|id| *id > 0);
+        let mut me = Inflight { file: Some(file) };
+        me.set(0);
+        (me, was)
+    }
+
+    fn set(&mut self, id: i64) {
+        use std::os::unix::fs::FileExt;
+        if let Some(f) = &self.file
+            && let Err(e) = f.write_all_at(&id.to_le_bytes(), 0)
+        {
+            tracing::warn!(error = %e, "cannot write the in-flight marker");
+            self.file = None;
+        }
+    }
+}
+
 /// Runs the relay until `shutdown` is set.
 pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)?;
@@ -426,6 +556,49 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
             })?;
     }
     tracing::info!(smtp = %cfg.smtp, domains = ?cfg.accepted_domains, "relay listening");
+    let (mut inflight, was) = Inflight::open(&cfg.data_dir);
+    if let Some(id) = was {
+        let why = "the relay stopped while delivering it";
+        let until = now_us() + PARK_RETRY.as_micros() as u64;
+        match queue.strike(id, why, POISON_STRIKES, until) {
+            Ok(Some((envid, n))) => tracing::warn!(
+                envid = %envid, strikes = n,
+                "the relay stopped while delivering this message; counted against it (parked at {POISON_STRIKES})"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot count a strike against the message in flight"),
+        }
+    }
+    // The boundary of a failure: one delivery attempt (`deliver_due`
+    // catches its panic and counts it against the message); anything else
+    // that panics restarts the delivery loop. SMTP intake runs on its own
+    // thread and runtime and goes on either way.
+    loop {
+        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            deliver_loop(&cfg, &queue, &wake, &accepted, &mut inflight, shutdown)
+        }));
+        match turn {
+            Ok(r) => return r,
+            Err(p) => {
+                tracing::error!(
+                    panic = %panic_text(p.as_ref()),
+                    "the delivery loop panicked; it starts again in 1 s (SMTP intake goes on)"
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Delivers what is due until `shutdown` is set.
+fn deliver_loop(
+    cfg: &RelayConfig,
+    queue: &Arc<Queue>,
+    wake: &Wake,
+    accepted: &AtomicU64,
+    inflight: &mut Inflight,
+    shutdown: &AtomicBool,
+) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -468,8 +641,8 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
                 );
             }
             write_status(
-                &cfg,
-                &queue,
+                cfg,
+                queue,
                 d.target.clone(),
                 accepted.load(Ordering::Relaxed),
             );
@@ -505,10 +678,12 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
         probed_at = Instant::now();
         let connected = d.connect().is_some();
         for m in &due {
-            let a = d.deliver(m);
+            inflight.set(m.id);
+            let a = deliver_caught(&mut d, m);
             if let Err(e) = queue.attempted(m, &a, now_us()) {
                 tracing::error!(error = %e, "cannot record a delivery");
             }
+            inflight.set(0);
             if !connected || d.client.is_none() {
                 break;
             }
@@ -519,12 +694,27 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
         }
     }
     write_status(
-        &cfg,
-        &queue,
+        cfg,
+        queue,
         d.target.clone(),
         accepted.load(Ordering::Relaxed),
     );
     Ok(())
+}
+
+/// One delivery attempt of `m`, a panic in it caught and counted against
+/// the message (the connection, in an unknown state, is dropped).
+fn deliver_caught(d: &mut Deliverer, m: &Queued) -> Attempt {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.deliver(m))) {
+        Ok(a) => a,
+        Err(p) => {
+            d.client = None;
+            d.target = None;
+            let text = panic_text(p.as_ref());
+            tracing::error!(envid = %m.envid, panic = %text, "a delivery panicked");
+            failed(m, format!("the delivery panicked: {text}"), true, now_us())
+        }
+    }
 }
 
 fn write_status(cfg: &RelayConfig, queue: &Queue, target: Option<String>, accepted: u64) {
