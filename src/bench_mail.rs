@@ -137,8 +137,8 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
 
     // 3. Into Dovecot's LMTP (Maildir).
     let dovecot = logship::dovecot::Dovecot::start(&["box@example.com"]);
-    let secs =
-        drive(&dovecot.addr(), "LHLO", "d", n, clients, None).context("leg 3: LMTP into Dovecot")?;
+    let secs = drive(&dovecot.addr(), "LHLO", "d", n, clients, None)
+        .context("leg 3: LMTP into Dovecot")?;
     let theirs = n as f64 / secs;
     println!("LMTP into Dovecot 2.3 (Maildir, fsync):          {theirs:>8.0} msg/s");
     if dovecot.delivered("box@example.com").len() != n {

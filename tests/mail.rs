@@ -131,10 +131,21 @@ print(send(other, "d2"))
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = said.lines().collect();
-    assert_eq!(lines.len(), 3, "{said} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(lines[0].contains("250") && lines[0].contains("stored"), "{said}");
+    assert_eq!(
+        lines.len(),
+        3,
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lines[0].contains("250") && lines[0].contains("stored"),
+        "{said}"
+    );
     assert!(lines[1].contains("duplicate dropped"), "{said}");
-    assert!(lines[2].contains("250") && lines[2].contains("stored"), "{said}");
+    assert!(
+        lines[2].contains("250") && lines[2].contains("stored"),
+        "{said}"
+    );
     let conn = rusqlite::Connection::open_with_flags(
         t.data_dir("alpha").join("store.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

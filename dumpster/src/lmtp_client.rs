@@ -264,10 +264,7 @@ impl Client {
             if !c.auth_mechanisms.iter().any(|m| m == "CRAM-MD5") {
                 return Err(ClientError::Auth {
                     addr: addr.to_string(),
-                    reason: format!(
-                        "the node offers {:?}, not CRAM-MD5",
-                        c.auth_mechanisms
-                    ),
+                    reason: format!("the node offers {:?}, not CRAM-MD5", c.auth_mechanisms),
                 });
             }
             c.authenticate(addr, secret).await?;
@@ -285,13 +282,13 @@ impl Client {
             addr: addr.to_string(),
             reason,
         };
-        self.wr
-            .write_all(b"AUTH CRAM-MD5\r\n")
-            .await
-            .map_err(io)?;
+        self.wr.write_all(b"AUTH CRAM-MD5\r\n").await.map_err(io)?;
         let challenge = self.reply(addr).await?;
         if challenge.code != 334 {
-            return Err(auth(format!("AUTH answered {} {}", challenge.code, challenge.text)));
+            return Err(auth(format!(
+                "AUTH answered {} {}",
+                challenge.code, challenge.text
+            )));
         }
         use base64::Engine as _;
         let decoded = base64::engine::general_purpose::STANDARD
@@ -306,14 +303,19 @@ impl Client {
             .map_err(io)?;
         let done = self.reply(addr).await?;
         if done.code != 235 {
-            return Err(auth(format!("the node refused the proof: {} {}", done.code, done.text)));
+            return Err(auth(format!(
+                "the node refused the proof: {} {}",
+                done.code, done.text
+            )));
         }
         Ok(())
     }
 
     /// Whether the server offered `cap` (e.g. `DSN`).
     pub fn offers(&self, cap: &str) -> bool {
-        self.capabilities.iter().any(|c| c.eq_ignore_ascii_case(cap))
+        self.capabilities
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(cap))
     }
 
     /// Reads one (possibly multi-line) reply.
@@ -348,7 +350,10 @@ impl Client {
                 return Err(protocol(if raw.len() >= MAX_REPLY_LINE {
                     format!("a reply line over {MAX_REPLY_LINE} bytes")
                 } else {
-                    format!("the connection ended inside a reply line {:?}", printable(&raw))
+                    format!(
+                        "the connection ended inside a reply line {:?}",
+                        printable(&raw)
+                    )
                 }));
             };
             let body = body.strip_suffix(b"\r").unwrap_or(body);
@@ -379,7 +384,15 @@ impl Client {
         let mut mail_text = String::new();
         let mut body_sent = false;
         match self
-            .send_inner(addr, from, rcpts, envid, raw, &mut mail_text, &mut body_sent)
+            .send_inner(
+                addr,
+                from,
+                rcpts,
+                envid,
+                raw,
+                &mut mail_text,
+                &mut body_sent,
+            )
             .await
         {
             Ok(o) => Ok((o, mail_text)),
@@ -523,7 +536,10 @@ mod tests {
                 text: "PIPELINING".into()
             })
         );
-        assert_eq!(parse_line(b"354").map(|l| (l.code, l.more)), Ok((354, false)));
+        assert_eq!(
+            parse_line(b"354").map(|l| (l.code, l.more)),
+            Ok((354, false))
+        );
         // The probe's greeting: a byte that is not a digit, mid-code.
         assert!(matches!(parse_line(b"2\xff0 hello"), Err(BadLine::Code(_))));
         // A folded, non-ASCII Message-ID echoed by a server.

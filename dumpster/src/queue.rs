@@ -52,10 +52,8 @@ CREATE TABLE IF NOT EXISTS redeliveries (
 
 /// Columns added since the first layout of `messages`, added to an older
 /// database at open: (name, definition).
-const ADDED_COLUMNS: [(&str, &str); 2] = [
-    ("envid", "TEXT"),
-    ("strikes", "INTEGER NOT NULL DEFAULT 0"),
-];
+const ADDED_COLUMNS: [(&str, &str); 2] =
+    [("envid", "TEXT"), ("strikes", "INTEGER NOT NULL DEFAULT 0")];
 
 /// A queued message, as the delivery loop takes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,7 +281,11 @@ impl Queue {
         {
             c.execute(
                 "UPDATE messages SET last_error = ?2, next_us = ?3 WHERE id = ?1",
-                params![id, format!("{}{why}", crate::relay::PARKED), park_until_us as i64],
+                params![
+                    id,
+                    format!("{}{why}", crate::relay::PARKED),
+                    park_until_us as i64
+                ],
             )
             .map_err(sql)?;
         }
@@ -488,8 +490,15 @@ mod tests {
         let r = vec!["a@example.com".to_string()];
         // Five 100-byte messages delivered at t = 10, 20, 30, 40, 50 s.
         for i in 1..=5u64 {
-            q.accept(&format!("e{i}"), &format!("m{i}"), "s", &r, &[b'x'; 100], i * 10 * S)
-                .unwrap();
+            q.accept(
+                &format!("e{i}"),
+                &format!("m{i}"),
+                "s",
+                &r,
+                &[b'x'; 100],
+                i * 10 * S,
+            )
+            .unwrap();
             deliver_all(&q, i * 10 * S);
         }
         assert_eq!(q.stats().unwrap().dumpster_messages, 5);
@@ -514,7 +523,8 @@ mod tests {
         let q = Queue::open(&tmp.path().join("relay.db")).unwrap();
         let r = vec!["a@example.com".to_string(), "b@example.com".to_string()];
         for i in 1..=3u64 {
-            q.accept(&format!("e{i}"), &format!("m{i}"), "s", &r, b"x", i * S).unwrap();
+            q.accept(&format!("e{i}"), &format!("m{i}"), "s", &r, b"x", i * S)
+                .unwrap();
             deliver_all(&q, i * S);
         }
         let red = q.redeliver_since(2 * S, "test", 10 * S).unwrap();

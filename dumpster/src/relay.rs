@@ -317,13 +317,9 @@ impl Deliverer {
             .next()
             .unwrap_or("")
             .to_string();
-        let r = self.rt.block_on(client.send(
-            &addr,
-            &m.sender,
-            &m.pending,
-            Some(&m.envid),
-            &m.raw,
-        ));
+        let r = self
+            .rt
+            .block_on(client.send(&addr, &m.sender, &m.pending, Some(&m.envid), &m.raw));
         let r = r.map(|(outcome, mail_text)| {
             self.learn(&node, &mail_text);
             outcome
@@ -566,7 +562,9 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
                 "the relay stopped while delivering this message; counted against it (parked at {POISON_STRIKES})"
             ),
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "cannot count a strike against the message in flight"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot count a strike against the message in flight")
+            }
         }
     }
     // The boundary of a failure: one delivery attempt (`deliver_due`
