@@ -766,4 +766,57 @@ mod tests {
         assert_eq!(hint(&r).as_deref(), Some("127.0.0.1:2401"));
         assert!(backoff(0) < backoff(3) && backoff(30) == MAX_BACKOFF);
     }
+
+    #[test]
+    fn delivery_ids_tell_messages_apart_by_sender_and_bytes() {
+        let a = delivery_id("s@x", b"Message-ID: <m@x>\r\n\r\nbody\r\n");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, delivery_id("s@x", b"Message-ID: <m@x>\r\n\r\nbody\r\n"));
+        assert_ne!(a, delivery_id("t@x", b"Message-ID: <m@x>\r\n\r\nbody\r\n"));
+        assert_ne!(a, delivery_id("s@x", b"Message-ID: <m@x>\r\n\r\nbody!\r\n"));
+        // The sender's length is hashed: no sliding of bytes between the two.
+        assert_ne!(delivery_id("ab", b"c"), delivery_id("a", b"bc"));
+    }
+
+    #[test]
+    fn the_third_strike_in_a_row_parks_and_other_failures_reset() {
+        let m = Queued {
+            id: 1,
+            envid: "e".into(),
+            message_id: "m".into(),
+            sender: "s".into(),
+            pending: vec!["a@x".into()],
+            raw: vec![],
+            attempts: 5,
+            redelivery: None,
+            strikes: 1,
+        };
+        let a = failed(&m, "bad reply".into(), true, 0);
+        assert!(a.strike && !a.error.as_deref().unwrap().starts_with(PARKED));
+        let m2 = Queued {
+            strikes: 2,
+            ..m.clone()
+        };
+        let a = failed(&m2, "bad reply".into(), true, 0);
+        assert!(
+            a.error
+                .as_deref()
+                .unwrap()
+                .starts_with("parked: 3 attempts in a row failed")
+        );
+        assert_eq!(a.next_us, PARK_RETRY.as_micros() as u64);
+        // A node that is down is not the message's fault.
+        let a = failed(&m2, "connection refused".into(), false, 0);
+        assert!(!a.strike && !a.error.as_deref().unwrap().starts_with(PARKED));
+    }
+
+    proptest::proptest! {
+        /// Whatever a node says in its greeting or its 451, reading the
+        /// epoch, the redelivery time and the hint never panics.
+        #[test]
+        fn greetings_and_hints_are_read_from_any_text(t in ".{0,80}") {
+            let _ = greeting_fields(&t);
+            let _ = hint(&Reply::new(451, [4, 3, 2], t));
+        }
+    }
 }
