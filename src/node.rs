@@ -1922,37 +1922,65 @@ fn log_position(paths: &shipper::store::StorePaths) -> Result<(Lsn, Epoch, Gener
     }
 }
 
-/// Makes sure the copy's log directory can carry on as a store's log: when
-/// it holds no segment (a copy seeded and never sent one), it starts a log
-/// at the copy's LSN.
+/// Makes sure the copy's log directory can carry on as a store's log. A
+/// log that reaches the database's LSN carries on (the store redoes what
+/// it holds past it). A log that ends before it, or none, means the
+/// database came from a seed taken past the copy's last sealed record (in a
+/// segment the old active never sealed): its segments hold nothing the
+/// database lacks, so they go, as truncation would take them, and a log
+/// starts at the database's LSN.
 fn prepare_log(
     paths: &CopyPaths,
     state: &CopyState,
     next_generation: Generation,
     epoch: Epoch,
 ) -> Result<()> {
-    std::fs::create_dir_all(&paths.logs)?;
-    for entry in std::fs::read_dir(&paths.logs)? {
+    std::fs::create_dir_all(&paths.logs)
+        .with_context(|| format!("create {}", paths.logs.display()))?;
+    for entry in std::fs::read_dir(&paths.logs)
+        .with_context(|| format!("list {}", paths.logs.display()))?
+    {
         let p = entry?.path();
         if p.extension().is_some_and(|e| e == "part") {
             let _ = std::fs::remove_file(&p);
         }
     }
-    let has_log = !shipper::log::list_sealed(&paths.logs)?.is_empty()
-        || paths.logs.join(shipper::format::CURRENT_FILE_NAME).exists();
-    if has_log {
-        return Ok(());
-    }
     let conn = shipper::store::open_read_only(&paths.database)?;
     let (lsn, db) = shipper::apply::read_guard(&conn)?;
     let schema = shipper::hash::schema_hash(&conn)?;
     drop(conn);
+    let current = paths.logs.join(shipper::format::CURRENT_FILE_NAME);
+    let sealed = shipper::log::list_sealed(&paths.logs)?;
+    if current.exists() && shipper::log::current_has_frames(&paths.logs)? {
+        return Ok(());
+    }
+    let log_end = match sealed.last() {
+        Some((_, p)) => Some(shipper::log::read_trailer(p)?.hash_lsn),
+        None => None,
+    };
+    if log_end.is_some_and(|end| end >= lsn) {
+        return Ok(());
+    }
     let hash = state
         .replayed_hash
         .as_deref()
         .and_then(|h| u128::from_str_radix(h, 16).ok())
         .map(shipper::ContentHash)
         .context("the copy's content hash is unknown: reseed it before activating")?;
+    if let Some(end) = log_end {
+        tracing::info!(
+            log_end = end.0, database = lsn.0, segments = sealed.len(),
+            "the copy's log ends before its seeded database: its segments are dropped as truncation would drop them, and the log starts at the database's LSN"
+        );
+    }
+    for (_, p) in &sealed {
+        std::fs::remove_file(p).with_context(|| format!("remove {}", p.display()))?;
+    }
+    match std::fs::remove_file(&current) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove {}", current.display())),
+    }
     shipper::log::LogWriter::create_at(&paths.logs, db, epoch, next_generation, lsn, hash, schema)?;
     Ok(())
 }

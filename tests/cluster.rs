@@ -714,3 +714,66 @@ fn beta_with_config(t: &Trio, config: &std::path::Path) -> common::Daemon {
             .unwrap(),
     )
 }
+
+/// A copy seeded less than `seal-after` before the active dies holds a
+/// snapshot past its last sealed record (the seed was taken in the middle
+/// of a segment that never got sealed). It must still take over, at its
+/// snapshot's position, within the dead time and its drain.
+#[test]
+fn a_fresh_copy_seeded_mid_segment_takes_over_when_the_active_dies() {
+    let t = Trio::with("good-availability", "10s");
+    t.ok("alpha", &["init"]);
+    let mut alpha = t.start("alpha");
+    t.wait_for("alpha active", 30, || t.status("alpha")["role"] == "active");
+    let _beta = t.start("beta");
+    // Writes before the seed, in the segment the seed lands in.
+    t.ok(
+        "alpha",
+        &[
+            "sql",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
+        ],
+    );
+    // A sealed segment ends at the table; the rows after it go into the
+    // segment the seed lands in, which is never sealed.
+    t.ok("alpha", &["seal"]);
+    for id in 1..=5 {
+        t.insert("alpha", id).expect("alpha takes writes");
+    }
+    t.ok("beta", &["seed"]);
+    t.wait_for("beta passive on its seed", 60, || {
+        let s = t.status("beta");
+        s["role"] == "passive" && s["last_replayed_lsn"].as_u64().is_some_and(|l| l > 0)
+    });
+    let held = t.status("beta")["last_replayed_lsn"].as_u64().unwrap();
+    // Under 10 s of load after the seed: nothing more is sealed.
+    for id in 6..=30 {
+        t.insert("alpha", id).expect("alpha takes writes");
+    }
+    t.wait_for("alpha to hold beta's vote", 30, || {
+        t.status("alpha")["quorum"]["peer"] == true
+    });
+    alpha.0.kill().unwrap();
+    let killed = Instant::now();
+    alpha.0.wait().unwrap();
+    t.wait_for("beta to take writes", 30, || {
+        t.insert("beta", 1000).is_some()
+    });
+    let rto = killed.elapsed();
+    assert!(
+        rto < Duration::from_secs(5),
+        "beta took {rto:?} to take writes\n{}",
+        t.dump()
+    );
+    let st = t.status("beta");
+    assert_eq!(st["role"], "active", "{st}");
+    // Every record the copy held is there: the rows of the seed.
+    let have = t.ids("beta");
+    for id in 1..=5 {
+        assert!(
+            have.contains(&id),
+            "row {id} (in the seed at LSN {held}) is missing: {have:?}"
+        );
+    }
+    assert!(have.contains(&1000));
+}
