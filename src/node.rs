@@ -252,13 +252,28 @@ struct Moving {
     /// The store is closed and the witness vote given up.
     released: bool,
     reply: Option<Sender<Result<String, String>>>,
+    /// What the move waited for before it started, and how long.
+    waited: Option<(String, Duration)>,
 }
+
+/// A `move-cluster` request whose target is not ready yet, in a way that
+/// passes by itself (`MoveRefusal::passes_soon`): checked again each step
+/// until it passes or `MOVE_WAIT` runs out.
+struct PendingMove {
+    to: String,
+    comment: String,
+    reply: Sender<Result<String, String>>,
+    since: Instant,
+    /// The last refusal waited for.
+    waiting_for: Option<String>,
+}
+
+/// How long `move-cluster` waits for a target that will be ready soon (a
+/// copy that has just started, queues that drain) before it refuses.
+const MOVE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a planned move may take before it is called off.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
-/// `move-cluster` refuses a target whose queues are longer.
-const MOVE_MAX_COPY_QUEUE: u64 = 10;
-const MOVE_MAX_REPLAY_QUEUE: u64 = 50;
 
 struct PassiveDuty {
     shutdown: Arc<AtomicBool>,
@@ -298,6 +313,7 @@ struct Daemon<'a> {
     /// The old active's last position (from its heartbeats).
     active_position: Option<Position>,
     started: Instant,
+    pending_move: Option<PendingMove>,
     status_written: Option<(NodeStatus, Instant)>,
     moving: Option<Moving>,
     /// The position last announced, to announce progress at once during a move.
@@ -454,6 +470,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         started: Instant::now(),
         status_written: None,
         moving: None,
+        pending_move: None,
         announced: None,
         mail_logged: None,
         failovers: 0,
@@ -767,16 +784,19 @@ impl Daemon<'_> {
         }
         while let Ok(req) = self.requests.try_recv() {
             if let Op::MoveCluster { to, comment } = &req.op {
-                match self.start_move(to, comment, &peer, &wv) {
-                    Ok(()) => {
-                        if let Some(m) = self.moving.as_mut() {
-                            m.reply = Some(req.reply);
-                        }
-                    }
-                    Err(e) => {
-                        let _ = req.reply.send(Err(format!("{e:#}")));
-                    }
+                if self.pending_move.is_some() {
+                    let _ = req
+                        .reply
+                        .send(Err("another move is waiting for its target".into()));
+                    continue;
                 }
+                self.pending_move = Some(PendingMove {
+                    to: to.clone(),
+                    comment: comment.clone(),
+                    reply: req.reply,
+                    since: Instant::now(),
+                    waiting_for: None,
+                });
                 continue;
             }
             let r = self.handle(&req.op, &peer).map_err(|e| format!("{e:#}"));
@@ -785,6 +805,9 @@ impl Daemon<'_> {
         // A request may have changed the role or taken the witness vote:
         // decide on what holds now.
         let (peer, wv) = (self.link.peer(), self.wit.view());
+        if let Some(p) = self.pending_move.take() {
+            self.try_move(p, &peer, &wv);
+        }
         if self.moving.is_some() {
             return self.tick_moving(&peer);
         }
@@ -1224,6 +1247,41 @@ impl Daemon<'_> {
 
     /// Checks, as Move-ClusteredMailboxServer does, then stops intake and
     /// seals: the move goes on in `tick_moving`.
+    /// Starts the pending move `p` if its checks pass; keeps it pending
+    /// while what refuses it passes by itself and `MOVE_WAIT` lasts;
+    /// otherwise answers the refusal (saying what it waited for).
+    fn try_move(&mut self, p: PendingMove, peer: &PeerView, wv: &WitnessView) {
+        let waited = p.since.elapsed();
+        match self.start_move(&p.to, &p.comment, peer, wv) {
+            Ok(()) => {
+                if let Some(m) = self.moving.as_mut() {
+                    m.reply = Some(p.reply);
+                    m.waited = p.waiting_for.map(|w| (w, waited));
+                }
+            }
+            Err(e) => {
+                let refusal = e.downcast_ref::<witness::moves::MoveRefusal>();
+                if let Some(r) = refusal.filter(|r| r.passes_soon())
+                    && waited < MOVE_WAIT
+                {
+                    if p.waiting_for.is_none() {
+                        tracing::info!(to = %p.to, reason = %r, "move-cluster waits for its target");
+                    }
+                    self.pending_move = Some(PendingMove {
+                        waiting_for: Some(r.to_string()),
+                        ..p
+                    });
+                    return;
+                }
+                let mut text = format!("{e:#}");
+                if refusal.is_some_and(|r| r.passes_soon()) {
+                    text.push_str(&format!(" (waited {} s for it)", waited.as_secs()));
+                }
+                let _ = p.reply.send(Err(text));
+            }
+        }
+    }
+
     fn start_move(
         &mut self,
         to: &str,
@@ -1237,57 +1295,24 @@ impl Daemon<'_> {
                 self.name
             );
         };
-        if to == self.name {
-            bail!("node {to} is already active");
-        }
-        if to != self.peer {
-            bail!(
-                "node {to:?} is not this cluster's other node ({})",
-                self.peer
-            );
-        }
-        if self.moving.is_some() {
-            bail!("a move is already in progress");
-        }
-        let Some(hb) = peer
-            .last
-            .as_ref()
-            .filter(|_| peer.alive(self.timing.dead_after))
-        else {
-            bail!("node {to} is not answering heartbeats");
-        };
-        if hb.paused {
-            bail!("node {to} is paused: `logship resume-node --node {to}` first");
-        }
-        if hb.role != Role::Passive {
-            bail!("node {to} is {}, not a passive copy", hb.role.name());
-        }
-        let Some(copy) = &hb.copy else {
-            bail!("node {to} reports no copy status");
-        };
-        if copy.summary != "Healthy" {
-            bail!("the copy on {to} is {}, not Healthy", copy.summary);
-        }
-        if copy.copy_queue > MOVE_MAX_COPY_QUEUE {
-            bail!(
-                "the copy queue on {to} is {} (at most {MOVE_MAX_COPY_QUEUE})",
-                copy.copy_queue
-            );
-        }
-        if copy.replay_queue > MOVE_MAX_REPLAY_QUEUE {
-            bail!(
-                "the replay queue on {to} is {} (at most {MOVE_MAX_REPLAY_QUEUE})",
-                copy.replay_queue
-            );
-        }
-        if !wv.reachable || !wv.held {
-            bail!(
-                "the witness is not reachable: {}",
-                wv.error
+        let view = witness::moves::MoveView {
+            me: &self.name,
+            peer: &self.peer,
+            moving: self.moving.is_some(),
+            peer_heartbeat: peer
+                .last
+                .as_ref()
+                .filter(|_| peer.alive(self.timing.dead_after)),
+            witness: if wv.reachable && wv.held {
+                Ok(())
+            } else {
+                Err(wv
+                    .error
                     .clone()
-                    .unwrap_or_else(|| "this node does not hold its vote".into())
-            );
-        }
+                    .unwrap_or_else(|| "this node does not hold its vote".into()))
+            },
+        };
+        witness::moves::check(to, &view)?;
         let started = Instant::now();
         *self.serving.lock().expect("serving lock") = None;
         *self.mail.store.lock().expect("mail lock") = None;
@@ -1303,6 +1328,7 @@ impl Daemon<'_> {
             started,
             released: false,
             reply: None,
+            waited: None,
         });
         self.link.poke();
         Ok(())
@@ -1336,8 +1362,17 @@ impl Daemon<'_> {
                 serde_json::json!({"from": self.name, "to": m.to, "comment": m.comment, "lsn": m.lsn.0, "ms": ms}),
             );
             if let Some(r) = m.reply {
+                let waited = m
+                    .waited
+                    .map(|(what, d)| {
+                        format!(
+                            "it first waited {} ms for its target: {what}\n",
+                            d.as_millis()
+                        )
+                    })
+                    .unwrap_or_default();
                 let _ = r.send(Ok(format!(
-                    "moved the active role from {} to {} in {ms} ms (LSN {}, nothing lost)\n",
+                    "moved the active role from {} to {} in {ms} ms (LSN {}, nothing lost)\n{waited}",
                     self.name, m.to, m.lsn
                 )));
             }
@@ -1644,10 +1679,10 @@ impl Daemon<'_> {
         let mut hb = self.link.ours.lock().expect("ours lock");
         hb.handoff = moving;
         let changed = hb.role != self.role;
+        let copy_before = hb.copy.take();
         hb.role = self.role;
         hb.paused = self.paused().is_some();
         hb.supports = None;
-        hb.copy = None;
         match &self.duty {
             Duty::Active(a) => {
                 let st = a.store.state();
@@ -1707,6 +1742,9 @@ impl Daemon<'_> {
             }
         }
         let position = hb.position;
+        // A copy's health changing is told at once: the active's move
+        // checks read it from the last heartbeat.
+        let changed = changed || hb.copy != copy_before;
         drop(hb);
         if changed || (target && self.announced != Some(position)) {
             self.link.poke();
@@ -1937,8 +1975,8 @@ fn prepare_log(
 ) -> Result<()> {
     std::fs::create_dir_all(&paths.logs)
         .with_context(|| format!("create {}", paths.logs.display()))?;
-    for entry in std::fs::read_dir(&paths.logs)
-        .with_context(|| format!("list {}", paths.logs.display()))?
+    for entry in
+        std::fs::read_dir(&paths.logs).with_context(|| format!("list {}", paths.logs.display()))?
     {
         let p = entry?.path();
         if p.extension().is_some_and(|e| e == "part") {
@@ -1969,7 +2007,9 @@ fn prepare_log(
         .context("the copy's content hash is unknown: reseed it before activating")?;
     if let Some(end) = log_end {
         tracing::info!(
-            log_end = end.0, database = lsn.0, segments = sealed.len(),
+            log_end = end.0,
+            database = lsn.0,
+            segments = sealed.len(),
             "the copy's log ends before its seeded database: its segments are dropped as truncation would drop them, and the log starts at the database's LSN"
         );
     }

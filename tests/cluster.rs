@@ -230,6 +230,21 @@ fn the_old_active_rejoins_after_a_lossy_failover_by_rewinding_not_reseeding() {
     assert!(text.contains("'v20'") && text.contains("'v11'"), "{text}");
     let out = t.ok("alpha", &["verify-copy"]);
     assert!(out.contains("equal"), "{out}");
+    // Status and the move's checks are one view: once status shows the
+    // rejoined copy Healthy and passive, a move to it goes through.
+    t.wait_for("alpha Healthy and passive in status", 30, || {
+        let s = t.status("alpha");
+        s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
+    });
+    eprintln!(
+        "alpha: {}\nbeta peer: {}",
+        t.status("alpha"),
+        t.status("beta")["peer"]
+    );
+    moved(&t, "alpha");
+    t.wait_for("alpha active after the move", 30, || {
+        t.status("alpha")["role"] == "active"
+    });
 }
 
 fn move_cluster(t: &Trio, to: &str) -> std::process::Output {

@@ -2,7 +2,8 @@
 //! and records epochs (`witness`), the heartbeats between the two nodes
 //! (`heartbeat`), the quorum leases that decide whether a node may take
 //! writes (`quorum`), and the mount dial that decides whether a copy may be
-//! activated after an unplanned failover (`dial`).
+//! activated after an unplanned failover (`dial`), and the planned move's
+//! pre-checks (`moves`).
 //!
 //! This crate decides; the node daemon (package `logship`) acts. The
 //! protocol, its timing assumptions and its failure cases are written down
@@ -10,6 +11,7 @@
 
 pub mod dial;
 pub mod heartbeat;
+pub mod moves;
 pub mod quorum;
 pub mod witness;
 
