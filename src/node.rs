@@ -319,6 +319,7 @@ struct Daemon<'a> {
 
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
+    crate::daemons::warn_open_dirs(name, node);
     let peers: Vec<&String> = cfg.nodes.keys().filter(|n| n.as_str() != name).collect();
     let [peer] = peers.as_slice() else {
         bail!(
