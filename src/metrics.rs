@@ -558,7 +558,7 @@ mod tests {
     fn idle_connections_make_room_for_a_new_client_and_a_slow_head_times_out() {
         let limits = Limits {
             max_connections: 4,
-            head_deadline: Duration::from_millis(500),
+            head_deadline: Duration::from_secs(3),
             ..Limits::default()
         };
         let addr = start(limits);
@@ -567,11 +567,7 @@ mod tests {
         let t = Instant::now();
         let r = ask(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
         assert!(r.ends_with("up 1\n"), "{r}");
-        assert!(
-            t.elapsed() < Duration::from_millis(400),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         // An idle connection that kept its slot is answered 408 and closed
         // at the head deadline (or was dropped for a newer one: closed).
         let mut last = idle.into_iter().last().unwrap();
