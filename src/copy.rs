@@ -68,6 +68,7 @@ pub fn replay(
     poll: std::time::Duration,
 ) -> Result<ExitCode> {
     crate::daemons::refuse_under_node(name, node)?;
+    crate::daemons::warn_open_dirs(name, node);
     let (source_name, source) = source_node(cfg, name, from)?;
     if !node.data_dir.join(shipper::store::DATABASE_FILE).exists() {
         bail!(

@@ -26,6 +26,7 @@ pub fn refuse_under_node(name: &str, node: &Node) -> Result<()> {
 
 pub fn ship(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     refuse_under_node(name, node)?;
+    warn_open_dirs(name, node);
     let share = share_of(name, node, cfg)?;
     let mut peers = Vec::new();
     for (peer, n) in &cfg.nodes {
@@ -70,6 +71,16 @@ fn random_id() -> String {
     shipper::DatabaseId::random()
         .map(|d| d.to_string())
         .unwrap_or_else(|_| format!("{}", std::process::id()))
+}
+
+/// A WARN for a node's data directory (or its log directory) open to its
+/// group or others.
+pub fn warn_open_dirs(name: &str, node: &Node) {
+    let logs = node.data_dir.join(shipper::store::LOG_DIR);
+    logship::private::warn_if_open(
+        &format!("node {name}'s data directory"),
+        &[node.data_dir.as_path(), logs.as_path()],
+    );
 }
 
 pub fn seed(

@@ -29,6 +29,18 @@ impl Dovecot {
         for d in ["run", "state", "log", "home"] {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
+        // Dovecot delivers as `vmail`, which must reach the Maildirs: these
+        // directories are open whatever the umask (logship runs under 077).
+        for d in [
+            r.to_path_buf(),
+            r.join("run"),
+            r.join("state"),
+            r.join("log"),
+            r.join("home"),
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let has_vmail = Command::new(program("id"))
             .arg("vmail")
             .output()
@@ -62,6 +74,12 @@ impl Dovecot {
             ));
         }
         std::fs::write(r.join("users"), passwd).unwrap();
+        // Read by Dovecot's unprivileged auth process.
+        std::fs::set_permissions(
+            r.join("users"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
         let port = crate::sys::free_tcp_port().unwrap();
         let conf = r.join("dovecot.conf");
         std::fs::write(
@@ -101,10 +119,13 @@ service lmtp {{
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: prctl only sets a flag of the child; it is async-signal-safe.
+        // SAFETY: prctl and umask only set attributes of the child; both are
+        // async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // Dovecot as it runs as a system service, not under logship's 077.
+                libc::umask(0o022);
                 Ok(())
             });
         }

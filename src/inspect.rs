@@ -153,31 +153,10 @@ pub fn dump(path: &Path, changes: bool) -> Result<ExitCode> {
         offset: e.offset,
         reason: e.reason,
     })?;
-    let h = &scan.header;
     println!("file           {}", path.display());
-    println!("database       {}", h.database_id);
-    println!(
-        "generation     {} ({})",
-        h.generation,
-        format::segment_file_name(h.generation)
-    );
-    println!("epoch          {}", h.epoch);
-    println!("created        {}", fmt_time(h.created_us));
-    println!("prev checksum  {:08x}", h.prev_checksum);
-    println!("prev lsn       {}", h.prev_lsn);
-    println!("base hash      {} at lsn {}", h.base_hash, h.hash_lsn);
-    println!("schema hash    {}", h.schema_hash);
+    print!("{}", describe_segment(&scan.header, scan.trailer.as_ref()));
     match &scan.trailer {
-        Some(t) => {
-            println!("state          sealed {}", fmt_time(t.sealed_us));
-            println!(
-                "records        {} (ending at offset {})",
-                t.record_count, t.records_end
-            );
-            println!("last lsn       {}", t.last_lsn);
-            println!("hash           {} at lsn {}", t.hash, t.hash_lsn);
-            println!("checksum       {:08x}", t.segment_checksum);
-        }
+        Some(_) => {}
         None => {
             println!("state          current (not sealed)");
             println!(
@@ -216,11 +195,7 @@ pub fn dump(path: &Path, changes: bool) -> Result<ExitCode> {
                 continue;
             }
         };
-        println!(
-            "           time {} hash {}",
-            fmt_time(rec.time_us),
-            rec.hash
-        );
+        println!("{}", describe_record(&rec));
         match &rec.body {
             Body::Changeset(cs) => {
                 if changes {
@@ -255,7 +230,158 @@ fn print_changes(cs: &[u8]) {
     }
 }
 
+/// What `dump` shows of a segment's header and, when sealed, its trailer.
+fn describe_segment(h: &SegmentHeader, trailer: Option<&Trailer>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "database       {}", h.database_id);
+    let _ = writeln!(
+        out,
+        "generation     {} ({})",
+        h.generation,
+        format::segment_file_name(h.generation)
+    );
+    let _ = writeln!(out, "epoch          {}", h.epoch);
+    let _ = writeln!(out, "created        {}", fmt_time(h.created_us));
+    let _ = writeln!(out, "prev checksum  {:08x}", h.prev_checksum);
+    let _ = writeln!(out, "prev lsn       {}", h.prev_lsn);
+    let _ = writeln!(out, "base hash      {} at lsn {}", h.base_hash, h.hash_lsn);
+    let _ = writeln!(out, "schema hash    {}", h.schema_hash);
+    if let Some(t) = trailer {
+        let _ = writeln!(out, "state          sealed {}", fmt_time(t.sealed_us));
+        let _ = writeln!(
+            out,
+            "records        {} (ending at offset {})",
+            t.record_count, t.records_end
+        );
+        let _ = writeln!(out, "last lsn       {}", t.last_lsn);
+        let _ = writeln!(out, "hash           {} at lsn {}", t.hash, t.hash_lsn);
+        let _ = writeln!(out, "checksum       {:08x}", t.segment_checksum);
+    }
+    out
+}
+
+/// The line `dump` shows for a decoded record.
+fn describe_record(rec: &format::Record) -> String {
+    format!(
+        "           time {} hash {}",
+        fmt_time(rec.time_us),
+        rec.hash
+    )
+}
+
+/// The last instant RFC 3339 can write (9999-12-31T23:59:59.999999Z), in
+/// microseconds since the Unix epoch.
+const MAX_RFC3339_US: u64 = 253_402_300_799_999_999;
+
+/// A time field (microseconds since the Unix epoch) for people: RFC 3339,
+/// or the raw number where no date can show it. Total: the fields come from
+/// files and may hold anything the checksums accept.
 fn fmt_time(us: u64) -> String {
+    if us > MAX_RFC3339_US {
+        return format!("{us} µs since the Unix epoch (out of range: after year 9999)");
+    }
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
     humantime::format_rfc3339_micros(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use shipper::{ContentHash, DatabaseId, Epoch, Lsn, SchemaHash};
+
+    #[test]
+    fn times_past_year_9999_show_their_number() {
+        assert_eq!(fmt_time(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(fmt_time(MAX_RFC3339_US), "9999-12-31T23:59:59.999999Z");
+        assert_eq!(
+            fmt_time(MAX_RFC3339_US + 1),
+            "253402300800000000 µs since the Unix epoch (out of range: after year 9999)"
+        );
+        assert!(fmt_time(u64::MAX).starts_with("18446744073709551615 µs"));
+    }
+
+    fn header() -> impl Strategy<Value = SegmentHeader> {
+        (
+            any::<[u8; 16]>(),
+            any::<(u64, u64, u64, u32)>(),
+            any::<(u64, u64, u128, u128)>(),
+        )
+            .prop_map(
+                |(id, (epoch, generation, created_us, prev_checksum), (prev, hl, bh, sh))| {
+                    SegmentHeader {
+                        database_id: DatabaseId(id),
+                        epoch: Epoch(epoch),
+                        generation: Generation(generation),
+                        created_us,
+                        prev_checksum,
+                        prev_lsn: Lsn(prev),
+                        hash_lsn: Lsn(hl),
+                        base_hash: ContentHash(bh),
+                        schema_hash: SchemaHash(sh),
+                    }
+                },
+            )
+    }
+
+    fn trailer() -> impl Strategy<Value = Option<Trailer>> {
+        proptest::option::of(
+            (any::<(u32, u32, u64, u64)>(), any::<(u128, u64, u32)>()).prop_map(
+                |((record_count, records_end, last, hl), (hash, sealed_us, segment_checksum))| {
+                    Trailer {
+                        record_count,
+                        records_end,
+                        last_lsn: Lsn(last),
+                        hash_lsn: Lsn(hl),
+                        hash: ContentHash(hash),
+                        sealed_us,
+                        segment_checksum,
+                    }
+                },
+            ),
+        )
+    }
+
+    /// Times near the edges of what a date can show, and anything else.
+    fn time() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            any::<u64>(),
+            (MAX_RFC3339_US - 2_000_000)..=(MAX_RFC3339_US + 2_000_000),
+            (u64::MAX - 1000)..=u64::MAX,
+            0u64..1000,
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn dump_formats_any_field_values_without_panicking(
+            mut h in header(),
+            mut t in trailer(),
+            created in time(),
+            sealed in time(),
+            record_time in time(),
+            record_hash in any::<u128>(),
+        ) {
+            h.created_us = created;
+            if let Some(t) = t.as_mut() {
+                t.sealed_us = sealed;
+            }
+            let text = describe_segment(&h, t.as_ref());
+            let want = format!("created        {}", fmt_time(created));
+            prop_assert!(text.contains(&want), "{}", text);
+            if created > MAX_RFC3339_US {
+                prop_assert!(text.contains(&format!("created        {created} µs")), "{}", text);
+            }
+            let rec = format::Record {
+                time_us: record_time,
+                hash: ContentHash(record_hash),
+                body: format::Body::Changeset(Vec::new()),
+            };
+            let line = describe_record(&rec);
+            prop_assert!(line.contains(&fmt_time(record_time)), "{}", line);
+        }
+    }
 }

@@ -295,6 +295,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First of all: files a daemon creates are private to its user
+    // (ARCHITECTURE.md, "private files").
+    logship::private::restrict_umask();
     // Die quietly on a closed pipe (`logship dump F | head`), as Unix tools do.
     // SAFETY: setting a signal disposition to its default before any thread starts.
     unsafe {

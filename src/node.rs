@@ -163,10 +163,17 @@ fn witness_thread(
     shutdown: Arc<AtomicBool>,
 ) {
     let mut history_at: Option<Instant> = None;
+    let mut reported = WitnessReport::default();
     while !shutdown.load(Ordering::Relaxed) {
         let want = shared.want.load(Ordering::SeqCst);
         let started = Instant::now();
-        let mut error = None;
+        let mut error = match w.share() {
+            shipper::share::Share::Dir(p) if !p.is_dir() => Some(format!(
+                "the witness directory {} does not exist (or is not a directory)",
+                p.display()
+            )),
+            _ => None,
+        };
         if want {
             if w.holds() {
                 match w.confirm() {
@@ -177,7 +184,7 @@ fn witness_thread(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "lost the witness lock");
-                        error = Some(e.to_string());
+                        error = error.or(Some(e.to_string()));
                     }
                 }
             } else {
@@ -190,7 +197,7 @@ fn witness_thread(
                         v.reachable = true;
                     }
                     Ok(false) => {}
-                    Err(e) => error = Some(e.to_string()),
+                    Err(e) => error = error.or(Some(e.to_string())),
                 }
             }
         } else if w.holds() {
@@ -206,6 +213,7 @@ fn witness_thread(
                 Err(e) => error = error.or(Some(e.to_string())),
             }
         }
+        reported.note(&w.share().display(), error.as_deref());
         {
             let mut v = shared.view.lock().expect("witness view");
             v.held = w.holds();
@@ -224,6 +232,31 @@ fn witness_thread(
         let spent = started.elapsed();
         if spent < every {
             shared.sleep(every - spent);
+        }
+    }
+}
+
+/// What the log last said of the witness: an ERROR when it cannot be
+/// reached (at start, on every change to unreachable, on a new reason at
+/// most every 30 s), an INFO when it can be again.
+#[derive(Default)]
+struct WitnessReport {
+    error: Option<(String, Instant)>,
+}
+
+impl WitnessReport {
+    fn note(&mut self, witness: &str, error: Option<&str>) {
+        match (error, &self.error) {
+            (Some(e), Some((last, at))) if e == last || at.elapsed() < Duration::from_secs(30) => {}
+            (Some(e), _) => {
+                tracing::error!(%witness, error = %e, "the witness cannot be reached: this node has no witness vote");
+                self.error = Some((e.to_string(), Instant::now()));
+            }
+            (None, Some(_)) => {
+                tracing::info!(%witness, "the witness can be reached again");
+                self.error = None;
+            }
+            (None, None) => {}
         }
     }
 }
@@ -335,6 +368,7 @@ struct Daemon<'a> {
 
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
+    crate::daemons::warn_open_dirs(name, node);
     let peers: Vec<&String> = cfg.nodes.keys().filter(|n| n.as_str() != name).collect();
     let [peer] = peers.as_slice() else {
         bail!(

@@ -90,6 +90,7 @@ pub fn run(cfg: &Config) -> Result<ExitCode> {
     let rc = relay_config(cfg)?;
     std::fs::create_dir_all(&rc.data_dir)
         .with_context(|| format!("create {}", rc.data_dir.display()))?;
+    logship::private::warn_if_open("the relay's data directory", &[rc.data_dir.as_path()]);
     let _lock =
         shipper::store::lock_file(&rc.data_dir.join("relay.lock"), &rc.data_dir).map_err(|e| {
             match e {

@@ -280,3 +280,77 @@ fn the_examples_parse_and_their_samba_sections_are_what_share_config_prints() {
         );
     }
 }
+
+/// A sealed segment whose times (created, sealed, a record's) are past year
+/// 9999: every checksum is valid, so `verify` accepts it, and `dump` shows
+/// the raw numbers instead of failing.
+#[test]
+fn dump_shows_times_past_year_9999_as_numbers() {
+    use shipper::format::{
+        self, Body, Fragment, Record, SEGMENT_SIZE, SegmentHeader, TRAILER_OFFSET, Trailer,
+    };
+    use shipper::{ContentHash, DatabaseId, Epoch, Generation, Lsn, SchemaHash};
+
+    let dir = tempfile::tempdir().unwrap();
+    let header = SegmentHeader {
+        database_id: DatabaseId(*b"forged-far-times"),
+        epoch: Epoch(2),
+        generation: Generation(1),
+        created_us: u64::MAX,
+        prev_checksum: 0,
+        prev_lsn: Lsn(0),
+        hash_lsn: Lsn(0),
+        base_hash: ContentHash(0),
+        schema_hash: SchemaHash(0),
+    };
+    let record = Record {
+        time_us: 253_402_300_800_000_000, // 10000-01-01T00:00:00Z
+        hash: ContentHash(7),
+        body: Body::Changeset(Vec::new()),
+    };
+    let mut seg = header.encode().to_vec();
+    let mut payload = Vec::new();
+    record.encode(&mut payload);
+    format::encode_frame(record.kind(), Fragment::Whole, Lsn(1), &payload, &mut seg);
+    let records_end = seg.len() as u32;
+    seg.resize(TRAILER_OFFSET, 0);
+    let trailer = Trailer {
+        record_count: 1,
+        records_end,
+        last_lsn: Lsn(1),
+        hash_lsn: Lsn(1),
+        hash: record.hash,
+        sealed_us: u64::MAX - 1,
+        segment_checksum: crc32fast::hash(&seg),
+    };
+    seg.extend_from_slice(&trailer.encode());
+    assert_eq!(seg.len(), SEGMENT_SIZE);
+    let path = dir.path().join(format::segment_file_name(Generation(1)));
+    std::fs::write(&path, &seg).unwrap();
+    let p = path.to_str().unwrap();
+
+    let out = logship(&["verify", p]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = logship(&["dump", p]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout
+            .contains("created        18446744073709551615 µs since the Unix epoch (out of range"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("state          sealed 18446744073709551614 µs"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("time 253402300800000000 µs since the Unix epoch (out of range"),
+        "{stdout}"
+    );
+}

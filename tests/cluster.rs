@@ -792,3 +792,33 @@ fn a_fresh_copy_seeded_mid_segment_takes_over_when_the_active_dies() {
     }
     assert!(have.contains(&1000));
 }
+
+/// A witness path that does not exist: the node daemon says so in its log
+/// (an ERROR naming the path, once, not at every retry) and in `logship
+/// status`, and says when the witness can be reached again.
+#[test]
+fn a_missing_witness_directory_is_named_in_the_log_and_in_status() {
+    let t = Trio::new("good-availability");
+    let w = t.dir.path().join("witness");
+    std::fs::remove_dir(&w).unwrap();
+    t.ok("alpha", &["init"]);
+    let _alpha = t.start("alpha");
+    let log = || std::fs::read_to_string(t.dir.path().join("alpha.log")).unwrap_or_default();
+    let shown = w.display().to_string();
+    let named = |l: &str| l.contains("ERROR") && l.contains(&shown) && l.contains("does not exist");
+    t.wait_for("an ERROR naming the missing witness", 30, || {
+        log().lines().any(named)
+    });
+    t.wait_for("logship status to name it", 30, || {
+        let out = t.ok("alpha", &["status"]);
+        out.contains(&shown) && out.contains("does not exist")
+    });
+    assert_eq!(log().lines().filter(|l| named(l)).count(), 1, "{}", log());
+    std::fs::create_dir(&w).unwrap();
+    t.wait_for("the witness reachable again, in the log", 30, || {
+        log().contains("the witness can be reached again")
+    });
+    t.wait_for("alpha active with the witness's vote", 30, || {
+        t.status("alpha")["role"] == "active"
+    });
+}

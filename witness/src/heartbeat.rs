@@ -11,8 +11,12 @@
 //! replayed genuine heartbeat is ignored: each carries a random id of its
 //! sender's run and a sequence number, and only a newer number of the
 //! current run, or a run never seen before, counts.
+//!
+//! A refused datagram is logged at most once per [`WARN_EVERY`] for each kind
+//! of refusal and sender, with the count of those not logged meanwhile, so a
+//! stream of bad datagrams cannot flood the log.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +43,134 @@ fn mac(key: &[u8], json: &[u8]) -> HmacSha256 {
     m.update(json);
     m
 }
+/// Why a datagram is not a heartbeat this node counts.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("a datagram larger than {MAX_DATAGRAM} bytes ({len} bytes)")]
+    TooLarge { len: usize },
+    #[error("a heartbeat without an authentication code ({len} bytes)")]
+    NoCode { len: usize },
+    #[error(
+        "a heartbeat whose authentication code does not match our cluster key (is [cluster] key-file the same key on both nodes?)"
+    )]
+    BadCode,
+    #[error("an authenticated heartbeat, and this node has no cluster key ([cluster] key-file)")]
+    KeyedButNoKey,
+    #[error("not a heartbeat: {reason}")]
+    NotAHeartbeat { reason: String },
+    #[error("a heartbeat from cluster {cluster:?}, not {ours:?}")]
+    OtherCluster { cluster: String, ours: String },
+    #[error("a heartbeat from node {node:?}, expected {expected:?}")]
+    OtherNode { node: String, expected: String },
+    #[error(
+        "node {node} runs a different configuration (hash {hash}, ours {ours}): both nodes must use the same file"
+    )]
+    OtherConfig {
+        node: String,
+        hash: String,
+        ours: String,
+    },
+}
+
+impl Refusal {
+    /// The kind of fault, whatever its details: what warnings are limited by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::TooLarge { .. } => "too-large",
+            Refusal::NoCode { .. } => "no-code",
+            Refusal::BadCode => "bad-code",
+            Refusal::KeyedButNoKey => "keyed-but-no-key",
+            Refusal::NotAHeartbeat { .. } => "not-a-heartbeat",
+            Refusal::OtherCluster { .. } => "other-cluster",
+            Refusal::OtherNode { .. } => "other-node",
+            Refusal::OtherConfig { .. } => "other-config",
+        }
+    }
+}
+
+/// At most one warning per kind of refusal and sender in this time.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+/// At most this many refusal warnings in all per [`WARN_EVERY`], whatever
+/// the senders (a UDP source address is easily forged).
+pub const WARN_BUDGET: u32 = 16;
+/// Senders and kinds remembered for limiting.
+const WARN_KEYS: usize = 64;
+
+/// Decides which refusals are logged: one per kind and sender per window,
+/// and no more than [`WARN_BUDGET`] per window in all. Time is given, so
+/// that tests can run it on a fake clock.
+#[derive(Debug)]
+pub struct WarnLimiter {
+    every: Duration,
+    budget: u32,
+    /// (kind, sender) -> (when last logged, refusals not logged since).
+    seen: HashMap<(&'static str, SocketAddr), (Instant, u64)>,
+    window: Option<Instant>,
+    logged_in_window: u32,
+    /// Refusals not logged that no remembered sender accounts for.
+    unattributed: u64,
+}
+
+impl WarnLimiter {
+    pub fn new(every: Duration, budget: u32) -> WarnLimiter {
+        WarnLimiter {
+            every,
+            budget,
+            seen: HashMap::new(),
+            window: None,
+            logged_in_window: 0,
+            unattributed: 0,
+        }
+    }
+
+    /// A refusal of `kind` from `from` at `now`: `Some(n)` to log it, where
+    /// `n` refusals were not logged since the last warning it stands for
+    /// (of this kind and sender, plus those no sender accounts for); `None`
+    /// to count it and stay quiet.
+    pub fn admit(&mut self, kind: &'static str, from: SocketAddr, now: Instant) -> Option<u64> {
+        if self
+            .window
+            .is_none_or(|w| now.saturating_duration_since(w) >= self.every)
+        {
+            self.window = Some(now);
+            self.logged_in_window = 0;
+        }
+        let key = (kind, from);
+        let due = match self.seen.get(&key) {
+            Some((last, _)) => now.saturating_duration_since(*last) >= self.every,
+            None => true,
+        };
+        if !due || self.logged_in_window >= self.budget {
+            match self.seen.get_mut(&key) {
+                Some((_, n)) => *n += 1,
+                None => self.unattributed += 1,
+            }
+            return None;
+        }
+        if !self.seen.contains_key(&key) && self.seen.len() >= WARN_KEYS {
+            // Forget whom the window has passed for; if none, the oldest.
+            let every = self.every;
+            let before = self.seen.len();
+            self.seen
+                .retain(|_, (last, n)| now.saturating_duration_since(*last) < every || *n > 0);
+            if self.seen.len() == before
+                && let Some(oldest) = self
+                    .seen
+                    .iter()
+                    .min_by_key(|(_, (t, _))| *t)
+                    .map(|(k, _)| *k)
+                && let Some((_, n)) = self.seen.remove(&oldest)
+            {
+                self.unattributed += n;
+            }
+        }
+        self.logged_in_window += 1;
+        let suppressed = self.seen.insert(key, (now, 0)).map_or(0, |(_, n)| n)
+            + std::mem::take(&mut self.unattributed);
+        Some(suppressed)
+    }
+}
+
 /// How many sent heartbeats are remembered for acknowledgements.
 const SENT_RING: usize = 256;
 /// How many of the peer's earlier runs (boot ids) are remembered, so that
@@ -207,20 +339,20 @@ impl LinkConfig {
 
     /// The heartbeat in `bytes`, checked: size, authentication code,
     /// cluster, node, configuration.
-    pub fn open(&self, bytes: &[u8]) -> Result<Heartbeat, String> {
+    pub fn open(&self, bytes: &[u8]) -> Result<Heartbeat, Refusal> {
         use hmac::Mac;
         if bytes.len() > MAX_DATAGRAM {
-            return Err(format!("a datagram larger than {MAX_DATAGRAM} bytes"));
+            return Err(Refusal::TooLarge { len: bytes.len() });
         }
         let json = match &self.key {
             Some(key) => {
                 let Some(split) = bytes.len().checked_sub(MAC_LEN) else {
-                    return Err("a heartbeat without an authentication code".into());
+                    return Err(Refusal::NoCode { len: bytes.len() });
                 };
                 let (json, code) = bytes.split_at(split);
-                mac(key, json).verify_slice(code).map_err(|_| {
-                    "a heartbeat whose authentication code does not match our cluster key (is [cluster] key-file the same key on both nodes?)".to_string()
-                })?;
+                mac(key, json)
+                    .verify_slice(code)
+                    .map_err(|_| Refusal::BadCode)?;
                 json
             }
             None => bytes,
@@ -232,29 +364,32 @@ impl LinkConfig {
                     && bytes.len() > MAC_LEN
                     && serde_json::from_slice::<Heartbeat>(&bytes[..bytes.len() - MAC_LEN]).is_ok();
                 return Err(if keyed {
-                    "an authenticated heartbeat, and this node has no cluster key ([cluster] key-file)".into()
+                    Refusal::KeyedButNoKey
                 } else {
-                    format!("not a heartbeat: {e}")
+                    Refusal::NotAHeartbeat {
+                        reason: e.to_string(),
+                    }
                 });
             }
         };
         if hb.cluster != self.cluster {
-            return Err(format!(
-                "a heartbeat from cluster {:?}, not {:?}",
-                hb.cluster, self.cluster
-            ));
+            return Err(Refusal::OtherCluster {
+                cluster: hb.cluster,
+                ours: self.cluster.clone(),
+            });
         }
         if hb.node != self.peer_node {
-            return Err(format!(
-                "a heartbeat from node {:?}, expected {:?}",
-                hb.node, self.peer_node
-            ));
+            return Err(Refusal::OtherNode {
+                node: hb.node,
+                expected: self.peer_node.clone(),
+            });
         }
         if hb.config_hash != self.config_hash {
-            return Err(format!(
-                "node {} runs a different configuration (hash {}, ours {}): both nodes must use the same file",
-                hb.node, hb.config_hash, self.config_hash
-            ));
+            return Err(Refusal::OtherConfig {
+                node: hb.node,
+                hash: hb.config_hash,
+                ours: self.config_hash.clone(),
+            });
         }
         Ok(hb)
     }
@@ -318,6 +453,7 @@ impl Link {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut last_send_error: Option<String> = None;
         let mut freshness = Freshness::default();
+        let mut warnings = WarnLimiter::new(WARN_EVERY, WARN_BUDGET);
         while !shutdown.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_send {
@@ -383,12 +519,19 @@ impl Link {
                     view.heard_at = Some(received);
                     view.problem = None;
                 }
-                Err(problem) => {
-                    let mut view = self.view.lock().expect("view lock");
-                    if view.problem.as_ref() != Some(&problem) {
-                        tracing::warn!(from = %from, %problem, "heartbeat refused");
+                Err(refusal) => {
+                    let problem = refusal.to_string();
+                    match warnings.admit(refusal.kind(), from, received) {
+                        Some(0) => tracing::warn!(from = %from, %problem, "heartbeat refused"),
+                        Some(suppressed) => tracing::warn!(
+                            from = %from,
+                            %problem,
+                            suppressed,
+                            "heartbeat refused ({suppressed} more refusals not logged since the last warning)"
+                        ),
+                        None => {}
                     }
-                    view.problem = Some(problem);
+                    self.view.lock().expect("view lock").problem = Some(problem);
                 }
             }
         }
@@ -544,6 +687,7 @@ mod tests {
             a_cfg
                 .open(&altered)
                 .unwrap_err()
+                .to_string()
                 .contains("does not match our cluster key")
         );
         let other = keyed(
@@ -554,6 +698,7 @@ mod tests {
             a_cfg
                 .open(&other.seal(&hb))
                 .unwrap_err()
+                .to_string()
                 .contains("does not match")
         );
         let plain = cfg(b_addr, a_addr, "b", "a", "h").seal(&hb);
@@ -561,16 +706,24 @@ mod tests {
             a_cfg
                 .open(&plain)
                 .unwrap_err()
+                .to_string()
                 .contains("authentication code")
         );
         assert!(
             a_cfg
                 .open(b"{}")
                 .unwrap_err()
+                .to_string()
                 .contains("without an authentication code")
         );
         let keyless = cfg(a_addr, b_addr, "a", "b", "h");
-        assert!(keyless.open(&good).unwrap_err().contains("no cluster key"));
+        assert!(
+            keyless
+                .open(&good)
+                .unwrap_err()
+                .to_string()
+                .contains("no cluster key")
+        );
 
         // Over the wire: a forger without the key lends no vote.
         let stop = Arc::new(AtomicBool::new(false));
@@ -664,5 +817,186 @@ mod tests {
         wait("the vote withdrawn", || a.peer().lease.is_none());
         stop.store(true, Ordering::Relaxed);
         ha.join().unwrap();
+    }
+
+    #[test]
+    fn refusals_of_two_alternating_kinds_are_logged_once_per_window_with_counts() {
+        let every = Duration::from_secs(10);
+        let mut w = WarnLimiter::new(every, WARN_BUDGET);
+        let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let other: SocketAddr = "127.0.0.2:7000".parse().unwrap();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 1000 datagrams, two kinds alternating, 5 ms apart (5 s in all):
+        // one warning for each kind, the first of its kind.
+        let mut logged = Vec::new();
+        for i in 0..1000u64 {
+            let kind = if i % 2 == 0 {
+                "bad-code"
+            } else {
+                "other-config"
+            };
+            if let Some(n) = w.admit(kind, peer, at(i * 5)) {
+                logged.push((i, kind, n));
+            }
+        }
+        assert_eq!(logged, vec![(0, "bad-code", 0), (1, "other-config", 0)]);
+        // Another sender is its own.
+        assert_eq!(w.admit("bad-code", other, at(5000)), Some(0));
+        // Still inside the window: quiet.
+        assert_eq!(w.admit("bad-code", peer, at(9_999)), None);
+        // Past it: the next of each kind is logged with what was not.
+        assert_eq!(w.admit("bad-code", peer, at(10_000)), Some(500));
+        // (other-config was first logged at 5 ms.)
+        assert_eq!(w.admit("other-config", peer, at(10_004)), None);
+        assert_eq!(w.admit("other-config", peer, at(10_005)), Some(500));
+        assert_eq!(w.admit("other-config", peer, at(10_006)), None);
+        assert_eq!(w.admit("other-config", peer, at(20_005)), Some(1));
+    }
+
+    #[test]
+    fn refusals_from_many_forged_senders_are_logged_within_the_budget() {
+        let every = Duration::from_secs(10);
+        let mut w = WarnLimiter::new(every, WARN_BUDGET);
+        let t0 = Instant::now();
+        let mut logged = 0;
+        for i in 0..5000u32 {
+            let from = SocketAddr::from(([127, 0, (i >> 8) as u8, i as u8], 9));
+            if w.admit(
+                "not-a-heartbeat",
+                from,
+                t0 + Duration::from_micros(u64::from(i)),
+            )
+            .is_some()
+            {
+                logged += 1;
+            }
+        }
+        assert_eq!(logged, WARN_BUDGET);
+        assert!(w.seen.len() <= WARN_KEYS);
+        // The next window logs again, and counts what was not logged.
+        let from = SocketAddr::from(([127, 1, 0, 0], 9));
+        let n = w.admit("not-a-heartbeat", from, t0 + every).unwrap();
+        assert_eq!(n, 5000 - u64::from(WARN_BUDGET));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEY: &str = "the cluster key, 32 bytes long..";
+
+        fn configs() -> (LinkConfig, LinkConfig) {
+            let (a, b) = (
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+            );
+            (
+                cfg(a, b, "a", "b", "h"),
+                keyed(cfg(a, b, "a", "b", "h"), KEY),
+            )
+        }
+
+        fn sender(key: bool) -> LinkConfig {
+            let c = cfg(
+                "127.0.0.1:2".parse().unwrap(),
+                "127.0.0.1:1".parse().unwrap(),
+                "b",
+                "a",
+                "h",
+            );
+            if key { keyed(c, KEY) } else { c }
+        }
+
+        fn heartbeat() -> impl Strategy<Value = Heartbeat> {
+            (
+                any::<(u64, u64, u64, bool, u64)>(),
+                prop_oneof![
+                    Just(Role::Starting),
+                    Just(Role::Passive),
+                    Just(Role::Active),
+                    Just(Role::Fenced)
+                ],
+                proptest::option::of(any::<u64>()),
+                any::<(u64, u64)>(),
+                proptest::option::of((".{0,12}", any::<(u64, u64)>())),
+                proptest::option::of((".{0,8}", any::<u64>(), ".{0,12}")),
+            )
+                .prop_map(
+                    |(
+                        (boot, seq, ack, paused, epoch),
+                        role,
+                        supports,
+                        (lsn, generation),
+                        copy,
+                        handoff,
+                    )| {
+                        Heartbeat {
+                            cluster: "c".into(),
+                            node: "b".into(),
+                            boot,
+                            config_hash: "h".into(),
+                            seq,
+                            ack,
+                            role,
+                            paused,
+                            epoch: Epoch(epoch),
+                            supports: supports.map(Epoch),
+                            position: Position { lsn, generation },
+                            copy: copy.map(|(summary, (copy_queue, replay_queue))| CopyBrief {
+                                summary,
+                                copy_queue,
+                                replay_queue,
+                            }),
+                            handoff: handoff.map(|(to, lsn, comment)| Handoff { to, lsn, comment }),
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            /// Any bytes: no panic; under a key, only what was sealed opens.
+            #[test]
+            fn the_decoder_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..5000)) {
+                let (plain, keyed) = configs();
+                let _ = plain.open(&bytes);
+                if let Ok(hb) = keyed.open(&bytes) {
+                    prop_assert_eq!(sender(true).seal(&hb), bytes);
+                }
+            }
+
+            /// JSON-shaped bytes reach the parser and the field checks.
+            #[test]
+            fn the_decoder_takes_any_json_like_text(text in r#"\{("[a-z_]{1,12}":("[a-z]{0,4}"|[0-9]{1,20}|null|true|\{\}),?){0,14}\}"#) {
+                let (plain, _) = configs();
+                let _ = plain.open(text.as_bytes());
+            }
+
+            /// What is sealed opens as itself; under a key, any changed,
+            /// cut or extended datagram is refused.
+            #[test]
+            fn sealed_heartbeats_open_as_themselves_and_altered_ones_do_not(
+                hb in heartbeat(),
+                at in any::<proptest::sample::Index>(),
+                flip in 1u8..=255,
+                cut in any::<proptest::sample::Index>(),
+                extra in proptest::collection::vec(any::<u8>(), 1..8),
+            ) {
+                let (plain, keyed) = configs();
+                prop_assert_eq!(plain.open(&sender(false).seal(&hb)), Ok(hb.clone()));
+                let sealed = sender(true).seal(&hb);
+                prop_assert_eq!(keyed.open(&sealed), Ok(hb.clone()));
+                let mut altered = sealed.clone();
+                altered[at.index(sealed.len())] ^= flip;
+                prop_assert!(keyed.open(&altered).is_err());
+                let short = &sealed[..cut.index(sealed.len())];
+                prop_assert!(keyed.open(short).is_err());
+                let mut long = sealed.clone();
+                long.extend_from_slice(&extra);
+                prop_assert!(keyed.open(&long).is_err());
+            }
+        }
     }
 }
