@@ -792,16 +792,20 @@ enum Next {
 
 impl<H: Handler> Session<'_, H> {
     /// Makes room for `more` bytes of DATA within the budget: the buffer
-    /// grows by doubling (up to the message limit), reserved before it
-    /// grows; false when the budget cannot cover even what is needed.
+    /// grows in steps (up to the message limit), reserved before it grows;
+    /// false when the budget cannot cover even what is needed.
     fn room_for(&mut self, more: usize) -> bool {
         let need = self.data.len() + more;
         if need <= self.data.capacity() {
             return true;
         }
+        // A quarter more (within 64 KiB..4 MiB) each time: few copies, and
+        // one large message does not take the budget from the small ones.
+        let cap = self.data.capacity();
+        let step = (cap / 4).clamp(BUDGET_CHUNK, 4 << 20);
         let ceiling = self.limits.max_message + READ_BUF;
         let target = need
-            .max(self.data.capacity().saturating_mul(2).min(ceiling))
+            .max((cap + step).min(ceiling))
             .next_multiple_of(BUDGET_CHUNK);
         let target = if self.budget.grow(&mut self.held, target) {
             target
@@ -938,8 +942,31 @@ impl<H: Handler> Session<'_, H> {
 
     /// One whole command line.
     fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Next {
+        // smtp-proto wants a domain in every path: `<postmaster>` is made
+        // `<postmaster@domain>` first (RFC 5321 §4.5.1).
+        let rewritten;
+        let line = match postmaster(line) {
+            Some(range) if self.env.is_some() => {
+                let Some(domain) = self.handler.postmaster_domain() else {
+                    Reply::new(550, [5, 1, 1], "no postmaster here").write(out);
+                    return Next::Command;
+                };
+                let mut l = line[..range.start].to_vec();
+                l.extend_from_slice(format!("postmaster@{domain}").as_bytes());
+                l.extend_from_slice(&line[range.end..]);
+                rewritten = l;
+                &rewritten[..]
+            }
+            _ => line,
+        };
         let req = match Request::parse(&mut line.iter()) {
             Ok(r) => r.into_owned(),
+            Err(smtp_proto::Error::InvalidParameter { param: "SIZE" })
+                if raw_size(line) == Some(None) =>
+            {
+                too_big(self.limits).write(out);
+                return Next::Command;
+            }
             Err(e) => {
                 syntax_error(e).write(out);
                 return Next::Command;
@@ -1029,12 +1056,7 @@ impl<H: Handler> Session<'_, H> {
                 } else if from.size > limits.max_message
                     || size.is_some_and(|s| s.is_none_or(|s| s > limits.max_message as u64))
                 {
-                    Reply::new(
-                        552,
-                        [5, 3, 4],
-                        format!("message larger than {} bytes", limits.max_message),
-                    )
-                    .write(out);
+                    too_big(limits).write(out);
                 } else if !from.address.is_empty() && !plain_address(&from.address) {
                     not_plain(&from.address).write(out);
                 } else if let Some(r) = handler.mail(&from.address) {
@@ -1053,7 +1075,7 @@ impl<H: Handler> Session<'_, H> {
                 }
             }
             Request::Rcpt { to } => {
-                let mut address = to.address;
+                let address = to.address;
                 let Some(e) = env else {
                     Reply::new(503, [5, 5, 1], "MAIL first").write(out);
                     return Next::Command;
@@ -1069,15 +1091,6 @@ impl<H: Handler> Session<'_, H> {
                 if raw_path(line).is_some_and(|p| std::str::from_utf8(p).is_err()) {
                     not_utf8(553, [5, 1, 3]).write(out);
                     return Next::Command;
-                }
-                if address.eq_ignore_ascii_case("postmaster") {
-                    match handler.postmaster_domain() {
-                        Some(d) => address = format!("postmaster@{d}"),
-                        None => {
-                            Reply::new(550, [5, 1, 1], "no postmaster here").write(out);
-                            return Next::Command;
-                        }
-                    }
                 }
                 if !plain_address(&address) {
                     not_plain(&address).write(out);
@@ -1140,6 +1153,28 @@ fn syntax_error(e: smtp_proto::Error) -> Reply {
     }
 }
 
+fn too_big(limits: &Limits) -> Reply {
+    Reply::new(
+        552,
+        [5, 3, 4],
+        format!("message larger than {} bytes", limits.max_message),
+    )
+}
+
+/// Where `postmaster` (any case, no domain) is in a `RCPT TO:<postmaster>`
+/// line.
+fn postmaster(line: &[u8]) -> Option<std::ops::Range<usize>> {
+    if line.len() < 8 || !line[..8].eq_ignore_ascii_case(b"RCPT TO:") {
+        return None;
+    }
+    let path = raw_path(line)?;
+    if !path.eq_ignore_ascii_case(b"postmaster") {
+        return None;
+    }
+    let start = path.as_ptr() as usize - line.as_ptr() as usize;
+    Some(start..start + path.len())
+}
+
 fn not_utf8(code: u16, esc: [u8; 3]) -> Reply {
     Reply::new(code, esc, "the address is not valid UTF-8")
 }
@@ -1186,19 +1221,115 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         got: Mutex<Vec<(Envelope, Vec<u8>)>>,
+        secret: Option<Vec<u8>>,
+        postmaster: Option<String>,
+        /// The text of the reply to DATA (else "stored").
+        reply: Option<String>,
+    }
+
+    impl Recorder {
+        fn keyed(secret: &[u8]) -> Arc<Recorder> {
+            Arc::new(Recorder {
+                secret: Some(secret.to_vec()),
+                ..Default::default()
+            })
+        }
     }
 
     impl Handler for Arc<Recorder> {
+        fn postmaster_domain(&self) -> Option<String> {
+            self.postmaster.clone()
+        }
+        fn auth_secret(&self) -> Option<Vec<u8>> {
+            self.secret.clone()
+        }
         fn mail(&self, _from: &str) -> Option<Reply> {
             None
         }
         fn rcpt(&self, to: &str) -> Option<Reply> {
-            (!to.ends_with("@example.com")).then(|| Reply::new(550, [5, 1, 2], "not here"))
+            // The address echoed raw, as the probe found a handler might.
+            (!to.ends_with("@example.com"))
+                .then(|| Reply::new(550, [5, 1, 2], format!("{to}: not here\r\n250 fake")))
         }
         async fn data(&self, env: Envelope, data: Vec<u8>) -> Vec<Reply> {
             let n = env.rcpts.len();
             self.got.lock().unwrap().push((env, data));
-            vec![Reply::ok("stored"); n]
+            let text = self.reply.clone().unwrap_or_else(|| "stored".into());
+            vec![Reply::ok(text); n]
+        }
+    }
+
+    /// Every byte the server wrote is reply lines: `\d{3}[ -]text\r\n`,
+    /// no CR or LF inside a line; the number of lines.
+    fn well_formed(out: &[u8]) -> Result<usize, String> {
+        let mut n = 0;
+        let mut rest = out;
+        while !rest.is_empty() {
+            let end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| format!("unterminated: {:?}", String::from_utf8_lossy(rest)))?;
+            let line = &rest[..end];
+            let ok = line.len() >= 4
+                && line[..3].iter().all(u8::is_ascii_digit)
+                && (line[3] == b' ' || line[3] == b'-')
+                && !line.iter().any(|b| *b == b'\r' || *b == b'\n');
+            if !ok {
+                return Err(format!("malformed: {:?}", String::from_utf8_lossy(line)));
+            }
+            n += 1;
+            rest = &rest[end + 2..];
+        }
+        Ok(n)
+    }
+
+    /// A client driving a session step by step (for AUTH, whose challenge
+    /// must be read before answering).
+    struct Peer {
+        rd: tokio::io::BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        wr: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    impl Peer {
+        fn start(mode: Mode, limits: Limits, budget: Budget, h: Arc<Recorder>) -> Peer {
+            let (c, s) = tokio::io::duplex(1 << 16);
+            let server =
+                tokio::spawn(async move { serve(s, mode, "test", &limits, &budget, &h).await });
+            let (rd, wr) = tokio::io::split(c);
+            Peer {
+                rd: tokio::io::BufReader::new(rd),
+                wr,
+                server,
+            }
+        }
+
+        /// Sends `line` (CRLF added).
+        async fn send(&mut self, line: &str) {
+            self.wr.write_all(line.as_bytes()).await.unwrap();
+            self.wr.write_all(b"\r\n").await.unwrap();
+        }
+
+        /// The next whole reply (all its lines); empty at EOF.
+        async fn reply(&mut self) -> String {
+            use tokio::io::AsyncBufReadExt;
+            let mut all = String::new();
+            loop {
+                let mut l = String::new();
+                let read = tokio::time::timeout(Duration::from_secs(10), self.rd.read_line(&mut l));
+                if read.await.expect("a reply in time").unwrap() == 0 {
+                    return all;
+                }
+                all.push_str(&l);
+                if l.as_bytes().get(3) != Some(&b'-') {
+                    return all;
+                }
+            }
+        }
+
+        async fn says(&mut self, line: &str) -> String {
+            self.send(line).await;
+            self.reply().await
         }
     }
 
@@ -1486,5 +1617,386 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
+    fn b64(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    fn unb64(s: &str) -> String {
+        use base64::Engine;
+        let d = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .unwrap();
+        String::from_utf8(d).unwrap()
+    }
+
+    /// Starts AUTH CRAM-MD5 and returns the challenge.
+    async fn challenge_of(p: &mut Peer) -> String {
+        let r = p.says("AUTH CRAM-MD5").await;
+        assert!(r.starts_with("334 "), "{r}");
+        unb64(&r[4..])
+    }
+
+    #[test]
+    fn the_cram_md5_response_is_rfc_2195s_example() {
+        // RFC 2195 §2: user tim, secret tanstaaftanstaaf.
+        let c = "<1896.697170952@postoffice.reston.mci.net>";
+        let r = cram_md5_response(b"tanstaaftanstaaf", c, "tim");
+        assert_eq!(r, "dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw");
+        assert_eq!(
+            cram_md5_check(b"tanstaaftanstaaf", c, r.as_bytes()).unwrap(),
+            "tim"
+        );
+        assert!(cram_md5_check(b"other", c, r.as_bytes()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_keyed_handler_takes_mail_only_after_cram_md5() {
+        let key = b"cluster key";
+        let rec = Recorder::keyed(key);
+        let limits = Limits::default();
+        let mut p = Peer::start(
+            Mode::Lmtp,
+            limits.clone(),
+            Budget::new(1 << 20),
+            rec.clone(),
+        );
+        assert!(p.reply().await.starts_with("220 "));
+        let caps = p.says("LHLO relay").await;
+        assert!(caps.contains("250-AUTH CRAM-MD5\r\n"), "{caps}");
+        assert!(caps.contains("250-DSN\r\n"), "{caps}");
+        // MAIL before AUTH, another mechanism, a cancel, a wrong answer.
+        assert!(p.says("MAIL FROM:<a@x>").await.starts_with("530 5.7.0 "));
+        assert!(p.says("AUTH PLAIN").await.starts_with("504 5.5.4 "));
+        let _ = challenge_of(&mut p).await;
+        assert!(p.says("*").await.starts_with("501 "));
+        let c = challenge_of(&mut p).await;
+        assert!(
+            c.starts_with('<') && c.ends_with("@test>") && c.contains('.'),
+            "{c}"
+        );
+        let wrong = cram_md5_response(b"not the key", &c, "relay");
+        assert!(p.says(&wrong).await.starts_with("535 5.7.8 "));
+        // The challenge is new each time: an old answer does not do.
+        let c2 = challenge_of(&mut p).await;
+        assert_ne!(c, c2);
+        let stale = cram_md5_response(key, &c, "relay");
+        assert!(p.says(&stale).await.starts_with("535 5.7.8 "));
+        let c3 = challenge_of(&mut p).await;
+        let right = cram_md5_response(key, &c3, "relay");
+        assert!(p.says(&right).await.starts_with("235 2.7.0 "));
+        assert!(p.says("AUTH CRAM-MD5").await.starts_with("503 "));
+        assert!(
+            p.says("MAIL FROM:<a@x> ENVID=r1+2Bx")
+                .await
+                .starts_with("250 ")
+        );
+        assert!(p.says("RCPT TO:<b@example.com>").await.starts_with("250 "));
+        assert!(p.says("DATA").await.starts_with("354 "));
+        assert!(
+            p.says("Subject: s\r\n\r\nbody\r\n.")
+                .await
+                .starts_with("250 ")
+        );
+        assert!(p.says("QUIT").await.starts_with("221 "));
+        p.server.await.unwrap().unwrap();
+        let got = rec.got.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        // xtext-decoded.
+        assert_eq!(got[0].0.envid.as_deref(), Some("r1+x"));
+    }
+
+    #[tokio::test]
+    async fn three_failed_auths_close_the_session() {
+        let rec = Recorder::keyed(b"k");
+        let mut p = Peer::start(Mode::Smtp, Limits::default(), Budget::new(1 << 20), rec);
+        p.reply().await;
+        let c = challenge_of(&mut p).await;
+        assert!(p.says(&b64("u 00")).await.starts_with("535 "));
+        let _ = c;
+        challenge_of(&mut p).await;
+        // Not base64 at all.
+        assert!(p.says("!!!").await.starts_with("501 "));
+        challenge_of(&mut p).await;
+        // Over the length bound.
+        let r = p.says(&"A".repeat(MAX_AUTH_LINE + 10)).await;
+        assert!(r.starts_with("421 4.7.0 "), "{r}");
+        assert_eq!(p.reply().await, "", "closed after 421");
+        p.server.await.unwrap().unwrap();
+        // Without a secret, AUTH is not offered.
+        let rec = Arc::new(Recorder::default());
+        let mut p = Peer::start(Mode::Smtp, Limits::default(), Budget::new(1 << 20), rec);
+        p.reply().await;
+        assert!(!p.says("EHLO c").await.contains("AUTH"));
+        assert!(p.says("AUTH CRAM-MD5").await.starts_with("503 5.5.1 "));
+        assert!(p.says("MAIL FROM:<a@x>").await.starts_with("250 "));
+    }
+
+    #[tokio::test]
+    async fn postmaster_is_taken_when_the_handler_names_a_domain() {
+        let input: &[u8] = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<PostMaster>\r\nRCPT TO:<postmaster@elsewhere.org>\r\nDATA\r\n.\r\nQUIT\r\n";
+        let rec = Arc::new(Recorder {
+            postmaster: Some("example.com".into()),
+            ..Default::default()
+        });
+        let out = session_with(Mode::Smtp, Limits::default(), &[input], &rec).await;
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            codes(&out),
+            vec![220, 250, 250, 250, 550, 354, 250, 221],
+            "{out}"
+        );
+        assert_eq!(
+            rec.got.lock().unwrap()[0].0.rcpts,
+            vec!["postmaster@example.com"]
+        );
+        // No domain: 550.
+        let (out, _) = session(Mode::Smtp, Limits::default(), &[input]).await;
+        assert_eq!(
+            codes(&out),
+            vec![220, 250, 250, 550, 550, 554, 500, 221],
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_size_that_does_not_fit_is_refused_not_wrapped() {
+        let input: &[u8] = b"EHLO c\r\nMAIL FROM:<a@x> SIZE=99999999999999999999999\r\nMAIL FROM:<a@x> SIZE=18446744073709551616\r\nMAIL FROM:<a@x> SIZE=1x\r\nMAIL FROM:<a@x> SIZE=1000\r\nQUIT\r\n";
+        let (out, _) = session(Mode::Smtp, Limits::default(), &[input]).await;
+        assert_eq!(
+            codes(&out),
+            vec![220, 250, 552, 552, 501, 250, 221],
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_gets_exactly_one_500() {
+        // 10 MB without CRLF, sent in pieces, then a NOOP: one 500, one 250.
+        let big = vec![b'x'; 10 << 20];
+        let pieces: Vec<&[u8]> = big.chunks(100_000).collect();
+        let mut input = pieces.clone();
+        input.push(b"\r\nNOOP\r\n");
+        let (out, _) = session(Mode::Smtp, Limits::default(), &input).await;
+        assert_eq!(codes(&out), vec![220, 500, 250], "{out}");
+        // Pipelined: each overlong line one 500, in order; a line of exactly
+        // the limit (CRLF included) is a command.
+        let limit = Limits::default().max_line;
+        let exact = format!("NOOP {}\r\n", "y".repeat(limit - 7));
+        let over = format!("NOOP {}\r\n", "y".repeat(limit - 6));
+        let input = format!("{over}{exact}{over}{over}NOOP\r\nQUIT\r\n");
+        let (out, _) = session(Mode::Lmtp, Limits::default(), &[input.as_bytes()]).await;
+        assert_eq!(
+            codes(&out),
+            vec![220, 500, 250, 500, 500, 250, 221],
+            "{out}"
+        );
+        // And ending at EOF without its CRLF: still one.
+        let (out, _) = session(Mode::Smtp, Limits::default(), &pieces).await;
+        assert_eq!(codes(&out), vec![220, 500], "{out}");
+    }
+
+    #[tokio::test]
+    async fn an_address_that_is_not_utf8_is_refused() {
+        let input: &[u8] = b"EHLO c\r\nMAIL FROM:<a\xff@x>\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b\xfe\xff@example.com>\r\nRCPT TO:<b\xc3\xa9@example.com>\r\nDATA\r\n.\r\nQUIT\r\n";
+        let (out, rec) = session(Mode::Smtp, Limits::default(), &[input]).await;
+        assert_eq!(
+            codes(&out),
+            vec![220, 250, 553, 250, 553, 250, 354, 250, 221],
+            "{out}"
+        );
+        assert_eq!(rec.got.lock().unwrap()[0].0.rcpts, vec!["bé@example.com"]);
+    }
+
+    #[tokio::test]
+    async fn a_reply_text_with_cr_lf_is_written_as_one_line() {
+        let rec = Arc::new(Recorder {
+            reply: Some("stored <id\r\n\tcontinued ü>\r\n250 injected\u{7}".into()),
+            ..Default::default()
+        });
+        let input: &[u8] = b"LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<z@else.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n.\r\nQUIT\r\n";
+        let out = session_with(Mode::Lmtp, Limits::default(), &[input], &rec).await;
+        let text = String::from_utf8(out.clone()).unwrap();
+        // 220, the LHLO lines, 250, 550, 250, 354, one 250, 221.
+        let lhlo = text.lines().filter(|l| l.starts_with("250-")).count() + 1;
+        assert_eq!(well_formed(&out), Ok(7 + lhlo), "{text}");
+        assert!(
+            text.contains("250 2.0.0 stored <id???continued ü>??250 injected?\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("z@else.org: not here??250 fake\r\n"),
+            "{text}"
+        );
+        // Bounded, cut at a char boundary.
+        let mut v = Vec::new();
+        Reply::new(250, [2, 0, 0], "é".repeat(1000)).write(&mut v);
+        let line = String::from_utf8(v).unwrap();
+        assert_eq!(line.len(), "250 2.0.0 ".len() + MAX_REPLY_TEXT + 2);
+        let mut v = Vec::new();
+        Reply::new(7, [0, 0, 0], "odd").write(&mut v);
+        assert_eq!(v, b"451 (reply code 7) odd\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_budget_refuses_a_large_message_with_452_while_a_small_one_goes_through() {
+        let limits = Limits {
+            max_message: 8 << 20,
+            data_budget: 2 << 20,
+            ..Default::default()
+        };
+        let budget = Budget::new(limits.data_budget);
+        let big = Arc::new(Recorder::default());
+        let mut a = Peer::start(Mode::Smtp, limits.clone(), budget.clone(), big.clone());
+        a.reply().await;
+        a.says("EHLO a").await;
+        a.says("MAIL FROM:<a@x>").await;
+        a.says("RCPT TO:<b@example.com>").await;
+        assert!(a.says("DATA").await.starts_with("354"));
+        let line = format!("{}\r\n", "z".repeat(998));
+        let mb = line.repeat(1 << 10);
+        a.wr.write_all(mb.as_bytes()).await.unwrap();
+        // Wait (with a deadline) until the first MiB is held.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while budget.available() > budget.total() - (1 << 20) {
+            assert!(Instant::now() < deadline, "the first MiB never reserved");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(budget.available() > 0);
+        // Another session's small message still goes through.
+        let small = Arc::new(Recorder::default());
+        let input: &[u8] = b"EHLO b\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nSubject: small\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+        let out = session_in(Mode::Smtp, limits.clone(), &[input], &small, &budget).await;
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            codes(&out),
+            vec![220, 250, 250, 250, 354, 250, 221],
+            "{out}"
+        );
+        // The large one grows past the budget: read to its end, then 452.
+        for _ in 0..3 {
+            a.wr.write_all(mb.as_bytes()).await.unwrap();
+        }
+        let r = a.says(".").await;
+        assert!(
+            r.starts_with("452 4.3.1 insufficient system storage"),
+            "{r}"
+        );
+        // The session goes on, and the budget is whole again.
+        assert_eq!(budget.available(), budget.total());
+        assert!(a.says("NOOP").await.starts_with("250"));
+        assert!(a.says("QUIT").await.starts_with("221"));
+        a.server.await.unwrap().unwrap();
+        assert!(big.got.lock().unwrap().is_empty());
+        assert_eq!(small.got.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_gone_mid_data_gives_its_budget_back() {
+        let limits = Limits::default();
+        let budget = Budget::new(1 << 20);
+        let rec = Arc::new(Recorder::default());
+        let body = vec![b'q'; 500_000];
+        let input = [
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n".as_slice(),
+            &body,
+        ];
+        session_in(Mode::Smtp, limits, &input, &rec, &budget).await;
+        assert_eq!(budget.available(), budget.total());
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_sessions() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_per_source: 2,
+            ..Default::default()
+        };
+        let rec = Arc::new(Recorder::default());
+        let sessions = limits.sessions();
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = listener.accept().await.unwrap();
+                spawn_session(
+                    &sessions,
+                    stream,
+                    peer,
+                    Mode::Smtp,
+                    "test".into(),
+                    limits.clone(),
+                    rec.clone(),
+                );
+            }
+        });
+        let from = |ip: [u8; 4]| async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind((std::net::Ipv4Addr::from(ip), 0).into()).unwrap();
+            let mut c = s.connect(addr).await.unwrap();
+            let mut buf = vec![0u8; 256];
+            let n = c.read(&mut buf).await.unwrap();
+            (c, String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        let (_a, ga) = from([127, 0, 0, 2]).await;
+        let (_b, gb) = from([127, 0, 0, 2]).await;
+        assert!(ga.starts_with("220") && gb.starts_with("220"), "{ga} {gb}");
+        let (mut c, gc) = from([127, 0, 0, 2]).await;
+        assert_eq!(gc, "421 4.7.0 too many sessions from your address\r\n");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "closed after 421");
+        // Another address is served.
+        let (_d, gd) = from([127, 0, 0, 3]).await;
+        assert!(gd.starts_with("220"), "{gd}");
+        // A session ended is a place again for its address.
+        drop(_a);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_e, ge) = from([127, 0, 0, 2]).await;
+            if ge.starts_with("220") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no place after a session ended: {ge}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_without_mail_in_time_is_closed() {
+        let limits = Limits {
+            before_mail: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let mut p = Peer::start(
+            Mode::Smtp,
+            limits.clone(),
+            Budget::new(1 << 20),
+            Arc::default(),
+        );
+        p.reply().await;
+        // Commands other than MAIL do not extend it.
+        assert!(p.says("EHLO c").await.starts_with("250"));
+        assert!(p.says("NOOP").await.starts_with("250"));
+        let r = p.reply().await;
+        assert!(
+            r.starts_with("421 4.4.2 test no mail transaction in time"),
+            "{r}"
+        );
+        assert_eq!(p.reply().await, "");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        p.server.await.unwrap().unwrap();
+        // Once MAIL is accepted, only the idle limit applies.
+        let mut p = Peer::start(Mode::Smtp, limits, Budget::new(1 << 20), Arc::default());
+        p.reply().await;
+        assert!(p.says("MAIL FROM:<a@x>").await.starts_with("250"));
+        let quiet = tokio::time::timeout(Duration::from_millis(600), p.reply()).await;
+        assert!(quiet.is_err(), "closed after MAIL: {quiet:?}");
+        assert!(p.says("RCPT TO:<b@example.com>").await.starts_with("250"));
     }
 }
