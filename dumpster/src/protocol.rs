@@ -1218,7 +1218,7 @@ mod tests {
     use super::*;
 
     /// Accepts everything to example.com and records what it was given.
-    #[derive(Default)]
+    #[derive(Debug, Default)]
     struct Recorder {
         got: Mutex<Vec<(Envelope, Vec<u8>)>>,
         secret: Option<Vec<u8>>,
@@ -1249,7 +1249,7 @@ mod tests {
         fn rcpt(&self, to: &str) -> Option<Reply> {
             // The address echoed raw, as the probe found a handler might.
             (!to.ends_with("@example.com"))
-                .then(|| Reply::new(550, [5, 1, 2], format!("{to}: not here\r\n250 fake")))
+                .then(|| Reply::new(550, [5, 1, 2], format!("{to}: not here\r\nfake\rbare\n")))
         }
         async fn data(&self, env: Envelope, data: Vec<u8>) -> Vec<Reply> {
             let n = env.rcpts.len();
@@ -1827,7 +1827,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("z@else.org: not here??250 fake\r\n"),
+            text.contains("z@else.org: not here??fake?bare?\r\n"),
             "{text}"
         );
         // Bounded, cut at a char boundary.
@@ -1998,5 +1998,160 @@ mod tests {
         let quiet = tokio::time::timeout(Duration::from_millis(600), p.reply()).await;
         assert!(quiet.is_err(), "closed after MAIL: {quiet:?}");
         assert!(p.says("RCPT TO:<b@example.com>").await.starts_with("250"));
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// 256 cases per property unless `PROPTEST_CASES` says otherwise.
+        fn config() -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(256);
+            ProptestConfig {
+                cases,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Small limits, so that the cases reach them.
+        fn small() -> Limits {
+            Limits {
+                max_message: 3000,
+                max_line: 300,
+                max_recipients: 3,
+                data_budget: 2 * BUDGET_CHUNK,
+                ..Default::default()
+            }
+        }
+
+        fn mode() -> impl Strategy<Value = Mode> {
+            prop_oneof![Just(Mode::Smtp), Just(Mode::Lmtp)]
+        }
+
+        /// Lines a client might send, valid or nearly, and garbage.
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            let addr = prop_oneof![
+                Just("b@example.com".to_string()),
+                Just("postmaster".to_string()),
+                Just("z@else.org".to_string()),
+                Just(String::new()),
+                "[a-z\u{e9}\"\\\\ .@<>]{0,12}",
+            ];
+            let size = prop_oneof![
+                any::<u32>().prop_map(|n| n.to_string()),
+                Just("99999999999999999999999".to_string()),
+                "[0-9x]{0,30}",
+            ];
+            let text = any::<Vec<u8>>();
+            prop_oneof![
+                Just(b"EHLO c\r\n".to_vec()),
+                Just(b"LHLO c\r\n".to_vec()),
+                Just(b"HELO c\r\n".to_vec()),
+                (addr.clone(), size)
+                    .prop_map(
+                        |(a, s)| format!("MAIL FROM:<{a}> SIZE={s} ENVID=x+41\r\n").into_bytes()
+                    ),
+                addr.clone()
+                    .prop_map(|a| format!("MAIL FROM:<{a}>\r\n").into_bytes()),
+                addr.prop_map(|a| format!("RCPT TO:<{a}>\r\n").into_bytes()),
+                Just(b"DATA\r\n".to_vec()),
+                text.clone().prop_map(|mut t| {
+                    t.extend_from_slice(b"\r\n.\r\n");
+                    t
+                }),
+                Just(b".\r\n".to_vec()),
+                Just(b"RSET\r\nNOOP\r\n".to_vec()),
+                Just(b"AUTH CRAM-MD5\r\n".to_vec()),
+                Just(b"AUTH PLAIN AAAA\r\n".to_vec()),
+                Just(b"*\r\n".to_vec()),
+                "[A-Za-z0-9+/=]{0,60}".prop_map(|s| format!("{s}\r\n").into_bytes()),
+                (0usize..40).prop_map(|n| format!("BDAT {n}\r\n").into_bytes()),
+                (250usize..700).prop_map(|n| vec![b'x'; n]),
+                text,
+                Just(b"QUIT\r\n".to_vec()),
+            ]
+        }
+
+        /// `bytes` cut at the given points.
+        fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                pieces.push(bytes[at..c].to_vec());
+                at = c;
+            }
+            pieces
+        }
+
+        /// Runs one session; what the server wrote, checked.
+        fn check(
+            mode: Mode,
+            pieces: Vec<Vec<u8>>,
+            handler: Arc<Recorder>,
+        ) -> Result<(), TestCaseError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let out = rt.block_on(async {
+                let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+                let s = session_with(mode, small(), &pieces, &handler);
+                tokio::time::timeout(Duration::from_secs(20), s).await
+            });
+            let out = out.map_err(|_| TestCaseError::fail("the session did not end"))?;
+            prop_assert!(out.starts_with(b"220 "));
+            if let Err(e) = well_formed(&out) {
+                return Err(TestCaseError::fail(e));
+            }
+            Ok(())
+        }
+
+        fn handler() -> impl Strategy<Value = Arc<Recorder>> {
+            (
+                any::<bool>(),
+                any::<bool>(),
+                proptest::option::of("[a-z<>\r\n\t\u{85}\u{2028} ]{0,20}"),
+            )
+                .prop_map(|(keyed, pm, reply)| {
+                    Arc::new(Recorder {
+                        secret: keyed.then(|| b"k".to_vec()),
+                        postmaster: pm.then(|| "example.com".into()),
+                        reply,
+                        ..Default::default()
+                    })
+                })
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn arbitrary_bytes_get_well_formed_replies(
+                mode in mode(),
+                bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+                cuts in proptest::collection::vec(any::<usize>(), 0..8),
+                handler in handler(),
+            ) {
+                check(mode, split(&bytes, &cuts), handler)?;
+            }
+
+            #[test]
+            fn command_sequences_with_garbage_get_well_formed_replies(
+                mode in mode(),
+                lines in proptest::collection::vec(line(), 0..40),
+                cuts in proptest::collection::vec(any::<usize>(), 0..12),
+                handler in handler(),
+            ) {
+                let bytes = lines.concat();
+                check(mode, split(&bytes, &cuts), handler)?;
+            }
+        }
     }
 }
