@@ -730,7 +730,7 @@ fn take_line(line: &mut Vec<u8>, rest: &mut &[u8], max: usize) -> Line {
     let window = &rest[..rest.len().min(room)];
     match memchr(window) {
         Some(p) => {
-            let whole = line.len() + p + 1 <= max;
+            let whole = line.len() + p < max;
             if whole {
                 line.extend_from_slice(&rest[..=p]);
             }
