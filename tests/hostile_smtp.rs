@@ -2,8 +2,8 @@
 //! hostile clients written with Python's standard library: one address
 //! holding every connection it can, 256 sessions sending the largest
 //! message at once (the relay's peak RSS stays under the bound the README
-//! states), an endless line, a SIZE past 2^64, `<postmaster>`, and an
-//! address that is not UTF-8. No node runs: only intake is under test.
+//! states), an endless line, a SIZE past 2^64, `<postmaster>`, an address
+//! that is not UTF-8, and a folded Message-ID echoed in the reply. No node runs: only intake is under test.
 
 mod common;
 
@@ -263,6 +263,10 @@ step(b"\r\nNOOP\r\n", 2)
 step(b"MAIL FROM:<a@example.org> SIZE=99999999999999999999999\r\n", 1)
 step(b"MAIL FROM:<a\xff\xfe@example.org>\r\n", 1)
 step(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b\xe9@example.com>\r\nRCPT TO:<b\xc3\xa9@example.com>\r\n", 3)
+# A Message-ID folded over two lines, with non-ASCII text: the relay's
+# "queued as <id>" reply stays one line.
+step(b"DATA\r\n", 1)
+step(b"Message-ID: <folded@test\r\n \xc3\xbc\xc3\xa9>\r\nSubject: s\r\n\r\nbody\r\n.\r\n", 1)
 # Nothing left unanswered: the next reply is QUIT's.
 step(b"QUIT\r\n", 1)
 "#;
@@ -279,7 +283,13 @@ fn odd_input_gets_one_right_reply_each() {
     assert_eq!(codes(steps[2]), ["552 "], "{out}");
     assert_eq!(codes(steps[3]), ["553 "], "{out}");
     assert_eq!(codes(steps[4]), ["250 ", "553 ", "250 "], "{out}");
-    assert_eq!(codes(steps[5]), ["221 "], "{out}");
+    assert_eq!(codes(steps[5]), ["354 "], "{out}");
+    assert_eq!(codes(steps[6]), ["250 "], "{out}");
+    assert!(
+        steps[6].starts_with("250 2.0.0 queued as <folded@test"),
+        "{out}"
+    );
+    assert_eq!(codes(steps[7]), ["221 "], "{out}");
     // <postmaster> is taken, for the first accepted domain.
     let r = send_one(&t, "127.0.0.1", "postmaster");
     assert!(r.starts_with("250 "), "{r}");
