@@ -230,6 +230,7 @@ pub async fn run(listener: TcpListener, mail: Arc<NodeMail>, limits: Limits, hos
         protocol::spawn_session(
             &sessions,
             stream,
+            peer,
             Mode::Lmtp,
             hostname.clone(),
             limits.clone(),

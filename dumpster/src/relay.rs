@@ -126,6 +126,10 @@ struct Smtp {
 }
 
 impl Handler for Arc<Smtp> {
+    fn postmaster_domain(&self) -> Option<String> {
+        self.domains.first().cloned()
+    }
+
     fn mail(&self, _from: &str) -> Option<Reply> {
         None
     }
@@ -535,13 +539,14 @@ pub fn run(cfg: RelayConfig, shutdown: &AtomicBool) -> std::io::Result<()> {
                         .expect("a bound listener converts");
                     let sessions = limits.sessions();
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else {
+                        let Ok((stream, peer)) = listener.accept().await else {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         };
                         protocol::spawn_session(
                             &sessions,
                             stream,
+                            peer,
                             Mode::Smtp,
                             hostname.clone(),
                             limits.clone(),
