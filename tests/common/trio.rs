@@ -80,6 +80,13 @@ impl Trio {
     /// A cluster whose nodes take mail over LMTP on free loopback ports,
     /// for recipients in example.com.
     pub fn with_mail(dial: &str) -> Trio {
+        Self::with_mail_keyed(dial, true)
+    }
+
+    /// `with_mail`, without a cluster key when `key` is false: a node's
+    /// LMTP endpoint then takes mail from any client (for clients that
+    /// cannot authenticate, such as Postfix's smtp-source).
+    pub fn with_mail_keyed(dial: &str, key: bool) -> Trio {
         let dir = tempfile::tempdir().unwrap();
         let w = dir.path().join("witness");
         std::fs::create_dir_all(&w).unwrap();
@@ -90,7 +97,11 @@ impl Trio {
         let cluster = format!(
             "witness = \"{}\"\nmount-dial = \"{dial}\"\nseal-after = \"200ms\"\n{}",
             w.display(),
-            cluster_key(dir.path())
+            if key {
+                cluster_key(dir.path())
+            } else {
+                String::new()
+            }
         );
         let lmtp = |_| {
             format!(
