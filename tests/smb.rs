@@ -399,6 +399,17 @@ fn the_passive_copy_follows_the_active_over_smb_through_server_restarts_seed_inc
     let more: String = (1500..3000)
         .map(|i| format!("INSERT INTO t VALUES ({i}, randomblob(700));\n"))
         .collect();
+    // The copy daemon holds a connection once a turn has found nothing
+    // more to copy (it says Healthy then): only then can a restart cut it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = ok("beta", &["status", "--json"]);
+        if st.contains("\"summary_copy_status\": \"Healthy\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy never got Healthy: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut writer = writing(&more);
     // The server goes away and comes back while the copy is copying.
     for _ in 0..3 {
