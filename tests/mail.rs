@@ -709,6 +709,12 @@ fn postfix_smtp_source_through_the_relay_and_over_lmtp_stores_every_message_once
     // No cluster key: smtp-source cannot prove one to the node's endpoint.
     let t = Trio::with_mail_keyed("good-availability", false);
     let (_alpha, _beta) = t.running_pair();
+    // Without a key the endpoint takes anyone's mail, and status says so.
+    let warnings = t.status("alpha")["warnings"].to_string();
+    assert!(
+        warnings.contains("the LMTP endpoint takes mail from anyone"),
+        "{warnings}"
+    );
     let _relay = t.start_relay();
     let source = |args: &[&str], to: &str| {
         let out = Command::new(logship::sys::program("smtp-source"))

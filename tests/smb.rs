@@ -407,7 +407,10 @@ fn the_passive_copy_follows_the_active_over_smb_through_server_restarts_seed_inc
         if st.contains("\"summary_copy_status\": \"Healthy\"") {
             break;
         }
-        assert!(Instant::now() < deadline, "the copy never got Healthy: {st}");
+        assert!(
+            Instant::now() < deadline,
+            "the copy never got Healthy: {st}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut writer = writing(&more);

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS redeliveries (
 );
 ";
 
+/// The most message bytes one call of `Queue::due` returns (beyond the
+/// first message): the delivery loop's share of the relay's memory bound.
+pub const DUE_BYTES: u64 = 32 << 20;
+
 /// Columns added since the first layout of `messages`, added to an older
 /// database at open: (name, definition).
 const ADDED_COLUMNS: [(&str, &str); 2] =
@@ -197,30 +201,55 @@ impl Queue {
         Ok(c.last_insert_rowid())
     }
 
-    /// Queued messages due at `now_us`, oldest first.
+    /// Queued messages due at `now_us`, oldest first: at most `max`, and
+    /// at most `DUE_BYTES` of message bodies (always at least one), so that
+    /// the delivery loop holds a bounded amount of mail however much is
+    /// queued.
     pub fn due(&self, now_us: u64, max: usize) -> std::io::Result<Vec<Queued>> {
         let c = self.conn();
+        let ids: Vec<(i64, i64)> = {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT id, size FROM messages WHERE delivered_us IS NULL AND next_us <= ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(sql)?;
+            st.query_map(params![now_us as i64, max as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?
+        };
+        let mut bytes = 0u64;
+        let mut out = Vec::new();
         let mut st = c
             .prepare_cached(
-                "SELECT id, message_id, sender, pending, raw, attempts, redelivery, envid, strikes FROM messages WHERE delivered_us IS NULL AND next_us <= ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, message_id, sender, pending, raw, attempts, redelivery, envid, strikes FROM messages WHERE id = ?1",
             )
             .map_err(sql)?;
-        let rows = st
-            .query_map(params![now_us as i64, max as i64], |r| {
-                Ok(Queued {
-                    id: r.get(0)?,
-                    message_id: r.get(1)?,
-                    sender: r.get(2)?,
-                    pending: split(&r.get::<_, String>(3)?),
-                    raw: r.get(4)?,
-                    attempts: r.get(5)?,
-                    redelivery: r.get(6)?,
-                    envid: r.get(7)?,
-                    strikes: r.get(8)?,
+        for (id, size) in ids {
+            bytes += size.max(0) as u64;
+            if !out.is_empty() && bytes > DUE_BYTES {
+                break;
+            }
+            let q = st
+                .query_row([id], |r| {
+                    Ok(Queued {
+                        id: r.get(0)?,
+                        message_id: r.get(1)?,
+                        sender: r.get(2)?,
+                        pending: split(&r.get::<_, String>(3)?),
+                        raw: r.get(4)?,
+                        attempts: r.get(5)?,
+                        redelivery: r.get(6)?,
+                        envid: r.get(7)?,
+                        strikes: r.get(8)?,
+                    })
                 })
-            })
-            .map_err(sql)?;
-        rows.collect::<Result<_, _>>().map_err(sql)
+                .map_err(sql)?;
+            out.push(q);
+        }
+        Ok(out)
     }
 
     /// When the next queued message is due, if any is queued.
@@ -553,6 +582,29 @@ mod tests {
             q.note_epoch(6, "alpha", None, "epoch 6", 14 * S)
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn due_messages_are_bounded_by_their_bytes_but_one_always_comes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = Queue::open(&tmp.path().join("relay.db")).unwrap();
+        let r = vec!["a@example.com".to_string()];
+        let big = vec![b'x'; (DUE_BYTES / 2 + 1) as usize];
+        for i in 0..3 {
+            q.accept(&format!("e{i}"), &format!("m{i}"), "s", &r, &big, S)
+                .unwrap();
+        }
+        let due = q.due(S, 64).unwrap();
+        assert_eq!(due.len(), 1, "two would pass the byte bound");
+        assert_eq!(due[0].envid, "e0");
+        let huge = vec![b'y'; (DUE_BYTES + 1) as usize];
+        let q2 = Queue::open(&tmp.path().join("relay2.db")).unwrap();
+        q2.accept("h", "h", "s", &r, &huge, S).unwrap();
+        assert_eq!(
+            q2.due(S, 64).unwrap().len(),
+            1,
+            "a message over the bound still goes"
         );
     }
 
