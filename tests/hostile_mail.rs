@@ -268,3 +268,64 @@ fn a_relay_killed_while_delivering_the_same_message_parks_it_instead_of_looping(
         t.dump()
     );
 }
+
+/// A client that cannot prove the cluster key gets nothing past a node's
+/// LMTP endpoint: MAIL before AUTH is refused, a wrong proof is refused,
+/// and the third wrong one ends the session. Nothing is stored.
+#[test]
+fn only_a_client_holding_the_cluster_key_delivers_to_a_node() {
+    let t = Trio::with_mail("good-availability");
+    let (_alpha, _beta) = t.running_pair();
+    let (host, port) = t
+        .lmtp("alpha")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let script = r#"
+import smtplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+c = smtplib.LMTP(host, port)
+c.ehlo_or_helo_if_needed()
+print("offers", c.has_extn("auth") and "CRAM-MD5" in c.esmtp_features["auth"].upper())
+print("mail", c.mail("x@example.org")[0])
+for i in range(3):
+    try:
+        c.login("relay", "not-the-secret")
+        print("login ok")
+    except smtplib.SMTPAuthenticationError as e:
+        print("login", e.smtp_code)
+    except smtplib.SMTPServerDisconnected:
+        print("closed")
+        break
+try:
+    print("after", c.noop()[0])
+except smtplib.SMTPServerDisconnected:
+    print("after closed")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &host, &port])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("offers True"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("mail 530"), "{said}");
+    assert!(!said.contains("login ok"), "{said}");
+    assert!(said.contains("login 535"), "{said}");
+    // The third failure ends the session (421, then the server closes).
+    assert!(
+        said.contains("login 421") || said.contains("closed"),
+        "{said}"
+    );
+    assert_eq!(
+        count(
+            &t,
+            "alpha",
+            "SELECT count(*) FROM messages WHERE sender = 'x@example.org'"
+        ),
+        0
+    );
+}
