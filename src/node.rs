@@ -935,7 +935,7 @@ impl Daemon<'_> {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 };
-                let wait = (acquired + self.timing.takeover_wait())
+                let wait = witness::core::takeover_at(acquired, &self.timing)
                     .saturating_duration_since(Instant::now());
                 std::thread::sleep(wait);
                 let took = self.failover(if *force { "forced" } else { "activate" }, *force)?;
@@ -960,48 +960,53 @@ impl Daemon<'_> {
     // ---- active ----
 
     fn tick_active(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
+        use witness::core::ActiveStep;
         let Duty::Active(a) = &self.duty else {
             return Ok(());
         };
         self.wit.want(true);
-        let now = Instant::now();
-        let leases = witness::Leases {
-            peer_until: peer.lease.filter(|(e, _)| *e == a.epoch).map(|(_, t)| t),
+        let mut view = witness::core::ActiveView {
+            epoch: a.epoch,
+            known_epoch: self.known_epoch,
+            peer_lease: peer.lease,
             witness_until: wv.until.filter(|_| wv.held),
+            fence_allows: true,
+            store_stopped: None,
         };
-        if let Some(until) = leases.until() {
+        if let Some(until) = witness::core::leases(&view).until() {
             a.fence.extend(until);
         }
-        let newer = self.known_epoch > a.epoch;
-        if newer {
-            tracing::warn!(epoch = %a.epoch, newer = %self.known_epoch, "a newer epoch exists: stepping down");
-            self.stop_duty();
-            self.role = Role::Fenced;
-            self.blocked = Some(format!(
-                "epoch {} began on another node while this node was active: it must rejoin as passive",
-                self.known_epoch
-            ));
-            return Ok(());
-        }
-        if !leases.quorate(now) || !a.fence.allows() {
-            a.fence.revoke();
-            tracing::warn!(epoch = %a.epoch, "lost quorum (no heartbeat support from the peer, no witness vote): fencing");
-            crate::events::append(
-                &self.node.data_dir,
-                &self.name,
-                "fenced",
-                serde_json::json!({"epoch": a.epoch.0, "reason": "lost quorum"}),
-            );
-            self.stop_duty();
-            self.role = Role::Fenced;
-            self.blocked = Some("lost quorum: stopped taking writes".into());
-            return Ok(());
-        }
-        if let Some(why) = a.store.stopped() {
-            tracing::error!(reason = %why, "the store stopped");
-            self.stop_duty();
-            self.role = Role::Fenced;
-            self.blocked = Some(format!("the store stopped: {why}"));
+        view.fence_allows = a.fence.allows();
+        view.store_stopped = a.store.stopped();
+        match witness::core::active_step(&view, Instant::now()) {
+            ActiveStep::Serve { .. } => {}
+            ActiveStep::StepDown { newer } => {
+                tracing::warn!(epoch = %a.epoch, newer = %newer, "a newer epoch exists: stepping down");
+                self.stop_duty();
+                self.role = Role::Fenced;
+                self.blocked = Some(format!(
+                    "epoch {newer} began on another node while this node was active: it must rejoin as passive"
+                ));
+            }
+            ActiveStep::Fence => {
+                a.fence.revoke();
+                tracing::warn!(epoch = %a.epoch, "lost quorum (no heartbeat support from the peer, no witness vote): fencing");
+                crate::events::append(
+                    &self.node.data_dir,
+                    &self.name,
+                    "fenced",
+                    serde_json::json!({"epoch": a.epoch.0, "reason": "lost quorum"}),
+                );
+                self.stop_duty();
+                self.role = Role::Fenced;
+                self.blocked = Some("lost quorum: stopped taking writes".into());
+            }
+            ActiveStep::StoreStopped(why) => {
+                tracing::error!(reason = %why, "the store stopped");
+                self.stop_duty();
+                self.role = Role::Fenced;
+                self.blocked = Some(format!("the store stopped: {why}"));
+            }
         }
         Ok(())
     }
@@ -1010,55 +1015,48 @@ impl Daemon<'_> {
     /// active before (fenced, restarted). It may activate again only while
     /// it is on the newest timeline: no other node began a newer epoch.
     fn tick_store_holder(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
-        let latest = self.latest(wv);
-        let peer_active = peer.alive(self.timing.dead_after)
-            && peer.last.as_ref().is_some_and(|h| h.role == Role::Active);
-        let ours = latest.as_ref().is_none_or(|l| l.node == self.name);
-        if !ours || peer_active {
-            self.wit.want(false);
-            self.role = Role::Fenced;
-            if !ours {
+        use witness::core::HolderStep;
+        let view = witness::core::HolderView {
+            me: self.name.clone(),
+            newest_owner: self.latest(wv).map(|l| l.node),
+            known_epoch: self.known_epoch,
+            peer_active: peer.alive(self.timing.dead_after)
+                && peer.last.as_ref().is_some_and(|h| h.role == Role::Active),
+            witness_unreadable: (wv.error.is_some() && wv.history.is_empty() && !wv.reachable)
+                .then(|| wv.error.clone().unwrap_or_default()),
+            paused: self.paused(),
+            vote: vote(wv),
+            mutation: witness::core::Mutation::None,
+        };
+        let step = witness::core::holder_step(&view, &self.timing, Instant::now());
+        self.wit.want(step.wants_vote());
+        match step {
+            HolderStep::Rejoin => {
+                self.role = Role::Fenced;
                 return self.rejoin(&wv.history);
             }
-            // The peer says it is active: read the witness now rather than
-            // at its next refresh, to rejoin at once.
-            let history = self.claims.history().context("read the witness's epochs")?;
-            if history.last().is_some_and(|l| l.node != self.name) {
-                return self.rejoin(&history);
+            HolderStep::ConfirmPeerEpoch => {
+                self.role = Role::Fenced;
+                // The peer says it is active: read the witness now rather
+                // than at its next refresh, to rejoin at once.
+                let history = self.claims.history().context("read the witness's epochs")?;
+                if history.last().is_some_and(|l| l.node != self.name) {
+                    return self.rejoin(&history);
+                }
+                self.blocked = Some(format!(
+                    "node {} is active: waiting for its epoch on the witness to rejoin as passive",
+                    self.peer
+                ));
             }
-            self.blocked = Some(format!(
-                "node {} is active: waiting for its epoch on the witness to rejoin as passive",
-                self.peer
-            ));
-            return Ok(());
+            HolderStep::WitnessUnreadable(why) => {
+                self.blocked = Some(format!("cannot read the witness: {why}"));
+            }
+            HolderStep::Paused(why) => self.blocked = Some(format!("paused: {why}")),
+            HolderStep::NoVote => self.blocked = Some("waiting for the witness vote".into()),
+            HolderStep::WaitLease => {}
+            HolderStep::Activate(reason) => return self.activate_store(reason.name(), None),
         }
-        if wv.error.is_some() && wv.history.is_empty() && !wv.reachable {
-            self.blocked = Some(format!(
-                "cannot read the witness: {}",
-                wv.error.clone().unwrap_or_default()
-            ));
-            return Ok(());
-        }
-        if let Some(why) = self.paused() {
-            self.wit.want(false);
-            self.blocked = Some(format!("paused: {why}"));
-            return Ok(());
-        }
-        self.wit.want(true);
-        let Some(acquired) = wv.acquired_at.filter(|_| wv.held) else {
-            self.blocked = Some("waiting for the witness vote".into());
-            return Ok(());
-        };
-        // A previous holder's lease must have run out.
-        if acquired.elapsed() < self.timing.takeover_wait() {
-            return Ok(());
-        }
-        let reason = if self.known_epoch == Epoch(0) {
-            "start"
-        } else {
-            "restart"
-        };
-        self.activate_store(reason, None)
+        Ok(())
     }
 
     /// The peer began a newer epoch while this node held the store: undo
@@ -1471,10 +1469,22 @@ impl Daemon<'_> {
     // ---- passive ----
 
     fn tick_passive(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
-        if !self.has_copy() {
+        use witness::core::PassiveStep;
+        let view = witness::core::PassiveView {
+            has_copy: self.has_copy(),
+            peer_heard_at: peer.heard_at,
+            started: self.started,
+            paused: self.paused(),
+            dial_refused: self.dial_refused,
+            lagged: !self.node.replay_lag.is_zero(),
+            vote: vote(wv),
+            mutation: witness::core::Mutation::None,
+        };
+        let step = witness::core::passive_step(&view, &self.timing, Instant::now());
+        self.wit.want(step.wants_vote());
+        self.role = Role::Passive;
+        if step == PassiveStep::NoCopy {
             self.stop_duty();
-            self.wit.want(false);
-            self.role = Role::Passive;
             self.blocked = Some(format!(
                 "no copy yet: seed it with `logship seed --node {}`",
                 self.name
@@ -1484,55 +1494,36 @@ impl Daemon<'_> {
         if !matches!(self.duty, Duty::Passive(_)) {
             self.start_passive()?;
         }
-        self.role = Role::Passive;
-        let silent = peer
-            .heard_at
-            .map(|t| t.elapsed())
-            .unwrap_or_else(|| self.started.elapsed());
-        let paused = self.paused();
-        if silent < self.timing.suspect_after() {
-            self.wit.want(false);
-            if !self.dial_refused {
-                self.blocked = None;
+        match step {
+            PassiveStep::NoCopy | PassiveStep::SeekVote | PassiveStep::WaitLease => {}
+            // What the refused failover said stays shown.
+            PassiveStep::DialRefused => {}
+            PassiveStep::Follow => {
+                if !self.dial_refused {
+                    self.blocked = None;
+                }
             }
-            return Ok(());
-        }
-        if paused.is_some() || self.dial_refused {
-            self.wit.want(false);
-            if let Some(why) = paused {
-                self.blocked = Some(format!("paused: {why}"));
+            PassiveStep::Paused(why) => self.blocked = Some(format!("paused: {why}")),
+            PassiveStep::Lagged => {
+                self.blocked = Some(format!(
+                    "{} is silent, but this is a lagged copy (replay-lag {}): it is not activated automatically; `logship activate --node {} --play-down` replays everything, then activates",
+                    self.peer,
+                    humantime::format_duration(self.node.replay_lag),
+                    self.name
+                ));
             }
-            return Ok(());
+            PassiveStep::NoVote(why) => {
+                self.blocked = Some(format!(
+                    "{} is silent, but the witness vote is not ours ({why})",
+                    self.peer
+                ));
+            }
+            PassiveStep::TakeOver => {
+                let silent = peer.heard_at.unwrap_or(self.started).elapsed();
+                tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "the active is gone: failing over");
+                self.failover("failover", false)?;
+            }
         }
-        if !self.node.replay_lag.is_zero() {
-            self.wit.want(false);
-            self.blocked = Some(format!(
-                "{} is silent, but this is a lagged copy (replay-lag {}): it is not activated automatically; `logship activate --node {} --play-down` replays everything, then activates",
-                self.peer,
-                humantime::format_duration(self.node.replay_lag),
-                self.name
-            ));
-            return Ok(());
-        }
-        // The active is silent: seek the witness vote early, take over once
-        // it has been silent for the dead time and its lease has run out.
-        self.wit.want(true);
-        if silent < self.timing.dead_after {
-            return Ok(());
-        }
-        let Some(acquired) = wv.acquired_at.filter(|_| wv.held) else {
-            self.blocked = Some(format!(
-                "{} is silent, but the witness vote is not ours ({})",
-                self.peer,
-                wv.error.clone().unwrap_or_else(|| "held by another".into())
-            ));
-            return Ok(());
-        };
-        if acquired.elapsed() < self.timing.takeover_wait() {
-            return Ok(());
-        }
-        tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "the active is gone: failing over");
-        self.failover("failover", false)?;
         Ok(())
     }
 
@@ -1763,16 +1754,13 @@ impl Daemon<'_> {
                         replay_queue: st.replay_queue_length,
                     });
                 }
-                let taking_over = self.wit.want.load(Ordering::SeqCst);
-                if let Some(p) = &peer.last
-                    && p.role == Role::Active
-                    && p.epoch >= self.known_epoch
-                    && peer.alive(self.timing.dead_after)
-                    && !taking_over
-                    && self.role == Role::Passive
-                {
-                    hb.supports = Some(p.epoch);
-                }
+                hb.supports = witness::core::support(
+                    self.role,
+                    self.wit.want.load(Ordering::SeqCst),
+                    self.known_epoch,
+                    peer.last.as_ref(),
+                    peer.alive(self.timing.dead_after),
+                );
             }
         }
         let position = hb.position;
@@ -1922,6 +1910,15 @@ impl Daemon<'_> {
 
 /// The generation holding an active's last record: its current one when
 /// that holds records, else the one before.
+/// The witness vote as the pure rules take it.
+fn vote(wv: &WitnessView) -> witness::core::Vote {
+    witness::core::Vote {
+        held: wv.held,
+        acquired_at: wv.acquired_at,
+        error: wv.error.clone(),
+    }
+}
+
 fn active_generation(store: &Store) -> u64 {
     let st = store.state();
     let current = st.generation.0;

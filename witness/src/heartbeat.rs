@@ -172,7 +172,7 @@ impl WarnLimiter {
 }
 
 /// How many sent heartbeats are remembered for acknowledgements.
-const SENT_RING: usize = 256;
+pub const SENT_RING: usize = 256;
 /// How many of the peer's earlier runs (boot ids) are remembered, so that
 /// their heartbeats, replayed, are refused.
 const RETIRED_BOOTS: usize = 64;
@@ -191,8 +191,8 @@ fn new_boot() -> u64 {
 
 /// What was last heard of the peer's runs: a heartbeat counts only if it is
 /// newer than the last one of the same run, or of a run never seen before.
-#[derive(Debug, Default)]
-struct Freshness {
+#[derive(Clone, Debug, Default)]
+pub struct Freshness {
     boot: Option<u64>,
     seq: u64,
     retired: VecDeque<u64>,
@@ -200,7 +200,7 @@ struct Freshness {
 
 impl Freshness {
     /// Whether `hb` is fresh; if so, it becomes the last one heard.
-    fn admit(&mut self, hb: &Heartbeat) -> bool {
+    pub fn admit(&mut self, hb: &Heartbeat) -> bool {
         if hb.boot == 0 {
             // A sender without run ids: as heartbeats always were.
             return true;
@@ -305,9 +305,48 @@ pub struct PeerView {
 }
 
 impl PeerView {
+    /// Takes in a fresh heartbeat from the peer, received at `received`:
+    /// it becomes the last one heard, and its support (if any) lends the
+    /// peer's vote as a lease from when *we sent* the heartbeat it
+    /// acknowledges (`sent`: our recent heartbeats' numbers and send
+    /// times), so a delayed datagram cannot stretch it. Returns the number
+    /// to acknowledge (the latest received; a restarted peer counts from 1
+    /// again, under a new boot id).
+    pub fn receive(
+        &mut self,
+        hb: Heartbeat,
+        received: Instant,
+        sent: &VecDeque<(u64, Instant)>,
+        timing: &Timing,
+    ) -> u64 {
+        if let Some(epoch) = hb.supports
+            && let Some((_, at)) = sent.iter().find(|(s, _)| *s == hb.ack)
+        {
+            let until = *at + timing.peer_lease();
+            self.lease = match self.lease {
+                Some((e, t)) if e == epoch && t > until => Some((e, t)),
+                _ => Some((epoch, until)),
+            };
+        }
+        if hb.supports.is_none() {
+            self.lease = None;
+        }
+        let ack = hb.seq;
+        self.last = Some(hb);
+        self.heard_at = Some(received);
+        self.problem = None;
+        ack
+    }
+
     /// True when the peer was heard within `within`.
     pub fn alive(&self, within: Duration) -> bool {
-        self.heard_at.is_some_and(|t| t.elapsed() < within)
+        self.alive_at(within, Instant::now())
+    }
+
+    /// True when the peer was heard within `within` before `now`.
+    pub fn alive_at(&self, within: Duration, now: Instant) -> bool {
+        self.heard_at
+            .is_some_and(|t| now.saturating_duration_since(t) < within)
     }
 }
 
@@ -500,24 +539,8 @@ impl Link {
                 Ok(hb) => {
                     tracing::trace!(from = %hb.node, seq = hb.seq, role = hb.role.name(), epoch = %hb.epoch, "heartbeat");
                     let mut view = self.view.lock().expect("view lock");
-                    if let Some(epoch) = hb.supports
-                        && let Some((_, at)) = sent.iter().find(|(s, _)| *s == hb.ack)
-                    {
-                        let until = *at + cfg.timing.peer_lease();
-                        view.lease = match view.lease {
-                            Some((e, t)) if e == epoch && t > until => Some((e, t)),
-                            _ => Some((epoch, until)),
-                        };
-                    }
-                    if hb.supports.is_none() {
-                        view.lease = None;
-                    }
-                    // Acknowledge the latest heartbeat received (a restarted
-                    // peer counts from 1 again, under a new boot id).
-                    self.ours.lock().expect("ours lock").ack = hb.seq;
-                    view.last = Some(hb);
-                    view.heard_at = Some(received);
-                    view.problem = None;
+                    let ack = view.receive(hb, received, &sent, &cfg.timing);
+                    self.ours.lock().expect("ours lock").ack = ack;
                 }
                 Err(refusal) => {
                     let problem = refusal.to_string();

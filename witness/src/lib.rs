@@ -5,10 +5,14 @@
 //! activated after an unplanned failover (`dial`), and the planned move's
 //! pre-checks (`moves`).
 //!
+//! The role decisions themselves are pure functions (`core`), run by the
+//! node daemon and by this crate's cluster simulator alike.
+//!
 //! This crate decides; the node daemon (package `logship`) acts. The
 //! protocol, its timing assumptions and its failure cases are written down
 //! in ARCHITECTURE.md ("The cluster protocol").
 
+pub mod core;
 pub mod dial;
 pub mod heartbeat;
 pub mod moves;
