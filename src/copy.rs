@@ -3,62 +3,16 @@
 //! nodes and shares and call into the `replayer` crate.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use logship::config::{Config, Node};
 use replayer::state::{CopyPaths, CopyState};
 use replayer::status::{self, CopyStatus};
-use shipper::share::Share;
 
-pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SHUTDOWN.store(true, Ordering::Relaxed);
-}
-
-/// SIGTERM and SIGINT ask daemons to stop at the end of their current step.
-pub fn install_shutdown_handler() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-    }
-}
-
-/// The node a passive copies from: `--from`, or the only other node.
-pub fn source_node<'a>(
-    cfg: &'a Config,
-    me: &str,
-    from: Option<&str>,
-) -> Result<(String, &'a Node)> {
-    if let Some(f) = from {
-        return Ok((f.to_string(), cfg.node(f)?));
-    }
-    let others: Vec<&String> = cfg.nodes.keys().filter(|n| n.as_str() != me).collect();
-    match others.as_slice() {
-        [one] => Ok(((*one).clone(), cfg.node(one)?)),
-        [] => bail!("node {me} is the only node in the config: there is nothing to copy from"),
-        _ => bail!("more than one other node in the config; say which to copy from with --from"),
-    }
-}
-
-pub fn share_of(name: &str, node: &Node, cfg: &Config) -> Result<Share> {
-    let spec = node.share.as_deref().with_context(|| {
-        format!("node {name} has no `share` in the config: where do its peers read its segments?")
-    })?;
-    let opts = shipper::share::SmbOptions {
-        password_file: cfg.cluster.password_file.clone(),
-        encrypt: match node.encrypt {
-            logship::config::EncryptSetting::Required => shipper::share::Encrypt::Required,
-            logship::config::EncryptSetting::Preferred => shipper::share::Encrypt::Preferred,
-            logship::config::EncryptSetting::Off => shipper::share::Encrypt::Off,
-        },
-        timeout: Some(cfg.cluster.smb_timeout),
-    };
-    Share::open(spec, &opts).with_context(|| format!("the share of node {name}"))
-}
+use crate::daemon::{SHUTDOWN, install_shutdown_handler, refuse_under_node, warn_open_dirs};
+use crate::node_status::{NodeStatus, PUBLISHED_NODE_STATUS};
+use crate::shares::{share_of, source_node};
 
 pub fn replay(
     name: &str,
@@ -67,8 +21,8 @@ pub fn replay(
     from: Option<&str>,
     poll: std::time::Duration,
 ) -> Result<ExitCode> {
-    crate::daemons::refuse_under_node(name, node)?;
-    crate::daemons::warn_open_dirs(name, node);
+    refuse_under_node(name, node)?;
+    warn_open_dirs(name, node);
     let (source_name, source) = source_node(cfg, name, from)?;
     if !node.data_dir.join(shipper::store::DATABASE_FILE).exists() {
         bail!(
@@ -151,22 +105,20 @@ fn ship_status(node: &Node) -> Option<shipper::ship::ShipStatus> {
 
 /// What each node's daemon last published (`node.json`), marked offline
 /// when the daemon is gone.
-pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeStatus> {
+pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<NodeStatus> {
     let now = shipper_now_us();
     let mut out = Vec::new();
     for (name, node) in &cfg.nodes {
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        let local = crate::node::NodeStatus::load(&node.data_dir);
+        let local = NodeStatus::load(&node.data_dir);
         let is_local = local.is_some();
         // Not on this machine: what the node published on its share.
         let st = local.or_else(|| {
             let share = share_of(name, node, cfg).ok()?;
-            let bytes = share
-                .read(crate::node::PUBLISHED_NODE_STATUS, 1 << 20)
-                .ok()??;
-            serde_json::from_slice::<crate::node::NodeStatus>(&bytes).ok()
+            let bytes = share.read(PUBLISHED_NODE_STATUS, 1 << 20).ok()??;
+            serde_json::from_slice::<NodeStatus>(&bytes).ok()
         });
         if let Some(mut st) = st {
             let alive = !is_local || process_alive(st.pid);
@@ -186,7 +138,7 @@ pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<crate::node::NodeS
                         "status not updated for {}s although the daemon (pid {}) runs: it may be busy (a failover drains for up to {} s), stuck, or unable to write to {} (a full disk?)",
                         age.as_secs(),
                         st.pid,
-                        crate::node::DRAIN_BUDGET.as_secs(),
+                        witness::core::DRAIN_BUDGET.as_secs(),
                         node.data_dir.display()
                     ));
                 }
@@ -412,7 +364,7 @@ pub fn verify_copy(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
             cfg,
             name,
             Some(&source).filter(|s| !s.is_empty()).map(|s| s.as_str()),
-        ) && let Ok(Share::Dir(dir)) = share_of(&source_name, source_node, cfg)
+        ) && let Ok(shipper::share::Share::Dir(dir)) = share_of(&source_name, source_node, cfg)
         {
             logged = shipper::log::hash_at(&dir, lsn)?;
         }

@@ -14,15 +14,8 @@ use replayer::state::{CopyPaths, CopyState};
 use shipper::seed::{self, SeedManifest, SeedRequest};
 use shipper::share::Share;
 
-use crate::copy::{SHUTDOWN, install_shutdown_handler, share_of, source_node};
-
-/// Refuses to run a role's daemon by hand where `logship node` runs it.
-pub fn refuse_under_node(name: &str, node: &Node) -> Result<()> {
-    if let Some(pid) = crate::control::node_daemon(&node.data_dir) {
-        bail!("`logship node` (pid {pid}) runs node {name}: it runs the role's duties itself");
-    }
-    Ok(())
-}
+use crate::daemon::{SHUTDOWN, install_shutdown_handler, refuse_under_node, warn_open_dirs};
+use crate::shares::{share_of, source_node};
 
 pub fn ship(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     refuse_under_node(name, node)?;
@@ -71,16 +64,6 @@ fn random_id() -> String {
     shipper::DatabaseId::random()
         .map(|d| d.to_string())
         .unwrap_or_else(|_| format!("{}", std::process::id()))
-}
-
-/// A WARN for a node's data directory (or its log directory) open to its
-/// group or others.
-pub fn warn_open_dirs(name: &str, node: &Node) {
-    let logs = node.data_dir.join(shipper::store::LOG_DIR);
-    logship::private::warn_if_open(
-        &format!("node {name}'s data directory"),
-        &[node.data_dir.as_path(), logs.as_path()],
-    );
 }
 
 pub fn seed(

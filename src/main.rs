@@ -8,14 +8,17 @@ mod bench_failover;
 mod bench_mail;
 mod control;
 mod copy;
+mod daemon;
 mod daemons;
 mod demo;
 mod events;
 mod inspect;
 mod metrics;
 mod node;
+mod node_status;
 mod procs;
 mod relay_cmd;
+mod shares;
 mod sql;
 
 use std::path::PathBuf;

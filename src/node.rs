@@ -22,93 +22,21 @@ use anyhow::{Context, Result, bail};
 use logship::config::{Config, Node};
 use replayer::daemon::EpochStart;
 use replayer::state::{CopyPaths, CopyState};
-use serde::{Deserialize, Serialize};
+
 use shipper::{Epoch, Fence, Generation, Lsn, Store, StoreOptions};
 use witness::dial::{self, DialDecision, Position};
 use witness::heartbeat::{CopyBrief, Link, LinkConfig, PeerView};
 use witness::{EpochRecord, Role, Timing, Witness};
 
 use crate::control::Op;
-use crate::copy::{SHUTDOWN, install_shutdown_handler, share_of};
+use crate::daemon::{SHUTDOWN, install_shutdown_handler, warn_open_dirs};
+use crate::node_status::{
+    NODE_STATUS_FILE, NodeStatus, PUBLISHED_NODE_STATUS, PeerSummary, Quorum,
+};
+use crate::shares::share_of;
 
-/// The node's published state, beside its data.
-pub const NODE_STATUS_FILE: &str = "node.json";
-/// The same, on the node's own share, for `status` on other machines.
-pub const PUBLISHED_NODE_STATUS: &str = "node-status.json";
 /// Present while the node is paused (it holds the operator's reason).
 pub const PAUSED_FILE: &str = "paused";
-/// How long a failover may spend copying and replaying what the old
-/// active's share still holds.
-pub(crate) const DRAIN_BUDGET: Duration = Duration::from_secs(15);
-
-/// The votes a node sees.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Quorum {
-    /// This node's own vote (always, while it runs).
-    pub node: bool,
-    /// The peer's vote: heard within the dead time (for an active: a
-    /// supporting heartbeat whose lease still runs).
-    pub peer: bool,
-    /// The witness's vote: this node holds the witness lock.
-    pub witness: bool,
-    pub votes: u8,
-}
-
-/// What this node last heard from its peer.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerSummary {
-    pub node: String,
-    pub role: Role,
-    pub paused: bool,
-    pub epoch: u64,
-    /// The peer's log position: an active's last LSN, a passive's replayed LSN.
-    pub lsn: u64,
-    /// The peer's copy status, when it is a passive.
-    pub copy: Option<String>,
-    pub heard_ms_ago: Option<u64>,
-}
-
-/// What `<data-dir>/node.json` holds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub node: String,
-    pub role: Role,
-    /// The epoch this node is active in, or the newest it knows.
-    pub epoch: u64,
-    pub active_node: Option<String>,
-    /// online or paused (`logship status` shows offline when the daemon is gone).
-    pub node_state: String,
-    pub quorum: Quorum,
-    pub witness: String,
-    pub witness_reachable: bool,
-    /// Why this node does not become active although it could be asked to.
-    pub blocked: Option<String>,
-    /// The last mount-dial decision of a failover.
-    pub dial: Option<DialDecision>,
-    pub warnings: Vec<String>,
-    pub peer: Option<PeerSummary>,
-    /// Mail delivered over LMTP since the daemon started: recipients newly
-    /// stored, and dropped as duplicates (a redelivery shows up here).
-    pub mail_stored: u64,
-    pub mail_duplicates: u64,
-    /// Activations of this node after its peer failed (failover, activate)
-    /// since the daemon started.
-    pub failovers: u64,
-    pub lsn: u64,
-    pub pid: u32,
-    pub updated_us: u64,
-}
-
-impl NodeStatus {
-    pub fn load(data_dir: &Path) -> Option<NodeStatus> {
-        let p = data_dir.join(NODE_STATUS_FILE);
-        let m = std::fs::metadata(&p).ok()?;
-        if m.len() > 1 << 20 {
-            return None;
-        }
-        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
-    }
-}
 
 /// What the witness thread knows and does.
 #[derive(Clone, Debug, Default)]
@@ -368,7 +296,7 @@ struct Daemon<'a> {
 
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
-    crate::daemons::warn_open_dirs(name, node);
+    warn_open_dirs(name, node);
     let peers: Vec<&String> = cfg.nodes.keys().filter(|n| n.as_str() != name).collect();
     let [peer] = peers.as_slice() else {
         bail!(
@@ -1578,7 +1506,7 @@ impl Daemon<'_> {
         };
         let state = {
             let _lock = shipper::store::lock_data_dir(&self.node.data_dir)?;
-            replayer::daemon::drain(&config, DRAIN_BUDGET)
+            replayer::daemon::drain(&config, witness::core::DRAIN_BUDGET)
                 .context("copy and replay what the old active's share holds")?
         };
         let replayed = Position {

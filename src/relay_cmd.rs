@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use dumpster::relay::{self, RelayConfig};
 use logship::config::Config;
 
-use crate::copy::{SHUTDOWN, install_shutdown_handler};
+use crate::daemon::{SHUTDOWN, install_shutdown_handler};
 
 /// Parses a size: a number with an optional B, KB, MB or GB suffix
 /// (powers of 1024).

@@ -21,6 +21,10 @@ use crate::heartbeat::{Heartbeat, Role};
 use crate::quorum::{Leases, Timing};
 use shipper::Epoch;
 
+/// How long a failover may spend copying and replaying what the old
+/// active's share still holds.
+pub const DRAIN_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A deliberate bug, for the simulator's test that it can find one. The
 /// daemon always passes `Mutation::None`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,83 @@
+//! What a node daemon publishes about itself (`node.json` beside its data,
+//! `node-status.json` on its share): its role, epoch, votes, what blocks it,
+//! its peer as it last heard it. Written by `node`, read by `status` and
+//! `copy` on any machine; this module holds only the type and its files.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use witness::{DialDecision, Role};
+
+/// The node's published state, beside its data.
+pub const NODE_STATUS_FILE: &str = "node.json";
+/// The same, on the node's own share, for `status` on other machines.
+pub const PUBLISHED_NODE_STATUS: &str = "node-status.json";
+
+/// The votes a node sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quorum {
+    /// This node's own vote (always, while it runs).
+    pub node: bool,
+    /// The peer's vote: heard within the dead time (for an active: a
+    /// supporting heartbeat whose lease still runs).
+    pub peer: bool,
+    /// The witness's vote: this node holds the witness lock.
+    pub witness: bool,
+    pub votes: u8,
+}
+
+/// What this node last heard from its peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSummary {
+    pub node: String,
+    pub role: Role,
+    pub paused: bool,
+    pub epoch: u64,
+    /// The peer's log position: an active's last LSN, a passive's replayed LSN.
+    pub lsn: u64,
+    /// The peer's copy status, when it is a passive.
+    pub copy: Option<String>,
+    pub heard_ms_ago: Option<u64>,
+}
+
+/// What `<data-dir>/node.json` holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub role: Role,
+    /// The epoch this node is active in, or the newest it knows.
+    pub epoch: u64,
+    pub active_node: Option<String>,
+    /// online or paused (`logship status` shows offline when the daemon is gone).
+    pub node_state: String,
+    pub quorum: Quorum,
+    pub witness: String,
+    pub witness_reachable: bool,
+    /// Why this node does not become active although it could be asked to.
+    pub blocked: Option<String>,
+    /// The last mount-dial decision of a failover.
+    pub dial: Option<DialDecision>,
+    pub warnings: Vec<String>,
+    pub peer: Option<PeerSummary>,
+    /// Mail delivered over LMTP since the daemon started: recipients newly
+    /// stored, and dropped as duplicates (a redelivery shows up here).
+    pub mail_stored: u64,
+    pub mail_duplicates: u64,
+    /// Activations of this node after its peer failed (failover, activate)
+    /// since the daemon started.
+    pub failovers: u64,
+    pub lsn: u64,
+    pub pid: u32,
+    pub updated_us: u64,
+}
+
+impl NodeStatus {
+    pub fn load(data_dir: &Path) -> Option<NodeStatus> {
+        let p = data_dir.join(NODE_STATUS_FILE);
+        let m = std::fs::metadata(&p).ok()?;
+        if m.len() > 1 << 20 {
+            return None;
+        }
+        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    }
+}
