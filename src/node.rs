@@ -1091,24 +1091,16 @@ impl Daemon<'_> {
         // The history, read again while holding the vote: no one else can
         // claim meanwhile.
         let history = self.claims.history().context("read the witness's epochs")?;
+        let by_itself = !matches!(reason, "failover" | "forced" | "activate" | "move");
         if let Some(l) = history.last()
-            && l.node != self.name
-            && !matches!(reason, "failover" | "forced" | "activate" | "move")
+            && !witness::core::activation_stands(by_itself, Some(&l.node), &self.name)
         {
             self.blocked = Some(format!("node {} began epoch {} meanwhile", l.node, l.epoch));
             return Ok(());
         }
         let paths = shipper::store::StorePaths::new(&self.node.data_dir);
         let (lsn, log_epoch, generation) = log_position(&paths)?;
-        let epoch = Epoch(
-            history
-                .last()
-                .map(|l| l.epoch.0)
-                .unwrap_or(0)
-                .max(log_epoch.0)
-                .max(self.known_epoch.0)
-                + 1,
-        );
+        let epoch = witness::core::next_epoch(history.last().map(|l| l.epoch), log_epoch, self.known_epoch);
         let rec = EpochRecord {
             epoch,
             node: self.name.clone(),
@@ -1298,21 +1290,28 @@ impl Daemon<'_> {
     /// LSN, close the store and give up the witness vote; once the target is
     /// active in a newer epoch, the move is done (this node then rejoins).
     fn tick_moving(&mut self, peer: &PeerView) -> Result<()> {
+        use witness::core::MovingStep;
         let m = self.moving.as_mut().expect("moving");
         let hb = peer
             .last
             .as_ref()
             .filter(|_| peer.alive(self.timing.dead_after));
-        if !m.released && hb.is_some_and(|h| h.position.lsn >= m.lsn.0) {
+        let step = witness::core::moving_step(
+            m.lsn.0,
+            m.epoch,
+            m.released,
+            hb,
+            m.started.elapsed(),
+            MOVE_TIMEOUT,
+        );
+        if step == MovingStep::Release {
             m.released = true;
             self.stop_duty();
             self.wit.want(false);
             self.role = Role::Starting;
             self.link.poke();
         }
-        let m = self.moving.as_ref().expect("moving");
-        let done = hb.is_some_and(|h| h.role == Role::Active && h.epoch > m.epoch);
-        if done {
+        if step == MovingStep::Done {
             let m = self.moving.take().expect("moving");
             let ms = m.started.elapsed().as_millis() as u64;
             crate::events::append(
@@ -1339,7 +1338,7 @@ impl Daemon<'_> {
             self.role = Role::Fenced;
             return Ok(());
         }
-        if m.started.elapsed() > MOVE_TIMEOUT {
+        if step == MovingStep::TimedOut {
             let m = self.moving.take().expect("moving");
             tracing::error!(to = %m.to, "the planned move timed out; this node takes writes again");
             if let Some(r) = m.reply {
@@ -1382,15 +1381,15 @@ impl Daemon<'_> {
         let lsn = CopyState::load(&self.copy_paths())?
             .map(|s| s.replayed_lsn)
             .unwrap_or(0);
-        if lsn < handoff.lsn || hb.role == Role::Active {
-            return Ok(());
+        match witness::core::target_step(lsn, handoff.lsn, hb.role == Role::Active, wv.held) {
+            witness::core::TargetStep::CatchUp => {}
+            witness::core::TargetStep::SeekVote => self.wit.want(true),
+            witness::core::TargetStep::TakeOver => {
+                self.wit.want(true);
+                self.failover("move", true)?;
+                self.link.poke();
+            }
         }
-        self.wit.want(true);
-        if !wv.held {
-            return Ok(());
-        }
-        self.failover("move", true)?;
-        self.link.poke();
         Ok(())
     }
 

@@ -309,6 +309,80 @@ pub fn leases(v: &ActiveView) -> Leases {
     }
 }
 
+/// The epoch an activation claims: one past the newest it knows of, from
+/// the witness's history, its own log, and what it heard.
+pub fn next_epoch(history_newest: Option<Epoch>, log_epoch: Epoch, known: Epoch) -> Epoch {
+    Epoch(history_newest.unwrap_or(Epoch(0)).0.max(log_epoch.0).max(known.0) + 1)
+}
+
+/// An activation that the node decided on by itself (`start`, `restart`)
+/// is called off when another node began a newer epoch meanwhile (read
+/// again while holding the witness vote); a failover, a move or an
+/// operator's activation go on (they already follow from the peer's
+/// silence, or are asked for).
+pub fn activation_stands(by_itself: bool, newest_owner: Option<&str>, me: &str) -> bool {
+    !by_itself || newest_owner.is_none_or(|o| o == me)
+}
+
+/// Where a planned move stands, on the active that hands over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MovingStep {
+    /// The target has not replayed the last LSN yet: keep waiting.
+    Wait,
+    /// The target holds the last LSN: close the store, give up the
+    /// witness vote (once).
+    Release,
+    /// The target is active in a newer epoch: the move is done.
+    Done,
+    /// The target did not take over in time: take writes again.
+    TimedOut,
+}
+
+/// The active's side of a move that froze the store at `lsn` in `epoch`,
+/// from the target's last heartbeat (if alive).
+pub fn moving_step(
+    lsn: u64,
+    epoch: Epoch,
+    released: bool,
+    target: Option<&Heartbeat>,
+    elapsed: std::time::Duration,
+    timeout: std::time::Duration,
+) -> MovingStep {
+    if target.is_some_and(|h| h.role == Role::Active && h.epoch > epoch) {
+        return MovingStep::Done;
+    }
+    if elapsed > timeout {
+        return MovingStep::TimedOut;
+    }
+    if !released && target.is_some_and(|h| h.position.lsn >= lsn) {
+        return MovingStep::Release;
+    }
+    MovingStep::Wait
+}
+
+/// Where a planned move stands on its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetStep {
+    /// Replay up to the handed-over LSN first (or the old active still
+    /// says it is active).
+    CatchUp,
+    /// Caught up: take the witness vote.
+    SeekVote,
+    /// The vote is ours: activate, without the takeover wait (the old
+    /// active closed its store before it let the vote go).
+    TakeOver,
+}
+
+pub fn target_step(replayed: u64, handoff_lsn: u64, peer_active: bool, vote_held: bool) -> TargetStep {
+    if replayed < handoff_lsn || peer_active {
+        return TargetStep::CatchUp;
+    }
+    if !vote_held {
+        return TargetStep::SeekVote;
+    }
+    TargetStep::TakeOver
+}
+
 /// The vote a passive lends its peer in its heartbeats (`supports`): only
 /// to a peer it hears, that says it is active in the newest epoch this
 /// node knows, and only while this node is passive and not itself seeking
@@ -645,6 +719,47 @@ mod tests {
             ..active.clone()
         };
         assert_eq!(s(Role::Passive, false, 4, Some(&passive), true), None);
+    }
+
+    #[test]
+    fn an_activation_claims_one_past_the_newest_epoch_it_knows() {
+        assert_eq!(next_epoch(None, Epoch(0), Epoch(0)), Epoch(1));
+        assert_eq!(next_epoch(Some(Epoch(4)), Epoch(2), Epoch(3)), Epoch(5));
+        assert_eq!(next_epoch(Some(Epoch(4)), Epoch(6), Epoch(3)), Epoch(7));
+        assert_eq!(next_epoch(Some(Epoch(4)), Epoch(2), Epoch(9)), Epoch(10));
+        assert!(activation_stands(true, None, "a"));
+        assert!(activation_stands(true, Some("a"), "a"));
+        assert!(!activation_stands(true, Some("b"), "a"));
+        assert!(activation_stands(false, Some("b"), "a"));
+    }
+
+    #[test]
+    fn a_move_releases_once_the_target_holds_the_lsn_and_ends_when_it_is_active() {
+        let s = Duration::from_secs(1);
+        let hb = |role, epoch, lsn| Heartbeat {
+            role,
+            epoch: Epoch(epoch),
+            position: crate::dial::Position { lsn, generation: 0 },
+            ..Default::default()
+        };
+        let behind = hb(Role::Passive, 3, 99);
+        let there = hb(Role::Passive, 3, 100);
+        let active = hb(Role::Active, 4, 100);
+        let step = |released, t: Option<&Heartbeat>, secs| {
+            moving_step(100, Epoch(3), released, t, s * secs, s * 30)
+        };
+        assert_eq!(step(false, Some(&behind), 1), MovingStep::Wait);
+        assert_eq!(step(false, None, 1), MovingStep::Wait);
+        assert_eq!(step(false, Some(&there), 1), MovingStep::Release);
+        assert_eq!(step(true, Some(&there), 1), MovingStep::Wait);
+        assert_eq!(step(true, Some(&active), 1), MovingStep::Done);
+        assert_eq!(step(true, Some(&there), 31), MovingStep::TimedOut);
+        // An active target in the same epoch is the old one: not done.
+        assert_eq!(step(true, Some(&hb(Role::Active, 3, 100)), 1), MovingStep::Wait);
+        assert_eq!(target_step(99, 100, false, true), TargetStep::CatchUp);
+        assert_eq!(target_step(100, 100, true, true), TargetStep::CatchUp);
+        assert_eq!(target_step(100, 100, false, false), TargetStep::SeekVote);
+        assert_eq!(target_step(101, 100, false, true), TargetStep::TakeOver);
     }
 
     #[test]
