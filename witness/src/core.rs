@@ -37,6 +37,9 @@ pub enum Mutation {
     /// Acknowledge a write whose lease ran out while it was made durable
     /// (the store's second fence check, skipped).
     NoFenceRecheck,
+    /// Carry a copy's log on whenever it has one, as before a seed taken
+    /// past the last sealed record could be activated (`log_plan`).
+    OldLogPlan,
 }
 
 /// The witness vote as a node sees it.
@@ -312,7 +315,14 @@ pub fn leases(v: &ActiveView) -> Leases {
 /// The epoch an activation claims: one past the newest it knows of, from
 /// the witness's history, its own log, and what it heard.
 pub fn next_epoch(history_newest: Option<Epoch>, log_epoch: Epoch, known: Epoch) -> Epoch {
-    Epoch(history_newest.unwrap_or(Epoch(0)).0.max(log_epoch.0).max(known.0) + 1)
+    Epoch(
+        history_newest
+            .unwrap_or(Epoch(0))
+            .0
+            .max(log_epoch.0)
+            .max(known.0)
+            + 1,
+    )
 }
 
 /// An activation that the node decided on by itself (`start`, `restart`)
@@ -373,7 +383,12 @@ pub enum TargetStep {
     TakeOver,
 }
 
-pub fn target_step(replayed: u64, handoff_lsn: u64, peer_active: bool, vote_held: bool) -> TargetStep {
+pub fn target_step(
+    replayed: u64,
+    handoff_lsn: u64,
+    peer_active: bool,
+    vote_held: bool,
+) -> TargetStep {
     if replayed < handoff_lsn || peer_active {
         return TargetStep::CatchUp;
     }
@@ -381,6 +396,30 @@ pub fn target_step(replayed: u64, handoff_lsn: u64, peer_active: bool, vote_held
         return TargetStep::SeekVote;
     }
     TargetStep::TakeOver
+}
+
+/// What a copy's log needs before the copy can open as the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogPlan {
+    /// The log reaches the database's LSN: it carries on (the store redoes
+    /// what it holds past the database).
+    CarryOn,
+    /// The log ends before the database (a seed taken past the copy's last
+    /// sealed record, in a segment never sealed) or there is none: drop its
+    /// segments, as truncation would, and start a log at the database's
+    /// LSN.
+    StartAtDatabase,
+}
+
+/// `current_has_records`: the copy's current segment holds records;
+/// `sealed_end`: the last LSN its sealed segments reach, if any; `db`: the
+/// LSN its database holds.
+pub fn log_plan(current_has_records: bool, sealed_end: Option<u64>, db: u64) -> LogPlan {
+    if current_has_records || sealed_end.is_some_and(|end| end >= db) {
+        LogPlan::CarryOn
+    } else {
+        LogPlan::StartAtDatabase
+    }
 }
 
 /// The vote a passive lends its peer in its heartbeats (`supports`): only
@@ -755,11 +794,24 @@ mod tests {
         assert_eq!(step(true, Some(&active), 1), MovingStep::Done);
         assert_eq!(step(true, Some(&there), 31), MovingStep::TimedOut);
         // An active target in the same epoch is the old one: not done.
-        assert_eq!(step(true, Some(&hb(Role::Active, 3, 100)), 1), MovingStep::Wait);
+        assert_eq!(
+            step(true, Some(&hb(Role::Active, 3, 100)), 1),
+            MovingStep::Wait
+        );
         assert_eq!(target_step(99, 100, false, true), TargetStep::CatchUp);
         assert_eq!(target_step(100, 100, true, true), TargetStep::CatchUp);
         assert_eq!(target_step(100, 100, false, false), TargetStep::SeekVote);
         assert_eq!(target_step(101, 100, false, true), TargetStep::TakeOver);
+    }
+
+    #[test]
+    fn a_copy_seeded_past_its_last_sealed_record_starts_its_log_at_the_database() {
+        assert_eq!(log_plan(false, Some(10), 10), LogPlan::CarryOn);
+        assert_eq!(log_plan(false, Some(12), 10), LogPlan::CarryOn);
+        assert_eq!(log_plan(true, Some(1), 10), LogPlan::CarryOn);
+        // The seed landed in a segment never sealed: the bug of a fresh copy.
+        assert_eq!(log_plan(false, Some(1), 2), LogPlan::StartAtDatabase);
+        assert_eq!(log_plan(false, None, 2), LogPlan::StartAtDatabase);
     }
 
     #[test]

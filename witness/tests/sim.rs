@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use shipper::Epoch;
 use witness::Timing;
-use witness::core::{self, ActiveStep, HolderStep, Mutation, PassiveStep};
+use witness::core::{self, ActiveStep, HolderStep, LogPlan, Mutation, PassiveStep};
 use witness::dial::Position;
+use witness::dial::{self, MountDial};
 use witness::heartbeat::{Freshness, Heartbeat, PeerView, Role, SENT_RING};
 
 /// Simulated time, in microseconds since the run began.
@@ -118,12 +119,37 @@ impl Fault {
     }
 }
 
-/// The store of a node: its log's epoch and LSN; `active` while it takes
-/// writes.
-#[derive(Clone, Debug)]
+/// The store of a node: its last acknowledged LSN, the last LSN its
+/// sealed segments hold, how many segments it sealed; `active` while it
+/// takes writes.
+#[derive(Clone, Debug, Default)]
 struct Store {
     lsn: u64,
+    sealed: u64,
+    seals: u64,
+    /// When its first unsealed record was written (seal-after counts from it).
+    unsealed_since: Option<T>,
     active: Option<Active>,
+}
+
+impl Store {
+    /// Where its log stands, as its heartbeats say.
+    fn position(&self) -> Position {
+        Position {
+            lsn: self.lsn,
+            generation: self.seals + u64::from(self.lsn > self.sealed),
+        }
+    }
+}
+
+/// A passive copy: the LSN its database holds (`db`), the last LSN its
+/// sealed segments reach (`log_end`, none when it holds none), and how
+/// many of the source's segments it has.
+#[derive(Clone, Copy, Debug, Default)]
+struct Copy {
+    db: u64,
+    log_end: Option<u64>,
+    seals: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -150,8 +176,10 @@ struct Node {
     /// The local clock at the last restart.
     started: Instant,
     boot: u64,
-    /// A passive copy's replayed LSN; `None` with a store instead.
-    copy: Option<u64>,
+    /// A passive copy; `None` with a store instead, or before its seed.
+    copy: Option<Copy>,
+    /// The old active's last position, from its heartbeats (for the dial).
+    active_position: Option<Position>,
     store: Option<Store>,
     known_epoch: Epoch,
     role: Role,
@@ -211,6 +239,23 @@ struct Sim {
     trace: VecDeque<String>,
     /// A safety violation seen while writing.
     violation: Option<String>,
+    /// When the active seals its segment after its first unsealed record.
+    seal_after: T,
+    /// When beta is seeded (in the middle of alpha's current segment).
+    seed_at: T,
+    /// Takeovers that lost acknowledged writes the dial did not count.
+    uncounted: u64,
+    /// When beta was seeded, and how long after that the active dies for
+    /// good in this run (if it does).
+    seeded: Option<T>,
+    kill_after_seed: Option<T>,
+    /// The liveness checks ran (once each).
+    checked_quiet: bool,
+    checked_kill: bool,
+    /// When the active was killed: the other node held a copy and had
+    /// heard it as the active (else the dial, by design, waits for an
+    /// operator: the loss cannot be bounded).
+    survivor_qualifies: bool,
     // Counters for the long run's report.
     faults_injected: u64,
 }
@@ -241,11 +286,9 @@ impl Sim {
             rate: rates[i],
             started: base,
             boot: rng.next() | 1,
-            copy: (i == 1).then_some(0),
-            store: (i == 0).then_some(Store {
-                lsn: 0,
-                active: None,
-            }),
+            copy: None,
+            active_position: None,
+            store: (i == 0).then(Store::default),
             known_epoch: Epoch(0),
             role: Role::Starting,
             dial_refused: false,
@@ -269,6 +312,13 @@ impl Sim {
         let faults_until = rng.range(5, 30) * S;
         let end = faults_until + 20 * S;
         let kill_at_end = rng.chance(300_000);
+        let seal_after = rng.range(200, 10_000) * MS;
+        let mut seed_at = rng.range(300, 5_000) * MS;
+        let kill_after_seed = rng.chance(150_000).then(|| {
+            // Seeded after a first seal, in the middle of the next segment.
+            seed_at = seal_after + rng.range(100, seal_after / MS) * MS;
+            rng.range(10, seal_after / MS) * MS
+        });
         Sim {
             seed,
             rng,
@@ -288,6 +338,14 @@ impl Sim {
             acks: 0,
             trace: VecDeque::new(),
             violation: None,
+            seal_after,
+            seed_at,
+            uncounted: 0,
+            seeded: None,
+            kill_after_seed,
+            checked_quiet: false,
+            checked_kill: false,
+            survivor_qualifies: false,
             faults_injected: 0,
         }
     }
@@ -355,7 +413,7 @@ impl Sim {
         };
         let until = (since + len).min(self.faults_until);
         let node = self.rng.below(2) as usize;
-        let f = match self.rng.below(7) {
+        let f = match self.rng.below(8) {
             0 => Fault::Cut {
                 from: node,
                 to: 1 - node,
@@ -394,7 +452,7 @@ impl Sim {
                 node,
                 since,
                 until,
-                extra: self.rng.range(10 * MS, 3 * S),
+                extra: self.rng.range(10 * MS, 5 * S),
             },
         };
         self.faults_injected += 1;
@@ -452,10 +510,30 @@ impl Sim {
                 self.restart(i);
             }
         }
+        // The user's first scenario: seeded, then under seal-after of
+        // writes, then the active dies for good.
+        if let Some(at) = self.kill_after_seed
+            && self.killed.is_none()
+            && self.seeded.is_some_and(|s| self.t >= s + at)
+        {
+            if let Some(i) = (0..2).find(|&i| self.writer(i)) {
+                self.crash(i);
+                self.killed = Some((i, self.t));
+                self.faults_until = self.faults_until.min(self.t);
+                self.end_faults();
+                self.survivor_qualifies = self.qualifies(1 - i);
+                self.note(format!(
+                    "{} dies for good after the seed",
+                    self.nodes[i].name
+                ));
+            }
+            self.kill_after_seed = None;
+        }
         if self.kill_at_end && self.killed.is_none() && self.t >= self.faults_until + 10 * S {
             if let Some(i) = (0..2).find(|&i| self.writer(i)) {
                 self.crash(i);
                 self.killed = Some((i, self.t));
+                self.survivor_qualifies = self.qualifies(1 - i);
             } else {
                 self.kill_at_end = false;
             }
@@ -481,7 +559,9 @@ impl Sim {
             }
         }
         self.deliver();
+        self.seed();
         for i in 0..2 {
+            self.seal(i);
             if self.nodes[i].up {
                 self.heartbeat(i);
                 self.witness_client(i);
@@ -540,13 +620,18 @@ impl Sim {
         }
         n.sent.push_back((n.seq, now));
         n.next_send = now + self.timing.interval;
-        let (epoch, lsn) = match &n.store {
-            Some(Store {
-                active: Some(a),
-                lsn,
-            }) => (a.epoch, *lsn),
-            Some(s) => (n.known_epoch, s.lsn),
-            None => (n.known_epoch, n.copy.unwrap_or(0)),
+        let (epoch, position) = match &n.store {
+            Some(s) => (
+                s.active.as_ref().map_or(n.known_epoch, |a| a.epoch),
+                s.position(),
+            ),
+            None => (
+                n.known_epoch,
+                n.copy.map_or(Position::default(), |c| Position {
+                    lsn: c.db,
+                    generation: c.seals,
+                }),
+            ),
         };
         let hb = Heartbeat {
             node: n.name.into(),
@@ -556,7 +641,7 @@ impl Sim {
             role: n.role,
             epoch,
             supports: core::support(n.role, n.want, n.known_epoch, n.view.last.as_ref(), alive),
-            position: Position { lsn, generation: 0 },
+            position,
             ..Default::default()
         };
         let to = 1 - i;
@@ -776,12 +861,22 @@ impl Sim {
             self.note(format!("{} takes over", self.nodes[i].name));
             self.nodes[i].taking_over = Some(self.t + self.rng.range(MS, DRAIN));
         }
-        // The copy follows the active's position (the model's replay).
+        // The copy follows what the active sealed on its share (the model's
+        // copier and replay); the dial remembers the active's position.
         if let Some(hb) = self.nodes[i].view.last.clone()
             && hb.role == Role::Active
-            && let Some(c) = &mut self.nodes[i].copy
+            && peer_alive
         {
-            *c = (*c).max(hb.position.lsn);
+            self.nodes[i].active_position = Some(hb.position);
+            self.nodes[i].dial_refused = false;
+            if self.share_reachable(i)
+                && let Some(src) = self.nodes[1 - i].store.clone()
+                && let Some(c) = &mut self.nodes[i].copy
+            {
+                c.db = c.db.max(src.sealed);
+                c.log_end = Some(c.log_end.unwrap_or(0).max(src.sealed));
+                c.seals = c.seals.max(src.seals);
+            }
         }
         Ok(())
     }
@@ -799,15 +894,144 @@ impl Sim {
         if !self.nodes[i].held {
             return;
         }
-        let lsn = self.nodes[i].copy.unwrap_or(0);
+        let Some(mut c) = self.nodes[i].copy else {
+            return;
+        };
+        // The last copy of what the old active's share still holds.
+        if self.share_reachable(i)
+            && let Some(src) = self.nodes[1 - i].store.clone()
+            && src.sealed > c.db
+        {
+            c.db = src.sealed;
+            c.log_end = Some(src.sealed);
+            c.seals = src.seals;
+        }
+        self.nodes[i].copy = Some(c);
+        let replayed = Position {
+            lsn: c.db,
+            generation: c.seals,
+        };
+        let decision = dial::decide(
+            MountDial::GoodAvailability,
+            replayed,
+            self.nodes[i].active_position,
+        );
+        if !decision.allowed {
+            self.note(format!("{}: {}", self.nodes[i].name, decision.text));
+            self.nodes[i].dial_refused = true;
+            return;
+        }
+        // The copy's log must carry on as a store's log.
+        let plan = if self.mutation == Mutation::OldLogPlan {
+            // Before the fix: any log at all was taken to carry on.
+            if c.log_end.is_some() {
+                LogPlan::CarryOn
+            } else {
+                LogPlan::StartAtDatabase
+            }
+        } else {
+            core::log_plan(false, c.log_end, c.db)
+        };
+        if plan == LogPlan::CarryOn && c.log_end.is_none_or(|end| end < c.db) {
+            self.note(format!(
+                "{} cannot open its store: the database is at LSN {} but its log ends at {:?}",
+                self.nodes[i].name, c.db, c.log_end
+            ));
+            return;
+        }
+        let lsn = c.db;
         if let Some(e) = self.claim_epoch(i, lsn) {
+            // What the old active acknowledged past the copy is lost: the
+            // dial must have counted it.
+            let acked = self.nodes[1 - i].store.as_ref().map_or(0, |s| s.lsn);
+            if acked > lsn && decision.missing == 0 {
+                self.uncounted += 1;
+                self.note(format!(
+                    "{} lost LSN {}..={acked} that the dial did not count ({})",
+                    self.nodes[i].name,
+                    lsn + 1,
+                    decision.text
+                ));
+            }
             self.note(format!(
                 "{} is active in epoch {e} at LSN {lsn}",
                 self.nodes[i].name
             ));
             self.nodes[i].copy = None;
-            self.nodes[i].store = Some(Store { lsn, active: None });
+            self.nodes[i].store = Some(Store {
+                lsn,
+                sealed: lsn,
+                seals: c.seals + 1,
+                ..Default::default()
+            });
             self.open(i, e);
+        }
+    }
+
+    /// Ends every fault still running (a crashed node restarts at the next
+    /// step): from now on the network, the witness and the disks are well.
+    fn end_faults(&mut self) {
+        let next = self.t + STEP;
+        for f in &mut self.faults {
+            match f {
+                Fault::Cut { until, .. }
+                | Fault::WitnessCut { until, .. }
+                | Fault::WitnessDown { until, .. }
+                | Fault::Crash { until, .. }
+                | Fault::SlowDisk { until, .. } => *until = (*until).min(next),
+            }
+        }
+    }
+
+    /// Whether node `i` is a passive copy that heard its peer as the active
+    /// (the case the takeover bound is promised for).
+    fn qualifies(&self, i: usize) -> bool {
+        let n = &self.nodes[i];
+        n.up && n.copy.is_some() && n.active_position.is_some() && !n.dial_refused
+    }
+
+    /// Whether node `i` can read its peer's share (over the link).
+    fn share_reachable(&self, i: usize) -> bool {
+        !self.cut(i, 1 - i) && !self.cut(1 - i, i)
+    }
+
+    /// Seeds beta's copy from alpha's store as it stands: the snapshot
+    /// holds what alpha acknowledged, its log only what alpha sealed.
+    fn seed(&mut self) {
+        if self.t < self.seed_at || self.nodes[1].copy.is_some() || self.nodes[1].store.is_some() {
+            return;
+        }
+        if !self.nodes[1].up || !self.share_reachable(1) {
+            return;
+        }
+        let Some(src) = self.nodes[0].store.clone() else {
+            return;
+        };
+        if src.active.is_none() {
+            return;
+        }
+        self.nodes[1].copy = Some(Copy {
+            db: src.lsn,
+            log_end: (src.seals > 0).then_some(src.sealed),
+            seals: src.seals,
+        });
+        self.seeded = Some(self.t);
+        self.note(format!(
+            "beta seeded at LSN {} (sealed up to {})",
+            src.lsn, src.sealed
+        ));
+    }
+
+    /// Seals node `i`'s segment `seal_after` after its first unsealed record.
+    fn seal(&mut self, i: usize) {
+        let t = self.t;
+        let after = self.seal_after;
+        if let Some(s) = &mut self.nodes[i].store
+            && s.unsealed_since.is_some_and(|u| t >= u + after)
+        {
+            s.sealed = s.lsn;
+            s.seals += 1;
+            s.unsealed_since = None;
         }
     }
 
@@ -835,14 +1059,32 @@ impl Sim {
         n.role = Role::Active;
     }
 
+    /// Undoes what is past the fork (the start of the newest epoch of the
+    /// peer) and follows the peer from there.
     fn rejoin(&mut self, i: usize) {
+        let own = self.nodes[i].store.as_ref().map_or(0, |s| s.lsn);
+        let fork = self
+            .witness
+            .epochs
+            .iter()
+            .filter(|(_, n, _)| *n != i)
+            .map(|(_, _, start)| *start)
+            .next_back()
+            .unwrap_or(own)
+            .min(own);
         let n = &mut self.nodes[i];
-        let lsn = n.store.as_ref().map(|s| s.lsn).unwrap_or(0);
         n.store = None;
-        n.copy = Some(lsn);
+        n.copy = Some(Copy {
+            db: fork,
+            log_end: None,
+            seals: 0,
+        });
         n.role = Role::Passive;
+        n.active_position = None;
         let name = n.name;
-        self.note(format!("{name} rejoins as passive"));
+        self.note(format!(
+            "{name} rejoins as passive at LSN {fork} (it held {own})"
+        ));
     }
 
     /// The client's writes on node `i`: checked against the fence before
@@ -874,8 +1116,10 @@ impl Sim {
                 if !core::may_acknowledge(until, now, self.mutation) {
                     return;
                 }
+                let t = self.t;
                 if let Some(s) = &mut self.nodes[i].store {
                     s.lsn += 1;
+                    s.unsealed_since.get_or_insert(t);
                 }
                 self.acks += 1;
                 let name = self.nodes[i].name;
@@ -935,22 +1179,28 @@ impl Sim {
             ));
         }
         let quiet = self.faults_until + self.quiet_bound();
-        if self.t == quiet && self.killed.is_none() && writers.is_empty() {
-            return Err(format!(
-                "no node takes writes {:.1} s after the last fault",
-                self.quiet_bound() as f64 / 1e6
-            ));
+        if !self.checked_quiet && self.t >= quiet && self.killed.is_none() {
+            self.checked_quiet = true;
+            if writers.is_empty() {
+                return Err(format!(
+                    "no node takes writes {:.1} s after the last fault",
+                    self.quiet_bound() as f64 / 1e6
+                ));
+            }
         }
         if let Some((k, at)) = self.killed
-            && self.t == at + self.takeover_bound()
-            && writers != [1 - k]
+            && !self.checked_kill
+            && self.t >= at + self.takeover_bound()
         {
-            return Err(format!(
-                "{} does not take writes {:.2} s after {} died",
-                self.nodes[1 - k].name,
-                self.takeover_bound() as f64 / 1e6,
-                self.nodes[k].name
-            ));
+            self.checked_kill = true;
+            if self.survivor_qualifies && writers != [1 - k] {
+                return Err(format!(
+                    "{} does not take writes {:.2} s after {} died",
+                    self.nodes[1 - k].name,
+                    self.takeover_bound() as f64 / 1e6,
+                    self.nodes[k].name
+                ));
+            }
         }
         Ok(())
     }
@@ -975,7 +1225,17 @@ impl Sim {
             }
             self.t += STEP;
         }
+        if !self.checked_quiet && self.killed.is_none() {
+            return Err(format!(
+                "seed {}: the quiet-phase check never ran",
+                self.seed
+            ));
+        }
+        if self.killed.is_some() && !self.checked_kill {
+            return Err(format!("seed {}: the takeover check never ran", self.seed));
+        }
         Ok(Stats {
+            uncounted: self.uncounted,
             faults: self.faults_injected,
             seconds: self.end as f64 / 1e6,
             epochs: self.witness.epochs.len() as u64,
@@ -986,6 +1246,7 @@ impl Sim {
 
 #[derive(Debug, Default)]
 struct Stats {
+    uncounted: u64,
     faults: u64,
     seconds: f64,
     epochs: u64,
@@ -1015,6 +1276,7 @@ fn every_seed_keeps_one_writer_and_recovers() {
                 total.seconds += s.seconds;
                 total.epochs += s.epochs;
                 total.acks += s.acks;
+                total.uncounted += s.uncounted;
             }
             Err(e) => {
                 panic!("{e}\nreplay: LOGSHIP_SIM_SEED={seed} cargo test -p witness --test sim")
@@ -1022,11 +1284,12 @@ fn every_seed_keeps_one_writer_and_recovers() {
         }
     }
     eprintln!(
-        "{count} seeds from {first}: {} faults, {:.1} simulated hours, {} epochs, {} writes acknowledged, in {:.1} s",
+        "{count} seeds from {first}: {} faults, {:.1} simulated hours, {} epochs, {} writes acknowledged, {} takeovers that lost writes the dial did not count, in {:.1} s",
         total.faults,
         total.seconds / 3600.0,
         total.epochs,
         total.acks,
+        total.uncounted,
         started.elapsed().as_secs_f64()
     );
 }
@@ -1036,7 +1299,11 @@ fn every_seed_keeps_one_writer_and_recovers() {
 #[test]
 fn the_simulator_finds_two_writers_when_a_rule_is_removed() {
     for mutation in [Mutation::NoTakeoverWait, Mutation::NoFenceRecheck] {
-        let found = (1..=2000u64).find_map(|seed| Sim::new(seed, mutation).run().err());
+        let found = (1..=2000u64).find_map(|seed| {
+            Sim::new(seed, mutation).run().err().filter(|e| {
+                e.contains("both nodes may acknowledge") || e.contains("after one in epoch")
+            })
+        });
         let e = found.unwrap_or_else(|| panic!("no seed found the bug of {mutation:?}"));
         eprintln!("{mutation:?}: {}", e.lines().next().unwrap_or_default());
         assert!(
@@ -1051,4 +1318,38 @@ fn a_run_is_decided_by_its_seed() {
     let a = Sim::new(42, Mutation::None).run().unwrap();
     let b = Sim::new(42, Mutation::None).run().unwrap();
     assert_eq!((a.faults, a.epochs, a.acks), (b.faults, b.epochs, b.acks));
+}
+
+/// The first bug of the cluster's own issue, kept as a regression seed:
+/// with the log plan as it was, a copy seeded in the middle of a segment
+/// that was never sealed could not open as the store, and the cluster had
+/// no active for as long as anyone waited. The rule as it is now passes
+/// the same seeds (`every_seed_keeps_one_writer_and_recovers`).
+#[test]
+fn a_copy_seeded_mid_segment_could_not_take_over_with_the_old_log_plan() {
+    let found = (1..=2000u64).find_map(|seed| {
+        Sim::new(seed, Mutation::OldLogPlan)
+            .run()
+            .err()
+            .map(|e| (seed, e))
+    });
+    let (seed, e) = found.expect("a seed that reproduces the fresh copy's bug");
+    eprintln!("OldLogPlan: {}", e.lines().next().unwrap_or_default());
+    assert!(e.contains("cannot open its store"), "seed {seed}: {e}");
+    assert!(Sim::new(seed, Mutation::None).run().is_ok());
+}
+
+/// A gap the rules do not close yet, pinned so that it cannot be
+/// forgotten: the dial compares the copy against the old active's position
+/// from its last heartbeat, up to one interval old, so writes acknowledged
+/// after that heartbeat and never sealed are lost without being counted.
+/// Copying the open segment's valid prefix at failover and streaming it
+/// (block mode) close it; this test then becomes an invariant.
+#[test]
+fn known_gap_writes_acknowledged_after_the_last_heartbeat_are_lost_uncounted() {
+    let uncounted: u64 = (1..=300u64)
+        .filter_map(|seed| Sim::new(seed, Mutation::None).run().ok())
+        .map(|s| s.uncounted)
+        .sum();
+    assert!(uncounted > 0, "the gap is closed: make it an invariant");
 }

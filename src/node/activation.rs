@@ -1,0 +1,368 @@
+//! Activation: claiming an epoch and opening the store (`activate_store`),
+//! and the failover that makes a passive copy the store (the last copy of
+//! the old active's share, the mount dial, the log prepared at the copy's
+//! position, the redelivery the relay is asked for).
+
+use super::*;
+
+pub(super) fn active_generation(store: &Store) -> u64 {
+    let st = store.state();
+    let current = st.generation.0;
+    let logs = &store.paths().logs;
+    let holds_records = shipper::log::read_header(&logs.join(shipper::format::CURRENT_FILE_NAME))
+        .map(|h| h.hash_lsn < st.lsn)
+        .unwrap_or(true);
+    if holds_records {
+        current
+    } else {
+        current.saturating_sub(1)
+    }
+}
+
+/// How far before the last replayed record's time a redelivery starts
+/// (the relay's and the old active's clocks may differ).
+pub(super) const REDELIVERY_MARGIN: Duration = Duration::from_secs(300);
+
+/// Where a node keeps the redelivery its last lossy activation asked for.
+pub(super) const REDELIVERY_FILE: &str = "redelivery.json";
+
+/// How long after a lossy activation a restart of the same node asks for
+/// the redelivery again.
+pub(super) const REDELIVERY_REPEAT: Duration = Duration::from_secs(3600);
+
+/// The redelivery time a lossy activation of this node asked for, if it
+/// was less than `REDELIVERY_REPEAT` ago.
+pub(super) fn recent_redelivery(data_dir: &Path) -> Option<u64> {
+    let bytes = std::fs::read(data_dir.join(REDELIVERY_FILE)).ok()?;
+    if bytes.len() > 4096 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let at = v["at_us"].as_u64()?;
+    let age = witness::witness::now_us().saturating_sub(at);
+    (age < REDELIVERY_REPEAT.as_micros() as u64).then(|| v["since_us"].as_u64())?
+}
+
+/// The commit time (µs) of the record at `lsn`, if the log still holds it.
+pub(super) fn last_record_time(logs: &Path, lsn: Lsn) -> Option<u64> {
+    if lsn.0 == 0 {
+        return None;
+    }
+    let mut time = None;
+    shipper::log::for_each_record(logs, None, Lsn(lsn.0 - 1), |l, rec| {
+        if l == lsn {
+            time = Some(rec.time_us);
+        }
+        Ok(())
+    })
+    .ok()?;
+    time
+}
+
+/// The database's LSN, the log's epoch and its current (or next) generation.
+pub(super) fn log_position(paths: &shipper::store::StorePaths) -> Result<(Lsn, Epoch, Generation)> {
+    let current = paths.logs.join(shipper::format::CURRENT_FILE_NAME);
+    let conn = shipper::store::open_read_only(&paths.database)?;
+    let (lsn, _) = shipper::apply::read_guard(&conn)?;
+    drop(conn);
+    if let Ok(h) = shipper::log::read_header(&current) {
+        let next = if shipper::log::current_has_frames(&paths.logs)? {
+            h.generation.next()
+        } else {
+            h.generation
+        };
+        return Ok((lsn, h.epoch, next));
+    }
+    match shipper::log::list_sealed(&paths.logs)?.last() {
+        Some((g, p)) => Ok((lsn, shipper::log::read_header(p)?.epoch, g.next())),
+        None => Ok((lsn, Epoch(0), Generation(1))),
+    }
+}
+
+/// Makes sure the copy's log directory can carry on as a store's log. A
+/// log that reaches the database's LSN carries on (the store redoes what
+/// it holds past it). A log that ends before it, or none, means the
+/// database came from a seed taken past the copy's last sealed record (in a
+/// segment the old active never sealed): its segments hold nothing the
+/// database lacks, so they go, as truncation would take them, and a log
+/// starts at the database's LSN.
+pub(super) fn prepare_log(
+    paths: &CopyPaths,
+    state: &CopyState,
+    next_generation: Generation,
+    epoch: Epoch,
+) -> Result<()> {
+    std::fs::create_dir_all(&paths.logs)
+        .with_context(|| format!("create {}", paths.logs.display()))?;
+    for entry in
+        std::fs::read_dir(&paths.logs).with_context(|| format!("list {}", paths.logs.display()))?
+    {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "part") {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let conn = shipper::store::open_read_only(&paths.database)?;
+    let (lsn, db) = shipper::apply::read_guard(&conn)?;
+    let schema = shipper::hash::schema_hash(&conn)?;
+    drop(conn);
+    let current = paths.logs.join(shipper::format::CURRENT_FILE_NAME);
+    let sealed = shipper::log::list_sealed(&paths.logs)?;
+    let current_has_records = current.exists() && shipper::log::current_has_frames(&paths.logs)?;
+    let log_end = match sealed.last() {
+        Some((_, p)) => Some(shipper::log::read_trailer(p)?.hash_lsn),
+        None => None,
+    };
+    let plan = witness::core::log_plan(current_has_records, log_end.map(|l| l.0), lsn.0);
+    if plan == witness::core::LogPlan::CarryOn {
+        return Ok(());
+    }
+    let hash = state
+        .replayed_hash
+        .as_deref()
+        .and_then(|h| u128::from_str_radix(h, 16).ok())
+        .map(shipper::ContentHash)
+        .context("the copy's content hash is unknown: reseed it before activating")?;
+    if let Some(end) = log_end {
+        tracing::info!(
+            log_end = end.0,
+            database = lsn.0,
+            segments = sealed.len(),
+            "the copy's log ends before its seeded database: its segments are dropped as truncation would drop them, and the log starts at the database's LSN"
+        );
+    }
+    for (_, p) in &sealed {
+        std::fs::remove_file(p).with_context(|| format!("remove {}", p.display()))?;
+    }
+    match std::fs::remove_file(&current) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove {}", current.display())),
+    }
+    shipper::log::LogWriter::create_at(&paths.logs, db, epoch, next_generation, lsn, hash, schema)?;
+    Ok(())
+}
+
+impl Daemon<'_> {
+    /// Claims the next epoch and opens the store in it.
+    pub(super) fn activate_store(
+        &mut self,
+        reason: &str,
+        next_generation: Option<Generation>,
+    ) -> Result<()> {
+        // The history, read again while holding the vote: no one else can
+        // claim meanwhile.
+        let history = self.claims.history().context("read the witness's epochs")?;
+        let by_itself = !matches!(reason, "failover" | "forced" | "activate" | "move");
+        if let Some(l) = history.last()
+            && !witness::core::activation_stands(by_itself, Some(&l.node), &self.name)
+        {
+            self.blocked = Some(format!("node {} began epoch {} meanwhile", l.node, l.epoch));
+            return Ok(());
+        }
+        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
+        let (lsn, log_epoch, generation) = log_position(&paths)?;
+        let epoch =
+            witness::core::next_epoch(history.last().map(|l| l.epoch), log_epoch, self.known_epoch);
+        let rec = EpochRecord {
+            epoch,
+            node: self.name.clone(),
+            start_lsn: lsn,
+            start_generation: next_generation.unwrap_or(generation),
+            reason: reason.to_string(),
+            started_us: witness::witness::now_us(),
+        };
+        if !self
+            .claims
+            .claim(&rec)
+            .context("claim an epoch on the witness")?
+        {
+            self.blocked = Some(format!("epoch {epoch} was claimed by another node first"));
+            return Ok(());
+        }
+        self.known_epoch = epoch;
+        let fence = Arc::new(Fence::new());
+        if let Some(until) = self.wit.view().until {
+            fence.extend(until);
+        }
+        let opts = StoreOptions {
+            seal_after: self.cfg.cluster.seal_after,
+            fence: Some(fence.clone()),
+            epoch: Some(epoch),
+            ..Default::default()
+        };
+        let store = Arc::new(Store::open(&self.node.data_dir, opts).with_context(|| {
+            format!(
+                "open the store of node {} in {}",
+                self.name,
+                self.node.data_dir.display()
+            )
+        })?);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let ship_cfg = shipper::ship::ShipConfig {
+            node: self.name.clone(),
+            share: share_of(&self.name, self.node, self.cfg)?,
+            peers: vec![(
+                self.peer.clone(),
+                share_of(&self.peer, self.cfg.node(&self.peer)?, self.cfg)?,
+            )],
+            retention: self.cfg.cluster.retention,
+        };
+        let ship = {
+            let (store, shutdown) = (store.clone(), shutdown.clone());
+            std::thread::Builder::new()
+                .name("logship-ship".into())
+                .spawn(move || {
+                    if let Err(e) = shipper::ship::run(&store, &ship_cfg, &shutdown) {
+                        tracing::error!(error = %e, "ship duties stopped");
+                    }
+                })?
+        };
+        if self.node.lmtp.is_some() {
+            dumpster::mailbox::ensure_schema(&store).context("create the mailbox tables")?;
+            if !matches!(reason, "failover" | "forced" | "activate") {
+                // Nothing was lost now; but a lossy activation of this node
+                // shortly before may not have reached the relay yet (it
+                // hears of it when it connects): ask again. A redelivery
+                // asked twice only brings duplicates, which are dropped.
+                *self.mail.redeliver_since.lock().expect("since lock") =
+                    recent_redelivery(&self.node.data_dir);
+            }
+            self.mail.epoch.store(epoch.0, Ordering::SeqCst);
+            *self.mail.store.lock().expect("mail lock") = Some(store.clone());
+        }
+        *self.serving.lock().expect("serving lock") = Some(store.clone());
+        // The copy status this node published while passive no longer
+        // describes anything.
+        if let Ok(share) = share_of(&self.name, self.node, self.cfg) {
+            let _ = share.remove(replayer::daemon::PUBLISHED_STATUS);
+        }
+        tracing::info!(node = %self.name, epoch = %epoch, lsn = %lsn, reason, "active");
+        crate::events::append(
+            &self.node.data_dir,
+            &self.name,
+            "active",
+            serde_json::json!({"epoch": epoch.0, "lsn": lsn.0, "reason": reason}),
+        );
+        self.duty = Duty::Active(ActiveDuty {
+            store,
+            fence,
+            epoch,
+            shutdown,
+            ship,
+        });
+        self.role = Role::Active;
+        self.blocked = None;
+        self.link.poke();
+        self.write_status(true);
+        Ok(())
+    }
+
+    /// Becomes active from the passive copy: the last copy and replay of
+    /// what the old active's share holds, the mount dial, a new epoch, the
+    /// store. False when it stayed passive (the reason is in `blocked`).
+    pub(super) fn failover(&mut self, reason: &str, forced: bool) -> Result<bool> {
+        let started = Instant::now();
+        self.stop_duty();
+        let peer_node = self.cfg.node(&self.peer)?;
+        let config = replayer::ReplayConfig {
+            node: self.name.clone(),
+            data_dir: self.node.data_dir.clone(),
+            source_node: self.peer.clone(),
+            source: share_of(&self.peer, peer_node, self.cfg)?,
+            own_share: None,
+            poll: replayer::daemon::DEFAULT_POLL,
+            epochs: self.epoch_starts.clone(),
+            // Everything it can reach, lagged copy or not.
+            replay_lag: Duration::ZERO,
+        };
+        let state = {
+            let _lock = shipper::store::lock_data_dir(&self.node.data_dir)?;
+            replayer::daemon::drain(&config, witness::core::DRAIN_BUDGET)
+                .context("copy and replay what the old active's share holds")?
+        };
+        let replayed = Position {
+            lsn: state.replayed_lsn,
+            generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),
+        };
+        let decision = dial::decide(self.cfg.cluster.mount_dial, replayed, self.active_position);
+        tracing::info!(decision = %decision.text, allowed = decision.allowed, forced, "mount dial");
+        self.dial = Some(decision.clone());
+        if let Some(f) = &state.failed {
+            self.blocked = Some(format!("the copy is Failed: {f}"));
+            self.wit.want(false);
+            self.dial_refused = true;
+            self.start_passive()?;
+            return Ok(false);
+        }
+        if !decision.allowed && !forced {
+            self.blocked = Some(format!(
+                "not activated: {}; `logship activate --node {} --force` overrides",
+                decision.text, self.name
+            ));
+            self.dial_refused = true;
+            self.wit.want(false);
+            self.start_passive()?;
+            return Ok(false);
+        }
+        // The copy becomes the store.
+        let paths = self.copy_paths();
+        let next_generation = Generation(
+            state
+                .last_replayed
+                .map(|m| m.generation)
+                .max(state.last_generated.map(|m| m.generation))
+                .unwrap_or(0)
+                + 1,
+        );
+        prepare_log(&paths, &state, next_generation, self.known_epoch)?;
+        // What the old active committed after this copy's last record is
+        // lost: the relay re-delivers what it delivered since that record's
+        // time (less a margin for clock differences); unknown: everything.
+        let since = last_record_time(&paths.logs, Lsn(state.replayed_lsn))
+            .map(|t| t.saturating_sub(REDELIVERY_MARGIN.as_micros() as u64))
+            .unwrap_or(0);
+        *self.mail.redeliver_since.lock().expect("since lock") = Some(since);
+        // Kept on disk: if this node restarts before the relay has heard
+        // the request, it asks again (see `activate_store`).
+        let request = serde_json::json!({"since_us": since, "at_us": witness::witness::now_us()});
+        if let Err(e) = shipper::share::write_atomic(
+            &self.node.data_dir.join(REDELIVERY_FILE),
+            request.to_string().as_bytes(),
+        ) {
+            tracing::warn!(error = %e, "cannot keep the redelivery request on disk");
+        }
+        let kept = self.node.data_dir.join("copy.previous.json");
+        std::fs::rename(&paths.state, &kept)
+            .with_context(|| format!("retire {}", paths.state.display()))?;
+        for f in [replayer::state::SUSPEND_FILE, replayer::state::RETRY_FILE] {
+            let _ = std::fs::remove_file(self.node.data_dir.join(f));
+        }
+        if let Err(e) = self.activate_store(reason, None) {
+            // Put the copy back as it was: it stays passive.
+            let _ = std::fs::rename(&kept, &paths.state);
+            return Err(e);
+        }
+        if !matches!(self.duty, Duty::Active(_)) {
+            let _ = std::fs::rename(&kept, &paths.state);
+            self.start_passive()?;
+            return Ok(false);
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        if reason != "move" {
+            self.failovers += 1;
+        }
+        tracing::info!(node = %self.name, ms, "activation complete");
+        crate::events::append(
+            &self.node.data_dir,
+            &self.name,
+            if reason == "move" {
+                "activated-by-move"
+            } else {
+                "failover"
+            },
+            serde_json::json!({"reason": reason, "forced": forced, "epoch": self.known_epoch.0, "dial": decision.text, "missing": decision.missing, "ms": ms}),
+        );
+        Ok(true)
+    }
+}

@@ -1,0 +1,75 @@
+//! The role's duties and their start and stop: the replay daemon of a
+//! passive copy, and an active's store with its fence and ship thread.
+
+use super::*;
+
+pub(super) struct ActiveDuty {
+    pub(super) store: Arc<Store>,
+    pub(super) fence: Arc<Fence>,
+    pub(super) epoch: Epoch,
+    pub(super) shutdown: Arc<AtomicBool>,
+    pub(super) ship: JoinHandle<()>,
+}
+
+pub(super) struct PassiveDuty {
+    pub(super) shutdown: Arc<AtomicBool>,
+    pub(super) handle: JoinHandle<()>,
+}
+
+pub(super) enum Duty {
+    /// Nothing runs: no copy yet, fenced, or between roles.
+    Idle,
+    Active(ActiveDuty),
+    Passive(PassiveDuty),
+}
+
+impl Daemon<'_> {
+    pub(super) fn start_passive(&mut self) -> Result<()> {
+        let lock = shipper::store::lock_data_dir(&self.node.data_dir)
+            .with_context(|| format!("lock {}", self.node.data_dir.display()))?;
+        let peer_node = self.cfg.node(&self.peer)?;
+        let config = replayer::ReplayConfig {
+            node: self.name.clone(),
+            data_dir: self.node.data_dir.clone(),
+            source_node: self.peer.clone(),
+            source: share_of(&self.peer, peer_node, self.cfg)?,
+            own_share: match self.node.share {
+                Some(_) => Some(share_of(&self.name, self.node, self.cfg)?),
+                None => None,
+            },
+            poll: replayer::daemon::DEFAULT_POLL,
+            epochs: self.epoch_starts.clone(),
+            replay_lag: self.node.replay_lag,
+        };
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let stop = shutdown.clone();
+        let handle = std::thread::Builder::new()
+            .name("logship-replay".into())
+            .spawn(move || {
+                let _lock = lock;
+                if let Err(e) = replayer::run(&config, &stop) {
+                    tracing::error!(error = %e, "replay stopped");
+                }
+            })?;
+        self.duty = Duty::Passive(PassiveDuty { shutdown, handle });
+        Ok(())
+    }
+
+    pub(super) fn stop_duty(&mut self) {
+        match std::mem::replace(&mut self.duty, Duty::Idle) {
+            Duty::Idle => {}
+            Duty::Active(a) => {
+                a.fence.revoke();
+                *self.serving.lock().expect("serving lock") = None;
+                *self.mail.store.lock().expect("mail lock") = None;
+                a.shutdown.store(true, Ordering::Relaxed);
+                let _ = a.ship.join();
+                drop(a.store);
+            }
+            Duty::Passive(p) => {
+                p.shutdown.store(true, Ordering::Relaxed);
+                let _ = p.handle.join();
+            }
+        }
+    }
+}

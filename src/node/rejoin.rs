@@ -1,0 +1,106 @@
+//! Rejoin: a node whose store is behind a newer epoch of its peer undoes
+//! its records past the fork and follows the peer; when that is impossible
+//! its database is set aside and the copy reseeded.
+
+use super::*;
+
+impl Daemon<'_> {
+    /// The peer began a newer epoch while this node held the store: undo
+    /// what this node wrote past the point where that epoch began (the
+    /// fork), then follow the peer as a passive copy. When undoing is
+    /// impossible, the database is set aside and the copy is reseeded.
+    pub(super) fn rejoin(&mut self, history: &[EpochRecord]) -> Result<()> {
+        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
+        let (lsn, log_epoch, _) = log_position(&paths)?;
+        let Some(fork) = history
+            .iter()
+            .filter(|r| r.epoch > log_epoch && r.node != self.name)
+            .map(|r| r.start_lsn)
+            .min()
+        else {
+            self.blocked = Some("waiting for the witness's epoch history".into());
+            return Ok(());
+        };
+        tracing::warn!(node = %self.name, lsn = %lsn, fork = %fork, "rejoining as passive after another node became active");
+        let (to, hash) = match shipper::rewind::rewind(&self.node.data_dir, fork) {
+            Ok(r) => {
+                if r.records > 0 {
+                    self.blocked = Some(format!(
+                        "rewound {} transaction(s) past LSN {}: see {}",
+                        r.records,
+                        r.to,
+                        r.report.display()
+                    ));
+                } else {
+                    self.blocked = None;
+                }
+                (r.to, r.hash)
+            }
+            Err(e) => return self.reseed_after(&e.to_string()),
+        };
+        let conn = shipper::store::open_read_only(&paths.database)?;
+        let (_, db) = shipper::apply::read_guard(&conn)?;
+        drop(conn);
+        let state = CopyState {
+            source: self.peer.clone(),
+            database_id: db.to_string(),
+            replayed_lsn: to.0,
+            replayed_hash: Some(hash.to_string()),
+            ..Default::default()
+        };
+        state.save(&self.copy_paths())?;
+        tracing::info!(node = %self.name, lsn = %to, source = %self.peer, "rejoined as a passive copy");
+        crate::events::append(
+            &self.node.data_dir,
+            &self.name,
+            "rejoin",
+            serde_json::json!({"from_lsn": lsn.0, "fork": fork.0, "rewound": lsn.0 - to.0, "source": self.peer}),
+        );
+        Ok(())
+    }
+
+    /// Rewinding was impossible: the database is set aside (for an
+    /// operator) and the copy is seeded again from the active.
+    pub(super) fn reseed_after(&mut self, why: &str) -> Result<()> {
+        tracing::error!(reason = %why, "cannot rewind; reseeding from the active");
+        let aside = self
+            .node
+            .data_dir
+            .join(shipper::rewind::REWOUND_DIR)
+            .join(format!("store-{}", witness::witness::now_us()));
+        std::fs::create_dir_all(&aside)?;
+        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
+        for suffix in ["", "-wal", "-shm"] {
+            let name = format!("{}{suffix}", shipper::store::DATABASE_FILE);
+            let p = self.node.data_dir.join(&name);
+            if p.exists() {
+                std::fs::rename(&p, aside.join(&name))?;
+            }
+        }
+        if paths.logs.exists() {
+            std::fs::rename(&paths.logs, aside.join(shipper::store::LOG_DIR))?;
+        }
+        self.blocked = Some(format!(
+            "rewind impossible ({why}); the old database is in {}; reseeding",
+            aside.display()
+        ));
+        crate::events::append(
+            &self.node.data_dir,
+            &self.name,
+            "reseed",
+            serde_json::json!({"reason": why, "old_database": aside.display().to_string(), "source": self.peer}),
+        );
+        self.write_status(true);
+        crate::daemons::seed(
+            &self.name,
+            self.node,
+            self.cfg,
+            Some(&self.peer),
+            true,
+            Duration::from_secs(300),
+        )
+        .context("reseed after an impossible rewind")?;
+        self.blocked = None;
+        Ok(())
+    }
+}

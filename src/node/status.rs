@@ -1,0 +1,139 @@
+//! What the node daemon publishes about itself (`NodeStatus`), computed
+//! from the same state the decisions read.
+
+use super::*;
+
+impl Daemon<'_> {
+    pub(super) fn status(&self) -> NodeStatus {
+        let peer = self.link.peer();
+        let wv = self.wit.view();
+        let now = Instant::now();
+        let (peer_vote, lsn) = match &self.duty {
+            Duty::Active(a) => (
+                peer.lease.is_some_and(|(e, t)| e == a.epoch && t > now),
+                a.store.state().lsn.0,
+            ),
+            _ => (
+                peer.alive(self.timing.dead_after),
+                CopyState::load(&self.copy_paths())
+                    .ok()
+                    .flatten()
+                    .map(|s| s.replayed_lsn)
+                    .unwrap_or(0),
+            ),
+        };
+        let witness_vote = wv.held && wv.until.is_some_and(|t| t > now);
+        let active_node = match &self.duty {
+            Duty::Active(_) => Some(self.name.clone()),
+            _ => match &peer.last {
+                Some(h) if h.role == Role::Active && peer.alive(self.timing.dead_after) => {
+                    Some(self.peer.clone())
+                }
+                _ => None,
+            },
+        };
+        let mut warnings = Vec::new();
+        if !wv.reachable {
+            warnings.push(format!(
+                "the witness is unreachable: {}",
+                wv.error.clone().unwrap_or_default()
+            ));
+        }
+        if let Some(p) = &peer.problem {
+            warnings.push(p.clone());
+        }
+        if !peer.alive(self.timing.dead_after) {
+            warnings.push(format!("no heartbeat from {}", self.peer));
+        }
+        if !self.link.authenticated {
+            warnings.push("heartbeats are not authenticated: set [cluster] key-file".into());
+            if self.node.lmtp.is_some() {
+                warnings.push(
+                    "the LMTP endpoint takes mail from anyone (no relay proof): set [cluster] key-file"
+                        .into(),
+                );
+            }
+        }
+        NodeStatus {
+            node: self.name.clone(),
+            role: self.role,
+            epoch: match &self.duty {
+                Duty::Active(a) => a.epoch.0,
+                _ => self.known_epoch.0,
+            },
+            active_node,
+            node_state: if self.paused().is_some() {
+                "paused".into()
+            } else {
+                "online".into()
+            },
+            quorum: Quorum {
+                node: true,
+                peer: peer_vote,
+                witness: witness_vote,
+                votes: 1 + peer_vote as u8 + witness_vote as u8,
+            },
+            witness: self.claims.share().display(),
+            witness_reachable: wv.reachable,
+            blocked: self.blocked.clone(),
+            dial: self.dial.clone(),
+            warnings,
+            peer: peer.last.as_ref().map(|h| PeerSummary {
+                node: h.node.clone(),
+                role: h.role,
+                paused: h.paused,
+                epoch: h.epoch.0,
+                lsn: h.position.lsn,
+                copy: h.copy.as_ref().map(|c| c.summary.clone()),
+                // Rounded, so that the status file changes only when it matters.
+                heard_ms_ago: peer
+                    .heard_at
+                    .map(|t| t.elapsed().as_millis() as u64 / 1000 * 1000),
+            }),
+            failovers: self.failovers,
+            mail_stored: self.mail.stored.load(Ordering::Relaxed),
+            mail_duplicates: self.mail.duplicates.load(Ordering::Relaxed),
+            lsn,
+            pid: std::process::id(),
+            updated_us: 0,
+        }
+    }
+
+    pub(super) fn write_status(&mut self, force: bool) {
+        let st = self.status();
+        *self.snapshot.lock().expect("snapshot lock") = Some(st.clone());
+        // The node's side of a redelivery: what it stored and dropped.
+        if let Some((prev, _)) = &self.status_written
+            && prev.mail_duplicates != st.mail_duplicates
+            && self
+                .mail_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            self.mail_logged = Some(Instant::now());
+            tracing::info!(
+                stored = st.mail_stored,
+                duplicates = st.mail_duplicates,
+                "mail since this daemon started: newly stored, dropped as duplicates"
+            );
+        }
+        if !force
+            && let Some((prev, at)) = &self.status_written
+            && *prev == st
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return;
+        }
+        let mut out = st.clone();
+        out.updated_us = witness::witness::now_us();
+        let path = self.node.data_dir.join(NODE_STATUS_FILE);
+        let json = serde_json::to_vec_pretty(&out).expect("status serialises");
+        if let Err(e) = shipper::share::write_atomic(&path, &json) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the node status");
+        }
+        if let Some(p) = &self.publish {
+            // Full: the publisher is behind; the next status will do.
+            let _ = p.try_send(json);
+        }
+        self.status_written = Some((st, Instant::now()));
+    }
+}
