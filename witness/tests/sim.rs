@@ -855,6 +855,9 @@ impl Sim {
             mutation: self.mutation,
         };
         let step = core::passive_step(&view, &self.timing, now);
+        if self.nodes[i].want != step.wants_vote() {
+            self.note(format!("{}: {step:?}", self.nodes[i].name));
+        }
         self.nodes[i].want = step.wants_vote();
         self.nodes[i].role = Role::Passive;
         if step == PassiveStep::TakeOver {
@@ -972,6 +975,11 @@ impl Sim {
     /// step): from now on the network, the witness and the disks are well.
     fn end_faults(&mut self) {
         let next = self.t + STEP;
+        // Datagrams held up by the faulty network arrive as a well one's.
+        let well = self.t + 20 * MS;
+        for p in &mut self.net {
+            p.at = p.at.min(well);
+        }
         for f in &mut self.faults {
             match f {
                 Fault::Cut { until, .. }
