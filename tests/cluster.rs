@@ -192,6 +192,8 @@ fn the_old_active_rejoins_after_a_lossy_failover_by_rewinding_not_reseeding() {
     });
     alpha.0.kill().unwrap();
     alpha.0.wait().unwrap();
+    // Its share cannot give the open segment (a host gone with it): lossy.
+    let hidden = hide_open_segment(&t, "alpha");
     t.wait_for("beta to take writes", 30, || {
         t.insert("beta", 100).is_some()
     });
@@ -205,6 +207,7 @@ fn the_old_active_rejoins_after_a_lossy_failover_by_rewinding_not_reseeding() {
         t.insert("beta", id).unwrap();
     }
     t.ok("beta", &["seal"]);
+    drop(hidden);
     // alpha comes back: it must find the fork, undo rows 11..=20, follow beta.
     let _alpha = t.start("alpha");
     let want: Vec<u64> = (1..=10).chain(100..=105).collect();
@@ -468,6 +471,7 @@ fn a_lossless_dial_keeps_a_lossy_copy_passive_until_an_operator_forces_it() {
     });
     alpha.0.kill().unwrap();
     alpha.0.wait().unwrap();
+    let _hidden = hide_open_segment(&t, "alpha");
     t.wait_for("beta to refuse by the dial", 30, || {
         t.status("beta")["blocked"]
             .as_str()
@@ -531,9 +535,11 @@ fn a_rejoin_that_cannot_rewind_a_schema_change_reseeds_and_keeps_the_old_databas
     });
     alpha.0.kill().unwrap();
     alpha.0.wait().unwrap();
+    let hidden = hide_open_segment(&t, "alpha");
     t.wait_for("beta to take writes", 30, || {
         t.insert("beta", 100).is_some()
     });
+    drop(hidden);
     let _alpha = t.start("alpha");
     t.wait_for("alpha reseeded and following beta", 90, || {
         let s = t.status("alpha");
@@ -820,5 +826,73 @@ fn a_missing_witness_directory_is_named_in_the_log_and_in_status() {
     });
     t.wait_for("alpha active with the witness's vote", 30, || {
         t.status("alpha")["role"] == "active"
+    });
+}
+
+/// Hides `node`'s open segment from its peer, as a share that cannot be
+/// read would, until dropped (then it is back for the node's own restart).
+struct Hidden(std::path::PathBuf);
+
+fn hide_open_segment(t: &Trio, node: &str) -> Hidden {
+    let p = t.data_dir(node).join("logs").join("LS.log");
+    std::fs::rename(&p, p.with_extension("hidden")).unwrap();
+    Hidden(p)
+}
+
+impl Drop for Hidden {
+    fn drop(&mut self) {
+        let _ = std::fs::rename(self.0.with_extension("hidden"), &self.0);
+    }
+}
+
+/// Nothing is sealed after the table, so every row is in the old active's
+/// open segment when it dies; its share can still be read: the passive
+/// copies that segment's valid prefix before the dial decides, and every
+/// acknowledged write is on the new active (the dial counts nothing
+/// missing, and the failover event says what it copied).
+#[test]
+fn killing_the_active_keeps_every_acknowledged_write_its_share_still_holds() {
+    let t = Trio::with("lossless", "1h");
+    let (mut alpha, _beta) = t.running_pair();
+    let mut acked = Vec::new();
+    for id in 1..=30 {
+        acked.push(id);
+        t.insert("alpha", id).expect("alpha takes writes");
+    }
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    t.wait_for("beta to take writes", 30, || {
+        t.insert("beta", 1000).is_some()
+    });
+    let have = t.ids("beta");
+    for id in &acked {
+        assert!(
+            have.contains(id),
+            "acknowledged row {id} is missing: {have:?}\n{}",
+            t.dump()
+        );
+    }
+    let st = t.status("beta");
+    assert_eq!(st["dial"]["missing"], 0, "{st}");
+    assert!(
+        st["dial"]["text"]
+            .as_str()
+            .is_some_and(|d| d.contains("open segment: copied to LSN")),
+        "{st}"
+    );
+    let events = t.ok("beta", &["events"]);
+    assert!(events.contains("copied to LSN"), "{events}");
+    assert!(
+        std::fs::read_dir(t.data_dir("alpha").join("rewound"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "alpha rewound something before it restarted"
+    );
+    // The old active comes back and follows: nothing to undo.
+    let _alpha = t.start("alpha");
+    t.ok("beta", &["seal"]);
+    t.wait_for("alpha following beta with every row", 60, || {
+        t.status("alpha")["role"] == "passive" && t.ids("alpha") == t.ids("beta")
     });
 }

@@ -6,7 +6,8 @@
 //! publishes it on the node's own share for the active to read.
 //!
 //! Reading order: `state` (what a copy remembers), `inspector`, `copier`,
-//! `replay`, `status`, then `daemon`, which runs them in a loop.
+//! `replay`, `status`, then `daemon`, which runs them in a loop; `tail`
+//! reads the old active's open segment at failover.
 //!
 //! Architecture invariant: the replayer never writes into the active's
 //! share; it only reads it. Nothing is replayed that the inspector has not
@@ -18,6 +19,7 @@ pub mod inspector;
 pub mod replay;
 pub mod state;
 pub mod status;
+pub mod tail;
 
 pub use daemon::{ReplayConfig, run};
 pub use state::CopyState;

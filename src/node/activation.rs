@@ -59,12 +59,25 @@ pub(super) fn last_record_time(logs: &Path, lsn: Lsn) -> Option<u64> {
     time
 }
 
-/// The database's LSN, the log's epoch and its current (or next) generation.
+/// Where the store will stand once open (its database's LSN, with what its
+/// log holds past it), the log's epoch, and its current (or next) generation.
 pub(super) fn log_position(paths: &shipper::store::StorePaths) -> Result<(Lsn, Epoch, Generation)> {
     let current = paths.logs.join(shipper::format::CURRENT_FILE_NAME);
     let conn = shipper::store::open_read_only(&paths.database)?;
-    let (lsn, _) = shipper::apply::read_guard(&conn)?;
+    let (db_lsn, _) = shipper::apply::read_guard(&conn)?;
     drop(conn);
+    // Where the store will stand once open: its recovery redoes what the
+    // log holds past the database (a crash between the log and the
+    // commit, or the old active's open segment after a failover).
+    let mut lsn = db_lsn;
+    if paths.logs.join(shipper::format::CURRENT_FILE_NAME).exists()
+        || !shipper::log::list_sealed(&paths.logs)?.is_empty()
+    {
+        shipper::log::for_each_record(&paths.logs, None, db_lsn, |l, _| {
+            lsn = lsn.max(l);
+            Ok(())
+        })?;
+    }
     if let Ok(h) = shipper::log::read_header(&current) {
         let next = if shipper::log::current_has_frames(&paths.logs)? {
             h.generation.next()
@@ -281,11 +294,30 @@ impl Daemon<'_> {
             replayer::daemon::drain(&config, witness::core::DRAIN_BUDGET)
                 .context("copy and replay what the old active's share holds")?
         };
-        let replayed = Position {
-            lsn: state.replayed_lsn,
-            generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),
+        let paths = self.copy_paths();
+        // The last logs: what the old active's open segment holds past the
+        // sealed ones (it has been fenced by now: see `replayer::tail`).
+        let (tail, tail_note) = if state.failed.is_some() {
+            (None, "not read (the copy is Failed)".to_string())
+        } else {
+            self.read_tail(&config, &paths, &state)
         };
-        let decision = dial::decide(self.cfg.cluster.mount_dial, replayed, self.active_position);
+        let replayed = match &tail {
+            Some(t) => Position {
+                lsn: t.complete.0,
+                generation: t.generation.0,
+            },
+            None => Position {
+                lsn: state.replayed_lsn,
+                generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),
+            },
+        };
+        let mut decision =
+            dial::decide(self.cfg.cluster.mount_dial, replayed, self.active_position);
+        decision.text = format!(
+            "{}; the old active's open segment: {tail_note}",
+            decision.text
+        );
         tracing::info!(decision = %decision.text, allowed = decision.allowed, forced, "mount dial");
         self.dial = Some(decision.clone());
         if let Some(f) = &state.failed {
@@ -305,8 +337,12 @@ impl Daemon<'_> {
             self.start_passive()?;
             return Ok(false);
         }
-        // The copy becomes the store.
-        let paths = self.copy_paths();
+        // The copy becomes the store: the open segment's prefix is its
+        // current segment, which the store's recovery replays.
+        if let Some(t) = &tail {
+            replayer::tail::install(&paths.logs, t)
+                .context("install the old active's open segment")?;
+        }
         let next_generation = Generation(
             state
                 .last_replayed
@@ -319,7 +355,7 @@ impl Daemon<'_> {
         // What the old active committed after this copy's last record is
         // lost: the relay re-delivers what it delivered since that record's
         // time (less a margin for clock differences); unknown: everything.
-        let since = last_record_time(&paths.logs, Lsn(state.replayed_lsn))
+        let since = last_record_time(&paths.logs, Lsn(replayed.lsn))
             .map(|t| t.saturating_sub(REDELIVERY_MARGIN.as_micros() as u64))
             .unwrap_or(0);
         *self.mail.redeliver_since.lock().expect("since lock") = Some(since);
@@ -341,10 +377,12 @@ impl Daemon<'_> {
         if let Err(e) = self.activate_store(reason, None) {
             // Put the copy back as it was: it stays passive.
             let _ = std::fs::rename(&kept, &paths.state);
+            let _ = replayer::tail::remove(&paths.logs);
             return Err(e);
         }
         if !matches!(self.duty, Duty::Active(_)) {
             let _ = std::fs::rename(&kept, &paths.state);
+            let _ = replayer::tail::remove(&paths.logs);
             self.start_passive()?;
             return Ok(false);
         }
@@ -361,8 +399,35 @@ impl Daemon<'_> {
             } else {
                 "failover"
             },
-            serde_json::json!({"reason": reason, "forced": forced, "epoch": self.known_epoch.0, "dial": decision.text, "missing": decision.missing, "ms": ms}),
+            serde_json::json!({"reason": reason, "forced": forced, "epoch": self.known_epoch.0, "dial": decision.text, "missing": decision.missing, "open_segment": tail_note, "lsn": replayed.lsn, "ms": ms}),
         );
         Ok(true)
+    }
+
+    /// Reads the old active's open segment for the last logs; what was
+    /// found, and a note for the dial's decision and the event log.
+    fn read_tail(
+        &self,
+        config: &replayer::ReplayConfig,
+        paths: &CopyPaths,
+        state: &CopyState,
+    ) -> (Option<replayer::tail::OpenTail>, String) {
+        let Some(db) = shipper::DatabaseId::parse(&state.database_id) else {
+            return (None, "not read (the copy's database id is unknown)".into());
+        };
+        match replayer::tail::read(&config.source, &paths.logs, db, Lsn(state.replayed_lsn)) {
+            Ok(replayer::tail::TailRead::Copied(t)) => {
+                let note = format!(
+                    "copied to LSN {} ({} record(s) of generation {})",
+                    t.complete, t.records, t.generation
+                );
+                (Some(t), note)
+            }
+            Ok(replayer::tail::TailRead::Nothing(why)) => (None, format!("nothing added: {why}")),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the old active's open segment");
+                (None, format!("could not be read: {e}"))
+            }
+        }
     }
 }

@@ -900,13 +900,15 @@ impl Sim {
         let Some(mut c) = self.nodes[i].copy else {
             return;
         };
-        // The last copy of what the old active's share still holds.
+        // The last logs: what the old active's share still holds, its open
+        // segment's valid prefix included (every acknowledged record is
+        // durable there before it is acknowledged).
         if self.share_reachable(i)
             && let Some(src) = self.nodes[1 - i].store.clone()
-            && src.sealed > c.db
+            && src.lsn > c.db
         {
-            c.db = src.sealed;
-            c.log_end = Some(src.sealed);
+            c.db = src.lsn;
+            c.log_end = Some(src.lsn);
             c.seals = src.seals;
         }
         self.nodes[i].copy = Some(c);
@@ -1348,11 +1350,13 @@ fn a_copy_seeded_mid_segment_could_not_take_over_with_the_old_log_plan() {
 }
 
 /// A gap the rules do not close yet, pinned so that it cannot be
-/// forgotten: the dial compares the copy against the old active's position
-/// from its last heartbeat, up to one interval old, so writes acknowledged
-/// after that heartbeat and never sealed are lost without being counted.
-/// Copying the open segment's valid prefix at failover and streaming it
-/// (block mode) close it; this test then becomes an invariant.
+/// forgotten: when the old active's share cannot be read at failover, the
+/// dial compares the copy against the old active's position from its last
+/// heartbeat, up to one interval old, so writes acknowledged after that
+/// heartbeat and never sealed are lost without being counted. (With the
+/// share readable, its open segment is copied and nothing is lost.)
+/// Streaming the open segment to the passive (block mode) closes it; this
+/// test then becomes an invariant.
 #[test]
 fn known_gap_writes_acknowledged_after_the_last_heartbeat_are_lost_uncounted() {
     let uncounted: u64 = (1..=300u64)
