@@ -21,6 +21,24 @@ fn swaks(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// swaks speaking LMTP to `host:port`, proving `secret` with CRAM-MD5 as
+/// the relay does when one is given, with `extra` arguments.
+fn lmtp_swaks(host: &str, port: &str, secret: Option<&str>, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["--protocol", "LMTP", "--server", host, "--port", port];
+    if let Some(secret) = secret {
+        args.extend([
+            "--auth",
+            "CRAM-MD5",
+            "--auth-user",
+            "relay",
+            "--auth-password",
+            secret,
+        ]);
+    }
+    args.extend(extra);
+    swaks(&args)
+}
+
 fn rows(t: &Trio, node: &str, sql: &str) -> Vec<String> {
     let conn = rusqlite::Connection::open_with_flags(
         t.data_dir(node).join("store.db"),
@@ -59,34 +77,23 @@ fn lmtp_delivers_per_recipient_drops_duplicates_and_a_passive_names_the_active()
     // Two local recipients, one foreign (refused at RCPT); pipelined; the
     // client proves the cluster key as the relay does (CRAM-MD5).
     let send = |id: &str, auth: bool| {
-        let mut args = vec![
-            "--protocol",
-            "LMTP",
-            "--server",
-            &host,
-            "--port",
-            &port,
-            "--pipeline",
-            "--from",
-            "sender@example.org",
-            "--to",
-            "ann@example.com,bob@example.com,eve@elsewhere.net",
-            "--header",
-        ];
         let header = format!("Message-Id: <{id}>");
-        args.push(&header);
-        args.extend(["--body", "hello from swaks"]);
-        if auth {
-            args.extend([
-                "--auth",
-                "CRAM-MD5",
-                "--auth-user",
-                "relay",
-                "--auth-password",
-                &secret,
-            ]);
-        }
-        swaks(&args)
+        lmtp_swaks(
+            &host,
+            &port,
+            auth.then_some(secret.as_str()),
+            &[
+                "--pipeline",
+                "--from",
+                "sender@example.org",
+                "--to",
+                "ann@example.com,bob@example.com,eve@elsewhere.net",
+                "--header",
+                &header,
+                "--body",
+                "hello from swaks",
+            ],
+        )
     };
     // Without the proof, nothing is taken: only the relay delivers.
     let (ok, out) = send("m0@test", false);
@@ -163,24 +170,17 @@ print(send(other, "d2"))
         b"Message-ID: <py1@test>\r\nSubject: caf\xc3\xa9\r\n\r\nline one\r\n.dot line\r\nlast\r\n"
     );
     // No Message-ID: refused for good (the relay assigns them, never the store).
-    let (_, out) = swaks(&[
-        "--protocol",
-        "LMTP",
-        "--server",
+    let (_, out) = lmtp_swaks(
         &host,
-        "--port",
         &port,
-        "--to",
-        "ann@example.com",
-        "--data",
-        "Subject: no id\r\n\r\nbody\r\n",
-        "--auth",
-        "CRAM-MD5",
-        "--auth-user",
-        "relay",
-        "--auth-password",
-        &secret,
-    ]);
+        Some(&secret),
+        &[
+            "--to",
+            "ann@example.com",
+            "--data",
+            "Subject: no id\r\n\r\nbody\r\n",
+        ],
+    );
     assert!(out.contains("550 5.6.0"), "{out}");
     // The passive answers 451 and names the active's LMTP address.
     let (bh, bp) = t
@@ -188,24 +188,17 @@ print(send(other, "d2"))
         .rsplit_once(':')
         .map(|(h, p)| (h.to_string(), p.to_string()))
         .unwrap();
-    let (ok, out) = swaks(&[
-        "--protocol",
-        "LMTP",
-        "--server",
+    let (ok, out) = lmtp_swaks(
         &bh,
-        "--port",
         &bp,
-        "--to",
-        "ann@example.com",
-        "--header",
-        "Message-Id: <m2@test>",
-        "--auth",
-        "CRAM-MD5",
-        "--auth-user",
-        "relay",
-        "--auth-password",
-        &secret,
-    ]);
+        Some(&secret),
+        &[
+            "--to",
+            "ann@example.com",
+            "--header",
+            "Message-Id: <m2@test>",
+        ],
+    );
     assert!(!ok);
     assert!(
         out.contains(&format!(

@@ -75,13 +75,7 @@ pub fn read(source: &Share, logs: &Path, db: DatabaseId, db_lsn: Lsn) -> Result<
         ));
     }
     let header = &scan.header;
-    let complete = scan
-        .frames
-        .iter()
-        .rev()
-        .find(|f| matches!(f.fragment, Fragment::Whole | Fragment::Last))
-        .map(|f| f.lsn)
-        .unwrap_or(header.hash_lsn);
+    let complete = scan.complete_lsn();
     if complete <= db_lsn {
         return Ok(TailRead::Nothing(format!(
             "the old active's open segment (generation {}) holds nothing past the copy's LSN {db_lsn}",

@@ -880,6 +880,20 @@ pub struct SegmentScan<'a> {
     pub torn: Option<DecodeError>,
 }
 
+impl SegmentScan<'_> {
+    /// The LSN of the last complete record (a whole one, or the last
+    /// fragment of one) in the segment; its header's `hash_lsn` when it
+    /// holds none.
+    pub fn complete_lsn(&self) -> Lsn {
+        self.frames
+            .iter()
+            .rev()
+            .find(|f| matches!(f.fragment, Fragment::Whole | Fragment::Last))
+            .map(|f| f.lsn)
+            .unwrap_or(self.header.hash_lsn)
+    }
+}
+
 fn check_segment_len(buf: &[u8]) -> Result<(), DecodeError> {
     if buf.len() < SEGMENT_SIZE {
         return Err(short(SEGMENT_SIZE, buf.len()));

@@ -457,13 +457,7 @@ impl LogWriter {
                 tracing::info!(path = %sealed.display(), "finished a seal interrupted by a crash");
             } else {
                 let records_end = scan.records_end;
-                let complete = scan
-                    .frames
-                    .iter()
-                    .rev()
-                    .find(|f| matches!(f.fragment, Fragment::Whole | Fragment::Last))
-                    .map(|f| f.lsn)
-                    .unwrap_or(scan.header.hash_lsn);
+                let complete = scan.complete_lsn();
                 if complete < keep {
                     return Err(Error::DatabaseAhead {
                         path: current_path.clone(),
