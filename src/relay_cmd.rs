@@ -80,7 +80,12 @@ pub fn relay_config(cfg: &Config) -> Result<RelayConfig> {
             Some(f) => Some(dumpster::lmtp::LmtpSecret::from_cluster_key(
                 &shipper::secret::cluster_key(f)?,
             )),
-            None => None,
+            None => {
+                tracing::warn!(
+                    "no [cluster] key-file: the relay cannot prove itself to the nodes, and a node with a key refuses its mail; the nodes' LMTP endpoints take mail from anyone"
+                );
+                None
+            }
         },
         hostname: logship::config::host_name().unwrap_or_else(|| "logship-relay".into()),
     })
