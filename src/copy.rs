@@ -246,6 +246,9 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
             if let Some(b) = &n.blocked {
                 println!("           {b}");
             }
+            if let Some(m) = &n.move_check {
+                println!("           {m}");
+            }
             for w in &n.warnings {
                 println!("           warning: {w}");
             }

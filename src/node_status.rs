@@ -57,6 +57,10 @@ pub struct NodeStatus {
     pub blocked: Option<String>,
     /// The last mount-dial decision of a failover.
     pub dial: Option<DialDecision>,
+    /// An active's answer to "may the role move to the peer now?", from the
+    /// same view and checks as `move-cluster` (`witness::moves`).
+    #[serde(default)]
+    pub move_check: Option<String>,
     pub warnings: Vec<String>,
     pub peer: Option<PeerSummary>,
     /// Mail delivered over LMTP since the daemon started: recipients newly

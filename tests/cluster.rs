@@ -332,6 +332,12 @@ fn move_cluster_checks_first_then_moves_and_moves_back_losing_nothing() {
         t.status("alpha")["peer"]["paused"] == true
     });
     refused(&t, "beta", "paused");
+    // Status says the same, from the same checks.
+    let check = t.status("alpha")["move_check"].to_string();
+    assert!(
+        check.contains("refused now") && check.contains("paused"),
+        "{check}"
+    );
     t.ok("beta", &["resume-node"]);
     t.ok("beta", &["suspend", "--reason", "maintenance"]);
     t.wait_for("alpha to see beta's copy suspended", 30, || {
@@ -344,6 +350,11 @@ fn move_cluster_checks_first_then_moves_and_moves_back_losing_nothing() {
         p["copy"] == "Healthy" && p["paused"] == false
     });
     refused(&t, "alpha", "already active");
+    t.wait_for("alpha's status to say the move is ready", 30, || {
+        t.status("alpha")["move_check"] == "move-cluster --to beta: ready"
+    });
+    let shown = t.ok("alpha", &["status"]);
+    assert!(shown.contains("move-cluster --to beta: ready"), "{shown}");
     // The move, then writes on the new active, then the move back.
     let there = moved(&t, "beta");
     assert_eq!(t.status("beta")["role"], "active");

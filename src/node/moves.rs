@@ -38,6 +38,51 @@ pub(super) const MOVE_WAIT: Duration = Duration::from_secs(10);
 pub(super) const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Daemon<'_> {
+    /// What the move's checks read: the one view that `move-cluster` and
+    /// the active's status (`move_check`) are both computed from.
+    pub(super) fn move_view<'v>(
+        &'v self,
+        peer: &'v PeerView,
+        wv: &WitnessView,
+    ) -> witness::moves::MoveView<'v> {
+        witness::moves::MoveView {
+            me: &self.name,
+            peer: &self.peer,
+            moving: self.moving.is_some(),
+            peer_heartbeat: peer
+                .last
+                .as_ref()
+                .filter(|_| peer.alive(self.timing.dead_after)),
+            witness: if wv.reachable && wv.held {
+                Ok(())
+            } else {
+                Err(wv
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "this node does not hold its vote".into()))
+            },
+        }
+    }
+
+    /// For an active's status: whether `move-cluster --to <peer>` would go
+    /// now, from the same view and checks as the move itself.
+    pub(super) fn move_check(&self, peer: &PeerView, wv: &WitnessView) -> Option<String> {
+        if !matches!(self.duty, Duty::Active(_)) {
+            return None;
+        }
+        Some(
+            match witness::moves::check(&self.peer, &self.move_view(peer, wv)) {
+                Ok(()) => format!("move-cluster --to {}: ready", self.peer),
+                Err(r) if r.passes_soon() => format!(
+                    "move-cluster --to {}: would wait (up to {} s) for: {r}",
+                    self.peer,
+                    MOVE_WAIT.as_secs()
+                ),
+                Err(r) => format!("move-cluster --to {}: refused now: {r}", self.peer),
+            },
+        )
+    }
+
     /// Checks, as Move-ClusteredMailboxServer does, then stops intake and
     /// seals: the move goes on in `tick_moving`.
     /// Starts the pending move `p` if its checks pass; keeps it pending
@@ -88,24 +133,7 @@ impl Daemon<'_> {
                 self.name
             );
         };
-        let view = witness::moves::MoveView {
-            me: &self.name,
-            peer: &self.peer,
-            moving: self.moving.is_some(),
-            peer_heartbeat: peer
-                .last
-                .as_ref()
-                .filter(|_| peer.alive(self.timing.dead_after)),
-            witness: if wv.reachable && wv.held {
-                Ok(())
-            } else {
-                Err(wv
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "this node does not hold its vote".into()))
-            },
-        };
-        witness::moves::check(to, &view)?;
+        witness::moves::check(to, &self.move_view(peer, wv))?;
         let started = Instant::now();
         *self.serving.lock().expect("serving lock") = None;
         *self.mail.store.lock().expect("mail lock") = None;

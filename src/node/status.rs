@@ -77,6 +77,7 @@ impl Daemon<'_> {
             witness_reachable: wv.reachable,
             blocked: self.blocked.clone(),
             dial: self.dial.clone(),
+            move_check: self.move_check(&peer, &wv),
             warnings,
             peer: peer.last.as_ref().map(|h| PeerSummary {
                 node: h.node.clone(),
