@@ -25,11 +25,7 @@ fn script(name: &str) -> PathBuf {
 fn send(t: &Trio, rcpts: &str, msg: &[u8]) -> String {
     let f = tempfile::NamedTempFile::new_in(t.dir.path()).unwrap();
     std::fs::write(f.path(), msg).unwrap();
-    let (host, port) = t
-        .smtp()
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
+    let (host, port) = common::trio::split_addr(&t.smtp());
     let out = Command::new("python3")
         .arg(script("smtp_send.py"))
         .args([&host, &port, "s@example.org", rcpts])
@@ -152,11 +148,11 @@ fn fake_node(t: &Trio, node: &str, mode: &str) -> (Daemon, PathBuf) {
     let state = t.dir.path().join(format!("fake-{node}"));
     std::fs::create_dir_all(&state).unwrap();
     let addr = t.lmtp(node);
-    let (host, port) = addr.rsplit_once(':').unwrap();
+    let (host, port) = common::trio::split_addr(&addr);
     let d = Daemon(
         Command::new("python3")
             .arg(script("fake_lmtp.py"))
-            .args([host, port, mode])
+            .args([&host, &port, mode])
             .arg(&state)
             .stdin(Stdio::null())
             .spawn()
@@ -278,11 +274,7 @@ fn a_relay_killed_while_delivering_the_same_message_parks_it_instead_of_looping(
 fn only_a_client_holding_the_cluster_key_delivers_to_a_node() {
     let t = Trio::with_mail("good-availability");
     let (_alpha, _beta) = t.running_pair();
-    let (host, port) = t
-        .lmtp("alpha")
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
+    let (host, port) = common::trio::split_addr(&t.lmtp("alpha"));
     let script = r#"
 import smtplib, sys
 host, port = sys.argv[1], int(sys.argv[2])

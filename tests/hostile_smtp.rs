@@ -16,10 +16,7 @@ use common::trio::Trio;
 const RSS_BOUND_MIB: u64 = 512;
 
 fn host_port(t: &Trio) -> (String, String) {
-    t.smtp()
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap()
+    common::trio::split_addr(&t.smtp())
 }
 
 /// Runs a Python script with `args`; its stdout, or a panic with both

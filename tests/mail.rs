@@ -68,11 +68,7 @@ fn lmtp_secret(t: &Trio) -> String {
 fn lmtp_delivers_per_recipient_drops_duplicates_and_a_passive_names_the_active() {
     let t = Trio::with_mail("good-availability");
     let (_alpha, _beta) = t.running_pair();
-    let (host, port) = t
-        .lmtp("alpha")
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
+    let (host, port) = common::trio::split_addr(&t.lmtp("alpha"));
     let secret = lmtp_secret(&t);
     // Two local recipients, one foreign (refused at RCPT); pipelined; the
     // client proves the cluster key as the relay does (CRAM-MD5).
@@ -183,11 +179,7 @@ print(send(other, "d2"))
     );
     assert!(out.contains("550 5.6.0"), "{out}");
     // The passive answers 451 and names the active's LMTP address.
-    let (bh, bp) = t
-        .lmtp("beta")
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
+    let (bh, bp) = common::trio::split_addr(&t.lmtp("beta"));
     let (ok, out) = lmtp_swaks(
         &bh,
         &bp,
@@ -276,11 +268,7 @@ fn the_relay_takes_mail_from_real_clients_and_delivers_it_to_the_active() {
     let (ok, out) = submit(&url, &["\"ann smith\"@example.com"], &f, &[]);
     assert!(!ok && out.contains("553"), "{out}");
     // smtplib with SMTPUTF8, and swaks pipelining two recipients.
-    let (host, port) = t
-        .smtp()
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
+    let (host, port) = common::trio::split_addr(&t.smtp());
     let script = r#"
 import smtplib, sys
 from email.message import EmailMessage

@@ -111,11 +111,7 @@ fn files_made_under_umask_000_are_private_and_an_open_data_directory_is_warned_o
     let _alpha = Daemon(under_umask_000(&mut c).spawn().unwrap());
     t.wait_for("alpha active", 30, || t.status("alpha")["role"] == "active");
     let _relay = start_relay(&t);
-    let (host, port) = t
-        .smtp()
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
+    let (host, port) = common::trio::split_addr(&t.smtp());
     let out = Command::new("python3")
         .args(["-c", SEND, &host, &port])
         .output()

@@ -20,6 +20,12 @@ pub struct Trio {
     pub netns: Option<[String; 2]>,
 }
 
+/// `host:port` as (host, port), for the clients the tests run.
+pub fn split_addr(addr: &str) -> (String, String) {
+    let (h, p) = addr.rsplit_once(':').expect("an address is host:port");
+    (h.to_string(), p.to_string())
+}
+
 pub fn free_tcp_port() -> u16 {
     logship::sys::free_tcp_port().unwrap()
 }
@@ -387,11 +393,7 @@ while not os.path.exists(stop):
 impl Submitter {
     /// Starts submitting to the relay of `t`, Message-IDs `<prefix>N@test`.
     pub fn start(t: &Trio, prefix: &str) -> Submitter {
-        let (host, port) = t
-            .smtp()
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_string(), p.to_string()))
-            .unwrap();
+        let (host, port) = split_addr(&t.smtp());
         let stop = t.dir.path().join(format!("stop-{prefix}"));
         let log = t.dir.path().join(format!("submitted-{prefix}.txt"));
         let child = Command::new("python3")
