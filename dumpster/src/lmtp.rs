@@ -33,13 +33,7 @@ impl LmtpSecret {
         let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
             .expect("HMAC takes a key of any length");
         mac.update(b"logship lmtp cram-md5 v1");
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        LmtpSecret(hex.into_bytes())
+        LmtpSecret(crate::message::hex(&mac.finalize().into_bytes()).into_bytes())
     }
 
     pub fn bytes(&self) -> &[u8] {

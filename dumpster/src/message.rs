@@ -49,6 +49,11 @@ pub fn normalize_line_endings(raw: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// Bytes as lowercase hex (delivery ids, the LMTP secret, CRAM digests).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `raw` with a `Message-ID: <id>` header first.
 pub fn with_message_id(raw: &[u8], id: &str) -> Vec<u8> {
     let mut out = format!("Message-ID: <{id}>\r\n").into_bytes();

@@ -387,12 +387,7 @@ pub fn cram_md5_response(secret: &[u8], challenge: &str, user: &str) -> String {
     use hmac::Mac;
     let mut mac = cram_md5_digest(secret);
     mac.update(challenge.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = crate::message::hex(&mac.finalize().into_bytes());
     base64::engine::general_purpose::STANDARD.encode(format!("{user} {hex}"))
 }
 

@@ -207,7 +207,7 @@ pub fn delivery_id(sender: &str, raw: &[u8]) -> String {
     h.update((sender.len() as u64).to_le_bytes());
     h.update(sender.as_bytes());
     h.update(raw);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::message::hex(&h.finalize())
 }
 
 /// Parses a node's greeting: `... epoch=N redeliver-since=US`.

@@ -277,18 +277,8 @@ impl Daemon<'_> {
     pub(super) fn failover(&mut self, reason: &str, forced: bool) -> Result<bool> {
         let started = Instant::now();
         self.stop_duty();
-        let peer_node = self.cfg.node(&self.peer)?;
-        let config = replayer::ReplayConfig {
-            node: self.name.clone(),
-            data_dir: self.node.data_dir.clone(),
-            source_node: self.peer.clone(),
-            source: share_of(&self.peer, peer_node, self.cfg)?,
-            own_share: None,
-            poll: replayer::daemon::DEFAULT_POLL,
-            epochs: self.epoch_starts.clone(),
-            // Everything it can reach, lagged copy or not.
-            replay_lag: Duration::ZERO,
-        };
+        // Everything it can reach, lagged copy or not.
+        let config = self.replay_config()?;
         let state = {
             let _lock = shipper::store::lock_data_dir(&self.node.data_dir)?;
             replayer::daemon::drain(&config, witness::core::DRAIN_BUDGET)

@@ -24,23 +24,31 @@ pub(super) enum Duty {
 }
 
 impl Daemon<'_> {
-    pub(super) fn start_passive(&mut self) -> Result<()> {
-        let lock = shipper::store::lock_data_dir(&self.node.data_dir)
-            .with_context(|| format!("lock {}", self.node.data_dir.display()))?;
+    /// This node's copy of its peer's log: no status published, no lag
+    /// (the passive duty adds them; a failover's drain takes everything).
+    pub(super) fn replay_config(&self) -> Result<replayer::ReplayConfig> {
         let peer_node = self.cfg.node(&self.peer)?;
-        let config = replayer::ReplayConfig {
+        Ok(replayer::ReplayConfig {
             node: self.name.clone(),
             data_dir: self.node.data_dir.clone(),
             source_node: self.peer.clone(),
             source: share_of(&self.peer, peer_node, self.cfg)?,
-            own_share: match self.node.share {
-                Some(_) => Some(share_of(&self.name, self.node, self.cfg)?),
-                None => None,
-            },
+            own_share: None,
             poll: replayer::daemon::DEFAULT_POLL,
             epochs: self.epoch_starts.clone(),
-            replay_lag: self.node.replay_lag,
+            replay_lag: Duration::ZERO,
+        })
+    }
+
+    pub(super) fn start_passive(&mut self) -> Result<()> {
+        let lock = shipper::store::lock_data_dir(&self.node.data_dir)
+            .with_context(|| format!("lock {}", self.node.data_dir.display()))?;
+        let mut config = self.replay_config()?;
+        config.own_share = match self.node.share {
+            Some(_) => Some(share_of(&self.name, self.node, self.cfg)?),
+            None => None,
         };
+        config.replay_lag = self.node.replay_lag;
         let shutdown = Arc::new(AtomicBool::new(false));
         let stop = shutdown.clone();
         let handle = std::thread::Builder::new()
