@@ -435,7 +435,7 @@ fn challenge(hostname: &str) -> std::io::Result<String> {
     use std::io::Read;
     let mut b = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    let random: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let random = crate::message::hex(&b);
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
