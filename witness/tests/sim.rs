@@ -149,7 +149,7 @@ impl Store {
 /// sealed segments reach (`log_end`, none when it holds none), and how
 /// many of the source's segments it has.
 #[derive(Clone, Copy, Debug, Default)]
-struct Copy {
+struct Replica {
     db: u64,
     log_end: Option<u64>,
     seals: u64,
@@ -182,7 +182,7 @@ struct Node {
     started: Instant,
     boot: u64,
     /// A passive copy; `None` with a store instead, or before its seed.
-    copy: Option<Copy>,
+    copy: Option<Replica>,
     /// The old active's last position, from its heartbeats (for the dial).
     active_position: Option<Position>,
     store: Option<Store>,
@@ -1052,7 +1052,7 @@ impl Sim {
         if src.active.is_none() {
             return;
         }
-        self.nodes[1].copy = Some(Copy {
+        self.nodes[1].copy = Some(Replica {
             db: src.lsn,
             log_end: (src.seals > 0).then_some(src.sealed),
             seals: src.seals,
@@ -1117,7 +1117,7 @@ impl Sim {
             .min(own);
         let n = &mut self.nodes[i];
         n.store = None;
-        n.copy = Some(Copy {
+        n.copy = Some(Replica {
             db: fork,
             log_end: None,
             seals: 0,
