@@ -152,7 +152,11 @@ pub fn rewind(data_dir: &Path, to: Lsn) -> Result<Rewound> {
         }
     }
     log::sync_dir(&paths.logs)?;
-    tracing::warn!(from = %from, to = %to, records = records.len(), report = %report.display(), "rewound transactions the new active never received");
+    if records.is_empty() {
+        tracing::info!(lsn = %to, "nothing to undo: the new active holds everything this node wrote");
+    } else {
+        tracing::warn!(from = %from, to = %to, records = records.len(), report = %report.display(), "rewound transactions the new active never received");
+    }
     Ok(Rewound {
         from,
         to,
