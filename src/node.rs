@@ -6,9 +6,12 @@
 //! the active is gone and the mount dial allows, and rejoins as passive
 //! when the peer took over.
 //!
-//! It decides nothing itself: each step gathers what the node knows into a
-//! view for `witness::core` (and `witness::moves`, `witness::dial`) and
-//! carries out the answer. This file holds the daemon's state and its loop;
+//! It decides nothing itself: the decisions are `witness::machine`'s state
+//! machine. Each turn of the loop feeds it what the node heard (the peer
+//! from the heartbeat link, the witness thread's last answer, what the
+//! node holds on disk) and a timer, and carries out the actions it answers
+//! (`act`), feeding each one's outcome back. This file holds the daemon's
+//! state, its loop and that wiring;
 //! the I/O of each kind of step lives beside it: `activation` (claim an
 //! epoch, open the store, fail over), `rejoin`, `moves`, `ops` (the
 //! operator's requests), `heartbeat` (what the node says), `witness_link`
@@ -53,8 +56,9 @@ mod witness_link;
 use activation::{active_generation, log_position};
 use duty::{ActiveDuty, Duty};
 use endpoints::{serve_admin, serve_control, start_lmtp, status_publisher};
-use moves::{Moving, PendingMove};
-use witness_link::{WitnessShared, WitnessView, vote, witness_share, witness_thread};
+use moves::MoveReply;
+use witness::machine::{Action, Blocked, Holding, Input, LocalFacts, Machine, Settings, Stop};
+use witness_link::{WitnessShared, WitnessView, witness_facts, witness_share, witness_thread};
 
 /// Present while the node is paused (it holds the operator's reason).
 pub const PAUSED_FILE: &str = "paused";
@@ -76,24 +80,18 @@ struct Daemon<'a> {
     /// The witness, for claiming epochs (its own connection).
     claims: Witness,
     duty: Duty,
-    role: Role,
-    /// The newest epoch known, and where each began.
-    known_epoch: Epoch,
+    /// The node's decisions, and what they are made from.
+    m: Machine,
+    /// Where each epoch began (for the replay of a passive copy).
     epoch_starts: Arc<Mutex<Vec<EpochStart>>>,
     /// The store the control socket serves while active.
     serving: Arc<Mutex<Option<Arc<Store>>>>,
     requests: Receiver<Request>,
-    blocked: Option<String>,
-    /// Set when the dial refused a failover: no new attempt until the peer
-    /// is heard again or an operator forces one.
-    dial_refused: bool,
+    /// The mount dial's last decision.
     dial: Option<DialDecision>,
-    /// The old active's last position (from its heartbeats).
-    active_position: Option<Position>,
-    started: Instant,
-    pending_move: Option<PendingMove>,
     status_written: Option<(NodeStatus, Instant)>,
-    moving: Option<Moving>,
+    /// The operator waiting on a planned move (pending or under way).
+    move_reply: Option<MoveReply>,
     /// The position last announced, to announce progress at once during a move.
     announced: Option<Position>,
     /// When the mail counts were last logged (during a redelivery).
@@ -229,7 +227,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     serve_control(name, &peer, node, serving.clone(), req_tx)?;
     let mut d = Daemon {
         name: name.to_string(),
-        peer,
+        peer: peer.clone(),
         node,
         cfg,
         timing,
@@ -237,19 +235,22 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         wit,
         claims: Witness::new(witness_share()?),
         duty: Duty::Idle,
-        role: Role::Starting,
-        known_epoch: Epoch(0),
+        m: Machine::new(
+            Settings {
+                me: name.to_string(),
+                peer,
+                timing,
+                replay_lag: node.replay_lag,
+                mutation: witness::core::Mutation::None,
+            },
+            Instant::now(),
+        ),
         epoch_starts: Default::default(),
         serving,
         requests,
-        blocked: None,
-        dial_refused: false,
         dial: None,
-        active_position: None,
-        started: Instant::now(),
         status_written: None,
-        moving: None,
-        pending_move: None,
+        move_reply: None,
         announced: None,
         mail_logged: None,
         failovers: 0,
@@ -266,14 +267,14 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     while !SHUTDOWN.load(Ordering::Relaxed) {
         if let Err(e) = d.tick() {
             tracing::error!(error = %format!("{e:#}"), "node step failed; retrying");
-            d.blocked = Some(format!("{e:#}"));
+            d.m.blocked = Some(Blocked::StepFailed(format!("{e:#}")));
             std::thread::sleep(Duration::from_millis(500));
         }
         std::thread::sleep(tick);
     }
     tracing::info!(node = %name, "node daemon stopping");
     d.stop_duty();
-    d.role = Role::Starting;
+    d.m.role = Role::Starting;
     d.write_status(true);
     stop.store(true, Ordering::Relaxed);
     let _ = link_thread.join();
@@ -305,68 +306,191 @@ impl Daemon<'_> {
         std::fs::read_to_string(self.node.data_dir.join(PAUSED_FILE)).ok()
     }
 
-    fn latest(&self, wv: &WitnessView) -> Option<EpochRecord> {
-        wv.history.last().cloned()
+    fn local_facts(&self) -> LocalFacts {
+        let p = self.copy_paths();
+        let holding = if self.has_store() {
+            Holding::Store
+        } else if self.has_copy() {
+            Holding::Copy {
+                replayed: CopyState::load(&p)
+                    .ok()
+                    .flatten()
+                    .map(|s| s.replayed_lsn)
+                    .unwrap_or(0),
+            }
+        } else {
+            Holding::Nothing
+        };
+        LocalFacts {
+            holding,
+            paused: self.paused(),
+            store_stopped: match &self.duty {
+                Duty::Active(a) => a.store.stopped(),
+                _ => None,
+            },
+        }
     }
 
+    /// One turn: the operator's requests, then what the node heard, then
+    /// the timer; each input's actions carried out.
     fn tick(&mut self) -> Result<()> {
-        let peer = self.link.peer();
-        let wv = self.wit.view();
-        self.learn_epochs(&peer, &wv);
-        if let Some(hb) = &peer.last
-            && hb.role == Role::Active
-            && peer.alive(self.timing.dead_after)
-        {
-            self.active_position = Some(hb.position);
-            self.dial_refused = false;
-        }
+        self.learn_epoch_starts(&self.wit.view());
         while let Ok(req) = self.requests.try_recv() {
             if let Op::MoveCluster { to, comment } = &req.op {
-                if self.pending_move.is_some() {
+                if self.move_reply.is_some() {
                     let _ = req
                         .reply
                         .send(Err("another move is waiting for its target".into()));
                     continue;
                 }
-                self.pending_move = Some(PendingMove {
-                    to: to.clone(),
+                self.move_reply = Some(MoveReply {
                     comment: comment.clone(),
                     reply: req.reply,
-                    since: Instant::now(),
-                    waiting_for: None,
                 });
+                self.feed(Input::Move { to: to.clone() })?;
                 continue;
             }
-            let r = self.handle(&req.op, &peer).map_err(|e| format!("{e:#}"));
+            let r = self.handle(&req.op).map_err(|e| format!("{e:#}"));
             let _ = req.reply.send(r);
         }
-        // A request may have changed the role or taken the witness vote:
-        // decide on what holds now.
-        let (peer, wv) = (self.link.peer(), self.wit.view());
-        if let Some(p) = self.pending_move.take() {
-            self.try_move(p, &peer, &wv);
-        }
-        if self.moving.is_some() {
-            return self.tick_moving(&peer);
-        }
-        match self.duty {
-            Duty::Active(_) => self.tick_active(&peer, &wv)?,
-            _ if self.handoff_to_me(&peer) => self.tick_target(&peer, &wv)?,
-            _ if self.has_store() => self.tick_store_holder(&peer, &wv)?,
-            _ => self.tick_passive(&peer, &wv)?,
-        }
+        let peer = self.link.peer();
+        self.feed(Input::Peer(peer.clone()))?;
+        self.feed(Input::Witness(witness_facts(&self.wit.view())))?;
+        self.feed(Input::Local(self.local_facts()))?;
+        self.feed(Input::Timer)?;
         self.update_heartbeat(&peer);
         self.write_status(false);
         Ok(())
     }
 
-    fn learn_epochs(&mut self, peer: &PeerView, wv: &WitnessView) {
-        if let Some(l) = wv.history.last() {
-            self.known_epoch = self.known_epoch.max(l.epoch);
+    /// Steps the machine with `input` and carries out its actions.
+    fn feed(&mut self, input: Input) -> Result<()> {
+        let actions = self.m.step(input, Instant::now());
+        for a in actions {
+            self.act(a)?;
         }
-        if let Some(hb) = &peer.last {
-            self.known_epoch = self.known_epoch.max(hb.epoch);
+        Ok(())
+    }
+
+    fn act(&mut self, action: Action) -> Result<()> {
+        match action {
+            Action::WantVote(yes) => self.wit.want(yes),
+            Action::ExtendFence(until) => {
+                if let Duty::Active(a) = &self.duty {
+                    a.fence.extend(until);
+                }
+            }
+            Action::CloseStore(stop) => self.close_store(stop),
+            Action::StartReplay => {
+                if !matches!(self.duty, Duty::Passive(_)) {
+                    self.stop_duty();
+                    self.start_passive()?;
+                }
+            }
+            Action::StopDuty => self.stop_duty(),
+            Action::Announce => self.link.poke(),
+            Action::Activate(reason) => {
+                let r = self.activate_store(reason.name(), None);
+                self.activation_outcome(r)?;
+            }
+            Action::TakeOver { planned } => {
+                let silent = self.m.peer_live_at.unwrap_or(self.m.started).elapsed();
+                if !planned {
+                    tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "the active is gone: failing over");
+                }
+                let r = self.failover(if planned { "move" } else { "failover" }, false);
+                self.takeover_outcome(r)?;
+            }
+            Action::RefreshHistory => {
+                // The peer says it is active: read the witness now rather
+                // than at its next refresh.
+                let history = self.claims.history().context("read the witness's epochs")?;
+                self.wit.offer_history(history);
+            }
+            Action::Rejoin => {
+                let history = self.wit.view().history;
+                self.rejoin(&history)?;
+            }
+            a @ (Action::StartMove { .. }
+            | Action::MoveWaits { .. }
+            | Action::MoveRefused { .. }
+            | Action::MoveFailed(_)
+            | Action::MoveDone { .. }
+            | Action::MoveTimedOut { .. }) => self.act_move(a)?,
         }
+        Ok(())
+    }
+
+    /// Feeds an activation's outcome back to the machine.
+    fn activation_outcome(&mut self, r: Result<Result<Epoch, String>>) -> Result<()> {
+        match r {
+            Ok(Ok(epoch)) => self.activated(epoch),
+            Ok(Err(why)) => self.feed(Input::NotActivated(why)),
+            Err(e) => {
+                self.feed(Input::NotActivated(format!("{e:#}")))?;
+                Err(e)
+            }
+        }
+    }
+
+    fn activated(&mut self, epoch: Epoch) -> Result<()> {
+        let fence_until = match &self.duty {
+            Duty::Active(a) => a.fence.until(),
+            _ => None,
+        };
+        self.feed(Input::Activated { epoch, fence_until })?;
+        self.write_status(true);
+        Ok(())
+    }
+
+    /// Feeds a takeover's outcome back to the machine.
+    fn takeover_outcome(&mut self, r: Result<Takeover>) -> Result<()> {
+        match r {
+            Ok(Takeover::Active(epoch)) => self.activated(epoch),
+            // The machine starts the copy's replay again at its next turn.
+            Ok(Takeover::Refused(why)) => self.feed(Input::TakeoverRefused(why)),
+            Ok(Takeover::NotActivated(why)) => self.feed(Input::NotActivated(why)),
+            Err(e) => {
+                self.feed(Input::NotActivated(format!("{e:#}")))?;
+                Err(e)
+            }
+        }
+    }
+
+    /// An active stops taking writes: why, said in the log and the events.
+    fn close_store(&mut self, stop: Stop) {
+        let epoch = self.m.heartbeat_epoch();
+        if let Duty::Active(a) = &self.duty {
+            a.fence.revoke();
+        }
+        match &stop {
+            Stop::SteppedDown { newer } => {
+                tracing::warn!(epoch = %epoch, newer = %newer, "a newer epoch exists: stepping down");
+            }
+            Stop::LostQuorum => {
+                tracing::warn!(epoch = %epoch, "lost quorum (no heartbeat support from the peer, no witness vote): fencing");
+                crate::events::append(
+                    &self.node.data_dir,
+                    &self.name,
+                    "fenced",
+                    serde_json::json!({"epoch": epoch.0, "reason": "lost quorum"}),
+                );
+            }
+            Stop::StoreFailed(why) => {
+                tracing::error!(reason = %why, "the store stopped; the witness vote is left to the peer");
+                crate::events::append(
+                    &self.node.data_dir,
+                    &self.name,
+                    "store-failed",
+                    serde_json::json!({"epoch": epoch.0, "error": why}),
+                );
+            }
+            Stop::Released => {}
+        }
+        self.stop_duty();
+    }
+
+    fn learn_epoch_starts(&self, wv: &WitnessView) {
         let starts: Vec<EpochStart> = wv
             .history
             .iter()
@@ -380,171 +504,14 @@ impl Daemon<'_> {
             *cur = starts;
         }
     }
+}
 
-    // ---- active ----
-
-    fn tick_active(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
-        use witness::core::ActiveStep;
-        let Duty::Active(a) = &self.duty else {
-            return Ok(());
-        };
-        self.wit.want(true);
-        let mut view = witness::core::ActiveView {
-            epoch: a.epoch,
-            known_epoch: self.known_epoch,
-            peer_lease: peer.lease,
-            witness_until: wv.until.filter(|_| wv.held),
-            fence_allows: true,
-            store_stopped: None,
-        };
-        if let Some(until) = witness::core::leases(&view).until() {
-            a.fence.extend(until);
-        }
-        view.fence_allows = a.fence.allows();
-        view.store_stopped = a.store.stopped();
-        match witness::core::active_step(&view, Instant::now()) {
-            ActiveStep::Serve { .. } => {}
-            ActiveStep::StepDown { newer } => {
-                tracing::warn!(epoch = %a.epoch, newer = %newer, "a newer epoch exists: stepping down");
-                self.stop_duty();
-                self.role = Role::Fenced;
-                self.blocked = Some(format!(
-                    "epoch {newer} began on another node while this node was active: it must rejoin as passive"
-                ));
-            }
-            ActiveStep::Fence => {
-                a.fence.revoke();
-                tracing::warn!(epoch = %a.epoch, "lost quorum (no heartbeat support from the peer, no witness vote): fencing");
-                crate::events::append(
-                    &self.node.data_dir,
-                    &self.name,
-                    "fenced",
-                    serde_json::json!({"epoch": a.epoch.0, "reason": "lost quorum"}),
-                );
-                self.stop_duty();
-                self.role = Role::Fenced;
-                self.blocked = Some("lost quorum: stopped taking writes".into());
-            }
-            ActiveStep::StoreStopped(why) => {
-                tracing::error!(reason = %why, "the store stopped");
-                self.stop_duty();
-                self.role = Role::Fenced;
-                self.blocked = Some(format!("the store stopped: {why}"));
-            }
-        }
-        Ok(())
-    }
-
-    /// This node holds the store (not a copy) and is not active: it was
-    /// active before (fenced, restarted). It may activate again only while
-    /// it is on the newest timeline: no other node began a newer epoch.
-    fn tick_store_holder(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
-        use witness::core::HolderStep;
-        let view = witness::core::HolderView {
-            me: self.name.clone(),
-            newest_owner: self.latest(wv).map(|l| l.node),
-            known_epoch: self.known_epoch,
-            peer_active: peer.alive(self.timing.dead_after)
-                && peer.last.as_ref().is_some_and(|h| h.role == Role::Active),
-            witness_unreadable: (wv.error.is_some() && wv.history.is_empty() && !wv.reachable)
-                .then(|| wv.error.clone().unwrap_or_default()),
-            paused: self.paused(),
-            vote: vote(wv),
-            mutation: witness::core::Mutation::None,
-        };
-        let step = witness::core::holder_step(&view, &self.timing, Instant::now());
-        self.wit.want(step.wants_vote());
-        match step {
-            HolderStep::Rejoin => {
-                self.role = Role::Fenced;
-                return self.rejoin(&wv.history);
-            }
-            HolderStep::ConfirmPeerEpoch => {
-                self.role = Role::Fenced;
-                // The peer says it is active: read the witness now rather
-                // than at its next refresh, to rejoin at once.
-                let history = self.claims.history().context("read the witness's epochs")?;
-                if history.last().is_some_and(|l| l.node != self.name) {
-                    return self.rejoin(&history);
-                }
-                self.blocked = Some(format!(
-                    "node {} is active: waiting for its epoch on the witness to rejoin as passive",
-                    self.peer
-                ));
-            }
-            HolderStep::WitnessUnreadable(why) => {
-                self.blocked = Some(format!("cannot read the witness: {why}"));
-            }
-            HolderStep::Paused(why) => self.blocked = Some(format!("paused: {why}")),
-            HolderStep::NoVote => self.blocked = Some("waiting for the witness vote".into()),
-            HolderStep::WaitLease => {}
-            HolderStep::Activate(reason) => return self.activate_store(reason.name(), None),
-        }
-        Ok(())
-    }
-
-    // ---- planned move ----
-
-    // ---- passive ----
-
-    fn tick_passive(&mut self, peer: &PeerView, wv: &WitnessView) -> Result<()> {
-        use witness::core::PassiveStep;
-        let view = witness::core::PassiveView {
-            has_copy: self.has_copy(),
-            peer_heard_at: peer.heard_at,
-            started: self.started,
-            paused: self.paused(),
-            dial_refused: self.dial_refused,
-            lagged: !self.node.replay_lag.is_zero(),
-            vote: vote(wv),
-            mutation: witness::core::Mutation::None,
-        };
-        let step = witness::core::passive_step(&view, &self.timing, Instant::now());
-        self.wit.want(step.wants_vote());
-        self.role = Role::Passive;
-        if step == PassiveStep::NoCopy {
-            self.stop_duty();
-            self.blocked = Some(format!(
-                "no copy yet: seed it with `logship seed --node {}`",
-                self.name
-            ));
-            return Ok(());
-        }
-        if !matches!(self.duty, Duty::Passive(_)) {
-            self.start_passive()?;
-        }
-        match step {
-            PassiveStep::NoCopy | PassiveStep::SeekVote | PassiveStep::WaitLease => {}
-            // What the refused failover said stays shown.
-            PassiveStep::DialRefused => {}
-            PassiveStep::Follow => {
-                if !self.dial_refused {
-                    self.blocked = None;
-                }
-            }
-            PassiveStep::Paused(why) => self.blocked = Some(format!("paused: {why}")),
-            PassiveStep::Lagged => {
-                self.blocked = Some(format!(
-                    "{} is silent, but this is a lagged copy (replay-lag {}): it is not activated automatically; `logship activate --node {} --play-down` replays everything, then activates",
-                    self.peer,
-                    humantime::format_duration(self.node.replay_lag),
-                    self.name
-                ));
-            }
-            PassiveStep::NoVote(why) => {
-                self.blocked = Some(format!(
-                    "{} is silent, but the witness vote is not ours ({why})",
-                    self.peer
-                ));
-            }
-            PassiveStep::TakeOver => {
-                let silent = peer.heard_at.unwrap_or(self.started).elapsed();
-                tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "the active is gone: failing over");
-                self.failover("failover", false)?;
-            }
-        }
-        Ok(())
-    }
-
-    // ---- heartbeat and status ----
+/// How a takeover ended.
+enum Takeover {
+    /// Active in this epoch.
+    Active(Epoch),
+    /// The mount dial (or a Failed copy) refused it.
+    Refused(String),
+    /// It did not happen (another node claimed first).
+    NotActivated(String),
 }

@@ -119,6 +119,14 @@ impl Fence {
         self.until_ns.store(0, Ordering::SeqCst);
     }
 
+    /// Until when writes are allowed (`None`: never extended, or revoked).
+    pub fn until(&self) -> Option<Instant> {
+        match self.until_ns.load(Ordering::SeqCst) {
+            0 => None,
+            ns => Some(self.base + std::time::Duration::from_nanos(ns)),
+        }
+    }
+
     /// True while writes are allowed.
     pub fn allows(&self) -> bool {
         (self.base.elapsed().as_nanos() as u64) < self.until_ns.load(Ordering::SeqCst)

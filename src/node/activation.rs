@@ -157,12 +157,13 @@ pub(super) fn prepare_log(
 }
 
 impl Daemon<'_> {
-    /// Claims the next epoch and opens the store in it.
+    /// Claims the next epoch and opens the store in it: the epoch, or why
+    /// another node's claim came first.
     pub(super) fn activate_store(
         &mut self,
         reason: &str,
         next_generation: Option<Generation>,
-    ) -> Result<()> {
+    ) -> Result<Result<Epoch, String>> {
         // The history, read again while holding the vote: no one else can
         // claim meanwhile.
         let history = self.claims.history().context("read the witness's epochs")?;
@@ -170,13 +171,18 @@ impl Daemon<'_> {
         if let Some(l) = history.last()
             && !witness::core::activation_stands(by_itself, Some(&l.node), &self.name)
         {
-            self.blocked = Some(format!("node {} began epoch {} meanwhile", l.node, l.epoch));
-            return Ok(());
+            return Ok(Err(format!(
+                "node {} began epoch {} meanwhile",
+                l.node, l.epoch
+            )));
         }
         let paths = shipper::store::StorePaths::new(&self.node.data_dir);
         let (lsn, log_epoch, generation) = log_position(&paths)?;
-        let epoch =
-            witness::core::next_epoch(history.last().map(|l| l.epoch), log_epoch, self.known_epoch);
+        let epoch = witness::core::next_epoch(
+            history.last().map(|l| l.epoch),
+            log_epoch,
+            self.m.known_epoch,
+        );
         let rec = EpochRecord {
             epoch,
             node: self.name.clone(),
@@ -190,10 +196,10 @@ impl Daemon<'_> {
             .claim(&rec)
             .context("claim an epoch on the witness")?
         {
-            self.blocked = Some(format!("epoch {epoch} was claimed by another node first"));
-            return Ok(());
+            return Ok(Err(format!(
+                "epoch {epoch} was claimed by another node first"
+            )));
         }
-        self.known_epoch = epoch;
         let fence = Arc::new(Fence::new());
         if let Some(until) = self.wit.view().until {
             fence.extend(until);
@@ -264,17 +270,14 @@ impl Daemon<'_> {
             shutdown,
             ship,
         });
-        self.role = Role::Active;
-        self.blocked = None;
-        self.link.poke();
-        self.write_status(true);
-        Ok(())
+        Ok(Ok(epoch))
     }
 
     /// Becomes active from the passive copy: the last copy and replay of
     /// what the old active's share holds, the mount dial, a new epoch, the
-    /// store. False when it stayed passive (the reason is in `blocked`).
-    pub(super) fn failover(&mut self, reason: &str, forced: bool) -> Result<bool> {
+    /// store. When it stays passive, why.
+    pub(super) fn failover(&mut self, reason: &str, forced: bool) -> Result<super::Takeover> {
+        use super::Takeover;
         let started = Instant::now();
         self.stop_duty();
         // Everything it can reach, lagged copy or not.
@@ -302,8 +305,11 @@ impl Daemon<'_> {
                 generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),
             },
         };
-        let mut decision =
-            dial::decide(self.cfg.cluster.mount_dial, replayed, self.active_position);
+        let mut decision = dial::decide(
+            self.cfg.cluster.mount_dial,
+            replayed,
+            self.m.active_position,
+        );
         decision.text = format!(
             "{}; the old active's open segment: {tail_note}",
             decision.text
@@ -311,21 +317,13 @@ impl Daemon<'_> {
         tracing::info!(decision = %decision.text, allowed = decision.allowed, forced, "mount dial");
         self.dial = Some(decision.clone());
         if let Some(f) = &state.failed {
-            self.blocked = Some(format!("the copy is Failed: {f}"));
-            self.wit.want(false);
-            self.dial_refused = true;
-            self.start_passive()?;
-            return Ok(false);
+            return Ok(Takeover::Refused(format!("the copy is Failed: {f}")));
         }
         if !decision.allowed && !forced {
-            self.blocked = Some(format!(
+            return Ok(Takeover::Refused(format!(
                 "not activated: {}; `logship activate --node {} --force` overrides",
                 decision.text, self.name
-            ));
-            self.dial_refused = true;
-            self.wit.want(false);
-            self.start_passive()?;
-            return Ok(false);
+            )));
         }
         // The copy becomes the store: the open segment's prefix is its
         // current segment, which the store's recovery replays.
@@ -341,7 +339,7 @@ impl Daemon<'_> {
                 .unwrap_or(0)
                 + 1,
         );
-        prepare_log(&paths, &state, next_generation, self.known_epoch)?;
+        prepare_log(&paths, &state, next_generation, self.m.known_epoch)?;
         // What the old active committed after this copy's last record is
         // lost: the relay re-delivers what it delivered since that record's
         // time (less a margin for clock differences); unknown: everything.
@@ -364,18 +362,15 @@ impl Daemon<'_> {
         for f in [replayer::state::SUSPEND_FILE, replayer::state::RETRY_FILE] {
             let _ = std::fs::remove_file(self.node.data_dir.join(f));
         }
-        if let Err(e) = self.activate_store(reason, None) {
-            // Put the copy back as it was: it stays passive.
-            let _ = std::fs::rename(&kept, &paths.state);
-            let _ = replayer::tail::remove(&paths.logs);
-            return Err(e);
-        }
-        if !matches!(self.duty, Duty::Active(_)) {
-            let _ = std::fs::rename(&kept, &paths.state);
-            let _ = replayer::tail::remove(&paths.logs);
-            self.start_passive()?;
-            return Ok(false);
-        }
+        let epoch = match self.activate_store(reason, None) {
+            Ok(Ok(epoch)) => epoch,
+            r => {
+                // Put the copy back as it was: it stays passive.
+                let _ = std::fs::rename(&kept, &paths.state);
+                let _ = replayer::tail::remove(&paths.logs);
+                return Ok(Takeover::NotActivated(r?.err().unwrap_or_default()));
+            }
+        };
         let ms = started.elapsed().as_millis() as u64;
         if reason != "move" {
             self.failovers += 1;
@@ -389,9 +384,9 @@ impl Daemon<'_> {
             } else {
                 "failover"
             },
-            serde_json::json!({"reason": reason, "forced": forced, "epoch": self.known_epoch.0, "dial": decision.text, "missing": decision.missing, "open_segment": tail_note, "lsn": replayed.lsn, "ms": ms}),
+            serde_json::json!({"reason": reason, "forced": forced, "epoch": epoch.0, "dial": decision.text, "missing": decision.missing, "open_segment": tail_note, "lsn": replayed.lsn, "ms": ms}),
         );
-        Ok(true)
+        Ok(Takeover::Active(epoch))
     }
 
     /// Reads the old active's open segment for the last logs; what was

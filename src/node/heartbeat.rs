@@ -14,18 +14,24 @@ impl Daemon<'_> {
             None
         };
         *self.mail.active_hint.lock().expect("hint lock") = hint;
-        let moving = self.moving.as_ref().map(|m| witness::heartbeat::Handoff {
+        let now = Instant::now();
+        let moving = self.m.moving.as_ref().map(|m| witness::heartbeat::Handoff {
             to: m.to.clone(),
-            lsn: m.lsn.0,
-            comment: m.comment.clone(),
+            lsn: m.lsn,
+            comment: self
+                .move_reply
+                .as_ref()
+                .map(|r| r.comment.clone())
+                .unwrap_or_default(),
         });
-        let target = self.handoff_to_me(peer);
+        let target = self.m.handoff_to_me(now).is_some();
         let mut hb = self.link.ours.lock().expect("ours lock");
         hb.handoff = moving;
-        let changed = hb.role != self.role;
+        let changed = hb.role != self.m.role || hb.store_failed != self.m.says_store_failed(now);
         let copy_before = hb.copy.take();
-        hb.role = self.role;
+        hb.role = self.m.role;
         hb.paused = self.paused().is_some();
+        hb.store_failed = self.m.says_store_failed(now);
         hb.supports = None;
         match &self.duty {
             Duty::Active(a) => {
@@ -37,7 +43,7 @@ impl Daemon<'_> {
                 };
             }
             _ => {
-                hb.epoch = self.known_epoch;
+                hb.epoch = self.m.heartbeat_epoch();
                 let paths = self.copy_paths();
                 if let Ok(Some(state)) = CopyState::load(&paths) {
                     let seen = (state.inspection_failures, state.failed.clone());
@@ -73,13 +79,7 @@ impl Daemon<'_> {
                         replay_queue: st.replay_queue_length,
                     });
                 }
-                hb.supports = witness::core::support(
-                    self.role,
-                    self.wit.want.load(Ordering::SeqCst),
-                    self.known_epoch,
-                    peer.last.as_ref(),
-                    peer.alive(self.timing.dead_after),
-                );
+                hb.supports = self.m.supports(now);
             }
         }
         let position = hb.position;

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Daemon<'_> {
-    pub(super) fn handle(&mut self, op: &Op, peer: &PeerView) -> Result<String> {
+    pub(super) fn handle(&mut self, op: &Op) -> Result<String> {
         match op {
             Op::Pause { paused: true } => {
                 std::fs::write(
@@ -21,29 +21,13 @@ impl Daemon<'_> {
                 Ok(format!("node {} is online\n", self.name))
             }
             Op::Activate { force, play_down } => {
-                if matches!(self.duty, Duty::Active(_)) {
-                    return Ok(format!("node {} is already active\n", self.name));
-                }
-                if !self.node.replay_lag.is_zero() && !play_down {
-                    bail!(
-                        "node {} is a lagged copy (replay-lag {}): `logship activate --play-down` replays everything it holds, then activates",
-                        self.name,
-                        humantime::format_duration(self.node.replay_lag)
-                    );
-                }
-                if let Some(why) = self.paused() {
-                    bail!("node {} is paused ({why}): resume it first", self.name);
-                }
-                if peer.alive(self.timing.dead_after)
-                    && peer.last.as_ref().is_some_and(|h| h.role == Role::Active)
-                {
-                    bail!(
-                        "node {} is active and answering: use `logship move-cluster` for a planned move",
-                        self.peer
-                    );
-                }
-                if !self.has_copy() {
-                    bail!("node {} holds no usable copy to activate", self.name);
+                use witness::machine::ActivateRefusal;
+                match self.m.may_activate(*play_down, Instant::now()) {
+                    Ok(()) => {}
+                    Err(ActivateRefusal::AlreadyActive { node }) => {
+                        return Ok(format!("node {node} is already active\n"));
+                    }
+                    Err(r) => return Err(r.into()),
                 }
                 // Take the witness vote, then wait out the old holder's lease.
                 self.wit.want(true);
@@ -65,19 +49,21 @@ impl Daemon<'_> {
                 let wait = witness::core::takeover_at(acquired, &self.timing)
                     .saturating_duration_since(Instant::now());
                 std::thread::sleep(wait);
-                let took = self.failover(if *force { "forced" } else { "activate" }, *force)?;
-                if took {
-                    Ok(format!(
+                let r = self.failover(if *force { "forced" } else { "activate" }, *force);
+                self.takeover_outcome(r)?;
+                match &self.duty {
+                    Duty::Active(a) => Ok(format!(
                         "node {} is active in epoch {}\n",
-                        self.name, self.known_epoch
-                    ))
-                } else {
-                    bail!(
+                        self.name, a.epoch
+                    )),
+                    _ => bail!(
                         "{}",
-                        self.blocked
-                            .clone()
+                        self.m
+                            .blocked
+                            .as_ref()
+                            .map(|b| b.to_string())
                             .unwrap_or_else(|| "activation did not happen".into())
-                    )
+                    ),
                 }
             }
             _ => bail!("not a cluster request"),

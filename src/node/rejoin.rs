@@ -18,21 +18,23 @@ impl Daemon<'_> {
             .map(|r| r.start_lsn)
             .min()
         else {
-            self.blocked = Some("waiting for the witness's epoch history".into());
+            self.m.blocked = Some(Blocked::Rejoin(
+                "waiting for the witness's epoch history".into(),
+            ));
             return Ok(());
         };
         tracing::warn!(node = %self.name, lsn = %lsn, fork = %fork, "rejoining as passive after another node became active");
         let (to, hash) = match shipper::rewind::rewind(&self.node.data_dir, fork) {
             Ok(r) => {
                 if r.records > 0 {
-                    self.blocked = Some(format!(
+                    self.m.blocked = Some(Blocked::Rejoin(format!(
                         "rewound {} transaction(s) past LSN {}: see {}",
                         r.records,
                         r.to,
                         r.report.display()
-                    ));
+                    )));
                 } else {
-                    self.blocked = None;
+                    self.m.blocked = None;
                 }
                 (r.to, r.hash)
             }
@@ -80,10 +82,10 @@ impl Daemon<'_> {
         if paths.logs.exists() {
             std::fs::rename(&paths.logs, aside.join(shipper::store::LOG_DIR))?;
         }
-        self.blocked = Some(format!(
+        self.m.blocked = Some(Blocked::Rejoin(format!(
             "rewind impossible ({why}); the old database is in {}; reseeding",
             aside.display()
-        ));
+        )));
         crate::events::append(
             &self.node.data_dir,
             &self.name,
@@ -100,7 +102,7 @@ impl Daemon<'_> {
             Duration::from_secs(300),
         )
         .context("reseed after an impossible rewind")?;
-        self.blocked = None;
+        self.m.blocked = None;
         Ok(())
     }
 }

@@ -56,10 +56,10 @@ impl Daemon<'_> {
         }
         NodeStatus {
             node: self.name.clone(),
-            role: self.role,
+            role: self.m.role,
             epoch: match &self.duty {
                 Duty::Active(a) => a.epoch.0,
-                _ => self.known_epoch.0,
+                _ => self.m.known_epoch.0,
             },
             active_node,
             node_state: if self.paused().is_some() {
@@ -75,9 +75,9 @@ impl Daemon<'_> {
             },
             witness: self.claims.share().display(),
             witness_reachable: wv.reachable,
-            blocked: self.blocked.clone(),
+            blocked: self.m.blocked.as_ref().map(|b| b.to_string()),
             dial: self.dial.clone(),
-            move_check: self.move_check(&peer, &wv),
+            move_check: self.move_check(),
             warnings,
             peer: peer.last.as_ref().map(|h| PeerSummary {
                 node: h.node.clone(),

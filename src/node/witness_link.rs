@@ -40,6 +40,15 @@ impl WitnessShared {
         }
     }
 
+    /// A history read outside the witness thread (newer than its own
+    /// read, or not taken).
+    pub(super) fn offer_history(&self, history: Vec<EpochRecord>) {
+        let mut v = self.view.lock().expect("witness view");
+        if history.len() > v.history.len() {
+            v.history = history;
+        }
+    }
+
     pub(super) fn sleep(&self, d: Duration) {
         let mut n = self.nudged.lock().expect("nudge lock");
         if !*n {
@@ -168,10 +177,16 @@ pub(super) fn witness_share(cfg: &Config, spec: &str) -> Result<shipper::share::
 /// The generation holding an active's last record: its current one when
 /// that holds records, else the one before.
 /// The witness vote as the pure rules take it.
-pub(super) fn vote(wv: &WitnessView) -> witness::core::Vote {
-    witness::core::Vote {
-        held: wv.held,
-        acquired_at: wv.acquired_at,
-        error: wv.error.clone(),
+/// The witness thread's last answer, as the machine takes it in.
+pub(super) fn witness_facts(wv: &WitnessView) -> witness::machine::WitnessFacts {
+    witness::machine::WitnessFacts {
+        vote: witness::core::Vote {
+            held: wv.held,
+            acquired_at: wv.acquired_at,
+            error: wv.error.clone(),
+        },
+        until: wv.until.filter(|_| wv.held),
+        newest: wv.history.last().map(|r| (r.epoch, r.node.clone())),
+        reachable: wv.reachable,
     }
 }

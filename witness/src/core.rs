@@ -166,6 +166,8 @@ pub struct HolderView {
     /// yet: a first start).
     pub me: String,
     pub newest_owner: Option<String>,
+    /// The newest epoch on the witness as last read.
+    pub newest_epoch: Option<Epoch>,
     /// The newest epoch this node knows of (0: none).
     pub known_epoch: Epoch,
     /// The peer is heard and says it is active.
@@ -173,6 +175,9 @@ pub struct HolderView {
     /// The witness could never be read (no history, an error).
     pub witness_unreadable: Option<String>,
     pub paused: Option<String>,
+    /// Its store stopped by itself a moment ago (a failed write): it leaves
+    /// the witness vote to its peer for a while.
+    pub store_failed: Option<String>,
     pub vote: Vote,
     pub mutation: Mutation,
 }
@@ -204,9 +209,19 @@ pub enum HolderStep {
     /// The peer says it is active, but the witness's history does not show
     /// its epoch yet: read the history now, then rejoin.
     ConfirmPeerEpoch,
+    /// The witness's history as last read is older than an epoch this node
+    /// knows of (its own claim, a peer's heartbeat): read it again before
+    /// deciding on it.
+    HistoryBehind {
+        read: Epoch,
+        known: Epoch,
+    },
     /// The witness cannot be read: wait (nothing to activate without it).
     WitnessUnreadable(String),
     Paused(String),
+    /// The store stopped by itself: give the vote up, so that the peer may
+    /// take over, and try again later.
+    StoreFailed(String),
     /// Seeking the witness vote.
     NoVote,
     /// The vote is ours: wait out the previous holder's lease.
@@ -228,6 +243,14 @@ impl HolderStep {
 /// newest timeline (no other node owns the newest epoch), the peer is not
 /// active, and it holds the witness vote past the previous holder's lease.
 pub fn holder_step(v: &HolderView, t: &Timing, now: Instant) -> HolderStep {
+    if let Some(read) = v.newest_epoch
+        && read < v.known_epoch
+    {
+        return HolderStep::HistoryBehind {
+            read,
+            known: v.known_epoch,
+        };
+    }
     let ours = v.newest_owner.as_deref().is_none_or(|o| o == v.me);
     if !ours {
         return HolderStep::Rejoin;
@@ -240,6 +263,9 @@ pub fn holder_step(v: &HolderView, t: &Timing, now: Instant) -> HolderStep {
     }
     if let Some(why) = &v.paused {
         return HolderStep::Paused(why.clone());
+    }
+    if let Some(why) = &v.store_failed {
+        return HolderStep::StoreFailed(why.clone());
     }
     let Some(acquired) = v.vote.acquired_at.filter(|_| v.vote.held) else {
         return HolderStep::NoVote;
@@ -595,10 +621,12 @@ mod tests {
         HolderView {
             me: "alpha".into(),
             newest_owner: Some("alpha".into()),
+            newest_epoch: Some(Epoch(3)),
             known_epoch: Epoch(3),
             peer_active: false,
             witness_unreadable: None,
             paused: None,
+            store_failed: None,
             vote: held(t0),
             mutation: Mutation::None,
         }
@@ -657,6 +685,27 @@ mod tests {
                     ..holder(t0)
                 },
                 HolderStep::NoVote,
+            ),
+            (
+                HolderView {
+                    store_failed: Some("disk full".into()),
+                    ..holder(t0)
+                },
+                HolderStep::StoreFailed("disk full".into()),
+            ),
+            // Its own claim (or the peer's heartbeat) is newer than the
+            // history as read: nothing is decided on that history, not
+            // even a rejoin.
+            (
+                HolderView {
+                    known_epoch: Epoch(5),
+                    newest_owner: Some("beta".into()),
+                    ..holder(t0)
+                },
+                HolderStep::HistoryBehind {
+                    read: Epoch(3),
+                    known: Epoch(5),
+                },
             ),
         ];
         for (v, want) in cases {

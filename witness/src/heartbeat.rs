@@ -291,6 +291,10 @@ pub struct Heartbeat {
     pub position: Position,
     pub copy: Option<CopyBrief>,
     pub handoff: Option<Handoff>,
+    /// The sender's store stopped by itself (a failed write or fsync) and
+    /// it leaves the witness vote to this node: count it silent.
+    #[serde(default)]
+    pub store_failed: bool,
 }
 
 /// What this node knows of its peer.
@@ -972,6 +976,7 @@ mod tests {
                                 replay_queue,
                             }),
                             handoff: handoff.map(|(to, lsn, comment)| Handoff { to, lsn, comment }),
+                            store_failed: paused && seq % 2 == 0,
                         }
                     },
                 )

@@ -5,8 +5,10 @@
 //! activated after an unplanned failover (`dial`), and the planned move's
 //! pre-checks (`moves`).
 //!
-//! The role decisions themselves are pure functions (`core`), run by the
-//! node daemon and by this crate's cluster simulator alike.
+//! The role decisions themselves are pure: the rules (`core`), and the
+//! state machine that applies them (`machine`, `step(input, now) ->
+//! actions`), run by the node daemon and by this crate's cluster simulator
+//! alike.
 //!
 //! This crate decides; the node daemon (package `logship`) acts. The
 //! protocol, its timing assumptions and its failure cases are written down
@@ -15,6 +17,7 @@
 pub mod core;
 pub mod dial;
 pub mod heartbeat;
+pub mod machine;
 pub mod moves;
 pub mod quorum;
 pub mod witness;

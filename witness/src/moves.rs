@@ -19,6 +19,8 @@ pub const MAX_REPLAY_QUEUE: u64 = 50;
 /// Why the active role cannot move to `to` now.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MoveRefusal {
+    #[error("node {me} is not active: run move-cluster where the active node runs")]
+    NotActive { me: String },
     #[error("node {to} is already active")]
     AlreadyActive { to: String },
     #[error("node {to:?} is not this cluster's other node ({peer})")]
