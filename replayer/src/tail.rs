@@ -40,9 +40,15 @@ pub struct OpenTail {
 pub enum TailRead {
     /// Records past the copy's position, continuing its log.
     Copied(OpenTail),
-    /// Nothing to add, and why (no open segment, no records past the copy,
-    /// a segment that does not continue the copy's log).
+    /// Nothing to add, and why: no open segment, one being sealed (its
+    /// sealed copy was drained), or no records past the copy. Nothing the
+    /// old active acknowledged is missing from the copy.
     Nothing(String),
+    /// An open segment is there but cannot be taken, and why (torn or of
+    /// another size, another database's, not continuing the copy's log):
+    /// what it holds past the copy is unknown, and the mount dial counts it
+    /// so (`LastLogs::Unread`).
+    Unusable(String),
 }
 
 /// Reads `LS.log` from the old active's `source` share and checks it
@@ -55,7 +61,7 @@ pub fn read(source: &Share, logs: &Path, db: DatabaseId, db_lsn: Lsn) -> Result<
         ));
     };
     if bytes.len() != SEGMENT_SIZE {
-        return Ok(TailRead::Nothing(format!(
+        return Ok(TailRead::Unusable(format!(
             "the old active's open segment is {} bytes, not {SEGMENT_SIZE}",
             bytes.len()
         )));
@@ -63,7 +69,7 @@ pub fn read(source: &Share, logs: &Path, db: DatabaseId, db_lsn: Lsn) -> Result<
     let scan = match format::scan_current(&bytes, Some(db)) {
         Ok(s) => s,
         Err(e) => {
-            return Ok(TailRead::Nothing(format!(
+            return Ok(TailRead::Unusable(format!(
                 "the old active's open segment does not decode: at offset {}: {}",
                 e.offset, e.reason
             )));
@@ -91,20 +97,20 @@ pub fn read(source: &Share, logs: &Path, db: DatabaseId, db_lsn: Lsn) -> Result<
                 || header.prev_checksum != trailer.segment_checksum
                 || header.hash_lsn != trailer.hash_lsn
             {
-                return Ok(TailRead::Nothing(format!(
+                return Ok(TailRead::Unusable(format!(
                     "the old active's open segment (generation {}) does not continue the copy's log (its last segment is generation {g})",
                     header.generation
                 )));
             }
             if header.hash_lsn > db_lsn {
-                return Ok(TailRead::Nothing(format!(
+                return Ok(TailRead::Unusable(format!(
                     "the copy (LSN {db_lsn}) has not replayed its own log up to the open segment (which starts after LSN {})",
                     header.hash_lsn
                 )));
             }
         }
         None if header.hash_lsn > db_lsn => {
-            return Ok(TailRead::Nothing(format!(
+            return Ok(TailRead::Unusable(format!(
                 "the old active's open segment starts after LSN {}, past the copy's LSN {db_lsn}",
                 header.hash_lsn
             )));
@@ -207,11 +213,11 @@ mod tests {
         assert!(copy.path().join(CURRENT_FILE_NAME).exists());
         remove(copy.path()).unwrap();
         assert!(!copy.path().join(CURRENT_FILE_NAME).exists());
-        // Another database's segment is not taken.
+        // Another database's segment is not taken, and says so.
         let other = DatabaseId::random().unwrap();
         assert!(matches!(
             read(&share, copy.path(), other, sealed).unwrap(),
-            TailRead::Nothing(_)
+            TailRead::Unusable(_)
         ));
         // A copy already at the end: nothing to add.
         assert!(matches!(
@@ -235,7 +241,7 @@ mod tests {
             TailRead::Copied(_)
         ));
         // A copy whose database is behind the segment's start: a gap.
-        let TailRead::Nothing(why) = read(&share, empty.path(), db, Lsn(0)).unwrap() else {
+        let TailRead::Unusable(why) = read(&share, empty.path(), db, Lsn(0)).unwrap() else {
             panic!("a gap was taken");
         };
         assert!(why.contains("past the copy's LSN 0"), "{why}");

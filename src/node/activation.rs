@@ -290,10 +290,20 @@ impl Daemon<'_> {
         let paths = self.copy_paths();
         // The last logs: what the old active's open segment holds past the
         // sealed ones (it has been fenced by now: see `replayer::tail`).
-        let (tail, tail_note) = if state.failed.is_some() {
-            (None, "not read (the copy is Failed)".to_string())
+        let (tail, tail_note, last_logs) = if state.failed.is_some() {
+            (
+                None,
+                "not read (the copy is Failed)".to_string(),
+                dial::LastLogs::Unread,
+            )
         } else {
             self.read_tail(&config, &paths, &state)
+        };
+        // The sealed segments could not be listed either: the share is gone.
+        let last_logs = if state.disconnected {
+            dial::LastLogs::Unread
+        } else {
+            last_logs
         };
         let replayed = match &tail {
             Some(t) => Position {
@@ -309,6 +319,7 @@ impl Daemon<'_> {
             self.cfg.cluster.mount_dial,
             replayed,
             self.m.active_position,
+            last_logs,
         );
         decision.text = format!(
             "{}; the old active's open segment: {tail_note}",
@@ -396,9 +407,14 @@ impl Daemon<'_> {
         config: &replayer::ReplayConfig,
         paths: &CopyPaths,
         state: &CopyState,
-    ) -> (Option<replayer::tail::OpenTail>, String) {
+    ) -> (Option<replayer::tail::OpenTail>, String, dial::LastLogs) {
+        use dial::LastLogs::{Copied, Unread};
         let Some(db) = shipper::DatabaseId::parse(&state.database_id) else {
-            return (None, "not read (the copy's database id is unknown)".into());
+            return (
+                None,
+                "not read (the copy's database id is unknown)".into(),
+                Unread,
+            );
         };
         match replayer::tail::read(&config.source, &paths.logs, db, Lsn(state.replayed_lsn)) {
             Ok(replayer::tail::TailRead::Copied(t)) => {
@@ -406,12 +422,18 @@ impl Daemon<'_> {
                     "copied to LSN {} ({} record(s) of generation {})",
                     t.complete, t.records, t.generation
                 );
-                (Some(t), note)
+                (Some(t), note, Copied)
             }
-            Ok(replayer::tail::TailRead::Nothing(why)) => (None, format!("nothing added: {why}")),
+            Ok(replayer::tail::TailRead::Nothing(why)) => {
+                (None, format!("nothing added: {why}"), Copied)
+            }
+            Ok(replayer::tail::TailRead::Unusable(why)) => {
+                tracing::warn!(reason = %why, "the old active's open segment cannot be taken");
+                (None, format!("not taken: {why}"), Unread)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the old active's open segment");
-                (None, format!("could not be read: {e}"))
+                (None, format!("could not be read: {e}"), Unread)
             }
         }
     }

@@ -40,6 +40,9 @@ pub enum Mutation {
     /// Carry a copy's log on whenever it has one, as before a seed taken
     /// past the last sealed record could be activated (`log_plan`).
     OldLogPlan,
+    /// Let the mount dial trust the old active's last heartbeat when its
+    /// share could not be read (`dial::LastLogs::Copied` always).
+    TrustLastHeartbeat,
 }
 
 /// The witness vote as a node sees it.

@@ -43,6 +43,22 @@ pub struct Position {
     pub generation: u64,
 }
 
+/// Whether the failover could read what the old active's share still
+/// holds (its sealed segments and the valid prefix of its open one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LastLogs {
+    /// Read: every record the old active acknowledged is in the copy (it
+    /// is durable on the share before it is acknowledged, and the old
+    /// active is fenced by then).
+    #[default]
+    Copied,
+    /// Not read (the share is gone): the old active may have acknowledged
+    /// records after its last heartbeat, so the loss is at least what the
+    /// heartbeat shows and at least one generation.
+    Unread,
+}
+
 /// The dial's verdict, with the numbers behind it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DialDecision {
@@ -53,16 +69,30 @@ pub struct DialDecision {
     /// What the copy holds, and the active's last known position.
     pub replayed: Position,
     pub known: Option<Position>,
+    #[serde(default)]
+    pub last_logs: LastLogs,
     pub text: String,
 }
 
 /// Decides whether a copy that replayed up to `replayed` may be activated,
 /// when the old active was last known to be at `known` (`None`: never heard
-/// from it, and then no dial allows it: only an operator can).
-pub fn decide(dial: MountDial, replayed: Position, known: Option<Position>) -> DialDecision {
-    let missing = match known {
+/// from it, and then no dial allows it: only an operator can). With the
+/// last logs `Unread`, what the old active acknowledged after its last
+/// heartbeat cannot be known: at least one generation counts as missing,
+/// so `lossless` never activates on a guess.
+pub fn decide(
+    dial: MountDial,
+    replayed: Position,
+    known: Option<Position>,
+    last_logs: LastLogs,
+) -> DialDecision {
+    let heard = match known {
         Some(k) if k.lsn > replayed.lsn => k.generation.saturating_sub(replayed.generation).max(1),
         _ => 0,
+    };
+    let missing = match last_logs {
+        LastLogs::Copied => heard,
+        LastLogs::Unread => heard.max(1),
     };
     // Never heard from the old active: how much is lost cannot be bounded.
     let allowed = known.is_some() && missing <= dial.max_missing();
@@ -74,14 +104,24 @@ pub fn decide(dial: MountDial, replayed: Position, known: Option<Position>) -> D
             replayed.generation
         ),
         Some(k) => format!(
-            "mount dial {} allows {} missing generation(s); {} missing (old active at LSN {} generation {}, copy at LSN {} generation {})",
+            "mount dial {} allows {} missing generation(s); {}{} missing (old active at LSN {} generation {} in its last heartbeat, copy at LSN {} generation {}){}",
             dial.name(),
             dial.max_missing(),
+            if last_logs == LastLogs::Unread {
+                "at least "
+            } else {
+                ""
+            },
             missing,
             k.lsn,
             k.generation,
             replayed.lsn,
-            replayed.generation
+            replayed.generation,
+            if last_logs == LastLogs::Unread {
+                "; the old active's share could not be read, so what it acknowledged after that heartbeat is unknown"
+            } else {
+                ""
+            }
         ),
     };
     DialDecision {
@@ -90,6 +130,7 @@ pub fn decide(dial: MountDial, replayed: Position, known: Option<Position>) -> D
         missing,
         replayed,
         known,
+        last_logs,
         text,
     }
 }
@@ -104,19 +145,74 @@ mod tests {
 
     #[test]
     fn the_dial_counts_missing_generations() {
-        let d = decide(MountDial::Lossless, p(100, 5), Some(p(100, 5)));
+        let d = decide(
+            MountDial::Lossless,
+            p(100, 5),
+            Some(p(100, 5)),
+            LastLogs::Copied,
+        );
         assert!(d.allowed && d.missing == 0, "{d:?}");
         // Records lost in the active's current segment count as one.
-        let d = decide(MountDial::Lossless, p(100, 5), Some(p(101, 5)));
+        let d = decide(
+            MountDial::Lossless,
+            p(100, 5),
+            Some(p(101, 5)),
+            LastLogs::Copied,
+        );
         assert!(!d.allowed && d.missing == 1, "{d:?}");
-        let d = decide(MountDial::GoodAvailability, p(100, 5), Some(p(900, 11)));
+        let d = decide(
+            MountDial::GoodAvailability,
+            p(100, 5),
+            Some(p(900, 11)),
+            LastLogs::Copied,
+        );
         assert!(d.allowed && d.missing == 6, "{d:?}");
-        let d = decide(MountDial::GoodAvailability, p(100, 5), Some(p(900, 12)));
+        let d = decide(
+            MountDial::GoodAvailability,
+            p(100, 5),
+            Some(p(900, 12)),
+            LastLogs::Copied,
+        );
         assert!(!d.allowed && d.missing == 7, "{d:?}");
         assert!(d.text.contains("7 missing"), "{}", d.text);
-        let d = decide(MountDial::BestAvailability, p(100, 5), Some(p(900, 17)));
+        let d = decide(
+            MountDial::BestAvailability,
+            p(100, 5),
+            Some(p(900, 17)),
+            LastLogs::Copied,
+        );
         assert!(d.allowed);
-        assert!(!decide(MountDial::Lossless, p(1, 1), None).allowed);
-        assert!(!decide(MountDial::BestAvailability, p(1, 1), None).allowed);
+        assert!(!decide(MountDial::Lossless, p(1, 1), None, LastLogs::Copied).allowed);
+        assert!(!decide(MountDial::BestAvailability, p(1, 1), None, LastLogs::Copied).allowed);
+    }
+
+    #[test]
+    fn a_share_that_could_not_be_read_counts_at_least_one_generation_missing() {
+        // The last heartbeat showed nothing past the copy, but the share
+        // is gone: records acknowledged after that heartbeat may be lost.
+        let d = decide(
+            MountDial::Lossless,
+            p(100, 5),
+            Some(p(100, 5)),
+            LastLogs::Unread,
+        );
+        assert!(!d.allowed && d.missing == 1, "{d:?}");
+        assert!(d.text.contains("at least 1 missing"), "{}", d.text);
+        assert!(d.text.contains("could not be read"), "{}", d.text);
+        let d = decide(
+            MountDial::GoodAvailability,
+            p(100, 5),
+            Some(p(100, 5)),
+            LastLogs::Unread,
+        );
+        assert!(d.allowed && d.missing == 1, "{d:?}");
+        // What the heartbeat shows still counts in full.
+        let d = decide(
+            MountDial::GoodAvailability,
+            p(100, 5),
+            Some(p(900, 12)),
+            LastLogs::Unread,
+        );
+        assert!(!d.allowed && d.missing == 7, "{d:?}");
     }
 }
