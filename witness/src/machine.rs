@@ -918,3 +918,606 @@ pub enum ActivateRefusal {
     #[error("node {node} holds no usable copy to activate")]
     NoCopy { node: String },
 }
+
+#[cfg(test)]
+mod tests {
+    //! One test per row of ARCHITECTURE.md's table ("The decisions as a
+    //! table"), on the machine as the daemon runs it, with a fake clock.
+
+    use super::*;
+    use crate::heartbeat::{CopyBrief, Handoff};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            interval: ms(200),
+            dead_after: ms(1000),
+        }
+    }
+
+    fn machine(t0: Instant, holding: Holding) -> Machine {
+        let mut m = Machine::new(
+            Settings {
+                me: "beta".into(),
+                peer: "alpha".into(),
+                timing: timing(),
+                replay_lag: Duration::ZERO,
+                mutation: Mutation::None,
+            },
+            t0,
+        );
+        m.step(
+            Input::Local(LocalFacts {
+                holding,
+                ..Default::default()
+            }),
+            t0,
+        );
+        m
+    }
+
+    fn hb(role: Role, epoch: u64) -> Heartbeat {
+        Heartbeat {
+            node: "alpha".into(),
+            role,
+            epoch: Epoch(epoch),
+            position: Position {
+                lsn: 10,
+                generation: 2,
+            },
+            ..Default::default()
+        }
+    }
+
+    fn hear(m: &mut Machine, h: Heartbeat, at: Instant) {
+        let lease = m.peer.lease;
+        m.step(
+            Input::Peer(PeerView {
+                last: Some(h),
+                heard_at: Some(at),
+                lease,
+                problem: None,
+            }),
+            at,
+        );
+    }
+
+    fn witness(m: &mut Machine, held_since: Option<Instant>, newest: Option<(u64, &str)>) {
+        let w = WitnessFacts {
+            vote: Vote {
+                held: held_since.is_some(),
+                acquired_at: held_since,
+                error: None,
+            },
+            until: held_since.map(|t| t + timing().witness_lease()),
+            newest: newest.map(|(e, n)| (Epoch(e), n.to_string())),
+            reachable: true,
+        };
+        let now = held_since.unwrap_or(m.started);
+        m.step(Input::Witness(w), now);
+    }
+
+    fn has(actions: &[Action], a: &Action) -> bool {
+        actions.contains(a)
+    }
+
+    fn takes_over(actions: &[Action]) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::TakeOver { .. } | Action::Activate(_)))
+    }
+
+    // ---- passive ----
+
+    #[test]
+    fn passive_without_a_copy_stops_replay_and_says_seed_it() {
+        let t0 = Instant::now();
+        let mut m = machine(t0, Holding::Copy { replayed: 5 });
+        assert!(has(&m.step(Input::Timer, t0), &Action::StartReplay));
+        m.step(Input::Local(LocalFacts::default()), t0);
+        let a = m.step(Input::Timer, t0 + ms(10));
+        assert!(has(&a, &Action::StopDuty) && has(&a, &Action::WantVote(false)));
+        assert!(matches!(m.blocked, Some(Blocked::NoCopy { .. })));
+        assert!(
+            m.blocked
+                .as_ref()
+                .unwrap()
+                .to_string()
+                .contains("logship seed --node beta")
+        );
+    }
+
+    #[test]
+    fn passive_that_hears_the_active_replays_and_lends_it_the_vote() {
+        let t0 = Instant::now();
+        let mut m = machine(t0, Holding::Copy { replayed: 5 });
+        hear(&mut m, hb(Role::Active, 3), t0);
+        let a = m.step(Input::Timer, t0 + ms(100));
+        assert!(has(&a, &Action::StartReplay) && has(&a, &Action::WantVote(false)));
+        assert_eq!(m.role, Role::Passive);
+        assert_eq!(m.supports(t0 + ms(100)), Some(Epoch(3)));
+        assert_eq!(m.active_position.map(|p| p.lsn), Some(10));
+    }
+
+    #[test]
+    fn paused_dial_refused_or_lagged_passives_never_seek_the_vote() {
+        let t0 = Instant::now();
+        let late = t0 + ms(5000);
+        let mut paused = machine(t0, Holding::Copy { replayed: 5 });
+        paused.step(
+            Input::Local(LocalFacts {
+                holding: Holding::Copy { replayed: 5 },
+                paused: Some("maintenance".into()),
+                store_stopped: None,
+            }),
+            t0,
+        );
+        let a = paused.step(Input::Timer, late);
+        assert!(has(&a, &Action::WantVote(false)) && !takes_over(&a));
+        assert_eq!(paused.blocked, Some(Blocked::Paused("maintenance".into())));
+
+        let mut refused = machine(t0, Holding::Copy { replayed: 5 });
+        refused.step(Input::TakeoverRefused("dial".into()), t0);
+        let a = refused.step(Input::Timer, late);
+        assert!(has(&a, &Action::WantVote(false)) && !takes_over(&a));
+        // Hearing the active again clears the refusal.
+        hear(&mut refused, hb(Role::Active, 3), late);
+        refused.step(Input::Timer, late);
+        assert!(!refused.dial_refused && refused.blocked.is_none());
+
+        let mut lagged = machine(t0, Holding::Copy { replayed: 5 });
+        lagged.settings.replay_lag = Duration::from_secs(3600);
+        let a = lagged.step(Input::Timer, late);
+        assert!(has(&a, &Action::WantVote(false)) && !takes_over(&a));
+        assert!(
+            lagged
+                .blocked
+                .as_ref()
+                .unwrap()
+                .to_string()
+                .contains("--play-down")
+        );
+    }
+
+    #[test]
+    fn passive_seeks_the_vote_once_suspicious_and_withdraws_its_own() {
+        let t0 = Instant::now();
+        let mut m = machine(t0, Holding::Copy { replayed: 5 });
+        hear(&mut m, hb(Role::Active, 3), t0);
+        // Past suspect (400 ms), before dead-after (1 s).
+        let a = m.step(Input::Timer, t0 + ms(500));
+        assert!(has(&a, &Action::WantVote(true)) && !takes_over(&a));
+        assert_eq!(m.supports(t0 + ms(500)), None);
+    }
+
+    #[test]
+    fn passive_takes_over_only_with_the_vote_held_past_the_wait() {
+        let t0 = Instant::now();
+        let mut m = machine(t0, Holding::Copy { replayed: 5 });
+        hear(&mut m, hb(Role::Active, 3), t0);
+        // Dead, but the vote is another's.
+        let a = m.step(Input::Timer, t0 + ms(1100));
+        assert!(!takes_over(&a));
+        assert!(matches!(m.blocked, Some(Blocked::NoVote { .. })));
+        // The vote taken at 1.1 s: the wait is 570 ms.
+        let took = t0 + ms(1100);
+        witness(&mut m, Some(took), Some((3, "alpha")));
+        assert!(!takes_over(&m.step(Input::Timer, took + ms(500))));
+        let a = m.step(Input::Timer, took + ms(600));
+        assert!(has(&a, &Action::TakeOver { planned: false }));
+        // Nothing more is decided until the takeover's outcome comes back.
+        assert!(m.step(Input::Timer, took + ms(700)).is_empty());
+        let a = m.step(
+            Input::Activated {
+                epoch: Epoch(4),
+                fence_until: Some(took + ms(1000)),
+            },
+            took + ms(700),
+        );
+        assert!(has(&a, &Action::Announce));
+        assert_eq!((m.role, m.known_epoch), (Role::Active, Epoch(4)));
+    }
+
+    #[test]
+    fn a_takeover_that_did_not_happen_is_tried_again_and_replay_restarts() {
+        let t0 = Instant::now();
+        let mut m = machine(t0, Holding::Copy { replayed: 5 });
+        hear(&mut m, hb(Role::Active, 3), t0);
+        witness(&mut m, Some(t0 + ms(500)), Some((3, "alpha")));
+        assert!(takes_over(&m.step(Input::Timer, t0 + ms(1200))));
+        m.step(Input::NotActivated("claimed first".into()), t0 + ms(1300));
+        assert_eq!(
+            m.blocked,
+            Some(Blocked::NotActivated("claimed first".into()))
+        );
+        let a = m.step(Input::Timer, t0 + ms(1400));
+        assert!(has(&a, &Action::StartReplay) && takes_over(&a));
+    }
+
+    #[test]
+    fn a_peer_whose_store_failed_counts_as_silent() {
+        let t0 = Instant::now();
+        let mut m = machine(t0, Holding::Copy { replayed: 5 });
+        hear(&mut m, hb(Role::Active, 3), t0);
+        // It keeps talking, but says its store failed.
+        let failed = Heartbeat {
+            store_failed: true,
+            ..hb(Role::Fenced, 3)
+        };
+        for k in 1..=6 {
+            hear(&mut m, failed.clone(), t0 + ms(200 * k));
+        }
+        witness(&mut m, Some(t0 + ms(500)), Some((3, "alpha")));
+        let a = m.step(Input::Timer, t0 + ms(1200));
+        assert!(has(&a, &Action::TakeOver { planned: false }), "{a:?}");
+    }
+
+    // ---- store holder ----
+
+    fn holder(t0: Instant) -> Machine {
+        let mut m = machine(t0, Holding::Store);
+        m.known_epoch = Epoch(3);
+        m
+    }
+
+    #[test]
+    fn a_holder_behind_another_nodes_newer_epoch_rejoins() {
+        let t0 = Instant::now();
+        let mut m = holder(t0);
+        witness(&mut m, None, Some((4, "alpha")));
+        let a = m.step(Input::Timer, t0);
+        assert!(has(&a, &Action::Rejoin) && has(&a, &Action::WantVote(false)));
+        assert_eq!(m.role, Role::Fenced);
+    }
+
+    #[test]
+    fn a_holder_decides_nothing_on_a_history_older_than_an_epoch_it_knows() {
+        let t0 = Instant::now();
+        let mut m = holder(t0);
+        m.known_epoch = Epoch(5);
+        witness(&mut m, None, Some((4, "alpha")));
+        let a = m.step(Input::Timer, t0);
+        assert!(has(&a, &Action::RefreshHistory) && !has(&a, &Action::Rejoin));
+        assert_eq!(
+            m.blocked,
+            Some(Blocked::HistoryBehind {
+                read: Epoch(4),
+                known: Epoch(5)
+            })
+        );
+        // An older read answered late does not replace a newer one.
+        witness(&mut m, None, Some((5, "beta")));
+        witness(&mut m, None, Some((4, "alpha")));
+        assert_eq!(m.witness.newest, Some((Epoch(5), "beta".into())));
+    }
+
+    #[test]
+    fn a_holder_that_hears_an_active_peer_reads_the_witness_again() {
+        let t0 = Instant::now();
+        let mut m = holder(t0);
+        witness(&mut m, None, Some((3, "beta")));
+        hear(&mut m, hb(Role::Active, 3), t0);
+        let a = m.step(Input::Timer, t0);
+        assert!(has(&a, &Action::RefreshHistory) && !takes_over(&a));
+        assert!(matches!(
+            m.blocked,
+            Some(Blocked::PeerEpochUnconfirmed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_holder_waits_on_an_unreadable_witness_or_a_pause() {
+        let t0 = Instant::now();
+        let mut m = holder(t0);
+        m.step(
+            Input::Witness(WitnessFacts {
+                vote: Vote {
+                    error: Some("no such share".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            t0,
+        );
+        let a = m.step(Input::Timer, t0);
+        assert!(!takes_over(&a) && has(&a, &Action::WantVote(false)));
+        assert_eq!(
+            m.blocked,
+            Some(Blocked::WitnessUnreadable("no such share".into()))
+        );
+        let mut p = holder(t0);
+        p.step(
+            Input::Local(LocalFacts {
+                holding: Holding::Store,
+                paused: Some("p".into()),
+                store_stopped: None,
+            }),
+            t0,
+        );
+        let a = p.step(Input::Timer, t0);
+        assert!(!takes_over(&a) && has(&a, &Action::WantVote(false)));
+    }
+
+    #[test]
+    fn a_holder_seeks_the_vote_waits_it_out_then_activates_again() {
+        let t0 = Instant::now();
+        let mut m = holder(t0);
+        witness(&mut m, None, Some((3, "beta")));
+        let a = m.step(Input::Timer, t0);
+        assert!(has(&a, &Action::WantVote(true)) && !takes_over(&a));
+        assert_eq!(m.blocked, Some(Blocked::WaitingForVote));
+        witness(&mut m, Some(t0 + ms(100)), Some((3, "beta")));
+        assert!(!takes_over(&m.step(Input::Timer, t0 + ms(600))));
+        let a = m.step(Input::Timer, t0 + ms(700));
+        assert!(has(&a, &Action::Activate(ActivateReason::Restart)));
+        // The cluster's first start.
+        let mut first = machine(t0, Holding::Store);
+        witness(&mut first, Some(t0), None);
+        let a = first.step(Input::Timer, t0 + ms(600));
+        assert!(has(&a, &Action::Activate(ActivateReason::Start)));
+    }
+
+    // ---- active ----
+
+    fn active(t0: Instant) -> Machine {
+        let mut m = holder(t0);
+        witness(&mut m, Some(t0), Some((4, "beta")));
+        m.step(
+            Input::Activated {
+                epoch: Epoch(4),
+                fence_until: Some(t0 + ms(500)),
+            },
+            t0,
+        );
+        m
+    }
+
+    #[test]
+    fn an_active_extends_its_fence_to_the_later_lease_and_keeps_the_vote() {
+        let t0 = Instant::now();
+        let mut m = active(t0);
+        let a = m.step(Input::Timer, t0 + ms(100));
+        assert!(has(&a, &Action::WantVote(true)));
+        assert!(has(&a, &Action::ExtendFence(t0 + ms(500))));
+        assert_eq!(m.role, Role::Active);
+        assert_eq!(m.move_check(t0 + ms(100)).map(|r| r.is_err()), Some(true));
+    }
+
+    #[test]
+    fn an_active_steps_down_before_a_newer_epoch() {
+        let t0 = Instant::now();
+        let mut m = active(t0);
+        hear(&mut m, hb(Role::Active, 5), t0 + ms(100));
+        let a = m.step(Input::Timer, t0 + ms(100));
+        assert!(has(
+            &a,
+            &Action::CloseStore(Stop::SteppedDown { newer: Epoch(5) })
+        ));
+        assert_eq!((m.role, &m.duty), (Role::Fenced, &Duty::Idle));
+    }
+
+    #[test]
+    fn an_active_without_a_lease_fences() {
+        let t0 = Instant::now();
+        let mut m = active(t0);
+        // The witness lease (500 ms) ran out, no peer vote.
+        let a = m.step(Input::Timer, t0 + ms(600));
+        assert!(has(&a, &Action::CloseStore(Stop::LostQuorum)));
+        assert_eq!(m.blocked, Some(Blocked::LostQuorum));
+    }
+
+    #[test]
+    fn an_active_whose_store_fails_gives_the_vote_up_for_a_while() {
+        let t0 = Instant::now();
+        let mut m = active(t0);
+        m.step(
+            Input::Local(LocalFacts {
+                holding: Holding::Store,
+                paused: None,
+                store_stopped: Some("disk full".into()),
+            }),
+            t0,
+        );
+        let a = m.step(Input::Timer, t0 + ms(100));
+        assert!(has(
+            &a,
+            &Action::CloseStore(Stop::StoreFailed("disk full".into()))
+        ));
+        assert!(has(&a, &Action::WantVote(false)));
+        assert!(m.says_store_failed(t0 + ms(100)));
+        m.step(
+            Input::Local(LocalFacts {
+                holding: Holding::Store,
+                ..Default::default()
+            }),
+            t0,
+        );
+        let a = m.step(Input::Timer, t0 + ms(200));
+        assert!(has(&a, &Action::WantVote(false)) && !takes_over(&a));
+        // After the backoff it seeks the vote again (the disk may be freed).
+        let later = t0 + ms(100) + m.store_failed_backoff();
+        let a = m.step(Input::Timer, later);
+        assert!(has(&a, &Action::WantVote(true)));
+        assert!(!m.says_store_failed(later));
+    }
+
+    // ---- planned move ----
+
+    fn healthy_passive(summary: &str) -> Heartbeat {
+        Heartbeat {
+            copy: Some(CopyBrief {
+                summary: summary.into(),
+                copy_queue: 0,
+                replay_queue: 0,
+            }),
+            ..hb(Role::Passive, 4)
+        }
+    }
+
+    #[test]
+    fn a_move_waits_for_what_passes_by_itself_and_status_says_the_same() {
+        let t0 = Instant::now();
+        let mut m = active(t0);
+        hear(&mut m, healthy_passive("Initializing"), t0);
+        let check = m.move_check(t0).expect("active");
+        assert!(check.as_ref().is_err_and(|r| r.passes_soon()));
+        m.step(Input::Move { to: "alpha".into() }, t0);
+        let a = m.step(Input::Timer, t0);
+        assert!(a.iter().any(
+            |x| matches!(x, Action::MoveWaits { refusal, .. } if Err(refusal) == check.as_ref())
+        ));
+        // Still Initializing after MOVE_WAIT: refused, saying it waited.
+        hear(&mut m, healthy_passive("Initializing"), t0 + MOVE_WAIT);
+        let a = m.step(Input::Timer, t0 + MOVE_WAIT);
+        assert!(a.iter().any(|x| matches!(
+            x,
+            Action::MoveRefused {
+                waited: Some(_),
+                ..
+            }
+        )));
+        assert!(m.pending_move.is_none());
+    }
+
+    #[test]
+    fn a_move_that_fails_a_check_is_refused_at_once() {
+        let t0 = Instant::now();
+        let mut m = active(t0);
+        hear(
+            &mut m,
+            Heartbeat {
+                paused: true,
+                ..healthy_passive("Healthy")
+            },
+            t0,
+        );
+        m.step(Input::Move { to: "alpha".into() }, t0);
+        let a = m.step(Input::Timer, t0);
+        assert!(a.iter().any(|x| matches!(
+            x,
+            Action::MoveRefused {
+                refusal: MoveRefusal::Paused { .. },
+                waited: None
+            }
+        )));
+        // Not active: refused too.
+        let mut p = machine(t0, Holding::Copy { replayed: 1 });
+        p.step(Input::Move { to: "alpha".into() }, t0);
+        let a = p.step(Input::Timer, t0);
+        assert!(a.iter().any(|x| matches!(
+            x,
+            Action::MoveRefused {
+                refusal: MoveRefusal::NotActive { .. },
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_move_freezes_releases_once_the_target_holds_the_lsn_and_ends_when_it_is_active() {
+        let t0 = Instant::now();
+        let mut m = active(t0);
+        hear(&mut m, healthy_passive("Healthy"), t0);
+        m.step(Input::Move { to: "alpha".into() }, t0);
+        let a = m.step(Input::Timer, t0);
+        assert!(has(&a, &Action::StartMove { to: "alpha".into() }));
+        let a = m.step(Input::Frozen(Ok(10)), t0);
+        assert!(has(&a, &Action::Announce));
+        let behind = Heartbeat {
+            position: Position {
+                lsn: 9,
+                generation: 2,
+            },
+            ..healthy_passive("Healthy")
+        };
+        hear(&mut m, behind, t0 + ms(50));
+        assert!(m.step(Input::Timer, t0 + ms(50)).is_empty());
+        hear(&mut m, healthy_passive("Healthy"), t0 + ms(100));
+        let a = m.step(Input::Timer, t0 + ms(100));
+        assert!(has(&a, &Action::CloseStore(Stop::Released)) && has(&a, &Action::WantVote(false)));
+        hear(&mut m, hb(Role::Active, 5), t0 + ms(200));
+        let a = m.step(Input::Timer, t0 + ms(200));
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, Action::MoveDone { lsn: 10, .. }))
+        );
+        assert!(m.moving.is_none());
+    }
+
+    #[test]
+    fn a_move_whose_target_never_takes_over_times_out_and_the_store_reopens() {
+        let t0 = Instant::now();
+        let mut m = active(t0);
+        hear(&mut m, healthy_passive("Healthy"), t0);
+        m.step(Input::Move { to: "alpha".into() }, t0);
+        m.step(Input::Timer, t0);
+        m.step(Input::Frozen(Ok(10)), t0);
+        let late = t0 + MOVE_TIMEOUT + ms(1);
+        let a = m.step(Input::Timer, late);
+        assert!(has(&a, &Action::MoveTimedOut { to: "alpha".into() }));
+        assert!(has(&a, &Action::CloseStore(Stop::Released)));
+        assert_eq!(m.duty, Duty::Idle);
+    }
+
+    #[test]
+    fn a_moves_target_catches_up_takes_the_vote_then_takes_over() {
+        let t0 = Instant::now();
+        let mut m = machine(t0, Holding::Copy { replayed: 8 });
+        let handing = Heartbeat {
+            handoff: Some(Handoff {
+                to: "beta".into(),
+                lsn: 10,
+                comment: String::new(),
+            }),
+            ..hb(Role::Active, 4)
+        };
+        hear(&mut m, handing.clone(), t0);
+        let a = m.step(Input::Timer, t0);
+        assert!(!takes_over(&a) && !has(&a, &Action::WantVote(true)));
+        m.step(
+            Input::Local(LocalFacts {
+                holding: Holding::Copy { replayed: 10 },
+                ..Default::default()
+            }),
+            t0,
+        );
+        // The old active closed its store: it says Starting.
+        hear(
+            &mut m,
+            Heartbeat {
+                role: Role::Starting,
+                ..handing
+            },
+            t0 + ms(50),
+        );
+        let a = m.step(Input::Timer, t0 + ms(50));
+        assert!(has(&a, &Action::WantVote(true)) && !takes_over(&a));
+        witness(&mut m, Some(t0 + ms(60)), Some((4, "alpha")));
+        let a = m.step(Input::Timer, t0 + ms(70));
+        assert!(has(&a, &Action::TakeOver { planned: true }));
+    }
+
+    #[test]
+    fn an_operators_activation_is_refused_with_its_reason() {
+        let t0 = Instant::now();
+        let mut m = machine(t0, Holding::Copy { replayed: 1 });
+        hear(&mut m, hb(Role::Active, 3), t0);
+        assert!(matches!(
+            m.may_activate(false, t0),
+            Err(ActivateRefusal::PeerActive { .. })
+        ));
+        assert!(m.may_activate(false, t0 + ms(2000)).is_ok());
+        let none = machine(t0, Holding::Nothing);
+        assert!(matches!(
+            none.may_activate(false, t0),
+            Err(ActivateRefusal::NoCopy { .. })
+        ));
+        assert!(matches!(
+            active(t0).may_activate(false, t0),
+            Err(ActivateRefusal::AlreadyActive { .. })
+        ));
+    }
+}
