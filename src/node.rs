@@ -398,7 +398,9 @@ impl Daemon<'_> {
                 if !planned {
                     tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "the active is gone: failing over");
                 }
-                let r = self.failover(if planned { "move" } else { "failover" }, false);
+                // A move's target is not held to the dial: the old active
+                // froze its store at the LSN this copy holds.
+                let r = self.failover(if planned { "move" } else { "failover" }, planned);
                 self.takeover_outcome(r)?;
             }
             Action::RefreshHistory => {
