@@ -74,7 +74,6 @@ struct Daemon<'a> {
     peer: String,
     node: &'a Node,
     cfg: &'a Config,
-    timing: Timing,
     link: Arc<Link>,
     wit: Arc<WitnessShared>,
     /// The witness, for claiming epochs (its own connection).
@@ -230,7 +229,6 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         peer: peer.clone(),
         node,
         cfg,
-        timing,
         link,
         wit,
         claims: Witness::new(witness_share()?),
@@ -287,39 +285,24 @@ impl Daemon<'_> {
         CopyPaths::new(&self.node.data_dir)
     }
 
-    fn has_copy(&self) -> bool {
-        let p = self.copy_paths();
-        p.state.exists()
-            && p.database.exists()
-            && CopyState::load(&p)
-                .ok()
-                .flatten()
-                .is_some_and(|s| !s.seeding)
-    }
-
-    fn has_store(&self) -> bool {
-        let p = self.copy_paths();
-        p.database.exists() && !p.state.exists()
-    }
-
     fn paused(&self) -> Option<String> {
         std::fs::read_to_string(self.node.data_dir.join(PAUSED_FILE)).ok()
     }
 
+    /// What the node holds: its own store (a database and no copy state),
+    /// a seeded copy, or nothing usable yet (a seed under way counts as
+    /// nothing).
     fn local_facts(&self) -> LocalFacts {
         let p = self.copy_paths();
-        let holding = if self.has_store() {
-            Holding::Store
-        } else if self.has_copy() {
-            Holding::Copy {
-                replayed: CopyState::load(&p)
-                    .ok()
-                    .flatten()
-                    .map(|s| s.replayed_lsn)
-                    .unwrap_or(0),
-            }
-        } else {
-            Holding::Nothing
+        let holding = match (p.database.exists(), p.state.exists()) {
+            (true, false) => Holding::Store,
+            (true, true) => match CopyState::load(&p).ok().flatten() {
+                Some(s) if !s.seeding => Holding::Copy {
+                    replayed: s.replayed_lsn,
+                },
+                _ => Holding::Nothing,
+            },
+            (false, _) => Holding::Nothing,
         };
         LocalFacts {
             holding,
@@ -334,6 +317,7 @@ impl Daemon<'_> {
     /// One turn: the operator's requests, then what the node heard, then
     /// the timer; each input's actions carried out.
     fn tick(&mut self) -> Result<()> {
+        // Before the requests: an operator's activation replays with them.
         self.learn_epoch_starts(&self.wit.view());
         while let Ok(req) = self.requests.try_recv() {
             if let Op::MoveCluster { to, comment } = &req.op {
@@ -353,6 +337,8 @@ impl Daemon<'_> {
             let r = self.handle(&req.op).map_err(|e| format!("{e:#}"));
             let _ = req.reply.send(r);
         }
+        // A request may have changed the role or taken the witness vote:
+        // what is fed is read after them.
         let peer = self.link.peer();
         self.feed(Input::Peer(peer.clone()))?;
         self.feed(Input::Witness(witness_facts(&self.wit.view())))?;

@@ -6,7 +6,7 @@ use super::*;
 
 impl Daemon<'_> {
     pub(super) fn update_heartbeat(&mut self, peer: &PeerView) {
-        let peer_active = peer.alive(self.timing.dead_after)
+        let peer_active = peer.alive(self.m.settings.timing.dead_after)
             && peer.last.as_ref().is_some_and(|h| h.role == Role::Active);
         let hint = if peer_active {
             self.cfg.node(&self.peer).ok().and_then(|n| n.lmtp.clone())
@@ -27,11 +27,12 @@ impl Daemon<'_> {
         let target = self.m.handoff_to_me(now).is_some();
         let mut hb = self.link.ours.lock().expect("ours lock");
         hb.handoff = moving;
-        let changed = hb.role != self.m.role || hb.store_failed != self.m.says_store_failed(now);
+        let store_failed = self.m.says_store_failed(now);
+        let changed = hb.role != self.m.role || hb.store_failed != store_failed;
         let copy_before = hb.copy.take();
         hb.role = self.m.role;
         hb.paused = self.paused().is_some();
-        hb.store_failed = self.m.says_store_failed(now);
+        hb.store_failed = store_failed;
         hb.supports = None;
         match &self.duty {
             Duty::Active(a) => {

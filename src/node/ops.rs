@@ -31,7 +31,7 @@ impl Daemon<'_> {
                 }
                 // Take the witness vote, then wait out the old holder's lease.
                 self.wit.want(true);
-                let deadline = Instant::now() + self.timing.dead_after * 4;
+                let deadline = Instant::now() + self.m.settings.timing.dead_after * 4;
                 let acquired = loop {
                     let v = self.wit.view();
                     if let Some(at) = v.acquired_at.filter(|_| v.held) {
@@ -46,7 +46,7 @@ impl Daemon<'_> {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 };
-                let wait = witness::core::takeover_at(acquired, &self.timing)
+                let wait = witness::core::takeover_at(acquired, &self.m.settings.timing)
                     .saturating_duration_since(Instant::now());
                 std::thread::sleep(wait);
                 let r = self.failover(if *force { "forced" } else { "activate" }, *force);

@@ -14,7 +14,7 @@ impl Daemon<'_> {
                 a.store.state().lsn.0,
             ),
             _ => (
-                peer.alive(self.timing.dead_after),
+                peer.alive(self.m.settings.timing.dead_after),
                 CopyState::load(&self.copy_paths())
                     .ok()
                     .flatten()
@@ -26,7 +26,9 @@ impl Daemon<'_> {
         let active_node = match &self.duty {
             Duty::Active(_) => Some(self.name.clone()),
             _ => match &peer.last {
-                Some(h) if h.role == Role::Active && peer.alive(self.timing.dead_after) => {
+                Some(h)
+                    if h.role == Role::Active && peer.alive(self.m.settings.timing.dead_after) =>
+                {
                     Some(self.peer.clone())
                 }
                 _ => None,
@@ -42,7 +44,7 @@ impl Daemon<'_> {
         if let Some(p) = &peer.problem {
             warnings.push(p.clone());
         }
-        if !peer.alive(self.timing.dead_after) {
+        if !peer.alive(self.m.settings.timing.dead_after) {
             warnings.push(format!("no heartbeat from {}", self.peer));
         }
         if !self.link.authenticated {

@@ -232,7 +232,7 @@ impl fmt::Display for Blocked {
             Blocked::Lagged { node, peer, lag } => write!(
                 f,
                 "{peer} is silent, but this is a lagged copy (replay-lag {}): it is not activated automatically; `logship activate --node {node} --play-down` replays everything, then activates",
-                humantime_secs(*lag)
+                humantime::format_duration(*lag)
             ),
             Blocked::NoVote { peer, why } => write!(
                 f,
@@ -263,10 +263,6 @@ impl fmt::Display for Blocked {
             | Blocked::StepFailed(why) => f.write_str(why),
         }
     }
-}
-
-fn humantime_secs(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }
 
 /// What the node is running.
@@ -908,7 +904,7 @@ pub enum ActivateRefusal {
     AlreadyActive { node: String },
     #[error(
         "node {node} is a lagged copy (replay-lag {}): `logship activate --play-down` replays everything it holds, then activates",
-        humantime_secs(*lag)
+        humantime::format_duration(*lag)
     )]
     Lagged { node: String, lag: Duration },
     #[error("node {node} is paused ({why}): resume it first")]
