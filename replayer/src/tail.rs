@@ -20,13 +20,12 @@ use std::path::Path;
 
 use shipper::format::{self, CURRENT_FILE_NAME, Fragment, SEGMENT_SIZE};
 use shipper::share::Share;
-use shipper::{DatabaseId, Epoch, Error, Generation, Lsn, Result};
+use shipper::{DatabaseId, Generation, Lsn, Result};
 
 /// The valid prefix of the old active's open segment.
 #[derive(Clone, Debug)]
 pub struct OpenTail {
     pub generation: Generation,
-    pub epoch: Epoch,
     /// The last complete record's LSN in it.
     pub complete: Lsn,
     /// Complete records past the copy's position.
@@ -92,13 +91,11 @@ pub fn read(source: &Share, logs: &Path, db: DatabaseId, db_lsn: Lsn) -> Result<
     // or (a copy seeded in this segment) start at or before its position.
     match shipper::log::list_sealed(logs)?.last() {
         Some((g, path)) => {
+            let prev = shipper::log::read_header(path)?;
             let trailer = shipper::log::read_trailer(path)?;
-            if header.generation != g.next()
-                || header.prev_checksum != trailer.segment_checksum
-                || header.hash_lsn != trailer.hash_lsn
-            {
+            if let Err(why) = shipper::format::check_successor(&prev, &trailer, header) {
                 return Ok(TailRead::Unusable(format!(
-                    "the old active's open segment (generation {}) does not continue the copy's log (its last segment is generation {g})",
+                    "the old active's open segment (generation {}) does not continue the copy's log (its last segment is generation {g}): {why}",
                     header.generation
                 )));
             }
@@ -126,7 +123,6 @@ pub fn read(source: &Share, logs: &Path, db: DatabaseId, db_lsn: Lsn) -> Result<
         .count() as u64;
     Ok(TailRead::Copied(OpenTail {
         generation: header.generation,
-        epoch: header.epoch,
         complete,
         records,
         image,
@@ -142,17 +138,13 @@ pub fn install(logs: &Path, tail: &OpenTail) -> Result<()> {
 /// Removes an installed open segment again (the copy stays passive: copies
 /// hold sealed segments only).
 pub fn remove(logs: &Path) -> Result<()> {
-    let p = logs.join(CURRENT_FILE_NAME);
-    match std::fs::remove_file(&p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", &p, e)),
-    }
+    Share::Dir(logs.to_path_buf()).remove(CURRENT_FILE_NAME)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shipper::Error;
     use shipper::store::{Store, StoreOptions};
 
     /// A store with records in its open segment after one sealed segment;
