@@ -144,29 +144,32 @@ pub async fn deliver(
                     (r, &received_at),
                 )
                 .map_err(|e| shipper::Error::sql("create the mailbox", e))?;
-                if let Some(d) = &delivery_id {
-                    let had: i64 = conn
-                        .query_row(
-                            "SELECT count(*) FROM messages WHERE delivery_id = ?1 AND recipient = ?2",
-                            (d, r),
-                            |row| row.get(0),
-                        )
-                        .map_err(|e| shipper::Error::sql("look for the delivery", e))?;
-                    if had > 0 {
-                        outcomes.push(Outcome::Duplicate);
-                        continue;
-                    }
-                }
-                // Ignored only by an old database's (Message-ID, recipient)
-                // rule: the delivery itself is new.
                 let n = conn
                     .execute(
                         "INSERT OR IGNORE INTO messages (recipient, message_id, sender, received_at, size, raw, delivery_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                         (r, &message_id, &sender, &received_at, raw.len() as i64, &raw[..], &delivery_id),
                     )
                     .map_err(|e| shipper::Error::sql("store the message", e))?;
-                outcomes.push(if n == 1 {
-                    Outcome::Stored
+                if n == 1 {
+                    outcomes.push(Outcome::Stored);
+                    continue;
+                }
+                // Ignored: the same delivery again, or (only by an old
+                // database's (Message-ID, recipient) rule) a new delivery
+                // whose Message-ID is taken.
+                let again = match &delivery_id {
+                    Some(d) => conn
+                        .query_row(
+                            "SELECT count(*) FROM messages WHERE delivery_id = ?1 AND recipient = ?2",
+                            (d, r),
+                            |row| row.get::<_, i64>(0),
+                        )
+                        .map_err(|e| shipper::Error::sql("look for the delivery", e))?
+                        > 0,
+                    None => false,
+                };
+                outcomes.push(if again {
+                    Outcome::Duplicate
                 } else {
                     Outcome::MessageIdTaken
                 });

@@ -28,14 +28,24 @@ pub fn message_id(raw: &[u8]) -> Option<String> {
     (!id.is_empty()).then(|| id.to_string())
 }
 
+/// How many LFs in `raw` are not preceded by a CR.
+pub fn bare_lfs(raw: &[u8]) -> usize {
+    raw.iter()
+        .enumerate()
+        .filter(|(i, b)| **b == b'\n' && (*i == 0 || raw[i - 1] != b'\r'))
+        .count()
+}
+
 /// Turns every bare LF into CRLF (as Postfix does), so that the stored
 /// message and any onward delivery read the same way.
 pub fn normalize_line_endings(raw: Vec<u8>) -> Vec<u8> {
-    let bare = raw
-        .iter()
-        .enumerate()
-        .filter(|(i, b)| **b == b'\n' && (*i == 0 || raw[i - 1] != b'\r'))
-        .count();
+    let bare = bare_lfs(&raw);
+    normalize_counted(raw, bare)
+}
+
+/// `normalize_line_endings` for a message whose bare LFs were counted
+/// (`bare_lfs`) already.
+pub fn normalize_counted(raw: Vec<u8>, bare: usize) -> Vec<u8> {
     if bare == 0 {
         return raw;
     }

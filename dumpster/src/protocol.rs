@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::message::normalize_line_endings;
+use crate::message::{bare_lfs, normalize_counted};
 
 /// SMTP (the relay) or LMTP (a node).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,11 +101,6 @@ impl Sessions {
             per_source: Arc::default(),
             budget: Budget::new(limits.data_budget),
         }
-    }
-
-    /// The DATA budget of this listener.
-    pub fn budget(&self) -> &Budget {
-        &self.budget
     }
 
     /// A place for one more session from `ip`, if it has fewer than `max`.
@@ -827,11 +822,7 @@ impl<H: Handler> Session<'_, H> {
         let data = std::mem::take(&mut self.data);
         // Normalising copies the message when it has bare LFs: the copy is
         // reserved too.
-        let bare = data
-            .iter()
-            .enumerate()
-            .filter(|(i, b)| **b == b'\n' && (*i == 0 || data[i - 1] != b'\r'))
-            .count();
+        let bare = bare_lfs(&data);
         let stored = data.len() + bare;
         if stored > self.limits.max_message {
             self.release();
@@ -844,7 +835,7 @@ impl<H: Handler> Session<'_, H> {
                 return self.refuse(Refusal::NoMemory, &e, out);
             }
         }
-        let message = normalize_line_endings(data);
+        let message = normalize_counted(data, bare);
         let count = if self.mode == Mode::Lmtp {
             e.rcpts.len()
         } else {
@@ -1520,20 +1511,16 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn sessions_beyond_the_limit_are_answered_421_and_closed() {
+    /// An SMTP listener on loopback under `limits`, each connection a
+    /// session as the real listeners run them.
+    async fn listen(limits: Limits) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = Limits {
-            max_sessions: 2,
-            ..Default::default()
-        };
         let rec = Arc::new(Recorder::default());
         let sessions = limits.sessions();
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = listener.accept().await.unwrap();
-                let (stream, peer) = (stream, peer);
                 spawn_session(
                     &sessions,
                     stream,
@@ -1545,6 +1532,16 @@ mod tests {
                 );
             }
         });
+        addr
+    }
+
+    #[tokio::test]
+    async fn sessions_beyond_the_limit_are_answered_421_and_closed() {
+        let addr = listen(Limits {
+            max_sessions: 2,
+            ..Default::default()
+        })
+        .await;
         let greet = |mut c: TcpStream| async move {
             let mut buf = vec![0u8; 256];
             let n = c.read(&mut buf).await.unwrap();
@@ -1708,9 +1705,8 @@ mod tests {
         let rec = Recorder::keyed(b"k");
         let mut p = Peer::start(Mode::Smtp, Limits::default(), Budget::new(1 << 20), rec);
         p.reply().await;
-        let c = challenge_of(&mut p).await;
+        challenge_of(&mut p).await;
         assert!(p.says(&b64("u 00")).await.starts_with("535 "));
-        let _ = c;
         challenge_of(&mut p).await;
         // Not base64 at all.
         assert!(p.says("!!!").await.starts_with("501 "));
@@ -1904,28 +1900,11 @@ mod tests {
 
     #[tokio::test]
     async fn one_address_holds_at_most_its_share_of_sessions() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = Limits {
+        let addr = listen(Limits {
             max_per_source: 2,
             ..Default::default()
-        };
-        let rec = Arc::new(Recorder::default());
-        let sessions = limits.sessions();
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = listener.accept().await.unwrap();
-                spawn_session(
-                    &sessions,
-                    stream,
-                    peer,
-                    Mode::Smtp,
-                    "test".into(),
-                    limits.clone(),
-                    rec.clone(),
-                );
-            }
-        });
+        })
+        .await;
         let from = |ip: [u8; 4]| async move {
             let s = tokio::net::TcpSocket::new_v4().unwrap();
             s.bind((std::net::Ipv4Addr::from(ip), 0).into()).unwrap();

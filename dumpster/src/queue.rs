@@ -207,46 +207,34 @@ impl Queue {
     /// queued.
     pub fn due(&self, now_us: u64, max: usize) -> std::io::Result<Vec<Queued>> {
         let c = self.conn();
-        let ids: Vec<(i64, i64)> = {
-            let mut st = c
-                .prepare_cached(
-                    "SELECT id, size FROM messages WHERE delivered_us IS NULL AND next_us <= ?1 ORDER BY id LIMIT ?2",
-                )
-                .map_err(sql)?;
-            st.query_map(params![now_us as i64, max as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(sql)?
-            .collect::<Result<_, _>>()
-            .map_err(sql)?
-        };
-        let mut bytes = 0u64;
-        let mut out = Vec::new();
+        // The size comes first: a body past the bound is never read.
         let mut st = c
             .prepare_cached(
-                "SELECT id, message_id, sender, pending, raw, attempts, redelivery, envid, strikes FROM messages WHERE id = ?1",
+                "SELECT size, id, message_id, sender, pending, raw, attempts, redelivery, envid, strikes FROM messages WHERE delivered_us IS NULL AND next_us <= ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(sql)?;
-        for (id, size) in ids {
-            bytes += size.max(0) as u64;
+        let mut rows = st.query(params![now_us as i64, max as i64]).map_err(sql)?;
+        let mut bytes = 0u64;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sql)? {
+            bytes += r.get::<_, i64>(0).map_err(sql)?.max(0) as u64;
             if !out.is_empty() && bytes > DUE_BYTES {
                 break;
             }
-            let q = st
-                .query_row([id], |r| {
-                    Ok(Queued {
-                        id: r.get(0)?,
-                        message_id: r.get(1)?,
-                        sender: r.get(2)?,
-                        pending: split(&r.get::<_, String>(3)?),
-                        raw: r.get(4)?,
-                        attempts: r.get(5)?,
-                        redelivery: r.get(6)?,
-                        envid: r.get(7)?,
-                        strikes: r.get(8)?,
-                    })
+            let q = (|| {
+                Ok(Queued {
+                    id: r.get(1)?,
+                    message_id: r.get(2)?,
+                    sender: r.get(3)?,
+                    pending: split(&r.get::<_, String>(4)?),
+                    raw: r.get(5)?,
+                    attempts: r.get(6)?,
+                    redelivery: r.get(7)?,
+                    envid: r.get(8)?,
+                    strikes: r.get(9)?,
                 })
-                .map_err(sql)?;
+            })()
+            .map_err(sql)?;
             out.push(q);
         }
         Ok(out)
@@ -296,28 +284,25 @@ impl Queue {
         park_at: u32,
         park_until_us: u64,
     ) -> std::io::Result<Option<(String, u32)>> {
-        let c = self.conn();
-        let row: Option<(String, u32)> = c
+        // One statement: the strike, and at the `park_at`th the parking.
+        let row: Option<(String, u32)> = self
+            .conn()
             .query_row(
-                "UPDATE messages SET strikes = strikes + 1, last_error = ?2 WHERE id = ?1 AND delivered_us IS NULL RETURNING envid, strikes",
-                params![id, why],
+                "UPDATE messages SET strikes = strikes + 1, \
+                 last_error = CASE WHEN strikes + 1 >= ?3 THEN ?4 ELSE ?2 END, \
+                 next_us = CASE WHEN strikes + 1 >= ?3 THEN ?5 ELSE next_us END \
+                 WHERE id = ?1 AND delivered_us IS NULL RETURNING envid, strikes",
+                params![
+                    id,
+                    why,
+                    park_at,
+                    format!("{}{why}", crate::relay::PARKED),
+                    park_until_us as i64
+                ],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(sql)?;
-        if let Some((_, n)) = &row
-            && *n >= park_at
-        {
-            c.execute(
-                "UPDATE messages SET last_error = ?2, next_us = ?3 WHERE id = ?1",
-                params![
-                    id,
-                    format!("{}{why}", crate::relay::PARKED),
-                    park_until_us as i64
-                ],
-            )
-            .map_err(sql)?;
-        }
         Ok(row)
     }
 

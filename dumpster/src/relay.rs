@@ -350,12 +350,7 @@ impl Deliverer {
                     // Accepted here, refused there: a configuration that
                     // differs, most likely. Kept, never dropped.
                     tracing::error!(message_id = %m.message_id, reply = %reply.text, "message refused by the node; parked, tried again every hour until the cause is fixed");
-                    return Attempt {
-                        pending: m.pending.clone(),
-                        error: Some(format!("{PARKED}{} {}", reply.code, reply.text)),
-                        next_us: now + PARK_RETRY.as_micros() as u64,
-                        ..Default::default()
-                    };
+                    return parked(m, format!("{} {}", reply.code, reply.text), now);
                 }
                 if reply.code / 100 == 4 && self.target.is_some() && m.attempts < 2 {
                     // Sent to the wrong node: try the hinted one at once
@@ -416,6 +411,17 @@ impl Deliverer {
     }
 }
 
+/// The attempt that parks `m`: kept, with its reason, tried again every
+/// `PARK_RETRY`.
+fn parked(m: &Queued, reason: String, now: u64) -> Attempt {
+    Attempt {
+        pending: m.pending.clone(),
+        error: Some(format!("{PARKED}{reason}")),
+        next_us: now + PARK_RETRY.as_micros() as u64,
+        ..Default::default()
+    }
+}
+
 /// The attempt that records a failure of `m`: retried with backoff, or,
 /// when it is the message's `POISON_STRIKES`th strike in a row, parked with
 /// its reason.
@@ -427,13 +433,12 @@ fn failed(m: &Queued, error: String, strike: bool, now: u64) -> Attempt {
             "message parked: its deliveries keep failing in a way it may cause; tried again every hour"
         );
         return Attempt {
-            pending: m.pending.clone(),
-            error: Some(format!(
-                "{PARKED}{strikes} attempts in a row failed: {error}"
-            )),
-            next_us: now + PARK_RETRY.as_micros() as u64,
             strike,
-            ..Default::default()
+            ..parked(
+                m,
+                format!("{strikes} attempts in a row failed: {error}"),
+                now,
+            )
         };
     }
     Attempt {
