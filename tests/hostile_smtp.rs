@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::trio::Trio;
@@ -17,26 +16,6 @@ const RSS_BOUND_MIB: u64 = 512;
 
 fn host_port(t: &Trio) -> (String, String) {
     common::trio::split_addr(&t.smtp())
-}
-
-/// Runs a Python script with `args`; its stdout, or a panic with both
-/// streams and the relay's log.
-fn python(t: &Trio, script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python failed: {}\nstdout:\n{stdout}\nstderr:\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        t.dump()
-    );
-    stdout
 }
 
 /// Sends one small message with smtplib from `source`; the reply to DATA.
@@ -54,7 +33,7 @@ with smtplib.SMTP(host, port, timeout=30, source_address=(source, 0)) as s:
 
 fn send_one(t: &Trio, source: &str, rcpt: &str) -> String {
     let (host, port) = host_port(t);
-    python(t, SEND_ONE, &[&host, &port, source, rcpt])
+    t.python(SEND_ONE, &[&host, &port, source, rcpt])
 }
 
 /// Opens connections from 127.0.0.2 until one is refused, holds them, and
@@ -86,7 +65,7 @@ fn one_address_cannot_take_every_session() {
     let t = Trio::with_mail("good-availability");
     let _relay = t.start_relay();
     let (host, port) = host_port(&t);
-    let out = python(&t, ABUSER, &[&host, &port, SEND_ONE]);
+    let out = t.python(ABUSER, &[&host, &port, SEND_ONE]);
     assert!(out.contains("held 16\n"), "{out}");
     assert!(
         out.contains("refused 421 4.7.0 too many sessions from your address\n"),
@@ -195,8 +174,7 @@ fn many_sessions_sending_the_largest_message_stay_within_the_memory_bound() {
             peak
         })
     };
-    let out = python(
-        &t,
+    let out = t.python(
         FLOOD,
         &[&host, &port, &sessions.to_string(), &size.to_string()],
     );
@@ -273,7 +251,7 @@ fn odd_input_gets_one_right_reply_each() {
     let t = Trio::with_mail("good-availability");
     let _relay = t.start_relay();
     let (host, port) = host_port(&t);
-    let out = python(&t, ODD, &[&host, &port]);
+    let out = t.python(ODD, &[&host, &port]);
     let steps: Vec<&str> = out.split("--\n").collect();
     let codes = |s: &str| -> Vec<String> { s.lines().map(|l| l[..4].to_string()).collect() };
     assert_eq!(codes(steps[1]), ["500 ", "250 "], "{out}");

@@ -281,15 +281,7 @@ m.set_content("ça va\n")
 with smtplib.SMTP(sys.argv[1], int(sys.argv[2])) as s:
     s.send_message(m, mail_options=["SMTPUTF8"])
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &host, &port])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.python(script, &[&host, &port]);
     let (ok, out) = swaks(&[
         "--server",
         &host,

@@ -56,24 +56,9 @@ fn walk(dir: &Path) -> Vec<(PathBuf, u32)> {
 }
 
 fn start_relay(t: &Trio) -> Daemon {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(t.dir.path().join("relay.log"))
-        .unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
-    c.args(["dumpster", "--config"])
-        .arg(&t.config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    let d = Daemon(under_umask_000(&mut c).spawn().unwrap());
-    let smtp = t.smtp();
-    t.wait_for("the relay to listen", 30, || {
-        std::net::TcpStream::connect(&smtp).is_ok()
-    });
-    d
+    t.start_relay_with(|c| {
+        under_umask_000(c);
+    })
 }
 
 const SEND: &str = r#"
@@ -112,15 +97,7 @@ fn files_made_under_umask_000_are_private_and_an_open_data_directory_is_warned_o
     t.wait_for("alpha active", 30, || t.status("alpha")["role"] == "active");
     let _relay = start_relay(&t);
     let (host, port) = common::trio::split_addr(&t.smtp());
-    let out = Command::new("python3")
-        .args(["-c", SEND, &host, &port])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.python(SEND, &[&host, &port]);
     t.wait_for("the message stored on alpha", 30, || {
         t.status("alpha")["mail_stored"].as_u64() == Some(1)
     });
@@ -129,10 +106,7 @@ fn files_made_under_umask_000_are_private_and_an_open_data_directory_is_warned_o
     let relay_dir = t.dir.path().join("relay");
     let mut seen = Vec::new();
     for dir in [t.data_dir("alpha"), relay_dir.clone()] {
-        let (_, mode) = (
-            dir.clone(),
-            std::fs::metadata(&dir).unwrap().permissions().mode(),
-        );
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         seen.push((dir.clone(), mode));
         seen.extend(walk(&dir));
     }

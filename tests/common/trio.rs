@@ -142,23 +142,46 @@ impl Trio {
 
     /// Starts the relay, its log in `<tmp>/relay.log`, and waits until it
     /// takes connections.
+    /// Runs a Python script with `args`; its stdout, or a panic with both
+    /// streams and the cluster's logs.
+    pub fn python(&self, script: &str, args: &[&str]) -> String {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("run python3");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "python failed: {}\nstdout:\n{stdout}\nstderr:\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.dump()
+        );
+        stdout
+    }
+
     pub fn start_relay(&self) -> Daemon {
+        self.start_relay_with(|_| {})
+    }
+
+    /// `start_relay`, with `adjust` applied to the command first.
+    pub fn start_relay_with(&self, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("relay.log"))
             .unwrap();
-        let d = Daemon(
-            Command::new(env!("CARGO_BIN_EXE_logship"))
-                .args(["dumpster", "--config"])
-                .arg(&self.config)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
+        c.args(["dumpster", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .stdin(Stdio::null());
+        adjust(&mut c);
+        let d = Daemon(c.spawn().unwrap());
         let smtp = self.smtp();
         self.wait_for("the relay to listen", 30, || {
             std::net::TcpStream::connect(&smtp).is_ok()
