@@ -12,12 +12,14 @@ impl Daemon<'_> {
     pub(super) fn rejoin(&mut self, history: &[EpochRecord]) -> Result<()> {
         let paths = shipper::store::StorePaths::new(&self.node.data_dir);
         let (lsn, log_epoch, _) = log_position(&paths)?;
-        let Some(fork) = history
-            .iter()
-            .filter(|r| r.epoch > log_epoch && r.node != self.name)
-            .map(|r| r.start_lsn)
-            .min()
-        else {
+        let Some(fork) = witness::core::fork(
+            history
+                .iter()
+                .map(|r| (r.epoch, r.node.as_str(), r.start_lsn.0)),
+            log_epoch,
+            &self.name,
+        )
+        .map(Lsn) else {
             self.m.blocked = Some(Blocked::Rejoin(
                 "waiting for the witness's epoch history".into(),
             ));

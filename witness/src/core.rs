@@ -43,6 +43,9 @@ pub enum Mutation {
     /// Let the mount dial trust the old active's last heartbeat when its
     /// share could not be read (`dial::LastLogs::Copied` always).
     TrustLastHeartbeat,
+    /// Rewind a rejoining node to the start of the *newest* epoch of its
+    /// peer rather than the earliest one after its own (`fork`).
+    ForkAtNewest,
 }
 
 /// The witness vote as a node sees it.
@@ -425,6 +428,23 @@ pub fn target_step(
         return TargetStep::SeekVote;
     }
     TargetStep::TakeOver
+}
+
+/// Where a node that held the store must rewind to before it follows
+/// another node's newer epoch: the earliest start among the epochs begun
+/// after its own log's epoch by other nodes (`history`: epoch, owner,
+/// start LSN). Every record it wrote past that point is off the timeline,
+/// whichever of those epochs came first. `None`: no such epoch (yet).
+pub fn fork<'a>(
+    history: impl IntoIterator<Item = (Epoch, &'a str, u64)>,
+    log_epoch: Epoch,
+    me: &str,
+) -> Option<u64> {
+    history
+        .into_iter()
+        .filter(|(e, node, _)| *e > log_epoch && *node != me)
+        .map(|(_, _, start)| start)
+        .min()
 }
 
 /// What a copy's log needs before the copy can open as the store.
@@ -854,6 +874,20 @@ mod tests {
         assert_eq!(target_step(100, 100, true, true), TargetStep::CatchUp);
         assert_eq!(target_step(100, 100, false, false), TargetStep::SeekVote);
         assert_eq!(target_step(101, 100, false, true), TargetStep::TakeOver);
+    }
+
+    #[test]
+    fn a_rejoin_rewinds_to_the_earliest_epoch_begun_after_its_own_by_another() {
+        let h = [
+            (Epoch(1), "alpha", 0),
+            (Epoch(2), "beta", 100),
+            (Epoch(3), "beta", 150),
+        ];
+        // alpha's log is in epoch 1: beta's epoch 2 began at 100.
+        assert_eq!(fork(h, Epoch(1), "alpha"), Some(100));
+        // Its own epochs never count, and none newer: nothing to rewind to.
+        assert_eq!(fork(h, Epoch(3), "alpha"), None);
+        assert_eq!(fork([(Epoch(1), "alpha", 0)], Epoch(0), "alpha"), None);
     }
 
     #[test]

@@ -128,7 +128,14 @@ impl Fault {
 /// takes writes.
 #[derive(Clone, Debug, Default)]
 struct Store {
+    /// The last durable record (acknowledged or not: a write made durable
+    /// after the fence ran out stays in the log, unacknowledged).
     lsn: u64,
+    /// The last acknowledged record.
+    acked: u64,
+    /// Which epoch wrote which records: `(epoch, start)` covers the LSNs
+    /// after `start` up to the next entry's start.
+    timeline: Timeline,
     sealed: u64,
     seals: u64,
     /// When its first unsealed record was written (seal-after counts from it).
@@ -149,11 +156,54 @@ impl Store {
 /// A passive copy: the LSN its database holds (`db`), the last LSN its
 /// sealed segments reach (`log_end`, none when it holds none), and how
 /// many of the source's segments it has.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Replica {
     db: u64,
     log_end: Option<u64>,
     seals: u64,
+    /// Which epoch wrote the records it holds (up to `db`).
+    timeline: Timeline,
+}
+
+/// Which epoch wrote which records: `(epoch, start)` entries, each covering
+/// the LSNs after its start up to the next entry's start.
+type Timeline = Vec<(Epoch, u64)>;
+
+/// The epoch that wrote record `lsn` on `timeline`.
+fn epoch_at(timeline: &Timeline, lsn: u64) -> Epoch {
+    timeline
+        .iter()
+        .rev()
+        .find(|(_, start)| *start < lsn)
+        .map_or(Epoch(0), |(e, _)| *e)
+}
+
+/// `src`'s timeline up to record `end`.
+fn clipped(src: &Timeline, end: u64) -> Timeline {
+    src.iter()
+        .filter(|(_, start)| *start < end)
+        .copied()
+        .collect()
+}
+
+/// A record of `epoch` at `lsn` is stale once a newer epoch began before
+/// it (the replayer's `StaleEpoch`: a deposed active's record past the fork).
+fn stale(epochs: &[(Epoch, usize, u64)], epoch: Epoch, lsn: u64) -> bool {
+    epochs
+        .iter()
+        .any(|(e, _, start)| *e > epoch && *start < lsn)
+}
+
+/// `dst` up to record `from`, then `src`'s records after it up to `to`.
+fn splice(dst: &Timeline, from: u64, src: &Timeline, to: u64) -> Timeline {
+    let mut out = clipped(dst, from);
+    for (k, (e, start)) in src.iter().enumerate() {
+        let end = src.get(k + 1).map_or(u64::MAX, |(_, next)| *next);
+        if *start < to && end > from {
+            out.push((*e, (*start).max(from)));
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug)]
@@ -670,7 +720,7 @@ impl Sim {
         let epoch = n.m.heartbeat_epoch();
         let position = match &n.store {
             Some(s) => s.position(),
-            None => n.copy.map_or(Position::default(), |c| Position {
+            None => n.copy.as_ref().map_or(Position::default(), |c| Position {
                 lsn: c.db,
                 generation: c.seals,
             }),
@@ -805,10 +855,27 @@ impl Sim {
             && self.share_reachable(i)
             && let Some(src) = self.nodes[1 - i].store.clone()
             && let Some(c) = &mut self.nodes[i].copy
+            && src.sealed > c.db
         {
-            c.db = c.db.max(src.sealed);
-            c.log_end = Some(c.log_end.unwrap_or(0).max(src.sealed));
-            c.seals = c.seals.max(src.seals);
+            // The replayer takes sealed records in order, and stops at a
+            // deposed epoch's record past a newer epoch's start
+            // (`StaleEpoch`).
+            let mut upto = c.db;
+            while upto < src.sealed
+                && !stale(
+                    &self.witness.epochs,
+                    epoch_at(&src.timeline, upto + 1),
+                    upto + 1,
+                )
+            {
+                upto += 1;
+            }
+            c.timeline = splice(&c.timeline, c.db, &src.timeline, upto);
+            c.db = upto;
+            c.log_end = Some(c.log_end.unwrap_or(0).max(upto));
+            if upto == src.sealed {
+                c.seals = c.seals.max(src.seals);
+            }
         }
         Ok(())
     }
@@ -941,7 +1008,7 @@ impl Sim {
             self.feed(i, Input::NotActivated("the witness vote was lost".into()));
             return;
         }
-        let Some(mut c) = self.nodes[i].copy else {
+        let Some(mut c) = self.nodes[i].copy.clone() else {
             self.feed(i, Input::NotActivated("no copy".into()));
             return;
         };
@@ -952,11 +1019,12 @@ impl Sim {
             && let Some(src) = self.nodes[1 - i].store.clone()
             && src.lsn > c.db
         {
+            c.timeline = splice(&c.timeline, c.db, &src.timeline, src.lsn);
             c.db = src.lsn;
             c.log_end = Some(src.lsn);
             c.seals = src.seals;
         }
-        self.nodes[i].copy = Some(c);
+        self.nodes[i].copy = Some(c.clone());
         let replayed = Position {
             lsn: c.db,
             generation: c.seals,
@@ -1002,7 +1070,7 @@ impl Sim {
         if let Some(e) = self.claim_epoch(i, lsn) {
             // What the old active acknowledged past the copy is lost: the
             // dial must have counted it.
-            let acked = self.nodes[1 - i].store.as_ref().map_or(0, |s| s.lsn);
+            let acked = self.nodes[1 - i].store.as_ref().map_or(0, |s| s.acked);
             if acked > lsn && decision.missing == 0 {
                 self.uncounted += 1;
                 let what = format!(
@@ -1023,6 +1091,9 @@ impl Sim {
             self.nodes[i].copy = None;
             self.nodes[i].store = Some(Store {
                 lsn,
+                // What it holds that the old active acknowledged.
+                acked: acked.min(lsn),
+                timeline: c.timeline.clone(),
                 sealed: lsn,
                 seals: c.seals + 1,
                 ..Default::default()
@@ -1085,6 +1156,7 @@ impl Sim {
             db: src.lsn,
             log_end: (src.seals > 0).then_some(src.sealed),
             seals: src.seals,
+            timeline: clipped(&src.timeline, src.lsn),
         });
         self.seeded = Some(self.t);
         self.note(format!(
@@ -1121,6 +1193,7 @@ impl Sim {
         let n = &mut self.nodes[i];
         let until = n.witness_until.filter(|_| n.held);
         if let Some(s) = &mut n.store {
+            s.timeline.push((e, s.lsn));
             s.active = Some(Active {
                 epoch: e,
                 fence_until: until,
@@ -1136,25 +1209,43 @@ impl Sim {
         );
     }
 
-    /// Undoes what is past the fork (the start of the newest epoch of the
-    /// peer) and follows the peer from there.
+    /// Undoes what is past the fork (`core::fork`, as the daemon's rejoin
+    /// finds it) and follows the peer from there.
     fn rejoin(&mut self, i: usize) {
-        let own = self.nodes[i].store.as_ref().map_or(0, |s| s.lsn);
-        let fork = self
-            .witness
-            .epochs
-            .iter()
-            .filter(|(_, n, _)| *n != i)
-            .map(|(_, _, start)| *start)
-            .next_back()
-            .unwrap_or(own)
-            .min(own);
+        let Some(store) = self.nodes[i].store.clone() else {
+            return;
+        };
+        let own = store.lsn;
+        let log_epoch = store.timeline.last().map_or(Epoch(0), |(e, _)| *e);
+        let fork = if self.mutation == Mutation::ForkAtNewest {
+            // The rule before: the start of the peer's newest epoch.
+            self.witness
+                .epochs
+                .iter()
+                .filter(|(_, n, _)| *n != i)
+                .map(|(_, _, start)| *start)
+                .next_back()
+        } else {
+            core::fork(
+                self.witness
+                    .epochs
+                    .iter()
+                    .map(|(e, n, start)| (*e, self.nodes[*n].name, *start)),
+                log_epoch,
+                self.nodes[i].name,
+            )
+        };
+        let Some(fork) = fork.map(|f| f.min(own)) else {
+            // The daemon waits for the witness's history.
+            return;
+        };
         let n = &mut self.nodes[i];
         n.store = None;
         n.copy = Some(Replica {
             db: fork,
             log_end: None,
             seals: 0,
+            timeline: clipped(&store.timeline, fork),
         });
         let name = n.name;
         self.note(format!(
@@ -1197,13 +1288,22 @@ impl Sim {
             Some(w) if self.t >= w.at => {
                 self.nodes[i].inflight = None;
                 let until = fence(&self.nodes[i], w.epoch);
-                if !core::may_acknowledge(until, now, self.mutation) {
-                    return;
-                }
                 let t = self.t;
-                if let Some(s) = &mut self.nodes[i].store {
+                // Durable either way: the record is in the log (while the
+                // store still holds that epoch's log).
+                let log = self.nodes[i]
+                    .store
+                    .as_mut()
+                    .filter(|s| s.timeline.last().is_some_and(|(e, _)| *e == w.epoch));
+                if let Some(s) = log {
                     s.lsn += 1;
                     s.unsealed_since.get_or_insert(t);
+                    if core::may_acknowledge(until, now, self.mutation) {
+                        s.acked = s.lsn;
+                    }
+                }
+                if !core::may_acknowledge(until, now, self.mutation) {
+                    return;
                 }
                 self.acks += 1;
                 let name = self.nodes[i].name;
@@ -1255,6 +1355,26 @@ impl Sim {
         let writers: Vec<usize> = (0..2).filter(|&i| self.writer(i)).collect();
         if writers.len() > 1 {
             return Err("both nodes may acknowledge writes at the same instant".into());
+        }
+        // No copy holds a deposed epoch's record past a newer epoch's start.
+        for n in &self.nodes {
+            let Some(c) = &n.copy else { continue };
+            for (k, (e, start)) in c.timeline.iter().enumerate() {
+                let end = c.timeline.get(k + 1).map_or(c.db, |(_, next)| *next);
+                if end > *start
+                    && let Some((newer, _, fork)) = self
+                        .witness
+                        .epochs
+                        .iter()
+                        .find(|(x, _, fork)| x > e && *fork < end)
+                {
+                    return Err(format!(
+                        "{}'s copy holds LSN {}..={end} of epoch {e}, past epoch {newer}'s start at LSN {fork}",
+                        n.name,
+                        (*fork).max(*start) + 1
+                    ));
+                }
+            }
         }
         if self.witness.epochs.windows(2).any(|w| w[1].0 <= w[0].0) {
             return Err(format!(
@@ -1502,4 +1622,20 @@ fn an_active_whose_disk_fills_for_good_is_replaced_by_its_passive() {
         checked >= 150,
         "only {checked} of 200 runs had a disk fill under an active"
     );
+}
+
+/// The fork invariant can fail: rewinding a rejoining node to the start of
+/// its peer's *newest* epoch instead of the earliest one after its own
+/// (`core::fork`) leaves records a deposed active made durable, never
+/// acknowledged, in its copy past the fork.
+#[test]
+fn a_rejoin_to_the_wrong_fork_keeps_a_deposed_epochs_records() {
+    let found = (1..=2000u64).find_map(|seed| {
+        Sim::new(seed, Mutation::ForkAtNewest)
+            .run()
+            .err()
+            .filter(|e| e.contains("past epoch"))
+    });
+    let e = found.expect("no seed found a copy past the fork");
+    eprintln!("ForkAtNewest: {}", e.lines().next().unwrap_or_default());
 }
