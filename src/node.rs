@@ -91,6 +91,9 @@ struct Daemon<'a> {
     status_written: Option<(NodeStatus, Instant)>,
     /// The operator waiting on a planned move (pending or under way).
     move_reply: Option<MoveReply>,
+    /// The last step that failed, and when (status shows it a while, as
+    /// the steps between failures overwrite the blocked reason).
+    step_failed: Option<(String, Instant)>,
     /// The position last announced, to announce progress at once during a move.
     announced: Option<Position>,
     /// When the mail counts were last logged (during a redelivery).
@@ -120,6 +123,15 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     };
     let peer = (*peer).clone();
     let peer_node = cfg.node(&peer)?;
+    // Each node ships to its own share and copies from its peer's: a node
+    // without one could never serve or follow. Said now, not in a loop.
+    for (n, nd) in [(name, node), (peer.as_str(), peer_node)] {
+        if nd.share.is_none() {
+            bail!(
+                "node {n} has no `share` in the config: set [nodes.{n}] share to the directory or smb:// URL where its peer reads its segments"
+            );
+        }
+    }
     let witness_spec = cfg.cluster.witness.as_deref().context(
         "cluster.witness is not set: a cluster needs a witness directory (a path or an smb:// URL) to break ties",
     )?;
@@ -249,6 +261,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         dial: None,
         status_written: None,
         move_reply: None,
+        step_failed: None,
         announced: None,
         mail_logged: None,
         failovers: 0,
@@ -266,6 +279,8 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         if let Err(e) = d.tick() {
             tracing::error!(error = %format!("{e:#}"), "node step failed; retrying");
             d.m.blocked = Some(Blocked::StepFailed(format!("{e:#}")));
+            d.step_failed = Some((format!("{e:#}"), Instant::now()));
+            d.write_status(false);
             std::thread::sleep(Duration::from_millis(500));
         }
         std::thread::sleep(tick);

@@ -39,10 +39,15 @@ pub struct OpenTail {
 pub enum TailRead {
     /// Records past the copy's position, continuing its log.
     Copied(OpenTail),
-    /// Nothing to add, and why: no open segment, one being sealed (its
-    /// sealed copy was drained), or no records past the copy. Nothing the
+    /// Nothing to add, and why: an open segment being sealed (its sealed
+    /// copy was drained), or one with no records past the copy. Nothing the
     /// old active acknowledged is missing from the copy.
     Nothing(String),
+    /// The share holds no open segment: it is not the old active's log
+    /// directory (only sealed segments are published there), or the file
+    /// is gone. What the old active acknowledged past its last sealed
+    /// segment is unknown (`LastLogs::Unread`).
+    Absent(String),
     /// An open segment is there but cannot be taken, and why (torn or of
     /// another size, another database's, not continuing the copy's log):
     /// what it holds past the copy is unknown, and the mount dial counts it
@@ -50,13 +55,22 @@ pub enum TailRead {
     Unusable(String),
 }
 
+impl TailRead {
+    /// Whether the copy, with what this read added, holds every record the
+    /// old active could have acknowledged: true for `Copied` and
+    /// `Nothing`, false when the open segment was absent or unusable.
+    pub fn complete(&self) -> bool {
+        matches!(self, TailRead::Copied(_) | TailRead::Nothing(_))
+    }
+}
+
 /// Reads `LS.log` from the old active's `source` share and checks it
 /// against the copy's log in `logs` and its database position `db_lsn`.
 /// Fails only when the share cannot be read.
 pub fn read(source: &Share, logs: &Path, db: DatabaseId, db_lsn: Lsn) -> Result<TailRead> {
     let Some(bytes) = source.read(CURRENT_FILE_NAME, SEGMENT_SIZE as u64)? else {
-        return Ok(TailRead::Nothing(
-            "the old active's share holds no open segment".into(),
+        return Ok(TailRead::Absent(
+            "the old active's share holds no open segment (a share that is not its log directory publishes sealed segments only)".into(),
         ));
     };
     if bytes.len() != SEGMENT_SIZE {
@@ -237,5 +251,25 @@ mod tests {
             panic!("a gap was taken");
         };
         assert!(why.contains("past the copy's LSN 0"), "{why}");
+    }
+
+    #[test]
+    fn a_share_without_the_open_segment_leaves_the_copy_incomplete() {
+        let (src, db, sealed, _) = store_with_open_records();
+        // A share that publishes sealed segments only: a directory without
+        // `LS.log`.
+        let sealed_only = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(src.path().join("logs"))
+            .unwrap()
+            .flatten()
+        {
+            if e.file_name() != CURRENT_FILE_NAME {
+                std::fs::copy(e.path(), sealed_only.path().join(e.file_name())).unwrap();
+            }
+        }
+        let share = Share::open(sealed_only.path().to_str().unwrap(), &Default::default()).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let r = read(&share, copy.path(), db, sealed).unwrap();
+        assert!(matches!(r, TailRead::Absent(_)) && !r.complete(), "{r:?}");
     }
 }

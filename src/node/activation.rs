@@ -416,24 +416,30 @@ impl Daemon<'_> {
                 Unread,
             );
         };
-        match replayer::tail::read(&config.source, &paths.logs, db, Lsn(state.replayed_lsn)) {
-            Ok(replayer::tail::TailRead::Copied(t)) => {
+        let read =
+            match replayer::tail::read(&config.source, &paths.logs, db, Lsn(state.replayed_lsn)) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the old active's open segment");
+                    return (None, format!("could not be read: {e}"), Unread);
+                }
+            };
+        let last_logs = if read.complete() { Copied } else { Unread };
+        match read {
+            replayer::tail::TailRead::Copied(t) => {
                 let note = format!(
                     "copied to LSN {} ({} record(s) of generation {})",
                     t.complete, t.records, t.generation
                 );
-                (Some(t), note, Copied)
+                (Some(t), note, last_logs)
             }
-            Ok(replayer::tail::TailRead::Nothing(why)) => {
-                (None, format!("nothing added: {why}"), Copied)
+            replayer::tail::TailRead::Nothing(why) => {
+                (None, format!("nothing added: {why}"), last_logs)
             }
-            Ok(replayer::tail::TailRead::Unusable(why)) => {
+            replayer::tail::TailRead::Absent(why) => (None, format!("not found: {why}"), last_logs),
+            replayer::tail::TailRead::Unusable(why) => {
                 tracing::warn!(reason = %why, "the old active's open segment cannot be taken");
-                (None, format!("not taken: {why}"), Unread)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the old active's open segment");
-                (None, format!("could not be read: {e}"), Unread)
+                (None, format!("not taken: {why}"), last_logs)
             }
         }
     }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long status shows a step that failed.
+const STEP_FAILED_SHOWN: Duration = Duration::from_secs(10);
+
 impl Daemon<'_> {
     pub(super) fn status(&self) -> NodeStatus {
         let peer = self.link.peer();
@@ -36,10 +39,15 @@ impl Daemon<'_> {
         };
         let mut warnings = Vec::new();
         if !wv.reachable {
-            warnings.push(format!(
-                "the witness is unreachable: {}",
-                wv.error.clone().unwrap_or_default()
-            ));
+            warnings.push(match &wv.error {
+                Some(e) => format!("the witness is unreachable: {e}"),
+                None => "the witness has not answered yet".into(),
+            });
+        }
+        if let Some((e, at)) = &self.step_failed
+            && at.elapsed() < STEP_FAILED_SHOWN
+        {
+            warnings.push(format!("a step failed (retried): {e}"));
         }
         if let Some(p) = &peer.problem {
             warnings.push(p.clone());

@@ -118,7 +118,7 @@ pub fn decide(
             replayed.lsn,
             replayed.generation,
             if last_logs == LastLogs::Unread {
-                "; the old active's share could not be read, so what it acknowledged after that heartbeat is unknown"
+                "; the old active's last logs could not be read whole (its share gone, or its open segment not there or not usable), so what it acknowledged after that heartbeat is unknown"
             } else {
                 ""
             }
@@ -198,7 +198,7 @@ mod tests {
         );
         assert!(!d.allowed && d.missing == 1, "{d:?}");
         assert!(d.text.contains("at least 1 missing"), "{}", d.text);
-        assert!(d.text.contains("could not be read"), "{}", d.text);
+        assert!(d.text.contains("could not be read whole"), "{}", d.text);
         let d = decide(
             MountDial::GoodAvailability,
             p(100, 5),
