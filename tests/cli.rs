@@ -86,6 +86,33 @@ fn config_errors_name_the_key_the_node_and_the_file() {
 }
 
 #[test]
+fn a_node_without_a_share_is_refused_at_start_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("logship.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"c\"\nwitness = \"{w}\"\n\
+             [nodes.alpha]\ndata-dir = \"{w}/alpha\"\nshare = \"{w}/alpha/logs\"\nheartbeat = \"127.0.0.1:1\"\n\
+             [nodes.beta]\ndata-dir = \"{w}/beta\"\nheartbeat = \"127.0.0.1:2\"\n",
+            w = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(["node", "--config"])
+        .arg(&config)
+        .args(["--node", "alpha"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("node beta has no `share`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn sql_runs_one_logged_transaction_and_read_prints_tsv() {
     let c = Cluster::new();
     c.ok(&["init"]);
