@@ -358,6 +358,9 @@ impl Daemon<'_> {
         self.feed(Input::Peer(peer.clone()))?;
         self.feed(Input::Witness(witness_facts(&self.wit.view())))?;
         self.feed(Input::Local(self.local_facts()))?;
+        if let Some(why) = self.replay_ended() {
+            self.feed(Input::ReplayStopped(why))?;
+        }
         self.feed(Input::Timer)?;
         self.update_heartbeat(&peer);
         self.write_status(false);
@@ -385,7 +388,11 @@ impl Daemon<'_> {
             Action::StartReplay => {
                 if !matches!(self.duty, Duty::Passive(_)) {
                     self.stop_duty();
-                    self.start_passive()?;
+                    if let Err(e) = self.start_passive() {
+                        let why = format!("{e:#}");
+                        tracing::warn!(error = %why, "cannot start replay yet; retrying");
+                        self.feed(Input::ReplayStopped(why))?;
+                    }
                 }
             }
             Action::StopDuty => self.stop_duty(),

@@ -906,3 +906,47 @@ fn killing_the_active_keeps_every_acknowledged_write_its_share_still_holds() {
         t.status("alpha")["role"] == "passive" && t.ids("alpha") == t.ids("beta")
     });
 }
+
+/// A node that finds its copy's data directory still locked (a seed that is
+/// finishing) starts replay once the lock is gone, rather than never.
+#[test]
+fn replay_that_finds_the_copy_locked_starts_once_the_lock_is_released() {
+    let t = Trio::new("best-availability");
+    t.ok("alpha", &["init"]);
+    t.ok(
+        "alpha",
+        &[
+            "sql",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
+        ],
+    );
+    let _alpha = t.start("alpha");
+    t.wait_for("alpha active", 30, || t.status("alpha")["role"] == "active");
+    t.ok("beta", &["seed"]);
+    // Another process holds beta's data directory when its node starts.
+    let lock = t.dir.path().join("beta").join("lock");
+    let mut holder = Command::new("flock")
+        .arg("-x")
+        .arg(&lock)
+        .arg("cat")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run flock (util-linux)");
+    t.wait_for("the lock to be held", 10, || {
+        shipper::store::lock_data_dir(&t.dir.path().join("beta")).is_err()
+    });
+    let _beta = t.start("beta");
+    let log = t.dir.path().join("beta.log");
+    t.wait_for("beta to find its copy locked", 30, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("cannot start replay yet")
+    });
+    drop(holder.stdin.take()); // cat ends, flock releases
+    holder.wait().unwrap();
+    t.wait_for("beta Healthy and passive", 30, || {
+        let s = t.status("beta");
+        s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
+    });
+    assert!(t.insert("alpha", 1).is_some());
+}

@@ -13,7 +13,8 @@ pub(super) struct ActiveDuty {
 
 pub(super) struct PassiveDuty {
     pub(super) shutdown: Arc<AtomicBool>,
-    pub(super) handle: JoinHandle<()>,
+    /// Ends with why replay stopped, when it stopped by itself.
+    pub(super) handle: JoinHandle<Option<String>>,
 }
 
 pub(super) enum Duty {
@@ -55,12 +56,35 @@ impl Daemon<'_> {
             .name("logship-replay".into())
             .spawn(move || {
                 let _lock = lock;
-                if let Err(e) = replayer::run(&config, &stop) {
-                    tracing::error!(error = %e, "replay stopped");
+                match replayer::run(&config, &stop) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "replay stopped");
+                        Some(format!("replay stopped: {e}"))
+                    }
                 }
             })?;
         self.duty = Duty::Passive(PassiveDuty { shutdown, handle });
         Ok(())
+    }
+
+    /// Why the passive duty's replay stopped by itself, if it did: the
+    /// duty is then ended, to be started again by the machine.
+    pub(super) fn replay_ended(&mut self) -> Option<String> {
+        let Duty::Passive(p) = &self.duty else {
+            return None;
+        };
+        if !p.handle.is_finished() {
+            return None;
+        }
+        let Duty::Passive(p) = std::mem::replace(&mut self.duty, Duty::Idle) else {
+            unreachable!("checked above");
+        };
+        Some(match p.handle.join() {
+            Ok(Some(why)) => why,
+            Ok(None) => "replay stopped".to_string(),
+            Err(_) => "replay panicked".to_string(),
+        })
     }
 
     pub(super) fn stop_duty(&mut self) {

@@ -292,24 +292,27 @@ impl Trio {
         super::status_json(&self.config, node).unwrap_or(serde_json::Value::Null)
     }
 
-    /// Both daemons' logs and statuses, and the files: for failure messages.
+    /// The files, then each daemon's status and the end of its log: for
+    /// failure messages. The most telling part comes last, where a cut
+    /// report still shows it.
     pub fn dump(&self) -> String {
-        let logs: String = ["alpha", "beta", "relay"]
-            .iter()
-            .map(|n| {
-                format!(
-                    "--- {n}.log\n{}\n--- {n} status\n{}\n",
-                    std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
-                        .unwrap_or_default(),
-                    if *n == "relay" {
-                        serde_json::Value::Null
-                    } else {
-                        self.status(n)
-                    }
-                )
-            })
-            .collect();
-        format!("{logs}\nfiles:\n{}", listing(self.dir.path()))
+        let mut out = format!("files:\n{}", listing(self.dir.path()));
+        for n in ["relay", "alpha", "beta"] {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            let status = if n == "relay" {
+                serde_json::Value::Null
+            } else {
+                self.status(n)
+            };
+            out.push_str(&format!(
+                "--- {n}.log (last 40 of {} lines)\n{tail}\n--- {n} status\n{status}\n",
+                lines.len()
+            ));
+        }
+        out
     }
 
     pub fn wait_for(&self, what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
@@ -317,7 +320,8 @@ impl Trio {
         while !cond() {
             if Instant::now() > deadline {
                 panic!(
-                    "timed out after {secs} s waiting for {what}\n{}",
+                    "timed out after {secs} s waiting for {what}\n{}\n\
+                     (timed out after {secs} s waiting for {what})",
                     self.dump()
                 );
             }

@@ -40,6 +40,10 @@ pub const MOVE_WAIT: Duration = Duration::from_secs(10);
 /// How long a planned move may take before it is called off.
 pub const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long after the copy's replay stopped (or could not start) it is
+/// started again.
+pub const REPLAY_RETRY: Duration = Duration::from_secs(1);
+
 /// What a node holds on disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Holding {
@@ -103,6 +107,11 @@ pub enum Input {
     /// The outcome of `StartMove`: intake stopped and the store sealed at
     /// `lsn`; or why it could not be.
     Frozen(Result<u64, String>),
+    /// The outcome of `StartReplay`, or later news of it: the copy's replay
+    /// could not start (its data directory still locked by a seed that is
+    /// finishing), or it stopped by itself. It is started again after
+    /// `REPLAY_RETRY`.
+    ReplayStopped(String),
     /// Time passed.
     Timer,
 }
@@ -338,6 +347,8 @@ pub struct Machine {
     pub activating: bool,
     /// When this node's store last stopped by itself, and why.
     pub store_failed: Option<(Instant, String)>,
+    /// The copy's replay stopped: not started again before this.
+    pub replay_retry_at: Option<Instant>,
     pub moving: Option<Moving>,
     pub pending_move: Option<PendingMove>,
     pub blocked: Option<Blocked>,
@@ -360,6 +371,7 @@ impl Machine {
             active_position: None,
             activating: false,
             store_failed: None,
+            replay_retry_at: None,
             moving: None,
             pending_move: None,
             blocked: None,
@@ -433,6 +445,13 @@ impl Machine {
                 // Whatever ran was stopped for the attempt: start it again.
                 self.duty = Duty::Idle;
                 self.blocked = Some(Blocked::NotActivated(why));
+            }
+            Input::ReplayStopped(why) => {
+                if self.duty == Duty::Replay {
+                    self.duty = Duty::Idle;
+                }
+                self.replay_retry_at = Some(now + REPLAY_RETRY);
+                self.blocked = Some(Blocked::StepFailed(why));
             }
             Input::TakeoverRefused(why) => {
                 self.activating = false;
@@ -658,7 +677,7 @@ impl Machine {
             });
             return;
         }
-        self.start_replay(out);
+        self.start_replay(now, out);
         match step {
             PassiveStep::NoCopy | PassiveStep::SeekVote | PassiveStep::WaitLease => {}
             // What the refused failover said stays shown.
@@ -689,7 +708,10 @@ impl Machine {
         }
     }
 
-    fn start_replay(&mut self, out: &mut Vec<Action>) {
+    fn start_replay(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.replay_retry_at.is_some_and(|t| now < t) {
+            return;
+        }
         if self.duty != Duty::Replay {
             self.duty = Duty::Replay;
             out.push(Action::StartReplay);
@@ -709,7 +731,7 @@ impl Machine {
         let Some(lsn) = self.handoff_to_me(now) else {
             return;
         };
-        self.start_replay(out);
+        self.start_replay(now, out);
         self.set_role(Role::Passive, out);
         let replayed = match self.local.holding {
             Holding::Copy { replayed } => replayed,
@@ -1026,6 +1048,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_replay_that_could_not_start_is_started_again_after_a_pause() {
+        let t0 = Instant::now();
+        let mut m = machine(t0, Holding::Copy { replayed: 5 });
+        hear(&mut m, hb(Role::Active, 3), t0);
+        assert!(has(&m.step(Input::Timer, t0), &Action::StartReplay));
+        // The seed that wrote the copy still held its data directory.
+        m.step(Input::ReplayStopped("locked by pid 7".into()), t0 + ms(10));
+        assert_eq!(m.duty, Duty::Idle);
+        assert_eq!(
+            m.blocked,
+            Some(Blocked::StepFailed("locked by pid 7".into()))
+        );
+        let a = m.step(Input::Timer, t0 + ms(20));
+        assert!(!has(&a, &Action::StartReplay), "{a:?}");
+        let a = m.step(Input::Timer, t0 + ms(10) + REPLAY_RETRY);
+        assert!(has(&a, &Action::StartReplay), "{a:?}");
+        assert_eq!(m.duty, Duty::Replay);
+    }
     #[test]
     fn passive_that_hears_the_active_replays_and_lends_it_the_vote() {
         let t0 = Instant::now();
