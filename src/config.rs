@@ -84,6 +84,11 @@ pub struct Node {
     pub lmtp: Option<String>,
     /// Admin (status, /metrics) address (host:port).
     pub admin: Option<String>,
+    /// Block mode: the TCP address (host:port) on which this node, while
+    /// active, streams its open segment to its copies as each record
+    /// becomes durable. Default: the heartbeat address, over TCP; `"off"`
+    /// turns block mode off (copies then get sealed segments only).
+    pub block: Option<String>,
     /// SMB encryption for this node's share: required | preferred (default) | off.
     #[serde(default)]
     pub encrypt: EncryptSetting,
@@ -92,6 +97,26 @@ pub struct Node {
     /// sealed (default 0s). A lagged copy is never activated automatically.
     #[serde(default, with = "humantime_serde")]
     pub replay_lag: Duration,
+}
+
+impl Node {
+    /// The block-mode address, if block mode is on for this node.
+    pub fn block_addr(&self) -> Option<&str> {
+        match self.block.as_deref() {
+            Some("off") => None,
+            Some(a) => Some(a),
+            None => self.heartbeat.as_deref(),
+        }
+    }
+
+    /// Whether this node's share is encrypted (an SMB share with encryption
+    /// not turned off): its block-mode stream must then be too.
+    pub fn share_encrypted(&self) -> bool {
+        self.share
+            .as_deref()
+            .is_some_and(|s| s.starts_with("smb://"))
+            && self.encrypt != EncryptSetting::Off
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

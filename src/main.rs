@@ -540,6 +540,7 @@ impl NodeArgs {
             heartbeat: node.heartbeat.clone(),
             lmtp: node.lmtp.clone(),
             admin: node.admin.clone(),
+            block: node.block.clone(),
             encrypt: node.encrypt,
             replay_lag: node.replay_lag,
         };

@@ -44,6 +44,7 @@ use crate::node_status::{
 use crate::shares::share_of;
 
 mod activation;
+mod block;
 mod duty;
 mod endpoints;
 mod heartbeat;
@@ -109,6 +110,12 @@ struct Daemon<'a> {
     /// Hands the status to the thread that publishes it on the node's share
     /// (a slow share must not hold up the daemon's loop).
     publish: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// The cluster key, when there is one.
+    key: Option<Arc<[u8]>>,
+    /// Block mode: what the listener serves while active, and what the
+    /// receiver has while passive.
+    feeding: block::Feeding,
+    received: Arc<Mutex<replayer::block::Received>>,
 }
 
 /// Runs the node daemon until SIGTERM or SIGINT.
@@ -234,6 +241,17 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     if let Some(addr) = &node.admin {
         serve_admin(name, node, addr, snapshot.clone(), serving.clone())?;
     }
+    let feeding: block::Feeding = Default::default();
+    let block_thread = match node.block_addr() {
+        Some(addr) => Some(block::start_listener(
+            name,
+            addr,
+            key.clone(),
+            feeding.clone(),
+            stop.clone(),
+        )?),
+        None => None,
+    };
     let (req_tx, requests) = channel::<Request>();
     serve_control(name, &peer, node, serving.clone(), req_tx)?;
     let mut d = Daemon {
@@ -272,6 +290,9 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
             Some(_) => Some(status_publisher(share_of(name, node, cfg)?)?),
             None => None,
         },
+        key,
+        feeding,
+        received: Default::default(),
     };
     tracing::info!(node = %name, peer = %d.peer, witness = %witness_spec, "node daemon started");
     let tick = (timing.interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));
@@ -291,6 +312,9 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     d.write_status(true);
     stop.store(true, Ordering::Relaxed);
     let _ = link_thread.join();
+    if let Some(t) = block_thread {
+        let _ = t.join();
+    }
     let _ = witness_thread.join();
     Ok(ExitCode::SUCCESS)
 }

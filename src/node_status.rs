@@ -71,6 +71,21 @@ pub struct NodeStatus {
     /// since the daemon started.
     pub failovers: u64,
     pub lsn: u64,
+    /// Block mode, on a passive: the last record received and durable
+    /// here (ahead of replay), and when (RFC 3339).
+    #[serde(default)]
+    pub last_received_lsn: Option<u64>,
+    #[serde(default)]
+    pub last_received_time: Option<String>,
+    /// Records, and bytes of log, the active holds durable that this copy
+    /// has not received (the copy queue, beside its length in generations).
+    #[serde(default)]
+    pub copy_queue_records: Option<u64>,
+    #[serde(default)]
+    pub copy_queue_bytes: Option<u64>,
+    /// The block-mode stream: up (and whether encrypted), or why not.
+    #[serde(default)]
+    pub block_mode: Option<String>,
     pub pid: u32,
     pub updated_us: u64,
 }

@@ -950,3 +950,53 @@ fn replay_that_finds_the_copy_locked_starts_once_the_lock_is_released() {
     });
     assert!(t.insert("alpha", 1).is_some());
 }
+
+/// Block mode: each record reaches the passive moments after its fdatasync
+/// on the active, long before its segment is sealed. When the old active's
+/// share is gone at failover, what was received stands in, and every
+/// acknowledged write it received is on the new active.
+#[test]
+fn block_mode_keeps_what_the_passive_received_when_the_old_actives_share_is_gone() {
+    let t = Trio::with("good-availability", "1h");
+    let (mut alpha, _beta) = t.running_pair();
+    let mut last = 0;
+    for id in 1..=30 {
+        last = t.insert("alpha", id).expect("alpha takes writes");
+    }
+    t.wait_for("beta to receive every acknowledged record", 10, || {
+        t.status("beta")["last_received_lsn"]
+            .as_u64()
+            .is_some_and(|l| l >= last)
+    });
+    let st = t.status("beta");
+    assert!(
+        st["last_replayed_lsn"].as_u64().unwrap() < last,
+        "nothing sealed, so nothing replayed past the table: {st}"
+    );
+    assert_eq!(st["copy_queue_records"], 0, "{st}");
+    assert_eq!(st["copy_queue_bytes"], 0, "{st}");
+    assert!(st["last_received_time"].is_string(), "{st}");
+    assert_eq!(st["block_mode"], "receiving", "{st}");
+    // The share is gone with the node.
+    let _hidden = hide_open_segment(&t, "alpha");
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    t.wait_for("beta to take writes", 30, || {
+        t.insert("beta", 1000).is_some()
+    });
+    let have = t.ids("beta");
+    for id in 1..=30 {
+        assert!(
+            have.contains(&id),
+            "acknowledged row {id} is missing: {have:?}\n{}",
+            t.dump()
+        );
+    }
+    let st = t.status("beta");
+    assert!(
+        st["dial"]["text"]
+            .as_str()
+            .is_some_and(|d| d.contains("received by block mode to LSN")),
+        "{st}"
+    );
+}

@@ -13,6 +13,7 @@
 //! share; it only reads it. Nothing is replayed that the inspector has not
 //! passed.
 
+pub mod block;
 pub mod copier;
 pub mod daemon;
 pub mod inspector;

@@ -73,6 +73,41 @@ pub fn read(source: &Share, logs: &Path, db: DatabaseId, db_lsn: Lsn) -> Result<
             "the old active's share holds no open segment (a share that is not its log directory publishes sealed segments only)".into(),
         ));
     };
+    from_bytes(bytes, logs, db, db_lsn)
+}
+
+/// The same, from what block mode received (`crate::block`): the received
+/// file that continues the copy's log, its trailer (if the seal arrived)
+/// set aside, since the copier had not taken that sealed segment.
+pub fn read_received(
+    received: &Path,
+    logs: &Path,
+    db: DatabaseId,
+    db_lsn: Lsn,
+) -> Result<TailRead> {
+    let mut last = TailRead::Absent("block mode received nothing".into());
+    for (_, path) in crate::block::list(received).into_iter().rev() {
+        let mut bytes = std::fs::read(&path)
+            .map_err(|e| shipper::Error::io("read received segment", &path, e))?;
+        if bytes.len() == SEGMENT_SIZE {
+            bytes[format::TRAILER_OFFSET..].fill(0);
+        }
+        match from_bytes(bytes, logs, db, db_lsn)? {
+            r @ TailRead::Copied(_) => return Ok(r),
+            r @ TailRead::Nothing(_) if !matches!(last, TailRead::Nothing(_)) => last = r,
+            r => {
+                if matches!(last, TailRead::Absent(_)) {
+                    last = r;
+                }
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// Checks an open segment's `bytes` against the copy's log in `logs` and
+/// its database position `db_lsn`.
+fn from_bytes(bytes: Vec<u8>, logs: &Path, db: DatabaseId, db_lsn: Lsn) -> Result<TailRead> {
     if bytes.len() != SEGMENT_SIZE {
         return Ok(TailRead::Unusable(format!(
             "the old active's open segment is {} bytes, not {SEGMENT_SIZE}",

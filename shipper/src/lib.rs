@@ -9,6 +9,7 @@
 //! on disk), `store` (transactions, group commit, recovery).
 
 pub mod apply;
+pub mod block;
 pub(crate) mod capture;
 pub mod changeset;
 pub mod error;

@@ -338,6 +338,10 @@ pub struct LogWriter {
     end: LogEnd,
     /// When the oldest unsealed frame of this segment was appended.
     oldest_unsealed: Option<Instant>,
+    /// Block mode: where durable bytes are published for the copies.
+    feed: Option<std::sync::Arc<crate::block::Feed>>,
+    /// The end of what the feed has been given in this segment.
+    fed: usize,
 }
 
 impl LogWriter {
@@ -573,7 +577,35 @@ impl LogWriter {
             } else {
                 Some(Instant::now())
             },
+            feed: None,
+            fed: 0,
         })
+    }
+
+    /// Publishes every byte made durable from now on to `feed` (block
+    /// mode), starting with what the current segment already holds.
+    pub fn set_feed(&mut self, feed: std::sync::Arc<crate::block::Feed>) {
+        feed.start_segment(
+            self.header.generation,
+            &self.image.bytes()[..self.write_pos],
+            self.end.lsn,
+        );
+        self.fed = self.write_pos;
+        self.feed = Some(feed);
+    }
+
+    /// Gives the feed the bytes made durable since it was last fed.
+    fn feed_durable(&mut self) {
+        if let Some(f) = &self.feed
+            && self.fed < self.write_pos
+        {
+            f.durable(
+                self.fed,
+                &self.image.bytes()[self.fed..self.write_pos],
+                self.end.lsn,
+            );
+            self.fed = self.write_pos;
+        }
     }
 
     /// The end of the log: last complete LSN, its hashes, current generation.
@@ -624,6 +656,14 @@ impl LogWriter {
         self.crc.update(&encoded);
         self.header = header;
         self.write_pos = HEADER_SIZE;
+        self.fed = HEADER_SIZE;
+        if let Some(f) = &self.feed {
+            f.start_segment(
+                self.header.generation,
+                &self.image.bytes()[..HEADER_SIZE],
+                self.end.lsn,
+            );
+        }
         Ok(())
     }
 
@@ -731,7 +771,9 @@ impl LogWriter {
         self.write()?;
         self.file
             .sync_data()
-            .map_err(|e| Error::io("fdatasync", &self.current_path, e))
+            .map_err(|e| Error::io("fdatasync", &self.current_path, e))?;
+        self.feed_durable();
+        Ok(())
     }
 
     /// Seals the current segment if it holds any frame: trailer, fsync,
@@ -749,6 +791,7 @@ impl LogWriter {
                 .sync_data()
                 .map_err(|e| Error::io("fdatasync", &self.current_path, e))?;
         }
+        self.feed_durable();
         let mut crc = self.crc.clone();
         let mut remaining = TRAILER_OFFSET - self.write_pos;
         while remaining > 0 {
@@ -778,6 +821,9 @@ impl LogWriter {
             .map_err(|e| Error::io("rename sealed segment", &self.current_path, e))?;
         sync_dir(&self.dir)?;
         tracing::debug!(path = %sealed_path.display(), records = self.frame_count, last_lsn = %self.last_frame_lsn, "sealed segment");
+        if let Some(f) = &self.feed {
+            f.sealed(&self.image.bytes()[TRAILER_OFFSET..]);
+        }
 
         let header = successor_header(
             &self.header,

@@ -80,6 +80,9 @@ pub struct StoreOptions {
     /// Start this epoch (default none: keep the log's). A current segment
     /// that holds records is sealed first, so every segment holds one epoch.
     pub epoch: Option<Epoch>,
+    /// Block mode: every byte of the log made durable is published here for
+    /// the copies (default none).
+    pub feed: Option<Arc<crate::block::Feed>>,
 }
 
 /// A deadline on a monotonic clock, moved forward by whoever holds the
@@ -142,6 +145,7 @@ impl Default for StoreOptions {
             fsync: true,
             fence: None,
             epoch: None,
+            feed: None,
         }
     }
 }
@@ -914,6 +918,9 @@ impl Store {
                 log.begin_epoch(epoch)?;
             }
         }
+        if let Some(feed) = &opts.feed {
+            log.set_feed(feed.clone());
+        }
         let end = log.end().clone();
         let state = StoreState {
             database_id,
@@ -1322,6 +1329,15 @@ impl Drop for Replier {
         self.sender.take();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Block-mode senders end with the writer.
+        if let Some(f) = &self.opts.feed {
+            f.close();
         }
     }
 }

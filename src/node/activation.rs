@@ -204,10 +204,12 @@ impl Daemon<'_> {
         if let Some(until) = self.wit.view().until {
             fence.extend(until);
         }
+        let feed = Arc::new(shipper::block::Feed::new());
         let opts = StoreOptions {
             seal_after: self.cfg.cluster.seal_after,
             fence: Some(fence.clone()),
             epoch: Some(epoch),
+            feed: Some(feed.clone()),
             ..Default::default()
         };
         let store = Arc::new(Store::open(&self.node.data_dir, opts).with_context(|| {
@@ -263,6 +265,7 @@ impl Daemon<'_> {
             "active",
             serde_json::json!({"epoch": epoch.0, "lsn": lsn.0, "reason": reason}),
         );
+        *self.feeding.lock().expect("feeding lock") = Some((feed, store.state().database_id));
         self.duty = Duty::Active(ActiveDuty {
             store,
             fence,
@@ -315,12 +318,20 @@ impl Daemon<'_> {
                 generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),
             },
         };
-        let mut decision = dial::decide(
-            self.cfg.cluster.mount_dial,
-            replayed,
-            self.m.active_position,
-            last_logs,
-        );
+        // The old active's last position: its last heartbeat, or what its
+        // block-mode stream said last, whichever is further.
+        let streamed = self
+            .received
+            .lock()
+            .expect("received lock")
+            .active
+            .map(|(g, _, lsn)| Position { lsn, generation: g });
+        let known = match (self.m.active_position, streamed) {
+            (Some(h), Some(s)) if s.lsn > h.lsn => Some(s),
+            (None, s) => s,
+            (h, _) => h,
+        };
+        let mut decision = dial::decide(self.cfg.cluster.mount_dial, replayed, known, last_logs);
         decision.text = format!(
             "{}; the old active's open segment: {tail_note}",
             decision.text
@@ -421,10 +432,33 @@ impl Daemon<'_> {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the old active's open segment");
-                    return (None, format!("could not be read: {e}"), Unread);
+                    replayer::tail::TailRead::Absent(format!("could not be read: {e}"))
                 }
             };
         let last_logs = if read.complete() { Copied } else { Unread };
+        // The share could not give the open segment whole: what block mode
+        // received stands in (it may lack what the old active acknowledged
+        // after its last message, so the dial still counts it unread).
+        if !read.complete() {
+            let received = paths.data_dir.join(replayer::block::RECEIVED_DIR);
+            match replayer::tail::read_received(&received, &paths.logs, db, Lsn(state.replayed_lsn))
+            {
+                Ok(replayer::tail::TailRead::Copied(t)) => {
+                    let why = match &read {
+                        replayer::tail::TailRead::Absent(w)
+                        | replayer::tail::TailRead::Unusable(w) => w.clone(),
+                        _ => String::new(),
+                    };
+                    let note = format!(
+                        "received by block mode to LSN {} ({} record(s) of generation {}); the share's: {why}",
+                        t.complete, t.records, t.generation
+                    );
+                    return (Some(t), note, Unread);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read what block mode received"),
+            }
+        }
         match read {
             replayer::tail::TailRead::Copied(t) => {
                 let note = format!(

@@ -15,6 +15,8 @@ pub(super) struct PassiveDuty {
     pub(super) shutdown: Arc<AtomicBool>,
     /// Ends with why replay stopped, when it stopped by itself.
     pub(super) handle: JoinHandle<Option<String>>,
+    /// Block mode's receiver, when it runs (stopped with `shutdown`).
+    pub(super) receiver: Option<JoinHandle<()>>,
 }
 
 pub(super) enum Duty {
@@ -52,6 +54,7 @@ impl Daemon<'_> {
         config.replay_lag = self.node.replay_lag;
         let shutdown = Arc::new(AtomicBool::new(false));
         let stop = shutdown.clone();
+        let stop_receiver = shutdown.clone();
         let handle = std::thread::Builder::new()
             .name("logship-replay".into())
             .spawn(move || {
@@ -64,7 +67,15 @@ impl Daemon<'_> {
                     }
                 }
             })?;
-        self.duty = Duty::Passive(PassiveDuty { shutdown, handle });
+        let receiver = self.start_receiver(stop_receiver).unwrap_or_else(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "block mode cannot start; the copy takes sealed segments only");
+            None
+        });
+        self.duty = Duty::Passive(PassiveDuty {
+            shutdown,
+            handle,
+            receiver,
+        });
         Ok(())
     }
 
@@ -80,6 +91,10 @@ impl Daemon<'_> {
         let Duty::Passive(p) = std::mem::replace(&mut self.duty, Duty::Idle) else {
             unreachable!("checked above");
         };
+        p.shutdown.store(true, Ordering::Relaxed);
+        if let Some(r) = p.receiver {
+            let _ = r.join();
+        }
         Some(match p.handle.join() {
             Ok(Some(why)) => why,
             Ok(None) => "replay stopped".to_string(),
@@ -93,6 +108,7 @@ impl Daemon<'_> {
             Duty::Active(a) => {
                 a.fence.revoke();
                 *self.serving.lock().expect("serving lock") = None;
+                *self.feeding.lock().expect("feeding lock") = None;
                 *self.mail.store.lock().expect("mail lock") = None;
                 a.shutdown.store(true, Ordering::Relaxed);
                 let _ = a.ship.join();
@@ -101,6 +117,9 @@ impl Daemon<'_> {
             Duty::Passive(p) => {
                 p.shutdown.store(true, Ordering::Relaxed);
                 let _ = p.handle.join();
+                if let Some(r) = p.receiver {
+                    let _ = r.join();
+                }
             }
         }
     }

@@ -37,6 +37,14 @@ impl Daemon<'_> {
                 _ => None,
             },
         };
+        // Block mode on a passive: what its receiver has (and, when it
+        // could not start one, why, shown as `block_mode`).
+        let receiving = matches!(&self.duty, Duty::Passive(p) if p.receiver.is_some());
+        let received = match &self.duty {
+            Duty::Passive(_) => Some(self.received.lock().expect("received lock").clone()),
+            _ => None,
+        };
+        let stream = received.as_ref().filter(|_| receiving);
         let mut warnings = Vec::new();
         if !wv.reachable {
             warnings.push(match &wv.error {
@@ -105,6 +113,30 @@ impl Daemon<'_> {
             mail_stored: self.mail.stored.load(Ordering::Relaxed),
             mail_duplicates: self.mail.duplicates.load(Ordering::Relaxed),
             lsn,
+            last_received_lsn: stream.map(|r| r.lsn),
+            last_received_time: stream
+                .and_then(|r| r.time_us)
+                .map(replayer::status::fmt_time),
+            copy_queue_records: stream.and_then(|r| r.queue_records()),
+            copy_queue_bytes: stream.and_then(|r| r.queue_bytes()),
+            block_mode: match (&self.duty, &received) {
+                (Duty::Passive(_), Some(r)) if r.connected => Some(
+                    if r.encrypted {
+                        "receiving, encrypted"
+                    } else {
+                        "receiving"
+                    }
+                    .into(),
+                ),
+                (Duty::Passive(_), Some(r)) if receiving => {
+                    Some(r.error.clone().unwrap_or_else(|| "connecting".into()))
+                }
+                (Duty::Passive(_), Some(r)) => {
+                    Some(r.error.clone().unwrap_or_else(|| "off".into()))
+                }
+                (Duty::Active(_), _) => self.node.block_addr().map(|a| format!("serving on {a}")),
+                _ => None,
+            },
             pid: std::process::id(),
             updated_us: 0,
         }
