@@ -172,8 +172,9 @@ fn the_pair_keeps_serving_without_the_witness_and_status_warns() {
 #[test]
 fn the_old_active_rejoins_after_a_lossy_failover_by_rewinding_not_reseeding() {
     // Segments seal only on request: what alpha writes after the last seal
-    // stays in its current segment, which a failover cannot reach.
-    let t = Trio::with("good-availability", "1h");
+    // stays in its current segment, which a failover cannot reach (block
+    // mode off: nothing of it was streamed).
+    let t = Trio::without_block_mode("good-availability", "1h");
     let (mut alpha, _beta) = t.running_pair();
     let mut last = 0;
     for id in 1..=10 {
@@ -520,7 +521,8 @@ fn a_lossless_dial_keeps_a_lossy_copy_passive_until_an_operator_forces_it() {
 
 #[test]
 fn a_rejoin_that_cannot_rewind_a_schema_change_reseeds_and_keeps_the_old_database() {
-    let t = Trio::with("good-availability", "1h");
+    // Block mode off: the schema change stays in alpha's open segment only.
+    let t = Trio::without_block_mode("good-availability", "1h");
     let (mut alpha, _beta) = t.running_pair();
     let mut last = t.insert("alpha", 1).unwrap();
     t.ok("alpha", &["seal"]);

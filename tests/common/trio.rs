@@ -64,6 +64,17 @@ impl Trio {
         Self::custom(dir, &cluster, hb, None)
     }
 
+    /// `with`, block mode off: what the old active never sealed is lost
+    /// when its share cannot give its open segment (for the lossy paths).
+    pub fn without_block_mode(dial: &str, seal_after: &str) -> Trio {
+        let t = Self::with(dial, seal_after);
+        let text = std::fs::read_to_string(&t.config)
+            .unwrap()
+            .replace("heartbeat = ", "block = \"off\"\nheartbeat = ");
+        std::fs::write(&t.config, text).unwrap();
+        t
+    }
+
     /// A cluster whose `[cluster]` section adds `cluster` (the witness and
     /// more), with the heartbeat addresses given, its node daemons started
     /// in `netns` when given.
