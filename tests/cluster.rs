@@ -683,6 +683,10 @@ fn with_a_cluster_key_heartbeats_are_authenticated_and_another_key_is_refused() 
         t.status("alpha")
     );
     assert!(t.insert("alpha", 1).is_some());
+    // The block-mode stream is keyed too: authenticated and encrypted.
+    t.wait_for("beta to receive over an encrypted stream", 30, || {
+        t.status("beta")["block_mode"] == "receiving, encrypted"
+    });
     // Beta restarted with another key: alpha refuses its heartbeats, says
     // why, and no longer counts its vote.
     drop(beta);

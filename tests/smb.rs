@@ -702,3 +702,81 @@ fn a_witness_vote_lost_to_a_server_restart_is_dropped_cleanly() {
     }
     w.confirm().unwrap();
 }
+
+/// Block mode over an encrypted SMB share: the active's log directory is
+/// exported by its own smbd, and the node and that smbd die together. The
+/// passive received every acknowledged record over the (keyed, encrypted)
+/// stream, and the new active holds them all.
+#[test]
+fn block_mode_keeps_every_received_write_when_the_active_and_its_smbd_die() {
+    use common::trio::{DEAD_MS, INTERVAL_MS, Trio, cluster_key, free_udp_port};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let alpha_logs = p.join("alpha").join("logs");
+    std::fs::create_dir_all(&alpha_logs).unwrap();
+    std::fs::create_dir_all(p.join("witness")).unwrap();
+    let s = Samba::start(&Samba::share_section("alpha-logs", &alpha_logs));
+    // Kept when the server (and its directory) is gone.
+    let password = p.join("smb-password");
+    std::fs::copy(s.password_file(), &password).unwrap();
+    let config = p.join("logship.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"trio\"\nheartbeat-interval = \"{INTERVAL_MS}ms\"\ndead-after = \"{DEAD_MS}ms\"\n\
+             witness = \"{w}\"\nmount-dial = \"good-availability\"\nseal-after = \"1h\"\n\
+             password-file = \"{pw}\"\nsmb-timeout = \"2s\"\n{key}\n\
+             [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{url}\"\nheartbeat = \"127.0.0.1:{ha}\"\n\n\
+             [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{b}/logs\"\nheartbeat = \"127.0.0.1:{hb}\"\n",
+            w = p.join("witness").display(),
+            pw = password.display(),
+            key = cluster_key(p),
+            a = p.join("alpha").display(),
+            b = p.join("beta").display(),
+            url = s.url("alpha-logs"),
+            ha = free_udp_port(),
+            hb = free_udp_port(),
+        ),
+    )
+    .unwrap();
+    let t = Trio {
+        dir,
+        config,
+        netns: None,
+    };
+    let (mut alpha, _beta) = t.running_pair();
+    let mut last = 0;
+    for id in 1..=30 {
+        last = t.insert("alpha", id).expect("alpha takes writes");
+    }
+    t.wait_for("beta to receive every acknowledged record", 10, || {
+        t.status("beta")["last_received_lsn"]
+            .as_u64()
+            .is_some_and(|l| l >= last)
+    });
+    let st = t.status("beta");
+    assert_eq!(st["block_mode"], "receiving, encrypted", "{st}");
+    assert!(st["last_replayed_lsn"].as_u64().unwrap() < last, "{st}");
+    // The machine is gone: the node and the server of its share.
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    drop(s);
+    t.wait_for("beta to take writes", 30, || {
+        t.insert("beta", 1000).is_some()
+    });
+    let have = t.ids("beta");
+    for id in 1..=30 {
+        assert!(
+            have.contains(&id),
+            "acknowledged row {id} is missing: {have:?}\n{}",
+            t.dump()
+        );
+    }
+    let st = t.status("beta");
+    assert!(
+        st["dial"]["text"]
+            .as_str()
+            .is_some_and(|d| d.contains("received by block mode to LSN")),
+        "{st}"
+    );
+}
