@@ -63,6 +63,29 @@ pub struct Cluster {
     /// Per-call timeout for SMB shares (default 5s).
     #[serde(default = "default_smb_timeout", with = "humantime_serde")]
     pub smb_timeout: Duration,
+    /// When a transaction is acknowledged: `local` (default), once its
+    /// record is durable on the active; `remote`, once the passive also
+    /// reports it durable (block mode), as PostgreSQL's
+    /// `synchronous_commit = remote_write`.
+    #[serde(default)]
+    pub commit: CommitMode,
+    /// With `commit = "remote"`: how long the active waits for the passive
+    /// before it goes on alone, recorded on the witness (default 5s).
+    #[serde(default = "default_sync_timeout", with = "humantime_serde")]
+    pub sync_timeout: Duration,
+}
+
+/// When a transaction is acknowledged.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommitMode {
+    #[default]
+    Local,
+    Remote,
+}
+
+fn default_sync_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_smb_timeout() -> Duration {

@@ -116,6 +116,9 @@ struct Daemon<'a> {
     /// receiver has while passive.
     feeding: block::Feeding,
     received: Arc<Mutex<replayer::block::Received>>,
+    /// Synchronous commit as last seen, and whether the witness holds the
+    /// record of going alone.
+    sync_seen: Option<(shipper::block::SyncStatus, bool)>,
 }
 
 /// Runs the node daemon until SIGTERM or SIGINT.
@@ -293,6 +296,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         key,
         feeding,
         received: Default::default(),
+        sync_seen: None,
     };
     tracing::info!(node = %name, peer = %d.peer, witness = %witness_spec, "node daemon started");
     let tick = (timing.interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));
@@ -386,6 +390,7 @@ impl Daemon<'_> {
             self.feed(Input::ReplayStopped(why))?;
         }
         self.feed(Input::Timer)?;
+        self.watch_sync();
         self.update_heartbeat(&peer);
         self.write_status(false);
         Ok(())

@@ -86,6 +86,10 @@ pub struct NodeStatus {
     /// The block-mode stream: up (and whether encrypted), or why not.
     #[serde(default)]
     pub block_mode: Option<String>,
+    /// With `commit = "remote"`, on the active: synchronous, or alone
+    /// since which record and why.
+    #[serde(default)]
+    pub commit: Option<String>,
     pub pid: u32,
     pub updated_us: u64,
 }

@@ -1006,3 +1006,116 @@ fn block_mode_keeps_what_the_passive_received_when_the_old_actives_share_is_gone
         "{st}"
     );
 }
+
+/// A cluster with `commit = "remote"` on a lossless dial.
+fn synchronous_trio() -> Trio {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("witness");
+    std::fs::create_dir_all(&w).unwrap();
+    let hb = [
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+    ];
+    let cluster = format!(
+        "witness = \"{}\"\nmount-dial = \"lossless\"\nseal-after = \"1h\"\ncommit = \"remote\"\nsync-timeout = \"1s\"\n",
+        w.display()
+    );
+    Trio::custom(dir, &cluster, hb, None)
+}
+
+/// The last complete record in `node`'s block-mode received files (read
+/// from the files, not from a status that is published a moment later).
+fn received_lsn(t: &Trio, node: &str) -> u64 {
+    let dir = t.data_dir(node).join("received");
+    let mut best = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        if let Ok(scan) = shipper::format::scan_current(&bytes, None) {
+            best = best.max(scan.complete_lsn().0);
+        }
+    }
+    best
+}
+
+fn alone_files(t: &Trio) -> Vec<String> {
+    std::fs::read_dir(t.dir.path().join("witness"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("alone-"))
+        .collect()
+}
+
+/// Synchronous commit: every acknowledged record is durable on the passive
+/// before its client hears of it. The active and its share gone together,
+/// the lossless dial activates the passive by itself, losing nothing.
+/// Without the passive, the active goes on alone after `sync-timeout`,
+/// recorded on the witness first, and is synchronous again once the
+/// passive is back and has caught up.
+#[test]
+fn synchronous_commit_loses_nothing_and_goes_on_alone_without_the_passive() {
+    let t = synchronous_trio();
+    let (alpha, beta) = t.running_pair();
+    t.wait_for("alpha synchronous", 30, || {
+        t.status("alpha")["commit"] == "remote: synchronous"
+    });
+    assert!(alone_files(&t).is_empty(), "{:?}", alone_files(&t));
+    // Each acknowledgement waited for beta: beta holds it at once.
+    for id in 1..=20 {
+        let lsn = t.insert("alpha", id).expect("alpha takes writes");
+        let held = received_lsn(&t, "beta");
+        assert!(
+            held >= lsn,
+            "LSN {lsn} acknowledged before beta held it ({held})"
+        );
+    }
+    // Without beta, alpha waits up to sync-timeout, then goes alone, and
+    // says so on the witness, in status and in its events.
+    drop(beta);
+    assert!(t.insert("alpha", 21).is_some());
+    // Recorded on the witness before that acknowledgement.
+    assert_eq!(alone_files(&t).len(), 1);
+    t.wait_for("alpha's status to say it goes on alone", 10, || {
+        t.status("alpha")["commit"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("remote: alone since LSN"))
+    });
+    let events = t.ok("alpha", &["events"]);
+    assert!(events.contains("commit-alone"), "{events}");
+    // Back, caught up: synchronous again, the record removed.
+    let beta = t.start("beta");
+    t.wait_for("alpha synchronous again", 30, || {
+        t.status("alpha")["commit"] == "remote: synchronous"
+    });
+    t.wait_for("the witness's record of going alone removed", 10, || {
+        alone_files(&t).is_empty()
+    });
+    let mut last = 0;
+    for id in 22..=40 {
+        last = t.insert("alpha", id).expect("alpha takes writes");
+    }
+    assert!(received_lsn(&t, "beta") >= last);
+    // The machine is gone with its share: lossless activates by itself.
+    let _hidden = hide_open_segment(&t, "alpha");
+    let mut alpha = alpha;
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    t.wait_for("beta to take writes", 30, || {
+        t.insert("beta", 1000).is_some()
+    });
+    let have = t.ids("beta");
+    for id in 1..=40 {
+        assert!(
+            have.contains(&id),
+            "acknowledged row {id} is missing: {have:?}"
+        );
+    }
+    let st = t.status("beta");
+    assert_eq!(st["dial"]["missing"], 0, "{st}");
+    assert!(
+        st["dial"]["text"]
+            .as_str()
+            .is_some_and(|d| d.contains("commit was synchronous and confirmed")),
+        "{st}"
+    );
+    drop(beta);
+}

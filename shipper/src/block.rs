@@ -103,6 +103,40 @@ struct FeedState {
     /// The best durable position a copy reported.
     acked: Option<(Generation, u32, Lsn)>,
     closed: bool,
+    /// Synchronous commit gone alone: from which record, and why.
+    alone: Option<(Lsn, String)>,
+}
+
+/// Records that the active goes on alone from a record, and why; returns
+/// once that is durable where a failover will look.
+pub type GoAlone = Box<dyn Fn(Lsn, &str) -> Result<(), String> + Send + Sync>;
+
+/// Synchronous commit (`commit = "remote"`): how long to wait for the
+/// copy, and how to record, where a failover will look, that the active
+/// goes on without it. The hook returns once that record is durable.
+pub struct Synchronous {
+    pub timeout: Duration,
+    pub go_alone: GoAlone,
+}
+
+impl std::fmt::Debug for Synchronous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Synchronous")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Where synchronous commit stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncStatus {
+    /// Not asked for.
+    Off,
+    /// Every acknowledgement waits for the copy.
+    Synchronous,
+    /// Acknowledging without the copy's confirmation from this record on,
+    /// and why; synchronous again once the copy has caught up.
+    Alone { from: Lsn, why: String },
 }
 
 /// The active's durable open segment, published by its log writer and read
@@ -111,6 +145,7 @@ struct FeedState {
 pub struct Feed {
     state: Mutex<FeedState>,
     changed: Condvar,
+    sync: Option<Synchronous>,
 }
 
 /// What a sender sends next.
@@ -144,6 +179,87 @@ impl Feed {
         Feed::default()
     }
 
+    /// A feed whose store acknowledges a record only once a copy reports it
+    /// durable. `alone`: it starts without the copy (already recorded by
+    /// the caller), until the copy catches up.
+    pub fn synchronous(sync: Synchronous, alone: Option<(Lsn, String)>) -> Feed {
+        Feed {
+            state: Mutex::new(FeedState {
+                alone,
+                ..Default::default()
+            }),
+            changed: Condvar::new(),
+            sync: Some(sync),
+        }
+    }
+
+    pub fn sync_status(&self) -> SyncStatus {
+        if self.sync.is_none() {
+            return SyncStatus::Off;
+        }
+        match &self.state.lock().expect("feed lock").alone {
+            None => SyncStatus::Synchronous,
+            Some((from, why)) => SyncStatus::Alone {
+                from: *from,
+                why: why.clone(),
+            },
+        }
+    }
+
+    /// Whether acknowledgements wait for the copy at all.
+    pub fn is_synchronous(&self) -> bool {
+        self.sync.is_some()
+    }
+
+    /// Waits until a copy holds `lsn` durable, or the active goes on alone
+    /// (after the timeout, once that is recorded). An error when the store
+    /// stopped first: the record is durable here, its fate unknown.
+    pub fn confirm(&self, lsn: Lsn) -> Result<(), String> {
+        let Some(sync) = &self.sync else {
+            return Ok(());
+        };
+        let mut deadline = Instant::now() + sync.timeout;
+        let mut s = self.state.lock().expect("feed lock");
+        loop {
+            if s.acked.is_some_and(|a| a.2 >= lsn) || s.alone.is_some() {
+                return Ok(());
+            }
+            if s.closed {
+                return Err(format!(
+                    "the store stopped before the copy confirmed LSN {lsn}"
+                ));
+            }
+            let now = Instant::now();
+            if now < deadline {
+                s = self
+                    .changed
+                    .wait_timeout(s, deadline - now)
+                    .expect("feed lock")
+                    .0;
+                continue;
+            }
+            let why = match s.acked {
+                None => format!("no copy confirmed anything within {:?}", sync.timeout),
+                Some(a) => format!(
+                    "the copy confirmed LSN {} but not {lsn} within {:?}",
+                    a.2, sync.timeout
+                ),
+            };
+            drop(s);
+            match (sync.go_alone)(lsn, &why) {
+                Ok(()) => {
+                    tracing::warn!(lsn = %lsn, reason = %why, "synchronous commit: going on alone until the copy catches up");
+                    self.update(|s| s.alone = Some((lsn, why)));
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::error!(lsn = %lsn, error = %e, "synchronous commit: cannot record going alone; waiting for the copy");
+                    deadline = Instant::now() + sync.timeout;
+                    s = self.state.lock().expect("feed lock");
+                }
+            }
+        }
+    }
     fn update(&self, f: impl FnOnce(&mut FeedState)) {
         let mut s = self.state.lock().expect("feed lock");
         f(&mut s);
@@ -196,8 +312,18 @@ impl Feed {
     /// to `lsn`.
     pub fn ack(&self, generation: Generation, offset: u32, lsn: Lsn) {
         self.update(|s| {
-            if s.acked.is_none_or(|a| (generation, offset) > (a.0, a.1)) {
+            // Only a position in what this feed sent counts (a copy's
+            // files of another timeline do not), and no further than it.
+            let ours = s.generation == Some(generation)
+                || s.prev.as_ref().is_some_and(|p| p.generation == generation);
+            let lsn = lsn.min(s.lsn);
+            if ours && s.acked.is_none_or(|a| (generation, offset) > (a.0, a.1)) {
                 s.acked = Some((generation, offset, lsn));
+            }
+            // Caught up: acknowledgements wait for the copy again.
+            if s.alone.is_some() && s.acked.is_some_and(|a| a.2 >= s.lsn) {
+                tracing::info!(lsn = %s.lsn, "synchronous commit: the copy caught up");
+                s.alone = None;
             }
         });
     }

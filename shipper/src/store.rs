@@ -1284,26 +1284,56 @@ struct Writer {
 /// A thread that wakes callers, so that a batch of many callers does not
 /// pay their wake-ups on the writer thread.
 struct Replier {
-    sender: Option<SyncSender<Answers>>,
+    sender: Option<SyncSender<(Answers, Option<Confirm>)>>,
     handle: Option<JoinHandle<()>>,
+}
+
+/// Answers that wait, under synchronous commit, until a copy holds `lsn`.
+struct Confirm {
+    feed: Arc<crate::block::Feed>,
+    lsn: Lsn,
+}
+
+/// Answers callers, once their record is confirmed when that is asked for:
+/// a record the store stopped before confirming is answered as stopped.
+fn finish_all(answers: Answers, confirm: Option<Confirm>) {
+    let unconfirmed = confirm.and_then(|c| c.feed.confirm(c.lsn).err());
+    for (job, r) in answers {
+        match (&unconfirmed, r) {
+            (Some(why), Ok((_, true))) => job.finish(Err(Error::Stopped(why.clone()))),
+            (_, r) => job.finish(r),
+        }
+    }
 }
 
 impl Replier {
     fn start() -> std::io::Result<Replier> {
-        let (sender, rx) = sync_channel::<Answers>(64);
+        let (sender, rx) = sync_channel::<(Answers, Option<Confirm>)>(64);
         let handle = std::thread::Builder::new()
             .name("logship-replier".into())
             .spawn(move || {
-                for batch in rx {
-                    for (job, r) in batch {
-                        job.finish(r);
-                    }
+                for (batch, confirm) in rx {
+                    finish_all(batch, confirm);
                 }
             })?;
         Ok(Replier {
             sender: Some(sender),
             handle: Some(handle),
         })
+    }
+
+    /// Answers, after `confirm` when given (on the replier's thread, so
+    /// that the writer goes on with the next batch meanwhile).
+    fn answer_confirmed(&self, answers: Answers, confirm: Option<Confirm>) {
+        if confirm.is_none() {
+            return self.answer(answers);
+        }
+        if let Some(s) = &self.sender
+            && let Err(e) = s.send((answers, confirm))
+        {
+            let (answers, confirm) = e.0;
+            finish_all(answers, confirm);
+        }
     }
 
     fn answer(&self, mut answers: Answers) {
@@ -1315,11 +1345,9 @@ impl Replier {
             return;
         }
         if let Some(s) = &self.sender
-            && let Err(e) = s.send(answers)
+            && let Err(e) = s.send((answers, None))
         {
-            for (job, r) in e.0 {
-                job.finish(r);
-            }
+            finish_all(e.0.0, None);
         }
     }
 }
@@ -1834,7 +1862,14 @@ impl Writer {
                 Ran::Refused(e) => (j, Err(e)),
             })
             .collect();
-        self.replier.answer(answers);
+        let confirm = match &self.opts.feed {
+            Some(feed) if logged && feed.is_synchronous() => Some(Confirm {
+                feed: feed.clone(),
+                lsn,
+            }),
+            _ => None,
+        };
+        self.replier.answer_confirmed(answers, confirm);
         commit?;
         match fenced {
             Some(reason) => Err(Error::Fenced(reason)),

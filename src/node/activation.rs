@@ -4,6 +4,7 @@
 //! position, the redelivery the relay is asked for).
 
 use super::*;
+use logship::config::CommitMode;
 
 pub(super) fn active_generation(store: &Store) -> u64 {
     let st = store.state();
@@ -157,6 +158,43 @@ pub(super) fn prepare_log(
 }
 
 impl Daemon<'_> {
+    /// The block-mode feed of a store opened in `epoch`. Under synchronous
+    /// commit it starts alone, recorded on the witness first (the copy may
+    /// be anywhere), and is synchronous once the copy has caught up; going
+    /// alone again is recorded the same way before it happens.
+    fn feed_for(&self, epoch: Epoch) -> Result<shipper::block::Feed> {
+        if self.cfg.cluster.commit != CommitMode::Remote {
+            return Ok(shipper::block::Feed::new());
+        }
+        let spec = self.cfg.cluster.witness.as_deref().unwrap_or_default();
+        let witness = Mutex::new(Witness::new(witness_share(self.cfg, spec)?));
+        let node = self.name.clone();
+        let record = move |w: &Witness, from: Lsn, why: &str| {
+            w.write_alone(&witness::witness::Alone {
+                version: witness::witness::ALONE_VERSION,
+                epoch,
+                node: node.clone(),
+                from_lsn: from,
+                reason: why.to_string(),
+                at_us: witness::witness::now_us(),
+            })
+            .map_err(|e| e.to_string())
+        };
+        let why = "the store opens before its copy has confirmed anything";
+        record(&self.claims, Lsn(0), why).map_err(|e| {
+            anyhow::anyhow!("record on the witness that epoch {epoch} starts without its copy: {e}")
+        })?;
+        Ok(shipper::block::Feed::synchronous(
+            shipper::block::Synchronous {
+                timeout: self.cfg.cluster.sync_timeout,
+                go_alone: Box::new(move |from, why| {
+                    record(&witness.lock().expect("witness lock"), from, why)
+                }),
+            },
+            Some((Lsn(0), why.to_string())),
+        ))
+    }
+
     /// Claims the next epoch and opens the store in it: the epoch, or why
     /// another node's claim came first.
     pub(super) fn activate_store(
@@ -204,7 +242,7 @@ impl Daemon<'_> {
         if let Some(until) = self.wit.view().until {
             fence.extend(until);
         }
-        let feed = Arc::new(shipper::block::Feed::new());
+        let feed = Arc::new(self.feed_for(epoch)?);
         let opts = StoreOptions {
             seal_after: self.cfg.cluster.seal_after,
             fence: Some(fence.clone()),
@@ -308,6 +346,18 @@ impl Daemon<'_> {
         } else {
             last_logs
         };
+        // Under synchronous commit, confirmed: the old active acknowledged
+        // nothing this copy had not reported durable, so holding all it
+        // received is holding all that was acknowledged.
+        let have = tail
+            .as_ref()
+            .map(|t| t.complete.0)
+            .unwrap_or(state.replayed_lsn);
+        let (last_logs, tail_note, confirmed) = match self.sync_confirmed(have) {
+            Ok(note) => (dial::LastLogs::Copied, format!("{tail_note}; {note}"), true),
+            Err(Some(why)) => (last_logs, format!("{tail_note}; {why}"), false),
+            Err(None) => (last_logs, tail_note, false),
+        };
         let replayed = match &tail {
             Some(t) => Position {
                 lsn: t.complete.0,
@@ -327,6 +377,9 @@ impl Daemon<'_> {
             .active
             .map(|(g, _, lsn)| Position { lsn, generation: g });
         let known = match (self.m.active_position, streamed) {
+            // Confirmed: whatever else the old active held durable, it
+            // never acknowledged.
+            _ if confirmed => Some(replayed),
             (Some(h), Some(s)) if s.lsn > h.lsn => Some(s),
             (None, s) => s,
             (h, _) => h,
@@ -409,6 +462,43 @@ impl Daemon<'_> {
             serde_json::json!({"reason": reason, "forced": forced, "epoch": epoch.0, "dial": decision.text, "missing": decision.missing, "open_segment": tail_note, "lsn": replayed.lsn, "ms": ms}),
         );
         Ok(Takeover::Active(epoch))
+    }
+
+    /// Whether synchronous commit vouches that this copy, holding records
+    /// up to `have`, holds every record the old active acknowledged: a
+    /// note saying so, or why not (`None` when commit is not synchronous).
+    fn sync_confirmed(&self, have: u64) -> std::result::Result<String, Option<String>> {
+        if self.cfg.cluster.commit != CommitMode::Remote {
+            return Err(None);
+        }
+        let acked = self.received.lock().expect("received lock").lsn;
+        let latest = match self.claims.latest() {
+            Ok(Some(l)) if l.node == self.peer => l,
+            Ok(_) => {
+                return Err(Some(
+                    "synchronous commit: the newest epoch is not the old active's".into(),
+                ));
+            }
+            Err(e) => {
+                return Err(Some(format!(
+                    "synchronous commit unconfirmed: the witness cannot be read: {e}"
+                )));
+            }
+        };
+        match self.claims.alone(latest.epoch) {
+            Ok(None) if have >= acked => Ok(format!(
+                "commit was synchronous and confirmed (epoch {} never went alone; this copy confirmed LSN {acked} and holds LSN {have})",
+                latest.epoch
+            )),
+            Ok(None) => Err(Some(format!(
+                "synchronous commit: this copy confirmed LSN {acked} but holds only LSN {have}"
+            ))),
+            Ok(Some(a)) => Err(Some(format!(
+                "synchronous commit: epoch {} went on alone from LSN {} ({})",
+                a.epoch, a.from_lsn, a.reason
+            ))),
+            Err(e) => Err(Some(format!("synchronous commit unconfirmed: {e}"))),
+        }
     }
 
     /// Reads the old active's open segment for the last logs; what was

@@ -86,6 +86,72 @@ pub(super) fn start_listener(
 }
 
 impl Daemon<'_> {
+    /// Synchronous commit's changes, as they happen: an event for each, and
+    /// the witness's record of going alone removed once the copy caught up.
+    pub(super) fn watch_sync(&mut self) {
+        use shipper::block::SyncStatus;
+        let (status, epoch) = match &self.duty {
+            Duty::Active(a) => match self.feeding.lock().expect("feeding lock").as_ref() {
+                Some((feed, _)) => (feed.sync_status(), a.epoch),
+                None => return,
+            },
+            _ => {
+                self.sync_seen = None;
+                return;
+            }
+        };
+        if self.sync_seen.as_ref().map(|(s, _)| s) == Some(&status) {
+            return;
+        }
+        let recorded = self.sync_seen.as_ref().is_none_or(|(_, r)| *r);
+        let still_recorded = match &status {
+            SyncStatus::Synchronous if recorded => {
+                match self.claims.remove_alone(epoch) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        // Kept until it can be removed: a failover then
+                        // counts on less than it could, never on more.
+                        tracing::warn!(error = %e, "cannot remove the record of going alone from the witness; retrying");
+                        return;
+                    }
+                }
+            }
+            SyncStatus::Synchronous | SyncStatus::Off => false,
+            SyncStatus::Alone { .. } => true,
+        };
+        match &status {
+            SyncStatus::Synchronous => crate::events::append(
+                &self.node.data_dir,
+                &self.name,
+                "commit-synchronous",
+                serde_json::json!({"epoch": epoch.0, "reason": "the copy confirms every record"}),
+            ),
+            SyncStatus::Alone { from, why } => crate::events::append(
+                &self.node.data_dir,
+                &self.name,
+                "commit-alone",
+                serde_json::json!({"epoch": epoch.0, "from_lsn": from.0, "reason": why}),
+            ),
+            SyncStatus::Off => {}
+        }
+        self.sync_seen = Some((status, still_recorded));
+    }
+
+    /// How transactions are acknowledged, for status.
+    pub(super) fn commit_note(&self) -> Option<String> {
+        use shipper::block::SyncStatus;
+        if self.cfg.cluster.commit != logship::config::CommitMode::Remote {
+            return None;
+        }
+        Some(match self.sync_seen.as_ref().map(|(s, _)| s) {
+            Some(SyncStatus::Synchronous) => "remote: synchronous".into(),
+            Some(SyncStatus::Alone { from, why }) => {
+                format!("remote: alone since LSN {from}: {why}")
+            }
+            _ => "remote".into(),
+        })
+    }
+
     /// The receiver for the passive copy of the peer's log, if block mode
     /// runs for it: its thread, sharing the passive duty's `stop`.
     pub(super) fn start_receiver(&self, stop: Arc<AtomicBool>) -> Result<Option<JoinHandle<()>>> {

@@ -137,6 +137,7 @@ impl Daemon<'_> {
                 (Duty::Active(_), _) => self.node.block_addr().map(|a| format!("serving on {a}")),
                 _ => None,
             },
+            commit: self.commit_note(),
             pid: std::process::id(),
             updated_us: 0,
         }

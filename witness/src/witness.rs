@@ -54,6 +54,33 @@ fn parse_epoch_file_name(name: &str) -> Option<Epoch> {
     u64::from_str_radix(hex, 16).ok().map(Epoch)
 }
 
+const ALONE_PREFIX: &str = "alone-";
+
+/// The file that says an epoch's active acknowledged without its copy's
+/// confirmation (`commit = "remote"` gone alone).
+pub fn alone_file_name(e: Epoch) -> String {
+    format!("{ALONE_PREFIX}{:016x}{EPOCH_SUFFIX}", e.0)
+}
+
+/// The format version of an `alone-<epoch>.json` file.
+pub const ALONE_VERSION: u32 = 1;
+
+/// What `alone-<epoch>.json` holds: written by an active with synchronous
+/// commit before it acknowledges anything its copy has not confirmed, and
+/// removed once the copy has caught up again. While it exists, a failover
+/// cannot count on the copy holding every acknowledged record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alone {
+    pub version: u32,
+    pub epoch: Epoch,
+    pub node: String,
+    /// The first record that may be acknowledged unconfirmed.
+    pub from_lsn: Lsn,
+    /// Why (the copy silent, or behind).
+    pub reason: String,
+    pub at_us: u64,
+}
+
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -118,6 +145,44 @@ impl Witness {
     pub fn claim(&self, rec: &EpochRecord) -> Result<bool> {
         let bytes = serde_json::to_vec_pretty(rec).expect("epoch records serialise");
         self.share.create_new(&epoch_file_name(rec.epoch), &bytes)
+    }
+
+    /// Records that `alone.epoch`'s active goes on without its copy's
+    /// confirmation (made durable before it returns).
+    pub fn write_alone(&self, alone: &Alone) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(alone).expect("alone records serialise");
+        self.share
+            .write_atomic(&alone_file_name(alone.epoch), &bytes)
+    }
+
+    /// The copy confirms again: the record of going alone is removed.
+    pub fn remove_alone(&self, epoch: Epoch) -> Result<()> {
+        self.share.remove(&alone_file_name(epoch))
+    }
+
+    /// Whether `epoch`'s active went on alone (and since when). A file of
+    /// a newer format version is refused, never guessed at.
+    pub fn alone(&self, epoch: Epoch) -> Result<Option<Alone>> {
+        let name = alone_file_name(epoch);
+        let Some(bytes) = self.share.read(&name, MAX_EPOCH_FILE)? else {
+            return Ok(None);
+        };
+        let path = || format!("{}/{name}", self.share.display());
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::io("parse", path(), std::io::Error::other(e.to_string())))?;
+        if v["version"].as_u64() != Some(u64::from(ALONE_VERSION)) {
+            return Err(Error::io(
+                "parse",
+                path(),
+                std::io::Error::other(format!(
+                    "format version {} is not one this build reads ({ALONE_VERSION})",
+                    v["version"]
+                )),
+            ));
+        }
+        serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| Error::io("parse", path(), std::io::Error::other(e.to_string())))
     }
 
     /// True while this node holds the vote (as last known; see `confirm`).
