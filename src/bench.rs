@@ -90,6 +90,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         clients: usize,
     },
+    /// What an unplanned failover loses, and what block mode and
+    /// synchronous commit cost: the commit rate at 1 and 16 writers with
+    /// asynchronous shipping (block mode off), block mode, and
+    /// `commit = "remote"`; then rounds that SIGKILL the active under load,
+    /// its share readable or its open segment gone, counting the
+    /// acknowledged transactions missing on the new active. Ends with
+    /// `rpo_lost_p50 <transactions>` (block mode, share gone).
+    Rpo {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Rounds of each kind.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per commit-rate figure.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// Failover time: a two-node cluster with the default timings under a
     /// steady write load; each round SIGKILLs the active and measures until
     /// the other node accepts a write (the killed node rejoins before the
@@ -128,6 +145,11 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             messages,
             clients,
         } => crate::bench_mail::mail(&bench_dir(dir)?, messages.max(1), clients.max(1)),
+        BenchCommand::Rpo {
+            dir,
+            rounds,
+            seconds,
+        } => crate::bench_rpo::rpo(&bench_dir(dir)?, rounds.max(1), seconds),
         BenchCommand::Failover { dir, rounds } => {
             crate::bench_failover::failover(&bench_dir(dir)?, rounds.max(1))
         }

@@ -6,6 +6,7 @@ mod bench;
 mod bench_copy;
 mod bench_failover;
 mod bench_mail;
+mod bench_rpo;
 mod control;
 mod copy;
 mod daemon;

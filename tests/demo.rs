@@ -27,5 +27,9 @@ fn the_demo_keeps_every_promise_and_cleans_up() {
         text.contains("verify-copy                        alpha equal, beta equal"),
         "{text}"
     );
+    assert!(
+        text.contains("lost at failover (RPO)             0 transaction(s) ok"),
+        "{text}"
+    );
     assert!(!dir.exists(), "the demo left {} behind", dir.display());
 }
