@@ -171,7 +171,9 @@ pub fn serve(data_dir: &Path, handler: Arc<Handler>, shutdown: &'static AtomicBo
                             });
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        // Wait for the next client (at once when one
+                        // connects), looking at `shutdown` five times a second.
+                        wait_readable(&listener, 200);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "control socket accept failed");
@@ -182,6 +184,18 @@ pub fn serve(data_dir: &Path, handler: Arc<Handler>, shutdown: &'static AtomicBo
             let _ = std::fs::remove_file(&path);
         })?;
     Ok(())
+}
+
+/// Waits until `listener` has a client to accept, or `ms` pass.
+fn wait_readable(listener: &UnixListener, ms: i32) {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a descriptor `listener` keeps open.
+    let _ = unsafe { libc::poll(&mut fds, 1, ms) };
 }
 
 fn handle(stream: UnixStream, handler: &Handler) -> Result<()> {
