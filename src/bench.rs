@@ -106,6 +106,10 @@ pub enum BenchCommand {
         /// Seconds per commit-rate figure.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// The active's share over SMB (a private smbd, killed with the
+        /// node in the rounds whose share is gone).
+        #[arg(long)]
+        smb: bool,
     },
     /// Failover time: a two-node cluster with the default timings under a
     /// steady write load; each round SIGKILLs the active and measures until
@@ -149,7 +153,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             dir,
             rounds,
             seconds,
-        } => crate::bench_rpo::rpo(&bench_dir(dir)?, rounds.max(1), seconds),
+            smb,
+        } => crate::bench_rpo::rpo(&bench_dir(dir)?, rounds.max(1), seconds, smb),
         BenchCommand::Failover { dir, rounds } => {
             crate::bench_failover::failover(&bench_dir(dir)?, rounds.max(1))
         }

@@ -55,7 +55,9 @@ fn insert(data_dir: &Path, id: u64) -> bool {
 }
 
 /// A running pair: alpha active with the `load` table, beta Healthy.
-fn pair(dir: &Path, mode: Mode) -> Result<Procs> {
+/// With `smb`, alpha's log directory is its share through a private smbd
+/// (encrypted, as by default), returned with the pair.
+fn pair(dir: &Path, mode: Mode, smb: bool) -> Result<(Procs, Option<logship::samba::Samba>)> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let node_extra = if mode == Mode::Async {
@@ -65,9 +67,27 @@ fn pair(dir: &Path, mode: Mode) -> Result<Procs> {
     };
     let config = crate::procs::write_bench_config(dir, node_extra, node_extra)?;
     let mut text = std::fs::read_to_string(&config)?;
-    let cluster = match mode {
+    let mut cluster = match mode {
         Mode::Remote => "seal-after = \"10s\"\ncommit = \"remote\"\n",
         _ => "seal-after = \"10s\"\n",
+    }
+    .to_string();
+    let server = if smb {
+        use logship::samba::Samba;
+        let logs = dir.join("alpha").join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let s = Samba::start(&Samba::share_section("alpha-logs", &logs));
+        let password = dir.join("smb-password");
+        std::fs::copy(s.password_file(), &password)?;
+        cluster.push_str(&format!("password-file = \"{}\"\n", password.display()));
+        text = text.replacen(
+            &format!("share = \"{}\"", logs.display()),
+            &format!("share = \"{}\"", s.url("alpha-logs")),
+            1,
+        );
+        Some(s)
+    } else {
+        None
     };
     text = text.replacen("[nodes.alpha]", &format!("{cluster}\n[nodes.alpha]"), 1);
     std::fs::write(&config, text)?;
@@ -103,7 +123,7 @@ fn pair(dir: &Path, mode: Mode) -> Result<Procs> {
             b.status("alpha")["commit"] == "remote: synchronous"
         })?;
     }
-    Ok(b)
+    Ok((b, server))
 }
 
 /// Inserts per second through alpha's daemon with `writers` threads.
@@ -152,8 +172,8 @@ struct Round {
 
 /// Runs a load on alpha, kills it (and hides its open segment when
 /// `share_gone`), and counts what beta lacks of the acknowledged writes.
-fn round(dir: &Path, mode: Mode, share_gone: bool) -> Result<Round> {
-    let mut b = pair(dir, mode)?;
+fn round(dir: &Path, mode: Mode, share_gone: bool, smb: bool) -> Result<Round> {
+    let (mut b, mut server) = pair(dir, mode, smb)?;
     let acks: Arc<Mutex<BTreeMap<u64, Instant>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let alpha = b.dir.join("alpha");
@@ -175,7 +195,10 @@ fn round(dir: &Path, mode: Mode, share_gone: bool) -> Result<Round> {
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
     b.kill("alpha")?;
-    if share_gone {
+    if share_gone && server.is_some() {
+        // The machine is gone: its smbd with it.
+        server.take();
+    } else if share_gone {
         let open = alpha.join("logs").join(shipper::format::CURRENT_FILE_NAME);
         std::fs::rename(&open, open.with_extension("gone"))
             .with_context(|| format!("hide {}", open.display()))?;
@@ -213,7 +236,10 @@ fn round(dir: &Path, mode: Mode, share_gone: bool) -> Result<Round> {
     Ok(r)
 }
 
-pub fn rpo(dir: &Path, rounds: usize, seconds: f64) -> Result<ExitCode> {
+pub fn rpo(dir: &Path, rounds: usize, seconds: f64, smb: bool) -> Result<ExitCode> {
+    if smb {
+        println!("the active's share: its log directory through a private smbd, encrypted; the stream keyed and encrypted");
+    }
     let dur = Duration::from_secs_f64(seconds);
     println!("commit rate through the active's daemon, {seconds} s per figure:");
     let mut rates: BTreeMap<(usize, usize), f64> = BTreeMap::new();
@@ -221,7 +247,7 @@ pub fn rpo(dir: &Path, rounds: usize, seconds: f64) -> Result<ExitCode> {
         .into_iter()
         .enumerate()
     {
-        let b = pair(&dir.join("rate"), mode)?;
+        let (b, _server) = pair(&dir.join("rate"), mode, smb)?;
         for (j, writers) in [1usize, 16].into_iter().enumerate() {
             let r = rate(&b, writers, dur, (i * 2 + j) as u64 * 1_000_000_000)?;
             println!(
@@ -241,6 +267,7 @@ pub fn rpo(dir: &Path, rounds: usize, seconds: f64) -> Result<ExitCode> {
         );
     }
     let mut gone_block = Vec::new();
+    let mut spans = Vec::new();
     for (mode, gone) in [
         (Mode::Block, false),
         (Mode::Block, true),
@@ -249,7 +276,7 @@ pub fn rpo(dir: &Path, rounds: usize, seconds: f64) -> Result<ExitCode> {
         (Mode::Async, true),
     ] {
         for n in 0..rounds {
-            let r = round(&dir.join("round"), mode, gone)?;
+            let r = round(&dir.join("round"), mode, gone, smb)?;
             println!(
                 "{} / share {}: round {}: {} acknowledged, {} lost, spanning {} ms of writes",
                 mode.name(),
@@ -261,11 +288,18 @@ pub fn rpo(dir: &Path, rounds: usize, seconds: f64) -> Result<ExitCode> {
             );
             if mode == Mode::Block && gone {
                 gone_block.push(r.lost);
+                spans.push(r.span_ms);
             }
         }
     }
     let _ = std::fs::remove_dir_all(dir);
     gone_block.sort_unstable();
+    spans.sort_unstable();
+    println!(
+        "block mode, share gone: lost p50 {} transaction(s), p50 span {} ms of writes",
+        gone_block.get(gone_block.len() / 2).copied().unwrap_or(0),
+        spans.get(spans.len() / 2).copied().unwrap_or(0)
+    );
     let p50 = gone_block.get(gone_block.len() / 2).copied().unwrap_or(0);
     println!("rpo_lost_p50 {p50}");
     Ok(ExitCode::SUCCESS)
