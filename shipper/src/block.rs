@@ -206,6 +206,12 @@ impl Feed {
         }
     }
 
+    /// Whether the store's answers wait for the copy now (synchronous, and
+    /// not gone alone).
+    pub fn waits(&self) -> bool {
+        self.sync.is_some() && self.state.lock().expect("feed lock").alone.is_none()
+    }
+
     /// Whether acknowledgements wait for the copy at all.
     pub fn is_synchronous(&self) -> bool {
         self.sync.is_some()
@@ -400,17 +406,22 @@ const T_SEALED: u8 = 2;
 const T_WHERE: u8 = 3;
 const T_ACK: u8 = 4;
 const T_REFUSE: u8 = 5;
+/// Data the active waits for (synchronous commit): acknowledge at once.
+const T_DATA_WAITED: u8 = 6;
 
 /// One message of the stream, either way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Active → copy: bytes at `offset` of `generation`; the records to
-    /// `lsn` are durable on the active.
+    /// `lsn` are durable on the active. `waited`: the active's answers wait
+    /// for their acknowledgement (synchronous commit); otherwise the copy
+    /// may gather a few before its fdatasync.
     Data {
         generation: Generation,
         offset: u32,
         lsn: Lsn,
         bytes: Vec<u8>,
+        waited: bool,
     },
     /// Active → copy: `generation` is sealed with this trailer.
     Sealed {
@@ -449,8 +460,9 @@ impl Message {
                 offset,
                 lsn,
                 bytes,
+                waited,
             } => {
-                out.push(T_DATA);
+                out.push(if *waited { T_DATA_WAITED } else { T_DATA });
                 put_pos(&mut out, *generation, *offset, *lsn);
                 out.extend_from_slice(bytes);
             }
@@ -497,7 +509,7 @@ impl Message {
             (o as usize <= SEGMENT_SIZE).then_some((Generation(g), o, Lsn(l)))
         };
         Some(match t {
-            T_DATA => {
+            T_DATA | T_DATA_WAITED => {
                 let (generation, offset, lsn) = pos(rest)?;
                 let bytes = rest.get(20..)?.to_vec();
                 if bytes.len() > MAX_CHUNK || offset as usize + bytes.len() > TRAILER_OFFSET {
@@ -508,6 +520,7 @@ impl Message {
                     offset,
                     lsn,
                     bytes,
+                    waited: t == T_DATA_WAITED,
                 }
             }
             T_SEALED => {
@@ -1001,6 +1014,7 @@ pub fn serve(
                             offset: o,
                             lsn,
                             bytes,
+                            waited: feed.waits(),
                         })?;
                     }
                     Next::Sealed {
@@ -1046,6 +1060,14 @@ mod tests {
                 offset: 128,
                 lsn: Lsn(9),
                 bytes: vec![1, 2, 3],
+                waited: false,
+            },
+            Message::Data {
+                generation: Generation(3),
+                offset: 131,
+                lsn: Lsn(10),
+                bytes: vec![4],
+                waited: true,
             },
             Message::Sealed {
                 generation: Generation(3),
@@ -1072,6 +1094,7 @@ mod tests {
             offset: (TRAILER_OFFSET - 2) as u32,
             lsn: Lsn(1),
             bytes: vec![0; 3],
+            waited: false,
         }
         .encode();
         assert_eq!(Message::decode(&past), None);
@@ -1167,6 +1190,7 @@ mod tests {
             offset: 128,
             lsn: Lsn(2),
             bytes: b"secret record".to_vec(),
+            waited: true,
         };
         a.send(&m).unwrap();
         a.send(&m).unwrap();
