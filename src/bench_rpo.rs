@@ -238,7 +238,9 @@ fn round(dir: &Path, mode: Mode, share_gone: bool, smb: bool) -> Result<Round> {
 
 pub fn rpo(dir: &Path, rounds: usize, seconds: f64, smb: bool) -> Result<ExitCode> {
     if smb {
-        println!("the active's share: its log directory through a private smbd, encrypted; the stream keyed and encrypted");
+        println!(
+            "the active's share: its log directory through a private smbd, encrypted; the stream keyed and encrypted"
+        );
     }
     let dur = Duration::from_secs_f64(seconds);
     println!(

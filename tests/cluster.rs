@@ -1119,3 +1119,85 @@ fn synchronous_commit_loses_nothing_and_goes_on_alone_without_the_passive() {
     );
     drop(beta);
 }
+
+/// The rejoin after block mode: the passive took over with records the old
+/// active's machine then lost (written, not yet on its disk, when the power
+/// went). The old active comes back *behind* the new epoch's start, not
+/// ahead: it must catch up from the new active's log, rewind nothing, and
+/// end equal.
+#[test]
+fn an_old_active_that_lost_its_last_writes_rejoins_behind_and_ends_equal() {
+    let t = Trio::with("good-availability", "1h");
+    let (mut alpha, _beta) = t.running_pair();
+    for id in 1..=10 {
+        t.insert("alpha", id).expect("alpha takes writes");
+    }
+    // What alpha's disk will hold after the power loss: its database at
+    // this LSN (a consistent backup), and its open segment up to it.
+    let a = t.data_dir("alpha");
+    let kept = t.dir.path().join("alpha-disk.db");
+    let x = {
+        let src = rusqlite::Connection::open_with_flags(
+            a.join("store.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        src.execute(&format!("VACUUM INTO '{}'", kept.display()), [])
+            .unwrap();
+        let c = rusqlite::Connection::open(&kept).unwrap();
+        c.query_row("SELECT lsn FROM _logship WHERE id = 1", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap() as u64
+    };
+    let mut last = 0;
+    for id in 11..=20 {
+        last = t.insert("alpha", id).expect("alpha takes writes");
+    }
+    t.wait_for("beta to receive every acknowledged record", 10, || {
+        received_lsn(&t, "beta") >= last
+    });
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    let hidden = hide_open_segment(&t, "alpha");
+    t.wait_for("beta to take writes", 30, || {
+        t.insert("beta", 1000).is_some()
+    });
+    assert_eq!(t.ids("beta"), (1..=20).chain([1000]).collect::<Vec<_>>());
+    // The power loss: alpha's disk holds only what it held at LSN x.
+    drop(hidden);
+    let open = a.join("logs").join("LS.log");
+    let mut bytes = std::fs::read(&open).unwrap();
+    let end = {
+        let scan = shipper::format::scan_current(&bytes, None).unwrap();
+        scan.frames
+            .iter()
+            .filter(|f| f.lsn.0 <= x)
+            .map(|f| f.offset + shipper::format::FRAME_HEADER_SIZE + f.payload.len())
+            .max()
+            .unwrap()
+    };
+    bytes[end..shipper::format::TRAILER_OFFSET].fill(0);
+    std::fs::write(&open, &bytes).unwrap();
+    for f in ["store.db-wal", "store.db-shm"] {
+        let _ = std::fs::remove_file(a.join(f));
+    }
+    std::fs::copy(&kept, a.join("store.db")).unwrap();
+    assert!(x < last, "alpha is behind: {x} < {last}");
+    // Back: behind the fork, it catches up from beta and rewinds nothing.
+    let _alpha = t.start("alpha");
+    t.ok("beta", &["seal"]);
+    t.wait_for("alpha following beta with every row", 60, || {
+        t.status("alpha")["role"] == "passive" && t.ids("alpha") == t.ids("beta")
+    });
+    let rewound = std::fs::read_dir(a.join("rewound"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with("rewound-") || n.starts_with("store-"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(rewound.is_empty(), "alpha rewound or reseeded: {rewound:?}");
+    let out = t.ok("alpha", &["verify-copy"]);
+    assert!(out.contains("equal"), "{out}");
+}

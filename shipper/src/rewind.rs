@@ -10,7 +10,9 @@
 //! segments are moved beside it: they are no longer the cluster's history.
 //! DDL cannot be inverted from a changeset; a range holding DDL, a log that
 //! no longer reaches back, or any conflict makes rewinding impossible (the
-//! caller then reseeds).
+//! caller then reseeds). A node *behind* the fork (the new active took over
+//! with records its machine lost before they reached its disk) has nothing
+//! to undo: it stays where it is and catches up from the new active.
 
 use std::fs;
 use std::io::Write;
@@ -60,13 +62,12 @@ pub fn rewind(data_dir: &Path, to: Lsn) -> Result<Rewound> {
     changeset::set_triggers_enabled(&conn, false)?;
     let (from, db) = read_guard(&conn)?;
     if from < to {
-        return Err(Error::Refused {
-            what: format!(
-                "cannot rewind {} to LSN {to}: it holds only LSN {from}",
-                paths.database.display()
-            ),
-        });
+        // Behind the fork (the peer took over with records this node's
+        // machine lost before they reached its disk): nothing to undo; the
+        // copy catches up from the peer's log.
+        tracing::info!(lsn = %from, fork = %to, "behind the fork: nothing to undo");
     }
+    let to = to.min(from);
     let mut records: Vec<(Lsn, u64, Vec<u8>)> = Vec::new();
     let mut ddl = None;
     log::for_each_record(&paths.logs, Some(db), to, |lsn, rec| {
