@@ -22,7 +22,8 @@ pub struct Samba {
     pub port: u16,
     /// The address smbd listens on (127.0.0.1 unless `start_on`).
     pub host: String,
-    child: Child,
+    /// None while stopped (`stop`).
+    child: Option<Child>,
 }
 
 fn run(cmd: &mut Command, what: &str) {
@@ -124,7 +125,7 @@ impl Samba {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let child = spawn_smbd(r, host, port);
+        let child = Some(spawn_smbd(r, host, port));
         Samba {
             root,
             port,
@@ -136,10 +137,25 @@ impl Samba {
     /// Kills smbd (SIGTERM: it takes its per-client children with it) and
     /// starts it again on the same port.
     pub fn restart(&mut self) {
-        // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        self.child = spawn_smbd(self.root.path(), &self.host, self.port);
+        self.stop();
+        self.start_again();
+    }
+
+    /// Kills smbd and its per-client children: the share is gone until
+    /// `start_again`.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill on our own child's pid, not yet waited for.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts smbd again on the same port after `stop`.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.child = Some(spawn_smbd(self.root.path(), &self.host, self.port));
+        }
     }
 
     /// A password file (owner-only) for logship.
@@ -166,9 +182,7 @@ impl Samba {
 
 impl Drop for Samba {
     fn drop(&mut self) {
-        // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

@@ -906,11 +906,7 @@ fn killing_the_active_keeps_every_acknowledged_write_its_share_still_holds() {
         "alpha rewound something before it restarted"
     );
     // The old active comes back and follows: nothing to undo.
-    let _alpha = t.start("alpha");
-    t.ok("beta", &["seal"]);
-    t.wait_for("alpha following beta with every row", 60, || {
-        t.status("alpha")["role"] == "passive" && t.ids("alpha") == t.ids("beta")
-    });
+    t.rejoin_and_verify("alpha", "beta");
 }
 
 /// A node that finds its copy's data directory still locked (a seed that is
@@ -1005,6 +1001,8 @@ fn block_mode_keeps_what_the_passive_received_when_the_old_actives_share_is_gone
             .is_some_and(|d| d.contains("received by block mode to LSN")),
         "{st}"
     );
+    drop(_hidden);
+    t.rejoin_and_verify("alpha", "beta");
 }
 
 /// A cluster with `commit = "remote"` on a lossless dial.
@@ -1117,6 +1115,8 @@ fn synchronous_commit_loses_nothing_and_goes_on_alone_without_the_passive() {
             .is_some_and(|d| d.contains("commit was synchronous and confirmed")),
         "{st}"
     );
+    drop(_hidden);
+    t.rejoin_and_verify("alpha", "beta");
     drop(beta);
 }
 

@@ -703,12 +703,11 @@ fn a_witness_vote_lost_to_a_server_restart_is_dropped_cleanly() {
     w.confirm().unwrap();
 }
 
-/// Block mode over an encrypted SMB share: the active's log directory is
-/// exported by its own smbd, and the node and that smbd die together. The
-/// passive received every acknowledged record over the (keyed, encrypted)
-/// stream, and the new active holds them all.
-#[test]
-fn block_mode_keeps_every_received_write_when_the_active_and_its_smbd_die() {
+/// A pair whose active (alpha) publishes its log directory through its own
+/// smbd (encrypted, as by default), with a cluster key (the block-mode
+/// stream keyed and encrypted), seal-after 1 h: every row written after the
+/// table stays in alpha's open segment. `cluster` adds to `[cluster]`.
+fn smb_pair(cluster: &str) -> (common::trio::Trio, Samba) {
     use common::trio::{DEAD_MS, INTERVAL_MS, Trio, cluster_key, free_udp_port};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
@@ -716,20 +715,17 @@ fn block_mode_keeps_every_received_write_when_the_active_and_its_smbd_die() {
     std::fs::create_dir_all(&alpha_logs).unwrap();
     std::fs::create_dir_all(p.join("witness")).unwrap();
     let s = Samba::start(&Samba::share_section("alpha-logs", &alpha_logs));
-    // Kept when the server (and its directory) is gone.
-    let password = p.join("smb-password");
-    std::fs::copy(s.password_file(), &password).unwrap();
     let config = p.join("logship.toml");
     std::fs::write(
         &config,
         format!(
             "[cluster]\nname = \"trio\"\nheartbeat-interval = \"{INTERVAL_MS}ms\"\ndead-after = \"{DEAD_MS}ms\"\n\
-             witness = \"{w}\"\nmount-dial = \"good-availability\"\nseal-after = \"1h\"\n\
-             password-file = \"{pw}\"\nsmb-timeout = \"2s\"\n{key}\n\
+             witness = \"{w}\"\nseal-after = \"1h\"\n\
+             password-file = \"{pw}\"\nsmb-timeout = \"2s\"\n{key}{cluster}\n\
              [nodes.alpha]\ndata-dir = \"{a}\"\nshare = \"{url}\"\nheartbeat = \"127.0.0.1:{ha}\"\n\n\
              [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{b}/logs\"\nheartbeat = \"127.0.0.1:{hb}\"\n",
             w = p.join("witness").display(),
-            pw = password.display(),
+            pw = s.password_file().display(),
             key = cluster_key(p),
             a = p.join("alpha").display(),
             b = p.join("beta").display(),
@@ -739,28 +735,27 @@ fn block_mode_keeps_every_received_write_when_the_active_and_its_smbd_die() {
         ),
     )
     .unwrap();
-    let t = Trio {
-        dir,
-        config,
-        netns: None,
-    };
-    let (mut alpha, _beta) = t.running_pair();
+    (
+        Trio {
+            dir,
+            config,
+            netns: None,
+        },
+        s,
+    )
+}
+
+/// Writes rows 1..=30 on alpha; the LSN of the last.
+fn write_rows(t: &common::trio::Trio) -> u64 {
     let mut last = 0;
     for id in 1..=30 {
         last = t.insert("alpha", id).expect("alpha takes writes");
     }
-    t.wait_for("beta to receive every acknowledged record", 10, || {
-        t.status("beta")["last_received_lsn"]
-            .as_u64()
-            .is_some_and(|l| l >= last)
-    });
-    let st = t.status("beta");
-    assert_eq!(st["block_mode"], "receiving, encrypted", "{st}");
-    assert!(st["last_replayed_lsn"].as_u64().unwrap() < last, "{st}");
-    // The machine is gone: the node and the server of its share.
-    alpha.0.kill().unwrap();
-    alpha.0.wait().unwrap();
-    drop(s);
+    last
+}
+
+/// Every row 1..=30 is on beta, and its dial says `why`.
+fn beta_holds_every_row(t: &common::trio::Trio, why: &str) {
     t.wait_for("beta to take writes", 30, || {
         t.insert("beta", 1000).is_some()
     });
@@ -774,9 +769,65 @@ fn block_mode_keeps_every_received_write_when_the_active_and_its_smbd_die() {
     }
     let st = t.status("beta");
     assert!(
-        st["dial"]["text"]
-            .as_str()
-            .is_some_and(|d| d.contains("received by block mode to LSN")),
+        st["dial"]["text"].as_str().is_some_and(|d| d.contains(why)),
         "{st}"
     );
+}
+
+/// The last logs over SMB: alpha dies, its smbd does not; the passive copies
+/// alpha's open segment from the share before the dial decides.
+#[test]
+fn over_smb_the_last_logs_are_copied_from_a_share_that_outlived_its_node() {
+    let (t, _s) = smb_pair("mount-dial = \"lossless\"\n");
+    let (mut alpha, _beta) = t.running_pair();
+    write_rows(&t);
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    beta_holds_every_row(&t, "open segment: copied to LSN");
+    assert_eq!(t.status("beta")["dial"]["missing"], 0);
+    t.rejoin_and_verify("alpha", "beta");
+}
+
+/// Block mode over SMB: alpha and its smbd die together (the machine is
+/// gone). The passive received every acknowledged record over the keyed,
+/// encrypted stream, and the new active holds them all.
+#[test]
+fn block_mode_keeps_every_received_write_when_the_active_and_its_smbd_die() {
+    let (t, mut s) = smb_pair("mount-dial = \"good-availability\"\n");
+    let (mut alpha, _beta) = t.running_pair();
+    let last = write_rows(&t);
+    t.wait_for("beta to receive every acknowledged record", 10, || {
+        t.status("beta")["last_received_lsn"]
+            .as_u64()
+            .is_some_and(|l| l >= last)
+    });
+    let st = t.status("beta");
+    assert_eq!(st["block_mode"], "receiving, encrypted", "{st}");
+    assert!(st["last_replayed_lsn"].as_u64().unwrap() < last, "{st}");
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    s.stop();
+    beta_holds_every_row(&t, "received by block mode to LSN");
+    // The machine comes back.
+    s.start_again();
+    t.rejoin_and_verify("alpha", "beta");
+}
+
+/// Synchronous commit over SMB: alpha and its smbd die together, and the
+/// lossless dial activates beta by itself, losing nothing.
+#[test]
+fn synchronous_commit_over_smb_loses_nothing_when_the_active_and_its_smbd_die() {
+    let (t, mut s) = smb_pair("mount-dial = \"lossless\"\ncommit = \"remote\"\n");
+    let (mut alpha, _beta) = t.running_pair();
+    t.wait_for("alpha synchronous", 30, || {
+        t.status("alpha")["commit"] == "remote: synchronous"
+    });
+    write_rows(&t);
+    alpha.0.kill().unwrap();
+    alpha.0.wait().unwrap();
+    s.stop();
+    beta_holds_every_row(&t, "commit was synchronous and confirmed");
+    assert_eq!(t.status("beta")["dial"]["missing"], 0);
+    s.start_again();
+    t.rejoin_and_verify("alpha", "beta");
 }

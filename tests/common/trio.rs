@@ -366,6 +366,21 @@ impl Trio {
         (alpha, beta)
     }
 
+    /// After a failover to `active`: restarts `old`, which rejoins and
+    /// follows; checks it ends with every row and `verify-copy` equal.
+    pub fn rejoin_and_verify(&self, old: &str, active: &str) -> Daemon {
+        let d = self.start(old);
+        self.ok(active, &["seal"]);
+        self.wait_for(
+            &format!("{old} following {active} with every row"),
+            60,
+            || self.status(old)["role"] == "passive" && self.ids(old) == self.ids(active),
+        );
+        let out = self.ok(old, &["verify-copy"]);
+        assert!(out.contains("equal"), "verify-copy on {old}: {out}");
+        d
+    }
+
     /// Inserts row `id` through `node`; the LSN when acknowledged.
     pub fn insert(&self, node: &str, id: u64) -> Option<u64> {
         let out = self
