@@ -1001,6 +1001,11 @@ fn block_mode_keeps_what_the_passive_received_when_the_old_actives_share_is_gone
             .is_some_and(|d| d.contains("received by block mode to LSN")),
         "{st}"
     );
+    // Block mode knew the old active's end: nothing of it is missing, but
+    // without synchronous commit that is not proof.
+    assert_eq!(st["dial"]["missing_records"], 0, "{st}");
+    assert_eq!(st["dial"]["missing_bytes"], 0, "{st}");
+    assert_eq!(st["dial"]["last_logs"], "unread", "{st}");
     drop(_hidden);
     t.rejoin_and_verify("alpha", "beta");
 }
@@ -1109,6 +1114,8 @@ fn synchronous_commit_loses_nothing_and_goes_on_alone_without_the_passive() {
     }
     let st = t.status("beta");
     assert_eq!(st["dial"]["missing"], 0, "{st}");
+    assert_eq!(st["dial"]["missing_records"], 0, "{st}");
+    assert_eq!(st["dial"]["missing_bytes"], 0, "{st}");
     assert!(
         st["dial"]["text"]
             .as_str()

@@ -385,9 +385,24 @@ impl Daemon<'_> {
             (h, _) => h,
         };
         let mut decision = dial::decide(self.cfg.cluster.mount_dial, replayed, known, last_logs);
+        decision.missing_bytes = if confirmed {
+            Some(0)
+        } else {
+            let r = self.received.lock().expect("received lock").clone();
+            r.active.and_then(|_| r.queue_bytes())
+        };
         decision.text = format!(
-            "{}; the old active's open segment: {tail_note}",
-            decision.text
+            "{}; in records: {}{}; the old active's open segment: {tail_note}",
+            decision.text,
+            match decision.missing_records {
+                Some(n) if last_logs == dial::LastLogs::Unread => format!("at least {n} missing"),
+                Some(n) => format!("{n} missing"),
+                None => "unknown".into(),
+            },
+            match decision.missing_bytes {
+                Some(b) => format!(", {b} byte(s) of log by block mode's count"),
+                None => String::new(),
+            }
         );
         tracing::info!(decision = %decision.text, allowed = decision.allowed, forced, "mount dial");
         self.dial = Some(decision.clone());

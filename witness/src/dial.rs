@@ -66,6 +66,14 @@ pub struct DialDecision {
     pub allowed: bool,
     /// Generations the copy lacks (as far as it knows).
     pub missing: u64,
+    /// Records the copy lacks of the old active's last known position
+    /// (at least that many when the last logs were unread).
+    #[serde(default)]
+    pub missing_records: Option<u64>,
+    /// Bytes of log the copy lacks, when block mode knew the old active's
+    /// durable end in bytes (set by the caller).
+    #[serde(default)]
+    pub missing_bytes: Option<u64>,
     /// What the copy holds, and the active's last known position.
     pub replayed: Position,
     pub known: Option<Position>,
@@ -128,6 +136,8 @@ pub fn decide(
         dial,
         allowed,
         missing,
+        missing_records: known.map(|k| k.lsn.saturating_sub(replayed.lsn)),
+        missing_bytes: None,
         replayed,
         known,
         last_logs,
@@ -141,6 +151,31 @@ mod tests {
 
     fn p(lsn: u64, generation: u64) -> Position {
         Position { lsn, generation }
+    }
+
+    #[test]
+    fn the_dial_counts_missing_records_from_the_last_known_position() {
+        let d = decide(
+            MountDial::GoodAvailability,
+            p(100, 5),
+            Some(p(130, 6)),
+            LastLogs::Copied,
+        );
+        assert_eq!(d.missing_records, Some(30));
+        let d = decide(
+            MountDial::GoodAvailability,
+            p(100, 5),
+            None,
+            LastLogs::Copied,
+        );
+        assert_eq!(d.missing_records, None);
+        let d = decide(
+            MountDial::GoodAvailability,
+            p(140, 6),
+            Some(p(130, 6)),
+            LastLogs::Unread,
+        );
+        assert_eq!(d.missing_records, Some(0));
     }
 
     #[test]
