@@ -649,6 +649,12 @@ fn the_admin_endpoints_serve_metrics_that_match_status() {
         metric(&page, "logship_copy_queue_length{node=\"beta\"}"),
         st["copy_queue_length"].as_f64().unwrap()
     );
+    // Block mode's position, as status shows it (both move only on writes).
+    assert_eq!(
+        metric(&page, "logship_received_lsn{node=\"beta\"}"),
+        st["last_received_lsn"].as_f64().unwrap(),
+        "{page}"
+    );
     // Histograms: the active's fsyncs, the passive's seal-to-replay lag.
     let page = scrape("alpha", "/metrics");
     assert!(

@@ -81,6 +81,38 @@ pub(super) fn serve_admin(
             &l,
             st.mail_duplicates as f64,
         );
+        if let Some(c) = &st.commit {
+            e.gauge(
+                "logship_commit_synchronous",
+                "With commit = \"remote\": 1 while every acknowledgement waits for the passive, 0 while the active goes on alone",
+                &l,
+                f64::from(u8::from(c == "remote: synchronous")),
+            );
+        }
+        if let Some(lsn) = st.last_received_lsn {
+            e.gauge(
+                "logship_received_lsn",
+                "Block mode: the last record received and durable on this passive",
+                &l,
+                lsn as f64,
+            );
+        }
+        if let Some(n) = st.copy_queue_records {
+            e.gauge(
+                "logship_copy_queue_records",
+                "Block mode: records durable on the active not yet received here",
+                &l,
+                n as f64,
+            );
+        }
+        if let Some(n) = st.copy_queue_bytes {
+            e.gauge(
+                "logship_copy_queue_bytes",
+                "Block mode: bytes of log durable on the active not yet received here",
+                &l,
+                n as f64,
+            );
+        }
         let paths = CopyPaths::new(&data_dir);
         if let Ok(Some(state)) = CopyState::load(&paths) {
             let c = replayer::status::status(&n, &paths, &state, witness::witness::now_us());
