@@ -708,6 +708,11 @@ fn a_witness_vote_lost_to_a_server_restart_is_dropped_cleanly() {
 /// stream keyed and encrypted), seal-after 1 h: every row written after the
 /// table stays in alpha's open segment. `cluster` adds to `[cluster]`.
 fn smb_pair(cluster: &str) -> (common::trio::Trio, Samba) {
+    smb_pair_keyed(cluster, true)
+}
+
+/// `smb_pair`, with a cluster key only when `keyed`.
+fn smb_pair_keyed(cluster: &str, keyed: bool) -> (common::trio::Trio, Samba) {
     use common::trio::{DEAD_MS, INTERVAL_MS, Trio, cluster_key, free_udp_port};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
@@ -726,7 +731,7 @@ fn smb_pair(cluster: &str) -> (common::trio::Trio, Samba) {
              [nodes.beta]\ndata-dir = \"{b}\"\nshare = \"{b}/logs\"\nheartbeat = \"127.0.0.1:{hb}\"\n",
             w = p.join("witness").display(),
             pw = s.password_file().display(),
-            key = cluster_key(p),
+            key = if keyed { cluster_key(p) } else { String::new() },
             a = p.join("alpha").display(),
             b = p.join("beta").display(),
             url = s.url("alpha-logs"),
@@ -830,4 +835,20 @@ fn synchronous_commit_over_smb_loses_nothing_when_the_active_and_its_smbd_die() 
     assert_eq!(t.status("beta")["dial"]["missing"], 0);
     s.start_again();
     t.rejoin_and_verify("alpha", "beta");
+}
+
+/// An encrypted share and no cluster key: the stream could not be
+/// encrypted, so block mode stays off, and status says why.
+#[test]
+fn block_mode_stays_off_for_an_encrypted_share_without_a_cluster_key() {
+    let (t, _s) = smb_pair_keyed("mount-dial = \"good-availability\"\n", false);
+    let (_alpha, _beta) = t.running_pair();
+    let st = t.status("beta");
+    assert!(
+        st["block_mode"]
+            .as_str()
+            .is_some_and(|m| m.contains("share is encrypted") && m.contains("key-file")),
+        "{st}"
+    );
+    assert!(st["last_received_lsn"].is_null(), "{st}");
 }
