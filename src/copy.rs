@@ -249,6 +249,22 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
             if let Some(m) = &n.move_check {
                 println!("           {m}");
             }
+            if let Some(c) = &n.commit {
+                println!("           commit {c}");
+            }
+            match (&n.block_mode, n.last_received_lsn) {
+                (Some(b), Some(lsn)) => println!(
+                    "           block mode: {b}; received LSN {lsn}{}",
+                    match (n.copy_queue_records, n.copy_queue_bytes) {
+                        (Some(r), Some(by)) => format!(", {r} record(s) ({by} bytes) behind"),
+                        _ => String::new(),
+                    }
+                ),
+                (Some(b), None) if n.role == witness::Role::Passive => {
+                    println!("           block mode: {b}")
+                }
+                _ => {}
+            }
             for w in &n.warnings {
                 println!("           warning: {w}");
             }

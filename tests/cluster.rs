@@ -979,6 +979,14 @@ fn block_mode_keeps_what_the_passive_received_when_the_old_actives_share_is_gone
     assert_eq!(st["copy_queue_bytes"], 0, "{st}");
     assert!(st["last_received_time"].is_string(), "{st}");
     assert_eq!(st["block_mode"], "receiving", "{st}");
+    let text = t.ok("beta", &["status"]);
+    assert!(
+        text.contains(&format!(
+            "block mode: receiving; received LSN {}",
+            st["last_received_lsn"]
+        )),
+        "{text}"
+    );
     // The share is gone with the node.
     let _hidden = hide_open_segment(&t, "alpha");
     alpha.0.kill().unwrap();
@@ -1062,6 +1070,8 @@ fn synchronous_commit_loses_nothing_and_goes_on_alone_without_the_passive() {
         t.status("alpha")["commit"] == "remote: synchronous"
     });
     assert!(alone_files(&t).is_empty(), "{:?}", alone_files(&t));
+    let text = t.ok("alpha", &["status"]);
+    assert!(text.contains("commit remote: synchronous"), "{text}");
     // Each acknowledgement waited for beta: beta holds it at once.
     for id in 1..=20 {
         let lsn = t.insert("alpha", id).expect("alpha takes writes");
