@@ -336,7 +336,7 @@ fn receive(
                 shared.lock().expect("received lock").active = Some((generation.0, offset, l.0));
             }
             Message::Refuse(why) => {
-                return Err(BlockError::Refused {
+                return Err(BlockError::Declined {
                     peer: cfg.active.clone(),
                     why,
                 }

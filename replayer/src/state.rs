@@ -102,8 +102,9 @@ impl CopyState {
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| Error::Refused {
-                what: format!("copy state {} is not valid: {e}", paths.state.display()),
+            .map_err(|e| Error::BadStateFile {
+                path: paths.state.clone(),
+                why: e.to_string(),
             })
     }
 
@@ -136,4 +137,37 @@ pub fn resume(paths: &CopyPaths) -> Result<()> {
         Err(e) => return Err(Error::io("delete", &paths.suspend, e)),
     }
     shipper::share::write_atomic(&paths.retry, b"retry")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Whatever `copy.json` holds, loading it gives a state or names the
+        /// file; it never panics.
+        #[test]
+        fn any_bytes_in_copy_json_load_or_are_refused_by_name(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = CopyPaths::new(dir.path());
+            std::fs::write(&paths.state, &bytes).unwrap();
+            match CopyState::load(&paths) {
+                Ok(_) => {}
+                Err(Error::BadStateFile { path, .. }) => prop_assert_eq!(path, paths.state.clone()),
+                Err(e) => prop_assert!(false, "unexpected error {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_copy_json_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CopyPaths::new(dir.path());
+        std::fs::write(&paths.state, b"{\"source\": 3").unwrap();
+        let e = CopyState::load(&paths).unwrap_err();
+        assert!(e.to_string().contains("copy.json"), "{e}");
+        assert!(matches!(e, Error::BadStateFile { .. }), "{e:?}");
+    }
 }

@@ -106,11 +106,9 @@ pub fn read_guard(conn: &Connection) -> Result<(Lsn, crate::types::DatabaseId)> 
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(|e| Error::sql("read the guard row", e))?;
-    let id: [u8; 16] = id.try_into().map_err(|v: Vec<u8>| {
-        Error::Aborted(format!(
-            "guard row holds a {}-byte database id, expected 16",
-            v.len()
-        ))
+    let id: [u8; 16] = id.try_into().map_err(|v: Vec<u8>| Error::BadGuard {
+        path: conn.path().unwrap_or_default().into(),
+        what: format!("it holds a {}-byte database id, expected 16", v.len()),
     })?;
     Ok((Lsn(lsn as u64), crate::types::DatabaseId(id)))
 }

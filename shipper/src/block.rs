@@ -72,8 +72,8 @@ pub enum BlockError {
     Tampered { peer: String },
     #[error("block-mode stream with {peer}: malformed {what}")]
     Malformed { peer: String, what: &'static str },
-    #[error("block-mode stream with {peer}: refused: {why}")]
-    Refused { peer: String, why: String },
+    #[error("block-mode stream with {peer}: declined: {why}")]
+    Declined { peer: String, why: String },
 }
 
 pub type BlockResult<T> = std::result::Result<T, BlockError>;
@@ -949,7 +949,7 @@ pub fn serve(
             hello.node, hello.database_id, database_id
         );
         let _ = conn.send(&Message::Refuse(why.clone()));
-        return Err(BlockError::Refused {
+        return Err(BlockError::Declined {
             peer: peer.to_string(),
             why,
         });

@@ -138,6 +138,105 @@ pub enum Error {
     /// `init` found an existing store.
     #[error("{} already holds a logship database", path.display())]
     AlreadyInitialized { path: PathBuf },
+
+    /// A secret file (SMB password, cluster key) that is not safe or not
+    /// usable, and why.
+    #[error("{what} {}: {problem}", path.display())]
+    SecretFile {
+        what: &'static str,
+        path: PathBuf,
+        problem: SecretProblem,
+    },
+
+    /// An `smb://` share with no password configured.
+    #[error(
+        "an smb:// share needs a password: set LOGSHIP_SMB_PASSWORD or `password-file` in [cluster]"
+    )]
+    NoSmbPassword,
+
+    /// A share URL that does not parse.
+    #[error("share URL {url:?}: {why} (expected smb://[user@]host[:port]/share[/path])")]
+    BadShareUrl { url: String, why: &'static str },
+
+    /// A seed snapshot that does not match its manifest.
+    #[error("seed snapshot {} does not match its manifest: {what}", path.display())]
+    SeedMismatch { path: PathBuf, what: String },
+
+    /// A rewind that would have to undo a schema change.
+    #[error("cannot rewind past LSN {lsn}: it is a schema change, which a changeset cannot undo")]
+    RewindPastSchemaChange { lsn: Lsn },
+
+    /// A rewind whose result does not check out (nothing was committed).
+    #[error("the rewind of {} to LSN {to} does not check out, so it was rolled back: {what}", path.display())]
+    RewindCheck {
+        path: PathBuf,
+        to: Lsn,
+        what: String,
+    },
+
+    /// The guard row is not what logship writes.
+    #[error("the guard row of {} is damaged: {what}", path.display())]
+    BadGuard { path: PathBuf, what: String },
+
+    /// A state file another logship process wrote that does not parse, or
+    /// of a format version this build does not read.
+    #[error("state file {} is not valid: {why}", path.display())]
+    BadStateFile { path: PathBuf, why: String },
+
+    /// The store was asked to open a passive copy for writing.
+    #[error("{} holds a passive copy ({marker}): it takes changes only by replay; write on the active", path.display())]
+    PassiveCopy { path: PathBuf, marker: &'static str },
+
+    /// The store was asked to start an epoch older than its log's.
+    #[error("cannot start epoch {epoch}: the log of {} is already in epoch {current}", path.display())]
+    EpochBehind {
+        path: PathBuf,
+        epoch: crate::types::Epoch,
+        current: crate::types::Epoch,
+    },
+}
+
+/// What is wrong with a secret file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretProblem {
+    NotAFile,
+    /// Group or others may read it: its mode.
+    Readable {
+        mode: u32,
+    },
+    /// Another user owns it.
+    Owner {
+        uid: u32,
+        me: u32,
+    },
+    /// Larger than a secret (bytes).
+    TooLarge {
+        len: u64,
+    },
+    /// A cluster key shorter than 16 bytes.
+    KeyTooShort {
+        len: usize,
+    },
+}
+
+impl std::fmt::Display for SecretProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretProblem::NotAFile => f.write_str("is not a regular file"),
+            SecretProblem::Readable { mode } => write!(
+                f,
+                "is readable by others (mode {mode:o}); make it owner-only (chmod 600)"
+            ),
+            SecretProblem::Owner { uid, me } => {
+                write!(f, "belongs to uid {uid}, not to this user ({me})")
+            }
+            SecretProblem::TooLarge { len } => write!(f, "is {len} bytes: not a secret file"),
+            SecretProblem::KeyTooShort { len } => write!(
+                f,
+                "holds {len} bytes on its first line; use at least 16 (e.g. `head -c 32 /dev/urandom | base64`)"
+            ),
+        }
+    }
 }
 
 impl Error {

@@ -83,11 +83,7 @@ pub fn rewind(data_dir: &Path, to: Lsn) -> Result<Rewound> {
         Ok(())
     })?;
     if let Some(lsn) = ddl {
-        return Err(Error::Refused {
-            what: format!(
-                "cannot rewind past LSN {lsn}: it is a schema change, which a changeset cannot undo"
-            ),
-        });
+        return Err(Error::RewindPastSchemaChange { lsn });
     }
     if records.len() as u64 != from.0 - to.0 {
         return Err(Error::MissingLog {
@@ -126,18 +122,24 @@ pub fn rewind(data_dir: &Path, to: Lsn) -> Result<Rewound> {
     let (now, _) = read_guard(&conn)?;
     if now != to {
         let _ = conn.execute_batch("ROLLBACK");
-        return Err(Error::Aborted(format!(
-            "after undoing LSN {from}..{to} the guard row says {now}"
-        )));
+        return Err(Error::RewindCheck {
+            path: paths.database.clone(),
+            to,
+            what: format!("after undoing LSN {from}..{to} the guard row says {now}"),
+        });
     }
     let scanned = hash::full_scan(&conn)?;
     if let Some(expected) = log::hash_at(&paths.logs, to)?
         && expected != scanned
     {
         let _ = conn.execute_batch("ROLLBACK");
-        return Err(Error::Aborted(format!(
-            "after the rewind the content hash is {scanned}, but the log recorded {expected} at LSN {to}"
-        )));
+        return Err(Error::RewindCheck {
+            path: paths.database.clone(),
+            to,
+            what: format!(
+                "the content hash is {scanned}, but the log recorded {expected} at LSN {to}"
+            ),
+        });
     }
     conn.execute_batch("COMMIT")
         .map_err(|e| Error::sql("commit the rewind", e))?;

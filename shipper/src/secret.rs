@@ -5,11 +5,19 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SecretProblem};
+
+fn secret(what: &'static str, path: &Path, problem: SecretProblem) -> Error {
+    Error::SecretFile {
+        what,
+        path: path.to_path_buf(),
+        problem,
+    }
+}
 
 /// The text of the secret file `file` (`what` names it in errors: "password
 /// file", "cluster key file"), after checking it is owner-only.
-pub fn read_private(file: &Path, what: &str) -> Result<String> {
+pub fn read_private(file: &Path, what: &'static str) -> Result<String> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     // Opened first and checked on the handle, so that what is checked is
@@ -23,39 +31,36 @@ pub fn read_private(file: &Path, what: &str) -> Result<String> {
         .metadata()
         .map_err(|e| Error::io("stat secret file", file, e))?;
     if !meta.is_file() {
-        return Err(Error::Refused {
-            what: format!("{what} {} is not a regular file", file.display()),
-        });
+        return Err(secret(what, file, SecretProblem::NotAFile));
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(Error::Refused {
-            what: format!(
-                "{what} {} is readable by others (mode {:o}); make it owner-only (chmod 600)",
-                file.display(),
-                meta.mode() & 0o777
-            ),
-        });
+        return Err(secret(
+            what,
+            file,
+            SecretProblem::Readable {
+                mode: meta.mode() & 0o777,
+            },
+        ));
     }
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return Err(Error::Refused {
-            what: format!(
-                "{what} {} belongs to uid {}, not to this user ({me})",
-                file.display(),
-                meta.uid()
-            ),
-        });
+        return Err(secret(
+            what,
+            file,
+            SecretProblem::Owner {
+                uid: meta.uid(),
+                me,
+            },
+        ));
     }
     // A secret is small: refuse to read a large file by mistake.
     if meta.len() > 64 * 1024 {
-        return Err(Error::Refused {
-            what: format!(
-                "{what} {} is {} bytes: not a secret file",
-                file.display(),
-                meta.len()
-            ),
-        });
+        return Err(secret(
+            what,
+            file,
+            SecretProblem::TooLarge { len: meta.len() },
+        ));
     }
     let mut text = String::new();
     f.take(64 * 1024)
@@ -69,13 +74,11 @@ pub fn cluster_key(file: &Path) -> Result<Vec<u8>> {
     let text = read_private(file, "cluster key file")?;
     let key = text.lines().next().unwrap_or("").trim();
     if key.len() < 16 {
-        return Err(Error::Refused {
-            what: format!(
-                "cluster key file {} holds {} bytes on its first line; use at least 16 (e.g. `head -c 32 /dev/urandom | base64`)",
-                file.display(),
-                key.len()
-            ),
-        });
+        return Err(secret(
+            "cluster key file",
+            file,
+            SecretProblem::KeyTooShort { len: key.len() },
+        ));
     }
     Ok(key.as_bytes().to_vec())
 }

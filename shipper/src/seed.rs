@@ -99,34 +99,32 @@ pub fn verify(path: &Path, manifest: &SeedManifest) -> Result<()> {
     let scanned = crate::hash::full_scan(&conn)?;
     conn.execute_batch("COMMIT")
         .map_err(|e| Error::sql("commit", e))?;
+    let mismatch = |what: String| Error::SeedMismatch {
+        path: path.to_path_buf(),
+        what,
+    };
     if id.to_string() != manifest.database_id {
-        return Err(Error::Refused {
-            what: format!(
-                "the snapshot is of database {id}, the manifest says {}",
-                manifest.database_id
-            ),
-        });
+        return Err(mismatch(format!(
+            "the snapshot is of database {id}, the manifest says {}",
+            manifest.database_id
+        )));
     }
     if lsn.0 != manifest.lsn {
-        return Err(Error::Refused {
-            what: format!(
-                "the snapshot holds LSN {lsn}, the manifest says {}",
-                manifest.lsn
-            ),
-        });
+        return Err(mismatch(format!(
+            "the snapshot holds LSN {lsn}, the manifest says {}",
+            manifest.lsn
+        )));
     }
-    let expected =
-        ContentHash(
-            u128::from_str_radix(&manifest.hash, 16).map_err(|_| Error::Refused {
-                what: format!("the manifest's hash {:?} is not hex", manifest.hash),
-            })?,
-        );
+    let expected = ContentHash(u128::from_str_radix(&manifest.hash, 16).map_err(|_| {
+        mismatch(format!(
+            "the manifest's hash {:?} is not hex",
+            manifest.hash
+        ))
+    })?);
     if scanned != expected {
-        return Err(Error::Refused {
-            what: format!(
-                "the snapshot's content hash {scanned} differs from the log's {expected} at LSN {lsn}"
-            ),
-        });
+        return Err(mismatch(format!(
+            "the snapshot's content hash {scanned} differs from the log's {expected} at LSN {lsn}"
+        )));
     }
     Ok(())
 }

@@ -96,9 +96,7 @@ pub fn password(file: Option<&Path>) -> Result<Password> {
         return Ok(Password(p));
     }
     let Some(file) = file else {
-        return Err(Error::Refused {
-            what: "an smb:// share needs a password: set LOGSHIP_SMB_PASSWORD or `password-file` in [cluster]".into(),
-        });
+        return Err(Error::NoSmbPassword);
     };
     let text = crate::secret::read_private(file, "password file")?;
     Ok(Password(text.lines().next().unwrap_or("").to_string()))
@@ -118,10 +116,9 @@ pub struct SmbUrl {
 impl SmbUrl {
     /// Parses `smb://[user@]host[:port]/share[/path]`.
     pub fn parse(url: &str) -> Result<SmbUrl> {
-        let bad = |why: &str| Error::Refused {
-            what: format!(
-                "share URL {url:?}: {why} (expected smb://[user@]host[:port]/share[/path])"
-            ),
+        let bad = |why: &'static str| Error::BadShareUrl {
+            url: url.to_string(),
+            why,
         };
         let rest = url
             .strip_prefix("smb://")

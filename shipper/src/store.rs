@@ -851,11 +851,9 @@ impl Store {
             });
         }
         if data_dir.join(PASSIVE_MARKER).exists() {
-            return Err(Error::Refused {
-                what: format!(
-                    "{} holds a passive copy ({PASSIVE_MARKER}): it takes changes only by replay; write on the active",
-                    data_dir.display()
-                ),
+            return Err(Error::PassiveCopy {
+                path: data_dir.to_path_buf(),
+                marker: PASSIVE_MARKER,
             });
         }
         let lock = lock_data_dir(data_dir)?;
@@ -906,12 +904,10 @@ impl Store {
         log.set_epoch(end.epoch);
         if let Some(epoch) = opts.epoch {
             if epoch < end.epoch {
-                return Err(Error::Refused {
-                    what: format!(
-                        "cannot start epoch {epoch}: the log of {} is already in epoch {}",
-                        paths.logs.display(),
-                        end.epoch
-                    ),
+                return Err(Error::EpochBehind {
+                    path: paths.logs.clone(),
+                    epoch,
+                    current: end.epoch,
                 });
             }
             if epoch > end.epoch {

@@ -936,7 +936,7 @@ fn a_new_epoch_seals_a_segment_holding_records_and_rewrites_an_empty_one() {
     // An epoch older than the log's is refused; the same epoch changes nothing.
     assert!(matches!(
         Store::open(&dir, opts(6)),
-        Err(Error::Refused { .. })
+        Err(Error::EpochBehind { .. })
     ));
     drop(Store::open(&dir, opts(7)).unwrap());
     // An empty current segment takes the new epoch in place.
