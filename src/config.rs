@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::Deserialize;
 
 /// Default for `cluster.seal-after`.
@@ -177,10 +177,19 @@ impl Config {
     /// Reads and checks the file. Relative paths in it are relative to the
     /// file's own directory, not to the working directory.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("read config file {}", path.display()))?;
-        let mut config =
-            Self::parse(&text).with_context(|| format!("config file {}", path.display()))?;
+        use crate::exit::{Class, error};
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            error(
+                Class::Config,
+                format!("read config file {}: {e}", path.display()),
+            )
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| {
+            error(
+                Class::Config,
+                format!("config file {}: {e:#}", path.display()),
+            )
+        })?;
         config.source_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
         let base = path.parent().unwrap_or(Path::new("."));
         // A share or witness given as a relative path is a directory
@@ -238,10 +247,13 @@ impl Config {
 
     /// The node called `name`, or an error that lists the nodes there are.
     pub fn node(&self, name: &str) -> Result<&Node> {
-        self.nodes.get(name).with_context(|| {
-            format!(
-                "node {name:?} is not in the config (its nodes: {})",
-                self.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+        self.nodes.get(name).ok_or_else(|| {
+            crate::exit::error(
+                crate::exit::Class::Config,
+                format!(
+                    "node {name:?} is not in the config (its nodes: {})",
+                    self.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
             )
         })
     }

@@ -402,7 +402,7 @@ pub fn verify_copy(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         Some(_) => {
             println!("verdict DIFFERENT");
             eprintln!("logship: the copy does not match the log at LSN {lsn}");
-            Ok(ExitCode::from(1))
+            Ok(logship::exit::Class::Corrupt.exit())
         }
         None => {
             println!("verdict UNKNOWN");

@@ -135,7 +135,7 @@ pub fn verify(files: &[PathBuf]) -> Result<ExitCode> {
             "logship: {bad} of {} segment files failed verification",
             files.len()
         );
-        Ok(ExitCode::from(1))
+        Ok(logship::exit::Class::Corrupt.exit())
     }
 }
 

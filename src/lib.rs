@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dovecot;
+pub mod exit;
 pub mod private;
 pub mod samba;
 pub mod sys;

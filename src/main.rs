@@ -25,7 +25,7 @@ mod sql;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use logship::config;
 
@@ -36,7 +36,17 @@ use logship::config;
 /// durable in a 1 MiB log segment, and only then committed to SQLite. Sealed
 /// segments are what a passive copy pulls, verifies and replays.
 #[derive(Debug, Parser)]
-#[command(name = "logship", version, max_term_width = 100)]
+#[command(
+    name = "logship",
+    version,
+    max_term_width = 100,
+    after_help = "Exit codes: 0 success; 1 refused by a check (move-cluster refused, the mount \
+dial, a statement the store refuses) or a failure of no other class; 2 usage; 3 configuration \
+(the config file, a node not in it, a secret file, a share URL, a node not initialised); \
+4 corruption (a damaged or diverged log, copy or state file; verify and verify-copy finding a \
+difference); 5 unavailable or fenced (no daemon running, a share or disk failing, a store \
+locked, fenced or stopped)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -313,7 +323,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("logship: error: {e:#}");
-            ExitCode::from(1)
+            logship::exit::classify(&e).exit()
         }
     }
 }
@@ -493,7 +503,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("logship: the database does not match its log");
-                Ok(ExitCode::from(1))
+                Ok(logship::exit::Class::Corrupt.exit())
             }
         }
         Command::Seal { node } => {
@@ -510,10 +520,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// Sends a cluster request to the node daemon of `name`.
 fn cluster_request(name: &str, node: &config::Node, op: &control::Op) -> Result<ExitCode> {
     if !control::socket_path(&node.data_dir).exists() {
-        bail!(
-            "no daemon runs node {name} (no control socket in {}): start `logship node --node {name}`",
-            node.data_dir.display()
-        );
+        return Err(logship::exit::error(
+            logship::exit::Class::Unavailable,
+            format!(
+                "no daemon runs node {name} (no control socket in {}): start `logship node --node {name}`",
+                node.data_dir.display()
+            ),
+        ));
     }
     if control::forward(&node.data_dir, op)? {
         Ok(ExitCode::SUCCESS)

@@ -381,3 +381,63 @@ fn dump_shows_times_past_year_9999_as_numbers() {
         "{stdout}"
     );
 }
+
+/// Each class of failure exits with its own code (`logship --help`).
+#[test]
+fn each_class_of_failure_has_its_exit_code() {
+    let code = |out: &std::process::Output| out.status.code().unwrap();
+    // 2: usage.
+    assert_eq!(code(&logship(&["--no-such-flag"])), 2);
+    // 3: configuration: no config file, a node not in it.
+    let out = logship(&["status", "--config", "/nonexistent/logship.toml"]);
+    assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    let c = Cluster::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(["sql", "SELECT 1", "--node", "nosuch", "--config"])
+        .arg(&c.config)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    // 3 too: a node not initialised.
+    let out = c.run(&["sql", "SELECT 1"]);
+    assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    c.ok(&["init"]);
+    // 1: a statement the store refuses.
+    let out = c.run(&["sql", "BEGIN"]);
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    // 5: the data directory held by another process.
+    let lock = c.data_dir().join("lock");
+    let mut holder = Command::new("flock")
+        .arg("-x")
+        .arg(&lock)
+        .arg("cat")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shipper::store::lock_data_dir(&c.data_dir()).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock did not take the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = c.run(&["sql", "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL)"]);
+    assert_eq!(code(&out), 5, "{}", String::from_utf8_lossy(&out.stderr));
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    // 5: a cluster command with no daemon running.
+    let out = c.run(&["pause-node"]);
+    assert_eq!(code(&out), 5, "{}", String::from_utf8_lossy(&out.stderr));
+    // 4: a damaged segment.
+    c.ok(&["sql", "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL)"]);
+    c.ok(&["seal"]);
+    let seg = sealed_segments(&c).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[200] ^= 0xff;
+    let bad = c.dir.path().join("bad.log");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = logship(&["verify", bad.to_str().unwrap()]);
+    assert_eq!(code(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(code(&logship(&["verify", seg.to_str().unwrap()])), 0);
+}
