@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What the working tree holds before the tests (compared at the end).
+in_git=false
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  in_git=true
+  tree_before=$(git status --porcelain --untracked-files=all)
+fi
+
 # Commands the tests drive for real (or a program path), and the Debian package of each.
 NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks dovecot:dovecot-core /usr/lib/dovecot/lmtp:dovecot-lmtpd smtp-source:postfix)
 
@@ -35,4 +42,17 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast --failure-output final
 else
   cargo test --workspace --no-fail-fast
+fi
+
+# The suite must leave the working tree as it found it: nothing written
+# beside the sources (a run that resolves a relative path against the
+# working directory would show up here).
+if $in_git; then
+  echo "== the working tree after the tests"
+  tree_after=$(git status --porcelain --untracked-files=all)
+  if [ "$tree_before" != "$tree_after" ]; then
+    echo "the test suite changed the working tree:" >&2
+    diff <(echo "$tree_before") <(echo "$tree_after") >&2 || true
+    exit 1
+  fi
 fi
