@@ -285,6 +285,7 @@ pub fn ship_smb(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
             &server.url("bench"),
             &shipper::share::SmbOptions {
                 password_file: Some(server.password_file()),
+                file_only: true,
                 encrypt,
                 timeout: Some(Duration::from_secs(10)),
             },
@@ -361,6 +362,7 @@ pub fn lag(base: &Path, samples: usize, poll: Duration, smb: bool) -> Result<Exi
                 &s.url("lag"),
                 &shipper::share::SmbOptions {
                     password_file: Some(s.password_file()),
+                    file_only: true,
                     ..Default::default()
                 },
             )?

@@ -171,6 +171,10 @@ pub fn seed(
     }
 }
 
+/// How long a seed waits for the active's snapshot before it says that no
+/// daemon there has answered (it goes on waiting up to its timeout).
+const SEED_NOTICE: Duration = Duration::from_secs(3);
+
 fn wait_for_manifest(
     source: &Share,
     name: &str,
@@ -178,13 +182,23 @@ fn wait_for_manifest(
     timeout: Duration,
     source_name: &str,
 ) -> Result<SeedManifest> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut told = false;
     loop {
         if let Some(b) = source.read(&seed::manifest_name(name), 1 << 20)?
             && let Ok(m) = serde_json::from_slice::<SeedManifest>(&b)
             && m.id == id
         {
             return Ok(m);
+        }
+        if !told && started.elapsed() >= SEED_NOTICE {
+            told = true;
+            eprintln!(
+                "no daemon on {source_name} has answered after {} s: one must run there to take the snapshot (`logship node --node {source_name}` in a cluster, or `logship ship --node {source_name}`); waiting up to {}",
+                SEED_NOTICE.as_secs(),
+                humantime::format_duration(timeout)
+            );
         }
         if Instant::now() > deadline {
             bail!(

@@ -46,6 +46,8 @@ impl Procs {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "warn")
+            // Its servers are private, with their own users.
+            .env_remove("LOGSHIP_SMB_PASSWORD")
             .stdin(Stdio::null());
         c
     }

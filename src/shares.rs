@@ -28,6 +28,7 @@ pub fn share_of(name: &str, node: &Node, cfg: &Config) -> Result<Share> {
     })?;
     let opts = shipper::share::SmbOptions {
         password_file: cfg.cluster.password_file.clone(),
+        file_only: false,
         encrypt: match node.encrypt {
             logship::config::EncryptSetting::Required => shipper::share::Encrypt::Required,
             logship::config::EncryptSetting::Preferred => shipper::share::Encrypt::Preferred,

@@ -233,6 +233,13 @@ fn a_seed_without_the_active_daemon_says_so_and_status_shows_seeding_meanwhile()
         "{}",
         out.1
     );
+    // It said so before its timeout, naming the command that starts one.
+    assert!(
+        out.1.contains("no daemon on alpha has answered after 3 s")
+            && out.1.contains("`logship node --node alpha`"),
+        "{}",
+        out.1
+    );
     // The failed seed leaves a clear status and no request behind.
     let st = p.copy_status("beta").unwrap();
     assert_ne!(st["summary_copy_status"], "Seeding", "{st}");

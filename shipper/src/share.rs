@@ -44,8 +44,12 @@ impl PartialEq for Share {
 /// `smb://` specs.
 #[derive(Clone, Debug, Default)]
 pub struct SmbOptions {
-    /// A file holding the password (owner-only); `LOGSHIP_SMB_PASSWORD` wins.
+    /// A file holding the password (owner-only); `LOGSHIP_SMB_PASSWORD` wins,
+    /// unless `file_only`.
     pub password_file: Option<PathBuf>,
+    /// The password is `password_file`'s, whatever the environment says:
+    /// for a private server with its own user (the benchmarks').
+    pub file_only: bool,
     pub encrypt: Encrypt,
     /// Per-call timeout (default 5 s).
     pub timeout: Option<std::time::Duration>,
@@ -62,7 +66,11 @@ impl Share {
     pub fn open(spec: &str, opts: &SmbOptions) -> Result<Share> {
         if spec.starts_with("smb://") {
             let url = SmbUrl::parse(spec)?;
-            let password = crate::smb::password(opts.password_file.as_deref())?;
+            let password = if opts.file_only {
+                crate::smb::password_from_file(opts.password_file.as_deref())?
+            } else {
+                crate::smb::password(opts.password_file.as_deref())?
+            };
             let share = SmbShare::new(
                 url,
                 password,

@@ -95,6 +95,11 @@ pub fn password(file: Option<&Path>) -> Result<Password> {
     if let Ok(p) = std::env::var("LOGSHIP_SMB_PASSWORD") {
         return Ok(Password(p));
     }
+    password_from_file(file)
+}
+
+/// The SMB password from `file` alone (the environment is not read).
+pub fn password_from_file(file: Option<&Path>) -> Result<Password> {
     let Some(file) = file else {
         return Err(Error::NoSmbPassword);
     };

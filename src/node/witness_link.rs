@@ -168,6 +168,7 @@ impl WitnessReport {
 pub(super) fn witness_share(cfg: &Config, spec: &str) -> Result<shipper::share::Share> {
     let opts = shipper::share::SmbOptions {
         password_file: cfg.cluster.password_file.clone(),
+        file_only: false,
         encrypt: shipper::share::Encrypt::Preferred,
         timeout: Some(cfg.cluster.smb_timeout),
     };
