@@ -80,12 +80,7 @@ pub fn collect(cfg: &Config, only: Option<&str>) -> Result<Vec<CopyStatus>> {
     Ok(out)
 }
 
-fn shipper_now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+use shipper::types::now_us as shipper_now_us;
 
 /// Whether process `pid` of this machine exists.
 fn process_alive(pid: u32) -> bool {

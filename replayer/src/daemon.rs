@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use shipper::format;
 use shipper::share::Share;
@@ -94,12 +94,7 @@ pub fn check_epoch(
     }
 }
 
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use shipper::types::now_us;
 
 fn mark(g: Generation) -> Option<Mark> {
     Some(Mark {

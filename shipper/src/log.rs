@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::format::{
@@ -25,12 +25,7 @@ use crate::types::{ContentHash, DatabaseId, Epoch, Generation, Lsn, SchemaHash};
 /// segment is sealed and the record goes whole into the next one.
 const MIN_FRAGMENT: usize = 4096;
 
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::types::now_us;
 
 fn corrupt(path: &Path, generation: Generation, e: DecodeError) -> Error {
     Error::Corrupt {

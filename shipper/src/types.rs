@@ -170,6 +170,15 @@ impl fmt::Display for SchemaHash {
     }
 }
 
+/// Microseconds since the Unix epoch, for the times files and records
+/// carry (0 before 1970).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,6 @@
 //!   started it and where its log begins (LSN and generation): what a
 //!   returning node needs to find the point where it diverged.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
 use shipper::share::{Share, ShareLock};
 use shipper::{Epoch, Error, Generation, Lsn, Result};
@@ -82,12 +80,7 @@ pub struct Alone {
 }
 
 /// Microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use shipper::types::now_us;
 
 /// The witness directory, and the vote while this node holds it.
 #[derive(Debug)]
