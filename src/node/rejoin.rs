@@ -72,17 +72,20 @@ impl Daemon<'_> {
             .data_dir
             .join(shipper::rewind::REWOUND_DIR)
             .join(format!("store-{}", witness::witness::now_us()));
-        std::fs::create_dir_all(&aside)?;
+        std::fs::create_dir_all(&aside).with_context(|| format!("create {}", aside.display()))?;
         let paths = shipper::store::StorePaths::new(&self.node.data_dir);
         for suffix in ["", "-wal", "-shm"] {
             let name = format!("{}{suffix}", shipper::store::DATABASE_FILE);
             let p = self.node.data_dir.join(&name);
             if p.exists() {
-                std::fs::rename(&p, aside.join(&name))?;
+                std::fs::rename(&p, aside.join(&name))
+                    .with_context(|| format!("move {} into {}", p.display(), aside.display()))?;
             }
         }
         if paths.logs.exists() {
-            std::fs::rename(&paths.logs, aside.join(shipper::store::LOG_DIR))?;
+            std::fs::rename(&paths.logs, aside.join(shipper::store::LOG_DIR)).with_context(
+                || format!("move {} into {}", paths.logs.display(), aside.display()),
+            )?;
         }
         self.m.blocked = Some(Blocked::Rejoin(format!(
             "rewind impossible ({why}); the old database is in {}; reseeding",
