@@ -203,7 +203,9 @@ pub struct ContentCheck {
 }
 
 /// Where the writer may crash on purpose, for tests that prove the WAL rule
-/// (set `LOGSHIP_FAILPOINT` to the name; the process aborts there).
+/// (set `LOGSHIP_FAILPOINT` to the name; the process aborts there). Only
+/// with the `failpoints` feature, which the tests turn on and a release
+/// build leaves out: there the variable is not read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FailPoint {
     None,
@@ -214,6 +216,12 @@ enum FailPoint {
 }
 
 impl FailPoint {
+    #[cfg(not(feature = "failpoints"))]
+    fn from_env() -> FailPoint {
+        FailPoint::None
+    }
+
+    #[cfg(feature = "failpoints")]
     fn from_env() -> FailPoint {
         match std::env::var("LOGSHIP_FAILPOINT").as_deref() {
             Ok("after-append") => FailPoint::AfterAppend,
