@@ -7,7 +7,8 @@
 //!
 //! Reading order: `state` (what a copy remembers), `inspector`, `copier`,
 //! `replay`, `status`, then `daemon`, which runs them in a loop; `tail`
-//! reads the old active's open segment at failover.
+//! reads the old active's open segment at failover; `block` receives the
+//! active's open segment as it becomes durable (block mode).
 //!
 //! Architecture invariant: the replayer never writes into the active's
 //! share; it only reads it. Nothing is replayed that the inspector has not

@@ -1,12 +1,25 @@
-//! The active side of logship. It owns the segment format (write and read),
-//! the log writer with its sealing rules, the store that turns every SQLite
-//! transaction into a durable log record before SQLite commits (the WAL rule),
-//! crash recovery, the content hash that proves two copies equal, and the
-//! changeset primitives (capture, apply, invert) that the replayer reuses.
+//! The core of logship, and its active side. It owns the segment format,
+//! the store that turns every SQLite transaction into a durable log record
+//! before SQLite commits (the WAL rule), crash recovery, the content hash
+//! that proves two copies equal, the changeset primitives the replayer
+//! reuses, the shares segments travel through, and the active's duties.
 //!
-//! Reading order: `types` and `error`, then `format` (bytes, no I/O),
-//! `changeset`, `capture` and `hash` (changesets: apply, capture, hash), `log` (segment files
-//! on disk), `store` (transactions, group commit, recovery).
+//! Reading order, by group:
+//! - Foundations: `types` (LSN, generation, epoch, ids, `now_us`), `error`
+//!   (one variant per failure).
+//! - Format (bytes, no I/O): `format` (segments, frames, records), `hash`
+//!   (content and schema hashes).
+//! - Changesets: `changeset` (the session extension: apply, invert),
+//!   `capture` (the store's own capture), `apply` (one record onto a
+//!   connection; the guard row), `script` (SQL text into statements).
+//! - Store: `log` (segment files: writer, reader), `store` (transactions,
+//!   group commit, fence, recovery), `rewind` (undo past a fork), `metrics`
+//!   (latency histograms), `block` (block mode: the durable-bytes feed and
+//!   its stream).
+//! - Shares: `share` (a directory or `smb://`), `smb` (the SMB client),
+//!   `secret` (owner-only secret files).
+//! - The active's duties: `seed` (snapshots), `ship` (seeding, publishing,
+//!   truncation).
 
 pub mod apply;
 pub mod block;
