@@ -217,6 +217,56 @@ impl Witness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Whatever an epoch file or an `alone-` file holds, reading the
+        /// witness gives records or an error naming the file; never a panic.
+        #[test]
+        fn any_bytes_in_witness_files_read_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(epoch_file_name(Epoch(3))), &bytes).unwrap();
+            std::fs::write(dir.path().join(alone_file_name(Epoch(3))), &bytes).unwrap();
+            let w = Witness::new(Share::Dir(dir.path().to_path_buf()));
+            if let Err(e) = w.history() {
+                prop_assert!(e.to_string().contains("epoch-0000000000000003.json"), "{}", e);
+            }
+            if let Err(e) = w.alone(Epoch(3)) {
+                prop_assert!(e.to_string().contains("alone-0000000000000003.json"), "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn an_alone_file_of_a_newer_version_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Witness::new(Share::Dir(dir.path().to_path_buf()));
+        let a = Alone {
+            version: ALONE_VERSION,
+            epoch: Epoch(4),
+            node: "alpha".into(),
+            from_lsn: Lsn(7),
+            reason: "test".into(),
+            at_us: 1,
+        };
+        w.write_alone(&a).unwrap();
+        assert_eq!(w.alone(Epoch(4)).unwrap(), Some(a.clone()));
+        assert_eq!(w.alone(Epoch(5)).unwrap(), None);
+        let newer = serde_json::json!({"version": 2, "epoch": 4});
+        std::fs::write(
+            dir.path().join(alone_file_name(Epoch(4))),
+            newer.to_string(),
+        )
+        .unwrap();
+        let e = w.alone(Epoch(4)).unwrap_err().to_string();
+        assert!(
+            e.contains("format version 2") && e.contains("alone-"),
+            "{e}"
+        );
+        w.remove_alone(Epoch(4)).unwrap();
+        assert_eq!(w.alone(Epoch(4)).unwrap(), None);
+    }
 
     fn rec(epoch: u64, node: &str) -> EpochRecord {
         EpochRecord {
