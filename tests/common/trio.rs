@@ -381,12 +381,17 @@ impl Trio {
         d
     }
 
-    /// Inserts row `id` through `node`; the LSN when acknowledged.
+    /// Writes row `id` through `node`; the LSN when acknowledged. A probe
+    /// may be retried with the same id after an answer was lost (a write
+    /// made durable, then answered `Fenced`, is kept): it replaces the row.
     pub fn insert(&self, node: &str, id: u64) -> Option<u64> {
         let out = self
             .cmd(
                 node,
-                &["sql", &format!("INSERT INTO t VALUES ({id}, 'v{id}')")],
+                &[
+                    "sql",
+                    &format!("INSERT OR REPLACE INTO t VALUES ({id}, 'v{id}')"),
+                ],
             )
             .output()
             .unwrap();
