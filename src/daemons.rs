@@ -109,6 +109,7 @@ pub fn seed(
         &serde_json::to_vec_pretty(&report)?,
     )?;
     let request = SeedRequest {
+        version: Default::default(),
         node: name.to_string(),
         id: random_id(),
     };
@@ -190,6 +191,12 @@ fn wait_for_manifest(
             && let Ok(m) = serde_json::from_slice::<SeedManifest>(&b)
             && m.id == id
         {
+            if let Some(why) = m.version.refusal() {
+                bail!(
+                    "the seed manifest {} on {source_name}'s share: {why}",
+                    seed::manifest_name(name)
+                );
+            }
             return Ok(m);
         }
         if !told && started.elapsed() >= SEED_NOTICE {

@@ -43,6 +43,9 @@ pub struct PeerSummary {
 /// What `<data-dir>/node.json` holds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
+    /// The file's format version (FORMAT.md, "State files").
+    #[serde(default)]
+    pub version: shipper::FormatVersion,
     pub node: String,
     pub role: Role,
     /// The epoch this node is active in, or the newest it knows.
@@ -101,6 +104,8 @@ impl NodeStatus {
         if m.len() > 1 << 20 {
             return None;
         }
-        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+        serde_json::from_slice::<NodeStatus>(&std::fs::read(p).ok()?)
+            .ok()
+            .filter(|s| s.version.readable())
     }
 }

@@ -32,6 +32,8 @@ impl Mark {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CopyState {
+    /// The file's format version (FORMAT.md, "State files").
+    pub version: shipper::FormatVersion,
     /// The node this copy pulls from.
     pub source: String,
     /// The database this copy belongs to (hex id).
@@ -100,12 +102,17 @@ impl CopyState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("stat", &paths.state, e)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::BadStateFile {
+        let state: CopyState = serde_json::from_slice(&bytes).map_err(|e| Error::BadStateFile {
+            path: paths.state.clone(),
+            why: e.to_string(),
+        })?;
+        if let Some(why) = state.version.refusal() {
+            return Err(Error::BadStateFile {
                 path: paths.state.clone(),
-                why: e.to_string(),
-            })
+                why,
+            });
+        }
+        Ok(Some(state))
     }
 
     /// Writes the state atomically.
@@ -159,6 +166,22 @@ mod tests {
                 Err(e) => prop_assert!(false, "unexpected error {e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_copy_json_of_a_newer_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CopyPaths::new(dir.path());
+        std::fs::write(&paths.state, br#"{"version": 2, "source": "alpha"}"#).unwrap();
+        let e = CopyState::load(&paths).unwrap_err().to_string();
+        assert!(
+            e.contains("format version 2") && e.contains("copy.json"),
+            "{e}"
+        );
+        // Written before the field existed: version 1.
+        std::fs::write(&paths.state, br#"{"source": "alpha"}"#).unwrap();
+        let st = CopyState::load(&paths).unwrap().unwrap();
+        assert_eq!(st.version, shipper::FormatVersion(1));
     }
 
     #[test]

@@ -30,6 +30,9 @@ impl std::fmt::Display for SummaryCopyStatus {
 /// One copy's status, as `logship status --json` prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyStatus {
+    /// The file's format version (FORMAT.md, "State files").
+    #[serde(default)]
+    pub version: shipper::FormatVersion,
     pub node: String,
     pub source: String,
     /// The database the copy holds (the active ignores reports about another).
@@ -93,6 +96,7 @@ pub fn status(node: &str, paths: &CopyPaths, state: &CopyState, now_us: u64) -> 
     let i = generation(&state.last_inspected).unwrap_or(0);
     let r = generation(&state.last_replayed).unwrap_or(0);
     CopyStatus {
+        version: Default::default(),
         node: node.to_string(),
         source: state.source.clone(),
         database_id: state.database_id.clone(),

@@ -42,4 +42,4 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use store::{Committed, Fence, Store, StoreOptions, StoreState, StoreStats, Tx};
-pub use types::{ContentHash, DatabaseId, Epoch, Generation, Lsn, SchemaHash};
+pub use types::{ContentHash, DatabaseId, Epoch, FormatVersion, Generation, Lsn, SchemaHash};

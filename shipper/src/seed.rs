@@ -32,6 +32,9 @@ pub fn manifest_name(node: &str) -> String {
 /// A passive's request for a seed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedRequest {
+    /// The file's format version (FORMAT.md, "State files").
+    #[serde(default)]
+    pub version: crate::FormatVersion,
     /// Who asks.
     pub node: String,
     /// Random id, echoed in the manifest, so that an old snapshot is never taken for a new one.
@@ -41,6 +44,9 @@ pub struct SeedRequest {
 /// What the active says about a snapshot it published.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedManifest {
+    /// The file's format version (FORMAT.md, "State files").
+    #[serde(default)]
+    pub version: crate::FormatVersion,
     pub id: String,
     pub database_id: String,
     /// The LSN the snapshot holds.

@@ -30,6 +30,9 @@ pub const SHIP_STATUS_FILE: &str = "ship-status.json";
 /// resumes, and at least once a second while the loop runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShipStatus {
+    /// The file's format version (FORMAT.md, "State files").
+    #[serde(default)]
+    pub version: crate::FormatVersion,
     /// Turns of the loop completed since the daemon started.
     pub turns: u64,
     /// Why replayed sealed segments are kept; `None` while truncation runs.
@@ -46,7 +49,9 @@ impl ShipStatus {
         if std::fs::metadata(&path).ok()?.len() > MAX_SMALL_FILE {
             return None;
         }
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+        serde_json::from_slice::<ShipStatus>(&std::fs::read(path).ok()?)
+            .ok()
+            .filter(|s| s.version.readable())
     }
 }
 
@@ -58,6 +63,9 @@ const MAX_SMALL_FILE: u64 = 1 << 20;
 /// The fields of a passive's published status that truncation needs.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CopyReport {
+    /// The file's format version (FORMAT.md, "State files").
+    #[serde(default)]
+    pub version: crate::FormatVersion,
     pub node: String,
     /// The database the copy holds; a report about another database (an
     /// old one, before a re-initialisation) counts for nothing.
@@ -179,8 +187,14 @@ pub fn truncation_limit(cfg: &ShipConfig, database_id: &str) -> std::result::Res
     let mut limit = u64::MAX;
     for (peer, share) in &cfg.peers {
         let report = match share.read(COPY_STATUS_FILE, MAX_SMALL_FILE) {
-            Ok(Some(b)) => serde_json::from_slice::<CopyReport>(&b)
-                .map_err(|e| format!("the status of copy {peer} is unreadable: {e}"))?,
+            Ok(Some(b)) => {
+                let r = serde_json::from_slice::<CopyReport>(&b)
+                    .map_err(|e| format!("the status of copy {peer} is unreadable: {e}"))?;
+                if let Some(why) = r.version.refusal() {
+                    return Err(format!("the status of copy {peer}: {why}"));
+                }
+                r
+            }
             Ok(None) => return Err(format!("copy {peer} has published no status")),
             Err(e) => return Err(format!("cannot read the status of copy {peer}: {e}")),
         };
@@ -276,11 +290,20 @@ fn publish(
 /// Answers `peer`'s seed request, if it has one, with a snapshot on our share;
 /// removes the snapshot once the request is gone.
 fn serve_seed(store: &Store, own: &Share, peer: &str, peer_share: &Share) -> Result<()> {
-    let request = match peer_share.read(seed::REQUEST_FILE, MAX_SMALL_FILE) {
-        Ok(Some(b)) => serde_json::from_slice::<SeedRequest>(&b).ok(),
-        Ok(None) => None,
-        Err(_) => return Ok(()), // unreachable peer: nothing to serve
-    };
+    let request =
+        match peer_share.read(seed::REQUEST_FILE, MAX_SMALL_FILE) {
+            Ok(Some(b)) => serde_json::from_slice::<SeedRequest>(&b).ok().filter(|r| {
+                match r.version.refusal() {
+                    None => true,
+                    Some(why) => {
+                        tracing::warn!(peer = %peer, reason = %why, "seed request not answered");
+                        false
+                    }
+                }
+            }),
+            Ok(None) => None,
+            Err(_) => return Ok(()), // unreachable peer: nothing to serve
+        };
     let manifest_name = seed::manifest_name(peer);
     let Some(request) = request.filter(|r| r.node == peer) else {
         // Nothing asked: remove an old answer (cheap when there is none).
@@ -307,6 +330,7 @@ fn serve_seed(store: &Store, own: &Share, peer: &str, peer_share: &Share) -> Res
     own.upload(&local, &seed::snapshot_name(peer))?;
     let _ = std::fs::remove_file(&local);
     let manifest = SeedManifest {
+        version: Default::default(),
         id: request.id,
         database_id: store.state().database_id.to_string(),
         lsn: lsn.0,

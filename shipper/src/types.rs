@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Log sequence number: the position of one logical record (one transaction)
 /// in a database's log. The first record has LSN 1; LSN 0 means "nothing".
 /// Dense: every committed transaction takes exactly the previous LSN + 1.
@@ -167,6 +169,41 @@ pub struct SchemaHash(pub u128);
 impl fmt::Display for SchemaHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:032x}", self.0)
+    }
+}
+
+/// The format version every JSON file and datagram logship writes carries
+/// as `version` (FORMAT.md, "State files"). A file without one is version
+/// 1, written before the field existed; a newer one is refused by its
+/// reader, never guessed at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FormatVersion(pub u32);
+
+impl FormatVersion {
+    /// The version this build writes and the newest it reads.
+    pub const CURRENT: FormatVersion = FormatVersion(1);
+
+    /// Whether this build can read a file of this version.
+    pub fn readable(self) -> bool {
+        self <= Self::CURRENT
+    }
+
+    /// Why a file of this version is refused, if it is.
+    pub fn refusal(self) -> Option<String> {
+        (!self.readable()).then(|| {
+            format!(
+                "format version {} is newer than this build reads ({}): upgrade logship",
+                self.0,
+                Self::CURRENT.0
+            )
+        })
+    }
+}
+
+impl Default for FormatVersion {
+    fn default() -> FormatVersion {
+        FormatVersion::CURRENT
     }
 }
 

@@ -94,6 +94,7 @@ fn a_seed_that_does_not_match_its_manifest_names_the_snapshot() {
     let snap = dir.path().join("snap.db");
     let lsn = shipper::seed::snapshot(&dir.path().join("store.db"), &snap).unwrap();
     let manifest = shipper::seed::SeedManifest {
+        version: Default::default(),
         id: "x".into(),
         database_id: st.database_id.to_string(),
         lsn: lsn.0 + 1,

@@ -222,6 +222,7 @@ impl Daemon<'_> {
             self.m.known_epoch,
         );
         let rec = EpochRecord {
+            version: Default::default(),
             epoch,
             node: self.name.clone(),
             start_lsn: lsn,

@@ -73,6 +73,7 @@ impl Daemon<'_> {
             }
         }
         NodeStatus {
+            version: Default::default(),
             node: self.name.clone(),
             role: self.m.role,
             epoch: match &self.duty {

@@ -60,6 +60,8 @@ pub enum Refusal {
     NotAHeartbeat { reason: String },
     #[error("a heartbeat from cluster {cluster:?}, not {ours:?}")]
     OtherCluster { cluster: String, ours: String },
+    #[error("a heartbeat of {why}")]
+    NewerVersion { why: String },
     #[error("a heartbeat from node {node:?}, expected {expected:?}")]
     OtherNode { node: String, expected: String },
     #[error(
@@ -82,6 +84,7 @@ impl Refusal {
             Refusal::KeyedButNoKey => "keyed-but-no-key",
             Refusal::NotAHeartbeat { .. } => "not-a-heartbeat",
             Refusal::OtherCluster { .. } => "other-cluster",
+            Refusal::NewerVersion { .. } => "newer-version",
             Refusal::OtherNode { .. } => "other-node",
             Refusal::OtherConfig { .. } => "other-config",
         }
@@ -269,6 +272,9 @@ pub struct Handoff {
 /// One heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
+    /// The datagram's format version (FORMAT.md, "Heartbeat datagram").
+    #[serde(default)]
+    pub version: shipper::FormatVersion,
     pub cluster: String,
     pub node: String,
     /// Random for each run of the sender: with `seq`, what tells a fresh
@@ -415,6 +421,9 @@ impl LinkConfig {
                 });
             }
         };
+        if let Some(why) = hb.version.refusal() {
+            return Err(Refusal::NewerVersion { why });
+        }
         if hb.cluster != self.cluster {
             return Err(Refusal::OtherCluster {
                 cluster: hb.cluster,
@@ -681,6 +690,29 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         ha.join().unwrap();
         hb.join().unwrap();
+    }
+
+    #[test]
+    fn a_heartbeat_of_a_newer_format_is_refused_not_guessed_at() {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let a_cfg = cfg(a_addr, b_addr, "a", "b", "h");
+        let b_cfg = cfg(b_addr, a_addr, "b", "a", "h");
+        let mut hb = Heartbeat {
+            cluster: "c".into(),
+            node: "b".into(),
+            config_hash: "h".into(),
+            ..Default::default()
+        };
+        assert!(a_cfg.open(&b_cfg.seal(&hb)).is_ok());
+        hb.version = shipper::FormatVersion(2);
+        let e = a_cfg.open(&b_cfg.seal(&hb)).unwrap_err();
+        assert!(matches!(e, Refusal::NewerVersion { .. }), "{e:?}");
+        assert!(e.to_string().contains("format version 2"), "{e}");
+        // A heartbeat of a build that wrote no version is version 1.
+        let mut v = serde_json::to_value(&hb).unwrap();
+        v.as_object_mut().unwrap().remove("version");
+        let old = serde_json::to_vec(&v).unwrap();
+        assert_eq!(a_cfg.open(&old).unwrap().version, shipper::FormatVersion(1));
     }
 
     #[test]
@@ -959,6 +991,7 @@ mod tests {
                         handoff,
                     )| {
                         Heartbeat {
+                            version: Default::default(),
                             cluster: "c".into(),
                             node: "b".into(),
                             boot,

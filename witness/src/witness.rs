@@ -23,6 +23,9 @@ const MAX_EPOCH_FILE: u64 = 64 * 1024;
 /// One epoch: who started it, why, and where its log begins.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochRecord {
+    /// The file's format version (FORMAT.md, "State files").
+    #[serde(default)]
+    pub version: shipper::FormatVersion,
     pub epoch: Epoch,
     /// The node that became active.
     pub node: String,
@@ -115,6 +118,13 @@ impl Witness {
                     std::io::Error::other(e.to_string()),
                 )
             })?;
+            if let Some(why) = rec.version.refusal() {
+                return Err(Error::io(
+                    "parse epoch record",
+                    format!("{}/{name}", self.share.display()),
+                    std::io::Error::other(why),
+                ));
+            }
             if rec.epoch != epoch {
                 return Err(Error::io(
                     "parse epoch record",
@@ -239,6 +249,23 @@ mod tests {
     }
 
     #[test]
+    fn an_epoch_file_of_a_newer_version_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Witness::new(Share::Dir(dir.path().to_path_buf()));
+        let mut r = rec(2, "alpha");
+        assert!(w.claim(&r).unwrap());
+        assert_eq!(w.history().unwrap(), vec![r.clone()]);
+        r.epoch = Epoch(3);
+        r.version = shipper::FormatVersion(2);
+        assert!(w.claim(&r).unwrap());
+        let e = w.history().unwrap_err().to_string();
+        assert!(
+            e.contains("format version 2") && e.contains("epoch-0000000000000003.json"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn an_alone_file_of_a_newer_version_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let w = Witness::new(Share::Dir(dir.path().to_path_buf()));
@@ -270,6 +297,7 @@ mod tests {
 
     fn rec(epoch: u64, node: &str) -> EpochRecord {
         EpochRecord {
+            version: Default::default(),
             epoch: Epoch(epoch),
             node: node.into(),
             start_lsn: Lsn(10 * epoch),
