@@ -24,6 +24,7 @@ pub fn append(data_dir: &Path, node: &str, kind: &str, fields: serde_json::Value
     );
     obj.insert("node".into(), node.into());
     obj.insert("event".into(), kind.into());
+    obj.insert("version".into(), shipper::FormatVersion::CURRENT.0.into());
     if let serde_json::Value::Object(m) = fields {
         obj.extend(m);
     }

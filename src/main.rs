@@ -436,6 +436,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default();
                 m.remove("node");
+                if let Some(v) = m.remove("version")
+                    && v.as_u64().unwrap_or(1) > u64::from(shipper::FormatVersion::CURRENT.0)
+                {
+                    println!("{time} {event} (format version {v}, newer than this build reads)");
+                    continue;
+                }
                 let rest: Vec<String> = m
                     .iter()
                     .filter(|(_, v)| !v.is_null())

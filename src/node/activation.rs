@@ -39,6 +39,16 @@ pub(super) fn recent_redelivery(data_dir: &Path) -> Option<u64> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    // A newer format is not guessed at.
+    let version = v["version"].as_u64().unwrap_or(1);
+    if version > u64::from(shipper::FormatVersion::CURRENT.0) {
+        tracing::warn!(
+            file = REDELIVERY_FILE,
+            version,
+            "a redelivery request of a newer format is not read"
+        );
+        return None;
+    }
     let at = v["at_us"].as_u64()?;
     let age = witness::witness::now_us().saturating_sub(at);
     (age < REDELIVERY_REPEAT.as_micros() as u64).then(|| v["since_us"].as_u64())?
@@ -440,7 +450,11 @@ impl Daemon<'_> {
         *self.mail.redeliver_since.lock().expect("since lock") = Some(since);
         // Kept on disk: if this node restarts before the relay has heard
         // the request, it asks again (see `activate_store`).
-        let request = serde_json::json!({"since_us": since, "at_us": witness::witness::now_us()});
+        let request = serde_json::json!({
+            "version": shipper::FormatVersion::CURRENT,
+            "since_us": since,
+            "at_us": witness::witness::now_us(),
+        });
         if let Err(e) = shipper::share::write_atomic(
             &self.node.data_dir.join(REDELIVERY_FILE),
             request.to_string().as_bytes(),
