@@ -109,3 +109,32 @@ impl NodeStatus {
             .filter(|s| s.version.readable())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Whatever `node.json` holds, loading it gives a status or none;
+        /// never a panic.
+        #[test]
+        fn any_bytes_in_node_json_load_or_are_ignored(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(NODE_STATUS_FILE), &bytes).unwrap();
+            let _ = NodeStatus::load(dir.path());
+        }
+    }
+
+    #[test]
+    fn a_node_json_of_a_newer_format_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = serde_json::to_value(NodeStatus::default()).unwrap();
+        std::fs::write(dir.path().join(NODE_STATUS_FILE), v.to_string()).unwrap();
+        assert!(NodeStatus::load(dir.path()).is_some());
+        v["version"] = 2.into();
+        std::fs::write(dir.path().join(NODE_STATUS_FILE), v.to_string()).unwrap();
+        assert!(NodeStatus::load(dir.path()).is_none());
+    }
+}

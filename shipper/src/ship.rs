@@ -344,3 +344,55 @@ fn serve_seed(store: &Store, own: &Share, peer: &str, peer_share: &Share) -> Res
     tracing::info!(peer = %peer, lsn = %lsn, bytes = size, "snapshot published for {peer}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Whatever a peer's `copy-status.json` or our `ship-status.json`
+        /// hold, reading them gives a reason or a status; never a panic,
+        /// and never a truncation limit from a report that does not parse.
+        #[test]
+        fn any_bytes_in_status_files_are_read_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(SHIP_STATUS_FILE), &bytes).unwrap();
+            let _ = ShipStatus::load(dir.path());
+            let peer = dir.path().join("beta");
+            std::fs::create_dir_all(&peer).unwrap();
+            std::fs::write(peer.join(COPY_STATUS_FILE), &bytes).unwrap();
+            let cfg = ShipConfig {
+                node: "alpha".into(),
+                share: Share::Dir(dir.path().join("alpha")),
+                peers: vec![("beta".into(), Share::Dir(peer))],
+                retention: Duration::ZERO,
+            };
+            if serde_json::from_slice::<CopyReport>(&bytes).is_err() {
+                prop_assert!(truncation_limit(&cfg, "db").is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_status_of_a_newer_format_holds_truncation_back_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = dir.path().join("beta");
+        std::fs::create_dir_all(&peer).unwrap();
+        let report = serde_json::json!({
+            "version": 2, "node": "beta", "database_id": "db",
+            "summary_copy_status": "Healthy", "last_log_replayed": 5,
+            "suspend_comment": null
+        });
+        std::fs::write(peer.join(COPY_STATUS_FILE), report.to_string()).unwrap();
+        let cfg = ShipConfig {
+            node: "alpha".into(),
+            share: Share::Dir(dir.path().join("alpha")),
+            peers: vec![("beta".into(), Share::Dir(peer))],
+            retention: Duration::ZERO,
+        };
+        let why = truncation_limit(&cfg, "db").unwrap_err();
+        assert!(why.contains("format version 2"), "{why}");
+    }
+}
