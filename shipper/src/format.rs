@@ -1251,7 +1251,7 @@ impl Reassembler {
     /// Feeds one frame; returns the complete logical payload when `frame` ends a record.
     #[allow(
         clippy::type_complexity,
-        reason = "the signature is the contract log.rs and store.rs use"
+        reason = "the signature is the contract log.rs and the store use"
     )]
     pub fn push<'a>(
         &mut self,
