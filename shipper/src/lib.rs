@@ -16,8 +16,8 @@
 //!   group commit, fence, recovery), `rewind` (undo past a fork), `metrics`
 //!   (latency histograms), `block` (block mode: the durable-bytes feed and
 //!   its stream).
-//! - Shares: `share` (a directory or `smb://`), `smb` (the SMB client),
-//!   `secret` (owner-only secret files).
+//! - Shares: `share` (a directory or `smb://`) with its child `share::smb`
+//!   (the SMB client), `secret` (owner-only secret files).
 //! - The active's duties: `seed` (snapshots), `ship` (seeding, publishing,
 //!   truncation).
 
@@ -35,8 +35,9 @@ pub mod script;
 pub mod secret;
 pub mod seed;
 pub mod share;
+/// The SMB client, a child of `share`; here under its old path too.
+pub use share::smb;
 pub mod ship;
-pub mod smb;
 pub mod store;
 pub mod types;
 

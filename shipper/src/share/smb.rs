@@ -521,7 +521,7 @@ impl SmbShare {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Option<u64>> {
         let mut temp = dest.as_os_str().to_owned();
-        temp.push(crate::share::TEMP_SUFFIX);
+        temp.push(super::TEMP_SUFFIX);
         let temp = PathBuf::from(temp);
         let mut out = std::fs::File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
         let r = self.stream(name, u64::MAX, &mut |span, done, total| {
@@ -705,7 +705,7 @@ impl SmbShare {
 
     /// Writes `name` atomically: `<name>.part`, then a rename that replaces.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let temp = format!("{name}{}", crate::share::TEMP_SUFFIX);
+        let temp = format!("{name}{}", super::TEMP_SUFFIX);
         self.write_and_rename("write", name, &temp, bytes, true)?
             .map_err(|e| self.err("write", name, e.to_string()))
     }
@@ -807,7 +807,7 @@ impl SmbShare {
             .boxed()
         })?;
         let mut names = r.map_err(|e| self.err("list", "", e.to_string()))?;
-        names.retain(|n| !n.ends_with(crate::share::TEMP_SUFFIX));
+        names.retain(|n| !n.ends_with(super::TEMP_SUFFIX));
         names.sort();
         Ok(names)
     }
@@ -889,7 +889,7 @@ impl SmbShare {
     /// a temporary name, then a rename that never replaces, so readers see
     /// the whole file or nothing and only one creator wins.
     pub fn create_new(&self, name: &str, bytes: &[u8]) -> Result<bool> {
-        let temp = format!("{name}.{}{}", std::process::id(), crate::share::TEMP_SUFFIX);
+        let temp = format!("{name}.{}{}", std::process::id(), super::TEMP_SUFFIX);
         match self.write_and_rename("create", name, &temp, bytes, false)? {
             Ok(()) => Ok(true),
             Err(e) if smb_status(&e) == Some(NAME_COLLISION) => Ok(false),

@@ -1,18 +1,20 @@
 //! Shares: "a directory reachable by path or by `smb://` URL", behind one
 //! type so that the replayer, the seed and the witness never care which
-//! (the SMB client itself is `crate::smb`). Every operation names the share and file in its error.
+//! (the SMB client itself is the child module `smb`). Every operation names the share and file in its error.
 //!
 //! Writes are atomic from a reader's point of view: `write_atomic` writes a
 //! temporary name, syncs it and renames it, so a reader sees either nothing
 //! or the whole file.
 
+pub mod smb;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
+pub use self::smb::Encrypt;
+use self::smb::{SmbShare, SmbUrl};
 use crate::error::{Error, Result};
-pub use crate::smb::Encrypt;
-use crate::smb::{SmbShare, SmbUrl};
 
 /// One job's outcome in `Share::fetch_many`: the size and what `check`
 /// said, `None` when the share does not hold the file.
@@ -67,15 +69,15 @@ impl Share {
         if spec.starts_with("smb://") {
             let url = SmbUrl::parse(spec)?;
             let password = if opts.file_only {
-                crate::smb::password_from_file(opts.password_file.as_deref())?
+                self::smb::password_from_file(opts.password_file.as_deref())?
             } else {
-                crate::smb::password(opts.password_file.as_deref())?
+                self::smb::password(opts.password_file.as_deref())?
             };
             let share = SmbShare::new(
                 url,
                 password,
                 opts.encrypt,
-                opts.timeout.unwrap_or(crate::smb::DEFAULT_TIMEOUT),
+                opts.timeout.unwrap_or(self::smb::DEFAULT_TIMEOUT),
             )?;
             return Ok(Share::Smb(std::sync::Arc::new(share)));
         }
@@ -447,7 +449,7 @@ pub enum ShareLock {
     /// `flock` on a file in the directory (released by the kernel when the
     /// process dies), and the path it was taken on.
     Dir(File, PathBuf),
-    Smb(crate::smb::SmbLock),
+    Smb(self::smb::SmbLock),
 }
 
 impl ShareLock {
