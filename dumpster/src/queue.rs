@@ -126,8 +126,16 @@ pub struct Queue {
     conn: Mutex<Connection>,
 }
 
+/// A failure of the relay's queue database, its SQLite error kept whole
+/// (callers see it through `std::io::Error`, whose source it is).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the relay's queue database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
 fn sql(e: rusqlite::Error) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+    std::io::Error::other(QueueError::Sql(e))
 }
 
 fn split(list: &str) -> Vec<String> {
@@ -495,6 +503,23 @@ mod tests {
             };
             q.attempted(&m, &a, now).unwrap();
         }
+    }
+
+    #[test]
+    fn a_queue_that_is_not_a_database_keeps_its_sqlite_error_typed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("relay.db");
+        std::fs::write(&p, vec![b'x'; 4096]).unwrap();
+        let e = Queue::open(&p).unwrap_err();
+        let inner = e.get_ref().and_then(|i| i.downcast_ref::<QueueError>());
+        assert!(
+            matches!(
+                inner,
+                Some(QueueError::Sql(rusqlite::Error::SqliteFailure(..)))
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("relay's queue database"), "{e}");
     }
 
     #[test]
