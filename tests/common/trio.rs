@@ -381,6 +381,17 @@ impl Trio {
         d
     }
 
+    /// Writes row `id` through `node` until it is acknowledged (a node
+    /// starved of CPU may be fenced for a moment and refuse); its LSN.
+    pub fn write(&self, node: &str, id: u64) -> u64 {
+        let mut lsn = None;
+        self.wait_for(&format!("{node} to take the write of row {id}"), 30, || {
+            lsn = self.insert(node, id);
+            lsn.is_some()
+        });
+        lsn.expect("set when the wait ends")
+    }
+
     /// Writes row `id` through `node`; the LSN when acknowledged. A probe
     /// may be retried with the same id after an answer was lost (a write
     /// made durable, then answered `Fenced`, is kept): it replaces the row.
