@@ -32,20 +32,7 @@ pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
         dir.to_path_buf(),
         crate::procs::write_bench_config(dir, "", "")?,
     )?;
-    b.run(&["init", "--node", "alpha"])?;
-    b.run(&[
-        "sql",
-        "--node",
-        "alpha",
-        "CREATE TABLE load (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
-    ])?;
-    b.start("alpha", &["node", "--node", "alpha"])?;
-    b.wait("alpha active", 30, || b.status("alpha")["role"] == "active")?;
-    b.start("beta", &["node", "--node", "beta"])?;
-    b.run(&["seed", "--node", "beta"])?;
-    b.wait("beta Healthy", 60, || {
-        b.status("beta")["summary_copy_status"] == "Healthy"
-    })?;
+    b.start_pair()?;
     // A steady write load into whichever node is active.
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));

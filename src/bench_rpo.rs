@@ -92,21 +92,7 @@ fn pair(dir: &Path, mode: Mode, smb: bool) -> Result<(Procs, Option<logship::sam
     text = text.replacen("[nodes.alpha]", &format!("{cluster}\n[nodes.alpha]"), 1);
     std::fs::write(&config, text)?;
     let mut b = Procs::new(dir.to_path_buf(), config)?;
-    b.run(&["init", "--node", "alpha"])?;
-    b.run(&[
-        "sql",
-        "--node",
-        "alpha",
-        "CREATE TABLE load (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
-    ])?;
-    b.start("alpha", &["node", "--node", "alpha"])?;
-    b.wait("alpha active", 30, || b.status("alpha")["role"] == "active")?;
-    b.start("beta", &["node", "--node", "beta"])?;
-    b.run(&["seed", "--node", "beta"])?;
-    b.wait("beta Healthy and passive", 60, || {
-        let s = b.status("beta");
-        s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
-    })?;
+    b.start_pair()?;
     b.wait("alpha to hold both other votes", 30, || {
         let q = &b.status("alpha")["quorum"];
         q["peer"] == true && q["witness"] == true

@@ -52,6 +52,28 @@ impl Procs {
         c
     }
 
+    /// The cluster benchmarks' pair: alpha initialised with the `load`
+    /// table and active, beta seeded and a Healthy passive behind it.
+    pub fn start_pair(&mut self) -> Result<()> {
+        self.run(&["init", "--node", "alpha"])?;
+        self.run(&[
+            "sql",
+            "--node",
+            "alpha",
+            "CREATE TABLE load (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
+        ])?;
+        self.start("alpha", &["node", "--node", "alpha"])?;
+        self.wait("alpha active", 30, || {
+            self.status("alpha")["role"] == "active"
+        })?;
+        self.start("beta", &["node", "--node", "beta"])?;
+        self.run(&["seed", "--node", "beta"])?;
+        self.wait("beta Healthy and passive", 60, || {
+            let s = self.status("beta");
+            s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
+        })
+    }
+
     /// Runs a command to its end; its stdout, or an error with its stderr.
     pub fn run(&self, args: &[&str]) -> Result<String> {
         let out = self.cmd(args).output()?;
