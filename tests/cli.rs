@@ -406,26 +406,10 @@ fn each_class_of_failure_has_its_exit_code() {
     let out = c.run(&["sql", "BEGIN"]);
     assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
     // 5: the data directory held by another process.
-    let lock = c.data_dir().join("lock");
-    let mut holder = Command::new("flock")
-        .arg("-x")
-        .arg(&lock)
-        .arg("cat")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while shipper::store::lock_data_dir(&c.data_dir()).is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "flock did not take the lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let holder = common::hold_data_dir(&c.data_dir());
     let out = c.run(&["sql", "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL)"]);
     assert_eq!(code(&out), 5, "{}", String::from_utf8_lossy(&out.stderr));
-    drop(holder.stdin.take());
-    holder.wait().unwrap();
+    holder.release();
     // 5: a cluster command with no daemon running.
     let out = c.run(&["pause-node"]);
     assert_eq!(code(&out), 5, "{}", String::from_utf8_lossy(&out.stderr));

@@ -914,29 +914,10 @@ fn killing_the_active_keeps_every_acknowledged_write_its_share_still_holds() {
 #[test]
 fn replay_that_finds_the_copy_locked_starts_once_the_lock_is_released() {
     let t = Trio::new("best-availability");
-    t.ok("alpha", &["init"]);
-    t.ok(
-        "alpha",
-        &[
-            "sql",
-            "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
-        ],
-    );
-    let _alpha = t.start("alpha");
-    t.wait_for("alpha active", 30, || t.status("alpha")["role"] == "active");
+    let _alpha = t.active_alpha();
     t.ok("beta", &["seed"]);
     // Another process holds beta's data directory when its node starts.
-    let lock = t.dir.path().join("beta").join("lock");
-    let mut holder = Command::new("flock")
-        .arg("-x")
-        .arg(&lock)
-        .arg("cat")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("run flock (util-linux)");
-    t.wait_for("the lock to be held", 10, || {
-        shipper::store::lock_data_dir(&t.dir.path().join("beta")).is_err()
-    });
+    let holder = common::hold_data_dir(&t.data_dir("beta"));
     let _beta = t.start("beta");
     let log = t.dir.path().join("beta.log");
     t.wait_for("beta to find its copy locked", 30, || {
@@ -944,8 +925,7 @@ fn replay_that_finds_the_copy_locked_starts_once_the_lock_is_released() {
             .unwrap_or_default()
             .contains("cannot start replay yet")
     });
-    drop(holder.stdin.take()); // cat ends, flock releases
-    holder.wait().unwrap();
+    holder.release();
     t.wait_for("beta Healthy and passive", 30, || {
         let s = t.status("beta");
         s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
@@ -991,24 +971,8 @@ fn block_mode_keeps_what_the_passive_received_when_the_old_actives_share_is_gone
     let _hidden = hide_open_segment(&t, "alpha");
     alpha.0.kill().unwrap();
     alpha.0.wait().unwrap();
-    t.wait_for("beta to take writes", 30, || {
-        t.insert("beta", 1000).is_some()
-    });
-    let have = t.ids("beta");
-    for id in 1..=30 {
-        assert!(
-            have.contains(&id),
-            "acknowledged row {id} is missing: {have:?}\n{}",
-            t.dump()
-        );
-    }
+    t.takes_over_holding("beta", 1..=30, "received by block mode to LSN");
     let st = t.status("beta");
-    assert!(
-        st["dial"]["text"]
-            .as_str()
-            .is_some_and(|d| d.contains("received by block mode to LSN")),
-        "{st}"
-    );
     // Block mode knew the old active's end: nothing of it is missing, but
     // without synchronous commit that is not proof.
     assert_eq!(st["dial"]["missing_records"], 0, "{st}");
@@ -1123,26 +1087,11 @@ fn synchronous_commit_loses_nothing_and_goes_on_alone_without_the_passive() {
     let mut alpha = alpha;
     alpha.0.kill().unwrap();
     alpha.0.wait().unwrap();
-    t.wait_for("beta to take writes", 30, || {
-        t.insert("beta", 1000).is_some()
-    });
-    let have = t.ids("beta");
-    for id in 1..=40 {
-        assert!(
-            have.contains(&id),
-            "acknowledged row {id} is missing: {have:?}"
-        );
-    }
+    t.takes_over_holding("beta", 1..=40, "commit was synchronous and confirmed");
     let st = t.status("beta");
     assert_eq!(st["dial"]["missing"], 0, "{st}");
     assert_eq!(st["dial"]["missing_records"], 0, "{st}");
     assert_eq!(st["dial"]["missing_bytes"], 0, "{st}");
-    assert!(
-        st["dial"]["text"]
-            .as_str()
-            .is_some_and(|d| d.contains("commit was synchronous and confirmed")),
-        "{st}"
-    );
     drop(_hidden);
     t.rejoin_and_verify("alpha", "beta");
     drop(beta);

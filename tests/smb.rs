@@ -759,26 +759,6 @@ fn write_rows(t: &common::trio::Trio) -> u64 {
     last
 }
 
-/// Every row 1..=30 is on beta, and its dial says `why`.
-fn beta_holds_every_row(t: &common::trio::Trio, why: &str) {
-    t.wait_for("beta to take writes", 30, || {
-        t.insert("beta", 1000).is_some()
-    });
-    let have = t.ids("beta");
-    for id in 1..=30 {
-        assert!(
-            have.contains(&id),
-            "acknowledged row {id} is missing: {have:?}\n{}",
-            t.dump()
-        );
-    }
-    let st = t.status("beta");
-    assert!(
-        st["dial"]["text"].as_str().is_some_and(|d| d.contains(why)),
-        "{st}"
-    );
-}
-
 /// The last logs over SMB: alpha dies, its smbd does not; the passive copies
 /// alpha's open segment from the share before the dial decides.
 #[test]
@@ -788,7 +768,7 @@ fn over_smb_the_last_logs_are_copied_from_a_share_that_outlived_its_node() {
     write_rows(&t);
     alpha.0.kill().unwrap();
     alpha.0.wait().unwrap();
-    beta_holds_every_row(&t, "open segment: copied to LSN");
+    t.takes_over_holding("beta", 1..=30, "open segment: copied to LSN");
     assert_eq!(t.status("beta")["dial"]["missing"], 0);
     t.rejoin_and_verify("alpha", "beta");
 }
@@ -812,7 +792,7 @@ fn block_mode_keeps_every_received_write_when_the_active_and_its_smbd_die() {
     alpha.0.kill().unwrap();
     alpha.0.wait().unwrap();
     s.stop();
-    beta_holds_every_row(&t, "received by block mode to LSN");
+    t.takes_over_holding("beta", 1..=30, "received by block mode to LSN");
     // The machine comes back.
     s.start_again();
     t.rejoin_and_verify("alpha", "beta");
@@ -836,7 +816,7 @@ fn synchronous_commit_over_smb_loses_nothing_when_the_active_and_its_smbd_die() 
     alpha.0.kill().unwrap();
     alpha.0.wait().unwrap();
     s.stop();
-    beta_holds_every_row(&t, "commit was synchronous and confirmed");
+    t.takes_over_holding("beta", 1..=30, "commit was synchronous and confirmed");
     assert_eq!(t.status("beta")["dial"]["missing"], 0);
     s.start_again();
     t.rejoin_and_verify("alpha", "beta");

@@ -337,3 +337,36 @@ pub fn sealed_generations(dir: &Path) -> Vec<u64> {
         .map(|(g, _)| g.0)
         .collect()
 }
+
+/// Another process holding a data directory's lock (util-linux `flock`),
+/// until `release`.
+pub struct LockHolder(std::process::Child);
+
+/// Has another process take `data_dir`'s lock, and waits until it holds it.
+pub fn hold_data_dir(data_dir: &Path) -> LockHolder {
+    let holder = Command::new("flock")
+        .arg("-x")
+        .arg(data_dir.join("lock"))
+        .arg("cat")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run flock (util-linux)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shipper::store::lock_data_dir(data_dir).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock did not take the lock of {}",
+            data_dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    LockHolder(holder)
+}
+
+impl LockHolder {
+    /// `cat` ends with its input, and `flock` releases the lock.
+    pub fn release(mut self) {
+        drop(self.0.stdin.take());
+        self.0.wait().unwrap();
+    }
+}

@@ -340,8 +340,8 @@ impl Trio {
         }
     }
 
-    /// alpha active with a table, beta seeded and Healthy behind it.
-    pub fn running_pair(&self) -> (Daemon, Daemon) {
+    /// alpha initialised with the table `t`, its node running and active.
+    pub fn active_alpha(&self) -> Daemon {
         self.ok("alpha", &["init"]);
         self.ok(
             "alpha",
@@ -354,6 +354,12 @@ impl Trio {
         self.wait_for("alpha active", 30, || {
             self.status("alpha")["role"] == "active"
         });
+        alpha
+    }
+
+    /// alpha active with a table, beta seeded and Healthy behind it.
+    pub fn running_pair(&self) -> (Daemon, Daemon) {
+        let alpha = self.active_alpha();
         let beta = self.start("beta");
         self.ok("beta", &["seed"]);
         self.wait_for("beta Healthy and passive", 60, || {
@@ -364,6 +370,34 @@ impl Trio {
             self.status("alpha")["quorum"]["peer"] == true
         });
         (alpha, beta)
+    }
+
+    /// After its peer died: `node` takes writes, holds every row of
+    /// `rows`, and its mount dial's text says `dial_says`.
+    pub fn takes_over_holding(
+        &self,
+        node: &str,
+        rows: impl IntoIterator<Item = u64>,
+        dial_says: &str,
+    ) {
+        self.wait_for(&format!("{node} to take writes"), 30, || {
+            self.insert(node, 1000).is_some()
+        });
+        let have = self.ids(node);
+        for id in rows {
+            assert!(
+                have.contains(&id),
+                "acknowledged row {id} is missing: {have:?}\n{}",
+                self.dump()
+            );
+        }
+        let st = self.status(node);
+        assert!(
+            st["dial"]["text"]
+                .as_str()
+                .is_some_and(|d| d.contains(dial_says)),
+            "{st}"
+        );
     }
 
     /// After a failover to `active`: restarts `old`, which rejoins and
