@@ -84,3 +84,33 @@ fn bench_commit_says_how_it_writes_and_ends_with_its_ratio() {
         );
     }
 }
+
+/// `bench rpo` on small sizes: every mode's rate and its ratio, a round of
+/// each kind, nothing acknowledged lost with block mode or synchronous
+/// commit, and the last line its p50.
+#[test]
+fn bench_rpo_loses_nothing_with_block_mode_and_ends_with_its_p50() {
+    let out = bench(&["rpo", "--rounds", "1", "--seconds", "0.3"]);
+    for mode in [
+        "asynchronous (block mode off)",
+        "block mode",
+        "commit = \"remote\"",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(mode) && l.contains("tx/s")),
+            "{out}"
+        );
+    }
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ratio at")).count(),
+        2,
+        "{out}"
+    );
+    let rounds: Vec<&str> = out.lines().filter(|l| l.contains(": round ")).collect();
+    assert_eq!(rounds.len(), 5, "{out}");
+    for r in rounds.iter().filter(|r| !r.starts_with("asynchronous")) {
+        assert!(r.contains(" 0 lost"), "{out}");
+    }
+    assert_eq!(out.lines().last(), Some("rpo_lost_p50 0"), "{out}");
+}
