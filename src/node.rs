@@ -119,6 +119,9 @@ struct Daemon<'a> {
     /// Synchronous commit as last seen, and whether the witness holds the
     /// record of going alone.
     sync_seen: Option<(shipper::block::SyncStatus, bool)>,
+    /// Why this node serves no block-mode stream, when its listener could
+    /// not start.
+    block_off: Option<String>,
 }
 
 /// Runs the node daemon until SIGTERM or SIGINT.
@@ -245,14 +248,25 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         serve_admin(name, node, addr, snapshot.clone(), serving.clone())?;
     }
     let feeding: block::Feeding = Default::default();
+    // Block mode's listener. Its address defaults to the heartbeat's, over
+    // TCP: when that port is another program's, the node runs without block
+    // mode and says so; an address set in the config must be had.
+    let mut block_off = None;
     let block_thread = match node.block_addr() {
-        Some(addr) => Some(block::start_listener(
-            name,
-            addr,
-            key.clone(),
-            feeding.clone(),
-            stop.clone(),
-        )?),
+        Some(addr) => {
+            match block::start_listener(name, addr, key.clone(), feeding.clone(), stop.clone()) {
+                Ok(t) => Some(t),
+                Err(e) if node.block.is_none() => {
+                    let why = format!(
+                        "off: {e:#}; set [nodes.{name}] block to a free address (or \"off\")"
+                    );
+                    tracing::warn!(reason = %why, "block mode");
+                    block_off = Some(why);
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
         None => None,
     };
     let (req_tx, requests) = channel::<Request>();
@@ -297,6 +311,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         feeding,
         received: Default::default(),
         sync_seen: None,
+        block_off,
     };
     tracing::info!(node = %name, peer = %d.peer, witness = %witness_spec, "node daemon started");
     let tick = (timing.interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));

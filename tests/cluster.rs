@@ -1178,3 +1178,47 @@ fn an_old_active_that_lost_its_last_writes_rejoins_behind_and_ends_equal() {
     let out = t.ok("alpha", &["verify-copy"]);
     assert!(out.contains("equal"), "{out}");
 }
+
+/// Block mode's address defaults to the heartbeat's, over TCP. When another
+/// program holds that TCP port, the node still runs, without block mode,
+/// and says why; an address set in the config must be had.
+#[test]
+fn a_taken_default_block_port_leaves_block_mode_off_and_a_taken_chosen_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("witness");
+    std::fs::create_dir_all(&w).unwrap();
+    let hb = [
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+        format!("127.0.0.1:{}", common::trio::free_udp_port()),
+    ];
+    // Another program on alpha's heartbeat port, over TCP.
+    let other = std::net::TcpListener::bind(&hb[0]).unwrap();
+    let t = Trio::custom(
+        dir,
+        &format!("witness = \"{}\"\n", w.display()),
+        hb.clone(),
+        None,
+    );
+    let _alpha = t.active_alpha();
+    let st = t.status("alpha");
+    assert!(
+        st["block_mode"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("off:") && m.contains("block to a free address")),
+        "{st}"
+    );
+    assert!(t.write("alpha", 1) > 0);
+    // Chosen in the config, the same address is an error at start.
+    let text = std::fs::read_to_string(&t.config).unwrap().replace(
+        &format!("heartbeat = \"{}\"", hb[1]),
+        &format!("heartbeat = \"{}\"\nblock = \"{}\"", hb[1], hb[0]),
+    );
+    std::fs::write(&t.config, text).unwrap();
+    let out = t.cmd("beta", &["node"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("listen for block mode on {}", hb[0])),
+        "{err}"
+    );
+    drop(other);
+}

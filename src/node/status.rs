@@ -135,7 +135,10 @@ impl Daemon<'_> {
                 (Duty::Passive(_), Some(r)) => {
                     Some(r.error.clone().unwrap_or_else(|| "off".into()))
                 }
-                (Duty::Active(_), _) => self.node.block_addr().map(|a| format!("serving on {a}")),
+                (Duty::Active(_), _) => match &self.block_off {
+                    Some(why) => Some(why.clone()),
+                    None => self.node.block_addr().map(|a| format!("serving on {a}")),
+                },
                 _ => None,
             },
             commit: self.commit_note(),
