@@ -13,6 +13,7 @@ use logship::config::{Config, Node};
 use replayer::state::{CopyPaths, CopyState};
 use shipper::seed::{self, SeedManifest, SeedRequest};
 use shipper::share::Share;
+use shipper::state_file::StateFileError;
 
 use crate::daemon::{SHUTDOWN, install_shutdown_handler, refuse_under_node, warn_open_dirs};
 use crate::shares::{share_of, source_node};
@@ -187,17 +188,16 @@ fn wait_for_manifest(
     let deadline = started + timeout;
     let mut told = false;
     loop {
-        if let Some(b) = source.read(&seed::manifest_name(name), 1 << 20)?
-            && let Ok(m) = serde_json::from_slice::<SeedManifest>(&b)
-            && m.id == id
-        {
-            if let Some(why) = m.version.refusal() {
-                bail!(
+        if let Some(b) = source.read(&seed::manifest_name(name), seed::MAX_SEED_FILE as u64)? {
+            match SeedManifest::parse(&b) {
+                Ok(m) if m.id == id => return Ok(m),
+                // An answer to an earlier request, or one half written: wait.
+                Ok(_) | Err(StateFileError::NotJson(_)) => {}
+                Err(why) => bail!(
                     "the seed manifest {} on {source_name}'s share: {why}",
                     seed::manifest_name(name)
-                );
+                ),
             }
-            return Ok(m);
         }
         if !told && started.elapsed() >= SEED_NOTICE {
             told = true;

@@ -423,35 +423,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{line}");
                     continue;
                 }
-                let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(line) else {
-                    println!("{line}");
-                    continue;
-                };
-                let time = m
-                    .remove("time")
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default();
-                let event = m
-                    .remove("event")
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default();
-                m.remove("node");
-                if let Some(v) = m.remove("version")
-                    && v.as_u64().unwrap_or(1) > u64::from(shipper::FormatVersion::CURRENT.0)
-                {
-                    println!("{time} {event} (format version {v}, newer than this build reads)");
-                    continue;
+                match events::parse_line(line) {
+                    Ok(e) => println!("{}", e.summary()),
+                    Err(shipper::state_file::StateFileError::Newer { found, .. }) => {
+                        println!("{line} (format version {found}, newer than this build reads)")
+                    }
+                    Err(_) => println!("{line}"),
                 }
-                let rest: Vec<String> = m
-                    .iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| match v {
-                        serde_json::Value::String(s) => format!("{k}={s:?}"),
-                        v if v.is_object() => format!("{k}=…"),
-                        v => format!("{k}={v}"),
-                    })
-                    .collect();
-                println!("{time}  {event:<18} {}", rest.join(" "));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -44,7 +44,7 @@ pub struct PeerSummary {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// The file's format version (FORMAT.md, "State files").
-    #[serde(default)]
+    #[serde(default = "shipper::FormatVersion::first")]
     pub version: shipper::FormatVersion,
     pub node: String,
     pub role: Role,

@@ -33,6 +33,7 @@ impl Mark {
 #[serde(default)]
 pub struct CopyState {
     /// The file's format version (FORMAT.md, "State files").
+    #[serde(default = "shipper::FormatVersion::first")]
     pub version: shipper::FormatVersion,
     /// The node this copy pulls from.
     pub source: String,
@@ -102,16 +103,11 @@ impl CopyState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("stat", &paths.state, e)),
         };
-        let state: CopyState = serde_json::from_slice(&bytes).map_err(|e| Error::BadStateFile {
-            path: paths.state.clone(),
-            why: e.to_string(),
-        })?;
-        if let Some(why) = state.version.refusal() {
-            return Err(Error::BadStateFile {
+        let state: CopyState = shipper::state_file::parse(&bytes, MAX_STATE_BYTES as usize)
+            .map_err(|why| Error::BadStateFile {
                 path: paths.state.clone(),
                 why,
-            });
-        }
+            })?;
         Ok(Some(state))
     }
 

@@ -31,7 +31,7 @@ impl std::fmt::Display for SummaryCopyStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyStatus {
     /// The file's format version (FORMAT.md, "State files").
-    #[serde(default)]
+    #[serde(default = "shipper::FormatVersion::first")]
     pub version: shipper::FormatVersion,
     pub node: String,
     pub source: String,

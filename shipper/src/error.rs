@@ -181,7 +181,10 @@ pub enum Error {
     /// A state file another logship process wrote that does not parse, or
     /// of a format version this build does not read.
     #[error("state file {} is not valid: {why}", path.display())]
-    BadStateFile { path: PathBuf, why: String },
+    BadStateFile {
+        path: PathBuf,
+        why: crate::state_file::StateFileError,
+    },
 
     /// The store was asked to open a passive copy for writing.
     #[error("{} holds a passive copy ({marker}): it takes changes only by replay; write on the active", path.display())]

@@ -6,7 +6,8 @@
 //!
 //! Reading order, by group:
 //! - Foundations: `types` (LSN, generation, epoch, ids, `now_us`), `error`
-//!   (one variant per failure).
+//!   (one variant per failure), `state_file` (reading the JSON files other
+//!   processes wrote: bounded, versioned).
 //! - Format (bytes, no I/O): `format` (segments, frames, records), `hash`
 //!   (content and schema hashes).
 //! - Changesets: `changeset` (the session extension: apply, invert),
@@ -38,6 +39,7 @@ pub mod share;
 /// The SMB client, a child of `share`; here under its old path too.
 pub use share::smb;
 pub mod ship;
+pub mod state_file;
 pub mod store;
 pub mod types;
 

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use crate::state_file::StateFileError;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +34,7 @@ pub fn manifest_name(node: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedRequest {
     /// The file's format version (FORMAT.md, "State files").
-    #[serde(default)]
+    #[serde(default = "crate::FormatVersion::first")]
     pub version: crate::FormatVersion,
     /// Who asks.
     pub node: String,
@@ -45,7 +46,7 @@ pub struct SeedRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedManifest {
     /// The file's format version (FORMAT.md, "State files").
-    #[serde(default)]
+    #[serde(default = "crate::FormatVersion::first")]
     pub version: crate::FormatVersion,
     pub id: String,
     pub database_id: String,
@@ -54,6 +55,23 @@ pub struct SeedManifest {
     /// The content hash the log records at `lsn` (hex).
     pub hash: String,
     pub size: u64,
+}
+
+/// The most a seed request or manifest may hold.
+pub const MAX_SEED_FILE: usize = 64 * 1024;
+
+impl SeedRequest {
+    /// Reads a request from a peer's share (`seed-request.json`).
+    pub fn parse(bytes: &[u8]) -> std::result::Result<SeedRequest, StateFileError> {
+        crate::state_file::parse(bytes, MAX_SEED_FILE)
+    }
+}
+
+impl SeedManifest {
+    /// Reads a manifest from the active's share (`seed-<node>.json`).
+    pub fn parse(bytes: &[u8]) -> std::result::Result<SeedManifest, StateFileError> {
+        crate::state_file::parse(bytes, MAX_SEED_FILE)
+    }
 }
 
 /// Writes a consistent snapshot of the database at `source` to `dest` and
@@ -133,4 +151,46 @@ pub fn verify(path: &Path, manifest: &SeedManifest) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Whatever a peer's share holds under the seed files' names, reading
+        /// them gives a request or manifest or a reason; never a panic.
+        #[test]
+        fn any_bytes_in_a_seed_request_or_manifest_are_read_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = SeedRequest::parse(&bytes);
+            let _ = SeedManifest::parse(&bytes);
+        }
+
+        #[test]
+        fn a_written_request_and_manifest_read_back(node in "[a-z]{1,12}", id in "[0-9a-f]{1,32}", lsn in any::<u64>(), size in any::<u64>()) {
+            let r = SeedRequest { version: crate::FormatVersion::CURRENT, node, id: id.clone() };
+            prop_assert_eq!(SeedRequest::parse(&serde_json::to_vec(&r).unwrap()).unwrap(), r);
+            let m = SeedManifest {
+                version: crate::FormatVersion::CURRENT,
+                id,
+                database_id: "d".repeat(32),
+                lsn,
+                hash: format!("{:032x}", lsn),
+                size,
+            };
+            prop_assert_eq!(SeedManifest::parse(&serde_json::to_vec(&m).unwrap()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn a_seed_file_of_a_newer_format_is_refused_by_its_version() {
+        let e = SeedRequest::parse(br#"{"version": 2, "node": "beta", "id": "x"}"#).unwrap_err();
+        assert!(matches!(e, StateFileError::Newer { found: 2, .. }), "{e:?}");
+        let e = SeedManifest::parse(br#"{"version": 3}"#).unwrap_err();
+        assert!(e.to_string().contains("format version 3"), "{e}");
+        let e = SeedManifest::parse(&vec![b' '; MAX_SEED_FILE + 1]).unwrap_err();
+        assert!(matches!(e, StateFileError::TooLarge { .. }), "{e:?}");
+    }
 }

@@ -31,7 +31,7 @@ pub const SHIP_STATUS_FILE: &str = "ship-status.json";
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShipStatus {
     /// The file's format version (FORMAT.md, "State files").
-    #[serde(default)]
+    #[serde(default = "crate::FormatVersion::first")]
     pub version: crate::FormatVersion,
     /// Turns of the loop completed since the daemon started.
     pub turns: u64,
@@ -64,7 +64,7 @@ const MAX_SMALL_FILE: u64 = 1 << 20;
 #[derive(Clone, Debug, Deserialize)]
 pub struct CopyReport {
     /// The file's format version (FORMAT.md, "State files").
-    #[serde(default)]
+    #[serde(default = "crate::FormatVersion::first")]
     pub version: crate::FormatVersion,
     pub node: String,
     /// The database the copy holds; a report about another database (an
@@ -187,14 +187,8 @@ pub fn truncation_limit(cfg: &ShipConfig, database_id: &str) -> std::result::Res
     let mut limit = u64::MAX;
     for (peer, share) in &cfg.peers {
         let report = match share.read(COPY_STATUS_FILE, MAX_SMALL_FILE) {
-            Ok(Some(b)) => {
-                let r = serde_json::from_slice::<CopyReport>(&b)
-                    .map_err(|e| format!("the status of copy {peer} is unreadable: {e}"))?;
-                if let Some(why) = r.version.refusal() {
-                    return Err(format!("the status of copy {peer}: {why}"));
-                }
-                r
-            }
+            Ok(Some(b)) => crate::state_file::parse::<CopyReport>(&b, MAX_SMALL_FILE as usize)
+                .map_err(|e| format!("the status of copy {peer} is unreadable: {e}"))?,
             Ok(None) => return Err(format!("copy {peer} has published no status")),
             Err(e) => return Err(format!("cannot read the status of copy {peer}: {e}")),
         };
@@ -290,20 +284,17 @@ fn publish(
 /// Answers `peer`'s seed request, if it has one, with a snapshot on our share;
 /// removes the snapshot once the request is gone.
 fn serve_seed(store: &Store, own: &Share, peer: &str, peer_share: &Share) -> Result<()> {
-    let request =
-        match peer_share.read(seed::REQUEST_FILE, MAX_SMALL_FILE) {
-            Ok(Some(b)) => serde_json::from_slice::<SeedRequest>(&b).ok().filter(|r| {
-                match r.version.refusal() {
-                    None => true,
-                    Some(why) => {
-                        tracing::warn!(peer = %peer, reason = %why, "seed request not answered");
-                        false
-                    }
-                }
-            }),
-            Ok(None) => None,
-            Err(_) => return Ok(()), // unreachable peer: nothing to serve
-        };
+    let request = match peer_share.read(seed::REQUEST_FILE, MAX_SMALL_FILE) {
+        Ok(Some(b)) => match SeedRequest::parse(&b) {
+            Ok(r) => Some(r),
+            Err(why) => {
+                tracing::warn!(peer = %peer, file = seed::REQUEST_FILE, reason = %why, "seed request not answered");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(_) => return Ok(()), // unreachable peer: nothing to serve
+    };
     let manifest_name = seed::manifest_name(peer);
     let Some(request) = request.filter(|r| r.node == peer) else {
         // Nothing asked: remove an old answer (cheap when there is none).
@@ -312,7 +303,7 @@ fn serve_seed(store: &Store, own: &Share, peer: &str, peer_share: &Share) -> Res
         return Ok(());
     };
     if let Some(b) = own.read(&manifest_name, MAX_SMALL_FILE)?
-        && serde_json::from_slice::<SeedManifest>(&b).is_ok_and(|m| m.id == request.id)
+        && SeedManifest::parse(&b).is_ok_and(|m| m.id == request.id)
     {
         return Ok(()); // already answered
     }

@@ -184,6 +184,11 @@ impl FormatVersion {
     /// The version this build writes and the newest it reads.
     pub const CURRENT: FormatVersion = FormatVersion(1);
 
+    /// The version of a file written before the field existed.
+    pub fn first() -> FormatVersion {
+        FormatVersion(1)
+    }
+
     /// Whether this build can read a file of this version.
     pub fn readable(self) -> bool {
         self <= Self::CURRENT

@@ -34,24 +34,31 @@ pub(super) const REDELIVERY_REPEAT: Duration = Duration::from_secs(3600);
 /// The redelivery time a lossy activation of this node asked for, if it
 /// was less than `REDELIVERY_REPEAT` ago.
 pub(super) fn recent_redelivery(data_dir: &Path) -> Option<u64> {
-    let bytes = std::fs::read(data_dir.join(REDELIVERY_FILE)).ok()?;
-    if bytes.len() > 4096 {
-        return None;
+    let path = data_dir.join(REDELIVERY_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    match parse_redelivery(&bytes, witness::witness::now_us()) {
+        Ok(since) => since,
+        Err(why) => {
+            tracing::warn!(file = %path.display(), reason = %why, "the redelivery request is not read");
+            None
+        }
     }
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    // A newer format is not guessed at.
-    let version = v["version"].as_u64().unwrap_or(1);
-    if version > u64::from(shipper::FormatVersion::CURRENT.0) {
-        tracing::warn!(
-            file = REDELIVERY_FILE,
-            version,
-            "a redelivery request of a newer format is not read"
-        );
-        return None;
+}
+
+/// The redelivery time `redelivery.json` holds, if it was written less
+/// than `REDELIVERY_REPEAT` before `now_us`.
+pub fn parse_redelivery(
+    bytes: &[u8],
+    now_us: u64,
+) -> Result<Option<u64>, shipper::state_file::StateFileError> {
+    #[derive(serde::Deserialize)]
+    struct Redelivery {
+        at_us: u64,
+        since_us: u64,
     }
-    let at = v["at_us"].as_u64()?;
-    let age = witness::witness::now_us().saturating_sub(at);
-    (age < REDELIVERY_REPEAT.as_micros() as u64).then(|| v["since_us"].as_u64())?
+    let r: Redelivery = shipper::state_file::parse(bytes, 4096)?;
+    let age = now_us.saturating_sub(r.at_us);
+    Ok((age < REDELIVERY_REPEAT.as_micros() as u64).then_some(r.since_us))
 }
 
 /// The commit time (µs) of the record at `lsn`, if the log still holds it.
@@ -596,5 +603,44 @@ impl Daemon<'_> {
                 (None, format!("not taken: {why}"), last_logs)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use shipper::state_file::StateFileError;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Whatever `redelivery.json` holds, it gives a time, nothing, or a
+        /// reason; never a panic.
+        #[test]
+        fn any_bytes_in_redelivery_json_are_read_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512), now in any::<u64>()) {
+            let _ = parse_redelivery(&bytes, now);
+        }
+
+        /// A request is repeated for `REDELIVERY_REPEAT` after it was made, and not after.
+        #[test]
+        fn a_redelivery_request_is_repeated_for_an_hour(since in any::<u64>(), at in 0u64..u64::MAX / 2, age in 0u64..2 * 3_600_000_000) {
+            let b = serde_json::json!({"version": 1, "since_us": since, "at_us": at}).to_string();
+            let got = parse_redelivery(b.as_bytes(), at + age).unwrap();
+            prop_assert_eq!(got, (age < REDELIVERY_REPEAT.as_micros() as u64).then_some(since));
+        }
+    }
+
+    #[test]
+    fn a_redelivery_request_of_a_newer_format_is_refused() {
+        let b = br#"{"version": 2, "since_us": 1, "at_us": 1}"#;
+        assert!(matches!(
+            parse_redelivery(b, 2),
+            Err(StateFileError::Newer { found: 2, .. })
+        ));
+        // Written before the field existed: version 1.
+        assert_eq!(
+            parse_redelivery(br#"{"since_us": 5, "at_us": 1}"#, 2),
+            Ok(Some(5))
+        );
     }
 }

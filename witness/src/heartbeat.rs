@@ -273,7 +273,7 @@ pub struct Handoff {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The datagram's format version (FORMAT.md, "Heartbeat datagram").
-    #[serde(default)]
+    #[serde(default = "shipper::FormatVersion::first")]
     pub version: shipper::FormatVersion,
     pub cluster: String,
     pub node: String,

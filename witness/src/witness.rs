@@ -24,7 +24,7 @@ const MAX_EPOCH_FILE: u64 = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochRecord {
     /// The file's format version (FORMAT.md, "State files").
-    #[serde(default)]
+    #[serde(default = "shipper::FormatVersion::first")]
     pub version: shipper::FormatVersion,
     pub epoch: Epoch,
     /// The node that became active.
