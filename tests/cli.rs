@@ -425,3 +425,32 @@ fn each_class_of_failure_has_its_exit_code() {
     assert_eq!(code(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(code(&logship(&["verify", seg.to_str().unwrap()])), 0);
 }
+
+/// The failpoints that abort the store on purpose are compiled only into
+/// test builds: the product's own dependency graph leaves the feature out,
+/// so a release binary never reads `LOGSHIP_FAILPOINT`.
+#[test]
+fn a_release_build_has_no_failpoints() {
+    let tree = |edges: &str| {
+        let out = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["tree", "--offline", "-p", "logship", "-e", edges, "-f", "{p} [{f}]"])
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .output()
+            .expect("run cargo tree");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let shipper: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("shipper v"))
+            .map(String::from)
+            .collect();
+        assert!(!shipper.is_empty(), "no shipper in:\n{text}");
+        shipper
+    };
+    for line in tree("normal,build") {
+        assert!(!line.contains("failpoints"), "the product build has failpoints: {line}");
+    }
+    // The tests' build has them, or the crash tests would prove nothing.
+    assert!(tree("normal,dev").iter().any(|l| l.contains("failpoints")));
+}
