@@ -255,10 +255,10 @@ fn copy_and_inspect(
 }
 
 pub fn ship_smb(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
-    use logship::samba::{self, Samba};
+    use harness::samba::{self, Samba};
     let (src, files, db) = sealed_source(base, segments)?;
     let mib = (files.len() * shipper::format::SEGMENT_SIZE) as f64 / (1 << 20) as f64;
-    let server = Samba::start(&Samba::share_section("bench", &src));
+    let server = Samba::try_start(&Samba::share_section("bench", &src))?;
     let auth = server.root.path().join("smbclient.auth");
     std::fs::write(
         &auth,
@@ -284,7 +284,7 @@ pub fn ship_smb(base: &Path, segments: u64, rounds: usize) -> Result<ExitCode> {
         let share = Share::open(
             &server.url("bench"),
             &shipper::share::SmbOptions {
-                password_file: Some(server.password_file()),
+                password_file: Some(server.try_password_file()?),
                 file_only: true,
                 encrypt,
                 timeout: Some(Duration::from_secs(10)),
@@ -353,15 +353,15 @@ pub fn lag(base: &Path, samples: usize, poll: Duration, smb: bool) -> Result<Exi
         std::fs::create_dir_all(&copy)?;
         shipper::seed::snapshot(&active.join("store.db"), &copy.join("store.db"))?;
         let source = if smb {
-            use logship::samba::Samba;
-            let s = server.insert(Samba::start(&Samba::share_section(
+            use harness::samba::Samba;
+            let s = server.insert(Samba::try_start(&Samba::share_section(
                 "lag",
                 &active.join("logs"),
-            )));
+            ))?);
             Share::open(
                 &s.url("lag"),
                 &shipper::share::SmbOptions {
-                    password_file: Some(s.password_file()),
+                    password_file: Some(s.try_password_file()?),
                     file_only: true,
                     ..Default::default()
                 },

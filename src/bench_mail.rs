@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use dumpster::lmtp_client::{Client, Outcome};
-use logship::sys::free_tcp_port;
+use harness::sys::free_tcp_port;
 
 use crate::procs::Procs;
 
@@ -136,7 +136,7 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
     println!("LMTP into the logship node (group commit):       {ours:>8.0} msg/s");
 
     // 3. Into Dovecot's LMTP (Maildir).
-    let dovecot = logship::dovecot::Dovecot::start(&["box@example.com"]);
+    let dovecot = harness::dovecot::Dovecot::try_start(&["box@example.com"])?;
     let secs = drive(&dovecot.addr(), "LHLO", "d", n, clients, None)
         .context("leg 3: LMTP into Dovecot")?;
     let theirs = n as f64 / secs;

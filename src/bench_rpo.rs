@@ -57,7 +57,7 @@ fn insert(data_dir: &Path, id: u64) -> bool {
 /// A running pair: alpha active with the `load` table, beta Healthy.
 /// With `smb`, alpha's log directory is its share through a private smbd
 /// (encrypted, as by default), returned with the pair.
-fn pair(dir: &Path, mode: Mode, smb: bool) -> Result<(Procs, Option<logship::samba::Samba>)> {
+fn pair(dir: &Path, mode: Mode, smb: bool) -> Result<(Procs, Option<harness::samba::Samba>)> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let node_extra = if mode == Mode::Async {
@@ -73,12 +73,12 @@ fn pair(dir: &Path, mode: Mode, smb: bool) -> Result<(Procs, Option<logship::sam
     }
     .to_string();
     let server = if smb {
-        use logship::samba::Samba;
+        use harness::samba::Samba;
         let logs = dir.join("alpha").join("logs");
         std::fs::create_dir_all(&logs)?;
-        let s = Samba::start(&Samba::share_section("alpha-logs", &logs));
+        let s = Samba::try_start(&Samba::share_section("alpha-logs", &logs))?;
         let password = dir.join("smb-password");
-        std::fs::copy(s.password_file(), &password)?;
+        std::fs::copy(s.try_password_file()?, &password)?;
         cluster.push_str(&format!("password-file = \"{}\"\n", password.display()));
         text = text.replacen(
             &format!("share = \"{}\"", logs.display()),

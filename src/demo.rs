@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use dumpster::lmtp_client::{Client, Outcome};
-use logship::sys::{free_tcp_port, free_udp_port};
+use harness::sys::{free_tcp_port, free_udp_port};
 
 use crate::procs::Procs;
 

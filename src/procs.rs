@@ -198,8 +198,8 @@ pub fn write_bench_config(dir: &Path, alpha_extra: &str, tail: &str) -> Result<P
              [nodes.beta]\ndata-dir = \"{d}/beta\"\nshare = \"{d}/beta/logs\"\nheartbeat = \"127.0.0.1:{pb}\"\n{tail}",
             w = dir.join("witness").display(),
             d = dir.display(),
-            pa = logship::sys::free_udp_port()?,
-            pb = logship::sys::free_udp_port()?,
+            pa = harness::sys::free_udp_port()?,
+            pb = harness::sys::free_udp_port()?,
         ),
     )?;
     Ok(config)

@@ -433,12 +433,25 @@ fn each_class_of_failure_has_its_exit_code() {
 fn a_release_build_has_no_failpoints() {
     let tree = |edges: &str| {
         let out = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["tree", "--offline", "-p", "logship", "-e", edges, "-f", "{p} [{f}]"])
+            .args([
+                "tree",
+                "--offline",
+                "-p",
+                "logship",
+                "-e",
+                edges,
+                "-f",
+                "{p} [{f}]",
+            ])
             .arg("--manifest-path")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
             .output()
             .expect("run cargo tree");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         let shipper: Vec<String> = text
             .lines()
@@ -449,7 +462,10 @@ fn a_release_build_has_no_failpoints() {
         shipper
     };
     for line in tree("normal,build") {
-        assert!(!line.contains("failpoints"), "the product build has failpoints: {line}");
+        assert!(
+            !line.contains("failpoints"),
+            "the product build has failpoints: {line}"
+        );
     }
     // The tests' build has them, or the crash tests would prove nothing.
     assert!(tree("normal,dev").iter().any(|l| l.contains("failpoints")));

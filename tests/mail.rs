@@ -549,7 +549,7 @@ fn a_relay_killed_with_mail_queued_loses_nothing() {
 
 #[test]
 fn the_relays_lmtp_client_gets_dovecots_per_recipient_replies() {
-    let d = logship::dovecot::Dovecot::start(&["b@example.com", "c@example.com"]);
+    let d = harness::dovecot::Dovecot::start(&["b@example.com", "c@example.com"]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -699,7 +699,7 @@ fn postfix_smtp_source_through_the_relay_and_over_lmtp_stores_every_message_once
     );
     let _relay = t.start_relay();
     let source = |args: &[&str], to: &str| {
-        let out = Command::new(logship::sys::program("smtp-source"))
+        let out = Command::new(harness::sys::program("smtp-source"))
             .args(args)
             .arg(to)
             .output()
@@ -794,7 +794,7 @@ fn postfix_smtp_source_through_the_relay_and_over_lmtp_stores_every_message_once
         raw[0]
     );
     // Not an open relay, whatever the client.
-    let out = Command::new(logship::sys::program("smtp-source"))
+    let out = Command::new(harness::sys::program("smtp-source"))
         .args([
             "-m",
             "1",
@@ -851,7 +851,7 @@ fn a_new_active_restarted_before_the_relay_heard_it_still_asks_for_the_redeliver
 /// the queue, parked and shown, never dropped; the others are delivered.
 #[test]
 fn a_recipient_refused_for_good_after_acceptance_is_parked_not_dropped() {
-    let d = logship::dovecot::Dovecot::start(&["b@example.com"]);
+    let d = harness::dovecot::Dovecot::start(&["b@example.com"]);
     let t = Trio::with_mail("good-availability");
     // The relay delivers to Dovecot in alpha's place.
     let text = std::fs::read_to_string(&t.config).unwrap();

@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 #[allow(unused_imports)] // only the SMB tests use it
-pub use logship::samba;
+pub use harness::samba;
 
 pub mod net;
 pub mod trio;

@@ -27,7 +27,7 @@ pub fn split_addr(addr: &str) -> (String, String) {
 }
 
 pub fn free_tcp_port() -> u16 {
-    logship::sys::free_tcp_port().unwrap()
+    harness::sys::free_tcp_port().unwrap()
 }
 
 /// Writes an owner-only cluster key file `cluster.key` in `dir` and
@@ -41,7 +41,7 @@ pub fn cluster_key(dir: &std::path::Path) -> String {
 }
 
 pub fn free_udp_port() -> u16 {
-    logship::sys::free_udp_port().unwrap()
+    harness::sys::free_udp_port().unwrap()
 }
 
 impl Trio {

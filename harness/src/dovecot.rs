@@ -1,11 +1,14 @@
 //! A private Dovecot LMTP server for tests and `bench mail`: its own
 //! config, state and log directories, port and passwd-file users with
 //! Maildirs under a temp dir, started in the foreground and stopped (and
-//! reaped) when dropped. If it cannot start, `start` panics with its log: a
-//! test that needs Dovecot fails and says why. Needs root (it delivers as
+//! reaped) when dropped. If it cannot start, `try_start` says why with its
+//! log, and `start` panics with it: a test that needs Dovecot fails and says
+//! why. Needs root (it delivers as
 //! the `vmail` user, uid 5000, which it creates when missing).
 
 use std::net::TcpStream;
+
+use anyhow::{Context, Result, bail};
 use std::os::unix::process::CommandExt;
 
 use crate::sys::program;
@@ -22,12 +25,20 @@ pub struct Dovecot {
 }
 
 impl Dovecot {
-    /// Starts Dovecot LMTP with one mailbox per address in `users`.
+    /// Starts Dovecot LMTP with one mailbox per address in `users`;
+    /// panics, saying why, if it cannot.
     pub fn start(users: &[&str]) -> Dovecot {
-        let root = tempfile::tempdir().unwrap();
+        Self::try_start(users).unwrap_or_else(|e| panic!("private dovecot: {e:#}"))
+    }
+
+    /// Starts Dovecot LMTP with one mailbox per address in `users`, or says
+    /// why it could not.
+    pub fn try_start(users: &[&str]) -> Result<Dovecot> {
+        let root = tempfile::tempdir().context("create the private dovecot's directory")?;
         let r = root.path();
         for d in ["run", "state", "log", "home"] {
-            std::fs::create_dir_all(r.join(d)).unwrap();
+            std::fs::create_dir_all(r.join(d))
+                .with_context(|| format!("create {}", r.join(d).display()))?;
         }
         // Dovecot delivers as `vmail`, which must reach the Maildirs: these
         // directories are open whatever the umask (logship runs under 077).
@@ -39,7 +50,8 @@ impl Dovecot {
             r.join("home"),
         ] {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("open {} to vmail", d.display()))?;
         }
         let has_vmail = Command::new(program("id"))
             .arg("vmail")
@@ -56,31 +68,33 @@ impl Dovecot {
                     "vmail",
                 ])
                 .output()
-                .expect("run useradd");
-            assert!(
-                out.status.success(),
-                "useradd vmail: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+                .context("run useradd")?;
+            if !out.status.success() {
+                bail!("useradd vmail: {}", String::from_utf8_lossy(&out.stderr));
+            }
         }
         let mut passwd = String::new();
         for u in users {
             let home = r.join("home").join(u);
-            std::fs::create_dir_all(&home).unwrap();
-            std::os::unix::fs::chown(&home, Some(VMAIL_UID), Some(VMAIL_UID)).unwrap();
+            std::fs::create_dir_all(&home)
+                .and_then(|()| std::os::unix::fs::chown(&home, Some(VMAIL_UID), Some(VMAIL_UID)))
+                .with_context(|| format!("make {} vmail's", home.display()))?;
             passwd.push_str(&format!(
                 "{u}::{VMAIL_UID}:{VMAIL_UID}::{}::\n",
                 home.display()
             ));
         }
-        std::fs::write(r.join("users"), passwd).unwrap();
         // Read by Dovecot's unprivileged auth process.
-        std::fs::set_permissions(
-            r.join("users"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        )
-        .unwrap();
-        let port = crate::sys::free_tcp_port().unwrap();
+        let users_file = r.join("users");
+        std::fs::write(&users_file, passwd)
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &users_file,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                )
+            })
+            .with_context(|| format!("write {}", users_file.display()))?;
+        let port = crate::sys::free_tcp_port()?;
         let conf = r.join("dovecot.conf");
         std::fs::write(
             &conf,
@@ -111,7 +125,7 @@ service lmtp {{
                 r = r.display()
             ),
         )
-        .unwrap();
+        .with_context(|| format!("write {}", conf.display()))?;
         let mut cmd = Command::new(program("dovecot"));
         cmd.arg("-F")
             .arg("-c")
@@ -131,26 +145,27 @@ service lmtp {{
         }
         let mut child = cmd
             .spawn()
-            .expect("start dovecot (is dovecot-lmtpd installed? tools/test.sh installs it)");
+            .context("start dovecot (is dovecot-lmtpd installed? tools/test.sh installs it)")?;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
             let log = || std::fs::read_to_string(r.join("log/dovecot.log")).unwrap_or_default();
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("dovecot exited ({status}) before listening:\n{}", log());
+            if let Some(status) = child.try_wait().context("wait for dovecot")? {
+                bail!("dovecot exited ({status}) before listening:\n{}", log());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
+                let _ = child.wait();
+                bail!(
                     "dovecot did not listen on 127.0.0.1:{port} within 15 s:\n{}",
                     log()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Dovecot { root, port, child }
+        Ok(Dovecot { root, port, child })
     }
 
     pub fn addr(&self) -> String {
