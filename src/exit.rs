@@ -68,12 +68,10 @@ pub fn of_store_error(e: &shipper::Error) -> Class {
     use shipper::Error as E;
     match e {
         E::Corrupt { .. }
-        | E::ForeignDatabase { .. }
         | E::DatabaseAhead { .. }
         | E::Conflict { .. }
         | E::SchemaMismatch { .. }
         | E::MissingLog { .. }
-        | E::StaleEpoch { .. }
         | E::BadGuard { .. }
         | E::BadStateFile { .. }
         | E::SeedMismatch { .. }
@@ -106,6 +104,24 @@ pub fn classify(e: &anyhow::Error) -> Class {
         if let Some(s) = cause.downcast_ref::<shipper::Error>() {
             return of_store_error(s);
         }
+        // The crates' own errors pass the core's on transparently: their
+        // chain skips it, so it is looked for here.
+        if let Some(r) = cause.downcast_ref::<replayer::Error>() {
+            return match r {
+                replayer::Error::Core(e) => of_store_error(e),
+                replayer::Error::StaleEpoch { .. } => Class::Corrupt,
+            };
+        }
+        if let Some(w) = cause.downcast_ref::<witness::witness::WitnessError>() {
+            use witness::witness::WitnessError as W;
+            return match w {
+                W::Share(e) => of_store_error(e),
+                W::BadEpochFile { .. } | W::WrongEpoch { .. } | W::BadAloneFile { .. } => {
+                    Class::Corrupt
+                }
+                W::Vanished { .. } | W::NotHeld { .. } => Class::Unavailable,
+            };
+        }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
             if matches!(
@@ -117,4 +133,47 @@ pub fn classify(e: &anyhow::Error) -> Class {
         }
     }
     Class::Refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shipper::state_file::StateFileError;
+    use witness::witness::WitnessError;
+
+    fn io() -> shipper::Error {
+        shipper::Error::io("read", "/x", std::io::Error::other("down"))
+    }
+
+    /// The replayer's and the witness's errors carry the core's inside them
+    /// transparently; its class is still found.
+    #[test]
+    fn a_core_error_inside_a_crate_error_keeps_its_class() {
+        let e = anyhow::Error::new(replayer::Error::Core(io())).context("replay");
+        assert_eq!(classify(&e), Class::Unavailable);
+        let e = anyhow::Error::new(replayer::Error::Core(shipper::Error::BatchAborted));
+        assert_eq!(classify(&e), Class::Refused);
+        let e = anyhow::Error::new(WitnessError::Share(io())).context("read the witness");
+        assert_eq!(classify(&e), Class::Unavailable);
+    }
+
+    #[test]
+    fn the_crates_own_failures_have_their_class() {
+        let stale = replayer::Error::StaleEpoch {
+            generation: shipper::Generation(3),
+            epoch: shipper::Epoch(1),
+            newer: shipper::Epoch(2),
+            newer_start: shipper::Generation(2),
+        };
+        assert_eq!(classify(&anyhow::Error::new(stale)), Class::Corrupt);
+        let bad = WitnessError::BadEpochFile {
+            path: "w/epoch-0000000000000001.json".into(),
+            why: StateFileError::NotObject,
+        };
+        assert_eq!(classify(&anyhow::Error::new(bad)), Class::Corrupt);
+        let held = WitnessError::NotHeld {
+            path: "w/witness.lock".into(),
+        };
+        assert_eq!(classify(&anyhow::Error::new(held)), Class::Unavailable);
+    }
 }

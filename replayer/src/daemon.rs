@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use shipper::format;
 use shipper::share::Share;
-use shipper::{Epoch, Error, Generation, Result};
+use shipper::{Epoch, Generation};
+
+use crate::error::{Error, Result};
 
 use crate::copier;
 use crate::inspector::{self, Inspected};
@@ -105,14 +107,21 @@ fn mark(g: Generation) -> Option<Mark> {
 
 /// True for faults that need an operator (the copy is `Failed`).
 fn permanent(e: &Error) -> bool {
+    match e {
+        Error::StaleEpoch { .. } => true,
+        Error::Core(e) => permanent_core(e),
+    }
+}
+
+/// True for the core's faults that need an operator.
+fn permanent_core(e: &shipper::Error) -> bool {
+    use shipper::Error as Core;
     matches!(
         e,
-        Error::Conflict { .. }
-            | Error::SchemaMismatch { .. }
-            | Error::Corrupt { .. }
-            | Error::ForeignDatabase { .. }
-            | Error::MissingLog { .. }
-            | Error::StaleEpoch { .. }
+        Core::Conflict { .. }
+            | Core::SchemaMismatch { .. }
+            | Core::Corrupt { .. }
+            | Core::MissingLog { .. }
     )
 }
 
@@ -179,10 +188,11 @@ impl<'a> Daemon<'a> {
         state.disconnected = false;
         state.error = None;
         state.replayed_lsn = replayer.lsn()?.0;
-        std::fs::create_dir_all(&paths.logs).map_err(|e| Error::io("create", &paths.logs, e))?;
+        std::fs::create_dir_all(&paths.logs)
+            .map_err(|e| shipper::Error::io("create", &paths.logs, e))?;
         // Copies a crash interrupted (`.part`) are of no use: they go.
-        let entries =
-            std::fs::read_dir(&paths.logs).map_err(|e| Error::io("list", &paths.logs, e))?;
+        let entries = std::fs::read_dir(&paths.logs)
+            .map_err(|e| shipper::Error::io("list", &paths.logs, e))?;
         for entry in entries.flatten() {
             if entry
                 .file_name()
@@ -216,7 +226,7 @@ impl<'a> Daemon<'a> {
                 }
             }
             std::fs::remove_file(&path)
-                .map_err(|e| Error::io("delete damaged segment", &path, e))?;
+                .map_err(|e| shipper::Error::io("delete damaged segment", &path, e))?;
         }
         if bad
             || state
@@ -297,7 +307,7 @@ impl Daemon<'_> {
                 }
                 p.records > 0
             }
-            Err(e) if permanent(&e) => return self.fail(e),
+            Err(e) if permanent_core(&e) => return self.fail(e.into()),
             Err(e) => {
                 if self.state.error.is_none() {
                     tracing::warn!(error = %e, "replay paused; it resumes by itself when the cause is gone");
@@ -392,7 +402,7 @@ impl Daemon<'_> {
                     g
                 }
                 Ok(None) => return Ok((0, false)),
-                Err(e) => return Err((0, e)),
+                Err(e) => return Err((0, e.into())),
             },
         };
         let want = self.window.min(budget).max(1);
@@ -436,7 +446,7 @@ impl Daemon<'_> {
         &mut self,
         g: Generation,
         first: bool,
-        fetched: Result<Option<copier::Fetched>>,
+        fetched: shipper::Result<Option<copier::Fetched>>,
     ) -> Result<bool> {
         let Some(fetched) = fetched? else {
             // Only a fresh miss can tell a gap: a later job's answer may be
@@ -455,6 +465,7 @@ impl Daemon<'_> {
         let inspected = fetched
             .inspected
             .and_then(|ins| inspector::follows(&path, &ins, self.prev.as_ref()).map(|()| ins))
+            .map_err(Error::Core)
             .and_then(|ins| {
                 let starts = self.cfg.epochs.lock().expect("epochs lock").clone();
                 match check_epoch(&starts, g, ins.header.epoch) {
@@ -476,7 +487,7 @@ impl Daemon<'_> {
                 let dest = self.paths.logs.join(format::segment_file_name(g));
                 // Not fsynced (see `copy_available`).
                 std::fs::rename(&path, &dest)
-                    .map_err(|e| Error::io("move inspected segment", &path, e))?;
+                    .map_err(|e| shipper::Error::io("move inspected segment", &path, e))?;
                 self.state.last_inspected = mark(g);
                 self.prev = Some(ins);
                 self.next = Some(g.next());
@@ -530,7 +541,7 @@ impl Daemon<'_> {
                 // A share that no longer reaches back to the copy's LSN is
                 // this same gap: name the generation that is missing.
                 let start = match copier::start_generation(&self.cfg.source, lsn) {
-                    Err(Error::MissingLog { .. }) => None,
+                    Err(shipper::Error::MissingLog { .. }) => None,
                     r => r?,
                 };
                 match start {
@@ -541,7 +552,7 @@ impl Daemon<'_> {
                         return Ok(());
                     }
                     _ => {
-                        return Err(Error::Corrupt {
+                        return Err(shipper::Error::Corrupt {
                             path: PathBuf::from(self.cfg.source.display())
                                 .join(format::segment_file_name(next)),
                             generation: next,
@@ -550,7 +561,8 @@ impl Daemon<'_> {
                                 prev: Generation(next.0 - 1),
                                 found: gens.iter().copied().find(|g| *g > next).unwrap_or(*newest),
                             },
-                        });
+                        }
+                        .into());
                     }
                 }
             }
@@ -566,7 +578,7 @@ impl Daemon<'_> {
         for (g, path) in shipper::log::list_sealed(&self.paths.logs)? {
             if g.0 + KEEP_REPLAYED <= replayed.generation {
                 std::fs::remove_file(&path)
-                    .map_err(|e| Error::io("delete replayed segment", &path, e))?;
+                    .map_err(|e| shipper::Error::io("delete replayed segment", &path, e))?;
             }
         }
         Ok(())

@@ -5,7 +5,8 @@
 //! the copy's status with the names Exchange administrators know, and
 //! publishes it on the node's own share for the active to read.
 //!
-//! Reading order: `state` (what a copy remembers), `inspector`, `copier`,
+//! Reading order: `error` (the replayer's own failure, and the core's it
+//! passes on), `state` (what a copy remembers), `inspector`, `copier`,
 //! `replay`, `status`, then `daemon`, which runs them in a loop; `tail`
 //! reads the old active's open segment at failover; `block` receives the
 //! active's open segment as it becomes durable (block mode).
@@ -17,6 +18,7 @@
 pub mod block;
 pub mod copier;
 pub mod daemon;
+pub mod error;
 pub mod inspector;
 pub mod replay;
 pub mod state;
@@ -24,6 +26,7 @@ pub mod status;
 pub mod tail;
 
 pub use daemon::{ReplayConfig, run};
+pub use error::Error;
 pub use state::CopyState;
 pub use status::{CopyStatus, SummaryCopyStatus};
 

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::format::Reason;
-use crate::types::{DatabaseId, Epoch, Generation, Lsn};
+use crate::types::{Generation, Lsn};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -72,26 +72,6 @@ pub enum Error {
     /// durable here, and rolled back if the peer took over without it).
     #[error("this node lost quorum and stopped taking writes (fenced): {0}")]
     Fenced(String),
-
-    /// A segment from a deposed active: written in `epoch` at a generation
-    /// where the newer epoch `newer` had already begun.
-    #[error(
-        "segment generation {generation} was written in epoch {epoch}, but epoch {newer} began at generation {newer_start}: it comes from a deposed active and is not replayed"
-    )]
-    StaleEpoch {
-        generation: Generation,
-        epoch: Epoch,
-        newer: Epoch,
-        newer_start: Generation,
-    },
-
-    /// A segment or copy belongs to another database.
-    #[error("{}: belongs to database {found}, expected {expected}", path.display())]
-    ForeignDatabase {
-        path: PathBuf,
-        expected: DatabaseId,
-        found: DatabaseId,
-    },
 
     /// The database holds a transaction the durable log does not: the WAL
     /// rule was broken (the log was deleted or replaced).

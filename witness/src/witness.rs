@@ -11,7 +11,33 @@
 
 use serde::{Deserialize, Serialize};
 use shipper::share::{Share, ShareLock};
-use shipper::{Epoch, Error, Generation, Lsn, Result};
+use shipper::state_file::StateFileError;
+use shipper::{Epoch, Generation, Lsn};
+
+/// Why the witness could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    /// The witness's share failed (unreachable, refused, an I/O error).
+    #[error(transparent)]
+    Share(#[from] shipper::Error),
+    /// An epoch file listed a moment ago was gone when read.
+    #[error("epoch file {path} vanished while the witness was read")]
+    Vanished { path: String },
+    /// An epoch file that cannot be read as one.
+    #[error("epoch file {path} is not valid: {why}")]
+    BadEpochFile { path: String, why: StateFileError },
+    /// An epoch file whose record names another epoch than its name.
+    #[error("epoch file {path} says it is epoch {says}")]
+    WrongEpoch { path: String, says: Epoch },
+    /// An `alone-` file that cannot be read as one.
+    #[error("alone file {path} is not valid: {why}")]
+    BadAloneFile { path: String, why: StateFileError },
+    /// The vote was to be confirmed, but this node does not hold it.
+    #[error("the witness vote ({path}) is not held by this node")]
+    NotHeld { path: String },
+}
+
+pub type Result<T, E = WitnessError> = std::result::Result<T, E>;
 
 /// The witness vote's lock file.
 pub const LOCK_FILE: &str = "witness.lock";
@@ -108,29 +134,18 @@ impl Witness {
             let Some(epoch) = parse_epoch_file_name(&name) else {
                 continue;
             };
-            let bytes = self.share.read(&name, MAX_EPOCH_FILE)?.ok_or_else(|| {
-                Error::io("read", name.clone(), std::io::Error::other("vanished"))
-            })?;
-            let rec: EpochRecord = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::io(
-                    "parse epoch record",
-                    format!("{}/{name}", self.share.display()),
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
-            if let Some(why) = rec.version.refusal() {
-                return Err(Error::io(
-                    "parse epoch record",
-                    format!("{}/{name}", self.share.display()),
-                    std::io::Error::other(why),
-                ));
-            }
+            let path = || format!("{}/{name}", self.share.display());
+            let bytes = self
+                .share
+                .read(&name, MAX_EPOCH_FILE)?
+                .ok_or_else(|| WitnessError::Vanished { path: path() })?;
+            let rec: EpochRecord = shipper::state_file::parse(&bytes, MAX_EPOCH_FILE as usize)
+                .map_err(|why| WitnessError::BadEpochFile { path: path(), why })?;
             if rec.epoch != epoch {
-                return Err(Error::io(
-                    "parse epoch record",
-                    format!("{}/{name}", self.share.display()),
-                    std::io::Error::other(format!("it says epoch {}", rec.epoch)),
-                ));
+                return Err(WitnessError::WrongEpoch {
+                    path: path(),
+                    says: rec.epoch,
+                });
             }
             out.push(rec);
         }
@@ -147,20 +162,21 @@ impl Witness {
     /// else won it). Only the holder of the vote should call this.
     pub fn claim(&self, rec: &EpochRecord) -> Result<bool> {
         let bytes = serde_json::to_vec_pretty(rec).expect("epoch records serialise");
-        self.share.create_new(&epoch_file_name(rec.epoch), &bytes)
+        Ok(self.share.create_new(&epoch_file_name(rec.epoch), &bytes)?)
     }
 
     /// Records that `alone.epoch`'s active goes on without its copy's
     /// confirmation (made durable before it returns).
     pub fn write_alone(&self, alone: &Alone) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(alone).expect("alone records serialise");
-        self.share
-            .write_atomic(&alone_file_name(alone.epoch), &bytes)
+        Ok(self
+            .share
+            .write_atomic(&alone_file_name(alone.epoch), &bytes)?)
     }
 
     /// The copy confirms again: the record of going alone is removed.
     pub fn remove_alone(&self, epoch: Epoch) -> Result<()> {
-        self.share.remove(&alone_file_name(epoch))
+        Ok(self.share.remove(&alone_file_name(epoch))?)
     }
 
     /// Whether `epoch`'s active went on alone (and since when). A file of
@@ -171,21 +187,16 @@ impl Witness {
             return Ok(None);
         };
         let path = || format!("{}/{name}", self.share.display());
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::io("parse", path(), std::io::Error::other(e.to_string())))?;
-        if v["version"].as_u64() != Some(u64::from(ALONE_VERSION)) {
-            return Err(Error::io(
-                "parse",
-                path(),
-                std::io::Error::other(format!(
-                    "format version {} is not one this build reads ({ALONE_VERSION})",
-                    v["version"]
-                )),
+        let alone: Alone = shipper::state_file::parse(&bytes, MAX_EPOCH_FILE as usize)
+            .map_err(|why| WitnessError::BadAloneFile { path: path(), why })?;
+        if alone.version != ALONE_VERSION {
+            let why = StateFileError::Fields(format!(
+                "format version {} is not one this build reads ({ALONE_VERSION})",
+                alone.version
             ));
+            return Err(WitnessError::BadAloneFile { path: path(), why });
         }
-        serde_json::from_value(v)
-            .map(Some)
-            .map_err(|e| Error::io("parse", path(), std::io::Error::other(e.to_string())))
+        Ok(Some(alone))
     }
 
     /// True while this node holds the vote (as last known; see `confirm`).
@@ -205,15 +216,13 @@ impl Witness {
     /// Proves the vote is still held; drops it (and says so) when not.
     pub fn confirm(&mut self) -> Result<()> {
         let Some(lock) = &self.lock else {
-            return Err(Error::io(
-                "confirm",
-                format!("{}/{LOCK_FILE}", self.share.display()),
-                std::io::Error::other("not held"),
-            ));
+            return Err(WitnessError::NotHeld {
+                path: format!("{}/{LOCK_FILE}", self.share.display()),
+            });
         };
         if let Err(e) = lock.confirm() {
             self.lock = None;
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }
