@@ -66,7 +66,8 @@ fn pair(dir: &Path, mode: Mode, smb: bool) -> Result<(Procs, Option<harness::sam
         ""
     };
     let config = crate::procs::write_bench_config(dir, node_extra, node_extra)?;
-    let mut text = std::fs::read_to_string(&config)?;
+    let mut text =
+        std::fs::read_to_string(&config).with_context(|| format!("read {}", config.display()))?;
     let mut cluster = match mode {
         Mode::Remote => "seal-after = \"10s\"\ncommit = \"remote\"\n",
         _ => "seal-after = \"10s\"\n",
@@ -90,7 +91,7 @@ fn pair(dir: &Path, mode: Mode, smb: bool) -> Result<(Procs, Option<harness::sam
         None
     };
     text = text.replacen("[nodes.alpha]", &format!("{cluster}\n[nodes.alpha]"), 1);
-    std::fs::write(&config, text)?;
+    std::fs::write(&config, text).with_context(|| format!("write {}", config.display()))?;
     let mut b = Procs::new(dir.to_path_buf(), config)?;
     b.start_pair()?;
     b.wait("alpha to hold both other votes", 30, || {

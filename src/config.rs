@@ -191,7 +191,16 @@ impl Config {
             )
         })?;
         config.source_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute first: a config named by a relative path would otherwise
+        // give relative paths, read against whatever directory a daemon
+        // later runs in.
+        let path = std::path::absolute(path).map_err(|e| {
+            error(
+                Class::Config,
+                format!("config file {}: {e}", path.display()),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/"));
         // A share or witness given as a relative path is a directory
         // relative to the file too (an smb:// URL is left alone).
         let resolve = |spec: &mut String| {
@@ -339,5 +348,60 @@ max-size = "18MB"
         let c = Config::parse("[cluster]\nname = \"x\"\n[nodes.a]\ndata-dir = \"/d\"\n").unwrap();
         assert_eq!(c.cluster.seal_after, DEFAULT_SEAL_AFTER);
         assert_eq!(c.cluster.dead_after, DEFAULT_DEAD_AFTER);
+    }
+
+    /// Every path a loaded config holds is absolute, whatever way the file
+    /// itself was named: a daemon never reads a path against its working
+    /// directory.
+    #[test]
+    fn a_config_named_by_a_relative_path_gives_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("logship.toml");
+        std::fs::write(
+            &file,
+            r#"
+[cluster]
+name = "mail"
+witness = "witness"
+key-file = "cluster.key"
+password-file = "smb.pass"
+[nodes.alpha]
+data-dir = "alpha"
+share = "alpha-share"
+heartbeat = "127.0.0.1:7001"
+[nodes.beta]
+data-dir = "beta"
+share = "smb://u@127.0.0.1/beta"
+heartbeat = "127.0.0.1:7002"
+[dumpster]
+smtp = "127.0.0.1:2525"
+data-dir = "relay"
+accepted-domains = ["example.com"]
+"#,
+        )
+        .unwrap();
+        // The same file, named relative to the working directory.
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let relative = PathBuf::from(up).join(file.strip_prefix("/").unwrap());
+        assert!(relative.is_relative());
+        let c = Config::load(&relative).unwrap();
+        let mut paths: Vec<PathBuf> = vec![
+            c.cluster.key_file.clone().unwrap(),
+            c.cluster.password_file.clone().unwrap(),
+            PathBuf::from(c.cluster.witness.clone().unwrap()),
+            c.dumpster.as_ref().unwrap().data_dir.clone().unwrap(),
+        ];
+        for n in c.nodes.values() {
+            paths.push(n.data_dir.clone());
+        }
+        paths.push(PathBuf::from(c.nodes["alpha"].share.clone().unwrap()));
+        for p in &paths {
+            assert!(p.is_absolute(), "{} is relative", p.display());
+        }
+        assert_eq!(
+            c.nodes["beta"].share.as_deref(),
+            Some("smb://u@127.0.0.1/beta")
+        );
     }
 }

@@ -153,8 +153,11 @@ pub fn serve(data_dir: &Path, handler: Arc<Handler>, shutdown: &'static AtomicBo
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("listen on {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("make {} owner-only", path.display()))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("make {} non-blocking", path.display()))?;
     std::thread::Builder::new()
         .name("logship-control".into())
         .spawn(move || {
