@@ -60,10 +60,9 @@ pub fn list_sealed(dir: &Path) -> Result<Vec<(Generation, PathBuf)>> {
 
 /// A sealed segment, read into memory and verified whole.
 ///
-/// Read, not memory-mapped: verifying a whole 1 MiB segment from the page
-/// cache was about 10% faster with one read into a buffer than with mmap
-/// (whose page faults cost more than the copy), and a file truncated under
-/// a mapping would fault the process.
+/// Read, not memory-mapped: a map measured no faster (docs/decisions.md,
+/// with the figures), and a file truncated under a mapping would kill the
+/// process with SIGBUS.
 #[derive(Debug)]
 pub struct SealedSegment {
     pub path: PathBuf,
