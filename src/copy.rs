@@ -289,7 +289,8 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
         println!("no passive copies found (run `logship replay --node NAME` on a passive node)");
         return Ok(ExitCode::SUCCESS);
     }
-    let hex = |g: Option<u64>| g.map(|g| format!("0x{g:X}")).unwrap_or_else(|| "-".into());
+    let hex =
+        |g: Option<shipper::Generation>| g.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
     println!(
         "{:<10} {:<10} {:<14} {:>4} {:>4} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "copy",

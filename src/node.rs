@@ -356,7 +356,7 @@ impl Daemon<'_> {
             (true, false) => Holding::Store,
             (true, true) => match CopyState::load(&p).ok().flatten() {
                 Some(s) if !s.seeding => Holding::Copy {
-                    replayed: s.replayed_lsn,
+                    replayed: s.replayed_lsn.0,
                 },
                 _ => Holding::Nothing,
             },

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use shipper::{Epoch, Lsn};
 use witness::{DialDecision, Role};
 
 /// The node's published state, beside its data.
@@ -32,9 +33,9 @@ pub struct PeerSummary {
     pub node: String,
     pub role: Role,
     pub paused: bool,
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The peer's log position: an active's last LSN, a passive's replayed LSN.
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// The peer's copy status, when it is a passive.
     pub copy: Option<String>,
     pub heard_ms_ago: Option<u64>,
@@ -49,7 +50,7 @@ pub struct NodeStatus {
     pub node: String,
     pub role: Role,
     /// The epoch this node is active in, or the newest it knows.
-    pub epoch: u64,
+    pub epoch: Epoch,
     pub active_node: Option<String>,
     /// online or paused (`logship status` shows offline when the daemon is gone).
     pub node_state: String,
@@ -73,11 +74,11 @@ pub struct NodeStatus {
     /// Activations of this node after its peer failed (failover, activate)
     /// since the daemon started.
     pub failovers: u64,
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// Block mode, on a passive: the last record received and durable
     /// here (ahead of replay), and when (RFC 3339).
     #[serde(default)]
-    pub last_received_lsn: Option<u64>,
+    pub last_received_lsn: Option<Lsn>,
     #[serde(default)]
     pub last_received_time: Option<String>,
     /// Records, and bytes of log, the active holds durable that this copy

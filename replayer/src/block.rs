@@ -174,7 +174,7 @@ fn trim(cfg: &ReceiverConfig, dir: &Path, keep: Generation) {
         .flatten()
         .and_then(|s| s.last_inspected.map(|m| m.generation));
     for (g, path) in list(dir) {
-        if g < keep && inspected.is_some_and(|i| g.0 <= i) {
+        if g < keep && inspected.is_some_and(|i| g <= i) {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -100,7 +100,7 @@ pub(crate) use shipper::types::now_us;
 
 fn mark(g: Generation) -> Option<Mark> {
     Some(Mark {
-        generation: g.0,
+        generation: g,
         time_us: now_us(),
     })
 }
@@ -187,7 +187,7 @@ impl<'a> Daemon<'a> {
         state.seeding = false;
         state.disconnected = false;
         state.error = None;
-        state.replayed_lsn = replayer.lsn()?.0;
+        state.replayed_lsn = replayer.lsn()?;
         std::fs::create_dir_all(&paths.logs)
             .map_err(|e| shipper::Error::io("create", &paths.logs, e))?;
         // Copies a crash interrupted (`.part`) are of no use: they go.
@@ -231,7 +231,7 @@ impl<'a> Daemon<'a> {
         if bad
             || state
                 .last_inspected
-                .is_some_and(|m| Some(m.generation()) != last_good)
+                .is_some_and(|m| Some(m.generation) != last_good)
         {
             state.last_inspected = last_good.and_then(mark);
         }
@@ -251,7 +251,7 @@ impl<'a> Daemon<'a> {
             window: 1,
             window_full: false,
         };
-        tracing::info!(node = %cfg.node, source = %cfg.source_node, share = %cfg.source.display(), lsn = d.state.replayed_lsn, "replay daemon started");
+        tracing::info!(node = %cfg.node, source = %cfg.source_node, share = %cfg.source.display(), lsn = %d.state.replayed_lsn, "replay daemon started");
         d.publish(true)?;
         Ok(d)
     }
@@ -293,12 +293,12 @@ impl Daemon<'_> {
         let replayed = match self.replayer.replay_sealed_before(&self.paths.logs, cutoff) {
             Ok(p) => {
                 if let Some(g) = p.replayed
-                    && self.state.last_replayed.map(|m| m.generation) != Some(g.0)
+                    && self.state.last_replayed.map(|m| m.generation) != Some(g)
                 {
                     self.state.last_replayed = mark(g);
                 }
                 if p.records > 0 {
-                    self.state.replayed_lsn = p.lsn.0;
+                    self.state.replayed_lsn = p.lsn;
                     self.state.replayed_hash = p.hash.map(|h| h.to_string());
                     tracing::debug!(records = p.records, lsn = %p.lsn, "replayed");
                 }
@@ -459,7 +459,7 @@ impl Daemon<'_> {
         };
         let path = fetched.path;
         self.state.last_copied = mark(g);
-        if self.state.last_generated.is_none_or(|m| m.generation < g.0) {
+        if self.state.last_generated.is_none_or(|m| m.generation < g) {
             self.state.last_generated = mark(g);
         }
         let inspected = fetched
@@ -527,7 +527,7 @@ impl Daemon<'_> {
             if self
                 .state
                 .last_generated
-                .is_none_or(|m| m.generation < newest.0)
+                .is_none_or(|m| m.generation < *newest)
             {
                 self.state.last_generated = mark(*newest);
             }
@@ -576,7 +576,7 @@ impl Daemon<'_> {
             return Ok(());
         };
         for (g, path) in shipper::log::list_sealed(&self.paths.logs)? {
-            if g.0 + KEEP_REPLAYED <= replayed.generation {
+            if g.0 + KEEP_REPLAYED <= replayed.generation.0 {
                 std::fs::remove_file(&path)
                     .map_err(|e| shipper::Error::io("delete replayed segment", &path, e))?;
             }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use shipper::{Error, Generation, Result};
+use shipper::{Error, Generation, Lsn, Result};
 
 pub const STATE_FILE: &str = "copy.json";
 pub const SUSPEND_FILE: &str = "suspended";
@@ -18,14 +18,8 @@ const MAX_STATE_BYTES: u64 = 64 * 1024;
 /// A generation and when it reached a watermark (µs since the Unix epoch).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mark {
-    pub generation: u64,
+    pub generation: Generation,
     pub time_us: u64,
-}
-
-impl Mark {
-    pub fn generation(&self) -> Generation {
-        Generation(self.generation)
-    }
 }
 
 /// The persistent state of one passive copy.
@@ -59,7 +53,7 @@ pub struct CopyState {
     /// True once the daemon has started and not yet inspected a segment.
     pub initializing: bool,
     /// The LSN the copy holds and the content hash the log records there.
-    pub replayed_lsn: u64,
+    pub replayed_lsn: Lsn,
     pub replayed_hash: Option<String>,
     /// When the daemon last wrote this state (µs since the Unix epoch).
     pub updated_us: u64,
@@ -178,6 +172,27 @@ mod tests {
         std::fs::write(&paths.state, br#"{"source": "alpha"}"#).unwrap();
         let st = CopyState::load(&paths).unwrap().unwrap();
         assert_eq!(st.version, shipper::FormatVersion(1));
+    }
+
+    /// The newtypes change nothing on disk: an LSN and a generation are
+    /// plain numbers in `copy.json`, as before they were typed.
+    #[test]
+    fn typed_positions_are_plain_numbers_in_copy_json() {
+        let st = CopyState {
+            last_replayed: Some(Mark {
+                generation: Generation(10),
+                time_us: 7,
+            }),
+            replayed_lsn: Lsn(1234),
+            ..CopyState::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["replayed_lsn"], 1234);
+        assert_eq!(v["last_replayed"]["generation"], 10);
+        let old = br#"{"source": "alpha", "replayed_lsn": 99, "last_copied": {"generation": 3, "time_us": 1}}"#;
+        let back: CopyState = serde_json::from_slice(old).unwrap();
+        assert_eq!(back.replayed_lsn, Lsn(99));
+        assert_eq!(back.last_copied.unwrap().generation, Generation(3));
     }
 
     #[test]

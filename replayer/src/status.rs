@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::state::{CopyPaths, CopyState, Mark};
+use shipper::{Generation, Lsn};
 
 /// How long without a state update before the daemon is reported as not running.
 pub const STALE_AFTER_US: u64 = 15_000_000;
@@ -41,15 +42,15 @@ pub struct CopyStatus {
     pub summary_copy_status: SummaryCopyStatus,
     pub copy_queue_length: u64,
     pub replay_queue_length: u64,
-    pub last_log_generated: Option<u64>,
+    pub last_log_generated: Option<Generation>,
     pub last_log_generated_time: Option<String>,
-    pub last_log_copied: Option<u64>,
+    pub last_log_copied: Option<Generation>,
     pub last_log_copied_time: Option<String>,
-    pub last_log_inspected: Option<u64>,
+    pub last_log_inspected: Option<Generation>,
     pub last_log_inspected_time: Option<String>,
-    pub last_log_replayed: Option<u64>,
+    pub last_log_replayed: Option<Generation>,
     pub last_log_replayed_time: Option<String>,
-    pub last_replayed_lsn: u64,
+    pub last_replayed_lsn: Lsn,
     pub content_hash: Option<String>,
     pub suspend_comment: Option<String>,
     /// Failed inspections of the next segment so far (it is copied again up to 3 times).
@@ -60,7 +61,7 @@ pub struct CopyStatus {
     pub daemon_running: bool,
 }
 
-fn generation(m: &Option<Mark>) -> Option<u64> {
+fn generation(m: &Option<Mark>) -> Option<Generation> {
     m.map(|m| m.generation)
 }
 
@@ -92,9 +93,9 @@ pub fn status(node: &str, paths: &CopyPaths, state: &CopyState, now_us: u64) -> 
     } else {
         SummaryCopyStatus::Healthy
     };
-    let g = generation(&state.last_generated).unwrap_or(0);
-    let i = generation(&state.last_inspected).unwrap_or(0);
-    let r = generation(&state.last_replayed).unwrap_or(0);
+    let g = generation(&state.last_generated).unwrap_or_default().0;
+    let i = generation(&state.last_inspected).unwrap_or_default().0;
+    let r = generation(&state.last_replayed).unwrap_or_default().0;
     CopyStatus {
         version: Default::default(),
         node: node.to_string(),

@@ -51,7 +51,7 @@ pub struct SeedManifest {
     pub id: String,
     pub database_id: String,
     /// The LSN the snapshot holds.
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// The content hash the log records at `lsn` (hex).
     pub hash: String,
     pub size: u64,
@@ -133,7 +133,7 @@ pub fn verify(path: &Path, manifest: &SeedManifest) -> Result<()> {
             manifest.database_id
         )));
     }
-    if lsn.0 != manifest.lsn {
+    if lsn != manifest.lsn {
         return Err(mismatch(format!(
             "the snapshot holds LSN {lsn}, the manifest says {}",
             manifest.lsn
@@ -176,7 +176,7 @@ mod tests {
                 version: crate::FormatVersion::CURRENT,
                 id,
                 database_id: "d".repeat(32),
-                lsn,
+                lsn: Lsn(lsn),
                 hash: format!("{:032x}", lsn),
                 size,
             };

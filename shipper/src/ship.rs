@@ -72,7 +72,7 @@ pub struct CopyReport {
     #[serde(default)]
     pub database_id: Option<String>,
     pub summary_copy_status: String,
-    pub last_log_replayed: Option<u64>,
+    pub last_log_replayed: Option<crate::Generation>,
     pub suspend_comment: Option<String>,
 }
 
@@ -205,7 +205,7 @@ pub fn truncation_limit(cfg: &ShipConfig, database_id: &str) -> std::result::Res
             return Err(format!("copy {peer} is suspended{why}"));
         }
         match report.last_log_replayed {
-            Some(g) => limit = limit.min(g),
+            Some(g) => limit = limit.min(g.0),
             None => return Err(format!("copy {peer} has replayed nothing yet")),
         }
     }
@@ -324,7 +324,7 @@ fn serve_seed(store: &Store, own: &Share, peer: &str, peer_share: &Share) -> Res
         version: Default::default(),
         id: request.id,
         database_id: store.state().database_id.to_string(),
-        lsn: lsn.0,
+        lsn,
         hash: hash.to_string(),
         size,
     };

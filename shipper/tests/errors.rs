@@ -97,7 +97,7 @@ fn a_seed_that_does_not_match_its_manifest_names_the_snapshot() {
         version: Default::default(),
         id: "x".into(),
         database_id: st.database_id.to_string(),
-        lsn: lsn.0 + 1,
+        lsn: shipper::Lsn(lsn.0 + 1),
         hash: format!("{:032x}", st.hash.0),
         size: 0,
     };

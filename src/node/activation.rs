@@ -370,7 +370,7 @@ impl Daemon<'_> {
         let have = tail
             .as_ref()
             .map(|t| t.complete.0)
-            .unwrap_or(state.replayed_lsn);
+            .unwrap_or(state.replayed_lsn.0);
         let (last_logs, tail_note, confirmed) = match self.sync_confirmed(have) {
             Ok(note) => (dial::LastLogs::Copied, format!("{tail_note}; {note}"), true),
             Err(Some(why)) => (last_logs, format!("{tail_note}; {why}"), false),
@@ -378,12 +378,15 @@ impl Daemon<'_> {
         };
         let replayed = match &tail {
             Some(t) => Position {
-                lsn: t.complete.0,
-                generation: t.generation.0,
+                lsn: t.complete,
+                generation: t.generation,
             },
             None => Position {
                 lsn: state.replayed_lsn,
-                generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),
+                generation: state
+                    .last_replayed
+                    .map(|m| m.generation)
+                    .unwrap_or_default(),
             },
         };
         // The old active's last position: its last heartbeat, or what its
@@ -393,7 +396,10 @@ impl Daemon<'_> {
             .lock()
             .expect("received lock")
             .active
-            .map(|(g, _, lsn)| Position { lsn, generation: g });
+            .map(|(g, _, lsn)| Position {
+                lsn: Lsn(lsn),
+                generation: Generation(g),
+            });
         let known = match (self.m.active_position, streamed) {
             // Confirmed: whatever else the old active held durable, it
             // never acknowledged.
@@ -439,19 +445,17 @@ impl Daemon<'_> {
             replayer::tail::install(&paths.logs, t)
                 .context("install the old active's open segment")?;
         }
-        let next_generation = Generation(
-            state
-                .last_replayed
-                .map(|m| m.generation)
-                .max(state.last_generated.map(|m| m.generation))
-                .unwrap_or(0)
-                + 1,
-        );
+        let next_generation = state
+            .last_replayed
+            .map(|m| m.generation)
+            .max(state.last_generated.map(|m| m.generation))
+            .unwrap_or_default()
+            .next();
         prepare_log(&paths, &state, next_generation, self.m.known_epoch)?;
         // What the old active committed after this copy's last record is
         // lost: the relay re-delivers what it delivered since that record's
         // time (less a margin for clock differences); unknown: everything.
-        let since = last_record_time(&paths.logs, Lsn(replayed.lsn))
+        let since = last_record_time(&paths.logs, replayed.lsn)
             .map(|t| t.saturating_sub(REDELIVERY_MARGIN.as_micros() as u64))
             .unwrap_or(0);
         *self.mail.redeliver_since.lock().expect("since lock") = Some(since);
@@ -554,22 +558,20 @@ impl Daemon<'_> {
                 Unread,
             );
         };
-        let read =
-            match replayer::tail::read(&config.source, &paths.logs, db, Lsn(state.replayed_lsn)) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the old active's open segment");
-                    replayer::tail::TailRead::Absent(format!("could not be read: {e}"))
-                }
-            };
+        let read = match replayer::tail::read(&config.source, &paths.logs, db, state.replayed_lsn) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the old active's open segment");
+                replayer::tail::TailRead::Absent(format!("could not be read: {e}"))
+            }
+        };
         let last_logs = if read.complete() { Copied } else { Unread };
         // The share could not give the open segment whole: what block mode
         // received stands in (it may lack what the old active acknowledged
         // after its last message, so the dial still counts it unread).
         if !read.complete() {
             let received = paths.data_dir.join(replayer::block::RECEIVED_DIR);
-            match replayer::tail::read_received(&received, &paths.logs, db, Lsn(state.replayed_lsn))
-            {
+            match replayer::tail::read_received(&received, &paths.logs, db, state.replayed_lsn) {
                 Ok(replayer::tail::TailRead::Copied(t)) => {
                     let why = match &read {
                         replayer::tail::TailRead::Absent(w)

@@ -43,7 +43,7 @@ pub(super) fn serve_admin(
             "logship_epoch",
             "The epoch the node is active in, or the newest it knows",
             &l,
-            st.epoch as f64,
+            st.epoch.0 as f64,
         );
         e.gauge(
             "logship_quorum_votes",
@@ -61,7 +61,7 @@ pub(super) fn serve_admin(
             "logship_lsn",
             "The node's LSN (active) or replayed LSN (passive)",
             &l,
-            st.lsn as f64,
+            st.lsn.0 as f64,
         );
         e.counter(
             "logship_failovers_total",
@@ -94,7 +94,7 @@ pub(super) fn serve_admin(
                 "logship_received_lsn",
                 "Block mode: the last record received and durable on this passive",
                 &l,
-                lsn as f64,
+                lsn.0 as f64,
             );
         }
         if let Some(n) = st.copy_queue_records {

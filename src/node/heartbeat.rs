@@ -17,7 +17,7 @@ impl Daemon<'_> {
         let now = Instant::now();
         let moving = self.m.moving.as_ref().map(|m| witness::heartbeat::Handoff {
             to: m.to.clone(),
-            lsn: m.lsn,
+            lsn: shipper::Lsn(m.lsn),
             comment: self
                 .move_reply
                 .as_ref()
@@ -39,8 +39,8 @@ impl Daemon<'_> {
                 let st = a.store.state();
                 hb.epoch = a.epoch;
                 hb.position = Position {
-                    lsn: st.lsn.0,
-                    generation: active_generation(&a.store),
+                    lsn: st.lsn,
+                    generation: shipper::Generation(active_generation(&a.store)),
                 };
             }
             _ => {
@@ -71,7 +71,10 @@ impl Daemon<'_> {
                     }
                     hb.position = Position {
                         lsn: state.replayed_lsn,
-                        generation: state.last_replayed.map(|m| m.generation).unwrap_or(0),
+                        generation: state
+                            .last_replayed
+                            .map(|m| m.generation)
+                            .unwrap_or_default(),
                     };
                     let st = replayer::status::status(&self.name, &paths, &state, 0);
                     hb.copy = Some(CopyBrief {

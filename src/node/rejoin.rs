@@ -48,7 +48,7 @@ impl Daemon<'_> {
         let state = CopyState {
             source: self.peer.clone(),
             database_id: db.to_string(),
-            replayed_lsn: to.0,
+            replayed_lsn: to,
             replayed_hash: Some(hash.to_string()),
             ..Default::default()
         };

@@ -21,7 +21,7 @@ impl Daemon<'_> {
                 CopyState::load(&self.copy_paths())
                     .ok()
                     .flatten()
-                    .map(|s| s.replayed_lsn)
+                    .map(|s| s.replayed_lsn.0)
                     .unwrap_or(0),
             ),
         };
@@ -77,8 +77,8 @@ impl Daemon<'_> {
             node: self.name.clone(),
             role: self.m.role,
             epoch: match &self.duty {
-                Duty::Active(a) => a.epoch.0,
-                _ => self.m.known_epoch.0,
+                Duty::Active(a) => a.epoch,
+                _ => self.m.known_epoch,
             },
             active_node,
             node_state: if self.paused().is_some() {
@@ -102,7 +102,7 @@ impl Daemon<'_> {
                 node: h.node.clone(),
                 role: h.role,
                 paused: h.paused,
-                epoch: h.epoch.0,
+                epoch: h.epoch,
                 lsn: h.position.lsn,
                 copy: h.copy.as_ref().map(|c| c.summary.clone()),
                 // Rounded, so that the status file changes only when it matters.
@@ -113,8 +113,8 @@ impl Daemon<'_> {
             failovers: self.failovers,
             mail_stored: self.mail.stored.load(Ordering::Relaxed),
             mail_duplicates: self.mail.duplicates.load(Ordering::Relaxed),
-            lsn,
-            last_received_lsn: stream.map(|r| r.lsn),
+            lsn: shipper::Lsn(lsn),
+            last_received_lsn: stream.map(|r| shipper::Lsn(r.lsn)),
             last_received_time: stream
                 .and_then(|r| r.time_us)
                 .map(replayer::status::fmt_time),

@@ -396,7 +396,7 @@ pub fn moving_step(
     if elapsed > timeout {
         return MovingStep::TimedOut;
     }
-    if !released && target.is_some_and(|h| h.position.lsn >= lsn) {
+    if !released && target.is_some_and(|h| h.position.lsn.0 >= lsn) {
         return MovingStep::Release;
     }
     MovingStep::Wait
@@ -850,7 +850,10 @@ mod tests {
         let hb = |role, epoch, lsn| Heartbeat {
             role,
             epoch: Epoch(epoch),
-            position: crate::dial::Position { lsn, generation: 0 },
+            position: crate::dial::Position {
+                lsn: shipper::Lsn(lsn),
+                generation: shipper::Generation(0),
+            },
             ..Default::default()
         };
         let behind = hb(Role::Passive, 3, 99);

@@ -3,6 +3,7 @@
 //! automatically. An operator can always override (`logship activate --force`).
 
 use serde::{Deserialize, Serialize};
+use shipper::{Generation, Lsn};
 
 /// `lossless` (0 generations), `good-availability` (6, the default) or
 /// `best-availability` (12).
@@ -37,10 +38,10 @@ impl MountDial {
 /// Where a log stood: its last LSN and generation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// The last generation that holds records up to `lsn` (for an active,
     /// its current generation when that holds records, else the one before).
-    pub generation: u64,
+    pub generation: Generation,
 }
 
 /// Whether the failover could read what the old active's share still
@@ -95,7 +96,9 @@ pub fn decide(
     last_logs: LastLogs,
 ) -> DialDecision {
     let heard = match known {
-        Some(k) if k.lsn > replayed.lsn => k.generation.saturating_sub(replayed.generation).max(1),
+        Some(k) if k.lsn > replayed.lsn => {
+            k.generation.0.saturating_sub(replayed.generation.0).max(1)
+        }
         _ => 0,
     };
     let missing = match last_logs {
@@ -136,7 +139,7 @@ pub fn decide(
         dial,
         allowed,
         missing,
-        missing_records: known.map(|k| k.lsn.saturating_sub(replayed.lsn)),
+        missing_records: known.map(|k| k.lsn.0.saturating_sub(replayed.lsn.0)),
         missing_bytes: None,
         replayed,
         known,
@@ -150,7 +153,10 @@ mod tests {
     use super::*;
 
     fn p(lsn: u64, generation: u64) -> Position {
-        Position { lsn, generation }
+        Position {
+            lsn: Lsn(lsn),
+            generation: Generation(generation),
+        }
     }
 
     #[test]

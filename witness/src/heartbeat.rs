@@ -265,7 +265,7 @@ pub struct CopyBrief {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
     pub to: String,
-    pub lsn: u64,
+    pub lsn: shipper::Lsn,
     pub comment: String,
 }
 
@@ -1002,13 +1002,20 @@ mod tests {
                             paused,
                             epoch: Epoch(epoch),
                             supports: supports.map(Epoch),
-                            position: Position { lsn, generation },
+                            position: Position {
+                                lsn: shipper::Lsn(lsn),
+                                generation: shipper::Generation(generation),
+                            },
                             copy: copy.map(|(summary, (copy_queue, replay_queue))| CopyBrief {
                                 summary,
                                 copy_queue,
                                 replay_queue,
                             }),
-                            handoff: handoff.map(|(to, lsn, comment)| Handoff { to, lsn, comment }),
+                            handoff: handoff.map(|(to, lsn, comment)| Handoff {
+                                to,
+                                lsn: shipper::Lsn(lsn),
+                                comment,
+                            }),
                             store_failed: paused && seq % 2 == 0,
                         }
                     },

@@ -724,7 +724,7 @@ impl Machine {
     pub fn handoff_to_me(&self, now: Instant) -> Option<u64> {
         let h = self.live_peer(now)?.handoff.as_ref()?;
         (h.to == self.settings.me && matches!(self.local.holding, Holding::Copy { .. }))
-            .then_some(h.lsn)
+            .then_some(h.lsn.0)
     }
 
     fn decide_target(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -983,8 +983,8 @@ mod tests {
             role,
             epoch: Epoch(epoch),
             position: Position {
-                lsn: 10,
-                generation: 2,
+                lsn: shipper::Lsn(10),
+                generation: shipper::Generation(2),
             },
             ..Default::default()
         }
@@ -1076,7 +1076,7 @@ mod tests {
         assert!(has(&a, &Action::StartReplay) && has(&a, &Action::WantVote(false)));
         assert_eq!(m.role, Role::Passive);
         assert_eq!(m.supports(t0 + ms(100)), Some(Epoch(3)));
-        assert_eq!(m.active_position.map(|p| p.lsn), Some(10));
+        assert_eq!(m.active_position.map(|p| p.lsn), Some(shipper::Lsn(10)));
     }
 
     #[test]
@@ -1465,8 +1465,8 @@ mod tests {
         assert!(has(&a, &Action::Announce));
         let behind = Heartbeat {
             position: Position {
-                lsn: 9,
-                generation: 2,
+                lsn: shipper::Lsn(9),
+                generation: shipper::Generation(2),
             },
             ..healthy_passive("Healthy")
         };
@@ -1506,7 +1506,7 @@ mod tests {
         let handing = Heartbeat {
             handoff: Some(Handoff {
                 to: "beta".into(),
-                lsn: 10,
+                lsn: shipper::Lsn(10),
                 comment: String::new(),
             }),
             ..hb(Role::Active, 4)

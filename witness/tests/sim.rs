@@ -26,7 +26,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use shipper::Epoch;
+use shipper::{Epoch, Generation, Lsn};
 use witness::Timing;
 use witness::core::{self, LogPlan, Mutation};
 use witness::dial::Position;
@@ -147,8 +147,8 @@ impl Store {
     /// Where its log stands, as its heartbeats say.
     fn position(&self) -> Position {
         Position {
-            lsn: self.lsn,
-            generation: self.seals + u64::from(self.lsn > self.sealed),
+            lsn: Lsn(self.lsn),
+            generation: Generation(self.seals + u64::from(self.lsn > self.sealed)),
         }
     }
 }
@@ -732,8 +732,8 @@ impl Sim {
         let position = match &n.store {
             Some(s) => s.position(),
             None => n.copy.as_ref().map_or(Position::default(), |c| Position {
-                lsn: c.db,
-                generation: c.seals,
+                lsn: Lsn(c.db),
+                generation: Generation(c.seals),
             }),
         };
         let hb = Heartbeat {
@@ -1037,8 +1037,8 @@ impl Sim {
         }
         self.nodes[i].copy = Some(c.clone());
         let replayed = Position {
-            lsn: c.db,
-            generation: c.seals,
+            lsn: Lsn(c.db),
+            generation: Generation(c.seals),
         };
         let last_logs = if self.share_reachable(i) || self.mutation == Mutation::TrustLastHeartbeat
         {
