@@ -3,7 +3,7 @@
 //! node's LMTP endpoint, the mailbox schema with duplicate detection by
 //! (Message-ID, recipient), and redelivery on request after a lossy failover.
 //!
-//! Modules: the message rules (`message`), the mailbox store (`mailbox`),
+//! Reading order: the message rules (`message`), the mailbox store (`mailbox`),
 //! the SMTP/LMTP session engine (`protocol`), the node's LMTP endpoint
 //! (`lmtp`), the relay's LMTP client (`lmtp_client`), its durable queue and
 //! dumpster (`queue`), and the relay itself (`relay`).

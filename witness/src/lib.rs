@@ -10,6 +10,11 @@
 //! actions`), run by the node daemon and by this crate's cluster simulator
 //! alike.
 //!
+//! Reading order: `quorum` (the leases and the timing they come from),
+//! `heartbeat` (the datagram and the peer view it keeps), `witness` (the
+//! vote, the epoch and `alone-` files, and their errors), `dial`, `moves`,
+//! then `core` (each rule once) and `machine` (the rules applied to inputs).
+//!
 //! This crate decides; the node daemon (package `logship`) acts. The
 //! protocol, its timing assumptions and its failure cases are written down
 //! in ARCHITECTURE.md ("The cluster protocol").
