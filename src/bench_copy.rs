@@ -233,6 +233,7 @@ fn copy_and_inspect(
             window.len(),
             db,
             replayer::daemon::LANES,
+            shipper::format::NameCase::Lower,
             &mut |g, f| {
                 let r = (|| -> Result<()> {
                     let f = f?.context("segment vanished")?;

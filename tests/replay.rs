@@ -262,7 +262,7 @@ fn a_damaged_segment_is_copied_again_and_a_persistent_fault_fails_the_copy() {
     let next = p
         .data_dir("alpha")
         .join("logs")
-        .join(format!("LS{:016X}.log", replayed + 1));
+        .join(format!("LS{:016x}.log", replayed + 1));
     flip(&next, 300);
     p.ok("beta", &["resume"]);
     p.wait_for("a failed inspection", 30, || {
@@ -290,7 +290,7 @@ fn a_damaged_segment_is_copied_again_and_a_persistent_fault_fails_the_copy() {
     let seg = p
         .data_dir("alpha")
         .join("logs")
-        .join(format!("LS{newest:016X}.log"));
+        .join(format!("LS{newest:016x}.log"));
     flip(&seg, 5000);
     p.ok("beta", &["resume"]);
     p.wait_for("the copy to fail", 30, || {
@@ -333,7 +333,7 @@ fn a_damaged_segment_in_a_backlog_stops_the_copy_there_and_nothing_copied_ahead_
     let seg = p
         .data_dir("alpha")
         .join("logs")
-        .join(format!("LS{damaged:016X}.log"));
+        .join(format!("LS{damaged:016x}.log"));
     flip(&seg, 4000);
     p.ok("beta", &["resume"]);
     p.wait_for("the copy to fail", 30, || {
@@ -446,7 +446,7 @@ fn a_gap_in_generations_and_a_foreign_segment_fail_the_copy_by_name() {
         other.ok("alpha", &["seal"]);
         g = newest_sealed(&other);
     }
-    let name = format!("LS{next:016X}.log");
+    let name = format!("LS{next:016x}.log");
     let ours = p.data_dir("alpha").join("logs").join(&name);
     let saved = std::fs::read(&ours).unwrap();
     std::fs::copy(other.data_dir("alpha").join("logs").join(&name), &ours).unwrap();
@@ -480,7 +480,7 @@ fn a_gap_in_generations_and_a_foreign_segment_fail_the_copy_by_name() {
     run_sql(&p, &statements(70, 80));
     p.ok("alpha", &["seal"]);
     let logs = p.data_dir("alpha").join("logs");
-    let name = format!("LS{missing:016X}.log");
+    let name = format!("LS{missing:016x}.log");
     std::fs::rename(logs.join(&name), logs.join(format!("{name}.moved"))).unwrap();
     p.ok("beta", &["resume"]);
     p.wait_for("the copy to fail on the gap", 30, || {
@@ -643,7 +643,7 @@ fn a_lost_copy_of_a_segment_the_copy_no_longer_needs_is_not_a_gap() {
     // The copy's file of its newest segment is lost (power failure), and the
     // active has truncated it (every copy had replayed it).
     let newest = newest_sealed(&p);
-    let name = format!("LS{newest:016X}.log");
+    let name = format!("LS{newest:016x}.log");
     std::fs::write(p.data_dir("beta").join("logs").join(&name), b"").unwrap();
     std::fs::remove_file(p.data_dir("alpha").join("logs").join(&name)).unwrap();
     run_sql(&p, &statements(40, 80));
@@ -654,4 +654,61 @@ fn a_lost_copy_of_a_segment_the_copy_no_longer_needs_is_not_a_gap() {
     assert_eq!(summary(&p), "Healthy");
     let out = p.ok("beta", &["verify-copy"]);
     assert!(out.contains("verdict equal"), "{out}");
+}
+
+/// Segment names are lower case. Those an older build named in upper case
+/// are still read: by the store that holds them, by a copy that follows
+/// them, and across the change of spelling once the active is upgraded.
+#[test]
+fn segments_named_in_upper_case_by_an_older_build_are_still_copied_and_replayed() {
+    use shipper::format::{self, NameCase};
+    let p = Pair::new();
+    setup(&p);
+    // Enough sealed segments for generations with letters (0xA and on).
+    for i in 0..11 {
+        run_sql(&p, &statements(i * 5, i * 5 + 5));
+        p.ok("alpha", &["seal"]);
+    }
+    let logs = p.data_dir("alpha").join("logs");
+    let sealed = || -> Vec<(String, NameCase)> {
+        std::fs::read_dir(&logs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter_map(|n| format::parse_segment_file_name_case(&n).map(|(_, c)| (n, c)))
+            .collect()
+    };
+    let names = sealed();
+    assert!(
+        names.iter().any(|(n, _)| n == "LS000000000000000a.log"),
+        "this build names segments in lower case: {names:?}"
+    );
+    // As an older build named them.
+    for (n, _) in &names {
+        let g = format::parse_segment_file_name(n).unwrap();
+        std::fs::rename(
+            logs.join(n),
+            logs.join(format::segment_file_name_in(g, NameCase::Upper)),
+        )
+        .unwrap();
+    }
+    assert!(sealed().iter().any(|(n, _)| n == "LS000000000000000A.log"));
+    let _replay = start_replay(&p);
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to catch up from upper-case names", 60, || {
+        replayed_lsn(&p) == target
+    });
+    // The active, upgraded, goes on in lower case: the copy follows.
+    run_sql(&p, &statements(60, 70));
+    p.ok("alpha", &["seal"]);
+    let newest = sealed()
+        .into_iter()
+        .max_by_key(|(n, _)| format::parse_segment_file_name(n));
+    assert_eq!(newest.map(|(_, c)| c), Some(NameCase::Lower));
+    let target = alpha_lsn(&p);
+    p.wait_for("the copy to follow the change of spelling", 60, || {
+        replayed_lsn(&p) == target
+    });
+    assert_eq!(summary(&p), "Healthy");
+    let copy = p.ok("beta", &["verify-copy"]);
+    assert!(copy.contains("verdict equal"), "{copy}");
 }

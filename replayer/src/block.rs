@@ -90,9 +90,18 @@ pub struct ReceiverConfig {
     pub paths: CopyPaths,
 }
 
-/// The received file of `generation` in `dir`.
+/// The received file of `generation` in `dir` (under the spelling of an
+/// older build when only that one is there).
 pub fn received_path(dir: &Path, generation: Generation) -> PathBuf {
-    dir.join(format::segment_file_name(generation))
+    let path = dir.join(format::segment_file_name(generation));
+    let legacy = dir.join(format::segment_file_name_in(
+        generation,
+        format::NameCase::Upper,
+    ));
+    if !path.exists() && legacy.exists() {
+        return legacy;
+    }
+    path
 }
 
 /// The received files in `dir`, oldest first.

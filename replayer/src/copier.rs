@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use shipper::format::{self, HEADER_SIZE, SEGMENT_SIZE, SegmentHeader};
+use shipper::format::{self, HEADER_SIZE, NameCase, SEGMENT_SIZE, SegmentHeader};
 use shipper::share::Share;
 use shipper::{DatabaseId, Generation, Lsn, Result};
 
@@ -27,6 +27,11 @@ pub struct Fetched {
 /// bytes are at hand. `take(generation, result)` gets them in generation
 /// order as they come (`Ok(None)`: the share does not hold it yet); when it
 /// returns false, no further copy starts (see `Share::fetch_many`).
+///
+/// Names are asked for in `case`, the spelling the source writes
+/// (`format::NameCase`: lower case, or upper case for a source of an older
+/// build); the daemon learns it from the share's listing.
+#[allow(clippy::too_many_arguments)]
 pub fn copy_window(
     source: &Share,
     dir: &Path,
@@ -34,13 +39,14 @@ pub fn copy_window(
     count: usize,
     db: DatabaseId,
     lanes: usize,
+    case: NameCase,
     take: &mut dyn FnMut(Generation, Result<Option<Fetched>>) -> bool,
 ) {
     let gens: Vec<Generation> = (0..count as u64).map(|i| Generation(from.0 + i)).collect();
     let jobs: Vec<(String, PathBuf)> = gens
         .iter()
         .map(|g| {
-            let name = format::segment_file_name(*g);
+            let name = format::segment_file_name_in(*g, case);
             let dest = dir.join(format!("{name}{}", shipper::share::TEMP_SUFFIX));
             (name, dest)
         })
@@ -76,12 +82,23 @@ pub fn copy_window(
 
 /// The sealed generations the share holds, ascending.
 pub fn sealed_generations(source: &Share) -> Result<Vec<Generation>> {
-    let mut v: Vec<Generation> = source
+    Ok(sealed_segments(source)?
+        .into_iter()
+        .map(|(g, _)| g)
+        .collect())
+}
+
+/// The sealed segments the share holds, ascending, with each name's
+/// spelling (a generation found in both spellings is listed once, lower
+/// case first).
+pub fn sealed_segments(source: &Share) -> Result<Vec<(Generation, NameCase)>> {
+    let mut v: Vec<(Generation, NameCase)> = source
         .list()?
         .iter()
-        .filter_map(|n| format::parse_segment_file_name(n))
+        .filter_map(|n| format::parse_segment_file_name_case(n))
         .collect();
-    v.sort();
+    v.sort_by_key(|(g, c)| (*g, *c == NameCase::Upper));
+    v.dedup_by_key(|(g, _)| *g);
     Ok(v)
 }
 
@@ -90,10 +107,10 @@ pub fn sealed_generations(source: &Share) -> Result<Vec<Generation>> {
 /// share holds no sealed segment yet; `Err` with the share's first LSN when
 /// it no longer reaches back to `lsn` (the copy needs a reseed).
 pub fn start_generation(source: &Share, lsn: Lsn) -> Result<Option<Generation>> {
-    let gens = sealed_generations(source)?;
+    let gens = sealed_segments(source)?;
     let mut first_prev_lsn = None;
-    for g in gens.iter().rev() {
-        let name = format::segment_file_name(*g);
+    for (g, case) in gens.iter().rev() {
+        let name = format::segment_file_name_in(*g, *case);
         let Some(prefix) = source.read_prefix(&name, HEADER_SIZE)? else {
             continue;
         };

@@ -138,6 +138,9 @@ struct Daemon<'a> {
     /// After a failed inspection, the next copy waits until then.
     retry_at: Option<Instant>,
     listed_at: Option<Instant>,
+    /// How the source spells segment names (an older build's active: upper
+    /// case), learnt from its listing.
+    source_case: format::NameCase,
     backoff: Duration,
     /// Segments to ask for on the next copy (see `copy_available`).
     window: usize,
@@ -247,6 +250,7 @@ impl<'a> Daemon<'a> {
             attempts: 0,
             retry_at: None,
             listed_at: None,
+            source_case: format::NameCase::Lower,
             backoff: cfg.poll,
             window: 1,
             window_full: false,
@@ -410,18 +414,28 @@ impl Daemon<'_> {
         let (cfg, logs) = (self.cfg, self.paths.logs.clone());
         let mut accepted = 0;
         let mut outcome = Ok(true);
-        copier::copy_window(&cfg.source, &logs, next, want, db, lanes, &mut |g, f| {
-            if !matches!(outcome, Ok(true)) {
-                // Past the first refusal: drop what was copied ahead.
-                if let Ok(Some(f)) = f {
-                    let _ = std::fs::remove_file(&f.path);
+        let case = self.source_case;
+        copier::copy_window(
+            &cfg.source,
+            &logs,
+            next,
+            want,
+            db,
+            lanes,
+            case,
+            &mut |g, f| {
+                if !matches!(outcome, Ok(true)) {
+                    // Past the first refusal: drop what was copied ahead.
+                    if let Ok(Some(f)) = f {
+                        let _ = std::fs::remove_file(&f.path);
+                    }
+                    return false;
                 }
-                return false;
-            }
-            outcome = self.accept(g, g == next, f);
-            accepted += usize::from(matches!(outcome, Ok(true)));
-            matches!(outcome, Ok(true))
-        });
+                outcome = self.accept(g, g == next, f);
+                accepted += usize::from(matches!(outcome, Ok(true)));
+                matches!(outcome, Ok(true))
+            },
+        );
         let all = accepted == want;
         // A copy that is current takes one segment a turn, then finds the
         // next missing: it stays at one (no lanes). Two full windows in a
@@ -518,7 +532,16 @@ impl Daemon<'_> {
             return Ok(());
         }
         self.listed_at = Some(Instant::now());
-        let gens = copier::sealed_generations(&self.cfg.source)?;
+        let listed = copier::sealed_segments(&self.cfg.source)?;
+        // The spelling the source writes now: that of `next`, else of its
+        // newest segment (an active upgraded from upper-case names).
+        if let Some((_, case)) = listed.iter().find(|(g, _)| *g == next).or(listed.last())
+            && *case != self.source_case
+        {
+            tracing::info!(share = %self.cfg.source.display(), spelling = ?case, "the source spells segment names another way: following it");
+            self.source_case = *case;
+        }
+        let gens: Vec<Generation> = listed.iter().map(|(g, _)| *g).collect();
         if gens.contains(&next) {
             // Sealed since it was asked for: no gap, the next turn takes it.
             return Ok(());

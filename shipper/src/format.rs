@@ -345,21 +345,53 @@ const NAME_PREFIX: &str = "LS";
 const NAME_SUFFIX: &str = ".log";
 const NAME_HEX_DIGITS: usize = 16;
 
-/// `LS` + 16 upper-case hex digits + `.log`, e.g. `LS000000000000002A.log`.
-pub fn segment_file_name(generation: Generation) -> String {
-    format!("{NAME_PREFIX}{:016X}{NAME_SUFFIX}", generation.0)
+/// How a segment file name spells its hex digits. This build writes lower
+/// case, as every other hex name and id of logship; builds before it wrote
+/// upper case, and every reader still takes both (FORMAT.md, "File names").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NameCase {
+    #[default]
+    Lower,
+    /// The spelling of builds before lower-case names.
+    Upper,
 }
 
-/// The inverse of `segment_file_name`: exact width, upper-case hex, generation 0 refused.
+/// `LS` + 16 lower-case hex digits + `.log`, e.g. `LS000000000000002a.log`.
+pub fn segment_file_name(generation: Generation) -> String {
+    segment_file_name_in(generation, NameCase::Lower)
+}
+
+/// The segment name of `generation` in the given spelling.
+pub fn segment_file_name_in(generation: Generation, case: NameCase) -> String {
+    match case {
+        NameCase::Lower => format!("{NAME_PREFIX}{:016x}{NAME_SUFFIX}", generation.0),
+        NameCase::Upper => format!("{NAME_PREFIX}{:016X}{NAME_SUFFIX}", generation.0),
+    }
+}
+
+/// The inverse of `segment_file_name`: exact width, hex digits all of one
+/// case (either), generation 0 refused.
 pub fn parse_segment_file_name(name: &str) -> Option<Generation> {
+    parse_segment_file_name_case(name).map(|(g, _)| g)
+}
+
+/// Like `parse_segment_file_name`, with the spelling found. A name whose
+/// letters are of both cases is no segment's.
+pub fn parse_segment_file_name_case(name: &str) -> Option<(Generation, NameCase)> {
     let hex = name.strip_prefix(NAME_PREFIX)?.strip_suffix(NAME_SUFFIX)?;
-    if hex.len() != NAME_HEX_DIGITS || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
-    {
+    if hex.len() != NAME_HEX_DIGITS || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
+    let lower = hex.bytes().any(|b| matches!(b, b'a'..=b'f'));
+    let upper = hex.bytes().any(|b| matches!(b, b'A'..=b'F'));
+    let case = match (lower, upper) {
+        (true, true) => return None,
+        (false, true) => NameCase::Upper,
+        _ => NameCase::Lower,
+    };
     match u64::from_str_radix(hex, 16).ok()? {
         0 => None,
-        g => Some(Generation(g)),
+        g => Some((Generation(g), case)),
     }
 }
 
@@ -1648,23 +1680,34 @@ mod tests {
     fn file_names_round_trip() {
         assert_eq!(
             segment_file_name(Generation(0x2A)),
-            "LS000000000000002A.log"
+            "LS000000000000002a.log"
         );
         assert_eq!(
             segment_file_name(Generation(u64::MAX)),
-            "LSFFFFFFFFFFFFFFFF.log"
+            "LSffffffffffffffff.log"
         );
         for g in [1, 0x2A, 0xABCDEF, u64::MAX] {
-            assert_eq!(
-                parse_segment_file_name(&segment_file_name(Generation(g))),
-                Some(Generation(g))
-            );
+            for case in [NameCase::Lower, NameCase::Upper] {
+                assert_eq!(
+                    parse_segment_file_name(&segment_file_name_in(Generation(g), case)),
+                    Some(Generation(g))
+                );
+            }
         }
+        // The spelling of older builds is read, and told apart.
+        assert_eq!(
+            parse_segment_file_name_case("LS000000000000002A.log"),
+            Some((Generation(0x2A), NameCase::Upper))
+        );
+        assert_eq!(
+            parse_segment_file_name_case("LS000000000000002a.log"),
+            Some((Generation(0x2A), NameCase::Lower))
+        );
         for bad in [
             CURRENT_FILE_NAME,
             TEMP_FILE_NAME,
             "LS0000000000000000.log",
-            "LS000000000000002a.log",
+            "LS00000000000000aA.log",
             "LS00000000000002A.log",
             "LS0000000000000002A.log",
             "LS000000000000002A.LOG",

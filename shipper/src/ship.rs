@@ -251,7 +251,11 @@ fn truncate(
             break;
         }
         if separate {
-            share.remove(&format::segment_file_name(g))?;
+            // Under either spelling: a build before lower-case names may
+            // have published it.
+            for case in [format::NameCase::Lower, format::NameCase::Upper] {
+                share.remove(&format::segment_file_name_in(g, case))?;
+            }
         }
         std::fs::remove_file(&path).map_err(|e| Error::io("truncate the log: delete", &path, e))?;
         tracing::info!(generation = %g, "truncated: every copy has replayed it");
@@ -272,7 +276,8 @@ fn publish(
             continue;
         }
         let name = format::segment_file_name(g);
-        if !share.exists(&name)? {
+        let legacy = format::segment_file_name_in(g, format::NameCase::Upper);
+        if !share.exists(&name)? && (legacy == name || !share.exists(&legacy)?) {
             let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
             share.write_atomic(&name, &bytes)?;
         }
