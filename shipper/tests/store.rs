@@ -559,6 +559,7 @@ fn a_second_writer_is_locked_out() {
 /// Holds the writer inside a transaction until released, so that the
 /// transactions submitted meanwhile run together in the next group commit.
 fn hold_writer(store: &Arc<Store>) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let before = store.stats().submitted;
     let (release, gate) = std::sync::mpsc::channel::<()>();
     let gate = Arc::new(std::sync::Mutex::new(gate));
     let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
@@ -572,6 +573,10 @@ fn hold_writer(store: &Arc<Store>) -> (std::sync::mpsc::Sender<()>, std::thread:
         .unwrap();
     });
     entered.recv().unwrap();
+    // The holder's submission is counted after its send, which the writer
+    // may take (and run) first: wait for the count, or the caller's
+    // `wait_submitted` would be one behind and let its jobs reorder.
+    wait_submitted(store, before + 1);
     (release, h)
 }
 
