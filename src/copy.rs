@@ -150,8 +150,15 @@ pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<NodeStatus> {
 /// What the relay last wrote (`relay.json`), when it runs on this machine.
 fn relay_status(cfg: &Config) -> Option<dumpster::relay::RelayStatus> {
     let dir = cfg.dumpster.as_ref()?.data_dir.as_ref()?;
-    let bytes = std::fs::read(dir.join(dumpster::relay::STATUS_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let path = dir.join(dumpster::relay::STATUS_FILE);
+    let bytes = shipper::state_file::read_file(&path, dumpster::relay::MAX_STATUS_FILE).ok()??;
+    match dumpster::relay::RelayStatus::parse(&bytes) {
+        Ok(st) => Some(st),
+        Err(why) => {
+            tracing::warn!(file = %path.display(), reason = %why, "the relay's status is not read");
+            None
+        }
+    }
 }
 
 pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> {

@@ -65,6 +65,9 @@ pub struct RelayConfig {
 /// What `relay.json` holds.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RelayStatus {
+    /// The file's format version (FORMAT.md, "State files").
+    #[serde(default = "shipper::FormatVersion::first")]
+    pub version: shipper::FormatVersion,
     pub smtp: String,
     pub queue_length: u64,
     /// Of the queue: refused by the node for good, kept, retried hourly.
@@ -79,6 +82,16 @@ pub struct RelayStatus {
     pub accepted: u64,
     pub pid: u32,
     pub updated_us: u64,
+}
+
+/// The most `relay.json` may hold.
+pub const MAX_STATUS_FILE: usize = 64 * 1024;
+
+impl RelayStatus {
+    /// Reads `relay.json` as `logship status` does.
+    pub fn parse(bytes: &[u8]) -> Result<RelayStatus, shipper::state_file::StateFileError> {
+        shipper::state_file::parse(bytes, MAX_STATUS_FILE)
+    }
 }
 
 pub use shipper::types::now_us;
@@ -724,6 +737,7 @@ fn write_status(cfg: &RelayConfig, queue: &Queue, target: Option<String>, accept
     let stats = queue.stats().unwrap_or_else(|_| QueueStats::default());
     let last: Option<Redelivery> = queue.last_redelivery().ok().flatten();
     let st = RelayStatus {
+        version: shipper::FormatVersion::CURRENT,
         smtp: cfg.smtp.to_string(),
         queue_length: stats.queue_length,
         parked: stats.parked,
@@ -823,5 +837,29 @@ mod tests {
             let _ = greeting_fields(&t);
             let _ = hint(&Reply::new(451, [4, 3, 2], t));
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Whatever `relay.json` holds, `logship status` reads a status or a
+        /// reason; never a panic.
+        #[test]
+        fn any_bytes_in_relay_json_are_read_or_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = RelayStatus::parse(&bytes);
+        }
+    }
+
+    #[test]
+    fn relay_json_reads_back_and_a_newer_one_is_refused() {
+        let st = RelayStatus {
+            version: shipper::FormatVersion::CURRENT,
+            smtp: "127.0.0.1:25".into(),
+            queue_length: 3,
+            ..RelayStatus::default()
+        };
+        let back = RelayStatus::parse(&serde_json::to_vec(&st).unwrap()).unwrap();
+        assert_eq!(back.queue_length, 3);
+        let e = RelayStatus::parse(br#"{"version": 2, "smtp": "x"}"#).unwrap_err();
+        assert!(e.to_string().contains("format version 2"), "{e}");
     }
 }

@@ -64,6 +64,20 @@ pub fn version_of(
     Ok(FormatVersion(found as u32))
 }
 
+/// Reads at most `max + 1` bytes of `path` (`None` when it does not exist),
+/// so that `parse` refuses a file that is too large without reading it whole.
+pub fn read_file(path: &std::path::Path, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 /// A state file parsed into `T`, once its length and version pass.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, StateFileError> {
     let map = parse_object(bytes, max)?;
@@ -113,5 +127,19 @@ mod tests {
             parse::<Probe>(br#"{"b": 1}"#, 100),
             Err(StateFileError::Fields(_))
         ));
+    }
+
+    #[test]
+    fn a_file_is_read_only_up_to_its_bound_plus_one_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.json");
+        std::fs::write(&p, vec![b' '; 10_000]).unwrap();
+        let bytes = read_file(&p, 100).unwrap().unwrap();
+        assert_eq!(bytes.len(), 101);
+        assert!(matches!(
+            parse::<Probe>(&bytes, 100),
+            Err(StateFileError::TooLarge { len: 101, max: 100 })
+        ));
+        assert_eq!(read_file(&dir.path().join("none"), 100).unwrap(), None);
     }
 }

@@ -27,6 +27,9 @@ pub(super) const REDELIVERY_MARGIN: Duration = Duration::from_secs(300);
 /// Where a node keeps the redelivery its last lossy activation asked for.
 pub(super) const REDELIVERY_FILE: &str = "redelivery.json";
 
+/// The most `redelivery.json` may hold.
+const MAX_REDELIVERY_FILE: usize = 4096;
+
 /// How long after a lossy activation a restart of the same node asks for
 /// the redelivery again.
 pub(super) const REDELIVERY_REPEAT: Duration = Duration::from_secs(3600);
@@ -35,7 +38,9 @@ pub(super) const REDELIVERY_REPEAT: Duration = Duration::from_secs(3600);
 /// was less than `REDELIVERY_REPEAT` ago.
 pub(super) fn recent_redelivery(data_dir: &Path) -> Option<u64> {
     let path = data_dir.join(REDELIVERY_FILE);
-    let bytes = std::fs::read(&path).ok()?;
+    let bytes = shipper::state_file::read_file(&path, MAX_REDELIVERY_FILE)
+        .ok()
+        .flatten()?;
     match parse_redelivery(&bytes, witness::witness::now_us()) {
         Ok(since) => since,
         Err(why) => {
@@ -56,7 +61,7 @@ pub fn parse_redelivery(
         at_us: u64,
         since_us: u64,
     }
-    let r: Redelivery = shipper::state_file::parse(bytes, 4096)?;
+    let r: Redelivery = shipper::state_file::parse(bytes, MAX_REDELIVERY_FILE)?;
     let age = now_us.saturating_sub(r.at_us);
     Ok((age < REDELIVERY_REPEAT.as_micros() as u64).then_some(r.since_us))
 }
