@@ -72,8 +72,7 @@ pub fn collect(cfg: &Config, only: Option<&str>) -> Result<Vec<CopyStatus>> {
         if node.share.is_some()
             && let Ok(share) = share_of(name, node, cfg)
             && let Ok(Some(bytes)) = share.read(replayer::daemon::PUBLISHED_STATUS, 1 << 20)
-            && let Ok(st) = serde_json::from_slice::<CopyStatus>(&bytes)
-            && st.version.readable()
+            && let Ok(st) = shipper::state_file::parse::<CopyStatus>(&bytes, 1 << 20)
         {
             out.push(st);
         }
@@ -114,9 +113,7 @@ pub fn node_statuses(cfg: &Config, only: Option<&str>) -> Vec<NodeStatus> {
         let st = local.or_else(|| {
             let share = share_of(name, node, cfg).ok()?;
             let bytes = share.read(PUBLISHED_NODE_STATUS, 1 << 20).ok()??;
-            serde_json::from_slice::<NodeStatus>(&bytes)
-                .ok()
-                .filter(|s| s.version.readable())
+            NodeStatus::parse(&bytes).ok()
         });
         if let Some(mut st) = st {
             let alive = !is_local || process_alive(st.pid);

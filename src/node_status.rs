@@ -98,16 +98,19 @@ pub struct NodeStatus {
     pub updated_us: u64,
 }
 
+/// The most `node.json` may hold.
+pub const MAX_NODE_STATUS: usize = 1 << 20;
+
 impl NodeStatus {
     pub fn load(data_dir: &Path) -> Option<NodeStatus> {
         let p = data_dir.join(NODE_STATUS_FILE);
-        let m = std::fs::metadata(&p).ok()?;
-        if m.len() > 1 << 20 {
-            return None;
-        }
-        serde_json::from_slice::<NodeStatus>(&std::fs::read(p).ok()?)
-            .ok()
-            .filter(|s| s.version.readable())
+        let bytes = shipper::state_file::read_file(&p, MAX_NODE_STATUS).ok()??;
+        Self::parse(&bytes).ok()
+    }
+
+    /// Reads `node.json` or `node-status.json`.
+    pub fn parse(bytes: &[u8]) -> Result<NodeStatus, shipper::state_file::StateFileError> {
+        shipper::state_file::parse(bytes, MAX_NODE_STATUS)
     }
 }
 

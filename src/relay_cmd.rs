@@ -136,9 +136,10 @@ fn fixed_mmap_threshold() {
 fn serve_admin(addr: &str, status_file: std::path::PathBuf) -> Result<()> {
     let file = status_file.clone();
     let metrics = std::sync::Arc::new(move || {
-        let st: relay::RelayStatus = std::fs::read(&file)
+        let st: relay::RelayStatus = shipper::state_file::read_file(&file, relay::MAX_STATUS_FILE)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .flatten()
+            .and_then(|b| relay::RelayStatus::parse(&b).ok())
             .unwrap_or_default();
         let last = st.last_redelivery.clone().unwrap_or_default();
         let num = |k: &str| last[k].as_f64().unwrap_or(0.0);

@@ -46,12 +46,8 @@ impl ShipStatus {
     /// The status in `data_dir`, if a ship loop ever wrote one there.
     pub fn load(data_dir: &Path) -> Option<ShipStatus> {
         let path = data_dir.join(SHIP_STATUS_FILE);
-        if std::fs::metadata(&path).ok()?.len() > MAX_SMALL_FILE {
-            return None;
-        }
-        serde_json::from_slice::<ShipStatus>(&std::fs::read(path).ok()?)
-            .ok()
-            .filter(|s| s.version.readable())
+        let bytes = crate::state_file::read_file(&path, MAX_SMALL_FILE as usize).ok()??;
+        crate::state_file::parse(&bytes, MAX_SMALL_FILE as usize).ok()
     }
 }
 
