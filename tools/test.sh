@@ -13,7 +13,7 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 fi
 
 # Commands the tests drive for real (or a program path), and the Debian package of each.
-NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks dovecot:dovecot-core /usr/lib/dovecot/lmtp:dovecot-lmtpd smtp-source:postfix)
+NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks dovecot:dovecot-core /usr/lib/dovecot/lmtp:dovecot-lmtpd smtp-source:postfix etcd:etcd-server)
 
 missing=()
 for pair in "${NEEDED[@]}"; do
@@ -28,9 +28,18 @@ if ((${#missing[@]})); then
   # so that no mail system is set up or started.
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   $SUDO apt-get update -qq
+  # Installing a server package must not start it as a system service
+  # (Samba, Dovecot, etcd): the tests start their own, privately.
+  policy_added=false
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    policy_added=true
+  fi
   # --no-remove: never replace what the machine has (another MTA, say);
   # fail instead, loudly.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-remove "${missing[@]}"
+  if $policy_added; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 echo "== cargo fmt --check"

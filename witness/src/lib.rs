@@ -21,6 +21,7 @@
 
 pub mod core;
 pub mod dial;
+pub mod etcd;
 pub mod heartbeat;
 pub mod machine;
 pub mod moves;
