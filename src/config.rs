@@ -73,7 +73,13 @@ pub struct Cluster {
     /// before it goes on alone, recorded on the witness (default 5s).
     #[serde(default = "default_sync_timeout", with = "humantime_serde")]
     pub sync_timeout: Duration,
+    /// The arbiter past two nodes: `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`.
+    /// Without it, two nodes and the file-share witness (the default).
+    pub arbiter: Option<String>,
 }
+
+/// The most nodes a cluster may have (a DAG's limit).
+pub const MAX_NODES: usize = 16;
 
 /// When a transaction is acknowledged.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -120,6 +126,9 @@ pub struct Node {
     /// sealed (default 0s). A lagged copy is never activated automatically.
     #[serde(default, with = "humantime_serde")]
     pub replay_lag: Duration,
+    /// Which copy takes the role when copies are equally current: 1 is the
+    /// most preferred (unset: after every node that sets it).
+    pub activation_preference: Option<u32>,
 }
 
 impl Node {
@@ -250,6 +259,26 @@ impl Config {
                 humantime::format_duration(config.cluster.dead_after),
                 humantime::format_duration(config.cluster.heartbeat_interval)
             );
+        }
+        if config.nodes.len() > MAX_NODES {
+            bail!(
+                "{} [nodes.NAME] sections: a cluster has at most {MAX_NODES} nodes",
+                config.nodes.len()
+            );
+        }
+        if let Some(a) = &config.cluster.arbiter {
+            witness::etcd::ArbiterUrl::parse(a)
+                .map_err(|e| anyhow::anyhow!("cluster.arbiter: {e}"))?;
+        } else if config.nodes.len() > 2 {
+            bail!(
+                "{} nodes need an arbiter that is a consensus service: set [cluster] arbiter = \"etcd://HOST:PORT[,HOST:PORT...]/PREFIX\" (the file-share witness serves two nodes)",
+                config.nodes.len()
+            );
+        }
+        for (name, node) in &config.nodes {
+            if node.activation_preference == Some(0) {
+                bail!("nodes.{name}.activation-preference is 0: 1 is the most preferred");
+            }
         }
         Ok(config)
     }
@@ -402,6 +431,51 @@ accepted-domains = ["example.com"]
         assert_eq!(
             c.nodes["beta"].share.as_deref(),
             Some("smb://u@127.0.0.1/beta")
+        );
+    }
+
+    /// Past two nodes the cluster needs etcd; at most sixteen; a bad arbiter
+    /// URL or preference is refused by name.
+    #[test]
+    fn more_than_two_nodes_need_an_etcd_arbiter_and_sixteen_is_the_most() {
+        let nodes = |n: usize| {
+            (0..n)
+                .map(|i| format!("[nodes.n{i}]\ndata-dir = \"/d/{i}\"\n"))
+                .collect::<String>()
+        };
+        let with =
+            |arbiter: &str, n: usize| format!("[cluster]\nname = \"c\"\n{arbiter}\n{}", nodes(n));
+        assert!(Config::parse(&with("", 2)).is_ok());
+        let e = Config::parse(&with("", 3)).unwrap_err().to_string();
+        assert!(
+            e.contains("3 nodes need an arbiter") && e.contains("etcd://"),
+            "{e}"
+        );
+        let c = Config::parse(&with("arbiter = \"etcd://127.0.0.1:2379/mail\"", 3)).unwrap();
+        assert_eq!(
+            c.cluster.arbiter.as_deref(),
+            Some("etcd://127.0.0.1:2379/mail")
+        );
+        assert!(Config::parse(&with("arbiter = \"etcd://127.0.0.1:2379/m\"", 16)).is_ok());
+        let e = Config::parse(&with("arbiter = \"etcd://127.0.0.1:2379/m\"", 17))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 16"), "{e}");
+        let e = Config::parse(&with("arbiter = \"http://x:1/m\"", 3))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cluster.arbiter") && e.contains("not an etcd"),
+            "{e}"
+        );
+        let pref =
+            "[cluster]\nname = \"c\"\n[nodes.a]\ndata-dir = \"/a\"\nactivation-preference = 0\n";
+        let e = Config::parse(pref).unwrap_err().to_string();
+        assert!(e.contains("nodes.a.activation-preference"), "{e}");
+        let pref = pref.replace("= 0", "= 2");
+        assert_eq!(
+            Config::parse(&pref).unwrap().nodes["a"].activation_preference,
+            Some(2)
         );
     }
 }

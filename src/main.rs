@@ -541,6 +541,7 @@ impl NodeArgs {
             block: node.block.clone(),
             encrypt: node.encrypt,
             replay_lag: node.replay_lag,
+            activation_preference: node.activation_preference,
         };
         Ok((name, node, cfg))
     }

@@ -127,6 +127,14 @@ struct Daemon<'a> {
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     warn_open_dirs(name, node);
+    if let Some(a) = &cfg.cluster.arbiter {
+        return Err(logship::exit::error(
+            logship::exit::Class::Config,
+            format!(
+                "cluster.arbiter is {a:?}: this build's node daemon runs two nodes with the file-share witness only; remove `arbiter` (and keep two nodes) to run it"
+            ),
+        ));
+    }
     let peers: Vec<&String> = cfg.nodes.keys().filter(|n| n.as_str() != name).collect();
     let [peer] = peers.as_slice() else {
         bail!(

@@ -112,6 +112,37 @@ fn a_node_without_a_share_is_refused_at_start_by_name() {
     );
 }
 
+/// An etcd arbiter is configuration this build's node daemon does not run
+/// yet: it says so at start, as a configuration error (exit 3).
+#[test]
+fn a_node_with_an_etcd_arbiter_is_refused_at_start_with_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("logship.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"c\"\narbiter = \"etcd://127.0.0.1:2379/c\"\n\
+             [nodes.alpha]\ndata-dir = \"{w}/alpha\"\nshare = \"{w}/a\"\nheartbeat = \"127.0.0.1:1\"\n\
+             [nodes.beta]\ndata-dir = \"{w}/beta\"\nshare = \"{w}/b\"\nheartbeat = \"127.0.0.1:2\"\n\
+             [nodes.gamma]\ndata-dir = \"{w}/gamma\"\nshare = \"{w}/g\"\nheartbeat = \"127.0.0.1:3\"\n",
+            w = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(["node", "--config"])
+        .arg(&config)
+        .args(["--node", "alpha"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("cluster.arbiter") && err.contains("two nodes"),
+        "{err}"
+    );
+}
+
 #[test]
 fn sql_runs_one_logged_transaction_and_read_prints_tsv() {
     let c = Cluster::new();

@@ -13,7 +13,9 @@
 //! Reading order: `quorum` (the leases and the timing they come from),
 //! `heartbeat` (the datagram and the peer view it keeps), `witness` (the
 //! vote, the epoch and `alone-` files, and their errors), `dial`, `moves`,
-//! then `core` (each rule once) and `machine` (the rules applied to inputs).
+//! `select` (which copy activates when there are several), then `core`
+//! (each rule once) and `machine` (the rules applied to inputs). `etcd` is
+//! the client of the arbiter past two nodes (etcd's v3 JSON gateway).
 //!
 //! This crate decides; the node daemon (package `logship`) acts. The
 //! protocol, its timing assumptions and its failure cases are written down
@@ -26,6 +28,7 @@ pub mod heartbeat;
 pub mod machine;
 pub mod moves;
 pub mod quorum;
+pub mod select;
 pub mod witness;
 
 pub use dial::{DialDecision, MountDial};
