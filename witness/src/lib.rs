@@ -14,14 +14,16 @@
 //! `heartbeat` (the datagram and the peer view it keeps), `witness` (the
 //! vote, the epoch and `alone-` files, and their errors), `dial`, `moves`,
 //! `select` (which copy activates when there are several), then `core`
-//! (each rule once) and `machine` (the rules applied to inputs). `etcd` is
-//! the client of the arbiter past two nodes (etcd's v3 JSON gateway).
+//! (each rule once) and `machine` (the rules applied to inputs). Past two
+//! nodes: `etcd` (the client of the arbiter, etcd's v3 JSON gateway) and
+//! `dcs` (a node's decisions against it, with the lease argument).
 //!
 //! This crate decides; the node daemon (package `logship`) acts. The
 //! protocol, its timing assumptions and its failure cases are written down
 //! in ARCHITECTURE.md ("The cluster protocol").
 
 pub mod core;
+pub mod dcs;
 pub mod dial;
 pub mod etcd;
 pub mod heartbeat;

@@ -121,3 +121,39 @@ fn three_members_go_on_when_one_is_killed() {
     let e = etcd.get(&etcd.key("epochs/1")).unwrap_err().to_string();
     assert!(e.contains("no etcd member answered"), "{e}");
 }
+
+/// The lease argument against a real etcd: the `leader` key of a holder
+/// that stops keeping its lease alive disappears only after the holder's
+/// own reckoning of its lease (`dcs::Lease::valid_until`) has run out, so a
+/// holder that fences then has stopped before anyone else can take over.
+#[test]
+fn the_leader_key_outlives_the_holders_own_reckoning_of_its_lease() {
+    use witness::dcs::Lease;
+    let server = Server::start(1);
+    let alpha = client(&server, "c");
+    let beta = client(&server, "c");
+    let ttl = Duration::from_secs(2);
+    let lease = alpha.grant(ttl).unwrap();
+    let sent = Instant::now();
+    assert!(alpha.keep_alive(lease).unwrap().is_some());
+    let reckoned = Lease {
+        ttl,
+        confirmed_sent: Some(sent),
+    };
+    let leader = alpha.key("leader");
+    assert!(alpha.create(&leader, b"alpha", Some(lease)).unwrap());
+    assert!(!beta.create(&leader, b"beta", None).unwrap());
+    // alpha stops keeping its lease alive; beta watches the key.
+    wait_for("the leader key to lapse", Duration::from_secs(15), || {
+        beta.get(&leader).unwrap().is_none()
+    });
+    let gone = Instant::now();
+    let until = reckoned.valid_until().unwrap();
+    assert!(
+        gone >= until,
+        "the key went {:?} before alpha's lease ran out by its own reckoning",
+        until - gone
+    );
+    let next = beta.grant(ttl).unwrap();
+    assert!(beta.create(&leader, b"beta", Some(next)).unwrap());
+}
