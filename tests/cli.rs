@@ -85,6 +85,16 @@ fn config_errors_name_the_key_the_node_and_the_file() {
     );
 }
 
+/// `logship node --node alpha` on `config`, to its end.
+fn node_alpha(config: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(["node", "--config"])
+        .arg(config)
+        .args(["--node", "alpha"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_node_without_a_share_is_refused_at_start_by_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,12 +109,7 @@ fn a_node_without_a_share_is_refused_at_start_by_name() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
-        .args(["node", "--config"])
-        .arg(&config)
-        .args(["--node", "alpha"])
-        .output()
-        .unwrap();
+    let out = node_alpha(&config);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("node beta has no `share`"),
@@ -129,12 +134,7 @@ fn a_node_with_an_etcd_arbiter_is_refused_at_start_with_a_config_error() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
-        .args(["node", "--config"])
-        .arg(&config)
-        .args(["--node", "alpha"])
-        .output()
-        .unwrap();
+    let out = node_alpha(&config);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(

@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,13 +135,7 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicate etcd's log file")?)
             .stderr(log);
-        // SAFETY: prctl only sets a flag of the child; it is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        crate::sys::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("start etcd ({INSTALL})"))?;

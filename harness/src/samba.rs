@@ -9,7 +9,6 @@
 use std::net::TcpStream;
 
 use anyhow::{Context, Result, bail};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use crate::sys::program;
@@ -229,13 +228,7 @@ fn spawn_smbd(r: &Path, host: &str, port: u16) -> Result<Child> {
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicate smbd's log file")?)
         .stderr(log);
-    // SAFETY: prctl only sets a flag of the child; it is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+    crate::sys::die_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("start smbd ({INSTALL})"))?;

@@ -2,7 +2,21 @@
 //! the private Samba and Dovecot servers share: where a system program is,
 //! and a free loopback port.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::Command;
+
+/// The child gets SIGTERM when the process that started it dies, so a
+/// private server never outlives its test or benchmark.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl only sets a flag of the child; it is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
 
 /// A system program by name: from PATH, else from the sbin directories
 /// (which a non-login root shell may not have on its PATH).
