@@ -592,13 +592,7 @@ fn a_rejoin_that_cannot_rewind_a_schema_change_reseeds_and_keeps_the_old_databas
 
 #[test]
 fn a_lagged_copy_inspects_at_once_replays_late_and_activates_only_when_played_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = dir.path().join("witness");
-    std::fs::create_dir_all(&w).unwrap();
-    let hb = [
-        format!("127.0.0.1:{}", common::trio::free_udp_port()),
-        format!("127.0.0.1:{}", common::trio::free_udp_port()),
-    ];
+    let (dir, w, hb) = common::trio::ground();
     let cluster = format!("witness = \"{}\"\nseal-after = \"200ms\"\n", w.display());
     let t = Trio::custom_full(
         dir,
@@ -652,7 +646,7 @@ fn a_lagged_copy_inspects_at_once_replays_late_and_activates_only_when_played_do
 #[test]
 fn with_a_cluster_key_heartbeats_are_authenticated_and_another_key_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, w, hb) = common::trio::ground();
     let key = |name: &str, text: &str| {
         let f = dir.path().join(name);
         std::fs::write(&f, text).unwrap();
@@ -661,12 +655,6 @@ fn with_a_cluster_key_heartbeats_are_authenticated_and_another_key_is_refused() 
     };
     let ours = key("cluster.key", "k5Vq3Zt8LmN0pXw2Rb7Yc4Hd9Fj6Ga1E\n");
     let theirs = key("other.key", "a different key of the same length\n");
-    let w = dir.path().join("witness");
-    std::fs::create_dir_all(&w).unwrap();
-    let hb = [
-        format!("127.0.0.1:{}", common::trio::free_udp_port()),
-        format!("127.0.0.1:{}", common::trio::free_udp_port()),
-    ];
     let cluster = format!(
         "witness = \"{}\"\nseal-after = \"200ms\"\nkey-file = \"{}\"\n",
         w.display(),
@@ -984,13 +972,7 @@ fn block_mode_keeps_what_the_passive_received_when_the_old_actives_share_is_gone
 
 /// A cluster with `commit = "remote"` on a lossless dial.
 fn synchronous_trio() -> Trio {
-    let dir = tempfile::tempdir().unwrap();
-    let w = dir.path().join("witness");
-    std::fs::create_dir_all(&w).unwrap();
-    let hb = [
-        format!("127.0.0.1:{}", common::trio::free_udp_port()),
-        format!("127.0.0.1:{}", common::trio::free_udp_port()),
-    ];
+    let (dir, w, hb) = common::trio::ground();
     let cluster = format!(
         "witness = \"{}\"\nmount-dial = \"lossless\"\nseal-after = \"1h\"\ncommit = \"remote\"\nsync-timeout = \"1s\"\n",
         w.display()
@@ -1184,13 +1166,7 @@ fn an_old_active_that_lost_its_last_writes_rejoins_behind_and_ends_equal() {
 /// and says why; an address set in the config must be had.
 #[test]
 fn a_taken_default_block_port_leaves_block_mode_off_and_a_taken_chosen_one_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = dir.path().join("witness");
-    std::fs::create_dir_all(&w).unwrap();
-    let hb = [
-        format!("127.0.0.1:{}", common::trio::free_udp_port()),
-        format!("127.0.0.1:{}", common::trio::free_udp_port()),
-    ];
+    let (dir, w, hb) = common::trio::ground();
     // Another program on alpha's heartbeat port, over TCP.
     let other = std::net::TcpListener::bind(&hb[0]).unwrap();
     let t = Trio::custom(

@@ -44,19 +44,26 @@ pub fn free_udp_port() -> u16 {
     harness::sys::free_udp_port().unwrap()
 }
 
+/// What every two-node cluster test starts from: a temporary directory, a
+/// witness directory in it, and two free loopback heartbeat addresses.
+pub fn ground() -> (tempfile::TempDir, PathBuf, [String; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("witness");
+    std::fs::create_dir_all(&w).unwrap();
+    let hb = [
+        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_udp_port()),
+    ];
+    (dir, w, hb)
+}
+
 impl Trio {
     pub fn new(dial: &str) -> Trio {
         Self::with(dial, "200ms")
     }
 
     pub fn with(dial: &str, seal_after: &str) -> Trio {
-        let dir = tempfile::tempdir().unwrap();
-        let w = dir.path().join("witness");
-        std::fs::create_dir_all(&w).unwrap();
-        let hb = [
-            format!("127.0.0.1:{}", free_udp_port()),
-            format!("127.0.0.1:{}", free_udp_port()),
-        ];
+        let (dir, w, hb) = ground();
         let cluster = format!(
             "witness = \"{}\"\nmount-dial = \"{dial}\"\nseal-after = \"{seal_after}\"\n",
             w.display()
@@ -104,13 +111,7 @@ impl Trio {
     /// LMTP endpoint then takes mail from any client (for clients that
     /// cannot authenticate, such as Postfix's smtp-source).
     pub fn with_mail_keyed(dial: &str, key: bool) -> Trio {
-        let dir = tempfile::tempdir().unwrap();
-        let w = dir.path().join("witness");
-        std::fs::create_dir_all(&w).unwrap();
-        let hb = [
-            format!("127.0.0.1:{}", free_udp_port()),
-            format!("127.0.0.1:{}", free_udp_port()),
-        ];
+        let (dir, w, hb) = ground();
         let cluster = format!(
             "witness = \"{}\"\nmount-dial = \"{dial}\"\nseal-after = \"200ms\"\n{}",
             w.display(),
