@@ -220,8 +220,8 @@ fn receive(
     // Where this copy's received log ends.
     let mut current: Option<Current> = None;
     let mut lsn = Lsn(0);
-    if let Some((g, _)) = list(dir).last().cloned()
-        && let Some((end, last)) = extent(&received_path(dir, g), cfg.database_id)
+    if let Some((g, path)) = list(dir).last().cloned()
+        && let Some((end, last)) = extent(&path, cfg.database_id)
     {
         let (file, path) = open_received(dir, g).map_err(|e| e.to_string())?;
         current = Some(Current {
