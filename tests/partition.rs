@@ -217,6 +217,9 @@ fn partitions_never_let_two_nodes_write_in_one_epoch() {
     }
     let acks = acks.lock().unwrap().clone();
     assert!(!acks.is_empty(), "no write was acknowledged");
+    // The nodes stop first: a running node renames and truncates the very
+    // files read below.
+    drop(daemons);
     // Which epoch each acknowledged write went into, from the acking node's own log.
     let logs: Vec<_> = NODES.iter().map(|n| records(&t.data_dir(n))).collect();
     let mut writers_of: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
@@ -251,7 +254,6 @@ fn partitions_never_let_two_nodes_write_in_one_epoch() {
         acks.len(),
         writers_of
     );
-    drop(daemons);
     drop(samba);
     drop(net);
 }
