@@ -45,8 +45,11 @@ use crate::shares::share_of;
 
 mod activation;
 mod block;
+mod claims;
 mod duty;
 mod endpoints;
+mod etcd_link;
+mod etcd_mode;
 mod heartbeat;
 mod moves;
 mod ops;
@@ -55,6 +58,7 @@ mod status;
 mod witness_link;
 
 use activation::{active_generation, log_position};
+use claims::Claims;
 use duty::{ActiveDuty, Duty};
 use endpoints::{serve_admin, serve_control, start_lmtp, status_publisher};
 use moves::MoveReply;
@@ -75,10 +79,13 @@ struct Daemon<'a> {
     peer: String,
     node: &'a Node,
     cfg: &'a Config,
-    link: Arc<Link>,
+    /// The heartbeat link to the peer (two nodes; none past two).
+    link: Option<Arc<Link>>,
     wit: Arc<WitnessShared>,
-    /// The witness, for claiming epochs (its own connection).
-    claims: Witness,
+    /// Where epochs are claimed: the witness (its own connection), or etcd.
+    claims: Claims,
+    /// Past two nodes: the etcd arbiter's view and what the node did on it.
+    etcd: Option<etcd_mode::EtcdMode>,
     duty: Duty,
     /// The node's decisions, and what they are made from.
     m: Machine,
@@ -127,35 +134,53 @@ struct Daemon<'a> {
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     warn_open_dirs(name, node);
-    if let Some(a) = &cfg.cluster.arbiter {
+    let arbiter = match &cfg.cluster.arbiter {
+        Some(a) => Some(witness::etcd::ArbiterUrl::parse(a).map_err(|e| {
+            logship::exit::error(
+                logship::exit::Class::Config,
+                format!("cluster.arbiter: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    if arbiter.is_some() && cfg.cluster.commit == logship::config::CommitMode::Remote {
         return Err(logship::exit::error(
             logship::exit::Class::Config,
-            format!(
-                "cluster.arbiter is {a:?}: this build's node daemon runs two nodes with the file-share witness only; remove `arbiter` (and keep two nodes) to run it"
-            ),
+            "commit = \"remote\" (synchronous commit) needs the file-share witness in this build; with an etcd arbiter set commit = \"local\"".to_string(),
         ));
     }
-    let peers: Vec<&String> = cfg.nodes.keys().filter(|n| n.as_str() != name).collect();
-    let [peer] = peers.as_slice() else {
-        bail!(
-            "a cluster has two nodes; the config has {}",
+    let others: Vec<&String> = cfg.nodes.keys().filter(|n| n.as_str() != name).collect();
+    let peer = match (others.as_slice(), &arbiter) {
+        ([peer], None) => (*peer).clone(),
+        (_, None) => bail!(
+            "a cluster has two nodes; the config has {} (past two, set [cluster] arbiter to etcd)",
             cfg.nodes.len()
-        );
+        ),
+        ([], Some(_)) => bail!("node {name} is the only node in the config"),
+        // Past two nodes: the node it copies from is whichever is active;
+        // until it knows, the one its copy last came from.
+        ([first, ..], Some(_)) => CopyState::load(&CopyPaths::new(&node.data_dir))
+            .ok()
+            .flatten()
+            .map(|s| s.source)
+            .filter(|s| cfg.nodes.contains_key(s) && s != name)
+            .unwrap_or_else(|| (*first).clone()),
     };
-    let peer = (*peer).clone();
-    let peer_node = cfg.node(&peer)?;
-    // Each node ships to its own share and copies from its peer's: a node
+    // Each node ships to its own share and copies from its peers': a node
     // without one could never serve or follow. Said now, not in a loop.
-    for (n, nd) in [(name, node), (peer.as_str(), peer_node)] {
+    for (n, nd) in &cfg.nodes {
         if nd.share.is_none() {
             bail!(
-                "node {n} has no `share` in the config: set [nodes.{n}] share to the directory or smb:// URL where its peer reads its segments"
+                "node {n} has no `share` in the config: set [nodes.{n}] share to the directory or smb:// URL where its peers read its segments"
             );
         }
     }
-    let witness_spec = cfg.cluster.witness.as_deref().context(
-        "cluster.witness is not set: a cluster needs a witness directory (a path or an smb:// URL) to break ties",
-    )?;
+    let witness_spec = match &arbiter {
+        Some(_) => None,
+        None => Some(cfg.cluster.witness.as_deref().context(
+            "cluster.witness is not set: a cluster needs a witness directory (a path or an smb:// URL) to break ties",
+        )?),
+    };
     let parse_addr = |n: &str, node: &Node| -> Result<std::net::SocketAddr> {
         let a = node
             .heartbeat
@@ -167,8 +192,6 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
             .next()
             .with_context(|| format!("node {n}'s heartbeat address {a:?} resolves to nothing"))
     };
-    let bind = parse_addr(name, node)?;
-    let peer_addr = parse_addr(&peer, peer_node)?;
     let timing = Timing {
         interval: cfg.cluster.heartbeat_interval,
         dead_after: cfg.cluster.dead_after,
@@ -207,28 +230,65 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     })?;
     install_shutdown_handler();
     let stop = Arc::new(AtomicBool::new(false));
-    let (link, link_thread) = Link::start(
-        LinkConfig {
-            bind,
-            peer: peer_addr,
-            cluster: cfg.cluster.name.clone(),
-            node: name.to_string(),
-            peer_node: peer.clone(),
-            config_hash: cfg.source_hash.clone(),
-            timing,
-            key: key.clone(),
-        },
-        stop.clone(),
-    )
-    .with_context(|| format!("listen for heartbeats on {bind}"))?;
-    let witness_share = || witness_share(cfg, witness_spec);
     let wit = Arc::new(WitnessShared::default());
-    let witness_thread = {
-        let w = Witness::new(witness_share()?);
-        let (wit, stop) = (wit.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("logship-witness".into())
-            .spawn(move || witness_thread(w, wit, timing, stop))?
+    let mut threads = Vec::new();
+    let (link, claims, etcd) = match (&arbiter, witness_spec) {
+        (Some(url), _) => {
+            // Past two nodes: etcd, through its own thread.
+            let ttl = etcd_link::lease_ttl(cfg.cluster.dead_after);
+            let timeout = (ttl / 4).max(Duration::from_millis(200));
+            let shared = Arc::new(etcd_link::EtcdShared::default());
+            let thread = {
+                let (etcd, me) = (
+                    witness::etcd::Etcd::new(url.clone(), timeout),
+                    name.to_string(),
+                );
+                let (shared, stop) = (shared.clone(), stop.clone());
+                let interval = cfg.cluster.heartbeat_interval.min(ttl / 4);
+                std::thread::Builder::new()
+                    .name("logship-etcd".into())
+                    .spawn(move || etcd_link::etcd_thread(etcd, me, shared, ttl, interval, stop))?
+            };
+            threads.push(thread);
+            let ledger = witness::keys::Ledger::new(witness::etcd::Etcd::new(url.clone(), timeout));
+            (
+                None,
+                Claims::Etcd(ledger),
+                Some(etcd_mode::EtcdMode::new(shared, ttl)),
+            )
+        }
+        (None, Some(spec)) => {
+            let peer_node = cfg.node(&peer)?;
+            let bind = parse_addr(name, node)?;
+            let (link, link_thread) = Link::start(
+                LinkConfig {
+                    bind,
+                    peer: parse_addr(&peer, peer_node)?,
+                    cluster: cfg.cluster.name.clone(),
+                    node: name.to_string(),
+                    peer_node: peer.clone(),
+                    config_hash: cfg.source_hash.clone(),
+                    timing,
+                    key: key.clone(),
+                },
+                stop.clone(),
+            )
+            .with_context(|| format!("listen for heartbeats on {bind}"))?;
+            threads.push(link_thread);
+            let w = Witness::new(witness_share(cfg, spec)?);
+            let (wit, stop) = (wit.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("logship-witness".into())
+                    .spawn(move || witness_thread(w, wit, timing, stop))?,
+            );
+            (
+                Some(link),
+                Claims::Witness(Witness::new(witness_share(cfg, spec)?)),
+                None,
+            )
+        }
+        (None, None) => unreachable!("a witness without an arbiter was required above"),
     };
     let mail = Arc::new(dumpster::lmtp::NodeMail {
         domains: cfg
@@ -259,8 +319,10 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     // Block mode's listener. Its address defaults to the heartbeat's, over
     // TCP: when that port is another program's, the node runs without block
     // mode and says so; an address set in the config must be had.
-    let mut block_off = None;
-    let block_thread = match node.block_addr() {
+    let mut block_off = arbiter
+        .as_ref()
+        .map(|_| "off: not yet past two nodes (copies take sealed segments and the open one at a failover)".to_string());
+    let block_thread = match node.block_addr().filter(|_| arbiter.is_none()) {
         Some(addr) => {
             match block::start_listener(name, addr, key.clone(), feeding.clone(), stop.clone()) {
                 Ok(t) => Some(t),
@@ -286,7 +348,8 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         cfg,
         link,
         wit,
-        claims: Witness::new(witness_share()?),
+        claims,
+        etcd,
         duty: Duty::Idle,
         m: Machine::new(
             Settings {
@@ -321,7 +384,14 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         sync_seen: None,
         block_off,
     };
-    tracing::info!(node = %name, peer = %d.peer, witness = %witness_spec, "node daemon started");
+    match (&cfg.cluster.arbiter, witness_spec) {
+        (Some(a), _) => {
+            tracing::info!(node = %name, arbiter = %a, nodes = cfg.nodes.len(), "node daemon started")
+        }
+        (None, w) => {
+            tracing::info!(node = %name, peer = %d.peer, witness = %w.unwrap_or_default(), "node daemon started")
+        }
+    }
     let tick = (timing.interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));
     while !SHUTDOWN.load(Ordering::Relaxed) {
         if let Err(e) = d.tick() {
@@ -337,16 +407,21 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     d.stop_duty();
     d.m.role = Role::Starting;
     d.write_status(true);
+    // The etcd thread revokes the node's lease as it stops: the store is
+    // closed by now.
     stop.store(true, Ordering::Relaxed);
-    let _ = link_thread.join();
-    if let Some(t) = block_thread {
+    for t in threads.into_iter().chain(block_thread) {
         let _ = t.join();
     }
-    let _ = witness_thread.join();
     Ok(ExitCode::SUCCESS)
 }
 
 impl Daemon<'_> {
+    /// What the heartbeat link knows of the peer (nothing past two nodes).
+    fn peer_view(&self) -> PeerView {
+        self.link.as_ref().map(|l| l.peer()).unwrap_or_default()
+    }
+
     fn copy_paths(&self) -> CopyPaths {
         CopyPaths::new(&self.node.data_dir)
     }
@@ -383,6 +458,9 @@ impl Daemon<'_> {
     /// One turn: the operator's requests, then what the node heard, then
     /// the timer; each input's actions carried out.
     fn tick(&mut self) -> Result<()> {
+        if self.etcd.is_some() {
+            return self.tick_etcd();
+        }
         // Before the requests: an operator's activation replays with them.
         self.learn_epoch_starts(&self.wit.view());
         while let Ok(req) = self.requests.try_recv() {
@@ -405,7 +483,7 @@ impl Daemon<'_> {
         }
         // A request may have changed the role or taken the witness vote:
         // what is fed is read after them.
-        let peer = self.link.peer();
+        let peer = self.peer_view();
         self.feed(Input::Peer(peer.clone()))?;
         self.feed(Input::Witness(witness_facts(&self.wit.view())))?;
         self.feed(Input::Local(self.local_facts()))?;
@@ -448,7 +526,11 @@ impl Daemon<'_> {
                 }
             }
             Action::StopDuty => self.stop_duty(),
-            Action::Announce => self.link.poke(),
+            Action::Announce => {
+                if let Some(l) = &self.link {
+                    l.poke()
+                }
+            }
             Action::Activate(reason) => {
                 let r = self.activate_store(reason.name(), None);
                 self.activation_outcome(r)?;
@@ -466,7 +548,7 @@ impl Daemon<'_> {
             Action::RefreshHistory => {
                 // The peer says it is active: read the witness now rather
                 // than at its next refresh.
-                let history = self.claims.history().context("read the witness's epochs")?;
+                let history = self.claims.history()?;
                 self.wit.offer_history(history);
             }
             Action::Rejoin => {

@@ -203,7 +203,7 @@ impl Daemon<'_> {
             .map_err(|e| e.to_string())
         };
         let why = "the store opens before its copy has confirmed anything";
-        record(&self.claims, Lsn(0), why).map_err(|e| {
+        record(self.claims.witness()?, Lsn(0), why).map_err(|e| {
             anyhow::anyhow!("record on the witness that epoch {epoch} starts without its copy: {e}")
         })?;
         Ok(shipper::block::Feed::synchronous(
@@ -226,7 +226,7 @@ impl Daemon<'_> {
     ) -> Result<Result<Epoch, String>> {
         // The history, read again while holding the vote: no one else can
         // claim meanwhile.
-        let history = self.claims.history().context("read the witness's epochs")?;
+        let history = self.claims.history()?;
         let by_itself = !matches!(reason, "failover" | "forced" | "activate" | "move");
         if let Some(l) = history.last()
             && !witness::core::activation_stands(by_itself, Some(&l.node), &self.name)
@@ -252,17 +252,18 @@ impl Daemon<'_> {
             reason: reason.to_string(),
             started_us: witness::witness::now_us(),
         };
-        if !self
-            .claims
-            .claim(&rec)
-            .context("claim an epoch on the witness")?
-        {
+        if !self.claims.claim(&rec)? {
             return Ok(Err(format!(
                 "epoch {epoch} was claimed by another node first"
             )));
         }
+        // Past two nodes: the active role is the `leader` key, under this
+        // node's lease; the store takes writes only while that lease holds.
+        if let Some(why) = self.take_leader(epoch)? {
+            return Ok(Err(why));
+        }
         let fence = Arc::new(Fence::new());
-        if let Some(until) = self.wit.view().until {
+        if let Some(until) = self.fence_until() {
             fence.extend(until);
         }
         let feed = Arc::new(self.feed_for(epoch)?);
@@ -284,10 +285,14 @@ impl Daemon<'_> {
         let ship_cfg = shipper::ship::ShipConfig {
             node: self.name.clone(),
             share: share_of(&self.name, self.node, self.cfg)?,
-            peers: vec![(
-                self.peer.clone(),
-                share_of(&self.peer, self.cfg.node(&self.peer)?, self.cfg)?,
-            )],
+            // Truncation waits for every copy of the cluster.
+            peers: self
+                .cfg
+                .nodes
+                .iter()
+                .filter(|(n, _)| **n != self.name)
+                .map(|(n, nd)| Ok((n.clone(), share_of(n, nd, self.cfg)?)))
+                .collect::<Result<_>>()?,
             retention: self.cfg.cluster.retention,
         };
         let ship = {
@@ -518,7 +523,7 @@ impl Daemon<'_> {
             return Err(None);
         }
         let acked = self.received.lock().expect("received lock").lsn;
-        let latest = match self.claims.latest() {
+        let latest = match self.claims.witness().and_then(|w| Ok(w.latest()?)) {
             Ok(Some(l)) if l.node == self.peer => l,
             Ok(_) => {
                 return Err(Some(
@@ -531,7 +536,11 @@ impl Daemon<'_> {
                 )));
             }
         };
-        match self.claims.alone(latest.epoch) {
+        match self
+            .claims
+            .witness()
+            .and_then(|w| Ok(w.alone(latest.epoch)?))
+        {
             Ok(None) if have >= acked => Ok(format!(
                 "commit was synchronous and confirmed (epoch {} never went alone; this copy confirmed LSN {acked} and holds LSN {have})",
                 latest.epoch

@@ -106,7 +106,11 @@ impl Daemon<'_> {
         let recorded = self.sync_seen.as_ref().is_none_or(|(_, r)| *r);
         let still_recorded = match &status {
             SyncStatus::Synchronous if recorded => {
-                match self.claims.remove_alone(epoch) {
+                match self
+                    .claims
+                    .witness()
+                    .and_then(|w| Ok(w.remove_alone(epoch)?))
+                {
                     Ok(()) => false,
                     Err(e) => {
                         // Kept until it can be removed: a failover then

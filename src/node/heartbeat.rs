@@ -25,7 +25,10 @@ impl Daemon<'_> {
                 .unwrap_or_default(),
         });
         let target = self.m.handoff_to_me(now).is_some();
-        let mut hb = self.link.ours.lock().expect("ours lock");
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        let mut hb = link.ours.lock().expect("ours lock");
         hb.handoff = moving;
         let store_failed = self.m.says_store_failed(now);
         let changed = hb.role != self.m.role || hb.store_failed != store_failed;
@@ -92,7 +95,7 @@ impl Daemon<'_> {
         let changed = changed || hb.copy != copy_before;
         drop(hb);
         if changed || (target && self.announced != Some(position)) {
-            self.link.poke();
+            link.poke();
         }
         self.announced = Some(position);
     }

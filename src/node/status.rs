@@ -8,7 +8,7 @@ const STEP_FAILED_SHOWN: Duration = Duration::from_secs(10);
 
 impl Daemon<'_> {
     pub(super) fn status(&self) -> NodeStatus {
-        let peer = self.link.peer();
+        let peer = self.peer_view();
         let wv = self.wit.view();
         let now = Instant::now();
         let (peer_vote, lsn) = match &self.duty {
@@ -63,7 +63,7 @@ impl Daemon<'_> {
         if !peer.alive(self.m.settings.timing.dead_after) {
             warnings.push(format!("no heartbeat from {}", self.peer));
         }
-        if !self.link.authenticated {
+        if self.link.as_ref().is_some_and(|l| !l.authenticated) {
             warnings.push("heartbeats are not authenticated: set [cluster] key-file".into());
             if self.node.lmtp.is_some() {
                 warnings.push(
@@ -92,7 +92,7 @@ impl Daemon<'_> {
                 witness: witness_vote,
                 votes: 1 + peer_vote as u8 + witness_vote as u8,
             },
-            witness: self.claims.share().display(),
+            witness: self.claims.display(),
             witness_reachable: wv.reachable,
             blocked: self.m.blocked.as_ref().map(|b| b.to_string()),
             dial: self.dial.clone(),

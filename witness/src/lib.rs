@@ -27,6 +27,7 @@ pub mod dcs;
 pub mod dial;
 pub mod etcd;
 pub mod heartbeat;
+pub mod keys;
 pub mod machine;
 pub mod moves;
 pub mod quorum;

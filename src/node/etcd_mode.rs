@@ -1,0 +1,447 @@
+//! The node daemon past two nodes, arbitrated by etcd. Each turn reads the
+//! etcd thread's last view, decides with `witness::dcs::decide` (stay
+//! active, fence, acquire, follow, or wait), and carries the decision out
+//! with the same steps as the two-node daemon: `activate_store` and
+//! `failover` (which take `leader` once the epoch is claimed), `rejoin`,
+//! and the replay duty, pointed at whichever node is active.
+//!
+//! The node publishes its member value (role, position, copy health,
+//! preference) through the etcd thread; best-copy selection reads every
+//! member's.
+
+use super::*;
+use etcd_link::{EtcdShared, EtcdView};
+use witness::dcs::{self, Decision, FenceReason, Leader, Lease, WaitReason};
+use witness::keys::MemberValue;
+
+/// How long a copy whose activation was refused (the mount dial, a Failed
+/// copy) waits before it tries again.
+const REFUSED_PAUSE: Duration = Duration::from_secs(5);
+
+pub(super) struct EtcdMode {
+    pub(super) shared: Arc<EtcdShared>,
+    pub(super) ttl: Duration,
+    /// When this node last created `leader`: a read sent before then
+    /// cannot show it, and does not depose the node.
+    pub(super) led_at: Option<Instant>,
+    /// The last decision, said in the log when it changes.
+    pub(super) said: Option<String>,
+    /// Why the node waits or could not act, for status.
+    pub(super) waiting: Option<String>,
+    /// An activation refused then: not tried again before `REFUSED_PAUSE`.
+    pub(super) refused_at: Option<Instant>,
+    /// When the replay duty stopped by itself.
+    pub(super) replay_stopped_at: Option<Instant>,
+    /// When the member value was last handed to the etcd thread.
+    pub(super) published_at: Option<Instant>,
+}
+
+impl EtcdMode {
+    pub(super) fn new(shared: Arc<EtcdShared>, ttl: Duration) -> EtcdMode {
+        EtcdMode {
+            shared,
+            ttl,
+            led_at: None,
+            said: None,
+            waiting: None,
+            refused_at: None,
+            replay_stopped_at: None,
+            published_at: None,
+        }
+    }
+
+    fn lease(&self, v: &EtcdView) -> Lease {
+        Lease {
+            ttl: self.ttl,
+            confirmed_sent: v.confirmed_sent,
+        }
+    }
+}
+
+impl Daemon<'_> {
+    fn etcd(&self) -> &EtcdMode {
+        self.etcd.as_ref().expect("etcd mode")
+    }
+
+    fn etcd_mut(&mut self) -> &mut EtcdMode {
+        self.etcd.as_mut().expect("etcd mode")
+    }
+
+    /// Until when the store may take writes: the witness vote's lease, or
+    /// past two nodes the etcd lease (`Lease::valid_until`).
+    pub(super) fn fence_until(&self) -> Option<Instant> {
+        match &self.etcd {
+            Some(e) => e.lease(&e.shared.view()).valid_until(),
+            None => self.wit.view().until,
+        }
+    }
+
+    /// Past two nodes: creates `leader` for this node in `epoch`, under its
+    /// lease. Why not, when another node holds it (or the lease is not
+    /// confirmed); nothing to do with the file-share witness.
+    pub(super) fn take_leader(&mut self, epoch: Epoch) -> Result<Option<String>> {
+        let (Some(e), Claims::Etcd(ledger)) = (&self.etcd, &self.claims) else {
+            return Ok(None);
+        };
+        let v = e.shared.view();
+        let Some(lease) = v.lease.filter(|_| e.lease(&v).valid_at(Instant::now())) else {
+            return Ok(Some("this node's etcd lease is not confirmed".into()));
+        };
+        let sent = Instant::now();
+        if !ledger
+            .take_leader(&self.name, epoch, lease)
+            .context("create the leader key in etcd")?
+        {
+            return Ok(Some(format!(
+                "another node holds the leader key (epoch {epoch} is left unused)"
+            )));
+        }
+        self.etcd_mut().led_at = Some(sent);
+        Ok(None)
+    }
+
+    /// One turn past two nodes: the operator's requests, then the decision
+    /// on etcd's last view, carried out.
+    pub(super) fn tick_etcd(&mut self) -> Result<()> {
+        while let Ok(req) = self.requests.try_recv() {
+            let r = match &req.op {
+                Op::MoveCluster { .. } | Op::Activate { .. } => Err(format!(
+                    "{} is not yet supported in a cluster that etcd arbitrates: it moves the role by itself when the active stops (stop the active's daemon for a planned move)",
+                    if matches!(req.op, Op::MoveCluster { .. }) {
+                        "move-cluster"
+                    } else {
+                        "activate"
+                    }
+                )),
+                op => self.handle(op).map_err(|e| format!("{e:#}")),
+            };
+            let _ = req.reply.send(r);
+        }
+        let ev = self.etcd().shared.view();
+        let read = ev.read.clone().unwrap_or_default();
+        self.learn_history(&read.history);
+        let newest = read.history.last();
+        if let Some(n) = newest {
+            self.m.known_epoch = self.m.known_epoch.max(n.epoch);
+        }
+        let facts = self.local_facts();
+        let active_in = match &self.duty {
+            Duty::Active(a) => Some(a.epoch),
+            _ => None,
+        };
+        // A store this node kept from an epoch another node has since
+        // followed with a newer one: undo what is past the fork first.
+        if active_in.is_none()
+            && matches!(facts.holding, Holding::Store)
+            && let Some(n) = newest.filter(|n| n.node != self.name)
+        {
+            self.peer = n.node.clone();
+            let history = read.history.clone();
+            self.rejoin(&history)?;
+            self.m.role = Role::Passive;
+            self.publish_member(&read);
+            return Ok(());
+        }
+        // A read sent before this node took `leader` cannot show it.
+        let leader = match (active_in, self.etcd().led_at, ev.read_sent) {
+            (Some(epoch), Some(led), Some(sent)) if sent < led => Some(Leader {
+                node: self.name.clone(),
+                epoch,
+            }),
+            _ => read.leader.clone(),
+        };
+        // The active's last position, as the mount dial's "known" one
+        // after it is gone (what the heartbeat gives two nodes).
+        if let Some(l) = read.leader.as_ref().filter(|l| l.node != self.name)
+            && let Some(m) = read
+                .members
+                .iter()
+                .find(|m| m.node == l.node && m.role == Role::Active)
+        {
+            self.m.active_position = Some(Position {
+                lsn: m.received,
+                generation: m.generation,
+            });
+        }
+        let view = dcs::View {
+            me: self.name.clone(),
+            reachable: ev.reachable,
+            lease: self.etcd().lease(&ev),
+            leader,
+            members: read.members.iter().map(MemberValue::state).collect(),
+            newest_epoch: newest.map(|n| n.epoch).unwrap_or_default(),
+            active_in,
+            lagged_allowed: false,
+        };
+        // The LMTP endpoint names the active to a relay that reached a copy.
+        let hint = view
+            .leader
+            .as_ref()
+            .filter(|l| l.node != self.name)
+            .and_then(|l| self.cfg.node(&l.node).ok())
+            .and_then(|n| n.lmtp.clone());
+        *self.mail.active_hint.lock().expect("hint lock") = hint;
+        let now = Instant::now();
+        let decision = dcs::decide(&view, now);
+        self.say(&decision);
+        match decision {
+            Decision::StayActive { until } => {
+                if let Duty::Active(a) = &self.duty {
+                    a.fence.extend(until);
+                }
+                self.m.role = Role::Active;
+                self.etcd_mut().waiting = None;
+            }
+            Decision::Fence(why) => {
+                let epoch = active_in.unwrap_or_default();
+                let text = match &why {
+                    FenceReason::LeaseLapsed => {
+                        "its etcd lease was not confirmed within its TTL".to_string()
+                    }
+                    FenceReason::Deposed { by: Some(l) } => {
+                        format!("node {} holds the leader key in epoch {}", l.node, l.epoch)
+                    }
+                    FenceReason::Deposed { by: None } => "the leader key is gone".to_string(),
+                };
+                tracing::warn!(epoch = %epoch, reason = %text, "fencing");
+                crate::events::append(
+                    &self.node.data_dir,
+                    &self.name,
+                    "fenced",
+                    serde_json::json!({"epoch": epoch.0, "reason": text}),
+                );
+                self.stop_duty();
+                self.m.role = Role::Fenced;
+                self.etcd_mut().waiting = Some(format!("fenced: {text}"));
+            }
+            Decision::Acquire { .. } => self.acquire(&facts)?,
+            Decision::Follow(l) => self.follow(&l, &facts)?,
+            Decision::Wait(why) => {
+                let text = match &why {
+                    WaitReason::Unreachable => format!(
+                        "etcd is unreachable: {}",
+                        ev.error.as_deref().unwrap_or("no answer yet")
+                    ),
+                    WaitReason::NoLease => "this node's etcd lease is not confirmed".into(),
+                    WaitReason::BetterCopy { node } => {
+                        format!("no active; node {node} is the better copy to take the role")
+                    }
+                    WaitReason::NoAbleCopy => {
+                        "no active, and no copy able to take the role (lagged copies wait for an operator)".into()
+                    }
+                    WaitReason::OwnStaleLeader => {
+                        "the leader key names this node from an earlier run: waiting for its lease to lapse".into()
+                    }
+                };
+                self.etcd_mut().waiting = Some(text);
+                // Meanwhile a copy goes on copying what the last active's
+                // share holds: the more it has, the less is lost.
+                if matches!(facts.holding, Holding::Copy { .. }) {
+                    self.keep_replaying()?;
+                }
+            }
+        }
+        self.publish_member(&read);
+        self.write_status(false);
+        Ok(())
+    }
+
+    fn say(&mut self, d: &Decision) {
+        let text = match d {
+            Decision::StayActive { .. } => "active".to_string(),
+            other => format!("{other:?}"),
+        };
+        if self.etcd().said.as_deref() != Some(&text) {
+            tracing::info!(decision = %text, "etcd arbiter");
+            self.etcd_mut().said = Some(text);
+        }
+    }
+
+    fn learn_history(&self, history: &[EpochRecord]) {
+        let starts: Vec<EpochStart> = history
+            .iter()
+            .map(|r| EpochStart {
+                epoch: r.epoch,
+                start_generation: r.start_generation,
+            })
+            .collect();
+        let mut cur = self.epoch_starts.lock().expect("epochs lock");
+        if starts.len() > cur.len() {
+            *cur = starts;
+        }
+    }
+
+    /// This node is the best copy and no node is active: it takes the role.
+    fn acquire(&mut self, facts: &LocalFacts) -> Result<()> {
+        if self
+            .etcd()
+            .refused_at
+            .is_some_and(|t| t.elapsed() < REFUSED_PAUSE)
+        {
+            return self.keep_replaying();
+        }
+        match facts.holding {
+            Holding::Store => {
+                let reason = if self.m.known_epoch == Epoch(0) {
+                    "start"
+                } else {
+                    "restart"
+                };
+                match self.activate_store(reason, None)? {
+                    Ok(epoch) => self.now_active(epoch),
+                    Err(why) => self.not_activated(why),
+                }
+            }
+            Holding::Copy { .. } => {
+                tracing::warn!(old_active = %self.peer, "no node is active and this copy is the best: taking the role");
+                match self.failover("failover", false)? {
+                    Takeover::Active(epoch) => self.now_active(epoch),
+                    Takeover::Refused(why) => {
+                        self.etcd_mut().refused_at = Some(Instant::now());
+                        self.not_activated(why);
+                    }
+                    Takeover::NotActivated(why) => self.not_activated(why),
+                }
+            }
+            Holding::Nothing => {
+                self.etcd_mut().waiting = Some("no copy to activate: seed it".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn now_active(&mut self, epoch: Epoch) {
+        self.m.role = Role::Active;
+        self.m.known_epoch = epoch;
+        self.etcd_mut().waiting = None;
+        self.write_status(true);
+    }
+
+    fn not_activated(&mut self, why: String) {
+        tracing::warn!(reason = %why, "not activated");
+        self.etcd_mut().waiting = Some(format!("not activated: {why}"));
+    }
+
+    /// Another node is active: copy from it.
+    fn follow(&mut self, leader: &Leader, facts: &LocalFacts) -> Result<()> {
+        self.m.role = Role::Passive;
+        match facts.holding {
+            Holding::Nothing => {
+                self.etcd_mut().waiting = Some(format!(
+                    "no copy yet: seed it (`logship seed --node {} --from {}`)",
+                    self.name, leader.node
+                ));
+                return Ok(());
+            }
+            // Its own store, in the newest epoch: the leader's epoch is
+            // not recorded yet (read again next turn).
+            Holding::Store => {
+                self.etcd_mut().waiting = Some(format!(
+                    "node {} holds the leader key; its epoch {} is not read yet",
+                    leader.node, leader.epoch
+                ));
+                return Ok(());
+            }
+            Holding::Copy { .. } => {}
+        }
+        let following = matches!(self.duty, Duty::Passive(_)) && self.peer == leader.node;
+        if !following {
+            if self.peer != leader.node {
+                tracing::info!(active = %leader.node, epoch = %leader.epoch, "following the active");
+            }
+            self.stop_duty();
+            self.peer = leader.node.clone();
+        }
+        self.etcd_mut().waiting = None;
+        self.keep_replaying()
+    }
+
+    /// Runs the replay duty from `self.peer` if it is not running (again a
+    /// while after it stopped by itself).
+    fn keep_replaying(&mut self) -> Result<()> {
+        if let Some(why) = self.replay_ended() {
+            tracing::warn!(reason = %why, "replay stopped; it starts again shortly");
+            self.etcd_mut().replay_stopped_at = Some(Instant::now());
+            self.etcd_mut().waiting = Some(why);
+        }
+        if matches!(self.duty, Duty::Passive(_))
+            || self
+                .etcd()
+                .replay_stopped_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        if let Duty::Active(_) = self.duty {
+            return Ok(());
+        }
+        self.start_passive()
+    }
+
+    /// What this node tells the others under `members/<node>`.
+    fn publish_member(&mut self, read: &witness::keys::ClusterRead) {
+        if self
+            .etcd()
+            .published_at
+            .is_some_and(|t| t.elapsed() < self.cfg.cluster.heartbeat_interval / 2)
+        {
+            return;
+        }
+        self.etcd_mut().published_at = Some(Instant::now());
+        let newest_owner = read.history.last().map(|r| r.node.as_str());
+        let paused = self.paused().is_some();
+        let mut m = MemberValue {
+            version: shipper::FormatVersion::CURRENT,
+            node: self.name.clone(),
+            role: self.m.role,
+            epoch: self.m.known_epoch,
+            paused,
+            lagged: !self.node.replay_lag.is_zero(),
+            preference: self.node.activation_preference.unwrap_or(0),
+            at_us: witness::witness::now_us(),
+            ..Default::default()
+        };
+        match &self.duty {
+            Duty::Active(a) => {
+                m.epoch = a.epoch;
+                m.received = a.store.state().lsn;
+                m.replayed = m.received;
+                m.generation = Generation(active_generation(&a.store));
+                m.able = true;
+            }
+            _ => {
+                let p = self.copy_paths();
+                match (p.database.exists(), CopyState::load(&p).ok().flatten()) {
+                    (true, Some(s)) => {
+                        let st = replayer::status::status(
+                            &self.name,
+                            &p,
+                            &s,
+                            witness::witness::now_us(),
+                        );
+                        use replayer::status::SummaryCopyStatus as S;
+                        m.able = !s.seeding
+                            && !matches!(st.summary_copy_status, S::Failed | S::Suspended);
+                        m.received = s.replayed_lsn;
+                        m.replayed = s.replayed_lsn;
+                        m.generation = s.last_replayed.map(|g| g.generation).unwrap_or_default();
+                        m.copy_status = Some(format!("{:?}", st.summary_copy_status));
+                        m.source = Some(s.source.clone());
+                    }
+                    (true, None) => {
+                        // Its own store: able if no other node began a
+                        // newer epoch since.
+                        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
+                        if let Ok((lsn, _, _)) = log_position(&paths) {
+                            m.received = lsn;
+                            m.replayed = lsn;
+                            m.able = newest_owner.is_none_or(|o| o == self.name);
+                        }
+                    }
+                    (false, _) => m.copy_status = Some("NoCopy".into()),
+                }
+            }
+        }
+        self.etcd().shared.publish(m);
+    }
+}

@@ -1,0 +1,243 @@
+//! Clusters of more than two nodes, arbitrated by a private etcd (Debian's
+//! `etcd-server`, started on loopback by the test): real `logship node`
+//! daemons, killed with SIGKILL, and the copies that follow whichever node
+//! takes the role.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, listing, node_cmd, status_json};
+use harness::etcd::Etcd;
+
+/// N nodes whose shares are their log directories, and a private etcd.
+struct Dag {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    nodes: Vec<String>,
+    _etcd: Etcd,
+}
+
+impl Dag {
+    /// `nodes` as (name, activation preference, extra lines of its section).
+    fn new(cluster: &str, nodes: &[(&str, u32, &str)]) -> Dag {
+        let etcd = Etcd::start(1);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let mut text = format!(
+            "[cluster]\nname = \"dag\"\nheartbeat-interval = \"200ms\"\ndead-after = \"2s\"\nseal-after = \"200ms\"\narbiter = \"{}\"\n{cluster}\n",
+            etcd.url("dag")
+        );
+        for (n, pref, extra) in nodes {
+            text.push_str(&format!(
+                "[nodes.{n}]\ndata-dir = \"{d}\"\nshare = \"{d}/logs\"\nactivation-preference = {pref}\n{extra}\n",
+                d = p.join(n).display()
+            ));
+        }
+        let config = p.join("logship.toml");
+        std::fs::write(&config, text).unwrap();
+        Dag {
+            dir,
+            config,
+            nodes: nodes.iter().map(|(n, _, _)| n.to_string()).collect(),
+            _etcd: etcd,
+        }
+    }
+
+    fn data_dir(&self, node: &str) -> PathBuf {
+        self.dir.path().join(node)
+    }
+
+    fn ok(&self, node: &str, args: &[&str]) -> String {
+        let out = node_cmd(&self.config, node, args, "info").output().unwrap();
+        assert!(
+            out.status.success(),
+            "logship {args:?} on {node}: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.dump()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn start(&self, node: &str) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{node}.log")))
+            .unwrap();
+        let mut c = node_cmd(&self.config, node, &["node"], "info");
+        Daemon(c.stdout(Stdio::null()).stderr(log).spawn().unwrap())
+    }
+
+    fn status(&self, node: &str) -> serde_json::Value {
+        status_json(&self.config, node).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn role(&self, node: &str) -> String {
+        self.status(node)["role"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Writes row `id` through `node`: true once acknowledged.
+    fn insert(&self, node: &str, id: u64) -> bool {
+        node_cmd(
+            &self.config,
+            node,
+            &[
+                "sql",
+                &format!("INSERT OR REPLACE INTO t VALUES ({id}, 'v{id}')"),
+            ],
+            "warn",
+        )
+        .output()
+        .unwrap()
+        .status
+        .success()
+    }
+
+    fn ids(&self, node: &str) -> Vec<u64> {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            self.data_dir(node).join("store.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return Vec::new();
+        };
+        let Ok(mut st) = conn.prepare("SELECT id FROM t ORDER BY id") else {
+            return Vec::new();
+        };
+        st.query_map([], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|r| r.unwrap() as u64)
+            .collect()
+    }
+
+    /// The events a node logged, by kind.
+    fn events(&self, node: &str) -> Vec<String> {
+        std::fs::read_to_string(self.data_dir(node).join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["event"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn dump(&self) -> String {
+        let mut out = format!("files:\n{}", listing(self.dir.path()));
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            out.push_str(&format!(
+                "--- {n}.log (last 40 of {} lines)\n{tail}\n--- {n} status\n{}\n",
+                lines.len(),
+                self.status(n)
+            ));
+        }
+        out
+    }
+
+    fn wait_for(&self, what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {secs} s waiting for {what}\n{}\n(timed out waiting for {what})",
+                    self.dump()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `first` initialised with the table `t` and active; every other node
+    /// started, seeded from it and a Healthy passive. The daemons, in the
+    /// order of `nodes`.
+    fn running(&self, first: &str) -> Vec<(String, Daemon)> {
+        self.ok(first, &["init"]);
+        self.ok(
+            first,
+            &[
+                "sql",
+                "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT NOT NULL)",
+            ],
+        );
+        let mut out = vec![(first.to_string(), self.start(first))];
+        self.wait_for(&format!("{first} active"), 30, || {
+            self.role(first) == "active"
+        });
+        for n in self.nodes.iter().filter(|n| *n != first) {
+            out.push((n.clone(), self.start(n)));
+            self.ok(n, &["seed", "--from", first]);
+        }
+        for n in self.nodes.iter().filter(|n| *n != first) {
+            self.wait_for(&format!("{n} a Healthy passive"), 60, || {
+                let s = self.status(n);
+                s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
+            });
+        }
+        out
+    }
+}
+
+fn signal(d: &Daemon, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &d.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// SIGKILL of the active: the copy with the most of the log takes the
+/// role, although another, more preferred copy is alive; that copy waits,
+/// then follows the new active and ends equal.
+#[test]
+fn the_best_copy_takes_over_and_position_beats_preference() {
+    // gamma is the most preferred node, and will be the one behind.
+    let dag = Dag::new(
+        "mount-dial = \"best-availability\"",
+        &[("alpha", 2, ""), ("beta", 3, ""), ("gamma", 1, "")],
+    );
+    let mut daemons = dag.running("alpha");
+    for id in 1..=20 {
+        assert!(dag.insert("alpha", id), "insert {id}\n{}", dag.dump());
+    }
+    dag.ok("alpha", &["seal"]);
+    dag.wait_for("both copies to hold rows 1-20", 30, || {
+        dag.ids("beta").len() == 20 && dag.ids("gamma").len() == 20
+    });
+    // gamma stops where it is; alpha goes on, and beta copies it all.
+    signal(&daemons[2].1, "-STOP");
+    for id in 21..=40 {
+        assert!(dag.insert("alpha", id), "insert {id}\n{}", dag.dump());
+    }
+    dag.ok("alpha", &["seal"]);
+    dag.wait_for("beta to hold rows 1-40", 30, || dag.ids("beta").len() == 40);
+    // The active's machine dies, and its share with it.
+    signal(&daemons[0].1, "-KILL");
+    let _ = daemons[0].1.0.wait();
+    std::fs::rename(
+        dag.data_dir("alpha").join("logs"),
+        dag.data_dir("alpha").join("logs.gone"),
+    )
+    .unwrap();
+    signal(&daemons[2].1, "-CONT");
+    dag.wait_for("beta active", 30, || dag.role("beta") == "active");
+    assert!(dag.insert("beta", 41), "beta takes writes\n{}", dag.dump());
+    dag.ok("beta", &["seal"]);
+    dag.wait_for("gamma following beta with all 41 rows", 60, || {
+        dag.role("gamma") == "passive" && dag.ids("gamma").len() == 41
+    });
+    assert_eq!(dag.ids("beta"), (1..=41).collect::<Vec<_>>());
+    let events = dag.events("gamma");
+    assert!(
+        !events.iter().any(|e| e == "active" || e == "failover"),
+        "gamma, behind, took the role: {events:?}\n{}",
+        dag.dump()
+    );
+    let out = dag.ok("gamma", &["verify-copy"]);
+    assert!(out.contains("equal"), "verify-copy on gamma: {out}");
+}
