@@ -198,6 +198,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     };
     let key: Option<Arc<[u8]>> = match &cfg.cluster.key_file {
         Some(f) => Some(shipper::secret::cluster_key(f)?.into()),
+        None if arbiter.is_some() => None,
         None => {
             tracing::warn!(
                 "heartbeats are not authenticated: anyone who can reach the heartbeat port can speak for the peer; set [cluster] key-file (the same owner-only file on both nodes)"

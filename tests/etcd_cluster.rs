@@ -17,13 +17,18 @@ struct Dag {
     dir: tempfile::TempDir,
     config: PathBuf,
     nodes: Vec<String>,
-    _etcd: Etcd,
+    etcd: Etcd,
 }
 
 impl Dag {
     /// `nodes` as (name, activation preference, extra lines of its section).
     fn new(cluster: &str, nodes: &[(&str, u32, &str)]) -> Dag {
-        let etcd = Etcd::start(1);
+        Self::with_etcd(1, cluster, nodes)
+    }
+
+    /// `new`, with an etcd of `members` members.
+    fn with_etcd(members: usize, cluster: &str, nodes: &[(&str, u32, &str)]) -> Dag {
+        let etcd = Etcd::start(members);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         let mut text = format!(
@@ -42,7 +47,7 @@ impl Dag {
             dir,
             config,
             nodes: nodes.iter().map(|(n, _, _)| n.to_string()).collect(),
-            _etcd: etcd,
+            etcd,
         }
     }
 
@@ -74,6 +79,10 @@ impl Dag {
 
     fn status(&self, node: &str) -> serde_json::Value {
         status_json(&self.config, node).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn epoch(&self, node: &str) -> u64 {
+        self.status(node)["epoch"].as_u64().unwrap_or(0)
     }
 
     fn role(&self, node: &str) -> String {
@@ -240,4 +249,126 @@ fn the_best_copy_takes_over_and_position_beats_preference() {
     );
     let out = dag.ok("gamma", &["verify-copy"]);
     assert!(out.contains("equal"), "verify-copy on gamma: {out}");
+}
+
+const THREE: &[(&str, u32, &str)] = &[("alpha", 2, ""), ("beta", 3, ""), ("gamma", 1, "")];
+
+/// One of etcd's three members killed: the active goes on in its epoch
+/// and the copies with it. Then SIGKILL of the active: of two equal
+/// copies, the more preferred takes the role; the old active, restarted,
+/// undoes nothing (it wrote nothing past the fork), follows, and ends
+/// equal.
+#[test]
+fn one_etcd_member_killed_changes_nothing_and_a_tie_goes_to_preference() {
+    let mut dag = Dag::with_etcd(3, "mount-dial = \"best-availability\"", THREE);
+    let mut daemons = dag.running("alpha");
+    let epoch = dag.epoch("alpha");
+    for id in 1..=10 {
+        assert!(dag.insert("alpha", id), "insert {id}\n{}", dag.dump());
+    }
+    dag.etcd.kill(0);
+    for id in 11..=20 {
+        assert!(dag.insert("alpha", id), "insert {id}\n{}", dag.dump());
+    }
+    dag.ok("alpha", &["seal"]);
+    dag.wait_for("both copies to hold rows 1-20", 30, || {
+        dag.ids("beta").len() == 20 && dag.ids("gamma").len() == 20
+    });
+    assert_eq!(dag.role("alpha"), "active", "{}", dag.dump());
+    assert_eq!(dag.epoch("alpha"), epoch, "{}", dag.dump());
+    for n in ["alpha", "beta", "gamma"] {
+        assert!(
+            !dag.events(n).iter().any(|e| e == "fenced"),
+            "{n} was fenced\n{}",
+            dag.dump()
+        );
+    }
+    signal(&daemons[0].1, "-KILL");
+    let _ = daemons[0].1.0.wait();
+    // beta and gamma hold the same; gamma is preferred (1).
+    dag.wait_for("gamma active", 30, || dag.role("gamma") == "active");
+    assert!(
+        dag.insert("gamma", 21),
+        "gamma takes writes\n{}",
+        dag.dump()
+    );
+    assert!(
+        !dag.events("beta")
+            .iter()
+            .any(|e| e == "active" || e == "failover"),
+        "beta took the role too\n{}",
+        dag.dump()
+    );
+    daemons[0].1 = dag.start("alpha");
+    dag.ok("gamma", &["seal"]);
+    for n in ["alpha", "beta"] {
+        dag.wait_for(&format!("{n} following gamma with all 21 rows"), 60, || {
+            dag.role(n) == "passive" && dag.ids(n).len() == 21
+        });
+        let out = dag.ok(n, &["verify-copy"]);
+        assert!(out.contains("equal"), "verify-copy on {n}: {out}");
+    }
+}
+
+/// A lagged copy (`replay-lag`) left alone never takes the role by itself:
+/// it says why it waits.
+#[test]
+fn a_lagged_copy_never_activates_by_itself() {
+    let dag = Dag::new(
+        "mount-dial = \"best-availability\"",
+        &[
+            ("alpha", 2, ""),
+            ("beta", 1, "replay-lag = \"1h\""),
+            ("gamma", 3, ""),
+        ],
+    );
+    let mut daemons = dag.running("alpha");
+    assert!(dag.insert("alpha", 1), "{}", dag.dump());
+    dag.ok("alpha", &["seal"]);
+    dag.wait_for("gamma to hold row 1", 30, || dag.ids("gamma") == [1]);
+    for i in [2, 0] {
+        signal(&daemons[i].1, "-KILL");
+        let _ = daemons[i].1.0.wait();
+    }
+    dag.wait_for("beta to say no copy may take the role", 30, || {
+        dag.status("beta")["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("no copy able"))
+    });
+    assert_eq!(dag.role("beta"), "passive", "{}", dag.dump());
+    assert!(
+        !dag.events("beta")
+            .iter()
+            .any(|e| e == "active" || e == "failover"),
+        "{}",
+        dag.dump()
+    );
+    drop(daemons);
+}
+
+/// Truncation on the active waits for every copy: one suspended copy of
+/// three holds it back, and status names it; resumed, truncation goes on.
+#[test]
+fn one_suspended_copy_of_three_holds_truncation_back() {
+    let dag = Dag::new("", THREE);
+    let _daemons = dag.running("alpha");
+    dag.ok("gamma", &["suspend", "--reason", "disk swap"]);
+    for id in 1..=5 {
+        assert!(dag.insert("alpha", id), "{}", dag.dump());
+        dag.ok("alpha", &["seal"]);
+    }
+    dag.wait_for("beta to hold rows 1-5", 30, || dag.ids("beta").len() == 5);
+    dag.wait_for("alpha to say gamma holds truncation back", 30, || {
+        dag.status("alpha")["truncation_held"]
+            .as_str()
+            .is_some_and(|h| h.contains("copy gamma is suspended (disk swap)"))
+    });
+    let sealed = |n: &str| common::sealed_generations(&dag.data_dir(n).join("logs"));
+    let held = sealed("alpha");
+    assert!(held.len() >= 5, "alpha keeps its segments: {held:?}");
+    dag.ok("gamma", &["resume"]);
+    dag.wait_for("gamma to hold rows 1-5", 30, || dag.ids("gamma").len() == 5);
+    dag.wait_for("truncation to run again on alpha", 30, || {
+        dag.status("alpha")["truncation_held"].is_null() && sealed("alpha").len() < held.len()
+    });
 }

@@ -25,9 +25,19 @@ impl Daemon<'_> {
                     .unwrap_or(0),
             ),
         };
-        let witness_vote = wv.held && wv.until.is_some_and(|t| t > now);
+        let etcd = self.etcd.as_ref().map(|e| e.shared.view());
+        // Past two nodes the arbiter's vote is the node's etcd lease.
+        let witness_vote = match &etcd {
+            Some(_) => self.fence_until().is_some_and(|t| t > now),
+            None => wv.held && wv.until.is_some_and(|t| t > now),
+        };
+        let leader = etcd
+            .as_ref()
+            .and_then(|v| v.read.as_ref())
+            .and_then(|r| r.leader.as_ref());
         let active_node = match &self.duty {
             Duty::Active(_) => Some(self.name.clone()),
+            _ if etcd.is_some() => leader.map(|l| l.node.clone()),
             _ => match &peer.last {
                 Some(h)
                     if h.role == Role::Active && peer.alive(self.m.settings.timing.dead_after) =>
@@ -46,11 +56,17 @@ impl Daemon<'_> {
         };
         let stream = received.as_ref().filter(|_| receiving);
         let mut warnings = Vec::new();
-        if !wv.reachable {
-            warnings.push(match &wv.error {
+        match &etcd {
+            Some(v) if !v.reachable => warnings.push(match &v.error {
+                Some(e) => format!("etcd is unreachable: {e}"),
+                None => "etcd has not answered yet".into(),
+            }),
+            Some(v) => warnings.extend(v.read.iter().flat_map(|r| r.problems.clone())),
+            None if !wv.reachable => warnings.push(match &wv.error {
                 Some(e) => format!("the witness is unreachable: {e}"),
                 None => "the witness has not answered yet".into(),
-            });
+            }),
+            None => {}
         }
         if let Some((e, at)) = &self.step_failed
             && at.elapsed() < STEP_FAILED_SHOWN
@@ -60,7 +76,7 @@ impl Daemon<'_> {
         if let Some(p) = &peer.problem {
             warnings.push(p.clone());
         }
-        if !peer.alive(self.m.settings.timing.dead_after) {
+        if self.link.is_some() && !peer.alive(self.m.settings.timing.dead_after) {
             warnings.push(format!("no heartbeat from {}", self.peer));
         }
         if self.link.as_ref().is_some_and(|l| !l.authenticated) {
@@ -93,8 +109,11 @@ impl Daemon<'_> {
                 votes: 1 + peer_vote as u8 + witness_vote as u8,
             },
             witness: self.claims.display(),
-            witness_reachable: wv.reachable,
-            blocked: self.m.blocked.as_ref().map(|b| b.to_string()),
+            witness_reachable: etcd.as_ref().map_or(wv.reachable, |v| v.reachable),
+            blocked: match &self.etcd {
+                Some(e) => e.waiting.clone(),
+                None => self.m.blocked.as_ref().map(|b| b.to_string()),
+            },
             dial: self.dial.clone(),
             move_check: self.move_check(),
             warnings,
