@@ -27,6 +27,9 @@ pub(super) struct EtcdShared {
     pub(super) view: Mutex<EtcdView>,
     /// What to publish under `members/<node>`.
     pub(super) member: Mutex<Option<MemberValue>>,
+    /// Asks the thread to revoke the lease and grant another (see
+    /// `drop_lease`).
+    pub(super) drop: AtomicBool,
 }
 
 impl EtcdShared {
@@ -36,6 +39,15 @@ impl EtcdShared {
 
     pub(super) fn publish(&self, m: MemberValue) {
         *self.member.lock().expect("member lock") = Some(m);
+    }
+
+    /// The node gives up its lease, and with it `leader` if that is under
+    /// it: after a fence, after a `leader` create whose outcome is unknown,
+    /// or when `leader` names this node while it is not active. Kept alive,
+    /// that lease would keep `leader` forever (etcd renews every lease when
+    /// it regains quorum), and no node could take the role.
+    pub(super) fn drop_lease(&self) {
+        self.drop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -63,6 +75,16 @@ pub(super) fn etcd_thread(
     while !shutdown.load(Ordering::Relaxed) {
         let mut v = shared.view();
         let mut error = None;
+        if shared.drop.swap(false, Ordering::SeqCst)
+            && let Some(id) = v.lease.take()
+        {
+            v.confirmed_sent = None;
+            if let Err(e) = etcd.revoke(id) {
+                tracing::warn!(lease = id.0, error = %e, "cannot revoke the lease given up: it lapses with its TTL");
+            }
+            // Said at once: the daemon must not count it any more.
+            *shared.view.lock().expect("etcd view") = v.clone();
+        }
         // The lease: kept alive four times a TTL, granted anew once lapsed.
         match v.lease {
             None => {

@@ -24,6 +24,9 @@ pub(super) struct EtcdMode {
     /// When this node last created `leader`: a read sent before then
     /// cannot show it, and does not depose the node.
     pub(super) led_at: Option<Instant>,
+    /// The lease `leader` was created under: the only one the store's
+    /// fence counts (a lease granted since does not hold `leader`).
+    pub(super) led_lease: Option<witness::etcd::LeaseId>,
     /// The last decision, said in the log when it changes.
     pub(super) said: Option<String>,
     /// Why the node waits or could not act, for status.
@@ -42,6 +45,7 @@ impl EtcdMode {
             shared,
             ttl,
             led_at: None,
+            led_lease: None,
             said: None,
             waiting: None,
             refused_at: None,
@@ -50,10 +54,13 @@ impl EtcdMode {
         }
     }
 
-    fn lease(&self, v: &EtcdView) -> Lease {
+    /// The node's lease as a decision counts it; an active (`led`)
+    /// counts only the lease its `leader` is under.
+    fn lease(&self, v: &EtcdView, led: bool) -> Lease {
+        let ours = !led || (v.lease.is_some() && v.lease == self.led_lease);
         Lease {
             ttl: self.ttl,
-            confirmed_sent: v.confirmed_sent,
+            confirmed_sent: v.confirmed_sent.filter(|_| ours),
         }
     }
 }
@@ -71,7 +78,7 @@ impl Daemon<'_> {
     /// past two nodes the etcd lease (`Lease::valid_until`).
     pub(super) fn fence_until(&self) -> Option<Instant> {
         match &self.etcd {
-            Some(e) => e.lease(&e.shared.view()).valid_until(),
+            Some(e) => e.lease(&e.shared.view(), true).valid_until(),
             None => self.wit.view().until,
         }
     }
@@ -84,19 +91,29 @@ impl Daemon<'_> {
             return Ok(None);
         };
         let v = e.shared.view();
-        let Some(lease) = v.lease.filter(|_| e.lease(&v).valid_at(Instant::now())) else {
+        let Some(lease) = v
+            .lease
+            .filter(|_| e.lease(&v, false).valid_at(Instant::now()))
+        else {
             return Ok(Some("this node's etcd lease is not confirmed".into()));
         };
         let sent = Instant::now();
-        if !ledger
-            .take_leader(&self.name, epoch, lease)
-            .context("create the leader key in etcd")?
-        {
-            return Ok(Some(format!(
-                "another node holds the leader key (epoch {epoch} is left unused)"
-            )));
+        match ledger.take_leader(&self.name, epoch, lease) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(Some(format!(
+                    "another node holds the leader key (epoch {epoch} is left unused)"
+                )));
+            }
+            Err(e) => {
+                // Made or not, it must not outlive this failure.
+                self.etcd().shared.drop_lease();
+                return Err(e).context("create the leader key in etcd");
+            }
         }
-        self.etcd_mut().led_at = Some(sent);
+        let m = self.etcd_mut();
+        m.led_at = Some(sent);
+        m.led_lease = Some(lease);
         Ok(None)
     }
 
@@ -166,7 +183,7 @@ impl Daemon<'_> {
         let view = dcs::View {
             me: self.name.clone(),
             reachable: ev.reachable,
-            lease: self.etcd().lease(&ev),
+            lease: self.etcd().lease(&ev, active_in.is_some()),
             leader,
             members: read.members.iter().map(MemberValue::state).collect(),
             newest_epoch: newest.map(|n| n.epoch).unwrap_or_default(),
@@ -212,7 +229,10 @@ impl Daemon<'_> {
                 );
                 self.stop_duty();
                 self.m.role = Role::Fenced;
-                self.etcd_mut().waiting = Some(format!("fenced: {text}"));
+                self.etcd().shared.drop_lease();
+                let m = self.etcd_mut();
+                m.led_lease = None;
+                m.waiting = Some(format!("fenced: {text}"));
             }
             Decision::Acquire { .. } => self.acquire(&facts)?,
             Decision::Follow(l) => self.follow(&l, &facts)?,
@@ -233,6 +253,12 @@ impl Daemon<'_> {
                         "the leader key names this node from an earlier run: waiting for its lease to lapse".into()
                     }
                 };
+                if why == WaitReason::OwnStaleLeader
+                    && ev.lease.is_some()
+                    && read.leader_lease == ev.lease
+                {
+                    self.etcd().shared.drop_lease();
+                }
                 self.etcd_mut().waiting = Some(text);
                 // Meanwhile a copy goes on copying what the last active's
                 // share holds: the more it has, the less is lost.

@@ -97,6 +97,15 @@ impl ArbiterUrl {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseId(pub i64);
 
+/// One key as a range read gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The lease it is attached to, if any.
+    pub lease: Option<LeaseId>,
+}
+
 /// A client of one etcd cluster, under one prefix.
 #[derive(Debug)]
 pub struct Etcd {
@@ -261,6 +270,15 @@ impl Etcd {
 
     /// Every key under `prefix`, with its value, in key order.
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .range(prefix)?
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect())
+    }
+
+    /// Every key under `prefix`, with its value and lease, in key order.
+    pub fn range(&self, prefix: &str) -> Result<Vec<Kv>> {
         const PATH: &str = "/v3/kv/range";
         let v = self.call(
             PATH,
@@ -273,7 +291,11 @@ impl Etcd {
                 .and_then(|k| B64.decode(k).ok())
                 .and_then(|k| String::from_utf8(k).ok())
                 .ok_or_else(|| self.bad(PATH, "a key that is not base64 UTF-8"))?;
-            out.push((key, self.value_of(PATH, kv)?));
+            out.push(Kv {
+                key,
+                value: self.value_of(PATH, kv)?,
+                lease: num(&kv["lease"]).filter(|l| *l != 0).map(LeaseId),
+            });
         }
         Ok(out)
     }

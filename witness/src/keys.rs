@@ -136,6 +136,8 @@ impl MemberValue {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterRead {
     pub leader: Option<Leader>,
+    /// The lease `leader` is attached to.
+    pub leader_lease: Option<LeaseId>,
     pub members: Vec<MemberValue>,
     /// Every epoch, oldest first.
     pub history: Vec<EpochRecord>,
@@ -148,9 +150,11 @@ pub struct ClusterRead {
 pub fn read(etcd: &Etcd) -> Result<ClusterRead> {
     let root = etcd.key("");
     let mut out = ClusterRead::default();
-    for (key, value) in etcd.list(&root)? {
+    for kv in etcd.range(&root)? {
+        let (key, value) = (kv.key, kv.value);
         let rel = &key[root.len().min(key.len())..];
         if rel == LEADER {
+            out.leader_lease = kv.lease;
             let v: LeaderValue = shipper::state_file::parse(&value, MAX_VALUE)
                 .map_err(|why| KeyError::BadValue { key, why })?;
             out.leader = Some(Leader {
