@@ -5,10 +5,15 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::net::Net;
+use common::proof::{Ack, control_request, records};
 use common::{Daemon, listing, node_cmd, status_json};
 use harness::etcd::Etcd;
 
@@ -18,6 +23,8 @@ struct Dag {
     config: PathBuf,
     nodes: Vec<String>,
     etcd: Etcd,
+    /// The network namespace a node's daemon runs in, if not this one.
+    netns: BTreeMap<String, String>,
 }
 
 impl Dag {
@@ -28,7 +35,11 @@ impl Dag {
 
     /// `new`, with an etcd of `members` members.
     fn with_etcd(members: usize, cluster: &str, nodes: &[(&str, u32, &str)]) -> Dag {
-        let etcd = Etcd::start(members);
+        Self::on(Etcd::start(members), cluster, nodes)
+    }
+
+    /// `new`, with `etcd`.
+    fn on(etcd: Etcd, cluster: &str, nodes: &[(&str, u32, &str)]) -> Dag {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         let mut text = format!(
@@ -48,6 +59,7 @@ impl Dag {
             config,
             nodes: nodes.iter().map(|(n, _, _)| n.to_string()).collect(),
             etcd,
+            netns: BTreeMap::new(),
         }
     }
 
@@ -73,7 +85,20 @@ impl Dag {
             .append(true)
             .open(self.dir.path().join(format!("{node}.log")))
             .unwrap();
-        let mut c = node_cmd(&self.config, node, &["node"], "info");
+        let mut c = match self.netns.get(node) {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(env!("CARGO_BIN_EXE_logship"))
+                    .args(["node", "--config"])
+                    .arg(&self.config)
+                    .args(["--node", node])
+                    .env("RUST_LOG", "info")
+                    .stdin(Stdio::null());
+                c
+            }
+            None => node_cmd(&self.config, node, &["node"], "info"),
+        };
         Daemon(c.stdout(Stdio::null()).stderr(log).spawn().unwrap())
     }
 
@@ -371,4 +396,130 @@ fn one_suspended_copy_of_three_holds_truncation_back() {
     dag.wait_for("truncation to run again on alpha", 30, || {
         dag.status("alpha")["truncation_held"].is_null() && sealed("alpha").len() < held.len()
     });
+}
+
+/// The active cut off from etcd (its daemon in a network namespace this
+/// test makes, etcd's three members in this one): it fences within its
+/// lease, another node takes the role, and when the cut heals the old
+/// active rejoins. Under a writer on every node, no epoch holds
+/// acknowledged writes of two nodes: each node's own segments are the
+/// proof, and etcd's epoch records name the writer of each epoch.
+#[test]
+fn the_active_cut_off_from_etcd_fences_and_no_epoch_has_two_writers() {
+    let net = Net::new();
+    let etcd = Etcd::start_on(&net.witness, 3);
+    let mut dag = Dag::on(
+        etcd,
+        "mount-dial = \"best-availability\"\nretention = \"1h\"",
+        THREE,
+    );
+    dag.netns.insert("alpha".into(), net.ns[0].clone());
+    let daemons = dag.running("alpha");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Vec::<Ack>::new()));
+    let writers: Vec<_> = (0..3)
+        .map(|i| {
+            let (stop, acks) = (stop.clone(), acks.clone());
+            let data_dir = dag.data_dir(&dag.nodes[i]);
+            std::thread::spawn(move || {
+                let mut id = (i as u64 + 1) * 1_000_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    let op = format!(
+                        "{{\"sql\":{{\"sql\":\"INSERT INTO t VALUES ({id}, 'w')\",\"each\":false}}}}\n"
+                    );
+                    match control_request(&data_dir, &op) {
+                        Some(lsn) => acks.lock().unwrap().push(Ack { node: i, id, lsn }),
+                        None => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect();
+    dag.wait_for("alpha to acknowledge writes", 30, || {
+        acks.lock().unwrap().iter().filter(|a| a.node == 0).count() >= 20
+    });
+    let epoch = dag.epoch("alpha");
+    net.witness_link(0, false);
+    dag.wait_for("alpha to fence itself", 30, || {
+        dag.events("alpha").iter().any(|e| e == "fenced")
+    });
+    dag.wait_for("another node active in a newer epoch", 30, || {
+        ["beta", "gamma"]
+            .iter()
+            .any(|n| dag.role(n) == "active" && dag.epoch(n) > epoch)
+    });
+    let new_active = if dag.role("beta") == "active" { 1 } else { 2 };
+    let written = acks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.node == new_active)
+        .count();
+    dag.wait_for("the new active to acknowledge writes", 30, || {
+        acks.lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.node == new_active)
+            .count()
+            > written + 20
+    });
+    net.witness_link(0, true);
+    dag.wait_for("alpha to rejoin as a Healthy passive", 60, || {
+        let s = dag.status("alpha");
+        s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
+    });
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+    // The nodes stop first: a running node renames the files read below.
+    drop(daemons);
+    let logs: Vec<_> = dag
+        .nodes
+        .iter()
+        .map(|n| records(&dag.data_dir(n)))
+        .collect();
+    let mut writers_of: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
+    for a in &acks {
+        let epoch = logs[a.node]
+            .iter()
+            .find(|(lsn, _, ids)| *lsn == a.lsn && ids.contains(&a.id))
+            .map(|(_, e, _)| *e)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} acknowledged row {} at LSN {} but its log does not hold it",
+                    dag.nodes[a.node], a.id, a.lsn
+                )
+            });
+        writers_of.entry(epoch).or_default().insert(a.node);
+    }
+    let url = witness::etcd::ArbiterUrl::parse(&dag.etcd.url("dag")).unwrap();
+    let history = witness::keys::Ledger::new(witness::etcd::Etcd::new(url, Duration::from_secs(5)))
+        .history()
+        .unwrap();
+    for (epoch, nodes) in &writers_of {
+        assert_eq!(
+            nodes.len(),
+            1,
+            "epoch {epoch} holds acknowledged writes of {nodes:?}"
+        );
+        let writer = &dag.nodes[*nodes.iter().next().unwrap()];
+        let rec = history.iter().find(|r| r.epoch.0 == *epoch);
+        assert_eq!(
+            rec.map(|r| &r.node),
+            Some(writer),
+            "epoch {epoch}: {history:?}"
+        );
+    }
+    assert!(
+        writers_of.len() >= 2,
+        "writes in one epoch only: {writers_of:?}"
+    );
+    eprintln!(
+        "{} acknowledged writes in epochs {writers_of:?}",
+        acks.len()
+    );
+    drop(net);
 }

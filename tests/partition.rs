@@ -14,12 +14,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::net::Net;
+use common::proof::{Ack, control_request, records};
 use common::samba::Samba;
 use common::trio::{DEAD_MS, Trio};
 use common::{Rng, seed};
@@ -65,68 +65,6 @@ fn apply(net: &Net, f: Fault, active: usize, on: bool) {
 }
 
 const NODES: [&str; 2] = ["alpha", "beta"];
-
-/// One acknowledged write: which node, which row, at which LSN.
-#[derive(Clone, Copy, Debug)]
-struct Ack {
-    node: usize,
-    id: u64,
-    lsn: u64,
-}
-
-/// Every (LSN, inserted ids, segment epoch) in a node's own log
-/// directories (live and set aside by rewinds).
-fn records(data_dir: &Path) -> Vec<(u64, u64, Vec<u64>)> {
-    let mut dirs = vec![data_dir.join("logs")];
-    if let Ok(rd) = std::fs::read_dir(data_dir.join("rewound")) {
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p.clone());
-                dirs.push(p.join("logs"));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for d in dirs {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd {
-            let p: PathBuf = e.unwrap().path();
-            if p.extension().is_none_or(|x| x != "log") {
-                continue;
-            }
-            let bytes = std::fs::read(&p).unwrap();
-            let Ok(scan) = shipper::format::scan_current(&bytes, None) else {
-                continue;
-            };
-            let epoch = scan.header.epoch.0;
-            let mut r = shipper::format::Reassembler::default();
-            for f in &scan.frames {
-                if let Ok(Some((kind, lsn, payload))) = r.push(f)
-                    && let Ok(rec) = shipper::format::Record::decode(kind, &payload)
-                {
-                    let mut ids = Vec::new();
-                    if let shipper::format::Body::Changeset(cs) = &rec.body {
-                        let _ = shipper::changeset::for_each_change(cs, |c| {
-                            if c.table == "t"
-                                && c.op == shipper::changeset::Op::Insert
-                                && let Some(Some(shipper::changeset::Value::Integer(id))) =
-                                    c.new.first()
-                            {
-                                ids.push(*id as u64);
-                            }
-                            Ok(())
-                        });
-                    }
-                    out.push((lsn.0, epoch, ids));
-                }
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn partitions_never_let_two_nodes_write_in_one_epoch() {
@@ -256,29 +194,4 @@ fn partitions_never_let_two_nodes_write_in_one_epoch() {
     );
     drop(samba);
     drop(net);
-}
-
-/// Sends one raw request line to a node's control socket; the LSN of an
-/// acknowledged `ok <lsn>`.
-fn control_request(data_dir: &Path, line: &str) -> Option<u64> {
-    use std::io::{BufRead, BufReader, Write};
-    let s = std::os::unix::net::UnixStream::connect(data_dir.join("control.sock")).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    (&s).write_all(line.as_bytes()).ok()?;
-    let mut lsn = None;
-    for l in BufReader::new(&s).lines() {
-        let v: serde_json::Value = serde_json::from_str(&l.ok()?).ok()?;
-        if let Some(out) = v["out"].as_str() {
-            lsn = out
-                .lines()
-                .find_map(|x| x.strip_prefix("ok ").and_then(|n| n.trim().parse().ok()));
-        }
-        if v.get("error").is_some() {
-            return None;
-        }
-        if v.get("done").is_some() {
-            return lsn;
-        }
-    }
-    None
 }

@@ -28,6 +28,8 @@ struct Member {
 #[derive(Debug)]
 pub struct Etcd {
     pub root: tempfile::TempDir,
+    /// The address every member listens on.
+    host: String,
     members: Vec<Member>,
     initial_cluster: String,
 }
@@ -41,6 +43,16 @@ impl Etcd {
     /// Starts `n` members and waits until the cluster has a leader, or
     /// says why it could not.
     pub fn try_start(n: usize) -> Result<Etcd> {
+        Self::try_start_on("127.0.0.1", n)
+    }
+
+    /// `start`, listening on `host` (an address of this namespace that
+    /// network namespaces the test made can reach).
+    pub fn start_on(host: &str, n: usize) -> Etcd {
+        Self::try_start_on(host, n).unwrap_or_else(|e| panic!("private etcd on {host}: {e:#}"))
+    }
+
+    fn try_start_on(host: &str, n: usize) -> Result<Etcd> {
         let root = tempfile::tempdir().context("create the private etcd's directory")?;
         let mut members = Vec::new();
         for i in 0..n.max(1) {
@@ -53,11 +65,12 @@ impl Etcd {
         }
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}=http://{host}:{}", m.name, m.peer))
             .collect::<Vec<_>>()
             .join(",");
         let mut etcd = Etcd {
             root,
+            host: host.to_string(),
             members,
             initial_cluster,
         };
@@ -72,7 +85,7 @@ impl Etcd {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client))
+            .map(|m| format!("{}:{}", self.host, m.client))
             .collect()
     }
 
@@ -110,8 +123,8 @@ impl Etcd {
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client);
-        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let client = format!("http://{}:{}", self.host, m.client);
+        let peer = format!("http://{}:{}", self.host, m.peer);
         let token = format!(
             "logship-{}",
             self.root
@@ -162,7 +175,7 @@ impl Etcd {
                 .members
                 .iter()
                 .filter(|m| m.child.is_some())
-                .any(|m| healthy(m.client))
+                .any(|m| healthy(&self.host, m.client))
             {
                 return Ok(());
             }
@@ -179,8 +192,8 @@ impl Etcd {
 }
 
 /// Whether the member on `port` says the cluster is healthy (`/health`).
-fn healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+fn healthy(host: &str, port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect((host, port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));

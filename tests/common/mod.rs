@@ -8,6 +8,7 @@
 pub use harness::samba;
 
 pub mod net;
+pub mod proof;
 pub mod trio;
 
 use std::path::{Path, PathBuf};
