@@ -523,3 +523,144 @@ fn the_active_cut_off_from_etcd_fences_and_no_epoch_has_two_writers() {
     );
     drop(net);
 }
+
+/// Five nodes under mail: the active is killed with SIGKILL four times in
+/// turn (each killed node restarted once another took the role). Every
+/// message the relay accepted is stored exactly once on the last active,
+/// and every copy verifies equal.
+#[test]
+fn five_nodes_lose_no_mail_through_four_kills_of_the_active() {
+    let seed = common::seed("five_nodes_lose_no_mail_through_four_kills_of_the_active");
+    let mut rng = common::Rng::new(seed);
+    let port = common::trio::free_tcp_port;
+    let names = ["alpha", "beta", "gamma", "delta", "epsilon"];
+    let extra: Vec<String> = names
+        .iter()
+        .map(|_| format!("lmtp = \"127.0.0.1:{}\"", port()))
+        .collect();
+    let nodes: Vec<(&str, u32, &str)> = names
+        .iter()
+        .zip(&extra)
+        .enumerate()
+        .map(|(i, (n, x))| (*n, i as u32 + 1, x.as_str()))
+        .collect();
+    let probe = tempfile::tempdir().unwrap();
+    let key = common::trio::cluster_key(probe.path());
+    let smtp = format!("127.0.0.1:{}", port());
+    let dag = Dag::new(
+        &format!("mount-dial = \"best-availability\"\n{key}"),
+        &nodes,
+    );
+    let relay_dir = dag.dir.path().join("relay");
+    std::fs::write(
+        &dag.config,
+        format!(
+            "{}\n[dumpster]\naccepted-domains = [\"example.com\"]\nsmtp = \"{smtp}\"\ndata-dir = \"{}\"\n",
+            std::fs::read_to_string(&dag.config).unwrap(),
+            relay_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut daemons: BTreeMap<String, Daemon> = dag.running("alpha").into_iter().collect();
+    let relay_log = std::fs::File::create(dag.dir.path().join("relay.log")).unwrap();
+    let _relay = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_logship"))
+            .args(["dumpster", "--config"])
+            .arg(&dag.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(relay_log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    dag.wait_for("the relay to listen", 30, || {
+        std::net::TcpStream::connect(&smtp).is_ok()
+    });
+    let submitter = common::trio::Submitter::start_at(dag.dir.path(), &smtp, "m");
+    let stored = |dag: &Dag, n: &str| {
+        dumpster::mailbox::stored_message_ids(&dag.data_dir(n).join("store.db"))
+    };
+    let active = |dag: &Dag| {
+        names
+            .iter()
+            .find(|n| dag.role(n) == "active")
+            .map(|n| n.to_string())
+    };
+    for round in 0..4 {
+        let a = active(&dag)
+            .unwrap_or_else(|| panic!("no active before round {round}\n{}", dag.dump()));
+        for n in names.iter().filter(|n| **n != a) {
+            dag.wait_for(
+                &format!("{n} a Healthy passive before the kill"),
+                60,
+                || {
+                    let s = dag.status(n);
+                    s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
+                },
+            );
+        }
+        let before = stored(&dag, &a).len();
+        dag.wait_for("mail flowing into the active", 30, || {
+            stored(&dag, &a).len() > before + 3 + rng.below(10) as usize
+        });
+        let mut d = daemons.remove(&a).unwrap();
+        d.0.kill().unwrap();
+        d.0.wait().unwrap();
+        eprintln!("round {round}: killed {a}");
+        dag.wait_for("another node active", 60, || {
+            active(&dag).is_some_and(|n| n != a)
+        });
+        daemons.insert(a.clone(), dag.start(&a));
+    }
+    let (accepted, sent) = submitter.stop();
+    assert!(
+        accepted.len() > 20,
+        "too few messages accepted: {}",
+        accepted.len()
+    );
+    let last = active(&dag).expect("an active node at the end");
+    let relay_queue = || {
+        let st: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(relay_dir.join("relay.json")).unwrap_or_default(),
+        )
+        .unwrap_or(serde_json::Value::Null);
+        st["queue_length"].as_u64()
+    };
+    dag.wait_for("the relay to deliver everything", 120, || {
+        relay_queue() == Some(0)
+    });
+    let ids = stored(&dag, &last);
+    let distinct: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(
+        ids.len(),
+        distinct.len(),
+        "a message stored twice (seed {seed})"
+    );
+    let missing: Vec<_> = accepted.difference(&distinct).collect();
+    assert!(
+        missing.is_empty(),
+        "accepted but not stored: {missing:?} (seed {seed})\n{}",
+        dag.dump()
+    );
+    let extra: Vec<_> = distinct.difference(&sent).collect();
+    assert!(
+        extra.is_empty(),
+        "stored but never sent: {extra:?} (seed {seed})"
+    );
+    dag.ok(&last, &["seal"]);
+    for n in names.iter().filter(|n| **n != last) {
+        dag.wait_for(&format!("{n} holding every message"), 60, || {
+            dag.role(n) == "passive" && stored(&dag, n).len() == ids.len()
+        });
+    }
+    for n in names {
+        let out = dag.ok(n, &["verify-copy"]);
+        assert!(out.contains("equal"), "verify-copy on {n}: {out}");
+    }
+    eprintln!(
+        "{} accepted, {} stored once on {last} (seed {seed})",
+        accepted.len(),
+        distinct.len()
+    );
+}

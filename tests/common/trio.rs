@@ -497,9 +497,14 @@ while not os.path.exists(stop):
 impl Submitter {
     /// Starts submitting to the relay of `t`, Message-IDs `<prefix>N@test`.
     pub fn start(t: &Trio, prefix: &str) -> Submitter {
-        let (host, port) = split_addr(&t.smtp());
-        let stop = t.dir.path().join(format!("stop-{prefix}"));
-        let log = t.dir.path().join(format!("submitted-{prefix}.txt"));
+        Self::start_at(t.dir.path(), &t.smtp(), prefix)
+    }
+
+    /// Starts submitting to the relay at `smtp`, its files in `dir`.
+    pub fn start_at(dir: &std::path::Path, smtp: &str, prefix: &str) -> Submitter {
+        let (host, port) = split_addr(smtp);
+        let stop = dir.join(format!("stop-{prefix}"));
+        let log = dir.join(format!("submitted-{prefix}.txt"));
         let child = Command::new("python3")
             .args(["-c", SUBMIT, &host, &port])
             .arg(&stop)
