@@ -121,6 +121,10 @@ pub enum BenchCommand {
         /// Kill rounds.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Nodes in the cluster: 2 uses the file-share witness; 3 to 16
+        /// start a private etcd (Debian's etcd-server) to arbitrate.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=16))]
+        nodes: u8,
     },
 }
 
@@ -155,8 +159,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             seconds,
             smb,
         } => crate::bench_rpo::rpo(&bench_dir(dir)?, rounds.max(1), seconds, smb),
-        BenchCommand::Failover { dir, rounds } => {
-            crate::bench_failover::failover(&bench_dir(dir)?, rounds.max(1))
+        BenchCommand::Failover { dir, rounds, nodes } => {
+            crate::bench_failover::failover(&bench_dir(dir)?, rounds.max(1), nodes as usize)
         }
         BenchCommand::Lag {
             dir,

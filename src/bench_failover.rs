@@ -1,9 +1,10 @@
-//! `logship bench failover`: a two-node cluster on local directories with
-//! the default timings, under a steady write load. Each round kills the
-//! active with SIGKILL and measures the time until the other node accepts a
-//! write; the killed node is restarted and rejoins before the next round.
-//! Then a planned move and a move back, timed as `move-cluster` reports
-//! them. The last line is `rto_p50_ms <x>`.
+//! `logship bench failover`: a cluster on local directories with the
+//! default timings, under a steady write load. Each round kills the active
+//! with SIGKILL and measures the time until another node accepts a write;
+//! the killed node is restarted and rejoins before the next round. Two
+//! nodes use the file-share witness and then time a planned move and a
+//! move back, as `move-cluster` reports them; `--nodes 3` and more start a
+//! private etcd to arbitrate. The last line is `rto_p50_ms <x>`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +17,11 @@ use anyhow::{Context, Result, bail};
 use crate::control::{self, Op};
 use crate::procs::Procs;
 
-const NODES: [&str; 2] = ["alpha", "beta"];
+/// The nodes' names, in order.
+const NAMES: [&str; 16] = [
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+    "lambda", "mu", "nu", "xi", "omicron", "pi",
+];
 
 /// One INSERT through the node's daemon; true when acknowledged.
 fn insert(data_dir: &Path, id: u64) -> bool {
@@ -27,18 +32,45 @@ fn insert(data_dir: &Path, id: u64) -> bool {
     matches!(control::request(data_dir, &op), Ok((true, _)))
 }
 
-pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
-    let mut b = Procs::new(
-        dir.to_path_buf(),
-        crate::procs::write_bench_config(dir, "", "")?,
-    )?;
+/// An etcd cluster's config in `dir`: `n` nodes, the arbiter at `url`.
+fn etcd_config(dir: &Path, n: usize, url: &str) -> Result<PathBuf> {
+    let mut text = format!("[cluster]\nname = \"bench\"\narbiter = \"{url}\"\n\n");
+    for name in &NAMES[..n] {
+        text.push_str(&format!(
+            "[nodes.{name}]\ndata-dir = \"{d}/{name}\"\nshare = \"{d}/{name}/logs\"\n\n",
+            d = dir.display()
+        ));
+    }
+    let config = dir.join("logship.toml");
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&config, text)?;
+    Ok(config)
+}
+
+pub fn failover(dir: &Path, rounds: usize, n: usize) -> Result<ExitCode> {
+    let nodes = &NAMES[..n];
+    // Kept until the end: the cluster's arbiter past two nodes.
+    let etcd = if n > 2 {
+        Some(harness::etcd::Etcd::try_start(1).context("the benchmark's private etcd")?)
+    } else {
+        None
+    };
+    let config = match &etcd {
+        Some(e) => etcd_config(dir, n, &e.url("bench"))?,
+        None => crate::procs::write_bench_config(dir, "", "")?,
+    };
+    let mut b = Procs::new(dir.to_path_buf(), config)?;
     b.start_pair()?;
+    for name in &nodes[2..] {
+        b.start(name, &["node", "--node", name])?;
+        b.run(&["seed", "--node", name, "--from", "alpha"])?;
+    }
     // A steady write load into whichever node is active.
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let load = {
         let (stop, acked) = (stop.clone(), acked.clone());
-        let dirs: Vec<PathBuf> = NODES.iter().map(|n| b.dir.join(n)).collect();
+        let dirs: Vec<PathBuf> = nodes.iter().map(|n| b.dir.join(n)).collect();
         std::thread::spawn(move || {
             let mut id = 1_000_000u64;
             while !stop.load(Ordering::Relaxed) {
@@ -54,32 +86,44 @@ pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
     let mut rtos = Vec::new();
     let mut probe = 0u64;
     for round in 0..rounds {
-        let active = NODES
+        let active = nodes
             .iter()
             .copied()
             .find(|n| b.status(n)["role"] == "active")
             .context("no active node")?;
-        let other = NODES.iter().copied().find(|n| *n != active).expect("two");
-        b.wait("the passive to be Healthy", 60, || {
-            let s = b.status(other);
-            s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
-        })?;
-        b.wait("the active to hold both other votes", 30, || {
-            let q = &b.status(active)["quorum"];
-            q["peer"] == true && q["witness"] == true
-        })?;
+        let others: Vec<&str> = nodes.iter().copied().filter(|n| *n != active).collect();
+        for other in &others {
+            b.wait(
+                "the passives to be Healthy and to know the active",
+                60,
+                || {
+                    let s = b.status(other);
+                    s["role"] == "passive"
+                        && s["summary_copy_status"] == "Healthy"
+                        && s["active_node"] == active
+                },
+            )?;
+        }
+        if etcd.is_none() {
+            b.wait("the active to hold both other votes", 30, || {
+                let q = &b.status(active)["quorum"];
+                q["peer"] == true && q["witness"] == true
+            })?;
+        }
         b.kill(active)?;
         let killed = Instant::now();
-        loop {
-            probe += 1;
-            if insert(&b.dir.join(other), probe) {
-                break;
+        let other = 'took: loop {
+            for other in &others {
+                probe += 1;
+                if insert(&b.dir.join(other), probe) {
+                    break 'took *other;
+                }
             }
             if killed.elapsed() > Duration::from_secs(60) {
-                bail!("{other} did not take writes within 60 s");
+                bail!("no node took writes within 60 s of {active}'s death");
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
+        };
         let rto = killed.elapsed();
         println!(
             "round {}: killed {active}; {other} took writes after {} ms",
@@ -89,15 +133,21 @@ pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
         rtos.push(rto.as_secs_f64() * 1000.0);
         b.start(active, &["node", "--node", active])?;
     }
-    // Planned moves, with the load still running.
-    let active = NODES
+    // Planned moves, with the load still running (two nodes: the etcd
+    // cluster's node daemon has no move-cluster yet).
+    let active = nodes
         .iter()
         .copied()
         .find(|n| b.status(n)["role"] == "active")
         .context("no active node")?;
-    let other = NODES.iter().copied().find(|n| *n != active).expect("two");
+    let other = nodes.iter().copied().find(|n| *n != active).expect("two");
     let mut moves = Vec::new();
-    for (from, to) in [(active, other), (other, active)] {
+    let pairs = if etcd.is_none() {
+        vec![(active, other), (other, active)]
+    } else {
+        Vec::new()
+    };
+    for (from, to) in pairs {
         b.wait(
             "the target to be Healthy and known to the active",
             60,
@@ -121,17 +171,25 @@ pub fn failover(dir: &Path, rounds: usize) -> Result<ExitCode> {
         acked.load(Ordering::Relaxed)
     );
     println!(
-        "rto median {:.0} ms, max {:.0} ms over {} rounds (heartbeat-interval 500ms, dead-after 2s)",
+        "rto median {:.0} ms, max {:.0} ms over {} rounds, {n} nodes, {} (heartbeat-interval 500ms, dead-after 2s)",
         p50,
         rtos.last().copied().unwrap_or(0.0),
-        rtos.len()
+        rtos.len(),
+        if etcd.is_some() {
+            "etcd arbitrating"
+        } else {
+            "the file-share witness"
+        }
     );
-    println!(
-        "planned move median {:.0} ms, max {:.0} ms",
-        moves[moves.len() / 2],
-        moves.last().copied().unwrap_or(0.0)
-    );
+    if !moves.is_empty() {
+        println!(
+            "planned move median {:.0} ms, max {:.0} ms",
+            moves[moves.len() / 2],
+            moves.last().copied().unwrap_or(0.0)
+        );
+    }
     drop(b);
+    drop(etcd);
     let _ = std::fs::remove_dir_all(dir);
     println!("rto_p50_ms {p50:.0}");
     Ok(ExitCode::SUCCESS)

@@ -67,7 +67,7 @@ impl Procs {
             self.status("alpha")["role"] == "active"
         })?;
         self.start("beta", &["node", "--node", "beta"])?;
-        self.run(&["seed", "--node", "beta"])?;
+        self.run(&["seed", "--node", "beta", "--from", "alpha"])?;
         self.wait("beta Healthy and passive", 60, || {
             let s = self.status("beta");
             s["role"] == "passive" && s["summary_copy_status"] == "Healthy"

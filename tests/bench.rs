@@ -114,3 +114,18 @@ fn bench_rpo_loses_nothing_with_block_mode_and_ends_with_its_p50() {
     }
     assert_eq!(out.lines().last(), Some("rpo_lost_p50 0"), "{out}");
 }
+
+/// `bench failover --nodes 3` starts a private etcd and three nodes, and
+/// ends with the median time to take writes after the active's SIGKILL.
+#[test]
+fn bench_failover_with_three_nodes_and_etcd_ends_with_its_median() {
+    let out = bench(&["failover", "--nodes", "3", "--rounds", "2"]);
+    assert!(out.contains("3 nodes, etcd arbitrating"), "{out}");
+    let last = out.lines().last().unwrap_or_default();
+    let ms: f64 = last
+        .strip_prefix("rto_p50_ms ")
+        .unwrap_or_else(|| panic!("the last line is not rto_p50_ms: {out}"))
+        .parse()
+        .unwrap();
+    assert!(ms > 0.0, "{out}");
+}

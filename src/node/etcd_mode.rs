@@ -168,12 +168,11 @@ impl Daemon<'_> {
             _ => read.leader.clone(),
         };
         // The active's last position, as the mount dial's "known" one
-        // after it is gone (what the heartbeat gives two nodes).
+        // after it is gone (what the heartbeat gives two nodes). Its value
+        // from before it took the role (its copy's position) is a lower
+        // bound, as a heartbeat a moment old is.
         if let Some(l) = read.leader.as_ref().filter(|l| l.node != self.name)
-            && let Some(m) = read
-                .members
-                .iter()
-                .find(|m| m.node == l.node && m.role == Role::Active)
+            && let Some(m) = read.members.iter().find(|m| m.node == l.node)
         {
             self.m.active_position = Some(Position {
                 lsn: m.received,
