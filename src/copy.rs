@@ -242,7 +242,12 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
                 n.role.name(),
                 n.epoch,
                 n.node_state,
-                format!("{}/3", n.quorum.votes),
+                // Past two nodes the vote is the node's etcd lease.
+                if n.witness.starts_with("etcd ") {
+                    if n.quorum.witness { "lease" } else { "-" }.to_string()
+                } else {
+                    format!("{}/3", n.quorum.votes)
+                },
                 n.active_node.as_deref().unwrap_or("-")
             );
             if let Some(b) = &n.blocked {

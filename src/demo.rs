@@ -4,6 +4,11 @@
 //! shows the failover (time, mount dial, redelivery), brings the old node
 //! back (rewind, then Healthy), moves the active role back, and ends with a
 //! summary. It exits non-zero if a promise failed.
+//!
+//! `--copies 3` (to 5) runs that many nodes with a private etcd instead of
+//! the witness: the copies are seeded from the active, the active is
+//! killed, the best copy takes over and the others follow it, the old
+//! active comes back as a copy, and every copy verifies equal.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -20,6 +25,8 @@ use crate::procs::Procs;
 struct Demo {
     p: Procs,
     smtp: String,
+    /// The private etcd of `--copies`.
+    etcd: Option<harness::etcd::Etcd>,
 }
 
 impl std::ops::Deref for Demo {
@@ -39,7 +46,11 @@ impl Drop for Demo {
     fn drop(&mut self) {
         if !self.p.keep {
             self.p.kill_all();
+            // Stopped before its directory, inside the demo's, goes.
+            drop(self.etcd.take());
             let _ = std::fs::remove_dir_all(&self.p.dir);
+        } else if let Some(e) = &mut self.etcd {
+            e.keep();
         }
     }
 }
@@ -127,6 +138,7 @@ pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> 
     let mut d = Demo {
         p: Procs::new(dir.clone(), config)?,
         smtp,
+        etcd: None,
     };
     d.keep = keep;
     let t0 = Instant::now();
@@ -258,6 +270,191 @@ pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> 
             dir.display(),
             d.config.display(),
             d.smtp,
+            dir.display()
+        );
+    }
+    if ok {
+        println!("\nall promises kept");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\nA PROMISE FAILED: logs are in {}", dir.display());
+        d.keep = true;
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// The nodes of `demo --copies`, most preferred first.
+const COPY_NAMES: [&str; 5] = ["alpha", "beta", "gamma", "delta", "epsilon"];
+
+/// `logship demo --copies n`: n nodes, etcd arbitrating.
+pub fn run_copies(dir: Option<&Path>, keep: bool, messages: usize, n: usize) -> Result<ExitCode> {
+    let etcd_program = harness::etcd::program_path();
+    if !etcd_program.is_file() {
+        anyhow::bail!(
+            "demo --copies {n} runs a private etcd, and there is no {}: on Debian or Ubuntu, `apt-get install etcd-server` (or set LOGSHIP_ETCD to the etcd program; the plain `logship demo` needs none)",
+            etcd_program.display()
+        );
+    }
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::temp_dir().join(format!("logship-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let etcd = harness::etcd::Etcd::in_dir(&dir.join("etcd"), keep)
+        .context("start the demo's private etcd")?;
+    let names = &COPY_NAMES[..n];
+    let smtp = format!("127.0.0.1:{}", free_tcp_port()?);
+    crate::procs::write_cluster_key(&dir.join("cluster.key"))?;
+    let mut text = format!(
+        "[cluster]\nname = \"demo\"\narbiter = \"{}\"\nmount-dial = \"good-availability\"\nseal-after = \"1s\"\nkey-file = \"cluster.key\"\n\n",
+        etcd.url("demo")
+    );
+    for (i, name) in names.iter().enumerate() {
+        text.push_str(&format!(
+            "[nodes.{name}]\ndata-dir = \"{name}\"\nshare = \"{name}/logs\"\nlmtp = \"127.0.0.1:{}\"\nactivation-preference = {}\n\n",
+            free_tcp_port()?,
+            i + 1
+        ));
+    }
+    text.push_str(&format!(
+        "[dumpster]\nsmtp = \"{smtp}\"\ndata-dir = \"relay\"\naccepted-domains = [\"example.com\"]\n"
+    ));
+    let config = dir.join("logship.toml");
+    std::fs::write(&config, text)?;
+    let endpoints = etcd.endpoints().join(",");
+    let mut d = Demo {
+        p: Procs::new(dir.clone(), config)?,
+        smtp,
+        etcd: Some(etcd),
+    };
+    d.keep = keep;
+    let t0 = Instant::now();
+    println!(
+        "logship demo with {n} copies in {} (config: logship.toml; etcd at {})",
+        dir.display(),
+        endpoints
+    );
+
+    say("alpha: a new database, and its cluster daemon");
+    d.run(&["init", "--node", "alpha"])?;
+    d.start("alpha", &["node", "--node", "alpha"])?;
+    d.wait("alpha to become active", 30, || {
+        d.status("alpha")["role"] == "active"
+    })?;
+    for name in &names[1..] {
+        say(&format!(
+            "{name}: its daemon, and an online seed from alpha"
+        ));
+        d.start(name, &["node", "--node", name])?;
+        d.run(&["seed", "--node", name, "--from", "alpha"])?;
+    }
+    for name in &names[1..] {
+        d.wait(&format!("{name} Healthy"), 60, || {
+            let s = d.status(name);
+            s["summary_copy_status"] == "Healthy" && s["active_node"] == "alpha"
+        })?;
+    }
+    say("the relay, and mail through it");
+    d.start("relay", &["dumpster"])?;
+    d.wait("the relay to listen", 30, || {
+        std::net::TcpStream::connect(&d.smtp).is_ok()
+    })?;
+    let half = messages / 2;
+    let mut accepted: BTreeSet<String> = d.send(0..half)?.into_iter().collect();
+    d.wait("the first messages stored on alpha", 30, || {
+        d.stored("alpha").len() >= accepted.len()
+    })?;
+    println!(
+        "{} messages accepted by the relay and stored on alpha",
+        accepted.len()
+    );
+    d.show_status()?;
+
+    say("SIGKILL of the active node (alpha): the best copy takes over");
+    accepted.extend(d.send(half..half + 20)?);
+    d.kill("alpha")?;
+    let killed = Instant::now();
+    let active = |d: &Demo| {
+        names[1..]
+            .iter()
+            .find(|m| d.status(m)["role"] == "active")
+            .map(|m| m.to_string())
+    };
+    d.wait("another node to take over", 60, || active(&d).is_some())?;
+    let rto = killed.elapsed();
+    let new = active(&d).context("no active node")?;
+    let st = d.status(&new);
+    println!(
+        "{new} is active in epoch {} after {} ms (the copies rank by position, then activation-preference)",
+        st["epoch"],
+        rto.as_millis()
+    );
+    println!("mount dial: {}", st["dial"]["text"].as_str().unwrap_or("-"));
+    for m in names[1..].iter().filter(|m| **m != new) {
+        d.wait(&format!("{m} to follow {new}"), 30, || {
+            d.status(m)["active_node"] == new.as_str()
+        })?;
+        println!("{m} follows {new}");
+    }
+    accepted.extend(d.send(half + 20..messages)?);
+
+    say(&format!(
+        "alpha comes back: it rewinds anything {new} does not hold, then follows it"
+    ));
+    d.start("alpha", &["node", "--node", "alpha"])?;
+    d.wait("alpha Healthy as passive", 60, || {
+        let s = d.status("alpha");
+        s["role"] == "passive" && s["summary_copy_status"] == "Healthy"
+    })?;
+    d.wait(
+        &format!("every accepted message stored on {new}"),
+        60,
+        || {
+            let s: BTreeSet<String> = d.stored(&new).into_iter().collect();
+            accepted.is_subset(&s)
+        },
+    )?;
+    d.run(&["seal", "--node", &new])?;
+    for m in names.iter().filter(|m| **m != new) {
+        d.wait(&format!("{m} to catch up"), 60, || {
+            d.stored(m).len() == d.stored(&new).len()
+        })?;
+    }
+    d.show_status()?;
+
+    let stored = d.stored(&new);
+    let distinct: BTreeSet<String> = stored.iter().cloned().collect();
+    let once = stored.len() == distinct.len() && accepted.is_subset(&distinct);
+    let verified: Vec<(&str, bool)> = names.iter().map(|m| (*m, d.verify(m))).collect();
+    let rto_ok = rto < Duration::from_secs(10);
+    println!("\n== summary ({:.1} s)", t0.elapsed().as_secs_f64());
+    println!("{:<34} {}", "messages sent (accepted)", accepted.len());
+    println!(
+        "{:<34} {} {}",
+        "stored exactly once on the active",
+        distinct.len(),
+        if once { "ok" } else { "FAILED" }
+    );
+    println!(
+        "{:<34} {} ms ({new} took over)",
+        "failover (RTO)",
+        rto.as_millis()
+    );
+    println!(
+        "{:<34} {}",
+        "verify-copy",
+        verified
+            .iter()
+            .map(|(m, ok)| format!("{m} {}", if *ok { "equal" } else { "DIFFERENT" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let ok = once && rto_ok && verified.iter().all(|(_, ok)| *ok);
+    if keep {
+        println!(
+            "\nThe cluster and its etcd keep running (--keep). Try, in {}:\n  export LOGSHIP_CONFIG={}\n  logship status\n  logship events --node {new}\nStop it with: pkill -f 'logship.*{}'; pkill -f 'etcd --name'",
+            dir.display(),
+            d.config.display(),
             dir.display()
         );
     }

@@ -100,6 +100,11 @@ enum Command {
         /// Messages to send through the relay.
         #[arg(long, default_value_t = 300)]
         messages: usize,
+        /// Copies of the store: 2 (the default) is two nodes and a witness
+        /// directory; 3 to 5 run that many nodes with a private etcd
+        /// arbitrating (Debian: apt-get install etcd-server).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=5))]
+        copies: u8,
     },
     /// Create a node's data directory, database and log; print the database id.
     Init {
@@ -375,7 +380,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             keep,
             messages,
+            copies: 2,
         } => demo::run(dir.as_deref(), keep, messages.max(40)),
+        Command::Demo {
+            dir,
+            keep,
+            messages,
+            copies,
+        } => demo::run_copies(dir.as_deref(), keep, messages.max(40), copies as usize),
         Command::Node { node } => {
             let (name, node_cfg, cfg) = node.resolve()?;
             node::run(&name, &node_cfg, &cfg)

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,15 @@ use anyhow::{Context, Result, bail};
 use crate::sys::{free_tcp_port, program};
 
 const INSTALL: &str = "is etcd-server installed? tools/test.sh installs it";
+
+/// The `etcd` program: `LOGSHIP_ETCD` when set, else `etcd` from PATH or
+/// the system's directories.
+pub fn program_path() -> std::path::PathBuf {
+    match std::env::var_os("LOGSHIP_ETCD") {
+        Some(p) => p.into(),
+        None => program("etcd"),
+    }
+}
 
 #[derive(Debug)]
 struct Member {
@@ -27,7 +36,14 @@ struct Member {
 /// A private etcd cluster on loopback.
 #[derive(Debug)]
 pub struct Etcd {
-    pub root: tempfile::TempDir,
+    /// Where the members keep their data and logs.
+    pub root: PathBuf,
+    /// The temporary directory `root` is, unless one was given.
+    _temp: Option<tempfile::TempDir>,
+    /// Members started to outlive this process (`in_dir`'s `detached`).
+    detached: bool,
+    /// Leave the members running when dropped.
+    kept: bool,
     /// The address every member listens on.
     host: String,
     members: Vec<Member>,
@@ -53,7 +69,30 @@ impl Etcd {
     }
 
     fn try_start_on(host: &str, n: usize) -> Result<Etcd> {
-        let root = tempfile::tempdir().context("create the private etcd's directory")?;
+        let temp = tempfile::tempdir().context("create the private etcd's directory")?;
+        Self::start_with(temp.path().to_path_buf(), Some(temp), host, n, false)
+    }
+
+    /// One member on loopback keeping its data in `dir` (the demo's). A
+    /// `detached` member does not die with this process, so that `keep`
+    /// can leave it running.
+    pub fn in_dir(dir: &Path, detached: bool) -> Result<Etcd> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        Self::start_with(dir.to_path_buf(), None, "127.0.0.1", 1, detached)
+    }
+
+    /// Leaves the members running when this value is dropped.
+    pub fn keep(&mut self) {
+        self.kept = true;
+    }
+
+    fn start_with(
+        root: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        host: &str,
+        n: usize,
+        detached: bool,
+    ) -> Result<Etcd> {
         let mut members = Vec::new();
         for i in 0..n.max(1) {
             members.push(Member {
@@ -70,6 +109,9 @@ impl Etcd {
             .join(",");
         let mut etcd = Etcd {
             root,
+            _temp: temp,
+            detached,
+            kept: false,
             host: host.to_string(),
             members,
             initial_cluster,
@@ -111,12 +153,9 @@ impl Etcd {
     }
 
     fn spawn(&mut self, i: usize) -> Result<()> {
-        let dir = self.root.path().join(&self.members[i].name);
+        let dir = self.root.join(&self.members[i].name);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let log_path = self
-            .root
-            .path()
-            .join(format!("{}.log", self.members[i].name));
+        let log_path = self.root.join(format!("{}.log", self.members[i].name));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -127,13 +166,9 @@ impl Etcd {
         let peer = format!("http://{}:{}", self.host, m.peer);
         let token = format!(
             "logship-{}",
-            self.root
-                .path()
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
+            self.root.file_name().unwrap_or_default().to_string_lossy()
         );
-        let mut cmd = Command::new(program("etcd"));
+        let mut cmd = Command::new(program_path());
         cmd.arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -148,7 +183,9 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicate etcd's log file")?)
             .stderr(log);
-        crate::sys::die_with_parent(&mut cmd);
+        if !self.detached {
+            crate::sys::die_with_parent(&mut cmd);
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("start etcd ({INSTALL})"))?;
@@ -167,7 +204,7 @@ impl Etcd {
                     bail!(
                         "etcd member {} exited ({status}) before the cluster was up:\n{}",
                         m.name,
-                        tail(&self.root.path().join(format!("{}.log", m.name)))
+                        tail(&self.root.join(format!("{}.log", m.name)))
                     );
                 }
             }
@@ -183,7 +220,7 @@ impl Etcd {
                 bail!(
                     "etcd did not become healthy within {} s:\n{}",
                     within.as_secs(),
-                    tail(&self.root.path().join("m1.log"))
+                    tail(&self.root.join("m1.log"))
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -215,6 +252,9 @@ fn tail(path: &Path) -> String {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         for m in &mut self.members {
             if let Some(mut c) = m.child.take() {
                 let _ = c.kill();
