@@ -133,8 +133,7 @@ pub fn failover(dir: &Path, rounds: usize, n: usize) -> Result<ExitCode> {
         rtos.push(rto.as_secs_f64() * 1000.0);
         b.start(active, &["node", "--node", active])?;
     }
-    // Planned moves, with the load still running (two nodes: the etcd
-    // cluster's node daemon has no move-cluster yet).
+    // Planned moves, with the load still running.
     let active = nodes
         .iter()
         .copied()
@@ -142,16 +141,27 @@ pub fn failover(dir: &Path, rounds: usize, n: usize) -> Result<ExitCode> {
         .context("no active node")?;
     let other = nodes.iter().copied().find(|n| *n != active).expect("two");
     let mut moves = Vec::new();
-    let pairs = if etcd.is_none() {
-        vec![(active, other), (other, active)]
-    } else {
-        Vec::new()
-    };
-    for (from, to) in pairs {
+    for (from, to) in [(active, other), (other, active)] {
         b.wait(
             "the target to be Healthy and known to the active",
             60,
             || {
+                if let Some(e) = &etcd {
+                    let s = b.status(to);
+                    // What the active checks: the target's value in etcd.
+                    let url = witness::etcd::ArbiterUrl::parse(&e.url("bench"));
+                    let healthy_in_etcd = url.ok().is_some_and(|u| {
+                        let client = witness::etcd::Etcd::new(u, Duration::from_secs(2));
+                        witness::keys::read(&client).is_ok_and(|r| {
+                            r.members.iter().any(|m| {
+                                m.node == to && m.copy_status.as_deref() == Some("Healthy")
+                            })
+                        })
+                    });
+                    return s["summary_copy_status"] == "Healthy"
+                        && s["active_node"] == from
+                        && healthy_in_etcd;
+                }
                 let p = &b.status(from)["peer"];
                 p["role"] == "passive" && p["copy"] == "Healthy"
             },

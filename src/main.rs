@@ -160,7 +160,7 @@ enum Command {
         #[arg(long)]
         play_down: bool,
     },
-    /// A planned, lossless move of the active role to the other node, as
+    /// A planned, lossless move of the active role to another node, as
     /// Move-ClusteredMailboxServer does.
     ///
     /// It checks first and refuses with the reason: the target must be a
@@ -169,12 +169,18 @@ enum Command {
     /// Then the active stops intake, seals, waits until the target has
     /// replayed its last LSN, and hands over the epoch. Prints how long the
     /// handoff took. Run it where the active node runs.
+    ///
+    /// Past two nodes (etcd arbitrating) the target must be a live, Healthy
+    /// copy that is neither paused nor lagged; the active stops taking
+    /// writes, records the move in etcd and hands `leader` over, and the
+    /// target takes everything from its share before it claims the epoch.
     MoveCluster {
         #[arg(long, env = "LOGSHIP_CONFIG", default_value_os_t = config::default_path())]
         config: PathBuf,
-        /// The node to make active.
+        /// The node to make active; without it, the best copy (position,
+        /// then activation-preference), or the only other node.
         #[arg(long)]
-        to: String,
+        to: Option<String>,
         /// Why (goes into the node's event log).
         #[arg(long, default_value = "")]
         comment: String,
@@ -410,12 +416,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             comment,
         } => {
             let cfg = config::Config::load(&config)?;
-            cfg.node(&to)?;
+            if let Some(t) = &to {
+                cfg.node(t)?;
+            }
             let active = copy::node_statuses(&cfg, None)
                 .into_iter()
                 .find(|n| n.role == witness::Role::Active)
                 .context("no active node runs on this machine: run move-cluster where the active node runs")?;
             let node_cfg = cfg.node(&active.node)?;
+            // No target: the only other node, or (past two nodes) the best
+            // copy, which the active picks ("").
+            let to = match to {
+                Some(t) => t,
+                None if cfg.cluster.arbiter.is_some() => String::new(),
+                None => cfg
+                    .nodes
+                    .keys()
+                    .find(|n| **n != active.node)
+                    .cloned()
+                    .context("the config has no other node to move the role to")?,
+            };
             let op = control::Op::MoveCluster { to, comment };
             cluster_request(&active.node, node_cfg, &op)
         }

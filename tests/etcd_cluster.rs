@@ -147,6 +147,15 @@ impl Dag {
             .collect()
     }
 
+    /// What every node publishes in etcd (`members/<node>`).
+    fn members(&self) -> BTreeMap<String, witness::keys::MemberValue> {
+        let url = witness::etcd::ArbiterUrl::parse(&self.etcd.url("dag")).unwrap();
+        let etcd = witness::etcd::Etcd::new(url, Duration::from_secs(5));
+        witness::keys::read(&etcd)
+            .map(|r| r.members.into_iter().map(|m| (m.node.clone(), m)).collect())
+            .unwrap_or_default()
+    }
+
     /// The events a node logged, by kind.
     fn events(&self, node: &str) -> Vec<String> {
         std::fs::read_to_string(self.data_dir(node).join("events.jsonl"))
@@ -663,4 +672,97 @@ fn five_nodes_lose_no_mail_through_four_kills_of_the_active() {
         accepted.len(),
         distinct.len()
     );
+}
+
+/// `move-cluster` past two nodes: without `--to` the role goes to the best
+/// copy (equal positions: the most preferred), with `--to` to any copy;
+/// nothing acknowledged is lost, and the old active follows.
+#[test]
+fn move_cluster_goes_to_the_best_copy_without_to_and_to_any_copy_with_it() {
+    let dag = Dag::new("", THREE);
+    let _daemons = dag.running("alpha");
+    for id in 1..=10 {
+        assert!(dag.insert("alpha", id), "{}", dag.dump());
+    }
+    dag.ok("alpha", &["seal"]);
+    let caught_up = |n: &str, rows: usize, active: &str| {
+        let s = dag.status(n);
+        s["summary_copy_status"] == "Healthy"
+            && s["active_node"] == active
+            && dag.ids(n).len() == rows
+    };
+    for n in ["beta", "gamma"] {
+        dag.wait_for(&format!("{n} caught up"), 30, || caught_up(n, 10, "alpha"));
+    }
+    // What the active ranks the copies by: their values in etcd (the
+    // table and ten rows: LSN 11).
+    dag.wait_for("etcd to show every node at LSN 11", 30, || {
+        let m = dag.members();
+        ["alpha", "beta", "gamma"]
+            .iter()
+            .all(|n| m.get(*n).is_some_and(|v| v.received.0 == 11))
+    });
+    let move_cluster = |to: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_logship"));
+        c.args(["move-cluster", "--comment", "test", "--config"])
+            .arg(&dag.config);
+        if let Some(t) = to {
+            c.args(["--to", t]);
+        }
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "move-cluster {to:?}: {text}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            dag.dump()
+        );
+        text
+    };
+    // Without --to: beta and gamma hold the same; gamma is preferred.
+    let out = move_cluster(None);
+    assert!(
+        out.contains("from alpha to gamma") && out.contains("nothing lost"),
+        "{out}"
+    );
+    assert_eq!(dag.role("gamma"), "active", "{}", dag.dump());
+    assert_eq!(dag.ids("gamma"), (1..=10).collect::<Vec<_>>());
+    assert!(dag.insert("gamma", 11), "{}", dag.dump());
+    dag.ok("gamma", &["seal"]);
+    for n in ["alpha", "beta"] {
+        dag.wait_for(&format!("{n} following gamma"), 60, || {
+            caught_up(n, 11, "gamma")
+        });
+    }
+    // With --to: the least preferred copy.
+    let out = move_cluster(Some("beta"));
+    assert!(out.contains("from gamma to beta"), "{out}");
+    assert!(dag.insert("beta", 12), "{}", dag.dump());
+    dag.ok("beta", &["seal"]);
+    for n in ["alpha", "gamma"] {
+        dag.wait_for(&format!("{n} following beta"), 60, || {
+            caught_up(n, 12, "beta")
+        });
+        let out = dag.ok(n, &["verify-copy"]);
+        assert!(out.contains("equal"), "verify-copy on {n}: {out}");
+    }
+    // A move to a copy that is not Healthy is refused, and the role stays.
+    dag.ok("gamma", &["suspend", "--reason", "test"]);
+    dag.wait_for("gamma's member value to say Suspended", 30, || {
+        dag.members()
+            .get("gamma")
+            .is_some_and(|m| m.copy_status.as_deref() == Some("Suspended"))
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_logship"))
+        .args(["move-cluster", "--to", "gamma", "--config"])
+        .arg(&dag.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not a Healthy copy (Suspended)"),
+        "{err}"
+    );
+    assert_eq!(dag.role("beta"), "active", "{}", dag.dump());
+    assert!(dag.insert("beta", 13), "{}", dag.dump());
 }

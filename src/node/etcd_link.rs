@@ -46,7 +46,8 @@ impl EtcdShared {
     /// or when `leader` names this node while it is not active. Kept alive,
     /// that lease would keep `leader` forever (etcd renews every lease when
     /// it regains quorum), and no node could take the role.
-    pub(super) fn drop_lease(&self) {
+    pub(super) fn drop_lease(&self, why: &str) {
+        tracing::info!(reason = why, "giving up this node's etcd lease");
         self.drop.store(true, Ordering::SeqCst);
     }
 }

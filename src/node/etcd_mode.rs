@@ -11,6 +11,8 @@
 
 use super::*;
 use etcd_link::{EtcdShared, EtcdView};
+use moves::MoveReply;
+use witness::dcs::MemberState;
 use witness::dcs::{self, Decision, FenceReason, Leader, Lease, WaitReason};
 use witness::keys::MemberValue;
 
@@ -37,7 +39,20 @@ pub(super) struct EtcdMode {
     pub(super) replay_stopped_at: Option<Instant>,
     /// When the member value was last handed to the etcd thread.
     pub(super) published_at: Option<Instant>,
+    /// A planned move this node (the old active) has under way.
+    pub(super) moving: Option<EtcdMove>,
 }
+
+/// A planned move past two nodes, on the node that hands the role over.
+pub(super) struct EtcdMove {
+    to: String,
+    lsn: Lsn,
+    started: Instant,
+    reply: MoveReply,
+}
+
+/// How long the target of a planned move has to take the role.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl EtcdMode {
     pub(super) fn new(shared: Arc<EtcdShared>, ttl: Duration) -> EtcdMode {
@@ -51,6 +66,7 @@ impl EtcdMode {
             refused_at: None,
             replay_stopped_at: None,
             published_at: None,
+            moving: None,
         }
     }
 
@@ -107,7 +123,9 @@ impl Daemon<'_> {
             }
             Err(e) => {
                 // Made or not, it must not outlive this failure.
-                self.etcd().shared.drop_lease();
+                self.etcd()
+                    .shared
+                    .drop_lease("the create of the leader key failed without an answer");
                 return Err(e).context("create the leader key in etcd");
             }
         }
@@ -120,22 +138,26 @@ impl Daemon<'_> {
     /// One turn past two nodes: the operator's requests, then the decision
     /// on etcd's last view, carried out.
     pub(super) fn tick_etcd(&mut self) -> Result<()> {
+        let ev = self.etcd().shared.view();
+        let read = ev.read.clone().unwrap_or_default();
         while let Ok(req) = self.requests.try_recv() {
             let r = match &req.op {
-                Op::MoveCluster { .. } | Op::Activate { .. } => Err(format!(
-                    "{} is not yet supported in a cluster that etcd arbitrates: it moves the role by itself when the active stops (stop the active's daemon for a planned move)",
-                    if matches!(req.op, Op::MoveCluster { .. }) {
-                        "move-cluster"
-                    } else {
-                        "activate"
-                    }
-                )),
+                Op::MoveCluster { to, comment } => {
+                    let reply = MoveReply {
+                        comment: comment.clone(),
+                        reply: req.reply,
+                    };
+                    self.start_move(to, reply);
+                    continue;
+                }
+                Op::Activate { .. } => Err(
+                    "activate is not yet supported in a cluster that etcd arbitrates: the best copy takes the role by itself when the active stops".to_string(),
+                ),
                 op => self.handle(op).map_err(|e| format!("{e:#}")),
             };
             let _ = req.reply.send(r);
         }
-        let ev = self.etcd().shared.view();
-        let read = ev.read.clone().unwrap_or_default();
+        self.watch_move(&read);
         self.learn_history(&read.history);
         let newest = read.history.last();
         if let Some(n) = newest {
@@ -188,6 +210,7 @@ impl Daemon<'_> {
             newest_epoch: newest.map(|n| n.epoch).unwrap_or_default(),
             active_in,
             lagged_allowed: false,
+            handoff: read.handoff.as_ref().map(|h| h.to.clone()),
         };
         // The LMTP endpoint names the active to a relay that reached a copy.
         let hint = view
@@ -228,12 +251,15 @@ impl Daemon<'_> {
                 );
                 self.stop_duty();
                 self.m.role = Role::Fenced;
-                self.etcd().shared.drop_lease();
+                self.etcd().shared.drop_lease("fenced");
                 let m = self.etcd_mut();
                 m.led_lease = None;
                 m.waiting = Some(format!("fenced: {text}"));
             }
-            Decision::Acquire { .. } => self.acquire(&facts)?,
+            Decision::Acquire { .. } => {
+                let planned = read.handoff.as_ref().is_some_and(|h| h.to == self.name);
+                self.acquire(&facts, planned)?
+            }
             Decision::Follow(l) => self.follow(&l, &facts)?,
             Decision::Wait(why) => {
                 let text = match &why {
@@ -251,12 +277,20 @@ impl Daemon<'_> {
                     WaitReason::OwnStaleLeader => {
                         "the leader key names this node from an earlier run: waiting for its lease to lapse".into()
                     }
+                    WaitReason::MoveTarget { node } => {
+                        format!("a planned move hands the role to node {node}")
+                    }
                 };
+                // (Not while this node's own move deletes `leader`: a read
+                // from before the delete still shows it.)
                 if why == WaitReason::OwnStaleLeader
+                    && self.etcd().moving.is_none()
                     && ev.lease.is_some()
                     && read.leader_lease == ev.lease
                 {
-                    self.etcd().shared.drop_lease();
+                    self.etcd().shared.drop_lease(
+                        "the leader key names this node under this lease while it is not active",
+                    );
                 }
                 self.etcd_mut().waiting = Some(text);
                 // Meanwhile a copy goes on copying what the last active's
@@ -296,8 +330,9 @@ impl Daemon<'_> {
         }
     }
 
-    /// This node is the best copy and no node is active: it takes the role.
-    fn acquire(&mut self, facts: &LocalFacts) -> Result<()> {
+    /// This node is the best copy (or a planned move's target) and no node
+    /// is active: it takes the role.
+    fn acquire(&mut self, facts: &LocalFacts, planned: bool) -> Result<()> {
         if self
             .etcd()
             .refused_at
@@ -318,8 +353,15 @@ impl Daemon<'_> {
                 }
             }
             Holding::Copy { .. } => {
-                tracing::warn!(old_active = %self.peer, "no node is active and this copy is the best: taking the role");
-                match self.failover("failover", false)? {
+                if planned {
+                    tracing::info!(old_active = %self.peer, "a planned move hands the role to this node");
+                } else {
+                    tracing::warn!(old_active = %self.peer, "no node is active and this copy is the best: taking the role");
+                }
+                // A move's target is not held to the dial: the old active
+                // stopped taking writes before it handed over.
+                let reason = if planned { "move" } else { "failover" };
+                match self.failover(reason, planned)? {
                     Takeover::Active(epoch) => self.now_active(epoch),
                     Takeover::Refused(why) => {
                         self.etcd_mut().refused_at = Some(Instant::now());
@@ -468,5 +510,189 @@ impl Daemon<'_> {
             }
         }
         self.etcd().shared.publish(m);
+    }
+}
+
+impl Daemon<'_> {
+    /// `move-cluster` on the active past two nodes: checks the target (or
+    /// picks the best copy when none is named), records `handoff`, stops
+    /// taking writes, closes the store and deletes `leader`; the target
+    /// then drains this node's share and claims the next epoch. The answer
+    /// goes when it holds `leader` (`watch_move`).
+    fn start_move(&mut self, to: &str, reply: MoveReply) {
+        let refuse = |reply: MoveReply, why: String| {
+            let _ = reply.reply.send(Err(why));
+        };
+        if self.etcd().moving.is_some() {
+            return refuse(reply, "another move is waiting for its target".into());
+        }
+        let Duty::Active(a) = &self.duty else {
+            return refuse(reply, format!("node {} is not active", self.name));
+        };
+        // Read now, not the etcd thread's last read: the copies' health
+        // and positions as they are.
+        let read = match &self.claims {
+            Claims::Etcd(ledger) => match witness::keys::read(ledger.etcd()) {
+                Ok(r) => r,
+                Err(e) => {
+                    return refuse(
+                        reply,
+                        format!("cannot read the cluster's keys in etcd: {e}"),
+                    );
+                }
+            },
+            Claims::Witness(_) => return refuse(reply, "not an etcd cluster".into()),
+        };
+        let (epoch, lsn) = (a.epoch, a.store.state().lsn);
+        let others: Vec<&MemberValue> = read
+            .members
+            .iter()
+            .filter(|m| m.node != self.name)
+            .collect();
+        let target = if to.is_empty() {
+            let candidates: Vec<MemberState> = others.iter().map(|m| m.state()).collect();
+            let cands: Vec<witness::select::Candidate> = candidates
+                .iter()
+                .map(|m| witness::select::Candidate {
+                    node: m.node.clone(),
+                    alive: true,
+                    paused: m.paused,
+                    able: m.able,
+                    lagged: m.lagged,
+                    received: m.received,
+                    replayed: m.replayed,
+                    preference: m.preference,
+                })
+                .collect();
+            match witness::select::best_copy(&cands, false) {
+                Some(c) => c.node.clone(),
+                None => {
+                    return refuse(
+                        reply,
+                        "no copy can take the role: none is alive, able, unpaused and not lagged"
+                            .into(),
+                    );
+                }
+            }
+        } else {
+            to.to_string()
+        };
+        let Some(m) = others.iter().find(|m| m.node == target) else {
+            return refuse(
+                reply,
+                format!(
+                    "node {target} is not a live member of the cluster (no members/{target} in etcd)"
+                ),
+            );
+        };
+        let why_not = if m.paused {
+            Some("is paused".to_string())
+        } else if m.lagged {
+            Some("is a lagged copy (replay-lag)".into())
+        } else if m.copy_status.as_deref() != Some("Healthy") {
+            Some(format!(
+                "is not a Healthy copy ({})",
+                m.copy_status.as_deref().unwrap_or("no copy status")
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            return refuse(
+                reply,
+                format!("node {target} {why}: the role stays on {}", self.name),
+            );
+        }
+        let Claims::Etcd(ledger) = &self.claims else {
+            return refuse(reply, "not an etcd cluster".into());
+        };
+        let etcd = ledger.etcd();
+        let Some(lease) = self.etcd.as_ref().and_then(|e| e.led_lease) else {
+            return refuse(reply, "this node's lease is not confirmed".into());
+        };
+        let value = witness::keys::HandoffValue {
+            version: shipper::FormatVersion::CURRENT,
+            from: self.name.clone(),
+            to: target.clone(),
+            epoch,
+            lsn,
+            comment: reply.comment.clone(),
+        };
+        if let Err(e) = etcd.put(
+            &etcd.key(witness::keys::HANDOFF),
+            &value.to_bytes(),
+            Some(lease),
+        ) {
+            return refuse(
+                reply,
+                format!(
+                    "cannot record the move in etcd: {e}; the role stays on {}",
+                    self.name
+                ),
+            );
+        }
+        tracing::info!(to = %target, lsn = %lsn, "planned move: this node stops taking writes and hands the role over");
+        let started = Instant::now();
+        self.stop_duty();
+        self.m.role = Role::Passive;
+        let Claims::Etcd(ledger) = &self.claims else {
+            unreachable!("checked above");
+        };
+        let etcd = ledger.etcd();
+        if let Err(e) = etcd.delete(&etcd.key(witness::keys::LEADER)) {
+            tracing::warn!(error = %e, "cannot delete the leader key: the move waits for it to lapse");
+            self.etcd()
+                .shared
+                .drop_lease("the leader key could not be deleted for a planned move");
+        }
+        self.etcd_mut().moving = Some(EtcdMove {
+            to: target,
+            lsn,
+            started,
+            reply,
+        });
+    }
+
+    /// The old active's side of a move under way: answered once the target
+    /// holds `leader`, or when it has not within `MOVE_TIMEOUT`.
+    fn watch_move(&mut self, read: &witness::keys::ClusterRead) {
+        let Some(mv) = &self.etcd().moving else {
+            return;
+        };
+        let done = read.leader.as_ref().is_some_and(|l| l.node == mv.to);
+        if !done && mv.started.elapsed() < MOVE_TIMEOUT {
+            return;
+        }
+        let mv = self.etcd_mut().moving.take().expect("checked above");
+        if let Claims::Etcd(ledger) = &self.claims {
+            let etcd = ledger.etcd();
+            if let Err(e) = etcd.delete(&etcd.key(witness::keys::HANDOFF)) {
+                tracing::warn!(error = %e, "cannot delete the handoff key: it lapses with this node's lease");
+                self.etcd()
+                    .shared
+                    .drop_lease("the handoff key could not be deleted");
+            }
+        }
+        let ms = mv.started.elapsed().as_millis() as u64;
+        let answer = if done {
+            crate::events::append(
+                &self.node.data_dir,
+                &self.name,
+                "move",
+                serde_json::json!({"from": self.name, "to": mv.to, "comment": mv.reply.comment, "lsn": mv.lsn, "ms": ms}),
+            );
+            Ok(format!(
+                "moved the active role from {} to {} in {ms} ms (LSN {}, nothing lost)\n",
+                self.name, mv.to, mv.lsn
+            ))
+        } else {
+            tracing::error!(to = %mv.to, "the planned move timed out; the best copy takes the role");
+            Err(format!(
+                "node {} did not take over within {}s; the best copy takes the role",
+                mv.to,
+                MOVE_TIMEOUT.as_secs()
+            ))
+        };
+        let _ = mv.reply.reply.send(answer);
     }
 }

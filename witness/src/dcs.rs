@@ -83,6 +83,8 @@ pub struct View {
     /// A lagged copy may take the role if it is the only one left
     /// (`activate --play-down`, or a dial that accepts the loss).
     pub lagged_allowed: bool,
+    /// A planned move under way (`handoff`): the node it hands the role to.
+    pub handoff: Option<String>,
 }
 
 /// Why an active stops taking writes.
@@ -108,6 +110,8 @@ pub enum WaitReason {
     /// `leader` names this node, from an earlier run of it: it lapses with
     /// that run's lease.
     OwnStaleLeader,
+    /// A planned move hands the role to another node, which is alive.
+    MoveTarget { node: String },
 }
 
 /// What the node should do now.
@@ -153,6 +157,19 @@ pub fn decide(view: &View, now: Instant) -> Decision {
         None => {
             if !view.lease.valid_at(now) {
                 return Decision::Wait(WaitReason::NoLease);
+            }
+            // A planned move names its target: it takes the role whatever
+            // the ranking, while it is alive.
+            match &view.handoff {
+                Some(to) if *to == view.me => {
+                    return Decision::Acquire {
+                        epoch: Epoch(view.newest_epoch.0 + 1),
+                    };
+                }
+                Some(to) if view.members.iter().any(|m| m.node == *to) => {
+                    return Decision::Wait(WaitReason::MoveTarget { node: to.clone() });
+                }
+                _ => {}
             }
             match select::best_copy(&candidates(view), view.lagged_allowed) {
                 Some(best) if best.node == view.me => Decision::Acquire {
@@ -219,6 +236,7 @@ mod tests {
             newest_epoch: Epoch(4),
             active_in: None,
             lagged_allowed: false,
+            handoff: None,
         }
     }
 
@@ -255,6 +273,32 @@ mod tests {
             decide(&v, t0),
             Decision::Fence(FenceReason::Deposed { by: None })
         );
+    }
+
+    #[test]
+    fn a_planned_move_hands_the_role_to_its_target_whatever_the_ranking() {
+        let t0 = Instant::now();
+        // beta is behind and not the most preferred, but the target.
+        let mut v = view("beta", t0);
+        v.handoff = Some("beta".into());
+        assert_eq!(decide(&v, t0), Decision::Acquire { epoch: Epoch(5) });
+        // The best copy waits for it.
+        v.me = "alpha".into();
+        assert_eq!(
+            decide(&v, t0),
+            Decision::Wait(WaitReason::MoveTarget {
+                node: "beta".into()
+            })
+        );
+        // A target that is gone no longer holds the others back.
+        v.members.retain(|m| m.node != "beta");
+        assert_eq!(decide(&v, t0), Decision::Acquire { epoch: Epoch(5) });
+        // Nor does a handoff take a role someone holds.
+        v.leader = Some(Leader {
+            node: "gamma".into(),
+            epoch: Epoch(5),
+        });
+        assert!(matches!(decide(&v, t0), Decision::Follow(_)));
     }
 
     #[test]
@@ -352,6 +396,7 @@ mod tests {
                     newest_epoch: Epoch(4),
                     active_in: None,
                     lagged_allowed: false,
+                    handoff: None,
                 };
                 match decide(&v, now) {
                     Decision::Acquire { epoch } => {

@@ -23,6 +23,7 @@ use crate::heartbeat::Role;
 use crate::witness::EpochRecord;
 
 pub const LEADER: &str = "leader";
+pub const HANDOFF: &str = "handoff";
 pub const MEMBERS: &str = "members/";
 pub const EPOCHS: &str = "epochs/";
 
@@ -76,6 +77,26 @@ impl LeaderValue {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("leader values serialise")
+    }
+}
+
+/// What `handoff` holds while a planned move is under way: the active
+/// stopped taking writes at `lsn` and hands the role to `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffValue {
+    #[serde(default = "shipper::FormatVersion::first")]
+    pub version: shipper::FormatVersion,
+    pub from: String,
+    pub to: String,
+    pub epoch: Epoch,
+    pub lsn: Lsn,
+    #[serde(default)]
+    pub comment: String,
+}
+
+impl HandoffValue {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("handoff values serialise")
     }
 }
 
@@ -138,6 +159,8 @@ pub struct ClusterRead {
     pub leader: Option<Leader>,
     /// The lease `leader` is attached to.
     pub leader_lease: Option<LeaseId>,
+    /// A planned move under way.
+    pub handoff: Option<HandoffValue>,
     pub members: Vec<MemberValue>,
     /// Every epoch, oldest first.
     pub history: Vec<EpochRecord>,
@@ -161,6 +184,12 @@ pub fn read(etcd: &Etcd) -> Result<ClusterRead> {
                 node: v.node,
                 epoch: v.epoch,
             });
+        } else if rel == HANDOFF {
+            // A damaged one is no move: the election goes on by rank.
+            match shipper::state_file::parse::<HandoffValue>(&value, MAX_VALUE) {
+                Ok(h) => out.handoff = Some(h),
+                Err(why) => out.problems.push(format!("etcd key {key}: {why}")),
+            }
         } else if let Some(epoch) = parse_epoch_key(rel) {
             let rec: EpochRecord =
                 shipper::state_file::parse(&value, MAX_VALUE).map_err(|why| {

@@ -693,6 +693,7 @@ impl Sim {
             newest_epoch: read.newest,
             active_in: nd.active.map(|(e, _)| e),
             lagged_allowed: false,
+            handoff: None,
         }
     }
 
