@@ -76,6 +76,28 @@ pub struct Cluster {
     /// The arbiter past two nodes: `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`.
     /// Without it, two nodes and the file-share witness (the default).
     pub arbiter: Option<String>,
+    /// `off` (default) or `preferred`: move the role back to the most
+    /// preferred node once it is a Healthy copy again (etcd clusters).
+    #[serde(default)]
+    pub failback: Failback,
+    /// When failback may happen, local time: `HH:MM-HH:MM` (default: any time).
+    pub failback_window: Option<String>,
+    /// How long the preferred node must have been Healthy first (default 5m).
+    #[serde(default = "default_failback_after", with = "humantime_serde")]
+    pub failback_after: Duration,
+}
+
+/// `[cluster] failback`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failback {
+    #[default]
+    Off,
+    Preferred,
+}
+
+fn default_failback_after() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// The most nodes a cluster may have (a DAG's limit).
@@ -274,6 +296,26 @@ impl Config {
                 "{} nodes need an arbiter that is a consensus service: set [cluster] arbiter = \"etcd://HOST:PORT[,HOST:PORT...]/PREFIX\" (the file-share witness serves two nodes)",
                 config.nodes.len()
             );
+        }
+        if let Some(w) = &config.cluster.failback_window {
+            witness::failback::Window::parse(w)
+                .map_err(|e| anyhow::anyhow!("cluster.failback-window: {e}"))?;
+        }
+        if config.cluster.failback == Failback::Preferred {
+            if config.cluster.arbiter.is_none() {
+                bail!(
+                    "cluster.failback = \"preferred\" needs an etcd arbiter in this build (set [cluster] arbiter)"
+                );
+            }
+            if config
+                .nodes
+                .values()
+                .all(|n| n.activation_preference.is_none())
+            {
+                bail!(
+                    "cluster.failback = \"preferred\" needs a preferred node: set [nodes.X] activation-preference = 1 on it"
+                );
+            }
         }
         for (name, node) in &config.nodes {
             if node.activation_preference == Some(0) {

@@ -25,6 +25,8 @@ struct Dag {
     etcd: Etcd,
     /// The network namespace a node's daemon runs in, if not this one.
     netns: BTreeMap<String, String>,
+    /// Environment every daemon starts with.
+    env: Vec<(String, String)>,
 }
 
 impl Dag {
@@ -60,6 +62,7 @@ impl Dag {
             nodes: nodes.iter().map(|(n, _, _)| n.to_string()).collect(),
             etcd,
             netns: BTreeMap::new(),
+            env: Vec::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl Dag {
             }
             None => node_cmd(&self.config, node, &["node"], "info"),
         };
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         Daemon(c.stdout(Stdio::null()).stderr(log).spawn().unwrap())
     }
 
@@ -765,4 +769,53 @@ fn move_cluster_goes_to_the_best_copy_without_to_and_to_any_copy_with_it() {
     );
     assert_eq!(dag.role("beta"), "active", "{}", dag.dump());
     assert!(dag.insert("beta", 13), "{}", dag.dump());
+}
+
+/// Failback with a window, the local time injected (`LOGSHIP_LOCAL_TIME`):
+/// alpha, the most preferred, is killed and comes back as a copy. At 12:00,
+/// outside `02:00-04:00`, the active says why it waits and keeps the role;
+/// at 03:00 it hands the role back to alpha by a planned move.
+#[test]
+fn failback_happens_inside_its_window_and_not_outside() {
+    for (time, inside) in [("12:00", false), ("03:00", true)] {
+        let mut dag = Dag::new(
+            "failback = \"preferred\"\nfailback-window = \"02:00-04:00\"\nfailback-after = \"1s\"",
+            &[("alpha", 1, ""), ("beta", 2, ""), ("gamma", 3, "")],
+        );
+        dag.env.push(("LOGSHIP_LOCAL_TIME".into(), time.into()));
+        let mut daemons: BTreeMap<String, Daemon> = dag.running("alpha").into_iter().collect();
+        assert!(dag.insert("alpha", 1), "{}", dag.dump());
+        dag.ok("alpha", &["seal"]);
+        dag.wait_for("beta to hold row 1", 30, || dag.ids("beta") == [1]);
+        let mut a = daemons.remove("alpha").unwrap();
+        a.0.kill().unwrap();
+        a.0.wait().unwrap();
+        dag.wait_for("beta active", 30, || dag.role("beta") == "active");
+        assert!(dag.insert("beta", 2), "{}", dag.dump());
+        daemons.insert("alpha".into(), dag.start("alpha"));
+        if inside {
+            dag.wait_for("the role back on alpha", 60, || {
+                dag.role("alpha") == "active"
+            });
+            assert!(
+                dag.events("beta").iter().any(|e| e == "failback"),
+                "{}",
+                dag.dump()
+            );
+            assert!(dag.insert("alpha", 3), "{}", dag.dump());
+            assert_eq!(dag.ids("alpha"), [1, 2, 3]);
+        } else {
+            dag.wait_for("beta to say the failback waits for its window", 60, || {
+                dag.status("beta")["move_check"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("12:00 is outside the failback window 02:00-04:00"))
+            });
+            assert_eq!(dag.role("beta"), "active", "{}", dag.dump());
+            assert!(
+                !dag.events("beta").iter().any(|e| e == "failback"),
+                "{}",
+                dag.dump()
+            );
+        }
+    }
 }

@@ -41,6 +41,10 @@ pub(super) struct EtcdMode {
     pub(super) published_at: Option<Instant>,
     /// A planned move this node (the old active) has under way.
     pub(super) moving: Option<EtcdMove>,
+    /// Since when the most preferred node has been a Healthy copy.
+    pub(super) preferred_healthy_since: Option<Instant>,
+    /// Failback: why it waits (status shows it), when it is on.
+    pub(super) failback_note: Option<String>,
 }
 
 /// A planned move past two nodes, on the node that hands the role over.
@@ -67,6 +71,8 @@ impl EtcdMode {
             replay_stopped_at: None,
             published_at: None,
             moving: None,
+            preferred_healthy_since: None,
+            failback_note: None,
         }
     }
 
@@ -230,6 +236,7 @@ impl Daemon<'_> {
                 }
                 self.m.role = Role::Active;
                 self.etcd_mut().waiting = None;
+                self.consider_failback(&read);
             }
             Decision::Fence(why) => {
                 let epoch = active_in.unwrap_or_default();
@@ -521,6 +528,7 @@ impl Daemon<'_> {
     /// goes when it holds `leader` (`watch_move`).
     fn start_move(&mut self, to: &str, reply: MoveReply) {
         let refuse = |reply: MoveReply, why: String| {
+            tracing::warn!(reason = %why, "planned move refused");
             let _ = reply.reply.send(Err(why));
         };
         if self.etcd().moving.is_some() {
@@ -694,5 +702,103 @@ impl Daemon<'_> {
             ))
         };
         let _ = mv.reply.reply.send(answer);
+    }
+}
+
+/// The local time of day, in minutes since midnight: `LOGSHIP_LOCAL_TIME`
+/// (`HH:MM`, for tests and drills of the failback window) when set.
+fn local_minute() -> u16 {
+    if let Some(t) = std::env::var("LOGSHIP_LOCAL_TIME")
+        .ok()
+        .and_then(|t| witness::failback::minute(&t).ok())
+    {
+        return t;
+    }
+    // SAFETY: localtime_r writes only into `tm`, which lives on this frame.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return 0;
+        }
+        (tm.tm_hour * 60 + tm.tm_min) as u16
+    }
+}
+
+impl Daemon<'_> {
+    /// The active's failback: when `[cluster] failback = "preferred"`, the
+    /// role goes back to the most preferred node by a planned move once
+    /// `witness::failback::decide` says so; status says why it waits.
+    fn consider_failback(&mut self, read: &witness::keys::ClusterRead) {
+        let c = &self.cfg.cluster;
+        if c.failback != logship::config::Failback::Preferred || self.etcd().moving.is_some() {
+            return;
+        }
+        let preferred = self
+            .cfg
+            .nodes
+            .iter()
+            .filter_map(|(n, nd)| nd.activation_preference.map(|p| (p, n)))
+            .min()
+            .map(|(_, n)| n.clone());
+        let healthy = preferred.as_ref().is_some_and(|p| {
+            read.members.iter().any(|m| {
+                m.node == *p
+                    && m.able
+                    && !m.paused
+                    && !m.lagged
+                    && m.copy_status.as_deref() == Some("Healthy")
+            })
+        });
+        let since = match (healthy, self.etcd().preferred_healthy_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, s) => s,
+        };
+        self.etcd_mut().preferred_healthy_since = since;
+        let policy = witness::failback::Policy {
+            window: c
+                .failback_window
+                .as_deref()
+                .and_then(|w| witness::failback::Window::parse(w).ok()),
+            after: c.failback_after,
+        };
+        let p = preferred.map(|node| witness::failback::Preferred {
+            node,
+            healthy_for: since.map(|s| s.elapsed()),
+        });
+        match witness::failback::decide(&policy, &self.name, p.as_ref(), local_minute()) {
+            witness::failback::Decision::Home => self.etcd_mut().failback_note = None,
+            witness::failback::Decision::Wait(why) => {
+                if self.etcd().failback_note.as_deref() != Some(&why)
+                    && !why.contains("Healthy for")
+                {
+                    tracing::info!(reason = %why, "failback");
+                }
+                self.etcd_mut().failback_note = Some(why);
+            }
+            witness::failback::Decision::Move { to, why } => {
+                tracing::info!(to = %to, reason = %why, "failback: a planned move to the preferred node");
+                crate::events::append(
+                    &self.node.data_dir,
+                    &self.name,
+                    "failback",
+                    serde_json::json!({"to": to, "reason": why}),
+                );
+                self.etcd_mut().failback_note = Some(format!("failback to {to}: {why}"));
+                // Tried once: it must be Healthy for `failback-after` again
+                // before another try.
+                self.etcd_mut().preferred_healthy_since = None;
+                // No operator waits on it: its answer goes to the log.
+                let (tx, _) = std::sync::mpsc::channel();
+                self.start_move(
+                    &to,
+                    MoveReply {
+                        comment: format!("failback: {why}"),
+                        reply: tx,
+                    },
+                );
+            }
+        }
     }
 }

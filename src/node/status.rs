@@ -115,7 +115,10 @@ impl Daemon<'_> {
                 None => self.m.blocked.as_ref().map(|b| b.to_string()),
             },
             dial: self.dial.clone(),
-            move_check: self.move_check(),
+            move_check: match &self.etcd {
+                Some(e) => e.failback_note.clone(),
+                None => self.move_check(),
+            },
             warnings,
             peer: peer.last.as_ref().map(|h| PeerSummary {
                 node: h.node.clone(),

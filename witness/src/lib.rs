@@ -26,6 +26,7 @@ pub mod core;
 pub mod dcs;
 pub mod dial;
 pub mod etcd;
+pub mod failback;
 pub mod heartbeat;
 pub mod keys;
 pub mod machine;
