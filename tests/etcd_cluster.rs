@@ -349,7 +349,8 @@ fn one_etcd_member_killed_changes_nothing_and_a_tie_goes_to_preference() {
 }
 
 /// A lagged copy (`replay-lag`) left alone never takes the role by itself:
-/// it says why it waits.
+/// it says why it waits. `activate` without `--play-down` is refused;
+/// with it, the copy replays everything it can reach and takes the role.
 #[test]
 fn a_lagged_copy_never_activates_by_itself() {
     let dag = Dag::new(

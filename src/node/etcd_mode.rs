@@ -45,7 +45,20 @@ pub(super) struct EtcdMode {
     pub(super) preferred_healthy_since: Option<Instant>,
     /// Failback: why it waits (status shows it), when it is on.
     pub(super) failback_note: Option<String>,
+    /// An operator's `activate` under way.
+    pub(super) activating: Option<Activating>,
 }
+
+/// `logship activate` past two nodes: this node takes the role when no node
+/// holds it, whatever the ranking (a lagged copy only with `--play-down`).
+pub(super) struct Activating {
+    force: bool,
+    until: Instant,
+    reply: std::sync::mpsc::Sender<Result<String, String>>,
+}
+
+/// How long `activate` waits for the role.
+const ACTIVATE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A planned move past two nodes, on the node that hands the role over.
 pub(super) struct EtcdMove {
@@ -73,6 +86,7 @@ impl EtcdMode {
             moving: None,
             preferred_healthy_since: None,
             failback_note: None,
+            activating: None,
         }
     }
 
@@ -156,14 +170,25 @@ impl Daemon<'_> {
                     self.start_move(to, reply);
                     continue;
                 }
-                Op::Activate { .. } => Err(
-                    "activate is not yet supported in a cluster that etcd arbitrates: the best copy takes the role by itself when the active stops".to_string(),
-                ),
+                Op::Activate { force, play_down } => {
+                    match self.activation_refused(*play_down, &read) {
+                        Some(answer) => answer,
+                        None => {
+                            self.etcd_mut().activating = Some(Activating {
+                                force: *force,
+                                until: Instant::now() + ACTIVATE_TIMEOUT,
+                                reply: req.reply,
+                            });
+                            continue;
+                        }
+                    }
+                }
                 op => self.handle(op).map_err(|e| format!("{e:#}")),
             };
             let _ = req.reply.send(r);
         }
         self.watch_move(&read);
+        self.activation_timed_out();
         self.learn_history(&read.history);
         let newest = read.history.last();
         if let Some(n) = newest {
@@ -216,7 +241,11 @@ impl Daemon<'_> {
             newest_epoch: newest.map(|n| n.epoch).unwrap_or_default(),
             active_in,
             lagged_allowed: false,
-            handoff: read.handoff.as_ref().map(|h| h.to.clone()),
+            // An operator's activation hands the role to this node.
+            handoff: match &self.etcd().activating {
+                Some(_) => Some(self.name.clone()),
+                None => read.handoff.as_ref().map(|h| h.to.clone()),
+            },
         };
         // The LMTP endpoint names the active to a relay that reached a copy.
         let hint = view
@@ -340,6 +369,9 @@ impl Daemon<'_> {
     /// This node is the best copy (or a planned move's target) and no node
     /// is active: it takes the role.
     fn acquire(&mut self, facts: &LocalFacts, planned: bool) -> Result<()> {
+        if let Some(force) = self.etcd().activating.as_ref().map(|a| a.force) {
+            return self.activate_by_operator(facts, force);
+        }
         if self
             .etcd()
             .refused_at
@@ -799,6 +831,97 @@ impl Daemon<'_> {
                     },
                 );
             }
+        }
+    }
+}
+
+impl Daemon<'_> {
+    /// The answer to `activate` when it cannot go ahead, or `None` when it
+    /// may (the node then takes the role at its next turn).
+    fn activation_refused(
+        &self,
+        play_down: bool,
+        read: &witness::keys::ClusterRead,
+    ) -> Option<Result<String, String>> {
+        if matches!(self.duty, Duty::Active(_)) {
+            return Some(Ok(format!("node {} is already active\n", self.name)));
+        }
+        if self.etcd().activating.is_some() {
+            return Some(Err("another activation is under way".into()));
+        }
+        if let Some(l) = &read.leader {
+            return Some(Err(format!(
+                "node {} is active in epoch {}: `logship move-cluster --to {}` moves the role",
+                l.node, l.epoch, self.name
+            )));
+        }
+        if !self.node.replay_lag.is_zero() && !play_down {
+            return Some(Err(format!(
+                "node {} is a lagged copy (replay-lag {}): `--play-down` replays everything it holds before it activates",
+                self.name,
+                humantime::format_duration(self.node.replay_lag)
+            )));
+        }
+        if matches!(self.local_facts().holding, Holding::Nothing) {
+            return Some(Err(format!(
+                "node {} holds no copy: seed it first",
+                self.name
+            )));
+        }
+        None
+    }
+
+    /// `activate`: this copy (played down, as every takeover drains all it
+    /// can reach) takes the role; the mount dial holds unless `--force`.
+    fn activate_by_operator(&mut self, facts: &LocalFacts, force: bool) -> Result<()> {
+        let Some(a) = self.etcd_mut().activating.take() else {
+            return Ok(());
+        };
+        let answer = match facts.holding {
+            Holding::Store => match self.activate_store("activate", None)? {
+                Ok(epoch) => {
+                    self.now_active(epoch);
+                    Ok(epoch)
+                }
+                Err(why) => Err(why),
+            },
+            Holding::Copy { .. } => {
+                tracing::warn!(forced = force, "an operator activates this copy");
+                match self.failover(if force { "forced" } else { "activate" }, force)? {
+                    Takeover::Active(epoch) => {
+                        self.now_active(epoch);
+                        Ok(epoch)
+                    }
+                    Takeover::Refused(why) | Takeover::NotActivated(why) => Err(why),
+                }
+            }
+            Holding::Nothing => Err("no copy to activate: seed it".into()),
+        };
+        let _ = a.reply.send(match answer {
+            Ok(epoch) => Ok(format!("node {} is active in epoch {epoch}\n", self.name)),
+            Err(why) => {
+                self.not_activated(why.clone());
+                Err(why)
+            }
+        });
+        Ok(())
+    }
+
+    /// An activation that found no way to the role in time is answered.
+    fn activation_timed_out(&mut self) {
+        if self
+            .etcd()
+            .activating
+            .as_ref()
+            .is_some_and(|a| Instant::now() >= a.until)
+        {
+            let a = self.etcd_mut().activating.take().expect("checked above");
+            let why = self.etcd().waiting.clone().unwrap_or_default();
+            let _ = a.reply.send(Err(format!(
+                "node {} did not take the role within {} s: {why}",
+                self.name,
+                ACTIVATE_TIMEOUT.as_secs()
+            )));
         }
     }
 }
