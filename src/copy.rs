@@ -277,6 +277,43 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
             }
         }
         println!();
+        // Past two nodes: every copy as etcd has it, from the freshest view.
+        if let Some(n) = nodes
+            .iter()
+            .filter(|n| !n.copies.is_empty())
+            .max_by_key(|n| n.updated_us)
+        {
+            println!(
+                "{:<10} {:<8} {:<14} {:>10} {:>10} {:>8} {:>4}  (etcd, as {} read it)",
+                "member", "role", "copy", "received", "replayed", "behind", "pref", n.node
+            );
+            for c in &n.copies {
+                let mut status = c.copy_status.clone().unwrap_or_else(|| "-".into());
+                if c.paused {
+                    status.push_str(",paused");
+                }
+                if c.lagged {
+                    status.push_str(",lagged");
+                }
+                println!(
+                    "{:<10} {:<8} {:<14} {:>10} {:>10} {:>8} {:>4}",
+                    c.node,
+                    c.role.name(),
+                    status,
+                    c.received,
+                    c.replayed,
+                    c.behind
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    if c.preference == 0 {
+                        "-".to_string()
+                    } else {
+                        c.preference.to_string()
+                    }
+                );
+            }
+            println!();
+        }
     }
     let mut shipping = false;
     for (name, node) in &cfg.nodes {

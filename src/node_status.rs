@@ -41,6 +41,23 @@ pub struct PeerSummary {
     pub heard_ms_ago: Option<u64>,
 }
 
+/// One member of a cluster past two nodes, as etcd has it (`members/<node>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyLine {
+    pub node: String,
+    pub role: Role,
+    /// Healthy, Initializing, Failed, Suspended…; none on the active.
+    pub copy_status: Option<String>,
+    pub received: Lsn,
+    pub replayed: Lsn,
+    /// Records behind the active, when one is known.
+    pub behind: Option<u64>,
+    /// `activation-preference`; 0 when unset.
+    pub preference: u32,
+    pub paused: bool,
+    pub lagged: bool,
+}
+
 /// What `<data-dir>/node.json` holds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -94,6 +111,9 @@ pub struct NodeStatus {
     /// since which record and why.
     #[serde(default)]
     pub commit: Option<String>,
+    /// Past two nodes: every member as this node last read it from etcd.
+    #[serde(default)]
+    pub copies: Vec<CopyLine>,
     pub pid: u32,
     pub updated_us: u64,
 }

@@ -387,9 +387,19 @@ fn a_lagged_copy_never_activates_by_itself() {
 
 /// Truncation on the active waits for every copy: one suspended copy of
 /// three holds it back, and status names it; resumed, truncation goes on.
+/// Status has one line per copy, and the active's `/metrics` one series.
 #[test]
 fn one_suspended_copy_of_three_holds_truncation_back() {
-    let dag = Dag::new("", THREE);
+    let admin = format!("127.0.0.1:{}", common::trio::free_tcp_port());
+    let alpha_extra = format!("admin = \"{admin}\"");
+    let dag = Dag::new(
+        "",
+        &[
+            ("alpha", 2, &alpha_extra),
+            ("beta", 3, ""),
+            ("gamma", 1, ""),
+        ],
+    );
     let _daemons = dag.running("alpha");
     dag.ok("gamma", &["suspend", "--reason", "disk swap"]);
     for id in 1..=5 {
@@ -402,6 +412,45 @@ fn one_suspended_copy_of_three_holds_truncation_back() {
             .as_str()
             .is_some_and(|h| h.contains("copy gamma is suspended (disk swap)"))
     });
+    // One line per copy, as etcd has it: gamma Suspended, preference 1.
+    dag.wait_for("status to show gamma Suspended in etcd", 30, || {
+        let out = node_cmd(&dag.config, "alpha", &["status"], "warn")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("member")
+            && text.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&"gamma")
+                    && f.get(2) == Some(&"Suspended")
+                    && f.last() == Some(&"1")
+            })
+    });
+    let copies = dag.status("alpha")["copies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(copies.len(), 3, "{copies:?}");
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&admin).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    for n in ["alpha", "beta", "gamma"] {
+        assert!(
+            metrics.contains(&format!(
+                "logship_copy_replayed_lsn{{node=\"alpha\",copy=\"{n}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("logship_copy_healthy{node=\"alpha\",copy=\"gamma\"} 0"),
+        "{metrics}"
+    );
     let sealed = |n: &str| common::sealed_generations(&dag.data_dir(n).join("logs"));
     let held = sealed("alpha");
     assert!(held.len() >= 5, "alpha keeps its segments: {held:?}");

@@ -113,6 +113,42 @@ pub(super) fn serve_admin(
                 n as f64,
             );
         }
+        // Past two nodes: one series per copy, as etcd has them.
+        if !st.copies.is_empty() {
+            let label = |c: &crate::node_status::CopyLine| format!("{l},copy=\"{}\"", c.node);
+            let series = |f: &dyn Fn(&crate::node_status::CopyLine) -> Option<f64>| {
+                st.copies
+                    .iter()
+                    .filter_map(|c| f(c).map(|v| (label(c), v)))
+                    .collect::<Vec<_>>()
+            };
+            let per_copy = [
+                (
+                    "logship_copy_replayed_lsn",
+                    "The last record each copy has replayed (etcd's member values)",
+                    series(&|c| Some(c.replayed.0 as f64)),
+                ),
+                (
+                    "logship_copy_behind_records",
+                    "Records each copy is behind the active",
+                    series(&|c| c.behind.map(|b| b as f64)),
+                ),
+                (
+                    "logship_copy_healthy",
+                    "1 when the copy is Healthy (the active counts as healthy)",
+                    series(&|c| {
+                        Some(f64::from(u8::from(
+                            c.role == Role::Active || c.copy_status.as_deref() == Some("Healthy"),
+                        )))
+                    }),
+                ),
+            ];
+            for (name, help, samples) in &per_copy {
+                let samples: Vec<(&str, f64)> =
+                    samples.iter().map(|(a, b)| (a.as_str(), *b)).collect();
+                e.metric(name, "gauge", help, &samples);
+            }
+        }
         let paths = CopyPaths::new(&data_dir);
         if let Ok(Some(state)) = CopyState::load(&paths) {
             let c = replayer::status::status(&n, &paths, &state, witness::witness::now_us());

@@ -165,6 +165,11 @@ impl Daemon<'_> {
                 _ => None,
             },
             commit: self.commit_note(),
+            copies: etcd
+                .as_ref()
+                .and_then(|v| v.read.as_ref())
+                .map(copy_lines)
+                .unwrap_or_default(),
             pid: std::process::id(),
             updated_us: 0,
         }
@@ -207,4 +212,27 @@ impl Daemon<'_> {
         }
         self.status_written = Some((st, Instant::now()));
     }
+}
+
+/// Every member as etcd has it, with how far each is behind the active.
+fn copy_lines(read: &witness::keys::ClusterRead) -> Vec<crate::node_status::CopyLine> {
+    let active = read
+        .leader
+        .as_ref()
+        .and_then(|l| read.members.iter().find(|m| m.node == l.node))
+        .map(|m| m.received);
+    read.members
+        .iter()
+        .map(|m| crate::node_status::CopyLine {
+            node: m.node.clone(),
+            role: m.role,
+            copy_status: m.copy_status.clone(),
+            received: m.received,
+            replayed: m.replayed,
+            behind: active.map(|a| a.0.saturating_sub(m.replayed.0)),
+            preference: m.preference,
+            paused: m.paused,
+            lagged: m.lagged,
+        })
+        .collect()
 }
