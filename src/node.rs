@@ -320,10 +320,8 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     // Block mode's listener. Its address defaults to the heartbeat's, over
     // TCP: when that port is another program's, the node runs without block
     // mode and says so; an address set in the config must be had.
-    let mut block_off = arbiter
-        .as_ref()
-        .map(|_| "off: not yet past two nodes (copies take sealed segments and the open one at a failover)".to_string());
-    let block_thread = match node.block_addr().filter(|_| arbiter.is_none()) {
+    let mut block_off = None;
+    let block_thread = match node.block_addr() {
         Some(addr) => {
             match block::start_listener(name, addr, key.clone(), feeding.clone(), stop.clone()) {
                 Ok(t) => Some(t),

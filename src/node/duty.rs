@@ -67,13 +67,7 @@ impl Daemon<'_> {
                     }
                 }
             })?;
-        // Past two nodes there is no block-mode stream yet.
-        let receiver = if self.etcd.is_some() {
-            Ok(None)
-        } else {
-            self.start_receiver(stop_receiver)
-        };
-        let receiver = receiver.unwrap_or_else(|e| {
+        let receiver = self.start_receiver(stop_receiver).unwrap_or_else(|e| {
             tracing::warn!(error = %format!("{e:#}"), "block mode cannot start; the copy takes sealed segments only");
             None
         });

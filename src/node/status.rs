@@ -143,7 +143,6 @@ impl Daemon<'_> {
             copy_queue_records: stream.and_then(|r| r.queue_records()),
             copy_queue_bytes: stream.and_then(|r| r.queue_bytes()),
             block_mode: match (&self.duty, &received) {
-                _ if self.etcd.is_some() => self.block_off.clone(),
                 (Duty::Passive(_), Some(r)) if r.connected => Some(
                     if r.encrypted {
                         "receiving, encrypted"
