@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::net::Net;
-use common::proof::{Ack, control_request, records};
+use common::proof::{Ack, start_writers, writers_by_epoch};
 use common::{Daemon, listing, node_cmd, status_json};
 use harness::etcd::Etcd;
 
@@ -110,6 +110,14 @@ impl Dag {
         };
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
         Daemon(c.stdout(Stdio::null()).stderr(log).spawn().unwrap())
+    }
+
+    /// SIGKILL of `node`'s daemon, and its share gone with its machine.
+    fn kill_with_its_share(&self, node: &str, d: &mut Daemon) {
+        signal(d, "-KILL");
+        let _ = d.0.wait();
+        let logs = self.data_dir(node).join("logs");
+        std::fs::rename(&logs, logs.with_extension("gone")).unwrap();
     }
 
     fn status(&self, node: &str) -> serde_json::Value {
@@ -270,13 +278,7 @@ fn the_best_copy_takes_over_and_position_beats_preference() {
     dag.ok("alpha", &["seal"]);
     dag.wait_for("beta to hold rows 1-40", 30, || dag.ids("beta").len() == 40);
     // The active's machine dies, and its share with it.
-    signal(&daemons[0].1, "-KILL");
-    let _ = daemons[0].1.0.wait();
-    std::fs::rename(
-        dag.data_dir("alpha").join("logs"),
-        dag.data_dir("alpha").join("logs.gone"),
-    )
-    .unwrap();
+    dag.kill_with_its_share("alpha", &mut daemons[0].1);
     signal(&daemons[2].1, "-CONT");
     dag.wait_for("beta active", 30, || dag.role("beta") == "active");
     assert!(dag.insert("beta", 41), "beta takes writes\n{}", dag.dump());
@@ -486,25 +488,8 @@ fn the_active_cut_off_from_etcd_fences_and_no_epoch_has_two_writers() {
     let daemons = dag.running("alpha");
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(Vec::<Ack>::new()));
-    let writers: Vec<_> = (0..3)
-        .map(|i| {
-            let (stop, acks) = (stop.clone(), acks.clone());
-            let data_dir = dag.data_dir(&dag.nodes[i]);
-            std::thread::spawn(move || {
-                let mut id = (i as u64 + 1) * 1_000_000_000;
-                while !stop.load(Ordering::Relaxed) {
-                    id += 1;
-                    let op = format!(
-                        "{{\"sql\":{{\"sql\":\"INSERT INTO t VALUES ({id}, 'w')\",\"each\":false}}}}\n"
-                    );
-                    match control_request(&data_dir, &op) {
-                        Some(lsn) => acks.lock().unwrap().push(Ack { node: i, id, lsn }),
-                        None => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            })
-        })
-        .collect();
+    let dirs: Vec<PathBuf> = dag.nodes.iter().map(|n| dag.data_dir(n)).collect();
+    let writers = start_writers(dirs.clone(), &stop, &acks);
     dag.wait_for("alpha to acknowledge writes", 30, || {
         acks.lock().unwrap().iter().filter(|a| a.node == 0).count() >= 20
     });
@@ -545,25 +530,8 @@ fn the_active_cut_off_from_etcd_fences_and_no_epoch_has_two_writers() {
     let acks = acks.lock().unwrap().clone();
     // The nodes stop first: a running node renames the files read below.
     drop(daemons);
-    let logs: Vec<_> = dag
-        .nodes
-        .iter()
-        .map(|n| records(&dag.data_dir(n)))
-        .collect();
-    let mut writers_of: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
-    for a in &acks {
-        let epoch = logs[a.node]
-            .iter()
-            .find(|(lsn, _, ids)| *lsn == a.lsn && ids.contains(&a.id))
-            .map(|(_, e, _)| *e)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} acknowledged row {} at LSN {} but its log does not hold it",
-                    dag.nodes[a.node], a.id, a.lsn
-                )
-            });
-        writers_of.entry(epoch).or_default().insert(a.node);
-    }
+    let names: Vec<&str> = dag.nodes.iter().map(String::as_str).collect();
+    let writers_of = writers_by_epoch(&acks, &dirs, &names, "");
     let url = witness::etcd::ArbiterUrl::parse(&dag.etcd.url("dag")).unwrap();
     let history = witness::keys::Ledger::new(witness::etcd::Etcd::new(url, Duration::from_secs(5)))
         .history()
@@ -922,13 +890,7 @@ fn each_copy_has_its_own_block_mode_stream_and_a_failover_loses_nothing() {
         });
     }
     // Nothing sealed: the rows are in alpha's open segment and the streams.
-    signal(&daemons[0].1, "-KILL");
-    let _ = daemons[0].1.0.wait();
-    std::fs::rename(
-        dag.data_dir("alpha").join("logs"),
-        dag.data_dir("alpha").join("logs.gone"),
-    )
-    .unwrap();
+    dag.kill_with_its_share("alpha", &mut daemons[0].1);
     dag.wait_for("beta active", 30, || dag.role("beta") == "active");
     assert_eq!(
         dag.ids("beta"),

@@ -13,13 +13,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::net::Net;
-use common::proof::{Ack, control_request, records};
+use common::proof::{Ack, start_writers, writers_by_epoch};
 use common::samba::Samba;
 use common::trio::{DEAD_MS, Trio};
 use common::{Rng, seed};
@@ -98,25 +97,7 @@ fn partitions_never_let_two_nodes_write_in_one_epoch() {
     // A writer per node, each with its own ids.
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(Vec::<Ack>::new()));
-    let writers: Vec<_> = (0..2)
-        .map(|i| {
-            let (stop, acks) = (stop.clone(), acks.clone());
-            let data_dir = t.data_dir(NODES[i]);
-            std::thread::spawn(move || {
-                let mut id = (i as u64 + 1) * 1_000_000_000;
-                while !stop.load(Ordering::Relaxed) {
-                    id += 1;
-                    let op = format!(
-                        "{{\"sql\":{{\"sql\":\"INSERT INTO t VALUES ({id}, 'w')\",\"each\":false}}}}\n"
-                    );
-                    match control_request(&data_dir, &op) {
-                        Some(lsn) => acks.lock().unwrap().push(Ack { node: i, id, lsn }),
-                        None => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            })
-        })
-        .collect();
+    let writers = start_writers(NODES.iter().map(|n| t.data_dir(n)).collect(), &stop, &acks);
     for trial in 0..trials {
         let active = (0..2)
             .find(|i| t.status(NODES[*i])["role"] == "active")
@@ -159,21 +140,8 @@ fn partitions_never_let_two_nodes_write_in_one_epoch() {
     // files read below.
     drop(daemons);
     // Which epoch each acknowledged write went into, from the acking node's own log.
-    let logs: Vec<_> = NODES.iter().map(|n| records(&t.data_dir(n))).collect();
-    let mut writers_of: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
-    for a in &acks {
-        let epoch = logs[a.node]
-            .iter()
-            .find(|(lsn, _, ids)| *lsn == a.lsn && ids.contains(&a.id))
-            .map(|(_, e, _)| *e)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} acknowledged row {} at LSN {} but its log does not hold it (seed {seed})",
-                    NODES[a.node], a.id, a.lsn
-                )
-            });
-        writers_of.entry(epoch).or_default().insert(a.node);
-    }
+    let dirs: Vec<_> = NODES.iter().map(|n| t.data_dir(n)).collect();
+    let writers_of = writers_by_epoch(&acks, &dirs, &NODES, &format!(" (seed {seed})"));
     for (epoch, nodes) in &writers_of {
         assert_eq!(
             nodes.len(),

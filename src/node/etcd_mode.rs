@@ -590,22 +590,9 @@ impl Daemon<'_> {
             .filter(|m| m.node != self.name)
             .collect();
         let target = if to.is_empty() {
-            let candidates: Vec<MemberState> = others.iter().map(|m| m.state()).collect();
-            let cands: Vec<witness::select::Candidate> = candidates
-                .iter()
-                .map(|m| witness::select::Candidate {
-                    node: m.node.clone(),
-                    alive: true,
-                    paused: m.paused,
-                    able: m.able,
-                    lagged: m.lagged,
-                    received: m.received,
-                    replayed: m.replayed,
-                    preference: m.preference,
-                })
-                .collect();
-            match witness::select::best_copy(&cands, false) {
-                Some(c) => c.node.clone(),
+            let members: Vec<MemberState> = others.iter().map(|m| m.state()).collect();
+            match witness::dcs::best_member(&members, false) {
+                Some(node) => node,
                 None => {
                     return refuse(
                         reply,

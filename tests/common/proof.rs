@@ -2,8 +2,68 @@
 //! status: each acknowledged write found in the log of the node that
 //! acknowledged it, in a segment whose header carries its epoch.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// A writer per data directory, each inserting its own ids into `t`
+/// through the node's control socket until `stop`, its acknowledgements
+/// into `acks` (node = the directory's index).
+pub fn start_writers(
+    dirs: Vec<PathBuf>,
+    stop: &Arc<AtomicBool>,
+    acks: &Arc<Mutex<Vec<Ack>>>,
+) -> Vec<JoinHandle<()>> {
+    dirs.into_iter()
+        .enumerate()
+        .map(|(i, data_dir)| {
+            let (stop, acks) = (stop.clone(), acks.clone());
+            std::thread::spawn(move || {
+                let mut id = (i as u64 + 1) * 1_000_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    let op = format!(
+                        "{{\"sql\":{{\"sql\":\"INSERT INTO t VALUES ({id}, 'w')\",\"each\":false}}}}\n"
+                    );
+                    match control_request(&data_dir, &op) {
+                        Some(lsn) => acks.lock().unwrap().push(Ack { node: i, id, lsn }),
+                        None => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// For each epoch, the nodes whose acknowledged writes it holds, from each
+/// acking node's own log; a write its node's log does not hold is a
+/// failure (`names[node]` names it, `context` ends the message).
+pub fn writers_by_epoch(
+    acks: &[Ack],
+    data_dirs: &[PathBuf],
+    names: &[&str],
+    context: &str,
+) -> BTreeMap<u64, BTreeSet<usize>> {
+    let logs: Vec<_> = data_dirs.iter().map(|d| records(d)).collect();
+    let mut out: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
+    for a in acks {
+        let epoch = logs[a.node]
+            .iter()
+            .find(|(lsn, _, ids)| *lsn == a.lsn && ids.contains(&a.id))
+            .map(|(_, e, _)| *e)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} acknowledged row {} at LSN {} but its log does not hold it{context}",
+                    names[a.node], a.id, a.lsn
+                )
+            });
+        out.entry(epoch).or_default().insert(a.node);
+    }
+    out
+}
 
 /// One acknowledged write: which node, which row, at which LSN.
 #[derive(Clone, Copy, Debug)]

@@ -186,19 +186,29 @@ pub fn decide(view: &View, now: Instant) -> Decision {
 
 /// The members as best-copy candidates: every member with a key is alive.
 fn candidates(view: &View) -> Vec<Candidate> {
-    view.members
-        .iter()
-        .map(|m| Candidate {
-            node: m.node.clone(),
+    view.members.iter().map(MemberState::candidate).collect()
+}
+
+impl MemberState {
+    /// The member as best-copy selection ranks it (its key exists: alive).
+    pub fn candidate(&self) -> Candidate {
+        Candidate {
+            node: self.node.clone(),
             alive: true,
-            paused: m.paused,
-            able: m.able,
-            lagged: m.lagged,
-            received: m.received,
-            replayed: m.replayed,
-            preference: m.preference,
-        })
-        .collect()
+            paused: self.paused,
+            able: self.able,
+            lagged: self.lagged,
+            received: self.received,
+            replayed: self.replayed,
+            preference: self.preference,
+        }
+    }
+}
+
+/// The best copy among `members` (lagged ones only when allowed).
+pub fn best_member(members: &[MemberState], lagged_allowed: bool) -> Option<String> {
+    let c: Vec<Candidate> = members.iter().map(MemberState::candidate).collect();
+    select::best_copy(&c, lagged_allowed).map(|b| b.node.clone())
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@
 //!   bound `quiet_bound` derives; after the active dies for good, the
 //!   passive takes writes within `takeover_bound`.
 
+mod common;
+
+use common::Rng;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -48,32 +51,6 @@ const RELEASE_CRASHED: T = 5 * MS;
 const RELEASE_CUT: T = 5 * S;
 /// What the passive's last copy and replay take at takeover, at most.
 const DRAIN: T = 50 * MS;
-
-/// splitmix64: small, fast, and the same everywhere.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-
-    fn chance(&mut self, per_million: u64) -> bool {
-        self.below(1_000_000) < per_million
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-}
 
 /// A datagram in flight.
 #[derive(Clone, Debug)]

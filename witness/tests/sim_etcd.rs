@@ -25,6 +25,9 @@
 //! time goes; and once the faults are over, a node takes writes within
 //! `QUIET_BOUND`.
 
+mod common;
+
+use common::Rng;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -50,28 +53,6 @@ const END: T = 50 * S;
 /// one granted and published, a read, the drain, the claim and `leader`
 /// (each request at most 50 ms a way when quiet), with slack.
 const QUIET_BOUND: T = 4 * S;
-
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn chance(&mut self, per_million: u64) -> bool {
-        self.below(1_000_000) < per_million
-    }
-}
 
 /// A rule broken on purpose, to show the simulator catches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
