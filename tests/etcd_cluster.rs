@@ -356,11 +356,13 @@ fn one_etcd_member_killed_changes_nothing_and_a_tie_goes_to_preference() {
     }
 }
 
-/// A lagged copy (`replay-lag`) left alone never takes the role by itself:
-/// it says why it waits. `activate` without `--play-down` is refused;
-/// with it, the copy replays everything it can reach and takes the role.
+/// A lagged copy (`replay-lag`) never takes the role by itself while
+/// another copy is left, even as the most preferred node: that copy takes
+/// it, and `activate` on the lagged one is refused with the reason. Left
+/// the last copy, it plays down (replays everything it can reach) and takes
+/// the role, as the mount dial allows.
 #[test]
-fn a_lagged_copy_never_activates_by_itself() {
+fn a_lagged_copy_never_activates_by_itself_while_another_copy_is_left() {
     let dag = Dag::new(
         "mount-dial = \"best-availability\"",
         &[
@@ -373,23 +375,44 @@ fn a_lagged_copy_never_activates_by_itself() {
     assert!(dag.insert("alpha", 1), "{}", dag.dump());
     dag.ok("alpha", &["seal"]);
     dag.wait_for("gamma to hold row 1", 30, || dag.ids("gamma") == [1]);
-    for i in [2, 0] {
-        signal(&daemons[i].1, "-KILL");
-        let _ = daemons[i].1.0.wait();
-    }
-    dag.wait_for("beta to say no copy may take the role", 30, || {
-        dag.status("beta")["blocked"]
-            .as_str()
-            .is_some_and(|b| b.contains("no copy able"))
-    });
+    signal(&daemons[0].1, "-KILL");
+    let _ = daemons[0].1.0.wait();
+    dag.wait_for("gamma active", 30, || dag.role("gamma") == "active");
     assert_eq!(dag.role("beta"), "passive", "{}", dag.dump());
-    assert!(
-        !dag.events("beta")
+    let took = |n: &str| {
+        dag.events(n)
             .iter()
-            .any(|e| e == "active" || e == "failover"),
-        "{}",
+            .any(|e| e == "active" || e == "failover")
+    };
+    assert!(
+        !took("beta"),
+        "the lagged copy took the role\n{}",
         dag.dump()
     );
+    dag.wait_for("beta to know gamma is active", 30, || {
+        dag.status("beta")["active_node"] == "gamma"
+    });
+    let out = node_cmd(&dag.config, "beta", &["activate"], "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("node gamma is active"),
+        "{err}"
+    );
+    assert!(dag.insert("gamma", 2), "{}", dag.dump());
+    dag.ok("gamma", &["seal"]);
+    dag.wait_for("beta to follow gamma", 30, || {
+        dag.status("beta")["active_node"] == "gamma"
+    });
+    // The last copy left: it plays down and takes the role.
+    signal(&daemons[2].1, "-KILL");
+    let _ = daemons[2].1.0.wait();
+    dag.wait_for("beta active, the last copy", 30, || {
+        dag.role("beta") == "active"
+    });
+    assert_eq!(dag.ids("beta"), [1, 2], "played down\n{}", dag.dump());
+    assert!(dag.insert("beta", 3), "{}", dag.dump());
     drop(daemons);
 }
 

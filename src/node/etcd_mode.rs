@@ -240,7 +240,9 @@ impl Daemon<'_> {
             members: read.members.iter().map(MemberValue::state).collect(),
             newest_epoch: newest.map(|n| n.epoch).unwrap_or_default(),
             active_in,
-            lagged_allowed: false,
+            // A lagged copy is chosen only when no other copy is left (and
+            // its takeover, a play-down, still passes the mount dial).
+            lagged_allowed: true,
             // An operator's activation hands the role to this node.
             handoff: match &self.etcd().activating {
                 Some(_) => Some(self.name.clone()),
