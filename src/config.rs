@@ -135,6 +135,8 @@ pub struct Node {
     pub lmtp: Option<String>,
     /// Admin (status, /metrics) address (host:port).
     pub admin: Option<String>,
+    /// SQL over HTTP in rqlite's dialect (host:port); off when unset.
+    pub http: Option<String>,
     /// Block mode: the TCP address (host:port) on which this node, while
     /// active, streams its open segment to its copies as each record
     /// becomes durable. Default: the heartbeat address, over TCP; `"off"`

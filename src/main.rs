@@ -13,6 +13,7 @@ mod daemon;
 mod daemons;
 mod demo;
 mod events;
+mod http_api;
 mod inspect;
 mod metrics;
 mod node;
@@ -570,6 +571,7 @@ impl NodeArgs {
             heartbeat: node.heartbeat.clone(),
             lmtp: node.lmtp.clone(),
             admin: node.admin.clone(),
+            http: node.http.clone(),
             block: node.block.clone(),
             encrypt: node.encrypt,
             replay_lag: node.replay_lag,

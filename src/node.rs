@@ -316,6 +316,22 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     if let Some(addr) = &node.admin {
         serve_admin(name, node, addr, snapshot.clone(), serving.clone())?;
     }
+    if let Some(addr) = &node.http {
+        crate::http_api::serve(
+            addr,
+            crate::http_api::Api {
+                node: name.to_string(),
+                data_dir: node.data_dir.clone(),
+                serving: serving.clone(),
+                snapshot: snapshot.clone(),
+                peers: cfg
+                    .nodes
+                    .iter()
+                    .filter_map(|(n, nd)| nd.http.clone().map(|h| (n.clone(), h)))
+                    .collect(),
+            },
+        )?;
+    }
     let feeding: block::Feeding = Default::default();
     // Block mode's listener. Its address defaults to the heartbeat's, over
     // TCP: when that port is another program's, the node runs without block

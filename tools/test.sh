@@ -13,7 +13,7 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 fi
 
 # Commands the tests drive for real (or a program path), and the Debian package of each.
-NEEDED=(sqlite3:sqlite3 python3:python3 prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks dovecot:dovecot-core /usr/lib/dovecot/lmtp:dovecot-lmtpd smtp-source:postfix etcd:etcd-server)
+NEEDED=(sqlite3:sqlite3 python3:python3 pip3:python3-pip curl:curl prlimit:util-linux smbd:samba smbpasswd:samba smbclient:smbclient ip:iproute2 swaks:swaks dovecot:dovecot-core /usr/lib/dovecot/lmtp:dovecot-lmtpd smtp-source:postfix etcd:etcd-server)
 
 missing=()
 for pair in "${NEEDED[@]}"; do
@@ -40,6 +40,13 @@ if ((${#missing[@]})); then
   # fail instead, loudly.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-remove "${missing[@]}"
   if $policy_added; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+# Real clients of the SQL-over-HTTP API, from PyPI, beside the build
+# (target/ is not tracked).
+if [ ! -d target/python/pyrqlite ]; then
+  echo "== installing pyrqlite (PyPI) into target/python"
+  python3 -m pip install --quiet --disable-pip-version-check --target target/python pyrqlite
 fi
 
 echo "== cargo fmt --check"

@@ -44,5 +44,5 @@ pub mod store;
 pub mod types;
 
 pub use error::{Error, Result};
-pub use store::{Committed, Fence, Store, StoreOptions, StoreState, StoreStats, Tx};
+pub use store::{Committed, Fence, Params, Store, StoreOptions, StoreState, StoreStats, Tx};
 pub use types::{ContentHash, DatabaseId, Epoch, FormatVersion, Generation, Lsn, SchemaHash};

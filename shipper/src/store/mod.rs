@@ -58,8 +58,8 @@ use failpoint::*;
 pub use fence::Fence;
 use recovery::*;
 pub use replicable::check_replicable;
-pub use tx::Tx;
 use tx::*;
+pub use tx::{Params, Tx};
 use writer::*;
 
 /// File name of the database inside a node's data directory.

@@ -122,6 +122,17 @@ impl<'a> Tx<'a> {
 
     /// Runs one statement (see `execute_script`).
     pub fn execute_one(&mut self, sql: &str, on_row: &mut RowFn<'_>) -> Result<()> {
+        self.execute_with(sql, &Params::None, on_row)
+    }
+
+    /// Runs one statement with its parameters bound (a schema statement
+    /// takes none).
+    pub fn execute_with(
+        &mut self,
+        sql: &str,
+        params: &Params,
+        on_row: &mut RowFn<'_>,
+    ) -> Result<()> {
         *self.auth.refused.lock().expect("auth lock") = None;
         let prepared = self.conn.prepare(sql);
         let mut stmt = match prepared {
@@ -135,6 +146,9 @@ impl<'a> Tx<'a> {
                 };
             }
         };
+        params
+            .bind(&mut stmt)
+            .map_err(|e| Error::sql(format!("bind the parameters of {sql}"), e))?;
         let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
         let mut rows = stmt.raw_query();
         let mut index = 0;
@@ -166,4 +180,50 @@ impl<'a> Tx<'a> {
 pub(super) fn schema_version(conn: &Connection) -> Result<i64> {
     conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
         .map_err(|e| Error::sql("read the schema version", e))
+}
+
+/// A statement's parameters, as a client gives them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Params {
+    #[default]
+    None,
+    /// `?` or `?NNN`, in order.
+    Positional(Vec<rusqlite::types::Value>),
+    /// `:name`, `@name` or `$name`, by name (without its sigil).
+    Named(Vec<(String, rusqlite::types::Value)>),
+}
+
+impl Params {
+    /// Binds them to `stmt`; a name the statement does not have, or a
+    /// count that differs, is an error (SQLite's range error).
+    pub fn bind(&self, stmt: &mut rusqlite::Statement<'_>) -> rusqlite::Result<()> {
+        match self {
+            Params::None => Ok(()),
+            Params::Positional(values) => {
+                if values.len() != stmt.parameter_count() {
+                    return Err(rusqlite::Error::InvalidParameterCount(
+                        values.len(),
+                        stmt.parameter_count(),
+                    ));
+                }
+                for (i, v) in values.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 1, v)?;
+                }
+                Ok(())
+            }
+            Params::Named(values) => {
+                for (name, v) in values {
+                    let index = [":", "@", "$"]
+                        .iter()
+                        .find_map(|sigil| {
+                            stmt.parameter_index(&format!("{sigil}{name}")).transpose()
+                        })
+                        .transpose()?
+                        .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
+                    stmt.raw_bind_parameter(index, v)?;
+                }
+                Ok(())
+            }
+        }
+    }
 }

@@ -1,0 +1,509 @@
+//! SQL over HTTP in rqlite's dialect, so that rqlite's clients (pyrqlite,
+//! its SQLAlchemy dialect, rqlite-js, gorqlite) work against a node:
+//! `POST /db/execute` (one store transaction per request), `GET`/`POST
+//! /db/query` (read-only statements on the node's own database),
+//! `GET /status` and `GET /readyz`. `[nodes.X] http` turns it on.
+//!
+//! The statement forms are rqlite's: a bare string, `[sql, positional…]`
+//! and `[sql, {named}]`. The answer is `{"results": [...]}`, each result
+//! with `last_insert_id` and `rows_affected` for a write, or `columns`,
+//! `types` (the declared types, lower case) and `values` for a read, or
+//! `error`; blobs are base64 strings, as rqlite sends them. `?timings`
+//! adds `time`, `?pretty` indents.
+//!
+//! Where logship differs from rqlite (README, "SQL over HTTP"): a request
+//! is always one transaction, so without `?transaction` an error also
+//! rolls back the statements before it; a passive answers writes and
+//! `weak`/`strong` reads with `301` to the active (or `503` with
+//! `Retry-After` while no node is active) rather than forwarding them.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use rusqlite::types::{Value, ValueRef};
+use serde_json::{Map, Value as Json, json};
+use shipper::{Params, Store};
+
+use crate::node_status::NodeStatus;
+
+/// The largest request body read.
+const MAX_BODY: u64 = 16 << 20;
+/// The most statements one request may carry.
+const MAX_STATEMENTS: usize = 10_000;
+/// Threads answering requests.
+const WORKERS: usize = 4;
+
+/// What the API serves from.
+#[derive(Clone)]
+pub struct Api {
+    pub node: String,
+    pub data_dir: PathBuf,
+    /// The store while this node is active.
+    pub serving: Arc<Mutex<Option<Arc<Store>>>>,
+    /// The node's last status (role, the active's name).
+    pub snapshot: Arc<Mutex<Option<NodeStatus>>>,
+    /// Each node's `http` address, to send clients to the active.
+    pub peers: Vec<(String, String)>,
+}
+
+/// One statement of a request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Params,
+}
+
+/// Starts the API on `addr`.
+pub fn serve(addr: &str, api: Api) -> Result<()> {
+    let server = Arc::new(
+        tiny_http::Server::http(addr)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("listen for SQL over HTTP on {addr}"))?,
+    );
+    for i in 0..WORKERS {
+        let (server, api) = (server.clone(), api.clone());
+        std::thread::Builder::new()
+            .name(format!("logship-http-{i}"))
+            .spawn(move || {
+                while let Ok(req) = server.recv() {
+                    answer(&api, req);
+                }
+            })?;
+    }
+    tracing::info!(node = %api.node, http = %addr, "SQL over HTTP listening (/db/execute, /db/query)");
+    Ok(())
+}
+
+/// The URL's path and its query parameters (a flag has an empty value).
+fn split_url(url: &str) -> (&str, Vec<(String, String)>) {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let params = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect();
+    (path, params)
+}
+
+/// Percent-decoding (and `+` as a space), as forms encode query strings.
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn respond(req: tiny_http::Request, status: u16, body: String, headers: &[(&str, String)]) {
+    let mut r = tiny_http::Response::from_string(body).with_status_code(status);
+    for (k, v) in headers {
+        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            r.add_header(h);
+        }
+    }
+    let _ = req.respond(r);
+}
+
+fn json_header() -> (&'static str, String) {
+    ("Content-Type", "application/json".to_string())
+}
+
+fn answer(api: &Api, mut req: tiny_http::Request) {
+    let url = req.url().to_string();
+    let (path, params) = split_url(&url);
+    let flag = |k: &str| params.iter().any(|(p, _)| p == k);
+    let method = req.method().clone();
+    let mut body = Vec::new();
+    let read = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body);
+    if read.is_err() {
+        return respond(req, 400, "cannot read the request body\n".into(), &[]);
+    }
+    if body.len() as u64 > MAX_BODY {
+        return respond(
+            req,
+            413,
+            format!("the request body is larger than {MAX_BODY} bytes\n"),
+            &[],
+        );
+    }
+    let started = Instant::now();
+    let outcome = match (method, path) {
+        (tiny_http::Method::Post, "/db/execute") => parse_statements(&body).map(|s| (true, s)),
+        (tiny_http::Method::Get | tiny_http::Method::Post, "/db/query") => {
+            let from_url: Vec<Statement> = params
+                .iter()
+                .filter(|(k, _)| k == "q")
+                .map(|(_, q)| Statement {
+                    sql: q.clone(),
+                    params: Params::None,
+                })
+                .collect();
+            if !from_url.is_empty() || body.is_empty() {
+                Ok((false, from_url))
+            } else {
+                parse_statements(&body).map(|s| (false, s))
+            }
+        }
+        (tiny_http::Method::Get, "/status") => {
+            let st = api.snapshot.lock().expect("snapshot lock").clone();
+            let v = json!({ "logship": st, "node": { "name": api.node } });
+            return respond(req, 200, pretty(&v, flag("pretty")), &[json_header()]);
+        }
+        (tiny_http::Method::Get, "/readyz") => {
+            let ready = api.serving.lock().expect("serving lock").is_some()
+                || api.data_dir.join(shipper::store::DATABASE_FILE).exists();
+            return if ready {
+                respond(req, 200, "[+]node ok\n".into(), &[])
+            } else {
+                respond(req, 503, "[-]node: no database yet\n".into(), &[])
+            };
+        }
+        _ => return respond(req, 404, format!("no such endpoint: {path}\n"), &[]),
+    };
+    let (write, statements) = match outcome {
+        Ok(x) => x,
+        Err(why) => return respond(req, 400, format!("{why}\n"), &[]),
+    };
+    let level = params
+        .iter()
+        .find(|(k, _)| k == "level")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("weak");
+    let store = api.serving.lock().expect("serving lock").clone();
+    // A passive takes reads at level none; the rest goes to the active.
+    if store.is_none() && (write || level != "none") {
+        return send_to_active(api, req, &url);
+    }
+    let results = if write {
+        let store = store.expect("checked above");
+        execute(&store, statements, flag("transaction"))
+    } else {
+        match query(api, store.as_deref(), &statements) {
+            Ok(r) => r,
+            Err(e) => return respond(req, 503, format!("{e:#}\n"), &[]),
+        }
+    };
+    let mut out = Map::new();
+    out.insert("results".into(), Json::Array(results));
+    if flag("timings") {
+        out.insert("time".into(), json!(started.elapsed().as_secs_f64()));
+    }
+    respond(
+        req,
+        200,
+        pretty(&Json::Object(out), flag("pretty")),
+        &[json_header()],
+    );
+}
+
+fn pretty(v: &Json, pretty: bool) -> String {
+    if pretty {
+        serde_json::to_string_pretty(v).expect("JSON values serialise")
+    } else {
+        v.to_string()
+    }
+}
+
+/// `301` to the active's API, or `503` while no node is.
+fn send_to_active(api: &Api, req: tiny_http::Request, url: &str) {
+    let active = api
+        .snapshot
+        .lock()
+        .expect("snapshot lock")
+        .as_ref()
+        .and_then(|s| s.active_node.clone())
+        .filter(|a| *a != api.node);
+    let target = active.and_then(|a| api.peers.iter().find(|(n, _)| *n == a).cloned());
+    match target {
+        Some((node, addr)) => respond(
+            req,
+            301,
+            format!("node {node} is active\n"),
+            &[("Location", format!("http://{addr}{url}"))],
+        ),
+        None => respond(
+            req,
+            503,
+            format!(
+                "node {} is not active, and no active node is known\n",
+                api.node
+            ),
+            &[("Retry-After", "1".into())],
+        ),
+    }
+}
+
+/// Parses rqlite's statement forms from a JSON body.
+pub fn parse_statements(body: &[u8]) -> Result<Vec<Statement>, String> {
+    let v: Json = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let Json::Array(items) = v else {
+        return Err("the body must be a JSON array of statements".into());
+    };
+    if items.len() > MAX_STATEMENTS {
+        return Err(format!(
+            "{} statements in one request; the most is {MAX_STATEMENTS}",
+            items.len()
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Json::String(sql) => Ok(Statement {
+                sql,
+                params: Params::None,
+            }),
+            Json::Array(mut parts) if !parts.is_empty() => {
+                let Json::String(sql) = parts.remove(0) else {
+                    return Err(format!(
+                        "statement {i}: its first element is not the SQL text"
+                    ));
+                };
+                let params = match parts.as_slice() {
+                    [] => Params::None,
+                    [Json::Object(named)] => Params::Named(
+                        named
+                            .iter()
+                            .map(|(k, v)| Ok((k.clone(), to_value(v, i)?)))
+                            .collect::<Result<_, String>>()?,
+                    ),
+                    values => {
+                        Params::Positional(values.iter().map(|v| to_value(v, i)).collect::<Result<
+                            _,
+                            String,
+                        >>(
+                        )?)
+                    }
+                };
+                Ok(Statement { sql, params })
+            }
+            _ => Err(format!(
+                "statement {i} is neither a string nor [sql, parameters…]"
+            )),
+        })
+        .collect()
+}
+
+fn to_value(v: &Json, i: usize) -> Result<Value, String> {
+    Ok(match v {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Integer(i64::from(*b)),
+        Json::Number(n) => match n.as_i64() {
+            Some(x) => Value::Integer(x),
+            None => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Value::Text(s.clone()),
+        Json::Array(bytes) => Value::Blob(
+            bytes
+                .iter()
+                .map(|b| {
+                    b.as_u64()
+                        .filter(|b| *b < 256)
+                        .map(|b| b as u8)
+                        .ok_or_else(|| {
+                            format!("statement {i}: a blob parameter holds {b}, not a byte")
+                        })
+                })
+                .collect::<Result<_, String>>()?,
+        ),
+        Json::Object(_) => {
+            return Err(format!(
+                "statement {i}: a parameter is an object; named parameters are one object after the SQL"
+            ));
+        }
+    })
+}
+
+/// A result's error, as rqlite words it.
+fn error(e: impl std::fmt::Display) -> Json {
+    json!({ "error": e.to_string() })
+}
+
+/// Runs the statements as one store transaction: all of them commit, or
+/// none does (the first error ends the request).
+fn execute(store: &Store, statements: Vec<Statement>, _transaction: bool) -> Vec<Json> {
+    let n = statements.len();
+    let run = store.transaction(move |tx| {
+        let mut results = Vec::with_capacity(n);
+        for s in &statements {
+            let mut ignore = |_: &[String], _: usize, _: &rusqlite::Row<'_>| Ok(());
+            match tx.execute_with(&s.sql, &s.params, &mut ignore) {
+                Ok(()) => {
+                    let c = tx.conn();
+                    results.push(json!({
+                        "last_insert_id": c.last_insert_rowid(),
+                        "rows_affected": c.changes(),
+                    }));
+                }
+                Err(e) => {
+                    return Err(shipper::Error::Refused {
+                        what: format!("{}", FailedAt(results.len(), e.to_string())),
+                    });
+                }
+            }
+        }
+        Ok(results)
+    });
+    match run {
+        Ok(c) => c.value,
+        Err(shipper::Error::Refused { what }) if FailedAt::parse(&what).is_some() => {
+            let (at, why) = FailedAt::parse(&what).expect("checked");
+            // rqlite's shape: an error result at the failing statement.
+            let mut out: Vec<Json> = (0..at).map(|_| json!({})).collect();
+            out.push(error(why));
+            out
+        }
+        Err(e) => vec![error(e)],
+    }
+}
+
+/// Which statement failed and why, carried through the store's error.
+struct FailedAt(usize, String);
+
+impl std::fmt::Display for FailedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "statement {}: {}", self.0, self.1)
+    }
+}
+
+impl FailedAt {
+    fn parse(s: &str) -> Option<(usize, String)> {
+        let rest = s.strip_prefix("statement ")?;
+        let (n, why) = rest.split_once(": ")?;
+        Some((n.parse().ok()?, why.to_string()))
+    }
+}
+
+/// Runs read-only statements on this node's database: the store's reader
+/// while active, the copy's file while passive.
+fn query(api: &Api, store: Option<&Store>, statements: &[Statement]) -> Result<Vec<Json>> {
+    let conn = match store {
+        Some(s) => s.reader()?,
+        None => shipper::store::open_read_only(&api.data_dir.join(shipper::store::DATABASE_FILE))?,
+    };
+    Ok(statements.iter().map(|s| read_one(&conn, s)).collect())
+}
+
+fn read_one(conn: &rusqlite::Connection, s: &Statement) -> Json {
+    let mut stmt = match conn.prepare(&s.sql) {
+        Ok(st) => st,
+        Err(e) => return error(e),
+    };
+    if !stmt.readonly() {
+        return error(format!(
+            "{:?} is not a read-only statement: send it to /db/execute",
+            s.sql
+        ));
+    }
+    if let Err(e) = s.params.bind(&mut stmt) {
+        return error(e);
+    }
+    let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+    let types: Vec<String> = stmt
+        .columns()
+        .map(|c| c.decl_type().unwrap_or("").to_ascii_lowercase())
+        .collect();
+    let mut rows = stmt.raw_query();
+    let mut values = Vec::new();
+    loop {
+        match rows.next() {
+            Ok(Some(row)) => {
+                let mut out = Vec::with_capacity(columns.len());
+                for i in 0..columns.len() {
+                    out.push(match row.get_ref(i) {
+                        Ok(ValueRef::Null) | Err(_) => Json::Null,
+                        Ok(ValueRef::Integer(x)) => json!(x),
+                        Ok(ValueRef::Real(x)) => json!(x),
+                        Ok(ValueRef::Text(t)) => {
+                            Json::String(String::from_utf8_lossy(t).into_owned())
+                        }
+                        Ok(ValueRef::Blob(b)) => {
+                            Json::String(base64::engine::general_purpose::STANDARD.encode(b))
+                        }
+                    });
+                }
+                values.push(Json::Array(out));
+            }
+            Ok(None) => break,
+            Err(e) => return error(e),
+        }
+    }
+    let mut r = Map::new();
+    r.insert("columns".into(), json!(columns));
+    r.insert("types".into(), json!(types));
+    if !values.is_empty() {
+        r.insert("values".into(), Json::Array(values));
+    }
+    Json::Object(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_three_statement_forms_parse_and_bad_ones_say_why() {
+        let s = parse_statements(
+            br#"["CREATE TABLE t (id INTEGER)", ["INSERT INTO t VALUES (?, ?)", 1, "a"], ["SELECT :x", {"x": 2.5}]]"#,
+        )
+        .unwrap();
+        assert_eq!(s[0].params, Params::None);
+        assert_eq!(
+            s[1].params,
+            Params::Positional(vec![Value::Integer(1), Value::Text("a".into())])
+        );
+        assert_eq!(
+            s[2].params,
+            Params::Named(vec![("x".into(), Value::Real(2.5))])
+        );
+        for (bad, why) in [
+            (&b"{}"[..], "JSON array"),
+            (b"[1]", "neither a string"),
+            (b"[[1]]", "first element"),
+            (b"nope", "not JSON"),
+            (br#"[["SELECT ?", {"a": 1}, 2]]"#, "an object"),
+        ] {
+            let e = parse_statements(bad).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn query_strings_decode() {
+        let (path, p) = split_url("/db/query?q=SELECT%20*%20FROM+t&level=none&pretty");
+        assert_eq!(path, "/db/query");
+        assert_eq!(
+            p,
+            vec![
+                ("q".into(), "SELECT * FROM t".into()),
+                ("level".into(), "none".into()),
+                ("pretty".into(), String::new())
+            ]
+        );
+        assert_eq!(
+            FailedAt::parse("statement 3: no such table"),
+            Some((3, "no such table".into()))
+        );
+    }
+}

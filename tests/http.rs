@@ -1,0 +1,197 @@
+//! SQL over HTTP in rqlite's dialect, against a real two-node cluster:
+//! curl for each endpoint and shape, and pyrqlite (from PyPI, installed by
+//! tools/test.sh into target/python) through its DB-API.
+
+mod common;
+
+use std::process::Command;
+
+use common::trio::{Trio, free_tcp_port, ground};
+
+/// A running pair whose nodes serve the API; their addresses.
+fn http_pair() -> (Trio, [String; 2]) {
+    let (dir, w, hb) = ground();
+    let http = [
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+    ];
+    let cluster = format!("witness = \"{}\"\nseal-after = \"200ms\"\n", w.display());
+    let t = Trio::custom_full(
+        dir,
+        &cluster,
+        hb,
+        None,
+        [
+            format!("http = \"{}\"\n", http[0]),
+            format!("http = \"{}\"\n", http[1]),
+        ],
+        "",
+    );
+    (t, http)
+}
+
+/// `curl ARGS`: the status code and the body.
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn execute(addr: &str, query: &str, body: &str) -> (u16, String) {
+    curl(&[
+        "-XPOST",
+        &format!("http://{addr}/db/execute{query}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body,
+    ])
+}
+
+#[test]
+fn curl_gets_rqlites_shapes_and_a_passive_sends_writes_to_the_active() {
+    let (t, http) = http_pair();
+    let _nodes = t.running_pair();
+    let (code, body) = execute(
+        &http[0],
+        "?transaction",
+        r#"[["INSERT INTO t VALUES (?, ?)", 1, "one"], ["INSERT INTO t VALUES (:id, :v)", {"id": 2, "v": "two"}]]"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["results"][0]["last_insert_id"], 1, "{v}");
+    assert_eq!(v["results"][0]["rows_affected"], 1, "{v}");
+    assert_eq!(v["results"][1]["last_insert_id"], 2, "{v}");
+    let (code, body) = curl(&[
+        "-G",
+        &format!("http://{}/db/query", http[0]),
+        "--data-urlencode",
+        "q=SELECT id, v FROM t ORDER BY id",
+        "--data-urlencode",
+        "timings",
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    let r = &v["results"][0];
+    assert_eq!(r["columns"], serde_json::json!(["id", "v"]), "{v}");
+    assert_eq!(r["types"], serde_json::json!(["integer", "text"]), "{v}");
+    assert_eq!(
+        r["values"],
+        serde_json::json!([[1, "one"], [2, "two"]]),
+        "{v}"
+    );
+    assert!(v["time"].as_f64().is_some(), "{v}");
+    // One request, one transaction: an error rolls the whole of it back.
+    let (code, body) = execute(
+        &http[0],
+        "?transaction",
+        r#"["INSERT INTO t VALUES (3, 'three')", "INSERT INTO nope VALUES (1)"]"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert!(
+        v["results"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no such table")),
+        "{v}"
+    );
+    assert_eq!(t.ids("alpha"), [1, 2]);
+    // A malformed body is a 400 that says why.
+    let (code, body) = execute(&http[0], "", "{}");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("JSON array"), "{body}");
+    // The passive: reads of its copy at level none; writes go to the active.
+    t.ok("alpha", &["seal"]);
+    t.wait_for("beta to hold rows 1 and 2", 30, || t.ids("beta") == [1, 2]);
+    let (code, body) = curl(&[
+        "-G",
+        &format!("http://{}/db/query", http[1]),
+        "--data-urlencode",
+        "q=SELECT count(*) AS n FROM t",
+        "--data-urlencode",
+        "level=none",
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body)["results"][0]["values"],
+        serde_json::json!([[2]])
+    );
+    let (code, body) = execute(&http[1], "", r#"["INSERT INTO t VALUES (4, 'x')"]"#);
+    assert_eq!(code, 301, "{body}");
+    let headers = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "-XPOST", "--data", "[]"])
+        .arg(format!("http://{}/db/execute?transaction", http[1]))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&headers.stdout).to_ascii_lowercase();
+    assert!(
+        headers.contains(&format!(
+            "location: http://{}/db/execute?transaction",
+            http[0]
+        )),
+        "{headers}"
+    );
+    let (code, body) = curl(&[&format!("http://{}/readyz", http[1])]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&[&format!("http://{}/status?pretty", http[0])]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["logship"]["role"], "active", "{body}");
+}
+
+const PYRQLITE: &str = r#"
+import sys
+sys.path.insert(0, sys.argv[3])
+import pyrqlite.dbapi2 as dbapi2
+conn = dbapi2.connect(host=sys.argv[1], port=int(sys.argv[2]))
+cur = conn.cursor()
+cur.execute("CREATE TABLE foo (id integer NOT NULL PRIMARY KEY, name text, score real)")
+cur.execute("INSERT INTO foo (name, score) VALUES (?, ?)", ("a", 1.5))
+assert cur.lastrowid == 1, cur.lastrowid
+cur.execute("INSERT INTO foo (name, score) VALUES (:name, :score)", {"name": "b", "score": 2.5})
+assert cur.lastrowid == 2, cur.lastrowid
+cur.executemany("INSERT INTO foo (name, score) VALUES (?, ?)", [("c", 3.0), ("d", 4.0)])
+cur.execute("SELECT id, name, score FROM foo ORDER BY id")
+rows = [tuple(r) for r in cur.fetchall()]
+assert rows == [(1, "a", 1.5), (2, "b", 2.5), (3, "c", 3.0), (4, "d", 4.0)], rows
+assert [type(x) for x in rows[0]] == [int, str, float], rows
+cur.execute("UPDATE foo SET score = 0 WHERE id > 2")
+assert cur.rowcount == 2, cur.rowcount
+cur.execute("DELETE FROM foo WHERE id = 1")
+assert cur.rowcount == 1, cur.rowcount
+try:
+    cur.execute("INSERT INTO nope VALUES (1)")
+    raise SystemExit("an error was not raised")
+except dbapi2.Error as e:
+    assert "no such table" in str(e), e
+print("ok")
+"#;
+
+#[test]
+fn pyrqlite_drives_the_active_through_its_db_api() {
+    let (t, http) = http_pair();
+    let _nodes = t.running_pair();
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python");
+    assert!(
+        lib.join("pyrqlite").is_dir(),
+        "pyrqlite is not in {}: tools/test.sh installs it",
+        lib.display()
+    );
+    let (host, port) = common::trio::split_addr(&http[0]);
+    let out = t.python(PYRQLITE, &[&host, &port, lib.to_str().unwrap()]);
+    assert_eq!(out.trim(), "ok");
+    assert_eq!(
+        t.ok("alpha", &["sql", "--read", "SELECT count(*) FROM foo"])
+            .lines()
+            .last(),
+        Some("3")
+    );
+}
