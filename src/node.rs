@@ -63,7 +63,7 @@ use duty::{ActiveDuty, Duty};
 use endpoints::{serve_admin, serve_control, start_lmtp, status_publisher};
 use moves::MoveReply;
 use witness::machine::{Action, Blocked, Holding, Input, LocalFacts, Machine, Settings, Stop};
-use witness_link::{WitnessShared, WitnessView, witness_facts, witness_share, witness_thread};
+use witness_link::{WitnessShared, witness_facts, witness_share, witness_thread};
 
 /// Present while the node is paused (it holds the operator's reason).
 pub const PAUSED_FILE: &str = "paused";
@@ -477,7 +477,7 @@ impl Daemon<'_> {
             return self.tick_etcd();
         }
         // Before the requests: an operator's activation replays with them.
-        self.learn_epoch_starts(&self.wit.view());
+        self.learn_epoch_starts(&self.wit.view().history);
         while let Ok(req) = self.requests.try_recv() {
             if let Op::MoveCluster { to, comment } = &req.op {
                 if self.move_reply.is_some() {
@@ -649,9 +649,10 @@ impl Daemon<'_> {
         self.stop_duty();
     }
 
-    fn learn_epoch_starts(&self, wv: &WitnessView) {
-        let starts: Vec<EpochStart> = wv
-            .history
+    /// Where each epoch began, for the replay of a passive copy (from
+    /// the witness, or past two nodes from etcd).
+    fn learn_epoch_starts(&self, history: &[EpochRecord]) {
+        let starts: Vec<EpochStart> = history
             .iter()
             .map(|r| EpochStart {
                 epoch: r.epoch,

@@ -195,3 +195,52 @@ fn pyrqlite_drives_the_active_through_its_db_api() {
         Some("3")
     );
 }
+
+const SQLALCHEMY: &str = r#"
+import sys
+sys.path.insert(0, sys.argv[3])
+from sqlalchemy import Column, Integer, String, create_engine, select
+from sqlalchemy.orm import Session, declarative_base
+engine = create_engine("rqlite+pyrqlite://%s:%s/" % (sys.argv[1], sys.argv[2]))
+Base = declarative_base()
+class User(Base):
+    __tablename__ = "users"
+    id = Column(Integer, primary_key=True)
+    name = Column(String(50), nullable=False)
+Base.metadata.create_all(engine)
+with Session(engine) as s:
+    s.add_all([User(name="ann"), User(name="bob")])
+    s.commit()
+    bob = s.scalars(select(User).where(User.name == "bob")).one()
+    assert bob.id == 2, bob.id
+    bob.name = "bobby"
+    s.commit()
+    s.delete(s.get(User, 1))
+    s.commit()
+    names = [u.name for u in s.scalars(select(User).order_by(User.id))]
+    assert names == ["bobby"], names
+print("ok")
+"#;
+
+/// SQLAlchemy with the sqlalchemy-rqlite dialect: `create_all`, then an
+/// ORM insert, query, update and delete.
+#[test]
+fn sqlalchemy_runs_create_all_and_an_orm_round_trip() {
+    let (t, http) = http_pair();
+    let _nodes = t.running_pair();
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python");
+    assert!(
+        lib.join("sqlalchemy_rqlite").is_dir(),
+        "sqlalchemy-rqlite is not in {}: tools/test.sh installs it",
+        lib.display()
+    );
+    let (host, port) = common::trio::split_addr(&http[0]);
+    let out = t.python(SQLALCHEMY, &[&host, &port, lib.to_str().unwrap()]);
+    assert_eq!(out.trim(), "ok");
+    assert_eq!(
+        t.ok("alpha", &["sql", "--read", "SELECT name FROM users"])
+            .lines()
+            .last(),
+        Some("bobby")
+    );
+}

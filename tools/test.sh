@@ -44,9 +44,12 @@ fi
 
 # Real clients of the SQL-over-HTTP API, from PyPI, beside the build
 # (target/ is not tracked).
-if [ ! -d target/python/pyrqlite ]; then
-  echo "== installing pyrqlite (PyPI) into target/python"
-  python3 -m pip install --quiet --disable-pip-version-check --target target/python pyrqlite
+if [ ! -d target/python/pyrqlite ] || [ ! -d target/python/sqlalchemy_rqlite ]; then
+  echo "== installing pyrqlite and sqlalchemy-rqlite (PyPI) into target/python"
+  # (A Debian python3 marks itself externally managed; --target writes
+  # nowhere it manages, so that is overridden when pip asks.)
+  python3 -m pip install --quiet --disable-pip-version-check --target target/python pyrqlite sqlalchemy-rqlite ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target target/python pyrqlite sqlalchemy-rqlite
 fi
 
 echo "== cargo fmt --check"

@@ -189,7 +189,7 @@ impl Daemon<'_> {
         }
         self.watch_move(&read);
         self.activation_timed_out();
-        self.learn_history(&read.history);
+        self.learn_epoch_starts(&read.history);
         let newest = read.history.last();
         if let Some(n) = newest {
             self.m.known_epoch = self.m.known_epoch.max(n.epoch);
@@ -351,20 +351,6 @@ impl Daemon<'_> {
         if self.etcd().said.as_deref() != Some(&text) {
             tracing::info!(decision = %text, "etcd arbiter");
             self.etcd_mut().said = Some(text);
-        }
-    }
-
-    fn learn_history(&self, history: &[EpochRecord]) {
-        let starts: Vec<EpochStart> = history
-            .iter()
-            .map(|r| EpochStart {
-                epoch: r.epoch,
-                start_generation: r.start_generation,
-            })
-            .collect();
-        let mut cur = self.epoch_starts.lock().expect("epochs lock");
-        if starts.len() > cur.len() {
-            *cur = starts;
         }
     }
 
