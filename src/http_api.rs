@@ -1,8 +1,9 @@
 //! SQL over HTTP in rqlite's dialect, so that rqlite's clients (pyrqlite,
 //! its SQLAlchemy dialect, rqlite-js, gorqlite) work against a node:
 //! `POST /db/execute` (one store transaction per request), `GET`/`POST
-//! /db/query` (read-only statements on the node's own database),
-//! `GET /status` and `GET /readyz`. `[nodes.X] http` turns it on.
+//! /db/query` (read-only statements on the node's own database), `POST
+//! /db/request` (both, in one transaction), `GET /status`, `/nodes` and
+//! `/readyz`. `[nodes.X] http` turns it on.
 //!
 //! The statement forms are rqlite's: a bare string, `[sql, positional…]`
 //! and `[sql, {named}]`. The answer is `{"results": [...]}`, each result
@@ -11,11 +12,12 @@
 //! `error`; blobs are base64 strings, as rqlite sends them. `?timings`
 //! adds `time`, `?pretty` indents.
 //!
-//! Where logship differs from rqlite (README, "SQL over HTTP"): a request
-//! is always one transaction, so without `?transaction` an error also
-//! rolls back the statements before it; a passive answers writes and
-//! `weak`/`strong` reads with `301` to the active (or `503` with
-//! `Retry-After` while no node is active) rather than forwarding them.
+//! A passive forwards writes and `weak`/`strong` reads to the active (with
+//! `?redirect`, answers `301` to it; `503` with `Retry-After` while no
+//! node is active), and reads its own copy at `level=none`, refusing one
+//! staler than `?freshness`. Where logship differs from rqlite (README,
+//! "SQL over HTTP"): a request is always one transaction, so without
+//! `?transaction` an error also rolls back the statements before it.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -148,8 +150,10 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
         );
     }
     let started = Instant::now();
-    let outcome = match (method, path) {
-        (tiny_http::Method::Post, "/db/execute") => parse_statements(&body).map(|s| (true, s)),
+    let outcome = match (method.clone(), path) {
+        (tiny_http::Method::Post, "/db/execute" | "/db/request") => {
+            parse_statements(&body).map(|s| (true, s))
+        }
         (tiny_http::Method::Get | tiny_http::Method::Post, "/db/query") => {
             let from_url: Vec<Statement> = params
                 .iter()
@@ -168,6 +172,10 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
         (tiny_http::Method::Get, "/status") => {
             let st = api.snapshot.lock().expect("snapshot lock").clone();
             let v = json!({ "logship": st, "node": { "name": api.node } });
+            return respond(req, 200, pretty(&v, flag("pretty")), &[json_header()]);
+        }
+        (tiny_http::Method::Get, "/nodes") => {
+            let v = nodes(api);
             return respond(req, 200, pretty(&v, flag("pretty")), &[json_header()]);
         }
         (tiny_http::Method::Get, "/readyz") => {
@@ -191,15 +199,33 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
         .map(|(_, v)| v.as_str())
         .unwrap_or("weak");
     let store = api.serving.lock().expect("serving lock").clone();
-    // A passive takes reads at level none; the rest goes to the active.
+    // A passive takes reads at level none; the rest goes to the active:
+    // forwarded, or with `?redirect` a 301 to it.
     if store.is_none() && (write || level != "none") {
-        return send_to_active(api, req, &url);
+        return match active_of(api) {
+            Some((_, addr)) if !flag("redirect") => forward(req, &method, &addr, &url, body),
+            _ => send_to_active(api, req, &url),
+        };
     }
+    let shape = Shape {
+        associative: flag("associative"),
+    };
     let results = if write {
         let store = store.expect("checked above");
-        execute(&store, statements, flag("transaction"))
+        execute(&store, statements, path == "/db/request", shape)
     } else {
-        match query(api, store.as_deref(), &statements) {
+        if store.is_none()
+            && let Some(f) = params.iter().find(|(k, _)| k == "freshness")
+            && let Some(why) = too_stale(api, &f.1)
+        {
+            return respond(
+                req,
+                200,
+                pretty(&json!({ "results": [error(why)] }), flag("pretty")),
+                &[json_header()],
+            );
+        }
+        match query(api, store.as_deref(), &statements, shape) {
             Ok(r) => r,
             Err(e) => return respond(req, 503, format!("{e:#}\n"), &[]),
         }
@@ -225,17 +251,65 @@ fn pretty(v: &Json, pretty: bool) -> String {
     }
 }
 
-/// `301` to the active's API, or `503` while no node is.
-fn send_to_active(api: &Api, req: tiny_http::Request, url: &str) {
+/// The active node and its API address, when this node knows one.
+fn active_of(api: &Api) -> Option<(String, String)> {
     let active = api
         .snapshot
         .lock()
         .expect("snapshot lock")
         .as_ref()
         .and_then(|s| s.active_node.clone())
-        .filter(|a| *a != api.node);
-    let target = active.and_then(|a| api.peers.iter().find(|(n, _)| *n == a).cloned());
-    match target {
+        .filter(|a| *a != api.node)?;
+    api.peers.iter().find(|(n, _)| *n == active).cloned()
+}
+
+/// The request, sent on to the active's API as it came; its answer, as
+/// the active gave it (or `503` when the active does not answer).
+fn forward(
+    req: tiny_http::Request,
+    method: &tiny_http::Method,
+    addr: &str,
+    url: &str,
+    body: Vec<u8>,
+) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build(),
+    );
+    let target = format!("http://{addr}{url}");
+    let reply = match method {
+        tiny_http::Method::Get => agent.get(&target).call(),
+        _ => agent
+            .post(&target)
+            .header("Content-Type", "application/json")
+            .send(&body[..]),
+    };
+    match reply {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            let text = r
+                .body_mut()
+                .with_config()
+                .limit(MAX_BODY)
+                .read_to_string()
+                .unwrap_or_default();
+            respond(req, status, text, &[json_header()]);
+        }
+        Err(e) => respond(
+            req,
+            503,
+            format!("the active node's API at {addr} did not answer: {e}\n"),
+            &[("Retry-After", "1".into())],
+        ),
+    }
+}
+
+/// `301` to the active's API, or `503` while no node is.
+fn send_to_active(api: &Api, req: tiny_http::Request, url: &str) {
+    match active_of(api) {
         Some((node, addr)) => respond(
             req,
             301,
@@ -340,13 +414,31 @@ fn error(e: impl std::fmt::Display) -> Json {
     json!({ "error": e.to_string() })
 }
 
+/// How rows are given back.
+#[derive(Clone, Copy, Debug, Default)]
+struct Shape {
+    /// `?associative`: each row an object, `types` a map.
+    associative: bool,
+}
+
 /// Runs the statements as one store transaction: all of them commit, or
-/// none does (the first error ends the request).
-fn execute(store: &Store, statements: Vec<Statement>, _transaction: bool) -> Vec<Json> {
+/// none does (the first error ends the request). For `/db/request`
+/// (`mixed`), read-only statements answer their rows.
+fn execute(store: &Store, statements: Vec<Statement>, mixed: bool, shape: Shape) -> Vec<Json> {
     let n = statements.len();
     let run = store.transaction(move |tx| {
         let mut results = Vec::with_capacity(n);
         for s in &statements {
+            if mixed && tx.conn().prepare(&s.sql).is_ok_and(|st| st.readonly()) {
+                let r = read_one(tx.conn(), s, shape);
+                if let Some(e) = r.get("error").and_then(Json::as_str) {
+                    return Err(shipper::Error::Refused {
+                        what: format!("{}", FailedAt(results.len(), e.to_string())),
+                    });
+                }
+                results.push(r);
+                continue;
+            }
             let mut ignore = |_: &[String], _: usize, _: &rusqlite::Row<'_>| Ok(());
             match tx.execute_with(&s.sql, &s.params, &mut ignore) {
                 Ok(()) => {
@@ -397,15 +489,67 @@ impl FailedAt {
 
 /// Runs read-only statements on this node's database: the store's reader
 /// while active, the copy's file while passive.
-fn query(api: &Api, store: Option<&Store>, statements: &[Statement]) -> Result<Vec<Json>> {
+fn query(
+    api: &Api,
+    store: Option<&Store>,
+    statements: &[Statement],
+    shape: Shape,
+) -> Result<Vec<Json>> {
     let conn = match store {
         Some(s) => s.reader()?,
         None => shipper::store::open_read_only(&api.data_dir.join(shipper::store::DATABASE_FILE))?,
     };
-    Ok(statements.iter().map(|s| read_one(&conn, s)).collect())
+    Ok(statements
+        .iter()
+        .map(|s| read_one(&conn, s, shape))
+        .collect())
 }
 
-fn read_one(conn: &rusqlite::Connection, s: &Statement) -> Json {
+/// `?freshness=`: why this copy is too stale to answer, if it is (its last
+/// replayed segment's seal is older than the bound allows).
+fn too_stale(api: &Api, freshness: &str) -> Option<String> {
+    let bound = match humantime::parse_duration(freshness) {
+        Ok(d) => d,
+        Err(e) => return Some(format!("freshness {freshness:?}: {e}")),
+    };
+    let paths = replayer::state::CopyPaths::new(&api.data_dir);
+    let state = replayer::state::CopyState::load(&paths).ok().flatten()?;
+    let at = state.last_replayed.map(|m| m.time_us).unwrap_or(0);
+    let lag = std::time::Duration::from_micros(witness::witness::now_us().saturating_sub(at));
+    (lag > bound).then(|| {
+        format!(
+            "stale read: node {} last replayed a segment sealed {} ago, more than freshness {}",
+            api.node,
+            humantime::format_duration(std::time::Duration::from_secs(lag.as_secs())),
+            freshness
+        )
+    })
+}
+
+/// Every node of the config with its API address, and which is active.
+fn nodes(api: &Api) -> Json {
+    let active = api
+        .snapshot
+        .lock()
+        .expect("snapshot lock")
+        .as_ref()
+        .and_then(|s| s.active_node.clone());
+    let mut out = Map::new();
+    for (n, addr) in &api.peers {
+        out.insert(
+            n.clone(),
+            json!({
+                "api_addr": format!("http://{addr}"),
+                "addr": addr,
+                "leader": active.as_deref() == Some(n.as_str()),
+                "reachable": *n == api.node || active.as_deref() == Some(n.as_str()),
+            }),
+        );
+    }
+    Json::Object(out)
+}
+
+fn read_one(conn: &rusqlite::Connection, s: &Statement, shape: Shape) -> Json {
     let mut stmt = match conn.prepare(&s.sql) {
         Ok(st) => st,
         Err(e) => return error(e),
@@ -443,13 +587,27 @@ fn read_one(conn: &rusqlite::Connection, s: &Statement) -> Json {
                         }
                     });
                 }
-                values.push(Json::Array(out));
+                values.push(if shape.associative {
+                    Json::Object(columns.iter().cloned().zip(out).collect())
+                } else {
+                    Json::Array(out)
+                });
             }
             Ok(None) => break,
             Err(e) => return error(e),
         }
     }
     let mut r = Map::new();
+    if shape.associative {
+        let types: Map<String, Json> = columns
+            .iter()
+            .cloned()
+            .zip(types.into_iter().map(Json::String))
+            .collect();
+        r.insert("types".into(), Json::Object(types));
+        r.insert("rows".into(), Json::Array(values));
+        return Json::Object(r);
+    }
     r.insert("columns".into(), json!(columns));
     r.insert("types".into(), json!(types));
     if !values.is_empty() {

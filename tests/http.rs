@@ -58,7 +58,7 @@ fn execute(addr: &str, query: &str, body: &str) -> (u16, String) {
 }
 
 #[test]
-fn curl_gets_rqlites_shapes_and_a_passive_sends_writes_to_the_active() {
+fn curl_gets_rqlites_shapes_and_a_passive_forwards_or_redirects_writes() {
     let (t, http) = http_pair();
     let _nodes = t.running_pair();
     let (code, body) = execute(
@@ -125,21 +125,64 @@ fn curl_gets_rqlites_shapes_and_a_passive_sends_writes_to_the_active() {
         json(&body)["results"][0]["values"],
         serde_json::json!([[2]])
     );
-    let (code, body) = execute(&http[1], "", r#"["INSERT INTO t VALUES (4, 'x')"]"#);
-    assert_eq!(code, 301, "{body}");
+    // A write to the passive is forwarded to the active, as rqlite's
+    // followers do; with ?redirect it is a 301 to the active.
+    let (code, body) = execute(&http[1], "", r#"["INSERT INTO t VALUES (4, 'four')"]"#);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["results"][0]["rows_affected"], 1, "{body}");
+    assert_eq!(t.ids("alpha"), [1, 2, 4]);
     let headers = Command::new("curl")
         .args(["-s", "-D", "-", "-o", "/dev/null", "-XPOST", "--data", "[]"])
-        .arg(format!("http://{}/db/execute?transaction", http[1]))
+        .arg(format!("http://{}/db/execute?redirect", http[1]))
         .output()
         .unwrap();
     let headers = String::from_utf8_lossy(&headers.stdout).to_ascii_lowercase();
+    assert!(headers.starts_with("http/1.1 301"), "{headers}");
     assert!(
-        headers.contains(&format!(
-            "location: http://{}/db/execute?transaction",
-            http[0]
-        )),
+        headers.contains(&format!("location: http://{}/db/execute?redirect", http[0])),
         "{headers}"
     );
+    // A copy too stale for the reader's bound says by how much.
+    let (code, body) = curl(&[
+        "-G",
+        &format!("http://{}/db/query", http[1]),
+        "--data-urlencode",
+        "q=SELECT 1",
+        "--data-urlencode",
+        "level=none",
+        "--data-urlencode",
+        "freshness=1ns",
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        json(&body)["results"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stale read") && e.contains("freshness 1ns")),
+        "{body}"
+    );
+    // /db/request: reads and writes in one transaction; ?associative rows.
+    let (code, body) = curl(&[
+        "-XPOST",
+        &format!("http://{}/db/request?associative", http[0]),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        r#"[["INSERT INTO t VALUES (?, ?)", 5, "five"], "SELECT id, v FROM t WHERE id = 5"]"#,
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["results"][0]["last_insert_id"], 5, "{v}");
+    assert_eq!(
+        v["results"][1]["rows"],
+        serde_json::json!([{"id": 5, "v": "five"}]),
+        "{v}"
+    );
+    assert_eq!(v["results"][1]["types"]["v"], "text", "{v}");
+    let (code, body) = curl(&[&format!("http://{}/nodes", http[1])]);
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["alpha"]["leader"], true, "{v}");
+    assert_eq!(v["beta"]["api_addr"], format!("http://{}", http[1]), "{v}");
     let (code, body) = curl(&[&format!("http://{}/readyz", http[1])]);
     assert_eq!(code, 200, "{body}");
     let (code, body) = curl(&[&format!("http://{}/status?pretty", http[0])]);
