@@ -212,7 +212,14 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
     };
     let results = if write {
         let store = store.expect("checked above");
-        execute(&store, statements, path == "/db/request", shape)
+        match execute(&store, statements, path == "/db/request", shape) {
+            Ok(r) => r,
+            // The store stopped taking writes (fenced, or stopping during a
+            // failover): come back shortly, to whichever node is active.
+            Err(why) => {
+                return respond(req, 503, format!("{why}\n"), &[("Retry-After", "1".into())]);
+            }
+        }
     } else {
         if store.is_none()
             && let Some(f) = params.iter().find(|(k, _)| k == "freshness")
@@ -424,7 +431,12 @@ struct Shape {
 /// Runs the statements as one store transaction: all of them commit, or
 /// none does (the first error ends the request). For `/db/request`
 /// (`mixed`), read-only statements answer their rows.
-fn execute(store: &Store, statements: Vec<Statement>, mixed: bool, shape: Shape) -> Vec<Json> {
+fn execute(
+    store: &Store,
+    statements: Vec<Statement>,
+    mixed: bool,
+    shape: Shape,
+) -> Result<Vec<Json>, String> {
     let n = statements.len();
     let run = store.transaction(move |tx| {
         let mut results = Vec::with_capacity(n);
@@ -458,15 +470,18 @@ fn execute(store: &Store, statements: Vec<Statement>, mixed: bool, shape: Shape)
         Ok(results)
     });
     match run {
-        Ok(c) => c.value,
+        Ok(c) => Ok(c.value),
         Err(shipper::Error::Refused { what }) if FailedAt::parse(&what).is_some() => {
             let (at, why) = FailedAt::parse(&what).expect("checked");
             // rqlite's shape: an error result at the failing statement.
             let mut out: Vec<Json> = (0..at).map(|_| json!({})).collect();
             out.push(error(why));
-            out
+            Ok(out)
         }
-        Err(e) => vec![error(e)],
+        Err(e @ (shipper::Error::Fenced(_) | shipper::Error::Stopped(_))) => Err(format!(
+            "this node no longer takes writes ({e}); retry: the active node answers"
+        )),
+        Err(e) => Ok(vec![error(e)]),
     }
 }
 

@@ -287,3 +287,78 @@ fn sqlalchemy_runs_create_all_and_an_orm_round_trip() {
         Some("bobby")
     );
 }
+
+const PYRQLITE_LOAD: &str = r#"
+import sys, time
+sys.path.insert(0, sys.argv[3])
+import pyrqlite.dbapi2 as dbapi2
+log = open(sys.argv[4], "a", buffering=1)
+conn = dbapi2.connect(host=sys.argv[1], port=int(sys.argv[2]))
+cur = conn.cursor()
+for i in range(1, int(sys.argv[5]) + 1):
+    deadline = time.time() + 60
+    while True:
+        try:
+            cur.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (i, "p"))
+            log.write("%d\n" % i)
+            break
+        except dbapi2.Error as e:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+"#;
+
+/// pyrqlite on the passive's API (which forwards to the active) through a
+/// SIGKILL of the active: the client retries what was not acknowledged,
+/// and every row it saw acknowledged is on the new active.
+#[test]
+fn pyrqlite_writes_through_a_sigkill_failover_and_loses_no_acknowledged_row() {
+    let (t, http) = http_pair();
+    let (alpha, _beta) = t.running_pair();
+    let mut alpha = Some(alpha);
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python");
+    let log = t.dir.path().join("acked.txt");
+    let (host, port) = common::trio::split_addr(&http[1]);
+    let mut client = Command::new("python3")
+        .args(["-c", PYRQLITE_LOAD, &host, &port, lib.to_str().unwrap()])
+        .arg(&log)
+        .arg("150")
+        .spawn()
+        .unwrap();
+    let acked = || -> Vec<u64> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    t.wait_for("the client to have 40 rows acknowledged", 60, || {
+        acked().len() >= 40
+    });
+    let mut d = alpha.take().unwrap();
+    d.0.kill().unwrap();
+    d.0.wait().unwrap();
+    t.wait_for("beta active", 30, || t.status("beta")["role"] == "active");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = client.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client did not finish\n{}",
+            t.dump()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "the client failed\n{}", t.dump());
+    let acked = acked();
+    assert_eq!(acked.len(), 150, "{acked:?}");
+    let have: std::collections::BTreeSet<u64> = t.ids("beta").into_iter().collect();
+    let missing: Vec<&u64> = acked.iter().filter(|i| !have.contains(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but missing: {missing:?}\n{}",
+        t.dump()
+    );
+}
