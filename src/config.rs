@@ -60,6 +60,10 @@ pub struct Cluster {
     /// 16 bytes), the same on both nodes: heartbeats are authenticated with
     /// it. Without it they are not, and the node says so when it starts.
     pub key_file: Option<PathBuf>,
+    /// SQL over HTTP: the users and their permissions, in rqlite's users
+    /// file format (owner-only, as the password file). Without it, the API
+    /// takes requests from anyone who can reach it.
+    pub http_users: Option<PathBuf>,
     /// Per-call timeout for SMB shares (default 5s).
     #[serde(default = "default_smb_timeout", with = "humantime_serde")]
     pub smb_timeout: Duration,
@@ -255,6 +259,7 @@ impl Config {
         for f in [
             config.cluster.password_file.as_mut(),
             config.cluster.key_file.as_mut(),
+            config.cluster.http_users.as_mut(),
         ]
         .into_iter()
         .flatten()

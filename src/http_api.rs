@@ -12,6 +12,9 @@
 //! `error`; blobs are base64 strings, as rqlite sends them. `?timings`
 //! adds `time`, `?pretty` indents.
 //!
+//! With `[cluster] http-users` (rqlite's users file), requests need HTTP
+//! basic credentials with the endpoint's permission.
+//!
 //! A passive forwards writes and `weak`/`strong` reads to the active (with
 //! `?redirect`, answers `301` to it; `503` with `Retry-After` while no
 //! node is active), and reads its own copy at `level=none`, refusing one
@@ -50,6 +53,83 @@ pub struct Api {
     pub snapshot: Arc<Mutex<Option<NodeStatus>>>,
     /// Each node's `http` address, to send clients to the active.
     pub peers: Vec<(String, String)>,
+    /// Who may do what (`[cluster] http-users`); `None`: anyone anything.
+    pub users: Option<Arc<Users>>,
+}
+
+/// rqlite's users file: `[{"username", "password", "perms": [...]}]`, the
+/// permissions `all`, `execute`, `query`, `status`, `ready`, `nodes`.
+#[derive(Debug, Default)]
+pub struct Users {
+    users: Vec<User>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct User {
+    username: String,
+    password: String,
+    perms: Vec<String>,
+}
+
+impl Users {
+    /// Reads and checks the users file (owner-only, as every secret).
+    pub fn load(path: &std::path::Path) -> Result<Users> {
+        let text = shipper::secret::read_private(path, "HTTP users file")?;
+        let users: Vec<User> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a users file ([{{\"username\", \"password\", \"perms\": [...]}}])",
+                path.display()
+            )
+        })?;
+        const PERMS: [&str; 6] = ["all", "execute", "query", "status", "ready", "nodes"];
+        for u in &users {
+            if let Some(p) = u.perms.iter().find(|p| !PERMS.contains(&p.as_str())) {
+                anyhow::bail!(
+                    "{}: user {:?} has the permission {p:?}; the permissions are {}",
+                    path.display(),
+                    u.username,
+                    PERMS.join(", ")
+                );
+            }
+        }
+        Ok(Users { users })
+    }
+
+    /// Whether the request's `Authorization` allows `perm`; the user's
+    /// name, or why not.
+    fn allows(&self, authorization: Option<&str>, perm: &str) -> Result<String, &'static str> {
+        let Some(b64) = authorization.and_then(|a| a.strip_prefix("Basic ")) else {
+            return Err("authentication required (HTTP basic)");
+        };
+        let Some((name, password)) = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                s.split_once(':')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
+        else {
+            return Err("malformed basic credentials");
+        };
+        let user = self
+            .users
+            .iter()
+            .find(|u| {
+                u.username == name && constant_time_eq(u.password.as_bytes(), password.as_bytes())
+            })
+            .ok_or("wrong user name or password")?;
+        if user.perms.iter().any(|p| p == "all" || p == perm) {
+            Ok(name)
+        } else {
+            Err("this user lacks the permission")
+        }
+    }
+}
+
+/// Compares without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// One statement of a request.
@@ -149,6 +229,35 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
             &[],
         );
     }
+    if let Some(users) = &api.users {
+        let perm = match path {
+            "/db/execute" => "execute",
+            "/db/query" => "query",
+            "/db/request" => "execute",
+            "/status" => "status",
+            "/nodes" => "nodes",
+            "/readyz" => "ready",
+            _ => "all",
+        };
+        let auth = req
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Authorization"))
+            .map(|h| h.value.as_str().to_string());
+        if let Err(why) = users.allows(auth.as_deref(), perm) {
+            let status = if auth.is_some() && why.contains("permission") {
+                403
+            } else {
+                401
+            };
+            return respond(
+                req,
+                status,
+                format!("{why}: {path} needs the permission {perm:?}\n"),
+                &[("WWW-Authenticate", "Basic realm=\"logship\"".into())],
+            );
+        }
+    }
     let started = Instant::now();
     let outcome = match (method.clone(), path) {
         (tiny_http::Method::Post, "/db/execute" | "/db/request") => {
@@ -203,7 +312,14 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
     // forwarded, or with `?redirect` a 301 to it.
     if store.is_none() && (write || level != "none") {
         return match active_of(api) {
-            Some((_, addr)) if !flag("redirect") => forward(req, &method, &addr, &url, body),
+            Some((_, addr)) if !flag("redirect") => {
+                let auth = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Authorization"))
+                    .map(|h| h.value.as_str().to_string());
+                forward(req, &method, &addr, &url, body, auth)
+            }
             _ => send_to_active(api, req, &url),
         };
     }
@@ -278,6 +394,7 @@ fn forward(
     addr: &str,
     url: &str,
     body: Vec<u8>,
+    auth: Option<String>,
 ) {
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
@@ -287,11 +404,14 @@ fn forward(
             .build(),
     );
     let target = format!("http://{addr}{url}");
+    // The client's credentials go with it: the active checks them too.
+    let auth = auth.unwrap_or_default();
     let reply = match method {
-        tiny_http::Method::Get => agent.get(&target).call(),
+        tiny_http::Method::Get => agent.get(&target).header("Authorization", &auth).call(),
         _ => agent
             .post(&target)
             .header("Content-Type", "application/json")
+            .header("Authorization", &auth)
             .send(&body[..]),
     };
     match reply {

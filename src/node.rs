@@ -317,6 +317,13 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
         serve_admin(name, node, addr, snapshot.clone(), serving.clone())?;
     }
     if let Some(addr) = &node.http {
+        let users = match &cfg.cluster.http_users {
+            Some(f) => Some(Arc::new(crate::http_api::Users::load(f)?)),
+            None => {
+                tracing::warn!(http = %addr, "SQL over HTTP takes requests from anyone who can reach it; set [cluster] http-users");
+                None
+            }
+        };
         crate::http_api::serve(
             addr,
             crate::http_api::Api {
@@ -329,6 +336,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
                     .iter()
                     .filter_map(|(n, nd)| nd.http.clone().map(|h| (n.clone(), h)))
                     .collect(),
+                users,
             },
         )?;
     }

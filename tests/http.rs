@@ -10,12 +10,20 @@ use common::trio::{Trio, free_tcp_port, ground};
 
 /// A running pair whose nodes serve the API; their addresses.
 fn http_pair() -> (Trio, [String; 2]) {
+    http_pair_with("")
+}
+
+/// `http_pair`, with `extra` in the cluster section.
+fn http_pair_with(extra: &str) -> (Trio, [String; 2]) {
     let (dir, w, hb) = ground();
     let http = [
         format!("127.0.0.1:{}", free_tcp_port()),
         format!("127.0.0.1:{}", free_tcp_port()),
     ];
-    let cluster = format!("witness = \"{}\"\nseal-after = \"200ms\"\n", w.display());
+    let cluster = format!(
+        "witness = \"{}\"\nseal-after = \"200ms\"\n{extra}",
+        w.display()
+    );
     let t = Trio::custom_full(
         dir,
         &cluster,
@@ -361,4 +369,65 @@ fn pyrqlite_writes_through_a_sigkill_failover_and_loses_no_acknowledged_row() {
         "acknowledged but missing: {missing:?}\n{}",
         t.dump()
     );
+}
+
+/// Basic authentication from rqlite's users file: no or wrong credentials
+/// are a 401, a missing permission a 403; a passive forwards the client's
+/// credentials with its write. A users file others can read is refused.
+#[test]
+fn the_users_file_decides_who_may_execute_and_query() {
+    use std::os::unix::fs::PermissionsExt;
+    let users_dir = tempfile::tempdir().unwrap();
+    let users = users_dir.path().join("users.json");
+    std::fs::write(
+        &users,
+        r#"[{"username": "alice", "password": "s3cret-a", "perms": ["all"]},
+            {"username": "reader", "password": "s3cret-r", "perms": ["query"]}]"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (t, http) = http_pair_with(&format!("http-users = \"{}\"\n", users.display()));
+    let nodes = t.running_pair();
+    let insert = r#"["INSERT INTO t VALUES (1, 'a')"]"#;
+    let as_user = |user: &str, node: usize, body: &str| {
+        curl(&[
+            "-u",
+            user,
+            "-XPOST",
+            &format!("http://{}/db/execute", http[node]),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ])
+    };
+    let (code, body) = execute(&http[0], "", insert);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = as_user("alice:wrong", 0, insert);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = as_user("reader:s3cret-r", 0, insert);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("\"execute\""), "{body}");
+    let (code, body) = as_user("alice:s3cret-a", 1, insert);
+    assert_eq!(code, 200, "forwarded by the passive: {body}");
+    let (code, body) = curl(&[
+        "-u",
+        "reader:s3cret-r",
+        "-G",
+        &format!("http://{}/db/query", http[0]),
+        "--data-urlencode",
+        "q=SELECT v FROM t",
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body)["results"][0]["values"],
+        serde_json::json!([["a"]])
+    );
+    // Readable by others: the node refuses to start, naming the file.
+    drop(nodes);
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = t.cmd("alpha", &["node"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("users.json"), "{err}");
 }
