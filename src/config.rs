@@ -64,6 +64,10 @@ pub struct Cluster {
     /// file format (owner-only, as the password file). Without it, the API
     /// takes requests from anyone who can reach it.
     pub http_users: Option<PathBuf>,
+    /// SQL over HTTP: the longest a request's statements may run (default
+    /// 30s); past it they are interrupted and the request answers why.
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub http_timeout: Duration,
     /// Per-call timeout for SMB shares (default 5s).
     #[serde(default = "default_smb_timeout", with = "humantime_serde")]
     pub smb_timeout: Duration,
@@ -98,6 +102,10 @@ pub enum Failback {
     #[default]
     Off,
     Preferred,
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_failback_after() -> Duration {

@@ -55,6 +55,30 @@ pub struct Api {
     pub peers: Vec<(String, String)>,
     /// Who may do what (`[cluster] http-users`); `None`: anyone anything.
     pub users: Option<Arc<Users>>,
+    /// `[cluster] http-timeout`: how long a request's statements may run.
+    pub timeout: std::time::Duration,
+}
+
+/// Interrupts `conn`'s statements once `deadline` passes (SQLite then
+/// answers "interrupted"). Reads only: their connections are the API's
+/// own; a write's statements run on the store's writer, which takes no
+/// interruption yet.
+fn limit(conn: &mut rusqlite::Connection, deadline: Instant) {
+    // It fails only for a handler SQLite cannot take: none here.
+    let _ = conn.progress_handler(10_000, Some(move || Instant::now() > deadline));
+}
+
+/// What an interrupted statement says, with the limit that stopped it.
+fn timed_out(e: impl std::fmt::Display, timeout: std::time::Duration) -> String {
+    let e = e.to_string();
+    if e.contains("interrupted") {
+        format!(
+            "{e}: the request ran past its time limit of {} ([cluster] http-timeout)",
+            humantime::format_duration(timeout)
+        )
+    } else {
+        e
+    }
 }
 
 /// rqlite's users file: `[{"username", "password", "perms": [...]}]`, the
@@ -348,7 +372,7 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
                 &[json_header()],
             );
         }
-        match query(api, store.as_deref(), &statements, shape) {
+        match query(api, store.as_deref(), &statements, shape, api.timeout) {
             Ok(r) => r,
             Err(e) => return respond(req, 503, format!("{e:#}\n"), &[]),
         }
@@ -558,9 +582,22 @@ fn execute(
     shape: Shape,
 ) -> Result<Vec<Json>, String> {
     let n = statements.len();
-    let run = store.transaction(move |tx| {
+    let run = store.transaction(move |tx| run_all(tx, &statements, mixed, shape, n));
+    finish(run)
+}
+
+/// The statements of one store transaction, in order; the first error
+/// ends it, naming the statement.
+fn run_all(
+    tx: &mut shipper::Tx<'_>,
+    statements: &[Statement],
+    mixed: bool,
+    shape: Shape,
+    n: usize,
+) -> shipper::Result<Vec<Json>> {
+    {
         let mut results = Vec::with_capacity(n);
-        for s in &statements {
+        for s in statements {
             if mixed && tx.conn().prepare(&s.sql).is_ok_and(|st| st.readonly()) {
                 let r = read_one(tx.conn(), s, shape);
                 if let Some(e) = r.get("error").and_then(Json::as_str) {
@@ -588,7 +625,11 @@ fn execute(
             }
         }
         Ok(results)
-    });
+    }
+}
+
+/// A store transaction's outcome as the API answers it.
+fn finish(run: shipper::Result<shipper::Committed<Vec<Json>>>) -> Result<Vec<Json>, String> {
     match run {
         Ok(c) => Ok(c.value),
         Err(shipper::Error::Refused { what }) if FailedAt::parse(&what).is_some() => {
@@ -629,14 +670,22 @@ fn query(
     store: Option<&Store>,
     statements: &[Statement],
     shape: Shape,
+    timeout: std::time::Duration,
 ) -> Result<Vec<Json>> {
-    let conn = match store {
+    let mut conn = match store {
         Some(s) => s.reader()?,
         None => shipper::store::open_read_only(&api.data_dir.join(shipper::store::DATABASE_FILE))?,
     };
+    limit(&mut conn, Instant::now() + timeout);
     Ok(statements
         .iter()
-        .map(|s| read_one(&conn, s, shape))
+        .map(|s| {
+            let r = read_one(&conn, s, shape);
+            match r.get("error").and_then(Json::as_str) {
+                Some(e) => error(timed_out(e, timeout)),
+                None => r,
+            }
+        })
         .collect())
 }
 

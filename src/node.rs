@@ -337,6 +337,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
                     .filter_map(|(n, nd)| nd.http.clone().map(|h| (n.clone(), h)))
                     .collect(),
                 users,
+                timeout: cfg.cluster.http_timeout,
             },
         )?;
     }

@@ -431,3 +431,23 @@ fn the_users_file_decides_who_may_execute_and_query() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("users.json"), "{err}");
 }
+
+/// A read that runs past `[cluster] http-timeout` is interrupted, and the
+/// answer names the limit.
+#[test]
+fn a_read_past_the_time_limit_is_interrupted_and_says_so() {
+    let (t, http) = http_pair_with("http-timeout = \"300ms\"\n");
+    let _nodes = t.running_pair();
+    let (code, body) = curl(&[
+        "-G",
+        &format!("http://{}/db/query", http[0]),
+        "--data-urlencode",
+        "q=WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let e = json(&body)["results"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(e.contains("interrupted") && e.contains("300ms"), "{body}");
+}
