@@ -111,6 +111,21 @@ pub enum BenchCommand {
         #[arg(long)]
         smb: bool,
     },
+    /// SQL over HTTP: 1 and 16 keep-alive clients, each inserting one row a
+    /// request through `/db/execute` on a store, against plain SQLite (WAL,
+    /// synchronous=FULL, a connection per writer) with the same statement;
+    /// and the time HTTP adds per request over `Store::transaction`. Ends
+    /// with the 16-client ratio.
+    Http {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Rounds; the median is shown.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Failover time: a two-node cluster with the default timings under a
     /// steady write load; each round SIGKILLs the active and measures until
     /// the other node accepts a write (the killed node rejoins before the
@@ -159,6 +174,15 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             seconds,
             smb,
         } => crate::bench_rpo::rpo(&bench_dir(dir)?, rounds.max(1), seconds, smb),
+        BenchCommand::Http {
+            dir,
+            seconds,
+            rounds,
+        } => http(
+            &bench_dir(dir)?,
+            Duration::from_secs_f64(seconds.max(0.1)),
+            rounds.max(1),
+        ),
         BenchCommand::Failover { dir, rounds, nodes } => {
             crate::bench_failover::failover(&bench_dir(dir)?, rounds.max(1), nodes as usize)
         }
@@ -312,6 +336,22 @@ fn run_store(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
 }
 
 fn run_sqlite(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
+    run_sqlite_with(dir, n, dur, |c, t, i| {
+        c.prepare_cached(INSERT)?.execute([t as i64])?;
+        c.prepare_cached(UPDATE)?
+            .execute([((t as u64 + i) % 4) as i64])?;
+        Ok(())
+    })
+}
+
+/// Plain SQLite (WAL, synchronous=FULL, a connection per writer), each
+/// transaction `work(connection, writer, i)` between BEGIN and COMMIT.
+fn run_sqlite_with(
+    dir: &Path,
+    n: usize,
+    dur: Duration,
+    work: impl Fn(&Connection, usize, u64) -> Result<()> + Sync,
+) -> Result<f64> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("plain.db");
     let open = |path: &Path| -> Result<Connection> {
@@ -327,9 +367,7 @@ fn run_sqlite(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
     let rate = drive(n, dur, |t, i| {
         let c = conns[t].lock().expect("connection lock");
         c.execute_batch("BEGIN IMMEDIATE")?;
-        c.prepare_cached(INSERT)?.execute([t as i64])?;
-        c.prepare_cached(UPDATE)?
-            .execute([((t as u64 + i) % 4) as i64])?;
+        work(&c, t, i)?;
         c.execute_batch("COMMIT")?;
         Ok(())
     })?;
@@ -387,4 +425,115 @@ pub fn filesystem_of(path: &Path) -> Option<String> {
         })
         .max_by_key(|(len, _)| *len)
         .map(|(_, s)| s)
+}
+
+/// The statement each HTTP request and each baseline transaction runs.
+const HTTP_INSERT: &str = "INSERT INTO msgs (box, body) VALUES (?, zeroblob(200))";
+
+/// `bench http`.
+fn http(base: &Path, dur: Duration, rounds: usize) -> Result<ExitCode> {
+    println!("bench http: one INSERT of a 200-byte row per request (or transaction)");
+    println!(
+        "{:>8} {:>14} {:>14} {:>8}",
+        "clients", "http req/s", "sqlite tx/s", "ratio"
+    );
+    let mut last = 0.0;
+    let mut one_http = 0.0;
+    for n in [1usize, 16] {
+        let (mut h, mut q) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // Interleaved, so that disk noise hits both alike.
+            h.push(run_http(&base.join(format!("http-{n}-{round}")), n, dur)?);
+            q.push(run_sqlite_with(
+                &base.join(format!("sqlite-{n}-{round}")),
+                n,
+                dur,
+                |c, t, _| {
+                    c.prepare_cached(HTTP_INSERT)?.execute([t as i64])?;
+                    Ok(())
+                },
+            )?);
+        }
+        let (hm, qm) = (median(&mut h), median(&mut q));
+        last = hm / qm;
+        println!("{n:>8} {hm:>14.0} {qm:>14.0} {last:>8.2}");
+        if n == 1 {
+            one_http = hm;
+        }
+    }
+    let mut direct = Vec::new();
+    for round in 0..rounds {
+        let dir = base.join(format!("direct-{round}"));
+        shipper::Store::init(&dir)?;
+        let store = shipper::Store::open(&dir, shipper::StoreOptions::default())?;
+        store.transaction(|tx| tx.execute_script(SCHEMA, |_, _, _| Ok(())))?;
+        direct.push(drive(1, dur, |t, _| {
+            store.transaction(move |tx| {
+                tx.conn().prepare_cached(HTTP_INSERT)?.execute([t as i64])?;
+                Ok(())
+            })?;
+            Ok(())
+        })?);
+        drop(store);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    let one_direct = median(&mut direct);
+    println!(
+        "one client: {one_http:.0} req/s over HTTP, {one_direct:.0} tx/s through Store::transaction: HTTP adds {:.0} µs a request",
+        1e6 / one_http - 1e6 / one_direct
+    );
+    let _ = std::fs::remove_dir_all(base);
+    println!("ratio {last:.2}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `n` keep-alive clients against the API of a store in `dir`.
+fn run_http(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
+    shipper::Store::init(dir)?;
+    let store = Arc::new(shipper::Store::open(dir, shipper::StoreOptions::default())?);
+    store.transaction(|tx| tx.execute_script(SCHEMA, |_, _, _| Ok(())))?;
+    let addr = format!("127.0.0.1:{}", harness::sys::free_tcp_port()?);
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::http_api::serve(
+        &addr,
+        crate::http_api::Api {
+            node: "bench".into(),
+            data_dir: dir.to_path_buf(),
+            serving: Arc::new(std::sync::Mutex::new(Some(store.clone()))),
+            snapshot: Default::default(),
+            peers: Vec::new(),
+            users: None,
+            timeout: Duration::from_secs(30),
+        },
+        stop.clone(),
+    )?;
+    let url = format!("http://{addr}/db/execute");
+    let agents: Vec<ureq::Agent> = (0..n)
+        .map(|_| {
+            ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build(),
+            )
+        })
+        .collect();
+    let rate = drive(n, dur, |t, _| {
+        let body = format!(r#"[["{HTTP_INSERT}", {t}]]"#);
+        let mut r = agents[t]
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes())?;
+        let text = r.body_mut().read_to_string()?;
+        anyhow::ensure!(
+            r.status().as_u16() == 200 && text.contains("rows_affected"),
+            "the API answered {}: {text}",
+            r.status()
+        );
+        Ok(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    drop(agents);
+    drop(store);
+    std::fs::remove_dir_all(dir).ok();
+    rate
 }

@@ -339,6 +339,8 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
                 users,
                 timeout: cfg.cluster.http_timeout,
             },
+            // It serves as long as the process lives.
+            Arc::new(AtomicBool::new(false)),
         )?;
     }
     let feeding: block::Feeding = Default::default();

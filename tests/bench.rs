@@ -129,3 +129,12 @@ fn bench_failover_with_three_nodes_and_etcd_ends_with_its_median() {
         .unwrap();
     assert!(ms > 0.0, "{out}");
 }
+
+/// `bench http` runs 1 and 16 keep-alive clients against the API and plain
+/// SQLite, and ends with the 16-client ratio.
+#[test]
+fn bench_http_ends_with_its_ratio() {
+    let out = bench(&["http", "--seconds", "0.3", "--rounds", "1"]);
+    assert!(out.contains("HTTP adds"), "{out}");
+    last_ratio(&out);
+}

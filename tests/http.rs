@@ -451,3 +451,41 @@ fn a_read_past_the_time_limit_is_interrupted_and_says_so() {
         .to_string();
     assert!(e.contains("interrupted") && e.contains("300ms"), "{body}");
 }
+
+/// Sixteen keep-alive clients at once, each with its own connection: every
+/// request is answered (a server whose thread pool lost a wake-up under
+/// such a burst once left connections unread for good).
+#[test]
+fn sixteen_keep_alive_clients_at_once_are_all_answered() {
+    let (t, http) = http_pair();
+    let _nodes = t.running_pair();
+    let url = format!("http://{}/db/execute", http[0]);
+    let clients: Vec<_> = (0..16u64)
+        .map(|c| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let agent = ureq::Agent::new_with_config(
+                    ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(std::time::Duration::from_secs(30)))
+                        .build(),
+                );
+                for i in 0..25u64 {
+                    let id = c * 1000 + i;
+                    let body = format!(r#"[["INSERT INTO t VALUES (?, 'k')", {id}]]"#);
+                    let mut r = agent
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .send(body.as_bytes())
+                        .unwrap_or_else(|e| panic!("client {c}, request {i}: {e}"));
+                    let text = r.body_mut().read_to_string().unwrap();
+                    assert_eq!(r.status().as_u16(), 200, "{text}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client failed");
+    }
+    assert_eq!(t.ids("alpha").len(), 16 * 25);
+}

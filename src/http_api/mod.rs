@@ -3,7 +3,8 @@
 //! `POST /db/execute` (one store transaction per request), `GET`/`POST
 //! /db/query` (read-only statements on the node's own database), `POST
 //! /db/request` (both, in one transaction), `GET /status`, `/nodes` and
-//! `/readyz`. `[nodes.X] http` turns it on.
+//! `/readyz`. `[nodes.X] http` turns it on; `http` is the HTTP/1.1 of one
+//! connection.
 //!
 //! The statement forms are rqlite's: a bare string, `[sql, positional…]`
 //! and `[sql, {named}]`. The answer is `{"results": [...]}`, each result
@@ -22,7 +23,6 @@
 //! "SQL over HTTP"): a request is always one transaction, so without
 //! `?transaction` an error also rolls back the statements before it.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -34,13 +34,14 @@ use serde_json::{Map, Value as Json, json};
 use shipper::{Params, Store};
 
 use crate::node_status::NodeStatus;
+use http::{Method, Request, Response};
+
+mod http;
 
 /// The largest request body read.
 const MAX_BODY: u64 = 16 << 20;
 /// The most statements one request may carry.
 const MAX_STATEMENTS: usize = 10_000;
-/// Threads answering requests.
-const WORKERS: usize = 4;
 
 /// What the API serves from.
 #[derive(Clone)]
@@ -163,26 +164,52 @@ pub struct Statement {
     pub params: Params,
 }
 
-/// Starts the API on `addr`.
-pub fn serve(addr: &str, api: Api) -> Result<()> {
-    let server = Arc::new(
-        tiny_http::Server::http(addr)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("listen for SQL over HTTP on {addr}"))?,
-    );
-    for i in 0..WORKERS {
-        let (server, api) = (server.clone(), api.clone());
-        std::thread::Builder::new()
-            .name(format!("logship-http-{i}"))
-            .spawn(move || {
-                while let Ok(req) = server.recv() {
-                    answer(&api, req);
+/// Starts the API on `addr`: a thread per connection (at most
+/// `MAX_CONNECTIONS`), HTTP/1.1 with keep-alive. It serves until `stop`.
+pub fn serve(addr: &str, api: Api, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("listen for SQL over HTTP on {addr}"))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("the SQL-over-HTTP listener on {addr}"))?;
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let node = api.node.clone();
+    std::thread::Builder::new()
+        .name("logship-http".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let stream = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let _ = stream.set_nonblocking(false);
+                let (api, open) = (api.clone(), open.clone());
+                if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    let mut s = stream;
+                    let busy = Response::text(503, "too many connections\n".into());
+                    let _ = http::write(&mut s, &busy, false);
+                    continue;
                 }
-            })?;
-    }
-    tracing::info!(node = %api.node, http = %addr, "SQL over HTTP listening (/db/execute, /db/query)");
+                let _ = std::thread::Builder::new()
+                    .name("logship-http-conn".into())
+                    .spawn(move || {
+                        http::serve_connection(stream, |req| answer(&api, req));
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
+            }
+        })?;
+    tracing::info!(node = %node, http = %addr, "SQL over HTTP listening (/db/execute, /db/query)");
     Ok(())
 }
+
+/// The most connections served at once.
+const MAX_CONNECTIONS: usize = 512;
 
 /// The URL's path and its query parameters (a flag has an empty value).
 fn split_url(url: &str) -> (&str, Vec<(String, String)>) {
@@ -221,38 +248,27 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn respond(req: tiny_http::Request, status: u16, body: String, headers: &[(&str, String)]) {
-    let mut r = tiny_http::Response::from_string(body).with_status_code(status);
-    for (k, v) in headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
-            r.add_header(h);
-        }
+fn respond(status: u16, body: String, headers: &[(&str, String)]) -> Response {
+    Response {
+        status,
+        body,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
     }
-    let _ = req.respond(r);
 }
 
 fn json_header() -> (&'static str, String) {
     ("Content-Type", "application/json".to_string())
 }
 
-fn answer(api: &Api, mut req: tiny_http::Request) {
-    let url = req.url().to_string();
+fn answer(api: &Api, req: Request) -> Response {
+    let url = req.url.clone();
     let (path, params) = split_url(&url);
     let flag = |k: &str| params.iter().any(|(p, _)| p == k);
-    let method = req.method().clone();
-    let mut body = Vec::new();
-    let read = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body);
-    if read.is_err() {
-        return respond(req, 400, "cannot read the request body\n".into(), &[]);
-    }
-    if body.len() as u64 > MAX_BODY {
-        return respond(
-            req,
-            413,
-            format!("the request body is larger than {MAX_BODY} bytes\n"),
-            &[],
-        );
-    }
+    let method = req.method;
+    let body = req.body.clone();
     if let Some(users) = &api.users {
         let perm = match path {
             "/db/execute" => "execute",
@@ -263,11 +279,7 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
             "/readyz" => "ready",
             _ => "all",
         };
-        let auth = req
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str().to_string());
+        let auth = req.header("Authorization").map(str::to_string);
         if let Err(why) = users.allows(auth.as_deref(), perm) {
             let status = if auth.is_some() && why.contains("permission") {
                 403
@@ -275,7 +287,6 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
                 401
             };
             return respond(
-                req,
                 status,
                 format!("{why}: {path} needs the permission {perm:?}\n"),
                 &[("WWW-Authenticate", "Basic realm=\"logship\"".into())],
@@ -283,11 +294,9 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
         }
     }
     let started = Instant::now();
-    let outcome = match (method.clone(), path) {
-        (tiny_http::Method::Post, "/db/execute" | "/db/request") => {
-            parse_statements(&body).map(|s| (true, s))
-        }
-        (tiny_http::Method::Get | tiny_http::Method::Post, "/db/query") => {
+    let outcome = match (method, path) {
+        (Method::Post, "/db/execute" | "/db/request") => parse_statements(&body).map(|s| (true, s)),
+        (Method::Get | Method::Post, "/db/query") => {
             let from_url: Vec<Statement> = params
                 .iter()
                 .filter(|(k, _)| k == "q")
@@ -302,29 +311,29 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
                 parse_statements(&body).map(|s| (false, s))
             }
         }
-        (tiny_http::Method::Get, "/status") => {
+        (Method::Get, "/status") => {
             let st = api.snapshot.lock().expect("snapshot lock").clone();
             let v = json!({ "logship": st, "node": { "name": api.node } });
-            return respond(req, 200, pretty(&v, flag("pretty")), &[json_header()]);
+            return respond(200, pretty(&v, flag("pretty")), &[json_header()]);
         }
-        (tiny_http::Method::Get, "/nodes") => {
+        (Method::Get, "/nodes") => {
             let v = nodes(api);
-            return respond(req, 200, pretty(&v, flag("pretty")), &[json_header()]);
+            return respond(200, pretty(&v, flag("pretty")), &[json_header()]);
         }
-        (tiny_http::Method::Get, "/readyz") => {
+        (Method::Get, "/readyz") => {
             let ready = api.serving.lock().expect("serving lock").is_some()
                 || api.data_dir.join(shipper::store::DATABASE_FILE).exists();
             return if ready {
-                respond(req, 200, "[+]node ok\n".into(), &[])
+                respond(200, "[+]node ok\n".into(), &[])
             } else {
-                respond(req, 503, "[-]node: no database yet\n".into(), &[])
+                respond(503, "[-]node: no database yet\n".into(), &[])
             };
         }
-        _ => return respond(req, 404, format!("no such endpoint: {path}\n"), &[]),
+        _ => return respond(404, format!("no such endpoint: {path}\n"), &[]),
     };
     let (write, statements) = match outcome {
         Ok(x) => x,
-        Err(why) => return respond(req, 400, format!("{why}\n"), &[]),
+        Err(why) => return respond(400, format!("{why}\n"), &[]),
     };
     let level = params
         .iter()
@@ -337,14 +346,10 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
     if store.is_none() && (write || level != "none") {
         return match active_of(api) {
             Some((_, addr)) if !flag("redirect") => {
-                let auth = req
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv("Authorization"))
-                    .map(|h| h.value.as_str().to_string());
-                forward(req, &method, &addr, &url, body, auth)
+                let auth = req.header("Authorization").map(str::to_string);
+                forward(method, &addr, &url, body, auth)
             }
-            _ => send_to_active(api, req, &url),
+            _ => send_to_active(api, &url),
         };
     }
     let shape = Shape {
@@ -357,7 +362,7 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
             // The store stopped taking writes (fenced, or stopping during a
             // failover): come back shortly, to whichever node is active.
             Err(why) => {
-                return respond(req, 503, format!("{why}\n"), &[("Retry-After", "1".into())]);
+                return respond(503, format!("{why}\n"), &[("Retry-After", "1".into())]);
             }
         }
     } else {
@@ -366,7 +371,6 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
             && let Some(why) = too_stale(api, &f.1)
         {
             return respond(
-                req,
                 200,
                 pretty(&json!({ "results": [error(why)] }), flag("pretty")),
                 &[json_header()],
@@ -374,7 +378,7 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
         }
         match query(api, store.as_deref(), &statements, shape, api.timeout) {
             Ok(r) => r,
-            Err(e) => return respond(req, 503, format!("{e:#}\n"), &[]),
+            Err(e) => return respond(503, format!("{e:#}\n"), &[]),
         }
     };
     let mut out = Map::new();
@@ -383,11 +387,10 @@ fn answer(api: &Api, mut req: tiny_http::Request) {
         out.insert("time".into(), json!(started.elapsed().as_secs_f64()));
     }
     respond(
-        req,
         200,
         pretty(&Json::Object(out), flag("pretty")),
         &[json_header()],
-    );
+    )
 }
 
 fn pretty(v: &Json, pretty: bool) -> String {
@@ -412,14 +415,7 @@ fn active_of(api: &Api) -> Option<(String, String)> {
 
 /// The request, sent on to the active's API as it came; its answer, as
 /// the active gave it (or `503` when the active does not answer).
-fn forward(
-    req: tiny_http::Request,
-    method: &tiny_http::Method,
-    addr: &str,
-    url: &str,
-    body: Vec<u8>,
-    auth: Option<String>,
-) {
+fn forward(method: Method, addr: &str, url: &str, body: Vec<u8>, auth: Option<String>) -> Response {
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .timeout_global(Some(std::time::Duration::from_secs(30)))
@@ -431,7 +427,7 @@ fn forward(
     // The client's credentials go with it: the active checks them too.
     let auth = auth.unwrap_or_default();
     let reply = match method {
-        tiny_http::Method::Get => agent.get(&target).header("Authorization", &auth).call(),
+        Method::Get => agent.get(&target).header("Authorization", &auth).call(),
         _ => agent
             .post(&target)
             .header("Content-Type", "application/json")
@@ -447,10 +443,9 @@ fn forward(
                 .limit(MAX_BODY)
                 .read_to_string()
                 .unwrap_or_default();
-            respond(req, status, text, &[json_header()]);
+            respond(status, text, &[json_header()])
         }
         Err(e) => respond(
-            req,
             503,
             format!("the active node's API at {addr} did not answer: {e}\n"),
             &[("Retry-After", "1".into())],
@@ -459,16 +454,14 @@ fn forward(
 }
 
 /// `301` to the active's API, or `503` while no node is.
-fn send_to_active(api: &Api, req: tiny_http::Request, url: &str) {
+fn send_to_active(api: &Api, url: &str) -> Response {
     match active_of(api) {
         Some((node, addr)) => respond(
-            req,
             301,
             format!("node {node} is active\n"),
             &[("Location", format!("http://{addr}{url}"))],
         ),
         None => respond(
-            req,
             503,
             format!(
                 "node {} is not active, and no active node is known\n",
