@@ -267,8 +267,8 @@ fn answer(api: &Api, req: Request) -> Response {
     let url = req.url.clone();
     let (path, params) = split_url(&url);
     let flag = |k: &str| params.iter().any(|(p, _)| p == k);
-    let method = req.method;
-    let body = req.body.clone();
+    let auth = req.header("Authorization").map(str::to_string);
+    let Request { method, body, .. } = req;
     if let Some(users) = &api.users {
         let perm = match path {
             "/db/execute" => "execute",
@@ -279,7 +279,6 @@ fn answer(api: &Api, req: Request) -> Response {
             "/readyz" => "ready",
             _ => "all",
         };
-        let auth = req.header("Authorization").map(str::to_string);
         if let Err(why) = users.allows(auth.as_deref(), perm) {
             let status = if auth.is_some() && why.contains("permission") {
                 403
@@ -345,10 +344,7 @@ fn answer(api: &Api, req: Request) -> Response {
     // forwarded, or with `?redirect` a 301 to it.
     if store.is_none() && (write || level != "none") {
         return match active_of(api) {
-            Some((_, addr)) if !flag("redirect") => {
-                let auth = req.header("Authorization").map(str::to_string);
-                forward(method, &addr, &url, body, auth)
-            }
+            Some((_, addr)) if !flag("redirect") => forward(method, &addr, &url, body, auth),
             _ => send_to_active(api, &url),
         };
     }
@@ -574,64 +570,25 @@ fn execute(
     mixed: bool,
     shape: Shape,
 ) -> Result<Vec<Json>, String> {
-    let n = statements.len();
-    let run = store.transaction(move |tx| run_all(tx, &statements, mixed, shape, n));
-    finish(run)
-}
-
-/// The statements of one store transaction, in order; the first error
-/// ends it, naming the statement.
-fn run_all(
-    tx: &mut shipper::Tx<'_>,
-    statements: &[Statement],
-    mixed: bool,
-    shape: Shape,
-    n: usize,
-) -> shipper::Result<Vec<Json>> {
-    {
-        let mut results = Vec::with_capacity(n);
-        for s in statements {
-            if mixed && tx.conn().prepare(&s.sql).is_ok_and(|st| st.readonly()) {
-                let r = read_one(tx.conn(), s, shape);
-                if let Some(e) = r.get("error").and_then(Json::as_str) {
-                    return Err(shipper::Error::Refused {
-                        what: format!("{}", FailedAt(results.len(), e.to_string())),
-                    });
-                }
-                results.push(r);
-                continue;
-            }
-            let mut ignore = |_: &[String], _: usize, _: &rusqlite::Row<'_>| Ok(());
-            match tx.execute_with(&s.sql, &s.params, &mut ignore) {
-                Ok(()) => {
-                    let c = tx.conn();
-                    results.push(json!({
-                        "last_insert_id": c.last_insert_rowid(),
-                        "rows_affected": c.changes(),
-                    }));
-                }
-                Err(e) => {
-                    return Err(shipper::Error::Refused {
-                        what: format!("{}", FailedAt(results.len(), e.to_string())),
-                    });
-                }
-            }
-        }
-        Ok(results)
+    // Which statement failed, and why: the store only sees the request fail.
+    let failed: Arc<Mutex<Option<(usize, String)>>> = Default::default();
+    let slot = failed.clone();
+    let run = store.transaction(move |tx| {
+        // (A request may run again at the head of a group commit.)
+        *slot.lock().expect("failed lock") = None;
+        run_all(tx, &statements, mixed, shape).map_err(|(at, why)| {
+            *slot.lock().expect("failed lock") = Some((at, why));
+            shipper::Error::Aborted("a statement of the request failed".into())
+        })
+    });
+    if let Some((at, why)) = failed.lock().expect("failed lock").take() {
+        // rqlite's shape: an error result at the failing statement.
+        let mut out: Vec<Json> = (0..at).map(|_| json!({})).collect();
+        out.push(error(why));
+        return Ok(out);
     }
-}
-
-/// A store transaction's outcome as the API answers it.
-fn finish(run: shipper::Result<shipper::Committed<Vec<Json>>>) -> Result<Vec<Json>, String> {
     match run {
         Ok(c) => Ok(c.value),
-        Err(shipper::Error::Refused { what }) if FailedAt::parse(&what).is_some() => {
-            let (at, why) = FailedAt::parse(&what).expect("checked");
-            // rqlite's shape: an error result at the failing statement.
-            let mut out: Vec<Json> = (0..at).map(|_| json!({})).collect();
-            out.push(error(why));
-            Ok(out)
-        }
         Err(e @ (shipper::Error::Fenced(_) | shipper::Error::Stopped(_))) => Err(format!(
             "this node no longer takes writes ({e}); retry: the active node answers"
         )),
@@ -639,21 +596,34 @@ fn finish(run: shipper::Result<shipper::Committed<Vec<Json>>>) -> Result<Vec<Jso
     }
 }
 
-/// Which statement failed and why, carried through the store's error.
-struct FailedAt(usize, String);
-
-impl std::fmt::Display for FailedAt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "statement {}: {}", self.0, self.1)
+/// The statements of one store transaction, in order; the first error
+/// ends it, with the failing statement's index.
+fn run_all(
+    tx: &mut shipper::Tx<'_>,
+    statements: &[Statement],
+    mixed: bool,
+    shape: Shape,
+) -> Result<Vec<Json>, (usize, String)> {
+    let mut results = Vec::with_capacity(statements.len());
+    for (i, s) in statements.iter().enumerate() {
+        if mixed && tx.conn().prepare(&s.sql).is_ok_and(|st| st.readonly()) {
+            let r = read_one(tx.conn(), s, shape);
+            if let Some(e) = r.get("error").and_then(Json::as_str) {
+                return Err((i, e.to_string()));
+            }
+            results.push(r);
+            continue;
+        }
+        let mut ignore = |_: &[String], _: usize, _: &rusqlite::Row<'_>| Ok(());
+        tx.execute_with(&s.sql, &s.params, &mut ignore)
+            .map_err(|e| (i, e.to_string()))?;
+        let c = tx.conn();
+        results.push(json!({
+            "last_insert_id": c.last_insert_rowid(),
+            "rows_affected": c.changes(),
+        }));
     }
-}
-
-impl FailedAt {
-    fn parse(s: &str) -> Option<(usize, String)> {
-        let rest = s.strip_prefix("statement ")?;
-        let (n, why) = rest.split_once(": ")?;
-        Some((n.parse().ok()?, why.to_string()))
-    }
+    Ok(results)
 }
 
 /// Runs read-only statements on this node's database: the store's reader
@@ -835,10 +805,6 @@ mod tests {
                 ("level".into(), "none".into()),
                 ("pretty".into(), String::new())
             ]
-        );
-        assert_eq!(
-            FailedAt::parse("statement 3: no such table"),
-            Some((3, "no such table".into()))
         );
     }
 }
