@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,17 +95,7 @@ impl Dag {
             .open(self.dir.path().join(format!("{node}.log")))
             .unwrap();
         let mut c = match self.netns.get(node) {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns])
-                    .arg(env!("CARGO_BIN_EXE_logship"))
-                    .args(["node", "--config"])
-                    .arg(&self.config)
-                    .args(["--node", node])
-                    .env("RUST_LOG", "info")
-                    .stdin(Stdio::null());
-                c
-            }
+            Some(ns) => common::trio::node_in_netns(&self.config, ns, node),
             None => node_cmd(&self.config, node, &["node"], "info"),
         };
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -691,23 +681,8 @@ fn five_nodes_lose_no_mail_through_four_kills_of_the_active() {
         relay_queue() == Some(0)
     });
     let ids = stored(&dag, &last);
-    let distinct: BTreeSet<String> = ids.iter().cloned().collect();
-    assert_eq!(
-        ids.len(),
-        distinct.len(),
-        "a message stored twice (seed {seed})"
-    );
-    let missing: Vec<_> = accepted.difference(&distinct).collect();
-    assert!(
-        missing.is_empty(),
-        "accepted but not stored: {missing:?} (seed {seed})\n{}",
-        dag.dump()
-    );
-    let extra: Vec<_> = distinct.difference(&sent).collect();
-    assert!(
-        extra.is_empty(),
-        "stored but never sent: {extra:?} (seed {seed})"
-    );
+    let distinct =
+        common::trio::assert_stored_exactly_once(&ids, &accepted, &sent, seed, || dag.dump());
     // Each new active asked the relay to re-deliver (duplicates dropped).
     let relay: serde_json::Value =
         serde_json::from_slice(&std::fs::read(relay_dir.join("relay.json")).unwrap()).unwrap();

@@ -459,24 +459,8 @@ fn every_accepted_message_is_stored_exactly_once_through_repeated_failovers() {
         active,
         "SELECT message_id FROM messages ORDER BY message_id",
     );
-    let distinct: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
-    assert_eq!(
-        stored.len(),
-        distinct.len(),
-        "a message stored twice (seed {seed})"
-    );
-    let missing: Vec<_> = accepted.difference(&distinct).collect();
-    assert!(
-        missing.is_empty(),
-        "accepted but not stored: {missing:?} (seed {seed})\n{}",
-        t.dump()
-    );
-    // Nothing the client did not send.
-    let extra: Vec<_> = distinct.difference(&sent).collect();
-    assert!(
-        extra.is_empty(),
-        "stored but never sent: {extra:?} (seed {seed})"
-    );
+    let distinct =
+        common::trio::assert_stored_exactly_once(&stored, &accepted, &sent, seed, || t.dump());
     let relay_status: serde_json::Value = serde_json::from_slice(
         &std::fs::read(t.dir.path().join("relay").join("relay.json")).unwrap(),
     )

@@ -285,15 +285,7 @@ impl Trio {
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let ns = if node == "alpha" { &ns[0] } else { &ns[1] };
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns])
-                    .arg(env!("CARGO_BIN_EXE_logship"))
-                    .args(["node", "--config"])
-                    .arg(&self.config)
-                    .args(["--node", node])
-                    .env("RUST_LOG", "info")
-                    .stdin(Stdio::null());
-                c
+                node_in_netns(&self.config, ns, node)
             }
             None => self.cmd(node, &["node"]),
         };
@@ -542,4 +534,48 @@ impl Submitter {
 /// The Message-IDs in a node's mailbox store (empty if it has none yet).
 pub fn stored_ids(t: &Trio, node: &str) -> Vec<String> {
     dumpster::mailbox::stored_message_ids(&t.data_dir(node).join("store.db"))
+}
+
+/// Every message the relay `accepted` is in `stored` exactly once, and
+/// nothing is there that was not `sent`; the distinct ids. `seed` and
+/// `dump` go into the failure messages.
+pub fn assert_stored_exactly_once(
+    stored: &[String],
+    accepted: &BTreeSet<String>,
+    sent: &BTreeSet<String>,
+    seed: u64,
+    dump: impl FnOnce() -> String,
+) -> BTreeSet<String> {
+    let distinct: BTreeSet<String> = stored.iter().cloned().collect();
+    assert_eq!(
+        stored.len(),
+        distinct.len(),
+        "a message stored twice (seed {seed})"
+    );
+    let missing: Vec<_> = accepted.difference(&distinct).collect();
+    assert!(
+        missing.is_empty(),
+        "accepted but not stored: {missing:?} (seed {seed})\n{}",
+        dump()
+    );
+    // Nothing the client did not send.
+    let extra: Vec<_> = distinct.difference(sent).collect();
+    assert!(
+        extra.is_empty(),
+        "stored but never sent: {extra:?} (seed {seed})"
+    );
+    distinct
+}
+
+/// `logship node --node NODE` inside the network namespace `ns`.
+pub fn node_in_netns(config: &std::path::Path, ns: &str, node: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns])
+        .arg(env!("CARGO_BIN_EXE_logship"))
+        .args(["node", "--config"])
+        .arg(config)
+        .args(["--node", node])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    c
 }
