@@ -300,8 +300,9 @@ pub fn status(cfg: &Config, only: Option<&str>, json: bool) -> Result<ExitCode> 
                     c.node,
                     c.role.name(),
                     status,
-                    c.received,
-                    c.replayed,
+                    // As numbers: `Lsn`'s Display does not pad to a width.
+                    c.received.0,
+                    c.replayed.0,
                     c.behind
                         .map(|b| b.to_string())
                         .unwrap_or_else(|| "-".into()),
