@@ -45,11 +45,17 @@ const T_NULL: u8 = ffi::SQLITE_NULL as u8;
 #[derive(Debug)]
 struct Column {
     name: String,
-    /// Index for `sqlite3_preupdate_old/new` (counts hidden columns too).
+    /// Index for `sqlite3_preupdate_old/new` (counts hidden columns too);
+    /// `ROWID_CID` for the rowid of a table without a primary key.
     cid: c_int,
     /// Position in the primary key, from 1; 0 when not part of it.
     pk: u8,
 }
+
+/// The `cid` of the rowid column that a table without a declared primary
+/// key gets in changesets (first, as the key), as the session extension
+/// does with `SQLITE_SESSION_OBJCONFIG_ROWID`.
+const ROWID_CID: c_int = -1;
 
 /// What the capture knows of one table; lives as long as the schema.
 #[derive(Debug)]
@@ -94,6 +100,142 @@ struct TableRows {
     by_key: HashMap<Vec<u8>, usize>,
 }
 
+/// AUTOINCREMENT's counters. SQLite writes `sqlite_sequence` without the
+/// preupdate hook, so the table is read whole when capturing starts and
+/// compared when a changeset is taken; the changeset carries it keyed by
+/// table name (`changeset::SEQUENCE_TABLE`). It holds a row per
+/// AUTOINCREMENT table, so this costs one small read per batch, and only
+/// once the table exists.
+/// (table name, counter), each in record format.
+type Counter = (Vec<u8>, Vec<u8>);
+
+#[derive(Debug, Default)]
+struct Sequences {
+    /// `SELECT name, seq FROM sqlite_sequence ORDER BY rowid`, once the
+    /// table exists (SQLite never drops it).
+    select: Option<RawStmt>,
+    /// The table was looked for and is absent (until the schema changes).
+    absent: bool,
+    /// (name, seq) in record format as of the last read: the first row of
+    /// each name (the one SQLite uses), sorted by name.
+    before: Vec<Counter>,
+}
+
+impl Sequences {
+    /// The counters now (empty while the table does not exist).
+    fn read(&mut self, db: *mut ffi::sqlite3) -> std::result::Result<Vec<Counter>, String> {
+        if self.select.is_none() && !self.absent {
+            // SAFETY: `db` is live; the names are NUL-terminated; null
+            // out-pointers are allowed.
+            let rc = unsafe {
+                ffi::sqlite3_table_column_metadata(
+                    db,
+                    c"main".as_ptr(),
+                    c"sqlite_sequence".as_ptr(),
+                    ptr::null(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            };
+            if rc == ffi::SQLITE_OK {
+                self.select = Some(RawStmt::prepare(
+                    db,
+                    "SELECT name, seq FROM main.sqlite_sequence ORDER BY rowid",
+                )?);
+            } else {
+                self.absent = true;
+            }
+        }
+        let Some(stmt) = &self.select else {
+            return Ok(Vec::new());
+        };
+        let mut rows = Vec::new();
+        let read = (|| {
+            while stmt.step()? {
+                let (mut name, mut seq) = (Vec::new(), Vec::new());
+                // SAFETY: a row is current, with two columns.
+                unsafe {
+                    serialize_column(stmt.0, 0, &mut name)?;
+                    serialize_column(stmt.0, 1, &mut seq)?;
+                }
+                rows.push((name, seq));
+            }
+            Ok::<(), String>(())
+        })();
+        // SAFETY: live statement; resetting ends its read.
+        unsafe { ffi::sqlite3_reset(stmt.0) };
+        read.map_err(|e| format!("reading sqlite_sequence: {e}"))?;
+        // The first row of a name wins (stable sort keeps rowid order).
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.dedup_by(|later, first| later.0 == first.0);
+        Ok(rows)
+    }
+
+    /// Appends the section of the counters that changed since the last
+    /// read, and remembers them as they are now.
+    fn append_changes(
+        &mut self,
+        db: *mut ffi::sqlite3,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), String> {
+        if self.select.is_none() && self.absent {
+            return Ok(());
+        }
+        let now = self.read(db)?;
+        let before = std::mem::replace(&mut self.before, now);
+        let now = &self.before;
+        let start = out.len();
+        out.push(b'T');
+        put_varint(out, 2);
+        out.extend_from_slice(&[1, 0]);
+        out.extend_from_slice(b"sqlite_sequence\0");
+        let body = out.len();
+        let (mut i, mut j) = (0, 0);
+        while i < before.len() || j < now.len() {
+            let order = match (before.get(i), now.get(j)) {
+                (Some(b), Some(n)) => b.0.cmp(&n.0),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let (name, seq) = &before[i];
+                    out.extend_from_slice(&[OP_DELETE, 0]);
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(seq);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    let (name, seq) = &now[j];
+                    out.extend_from_slice(&[OP_INSERT, 0]);
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(seq);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    let ((name, old), (_, new)) = (&before[i], &now[j]);
+                    if old != new {
+                        out.extend_from_slice(&[OP_UPDATE, 0]);
+                        out.extend_from_slice(name);
+                        out.extend_from_slice(old);
+                        out.push(0);
+                        out.extend_from_slice(new);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        if out.len() == body {
+            out.truncate(start);
+        }
+        Ok(())
+    }
+}
+
 /// The hook's state. Boxed, so its address is stable for the hook.
 #[derive(Debug, Default)]
 struct State {
@@ -108,6 +250,8 @@ struct State {
     skip: Vec<String>,
     /// The first error met inside the hook (it cannot return one).
     error: Option<String>,
+    /// AUTOINCREMENT's counters (see `Sequences`).
+    sequences: Sequences,
     /// Scratch for building keys.
     key: Vec<u8>,
 }
@@ -137,15 +281,16 @@ unsafe impl Send for Capture {}
 
 impl Capture {
     /// Installs the hook on `conn`. Changes to the tables named in `skip`
-    /// (case-insensitive) and to `sqlite_stat1` are never captured; tables
-    /// without a primary key are ignored, as by the session extension.
+    /// (case-insensitive) and to SQLite's own `sqlite_%` tables are never
+    /// captured; a table without a declared primary key is keyed by its
+    /// rowid, as the session extension does with
+    /// `SQLITE_SESSION_OBJCONFIG_ROWID`.
     pub fn new(conn: &Connection, skip: &[&str]) -> Capture {
         // SAFETY: the handle is the live connection's; it outlives the
         // capture per the type's contract.
         let db = unsafe { conn.handle() };
         let mut state = Box::<State>::default();
         state.skip = skip.iter().map(|s| s.to_ascii_lowercase()).collect();
-        state.skip.push("sqlite_stat1".into());
         let state = Box::into_raw(state);
         // SAFETY: `db` is live; `state` stays allocated until `Drop`, which
         // removes the hook first.
@@ -163,10 +308,15 @@ impl Capture {
 
     /// Forgets the rows touched so far and starts capturing.
     pub fn start(&mut self) {
+        let db = self.db;
         let s = self.state();
         s.tables.clear();
         s.table_by_info.clear();
         s.error = None;
+        match s.sequences.read(db) {
+            Ok(now) => s.sequences.before = now,
+            Err(e) => s.error = Some(e),
+        }
         s.enabled = true;
     }
 
@@ -185,6 +335,7 @@ impl Capture {
         s.table_by_info.clear();
         s.info_by_name.clear();
         s.infos.clear();
+        s.sequences.absent = false;
     }
 
     /// The changeset of everything captured since `start` (or the last
@@ -206,6 +357,9 @@ impl Capture {
             let info = &mut s.infos[t.info];
             write_table(db, info, &t.rows, &mut out)?;
         }
+        s.sequences
+            .append_changes(db, &mut out)
+            .map_err(|e| Error::Stopped(format!("capturing AUTOINCREMENT counters: {e}")))?;
         Ok(out)
     }
 
@@ -322,8 +476,8 @@ unsafe extern "C" fn on_preupdate(
     op: c_int,
     zdb: *const c_char,
     zname: *const c_char,
-    _key1: i64,
-    _key2: i64,
+    key1: i64,
+    key2: i64,
 ) {
     // A panic must not unwind into SQLite.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -343,7 +497,7 @@ unsafe extern "C" fn on_preupdate(
             state.error = Some("a table name that is not UTF-8".into());
             return;
         };
-        if let Err(e) = state.on_change(db, op, name) {
+        if let Err(e) = state.on_change(db, op, name, [key1, key2]) {
             state.error = Some(e);
         }
     }))
@@ -360,6 +514,7 @@ impl State {
         db: *mut ffi::sqlite3,
         op: c_int,
         name: &str,
+        rowids: [i64; 2],
     ) -> std::result::Result<(), String> {
         let Some(info) = self.info(db, name)? else {
             return Ok(());
@@ -376,27 +531,34 @@ impl State {
         }
         // SAFETY: inside the preupdate callback of `db`.
         let indirect = unsafe { ffi::sqlite3_preupdate_depth(db) } > 0;
-        self.one_change(db, info, op, indirect)?;
+        self.one_change(db, info, op, indirect, rowids)?;
         if op == ffi::SQLITE_UPDATE {
             // The row may have moved to a new key: that key is "inserted".
-            self.one_change(db, info, ffi::SQLITE_INSERT, indirect)?;
+            self.one_change(db, info, ffi::SQLITE_INSERT, indirect, rowids)?;
         }
         Ok(())
     }
 
     /// Records the row that `op` is about to change, if it is the first
-    /// change to it; `INSERT` reads the key from the new values.
+    /// change to it; `INSERT` reads the key from the new values. `rowids`
+    /// are the hook's old and new rowids (the key of a table without a
+    /// declared primary key).
     fn one_change(
         &mut self,
         db: *mut ffi::sqlite3,
         info: usize,
         op: c_int,
         indirect: bool,
+        rowids: [i64; 2],
     ) -> std::result::Result<(), String> {
         let from_new = op == ffi::SQLITE_INSERT;
         let ti = &self.infos[info];
         self.key.clear();
         for c in ti.columns.iter().filter(|c| c.pk > 0) {
+            if c.cid == ROWID_CID {
+                push_int(&mut self.key, rowids[from_new as usize]);
+                continue;
+            }
             // SAFETY: inside the preupdate callback; `cid` < the count.
             let v = unsafe { preupdate_value(db, c.cid, from_new) }?;
             // SAFETY: `v` is valid until the next preupdate_* call.
@@ -432,6 +594,10 @@ impl State {
         } else {
             let mut rec = Vec::with_capacity(64);
             for c in &ti.columns {
+                if c.cid == ROWID_CID {
+                    push_int(&mut rec, rowids[0]);
+                    continue;
+                }
                 // SAFETY: inside the preupdate callback; `cid` < the count.
                 let v = unsafe { preupdate_value(db, c.cid, false) }?;
                 // SAFETY: `v` is valid until the next preupdate_* call.
@@ -463,13 +629,15 @@ impl State {
             self.info_by_name.insert(name.to_string(), None);
             return Ok(None);
         }
+        // SQLite's own tables are not captured (`sqlite_sequence` is
+        // compared whole instead, see `Sequences`).
+        if lower.starts_with("sqlite_") {
+            self.info_by_name.insert(name.to_string(), None);
+            return Ok(None);
+        }
         let info = read_table_info(db, name)?;
-        let slot = if info.columns.iter().any(|c| c.pk > 0) {
-            self.infos.push(info);
-            Some(self.infos.len() - 1)
-        } else {
-            None
-        };
+        let slot = Some(self.infos.len());
+        self.infos.push(info);
         self.info_by_name.insert(name.to_string(), slot);
         Ok(slot)
     }
@@ -533,9 +701,28 @@ fn read_table_info(db: *mut ffi::sqlite3, name: &str) -> std::result::Result<Tab
             });
         }
     }
+    if !columns.iter().any(|c| c.pk > 0) {
+        // No declared key: the rowid is the key, as column 0 (the store
+        // refuses such a table with a column named `_rowid_`).
+        columns.insert(
+            0,
+            Column {
+                name: "_rowid_".into(),
+                cid: ROWID_CID,
+                pk: 1,
+            },
+        );
+    }
     // Columns qualified by an alias: a column that is gone is an error, not
-    // a string literal (SQLite reads an unknown "name" as one).
-    let col = |n: &str| format!("x.{}", quote_ident(n));
+    // a string literal (SQLite reads an unknown "name" as one). The rowid
+    // is named bare (a quoted name could be read as a string).
+    let col = |n: &str| {
+        if n == "_rowid_" && columns.first().is_some_and(|c| c.cid == ROWID_CID) {
+            "x._rowid_".to_string()
+        } else {
+            format!("x.{}", quote_ident(n))
+        }
+    };
     let cols = columns
         .iter()
         .map(|c| col(&c.name))
@@ -885,6 +1072,12 @@ unsafe fn push_bytes(
     Ok(())
 }
 
+/// Appends an INTEGER in record format.
+fn push_int(out: &mut Vec<u8>, v: i64) {
+    out.push(T_INTEGER);
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
 /// Length of the record-format value at the start of `b`.
 fn value_len(b: &[u8]) -> Option<usize> {
     match *b.first()? {
@@ -965,6 +1158,7 @@ fn errmsg(db: *mut ffi::sqlite3, rc: c_int) -> String {
 }
 
 /// A prepared statement owned here (finalized on drop).
+#[derive(Debug)]
 struct RawStmt(*mut ffi::sqlite3_stmt);
 
 impl RawStmt {
@@ -1029,6 +1223,7 @@ mod tests {
         CREATE TABLE child (id INTEGER PRIMARY KEY,
             parent INTEGER REFERENCES t1(id) ON DELETE CASCADE ON UPDATE CASCADE, note TEXT);
         CREATE TABLE tlog (id INTEGER PRIMARY KEY, what TEXT NOT NULL);
+        CREATE TABLE np (a INTEGER, b TEXT UNIQUE);
         CREATE TABLE _logship (id INTEGER PRIMARY KEY, lsn INTEGER NOT NULL, database_id BLOB);
         INSERT INTO _logship VALUES (1, 0, x'00');
         CREATE TRIGGER t1_ins AFTER INSERT ON t1 BEGIN
@@ -1042,6 +1237,7 @@ mod tests {
         INSERT INTO t3 VALUES (1, 'a', 'z1'), (2, 'a', NULL), (1, 'b', 3.25);
         INSERT INTO t4 (id, a, d) VALUES (1, 1, 'd1'), (2, 2, NULL);
         INSERT INTO child VALUES (1, 1, 'n1'), (2, 2, 'n2');
+        INSERT INTO np VALUES (1, 'a'), (2, 'b'), (NULL, NULL);
     ";
 
     fn open() -> Connection {
@@ -1116,7 +1312,18 @@ mod tests {
             1 => (0i64..6, 0i64..4, val()).prop_map(|(id, p, n)| format!(
                 "INSERT OR REPLACE INTO child VALUES ({id}, {p}, {n})"
             )),
+            // No declared key: keyed by rowid, which may also move.
+            2 => (conflict_np(), int(), "[a-f]").prop_map(|(c, a, b)| format!(
+                "INSERT {c} INTO np (a, b) VALUES ({a}, '{b}')"
+            )),
+            1 => (int(), "[a-f]").prop_map(|(a, b)| format!("UPDATE np SET a = {a} WHERE b = '{b}'")),
+            1 => (1i64..12, 1i64..12).prop_map(|(n, o)| format!("UPDATE np SET rowid = {n} WHERE rowid = {o}")),
+            1 => int().prop_map(|a| format!("DELETE FROM np WHERE a = {a}")),
         ]
+    }
+
+    fn conflict_np() -> impl Strategy<Value = &'static str> {
+        prop_oneof![Just(""), Just("OR REPLACE"), Just("OR IGNORE")]
     }
 
     /// A statement, or a few inside a savepoint that is rolled back or
@@ -1336,7 +1543,7 @@ mod tests {
     }
 
     #[test]
-    fn tables_without_a_primary_key_are_ignored() {
+    fn a_table_without_a_primary_key_is_keyed_by_its_rowid() {
         let b = open();
         b.execute_batch("CREATE TABLE nopk (a, b)").unwrap();
         let mut capture = Capture::new(&b, &[]);
@@ -1346,8 +1553,17 @@ mod tests {
         )
         .unwrap();
         let cs = capture.changeset().unwrap();
-        let tables: Vec<String> = changes(&cs).into_iter().map(|(t, _)| t).collect();
-        assert_eq!(tables, ["t4"]);
+        let mut seen = Vec::new();
+        changeset::for_each_change(&cs, |c| {
+            seen.push((c.table.clone(), c.pk.clone(), c.new.clone()));
+            Ok(())
+        })
+        .unwrap();
+        let int = |i| Some(changeset::Value::Integer(i));
+        assert_eq!(seen[0].0, "nopk");
+        assert_eq!(seen[0].1, [true, false, false]);
+        assert_eq!(seen[0].2, [int(1), int(1), int(3)]);
+        assert_eq!(seen[1].0, "t4");
     }
 
     #[test]

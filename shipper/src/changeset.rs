@@ -22,6 +22,12 @@ use crate::error::{Error, Result};
 /// Name of the store's guard table (one row: the LSN the database contains).
 pub const GUARD_TABLE: &str = "_logship";
 
+/// AUTOINCREMENT's counters. SQLite writes them without the preupdate hook
+/// and without a primary key, so changesets carry this table keyed by
+/// `name` (column 0 of `(name, seq)`), and `apply_strict` sets each named
+/// counter to the changeset's value after the other tables' changes.
+pub const SEQUENCE_TABLE: &str = "sqlite_sequence";
+
 /// The table the session extension special-cases (it is captured although it
 /// has no PRIMARY KEY); `Session` excludes it: statistics are per copy.
 #[cfg(test)]
@@ -62,6 +68,24 @@ impl Session {
         }
         // From here on, `Drop` deletes the session on every path.
         let session = Session { raw };
+        // Tables without a declared primary key are keyed by their rowid
+        // (as the store's capture does).
+        let mut on: c_int = 1;
+        // SAFETY: live session, before any table is attached; `on` is a
+        // valid int for the call.
+        let rc = unsafe {
+            ffi::sqlite3session_object_config(
+                session.raw,
+                ffi::SQLITE_SESSION_OBJCONFIG_ROWID,
+                (&raw mut on).cast::<c_void>(),
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(ffi_error(
+                "keying tables without a primary key by rowid",
+                rc,
+            ));
+        }
         // SAFETY: `session.raw` is a live session; the filter is a plain
         // function that ignores its (null) context and never unwinds.
         unsafe {
@@ -113,7 +137,10 @@ unsafe extern "C" fn table_filter(_ctx: *mut c_void, table: *const c_char) -> c_
     }
     // SAFETY: SQLite passes a NUL-terminated table name valid for the call.
     let name = unsafe { CStr::from_ptr(table) }.to_bytes();
-    c_int::from(!name.eq_ignore_ascii_case(STAT1_TABLE))
+    c_int::from(
+        !name.eq_ignore_ascii_case(STAT1_TABLE)
+            && !name.eq_ignore_ascii_case(SEQUENCE_TABLE.as_bytes()),
+    )
 }
 
 /// A column value as a changeset carries it.
@@ -269,7 +296,33 @@ pub fn apply_strict(
     changeset: &[u8],
     opts: ApplyOptions,
 ) -> std::result::Result<(), std::result::Result<ConflictReport, crate::Error>> {
-    check_schema(conn, changeset)?;
+    let sequences = check_schema(conn, changeset)?;
+    if !sequences {
+        return apply_rows(conn, changeset, opts);
+    }
+    // The counters come after the rows (whose inserts move the copy's own
+    // counters), and both or neither stay.
+    let sql = |what: &'static str| move |e| Err(Error::sql(what, e));
+    conn.execute_batch("SAVEPOINT logship_sequences")
+        .map_err(sql("open the savepoint of a changeset with counters"))?;
+    let applied = apply_rows(conn, changeset, opts)
+        .and_then(|()| apply_sequences(conn, changeset, opts.invert).map_err(Err));
+    let close = if applied.is_ok() {
+        "RELEASE logship_sequences"
+    } else {
+        "ROLLBACK TO logship_sequences; RELEASE logship_sequences"
+    };
+    conn.execute_batch(close)
+        .map_err(sql("close the savepoint of a changeset with counters"))?;
+    applied
+}
+
+/// The session extension's apply of every table but `sqlite_sequence`.
+fn apply_rows(
+    conn: &Connection,
+    changeset: &[u8],
+    opts: ApplyOptions,
+) -> std::result::Result<(), std::result::Result<ConflictReport, crate::Error>> {
     let n = changeset_len(changeset).map_err(Err)?;
     let mut flags = SQLITE_CHANGESETAPPLY_FKNOACTION;
     if opts.invert {
@@ -279,13 +332,13 @@ pub fn apply_strict(
     // SAFETY: the handle is live for the duration of the call; SQLite only
     // reads the `n` changeset bytes (the `*mut` in the binding is historic);
     // `ctx` outlives the call and is only touched by `on_conflict`, which
-    // never unwinds; no filter (all tables), no rebase buffer.
+    // never unwinds; the filter reads only the table name; no rebase buffer.
     let rc = unsafe {
         ffi::sqlite3changeset_apply_v2(
             conn.handle(),
             n,
             changeset.as_ptr().cast_mut().cast::<c_void>(),
-            None,
+            Some(not_sequences),
             Some(on_conflict),
             (&raw mut ctx).cast::<c_void>(),
             ptr::null_mut(),
@@ -302,6 +355,71 @@ pub fn apply_strict(
         Some(report) => Err(Ok(report)),
         None => Err(Err(ffi_error("applying a changeset", rc))),
     }
+}
+
+/// The apply filter: every table but `sqlite_sequence`.
+unsafe extern "C" fn not_sequences(_ctx: *mut c_void, table: *const c_char) -> c_int {
+    if table.is_null() {
+        return 1;
+    }
+    // SAFETY: SQLite passes a NUL-terminated table name valid for the call.
+    let name = unsafe { CStr::from_ptr(table) }.to_bytes();
+    c_int::from(!name.eq_ignore_ascii_case(SEQUENCE_TABLE.as_bytes()))
+}
+
+/// Sets each AUTOINCREMENT counter the changeset names to its value after
+/// the change (before it, inverted); a deleted counter is deleted. The
+/// copy's own value is not compared: its inserts just moved it.
+fn apply_sequences(conn: &Connection, changeset: &[u8], invert: bool) -> Result<()> {
+    let what = "setting an AUTOINCREMENT counter";
+    let to_sql = |v: &Value| match v {
+        Value::Null => rusqlite::types::Value::Null,
+        Value::Integer(i) => rusqlite::types::Value::Integer(*i),
+        Value::Real(f) => rusqlite::types::Value::Real(*f),
+        Value::Text(t) => rusqlite::types::Value::Text(String::from_utf8_lossy(t).into_owned()),
+        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+    };
+    for_each_change(changeset, |c| {
+        if !c.table.eq_ignore_ascii_case(SEQUENCE_TABLE) {
+            return Ok(());
+        }
+        // (set or delete, the table's name, the counter's value)
+        let (delete, name, seq) = match (c.op, invert) {
+            (Op::Insert, false) => (false, c.new.first(), c.new.get(1)),
+            (Op::Delete, true) => (false, c.old.first(), c.old.get(1)),
+            (Op::Update, false) => (false, c.old.first(), c.new.get(1)),
+            (Op::Update, true) => (false, c.old.first(), c.old.get(1)),
+            (Op::Delete, false) => (true, c.old.first(), None),
+            (Op::Insert, true) => (true, c.new.first(), None),
+        };
+        let Some(Some(name)) = name else {
+            return Err(Error::sql(
+                what,
+                rusqlite::Error::InvalidParameterName("a counter without its table name".into()),
+            ));
+        };
+        let name = to_sql(name);
+        if delete {
+            conn.prepare_cached("DELETE FROM main.sqlite_sequence WHERE name = ?1")
+                .and_then(|mut s| s.execute([&name]))
+                .map_err(|e| Error::sql(what, e))?;
+            return Ok(());
+        }
+        let Some(Some(seq)) = seq else {
+            return Ok(());
+        };
+        let seq = to_sql(seq);
+        let updated = conn
+            .prepare_cached("UPDATE main.sqlite_sequence SET seq = ?2 WHERE name = ?1")
+            .and_then(|mut s| s.execute((&name, &seq)))
+            .map_err(|e| Error::sql(what, e))?;
+        if updated == 0 {
+            conn.prepare_cached("INSERT INTO main.sqlite_sequence (name, seq) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute((&name, &seq)))
+                .map_err(|e| Error::sql(what, e))?;
+        }
+        Ok(())
+    })
 }
 
 /// The inverse changeset (INSERT <-> DELETE, UPDATE old <-> new).
@@ -723,10 +841,12 @@ unsafe fn raw_bytes(p: *const u8, n: c_int) -> std::result::Result<Vec<u8>, c_in
 // Strict apply: schema check and conflict handler
 
 /// Checks every table of `changeset` against `main` (see `apply_strict`).
+/// True when the changeset holds `sqlite_sequence` changes.
 fn check_schema(
     conn: &Connection,
     changeset: &[u8],
-) -> std::result::Result<(), std::result::Result<ConflictReport, Error>> {
+) -> std::result::Result<bool, std::result::Result<ConflictReport, Error>> {
+    let mut sequences = false;
     let mut it = ChangesetIter::start(changeset).map_err(Err)?;
     // (table, pk mask) already checked; changesets hold few tables.
     let mut checked: Vec<(String, Vec<u8>)> = Vec::new();
@@ -770,6 +890,14 @@ fn check_schema(
         if db_mask.is_empty() {
             return schema("no such table in the database".into());
         }
+        if info.table.eq_ignore_ascii_case(SEQUENCE_TABLE) {
+            // Keyed by name (see `SEQUENCE_TABLE`).
+            sequences = true;
+            db_mask[0] = 1;
+        } else if db_mask.iter().all(|&p| p == 0) {
+            // No declared key: the rowid is column 0 and the key.
+            db_mask.insert(0, 1);
+        }
         if db_mask.len() != mask.len() {
             return schema(format!(
                 "the changeset has {} columns, the table has {}",
@@ -786,7 +914,8 @@ fn check_schema(
         }
         checked.push((info.table, mask.to_vec()));
     }
-    it.finish().map_err(Err)
+    it.finish().map_err(Err)?;
+    Ok(sequences)
 }
 
 /// "(col1, col0)": the PK columns in PRIMARY KEY order.
@@ -1543,16 +1672,33 @@ mod tests {
     }
 
     #[test]
-    fn tables_without_pk_and_null_pks_are_not_captured() {
-        // The pitfall the store must refuse up front: no change at all.
+    fn null_keys_are_not_captured_and_keyless_tables_are_keyed_by_rowid() {
+        // A NULL key is the pitfall the store refuses up front: no change
+        // at all. A table without a key gets its rowid as column 0.
         let conn = mem();
         conn.execute_batch("CREATE TABLE nopk(a, b); CREATE TABLE tp(k TEXT PRIMARY KEY, v);")
             .unwrap();
         let s = Session::new(&conn).unwrap();
-        conn.execute_batch("INSERT INTO nopk VALUES (1, 2); INSERT INTO tp VALUES (NULL, 1);")
+        conn.execute_batch("INSERT INTO tp VALUES (NULL, 1);")
             .unwrap();
         assert!(s.is_empty());
-        assert!(s.changeset().unwrap().is_empty());
+        conn.execute_batch("INSERT INTO nopk VALUES (1, 2);")
+            .unwrap();
+        let mut seen = Vec::new();
+        for_each_change(&s.changeset().unwrap(), |c| {
+            seen.push((c.table.clone(), c.pk.clone(), c.new.clone()));
+            Ok(())
+        })
+        .unwrap();
+        let int = |i| Some(Value::Integer(i));
+        assert_eq!(
+            seen,
+            [(
+                "nopk".to_string(),
+                vec![true, false, false],
+                vec![int(1), int(1), int(2)]
+            )]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::changeset::{self, Change, GUARD_TABLE, Op, Value};
+use crate::changeset::{self, Change, GUARD_TABLE, Op, SEQUENCE_TABLE, Value};
 use crate::error::{Error, Result};
 use crate::types::{ContentHash, SchemaHash};
 
@@ -118,13 +118,15 @@ fn cell_hash(buf: &mut Vec<u8>, prefix: usize, column: usize, v: Cell<'_>) -> u1
 }
 
 /// Whether changes to `table` count in H: not `sqlite_%` (case-insensitive,
-/// as SQLite reserves the prefix), not the guard table.
+/// as SQLite reserves the prefix) except `sqlite_sequence` (AUTOINCREMENT's
+/// counters, keyed by table name), not the guard table.
 fn is_replicated(table: &str) -> bool {
     let reserved = table
         .as_bytes()
         .get(..7)
         .is_some_and(|p| p.eq_ignore_ascii_case(b"sqlite_"));
-    !reserved && !table.eq_ignore_ascii_case(GUARD_TABLE)
+    (!reserved || table.eq_ignore_ascii_case(SEQUENCE_TABLE))
+        && !table.eq_ignore_ascii_case(GUARD_TABLE)
 }
 
 fn malformed(what: &str, change: &Change) -> Error {
@@ -212,12 +214,12 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The replicated tables of `main`, by name: `type='table'`, not `sqlite_%`,
-/// not the guard table, not virtual.
+/// The replicated tables of `main`, by name: `type='table'`, not `sqlite_%`
+/// but `sqlite_sequence`, not the guard table, not virtual.
 fn replicated_tables(conn: &Connection) -> Result<Vec<String>> {
     let op = "listing the replicated tables";
     let mut stmt = conn
-        .prepare("SELECT name, sql FROM main.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
+        .prepare("SELECT name, sql FROM main.sqlite_schema WHERE type = 'table' AND (name NOT LIKE 'sqlite\\_%' ESCAPE '\\' OR name = 'sqlite_sequence') ORDER BY name")
         .map_err(|e| Error::sql(op, e))?;
     let mut rows = stmt.query([]).map_err(|e| Error::sql(op, e))?;
     let mut out = Vec::new();
@@ -248,9 +250,8 @@ fn replicated_tables(conn: &Connection) -> Result<Vec<String>> {
 /// Recomputes H by reading every cell. Run it inside one read transaction
 /// (when `conn` is in autocommit mode, it opens one itself).
 ///
-/// A replicated table without a PRIMARY KEY is an error
-/// (`Error::Unreplicable`): the session extension never captures it, so H
-/// could not be maintained for it.
+/// A table without a declared PRIMARY KEY is keyed by its rowid (column 0),
+/// as its changesets are; `sqlite_sequence` by the table name.
 pub fn full_scan(conn: &Connection) -> Result<ContentHash> {
     let op = "scanning for the content hash";
     // Outside a transaction, open a deferred one so that every table is read
@@ -267,7 +268,8 @@ pub fn full_scan(conn: &Connection) -> Result<ContentHash> {
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut pk_cols: Vec<usize> = Vec::new();
     for table in replicated_tables(conn)? {
-        // The changeset's column numbering: non-hidden columns in order.
+        // The changeset's column numbering: non-hidden columns in order,
+        // after the rowid for a table without a declared key.
         let mut names: Vec<String> = Vec::new();
         pk_cols.clear();
         {
@@ -281,21 +283,27 @@ pub fn full_scan(conn: &Connection) -> Result<ContentHash> {
                 if pk > 0 {
                     pk_cols.push(names.len());
                 }
-                names.push(name);
+                names.push(quote_ident(&name));
             }
         }
-        if pk_cols.is_empty() {
-            return Err(Error::Unreplicable {
-                table,
-                reason: "it has no PRIMARY KEY, so changesets never carry its rows".into(),
-            });
-        }
-        let columns: Vec<String> = names.iter().map(|n| quote_ident(n)).collect();
-        let sql = format!(
-            "SELECT {} FROM \"main\".{}",
-            columns.join(", "),
-            quote_ident(&table)
-        );
+        let sql = if table == SEQUENCE_TABLE {
+            // Keyed by table name, as changesets carry it; SQLite reads the
+            // first row of a name (by rowid), so only that one counts.
+            pk_cols.push(0);
+            "SELECT name, seq FROM main.sqlite_sequence WHERE rowid IN \
+             (SELECT min(rowid) FROM main.sqlite_sequence GROUP BY name)"
+                .to_string()
+        } else {
+            if pk_cols.is_empty() {
+                names.insert(0, "_rowid_".into());
+                pk_cols.push(0);
+            }
+            format!(
+                "SELECT {} FROM \"main\".{}",
+                names.join(", "),
+                quote_ident(&table)
+            )
+        };
         let mut stmt = conn.prepare(&sql).map_err(|e| Error::sql(op, e))?;
         let mut rows = stmt.query([]).map_err(|e| Error::sql(op, e))?;
         while let Some(row) = rows.next().map_err(|e| Error::sql(op, e))? {
@@ -484,7 +492,7 @@ mod tests {
     }
 
     #[test]
-    fn guard_and_sqlite_tables_are_excluded() {
+    fn guard_and_sqlite_stat1_are_excluded_and_sqlite_sequence_counts_by_name() {
         let conn = mem();
         conn.execute_batch(&format!(
             "CREATE TABLE {GUARD_TABLE}(id INTEGER PRIMARY KEY, lsn INTEGER NOT NULL);
@@ -494,18 +502,37 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(full_scan(&conn).unwrap(), ContentHash::default());
-        let cs = capture(
-            &conn,
-            &format!(
+        // The store's capture: it carries sqlite_sequence, keyed by name.
+        let mut cap = crate::capture::Capture::new(&conn, &[GUARD_TABLE]);
+        let mut h = ContentHash::default();
+        for sql in [
+            format!(
                 "UPDATE {GUARD_TABLE} SET lsn = 1; INSERT INTO t(v) VALUES (1), (1), (2); ANALYZE;"
             ),
-        );
-        let h = apply_changeset(ContentHash::default(), &cs).unwrap();
-        assert_eq!(full_scan(&conn).unwrap(), h);
-        // Only t counts: sqlite_sequence and sqlite_stat1 exist and have rows.
-        let n: i64 = conn.query_row("SELECT (SELECT count(*) FROM sqlite_sequence) + (SELECT count(*) FROM sqlite_stat1)", [], |r| r.get(0)).unwrap();
-        assert!(n >= 2);
-        conn.execute_batch("DELETE FROM t").unwrap();
+            "DELETE FROM t".into(),
+            "UPDATE sqlite_sequence SET seq = 10".into(),
+            "INSERT INTO t(v) VALUES (3); INSERT INTO sqlite_sequence VALUES ('t', 99)".into(),
+        ] {
+            conn.execute_batch("BEGIN").unwrap();
+            cap.start();
+            conn.execute_batch(&sql).unwrap();
+            let cs = cap.changeset().unwrap();
+            conn.execute_batch("COMMIT").unwrap();
+            h = apply_changeset(h, &cs).unwrap();
+            assert_eq!(full_scan(&conn).unwrap(), h, "after {sql}");
+            if sql.starts_with("DELETE") {
+                // t is empty; its counter (3) is what is left in H.
+                assert_ne!(h, ContentHash::default());
+            }
+        }
+        // sqlite_stat1 has rows and does not count; the duplicate counter
+        // row does not either (SQLite reads the first).
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_stat1", [], |r| r.get(0))
+            .unwrap();
+        assert!(n >= 1);
+        conn.execute_batch("DELETE FROM t; DELETE FROM sqlite_sequence")
+            .unwrap();
         assert_eq!(full_scan(&conn).unwrap(), ContentHash::default());
         // A changeset that touches only the guard row leaves H alone.
         let cs = capture(&conn, &format!("UPDATE {GUARD_TABLE} SET lsn = 2"));
@@ -514,12 +541,22 @@ mod tests {
     }
 
     #[test]
-    fn table_without_pk_is_refused_by_full_scan() {
+    fn a_table_without_a_key_is_hashed_by_rowid() {
         let conn = mem();
         conn.execute_batch("CREATE TABLE nopk(a, b)").unwrap();
-        assert!(
-            matches!(full_scan(&conn), Err(Error::Unreplicable { ref table, .. }) if table == "nopk")
-        );
+        let mut h = ContentHash::default();
+        for sql in [
+            "INSERT INTO nopk VALUES (1, 'x'), (1, 'x'), (NULL, 2.5)",
+            "UPDATE nopk SET b = 'y' WHERE rowid = 2",
+            "UPDATE nopk SET rowid = 10 WHERE rowid = 1",
+            "DELETE FROM nopk WHERE rowid = 3",
+        ] {
+            let cs = capture(&conn, sql);
+            h = apply_changeset(h, &cs).unwrap();
+            assert_eq!(full_scan(&conn).unwrap(), h, "after {sql}");
+        }
+        // Two rows with equal values are two rows.
+        assert_ne!(h, ContentHash::default());
     }
 
     #[test]

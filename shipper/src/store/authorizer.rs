@@ -20,6 +20,11 @@ pub(super) struct AuthState {
     /// The table a `DROP TABLE` in `Tx::ddl` is dropping (lower case): its
     /// own rows go with it, which SQLite authorizes as a delete.
     pub(super) dropping: Mutex<Option<String>>,
+    /// The FTS5 table a `CREATE VIRTUAL TABLE` in `Tx::ddl` is creating
+    /// (lower case): FTS5 writes the first rows of its shadow tables
+    /// (`<name>_config`, ...) itself, and the copy's replay of the statement
+    /// writes the same.
+    pub(super) creating: Mutex<Option<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +112,22 @@ pub(super) fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorizatio
         {
             Authorization::Allow
         }
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+            if mode == MODE_DDL
+                && state
+                    .creating
+                    .lock()
+                    .expect("auth lock")
+                    .as_deref()
+                    .is_some_and(|v| {
+                        let t = table_name.to_ascii_lowercase();
+                        t.len() > v.len() + 1 && t.starts_with(v) && t.as_bytes()[v.len()] == b'_'
+                    }) =>
+        {
+            Authorization::Allow
+        }
         // Row changes inside a schema statement would be replayed as SQL
         // text, not as values: refused.
         AuthAction::Insert { table_name }
@@ -126,8 +147,28 @@ pub(super) fn authorize(state: &AuthState, ctx: AuthContext<'_>) -> Authorizatio
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
             forbid("ATTACH/DETACH: only the main database is logged".into())
         }
-        AuthAction::CreateVtable { table_name, .. } => forbid(format!(
-            "virtual table {table_name}: the session extension does not capture virtual tables"
+        // FTS5 keeps its index in ordinary shadow tables, which the log
+        // carries; other modules keep rows the log never sees.
+        AuthAction::CreateVtable {
+            table_name,
+            module_name,
+        } if module_name.eq_ignore_ascii_case("fts5") => {
+            if mode == MODE_DDL {
+                *state.creating.lock().expect("auth lock") = Some(table_name.to_ascii_lowercase());
+                Authorization::Allow
+            } else {
+                *state.refused.lock().expect("auth lock") =
+                    Some(Refusal::Ddl(format!("CREATE VIRTUAL TABLE {table_name}")));
+                Authorization::Deny
+            }
+        }
+        AuthAction::CreateVtable {
+            table_name,
+            module_name,
+        } => forbid(format!(
+            "virtual table {table_name} of module {module_name}: only FTS5 tables are \
+             replicated (through their shadow tables); the rows of other modules are not \
+             seen by the log"
         )),
         AuthAction::Pragma {
             pragma_name,

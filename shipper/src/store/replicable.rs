@@ -1,43 +1,60 @@
-//! The checks that refuse tables the session extension cannot replicate
-//! faithfully.
+//! The checks that refuse tables the store cannot replicate faithfully,
+//! and say why.
 
 use super::*;
 
-/// Refuses tables the session extension cannot replicate faithfully: no
-/// PRIMARY KEY, a PRIMARY KEY column that may be NULL, AUTOINCREMENT.
+/// Refuses tables the store cannot replicate faithfully: a virtual table of
+/// another module than FTS5, a table without a declared PRIMARY KEY whose
+/// rowid a column hides, key columns that may be NULL or compare loosely.
+///
+/// What it lets through: tables without a declared key (keyed by rowid),
+/// AUTOINCREMENT (its counters are logged by table name) and FTS5 tables,
+/// whose shadow tables are ordinary tables with keys (FTS5 writes their
+/// values with fixed types, so the key-type rules do not apply to them).
 pub fn check_replicable(conn: &Connection) -> Result<()> {
     let sql_err = |e| Error::sql("check the schema", e);
     let mut stmt = conn
         .prepare(
-            "SELECT s.name, s.sql, l.wr, l.strict FROM sqlite_schema s \
+            "SELECT s.name, s.sql, l.wr, l.strict, l.type FROM sqlite_schema s \
              JOIN pragma_table_list l ON l.name = s.name AND l.schema = 'main' \
              WHERE s.type = 'table' AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
              ORDER BY s.name",
         )
         .map_err(sql_err)?;
-    let tables: Vec<(String, String, bool, bool)> = stmt
+    let tables: Vec<(String, String, bool, bool, String)> = stmt
         .query_map([], |r| {
             Ok((
                 r.get(0)?,
                 r.get::<_, Option<String>>(1)?.unwrap_or_default(),
                 r.get(2)?,
                 r.get(3)?,
+                r.get(4)?,
             ))
         })
         .map_err(sql_err)?
         .collect::<rusqlite::Result<_>>()
         .map_err(sql_err)?;
-    for (table, sql, without_rowid, strict) in tables {
+    for (table, sql, without_rowid, strict, kind) in tables {
         let refuse = |reason: String| Error::Unreplicable {
             table: table.clone(),
             reason,
         };
-        if sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
-            return Err(refuse(
-                "AUTOINCREMENT keeps its counter in sqlite_sequence, which is not logged; \
-                 use INTEGER PRIMARY KEY or an explicit counter table"
-                    .into(),
-            ));
+        if kind == "virtual" {
+            match virtual_module(&sql) {
+                Some(m) if m.eq_ignore_ascii_case("fts5") => continue,
+                module => {
+                    return Err(refuse(format!(
+                        "it is a virtual table of module {}: only FTS5 tables are replicated \
+                         (through their shadow tables); the rows of other modules are not \
+                         seen by the log",
+                        module.unwrap_or("(unknown)")
+                    )));
+                }
+            }
+        }
+        if kind == "shadow" {
+            // An FTS5 table's own storage (its module is checked above).
+            continue;
         }
         let mut cols = conn
             .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_xinfo(?1) WHERE pk > 0")
@@ -48,9 +65,22 @@ pub fn check_replicable(conn: &Connection) -> Result<()> {
             .collect::<rusqlite::Result<_>>()
             .map_err(sql_err)?;
         if pk.is_empty() {
-            return Err(refuse(
-                "it has no PRIMARY KEY; the session extension ignores such tables".into(),
-            ));
+            // Keyed by rowid in the log, which the name `_rowid_` must reach.
+            let hides: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM pragma_table_xinfo(?1) WHERE name = '_rowid_' COLLATE NOCASE",
+                    [&table],
+                    |r| r.get(0),
+                )
+                .map_err(sql_err)?;
+            if hides > 0 {
+                return Err(refuse(
+                    "it has no PRIMARY KEY, so the log keys its rows by rowid, and its column \
+                     named _rowid_ hides the rowid; rename the column or declare a PRIMARY KEY"
+                        .into(),
+                ));
+            }
+            continue;
         }
         // A rowid alias is a rowid table's single INTEGER key with no index
         // of its own (`INTEGER PRIMARY KEY DESC` gets one and may hold NULL).
@@ -112,6 +142,17 @@ pub fn check_replicable(conn: &Connection) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The module of `CREATE VIRTUAL TABLE name USING module(...)`.
+fn virtual_module(sql: &str) -> Option<&str> {
+    let upper = sql.to_ascii_uppercase();
+    let at = upper.find(" USING ")? + " USING ".len();
+    let rest = sql[at..].trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 /// True when a column of declared type `ty` has BLOB affinity (SQLite's

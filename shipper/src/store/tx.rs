@@ -82,6 +82,7 @@ impl<'a> Tx<'a> {
         }
         self.capture.stop();
         *self.auth.dropping.lock().expect("auth lock") = None;
+        *self.auth.creating.lock().expect("auth lock") = None;
         self.auth.mode.store(MODE_DDL, Ordering::SeqCst);
         let run = self.conn.execute_batch(sql);
         self.auth.mode.store(MODE_USER, Ordering::SeqCst);
@@ -134,6 +135,20 @@ impl<'a> Tx<'a> {
         on_row: &mut RowFn<'_>,
     ) -> Result<()> {
         *self.auth.refused.lock().expect("auth lock") = None;
+        let first = sql
+            .trim_start()
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or("");
+        if first.eq_ignore_ascii_case("VACUUM") {
+            // SQLite would refuse it inside a transaction anyway; say why
+            // the store never runs it.
+            return Err(Error::Refused {
+                what: "VACUUM may renumber the rowids of tables without an INTEGER PRIMARY \
+                       KEY, behind the log's back (the log keys such rows by rowid)"
+                    .into(),
+            });
+        }
         let prepared = self.conn.prepare(sql);
         let mut stmt = match prepared {
             Ok(s) => s,
