@@ -252,6 +252,9 @@ struct State {
     error: Option<String>,
     /// AUTOINCREMENT's counters (see `Sequences`).
     sequences: Sequences,
+    /// Whether `main` has virtual tables (`None`: look again), whose
+    /// writes may wait in memory (see `flush_virtual_tables`).
+    virtual_tables: Option<bool>,
     /// Scratch for building keys.
     key: Vec<u8>,
 }
@@ -336,6 +339,7 @@ impl Capture {
         s.info_by_name.clear();
         s.infos.clear();
         s.sequences.absent = false;
+        s.virtual_tables = None;
     }
 
     /// The changeset of everything captured since `start` (or the last
@@ -343,6 +347,7 @@ impl Capture {
     /// Empty when nothing changed.
     pub fn changeset(&mut self) -> Result<Vec<u8>> {
         self.check_hook()?;
+        self.flush_virtual_tables()?;
         let db = self.db;
         let s = self.state();
         if let Some(e) = s.error.take() {
@@ -361,6 +366,54 @@ impl Capture {
             .append_changes(db, &mut out)
             .map_err(|e| Error::Stopped(format!("capturing AUTOINCREMENT counters: {e}")))?;
         Ok(out)
+    }
+
+    /// FTS5 keeps the terms of the rows written in a transaction in memory
+    /// and writes them to its shadow tables at the next savepoint or at
+    /// COMMIT, which would be after the changeset is built: opening (and
+    /// releasing) a savepoint makes every virtual table of the transaction
+    /// write them now, under the capture.
+    fn flush_virtual_tables(&mut self) -> Result<()> {
+        let db = self.db;
+        let s = self.state();
+        let has = match s.virtual_tables {
+            Some(has) => has,
+            None => {
+                let stmt = RawStmt::prepare(
+                    db,
+                    "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' \
+                     AND sql LIKE 'CREATE VIRTUAL%' LIMIT 1",
+                )
+                .map_err(|e| Error::Stopped(format!("looking for virtual tables: {e}")))?;
+                let has = stmt
+                    .step()
+                    .map_err(|e| Error::Stopped(format!("looking for virtual tables: {e}")))?;
+                s.virtual_tables = Some(has);
+                has
+            }
+        };
+        // SAFETY: `db` is live and in a transaction (the capture's contract);
+        // the SQL is NUL-terminated; no callback.
+        let rc = if has {
+            unsafe {
+                ffi::sqlite3_exec(
+                    db,
+                    c"SAVEPOINT logship_flush; RELEASE logship_flush".as_ptr(),
+                    None,
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            }
+        } else {
+            ffi::SQLITE_OK
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(Error::Stopped(format!(
+                "writing the virtual tables' pending rows: {}",
+                errmsg(db, rc)
+            )));
+        }
+        Ok(())
     }
 
     /// Fails if another hook replaced this one (the closure of a
