@@ -64,6 +64,31 @@ enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+enum MailAction {
+    /// Full-text search of the mailbox's subjects and bodies, on this
+    /// node's own database: the active, or any copy.
+    ///
+    /// The query is FTS5's syntax: words are all required (`invoice march`),
+    /// `OR` between them, `"an exact phrase"`, `pay*` for a prefix,
+    /// `subject:invoice` for one column. Best matches first, one tab-separated
+    /// line a message: id, received time, recipient, sender, Message-ID,
+    /// subject.
+    Search {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Only this recipient's messages.
+        #[arg(long)]
+        recipient: Option<String>,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The query (several words are joined with spaces).
+        #[arg(required = true)]
+        query: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DumpsterAction {
     /// Queue again every message the relay delivered since a time (the
     /// active node drops those it already holds).
@@ -116,8 +141,9 @@ enum Command {
     ///
     /// By default all statements run as one transaction. Schema statements
     /// (CREATE/ALTER/DROP) are logged as DDL records. Tables that cannot be
-    /// replicated faithfully (no PRIMARY KEY, a nullable key column,
-    /// AUTOINCREMENT) are refused.
+    /// replicated faithfully (a nullable key column, a virtual table other
+    /// than FTS5, ...) are refused, with the reason; see the README's
+    /// "Tables logship can replicate".
     Sql(sql::SqlArgs),
     /// Recompute the content hash of a node's database by a full scan and
     /// compare it with the hash its log holds at the same LSN.
@@ -206,6 +232,11 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: Option<DumpsterAction>,
+    },
+    /// The mailbox the nodes store mail in.
+    Mail {
+        #[command(subcommand)]
+        action: MailAction,
     },
     /// Pause a node: it keeps its role's duties but never becomes active.
     PauseNode {
@@ -371,6 +402,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sql(args) => sql::run(args),
+        Command::Mail {
+            action:
+                MailAction::Search {
+                    node,
+                    recipient,
+                    limit,
+                    query,
+                },
+        } => {
+            let (_, node_cfg, _) = node.resolve()?;
+            let db = node_cfg.data_dir.join(shipper::store::DATABASE_FILE);
+            let hits =
+                dumpster::mailbox::search(&db, &query.join(" "), recipient.as_deref(), limit)?;
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "id\treceived_at\trecipient\tsender\tmessage_id\tsubject"
+            )?;
+            for h in &hits {
+                let clean = |s: &str| s.replace(['\t', '\r', '\n'], " ");
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    h.id,
+                    h.received_at,
+                    clean(&h.recipient),
+                    clean(&h.sender),
+                    clean(&h.message_id),
+                    clean(&h.subject)
+                )?;
+            }
+            eprintln!("{} message(s)", hits.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ShareConfig { node, user } => {
             let (name, node_cfg, cfg) = node.resolve()?;
             print!("{}", copy::share_config(&name, &node_cfg, user.as_deref()));

@@ -203,6 +203,34 @@ print(send(other, "d2"))
     t.wait_for("the messages on beta", 30, || {
         rows(&t, "beta", "SELECT message_id FROM messages ORDER BY id").len() == 4
     });
+    // Full-text search, on the active and on the copy alike: the subject
+    // (decoded, diacritics folded) and the body.
+    for node in ["alpha", "beta"] {
+        let out = t.ok(node, &["mail", "search", "cafe"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{node}: {out}");
+        assert!(
+            lines[1].ends_with("\tcat@example.com\tp@example.org\tpy1@test\tcafé"),
+            "{node}: {out}"
+        );
+        let out = t.ok(node, &["mail", "search", "hello", "swaks"]);
+        assert_eq!(out.lines().count(), 3, "{node}: {out}");
+        let out = t.ok(
+            node,
+            &["mail", "search", "--recipient", "bob@example.com", "swaks"],
+        );
+        assert_eq!(out.lines().count(), 2, "{node}: {out}");
+        assert!(out.contains("\tbob@example.com\t"), "{node}: {out}");
+        let out = t.ok(node, &["mail", "search", "nowhere"]);
+        assert_eq!(out.lines().count(), 1, "{node}: {out}");
+    }
+    let out = t
+        .cmd("beta", &["mail", "search", "AND", "OR"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not FTS5 query syntax"), "{err}");
 }
 
 fn curl(args: &[&str]) -> (bool, String) {

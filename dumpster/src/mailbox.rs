@@ -14,6 +14,10 @@
 //!   delivery_id TEXT,             -- the relay's identity of the message (ENVID)
 //!   UNIQUE (delivery_id, recipient)
 //! );
+//! -- Full-text search over subject and body: contentless (the message is
+//! -- in messages.raw already), one row per message, rowid = messages.id.
+//! CREATE VIRTUAL TABLE message_search USING fts5(subject, body, content='',
+//!   contentless_delete=1, tokenize='unicode61 remove_diacritics 2');
 //! ```
 //!
 //! A delivery is stored at most once per recipient: a second delivery with
@@ -38,6 +42,19 @@ pub const SCHEMA: [&str; 2] = [
     "CREATE TABLE IF NOT EXISTS mailboxes (address TEXT PRIMARY KEY NOT NULL, created_at TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, recipient TEXT NOT NULL, message_id TEXT NOT NULL, sender TEXT NOT NULL, received_at TEXT NOT NULL, size INTEGER NOT NULL, raw BLOB NOT NULL, delivery_id TEXT, UNIQUE (delivery_id, recipient))",
 ];
+
+/// The search index (FTS5: its shadow tables replicate like any table).
+pub const SEARCH_SCHEMA: &str = "CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5(subject, body, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 2')";
+
+/// Where the indexing of the messages stored before the search index
+/// existed has reached (`search_backfill_after`, a message id) and where it
+/// ends (`search_backfill_until`); the rows go when it is done, so an
+/// indexing cut short by a crash resumes at the next start.
+const META_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS mailbox_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)";
+
+/// Messages indexed per transaction when a database made before search
+/// gains its index.
+const BACKFILL_BATCH: i64 = 500;
 
 /// What a database made before delivery ids gains.
 const UPGRADE: [&str; 2] = [
@@ -76,6 +93,16 @@ pub fn ensure_schema(store: &Store) -> shipper::Result<()> {
             .map_err(|e| shipper::Error::sql("look for the mailbox's delivery ids", e))?;
         (n < 2, n == 2 && has_id == 0)
     };
+    let searchable = {
+        let conn = store.reader()?;
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'message_search'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(|e| shipper::Error::sql("look for the mailbox's search index", e))?
+            > 0
+    };
     if missing {
         store.transaction(|tx| {
             for sql in SCHEMA {
@@ -95,7 +122,208 @@ pub fn ensure_schema(store: &Store) -> shipper::Result<()> {
             "the mailbox tables gained delivery ids; their old one-message-per-Message-ID rule stays (a second message with a Message-ID a recipient has is refused)"
         );
     }
+    if !searchable {
+        store.transaction(|tx| {
+            tx.ddl(SEARCH_SCHEMA)?;
+            tx.ddl(META_SCHEMA)?;
+            tx.conn()
+                .execute(
+                    "INSERT OR REPLACE INTO mailbox_meta (key, value) VALUES \
+                     ('search_backfill_after', 0), \
+                     ('search_backfill_until', (SELECT coalesce(max(id), 0) FROM messages))",
+                    [],
+                )
+                .map_err(|e| shipper::Error::sql("plan the search index", e))?;
+            Ok(())
+        })?;
+        tracing::info!("created the mailbox's search index");
+    }
+    let indexed = backfill_search(store)?;
+    if indexed > 0 {
+        tracing::info!(
+            messages = indexed,
+            "indexed the mailbox's earlier messages for search"
+        );
+    }
     Ok(())
+}
+
+/// Indexes the messages stored before the search index existed, a batch a
+/// transaction, from where `mailbox_meta` says it got to; how many.
+fn backfill_search(store: &Store) -> shipper::Result<u64> {
+    let has_meta: i64 = store
+        .reader()?
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'mailbox_meta'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| shipper::Error::sql("look for the mailbox's search plan", e))?;
+    if has_meta == 0 {
+        return Ok(0);
+    }
+    let mut total = 0u64;
+    loop {
+        let done = store.transaction(move |tx| {
+            let conn = tx.conn();
+            let read = |key: &str| -> shipper::Result<Option<i64>> {
+                conn.query_row("SELECT value FROM mailbox_meta WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(shipper::Error::sql("read the mailbox's search plan", e)),
+                })
+            };
+            let (Some(after), Some(until)) =
+                (read("search_backfill_after")?, read("search_backfill_until")?)
+            else {
+                return Ok(None);
+            };
+            let mut st = conn
+                .prepare(
+                    "SELECT id, raw FROM messages WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(|e| shipper::Error::sql("read messages to index", e))?;
+            let rows: Vec<(i64, Vec<u8>)> = st
+                .query_map((after, until, BACKFILL_BATCH), |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(|e| shipper::Error::sql("read messages to index", e))?;
+            for (id, raw) in &rows {
+                index_message(conn, *id, raw)?;
+            }
+            match rows.last() {
+                Some((last, _)) => conn.execute(
+                    "UPDATE mailbox_meta SET value = ?1 WHERE key = 'search_backfill_after'",
+                    [last],
+                ),
+                None => conn.execute(
+                    "DELETE FROM mailbox_meta WHERE key IN ('search_backfill_after', 'search_backfill_until')",
+                    [],
+                ),
+            }
+            .map_err(|e| shipper::Error::sql("record the search index's progress", e))?;
+            Ok((!rows.is_empty()).then_some(rows.len() as u64))
+        })?;
+        match done.value {
+            Some(n) => {
+                total += n;
+                if total.is_multiple_of(BACKFILL_BATCH as u64 * 20) {
+                    tracing::info!(messages = total, "indexing the mailbox for search");
+                }
+            }
+            None => return Ok(total),
+        }
+    }
+}
+
+/// Adds message `id` to the search index.
+fn index_message(conn: &rusqlite::Connection, id: i64, raw: &[u8]) -> shipper::Result<()> {
+    let (subject, body) = crate::message::search_text(raw);
+    conn.execute(
+        "INSERT INTO message_search (rowid, subject, body) VALUES (?1, ?2, ?3)",
+        (id, &subject, &body),
+    )
+    .map_err(|e| shipper::Error::sql("index the message for search", e))?;
+    Ok(())
+}
+
+/// One message found by `search`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub id: i64,
+    pub recipient: String,
+    pub received_at: String,
+    pub sender: String,
+    pub message_id: String,
+    pub subject: String,
+}
+
+/// Why `search` found nothing to search in.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database {path} has no mailbox search index yet: an active node creates it when it starts taking mail"
+    )]
+    NoIndex { path: std::path::PathBuf },
+    #[error("the query {query:?} is not FTS5 query syntax: {message}")]
+    Query { query: String, message: String },
+    #[error("searching {path}: {source}")]
+    Sql {
+        path: std::path::PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// The messages of the database file `db` whose subject or body match
+/// `query` (FTS5 query syntax: words are ANDed, `OR`, `"a phrase"`,
+/// `subject:word`, `pre*`), best first, at most `limit`, only
+/// `recipient`'s when given. Read-only, so it works on any copy.
+pub fn search(
+    db: &std::path::Path,
+    query: &str,
+    recipient: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Hit>, SearchError> {
+    let path = db.to_path_buf();
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| SearchError::Open {
+                path: path.clone(),
+                source,
+            })?;
+    let sql_err = |source| SearchError::Sql {
+        path: path.clone(),
+        source,
+    };
+    let has: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'message_search'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    if has == 0 {
+        return Err(SearchError::NoIndex { path });
+    }
+    let mut st = conn
+        .prepare(
+            "SELECT m.id, m.recipient, m.received_at, m.sender, m.message_id, m.raw \
+             FROM message_search s JOIN messages m ON m.id = s.rowid \
+             WHERE message_search MATCH ?1 AND (?2 IS NULL OR m.recipient = ?2) \
+             ORDER BY s.rank, m.id LIMIT ?3",
+        )
+        .map_err(sql_err)?;
+    let recipient = recipient.map(normalize_address);
+    let rows = st.query_map((query, &recipient, limit), |r| {
+        let raw: Vec<u8> = r.get(5)?;
+        Ok(Hit {
+            id: r.get(0)?,
+            recipient: r.get(1)?,
+            received_at: r.get(2)?,
+            sender: r.get(3)?,
+            message_id: r.get(4)?,
+            subject: crate::message::search_text(&raw).0,
+        })
+    });
+    let hits: rusqlite::Result<Vec<Hit>> = rows.and_then(|rows| rows.collect());
+    hits.map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(_, Some(m))
+            if m.contains("fts5") || m.contains("syntax") || m.contains("no such column") =>
+        {
+            SearchError::Query {
+                query: query.to_string(),
+                message: m,
+            }
+        }
+        source => SearchError::Sql { path, source },
+    })
 }
 
 /// The Message-IDs stored in the database file `db`, read with a
@@ -134,6 +362,8 @@ pub async fn deliver(
     let message_id = message_id.to_string();
     let delivery_id = delivery_id.map(String::from);
     let recipients: Vec<String> = recipients.iter().map(|r| normalize_address(r)).collect();
+    // Parsed here, not on the store's writer thread.
+    let indexed = crate::message::search_text(&raw);
     let done = store
         .transaction_async(move |tx| {
             let conn = tx.conn();
@@ -151,6 +381,11 @@ pub async fn deliver(
                     )
                     .map_err(|e| shipper::Error::sql("store the message", e))?;
                 if n == 1 {
+                    conn.execute(
+                        "INSERT INTO message_search (rowid, subject, body) VALUES (last_insert_rowid(), ?1, ?2)",
+                        (&indexed.0, &indexed.1),
+                    )
+                    .map_err(|e| shipper::Error::sql("index the message for search", e))?;
                     outcomes.push(Outcome::Stored);
                     continue;
                 }
@@ -178,4 +413,141 @@ pub async fn deliver(
         })
         .await?;
     Ok(done.value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &std::path::Path) -> Arc<Store> {
+        Store::init(dir).unwrap();
+        Arc::new(Store::open(dir, shipper::StoreOptions::default()).unwrap())
+    }
+
+    fn raw(subject: &str, body: &str) -> Arc<Vec<u8>> {
+        Arc::new(
+            format!("Message-ID: <{subject}@t>\r\nSubject: {subject}\r\n\r\n{body}\r\n")
+                .into_bytes(),
+        )
+    }
+
+    /// The ids of the messages found, sorted (the order is by rank).
+    fn ids(db: &std::path::Path, q: &str) -> Vec<i64> {
+        let mut ids: Vec<i64> = search(db, q, None, 100)
+            .unwrap()
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn delivered_mail_is_searchable_by_subject_and_body() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        ensure_schema(&store).unwrap();
+        let to = ["ann@example.com".to_string()];
+        for (s, b) in [
+            ("invoice", "please pay by friday"),
+            ("lunch", "café at noon"),
+            ("report", "the invoice is attached"),
+        ] {
+            rt.block_on(deliver(&store, "s@example.org", &to, s, Some(s), raw(s, b)))
+                .unwrap();
+        }
+        // A redelivery is dropped, and not indexed twice.
+        rt.block_on(deliver(
+            &store,
+            "s@example.org",
+            &to,
+            "lunch",
+            Some("lunch"),
+            raw("lunch", "café at noon"),
+        ))
+        .unwrap();
+        let db = tmp.path().join(shipper::store::DATABASE_FILE);
+        assert_eq!(ids(&db, "invoice"), [1, 3]);
+        assert_eq!(ids(&db, "subject:invoice"), [1]);
+        assert_eq!(ids(&db, "cafe"), [2], "diacritics are folded");
+        assert_eq!(ids(&db, "\"please pay\""), [1]);
+        assert_eq!(ids(&db, "pay* OR noon"), [1, 2]);
+        assert!(ids(&db, "nothing").is_empty());
+        let hit = &search(&db, "lunch", Some("ANN@example.com"), 10).unwrap()[0];
+        assert_eq!(
+            (hit.subject.as_str(), hit.message_id.as_str()),
+            ("lunch", "lunch")
+        );
+        assert!(
+            search(&db, "lunch", Some("bob@example.com"), 10)
+                .unwrap()
+                .is_empty()
+        );
+        let e = search(&db, "AND OR", None, 10).unwrap_err().to_string();
+        assert!(e.contains("is not FTS5 query syntax"), "{e}");
+    }
+
+    /// A mailbox made before search gains its index at the next start, and
+    /// an indexing cut short resumes where it stopped.
+    #[test]
+    fn a_mailbox_made_before_search_is_indexed_and_an_interrupted_indexing_resumes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        store
+            .transaction(|tx| {
+                for sql in SCHEMA {
+                    tx.ddl(sql)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let n = BACKFILL_BATCH * 2 + 7;
+        store
+            .transaction(move |tx| {
+                for i in 1..=n {
+                    let word = if i % 2 == 0 { "even" } else { "odd" };
+                    tx.conn()
+                        .execute(
+                            "INSERT INTO messages (recipient, message_id, sender, received_at, size, raw) VALUES ('a@x', ?1, '', '', 0, ?2)",
+                            (i.to_string(), raw(word, &format!("number{i}"))[..].to_vec()),
+                        )
+                        .map_err(|e| shipper::Error::sql("insert", e))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        ensure_schema(&store).unwrap();
+        let db = tmp.path().join(shipper::store::DATABASE_FILE);
+        assert_eq!(ids(&db, "number7"), [7]);
+        assert_eq!(ids(&db, &format!("number{n}")), [n]);
+        assert_eq!(search(&db, "even", None, 1000).unwrap().len() as i64, n / 2);
+        // Cut short after the first batch: the plan is put back as it was
+        // then, and the rest of the index removed.
+        store
+            .transaction(move |tx| {
+                let c = tx.conn();
+                c.execute_batch(&format!(
+                    "DELETE FROM message_search WHERE rowid > {BACKFILL_BATCH};
+                     INSERT INTO mailbox_meta VALUES ('search_backfill_after', {BACKFILL_BATCH}), ('search_backfill_until', {n});"
+                ))
+                .map_err(|e| shipper::Error::sql("cut", e))
+            })
+            .unwrap();
+        assert!(ids(&db, &format!("number{n}")).is_empty());
+        ensure_schema(&store).unwrap();
+        assert_eq!(ids(&db, &format!("number{n}")), [n]);
+        assert_eq!(
+            search(&db, "odd", None, 1000).unwrap().len() as i64,
+            n - n / 2
+        );
+        let left: i64 = store
+            .reader()
+            .unwrap()
+            .query_row("SELECT count(*) FROM mailbox_meta", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
 }

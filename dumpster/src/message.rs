@@ -59,6 +59,38 @@ pub fn normalize_counted(raw: Vec<u8>, bare: usize) -> Vec<u8> {
     out
 }
 
+/// Most text of one message that the search index takes, in bytes.
+pub const SEARCH_TEXT_MAX: usize = 1 << 20;
+
+/// What the mailbox's search index holds of `raw`: the decoded subject,
+/// and the text of its body parts (HTML parts as text), joined and cut at
+/// `SEARCH_TEXT_MAX` bytes. Empty strings for what a message lacks.
+pub fn search_text(raw: &[u8]) -> (String, String) {
+    let Some(msg) = MessageParser::default().parse(raw) else {
+        return (String::new(), String::new());
+    };
+    let subject = msg.subject().unwrap_or_default().to_string();
+    let mut body = String::new();
+    for i in 0..msg.text_body_count() {
+        let Some(text) = msg.body_text(i) else {
+            continue;
+        };
+        if !body.is_empty() {
+            body.push('\n');
+        }
+        body.push_str(&text);
+        if body.len() >= SEARCH_TEXT_MAX {
+            let mut end = SEARCH_TEXT_MAX;
+            while !body.is_char_boundary(end) {
+                end -= 1;
+            }
+            body.truncate(end);
+            break;
+        }
+    }
+    (subject, body)
+}
+
 /// Bytes as lowercase hex (delivery ids, the LMTP secret, CRAM digests).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -73,6 +105,20 @@ pub fn with_message_id(raw: &[u8], id: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn search_text_decodes_the_subject_and_takes_every_text_part() {
+        let raw = b"Message-ID: <s@test>\r\nSubject: =?utf-8?q?caf=C3=A9_invoice?=\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nplease pay\r\n\
+--b\r\nContent-Type: text/html\r\n\r\n<p>please <b>pay</b></p>\r\n--b--\r\n";
+        let (subject, body) = super::search_text(raw);
+        assert_eq!(subject, "café invoice");
+        assert!(body.contains("please pay"), "{body}");
+        // Headers only, or no headers at all: what there is, no panic.
+        assert_eq!(super::search_text(b"Subject: x\r\n\r\n").0, "x");
+        assert_eq!(super::search_text(b"").0, "");
+    }
+
     use super::*;
 
     #[test]
