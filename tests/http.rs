@@ -223,6 +223,15 @@ try:
     raise SystemExit("an error was not raised")
 except dbapi2.Error as e:
     assert "no such table" in str(e), e
+# A misuse of parameters is a ProgrammingError (pyrqlite binds them on
+# the client; an error the server reports is its base class, Error).
+for bad in [("INSERT INTO foo (name) VALUES (?)", ("x", "y")),
+            ("INSERT INTO foo (name) VALUES (:name)", {"other": 1})]:
+    try:
+        cur.execute(*bad)
+        raise SystemExit("no ProgrammingError for %r" % (bad,))
+    except dbapi2.ProgrammingError:
+        pass
 print("ok")
 "#;
 
