@@ -113,6 +113,28 @@ fn curl_gets_rqlites_shapes_and_a_passive_forwards_or_redirects_writes() {
         "{v}"
     );
     assert_eq!(t.ids("alpha"), [1, 2]);
+    // Without ?transaction, as rqlite: the failing statement answers its
+    // error alone (its own changes undone), the others commit.
+    let (code, body) = execute(
+        &http[0],
+        "",
+        r#"["INSERT INTO t VALUES (3, 'three')", "INSERT INTO t VALUES (1, 'again')",
+            "INSERT INTO t VALUES (4, 'four')"]"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["results"][0]["last_insert_id"], 3, "{v}");
+    assert!(
+        v["results"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("UNIQUE")),
+        "{v}"
+    );
+    assert_eq!(v["results"][2]["last_insert_id"], 4, "{v}");
+    assert_eq!(t.ids("alpha"), [1, 2, 3, 4]);
+    let (code, body) = execute(&http[0], "", r#"["DELETE FROM t WHERE id > 2"]"#);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["results"][0]["rows_affected"], 2, "{body}");
     // A malformed body is a 400 that says why.
     let (code, body) = execute(&http[0], "", "{}");
     assert_eq!(code, 400, "{body}");

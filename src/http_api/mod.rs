@@ -19,9 +19,10 @@
 //! A passive forwards writes and `weak`/`strong` reads to the active (with
 //! `?redirect`, answers `301` to it; `503` with `Retry-After` while no
 //! node is active), and reads its own copy at `level=none`, refusing one
-//! staler than `?freshness`. Where logship differs from rqlite (README,
-//! "SQL over HTTP"): a request is always one transaction, so without
-//! `?transaction` an error also rolls back the statements before it.
+//! staler than `?freshness`. A request is one store transaction (one
+//! record, one fsync). With `?transaction` the first error rolls the whole
+//! request back and ends it; without, as rqlite does, a failing statement
+//! is undone alone (each runs in a savepoint) and the next ones still run.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -353,7 +354,11 @@ fn answer(api: &Api, req: Request) -> Response {
     };
     let results = if write {
         let store = store.expect("checked above");
-        match execute(&store, statements, path == "/db/request", shape) {
+        let mode = Mode {
+            mixed: path == "/db/request",
+            atomic: flag("transaction"),
+        };
+        match execute(&store, statements, mode, shape) {
             Ok(r) => r,
             // The store stopped taking writes (fenced, or stopping during a
             // failover): come back shortly, to whichever node is active.
@@ -372,10 +377,27 @@ fn answer(api: &Api, req: Request) -> Response {
                 &[json_header()],
             );
         }
-        match query(api, store.as_deref(), &statements, shape, api.timeout) {
+        let read = match query(api, store.as_deref(), &statements, shape, api.timeout) {
             Ok(r) => r,
             Err(e) => return respond(503, format!("{e:#}\n"), &[]),
+        };
+        // `strong`: the answer stands only if this node still held the
+        // active role's lease once it had read (no other node could have
+        // committed meanwhile).
+        if level == "strong"
+            && let Some(store) = &store
+            && let Err(why) = store.holds_lease()
+        {
+            return respond(
+                503,
+                format!(
+                    "node {} cannot confirm it is still active: {why}; retry\n",
+                    api.node
+                ),
+                &[("Retry-After", "1".into())],
+            );
         }
+        read
     };
     let mut out = Map::new();
     out.insert("results".into(), Json::Array(results));
@@ -561,13 +583,26 @@ struct Shape {
     associative: bool,
 }
 
-/// Runs the statements as one store transaction: all of them commit, or
-/// none does (the first error ends the request). For `/db/request`
-/// (`mixed`), read-only statements answer their rows.
+/// How `execute` runs a request's statements.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    /// `/db/request`: read-only statements answer their rows.
+    mixed: bool,
+    /// `?transaction`: all or nothing; the first error ends the request.
+    atomic: bool,
+}
+
+/// The savepoint around each statement of a request without
+/// `?transaction`.
+const STATEMENT_SAVEPOINT: &str = "logship_http_statement";
+
+/// Runs the statements as one store transaction. With `mode.atomic` all of
+/// them commit or none does (the first error ends the request); without,
+/// a failing statement answers its error and the others commit.
 fn execute(
     store: &Store,
     statements: Vec<Statement>,
-    mixed: bool,
+    mode: Mode,
     shape: Shape,
 ) -> Result<Vec<Json>, String> {
     // Which statement failed, and why: the store only sees the request fail.
@@ -576,7 +611,7 @@ fn execute(
     let run = store.transaction(move |tx| {
         // (A request may run again at the head of a group commit.)
         *slot.lock().expect("failed lock") = None;
-        run_all(tx, &statements, mixed, shape).map_err(|(at, why)| {
+        run_all(tx, &statements, mode, shape).map_err(|(at, why)| {
             *slot.lock().expect("failed lock") = Some((at, why));
             shipper::Error::Aborted("a statement of the request failed".into())
         })
@@ -596,34 +631,68 @@ fn execute(
     }
 }
 
-/// The statements of one store transaction, in order; the first error
-/// ends it, with the failing statement's index.
+/// The statements of one store transaction, in order. With `mode.atomic`
+/// the first error ends it, with the failing statement's index; without,
+/// each statement runs in a savepoint, and one that fails is rolled back to
+/// it and answers its error in its place.
 fn run_all(
     tx: &mut shipper::Tx<'_>,
     statements: &[Statement],
-    mixed: bool,
+    mode: Mode,
     shape: Shape,
 ) -> Result<Vec<Json>, (usize, String)> {
     let mut results = Vec::with_capacity(statements.len());
     for (i, s) in statements.iter().enumerate() {
-        if mixed && tx.conn().prepare(&s.sql).is_ok_and(|st| st.readonly()) {
-            let r = read_one(tx.conn(), s, shape);
-            if let Some(e) = r.get("error").and_then(Json::as_str) {
-                return Err((i, e.to_string()));
-            }
-            results.push(r);
+        if mode.atomic {
+            results.push(run_one(tx, s, mode, shape).map_err(|e| (i, e))?);
             continue;
         }
-        let mut ignore = |_: &[String], _: usize, _: &rusqlite::Row<'_>| Ok(());
-        tx.execute_with(&s.sql, &s.params, &mut ignore)
-            .map_err(|e| (i, e.to_string()))?;
-        let c = tx.conn();
-        results.push(json!({
-            "last_insert_id": c.last_insert_rowid(),
-            "rows_affected": c.changes(),
-        }));
+        let savepoint = |tx: &mut shipper::Tx<'_>, sql: &str| {
+            tx.conn()
+                .execute_batch(sql)
+                .map_err(|e| (i, format!("{sql}: {e}")))
+        };
+        savepoint(tx, &format!("SAVEPOINT {STATEMENT_SAVEPOINT}"))?;
+        match run_one(tx, s, mode, shape) {
+            Ok(r) => {
+                savepoint(tx, &format!("RELEASE {STATEMENT_SAVEPOINT}"))?;
+                results.push(r);
+            }
+            Err(e) => {
+                savepoint(
+                    tx,
+                    &format!("ROLLBACK TO {STATEMENT_SAVEPOINT}; RELEASE {STATEMENT_SAVEPOINT}"),
+                )?;
+                results.push(error(e));
+            }
+        }
     }
     Ok(results)
+}
+
+/// One statement of a request: its rows (a read in `/db/request`), or its
+/// last insert id and row count.
+fn run_one(
+    tx: &mut shipper::Tx<'_>,
+    s: &Statement,
+    mode: Mode,
+    shape: Shape,
+) -> Result<Json, String> {
+    if mode.mixed && tx.conn().prepare(&s.sql).is_ok_and(|st| st.readonly()) {
+        let r = read_one(tx.conn(), s, shape);
+        return match r.get("error").and_then(Json::as_str) {
+            Some(e) => Err(e.to_string()),
+            None => Ok(r),
+        };
+    }
+    let mut ignore = |_: &[String], _: usize, _: &rusqlite::Row<'_>| Ok(());
+    tx.execute_with(&s.sql, &s.params, &mut ignore)
+        .map_err(|e| e.to_string())?;
+    let c = tx.conn();
+    Ok(json!({
+        "last_insert_id": c.last_insert_rowid(),
+        "rows_affected": c.changes(),
+    }))
 }
 
 /// Runs read-only statements on this node's database: the store's reader
@@ -766,6 +835,57 @@ fn read_one(conn: &rusqlite::Connection, s: &Statement, shape: Shape) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `level=strong` is answered only while the store's lease holds;
+    /// `weak` reads the active's database either way. (A node whose lease
+    /// runs out soon stops serving altogether; this is the moment between.)
+    #[test]
+    fn a_strong_read_needs_the_lease_and_a_weak_one_does_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        Store::init(tmp.path()).unwrap();
+        let fence = Arc::new(shipper::Fence::new());
+        fence.extend(Instant::now() + std::time::Duration::from_secs(3600));
+        let opts = shipper::StoreOptions {
+            fence: Some(fence.clone()),
+            ..Default::default()
+        };
+        let store = Arc::new(Store::open(tmp.path(), opts).unwrap());
+        let api = Api {
+            node: "alpha".into(),
+            data_dir: tmp.path().to_path_buf(),
+            serving: Arc::new(Mutex::new(Some(store))),
+            snapshot: Default::default(),
+            peers: Vec::new(),
+            users: None,
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let get = |level: &str| {
+            answer(
+                &api,
+                Request {
+                    method: Method::Get,
+                    url: format!("/db/query?q=SELECT%2042&level={level}"),
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                },
+            )
+        };
+        let r = get("strong");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("42"), "{}", r.body);
+        fence.revoke();
+        let r = get("strong");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(
+            r.body
+                .contains("node alpha cannot confirm it is still active"),
+            "{}",
+            r.body
+        );
+        assert!(r.headers.iter().any(|(k, _)| k == "Retry-After"));
+        let r = get("weak");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
 
     #[test]
     fn the_three_statement_forms_parse_and_bad_ones_say_why() {

@@ -284,6 +284,8 @@ pub struct Store {
     sender: SyncSender<Msg>,
     writer: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// The lease deadline the writer obeys, when a cluster gives one.
+    fence: Option<Arc<Fence>>,
     _lock: File,
 }
 
@@ -342,6 +344,7 @@ impl Store {
             });
         }
         let lock = lock_data_dir(data_dir)?;
+        let fence = opts.fence.clone();
         let mut conn = Connection::open_with_flags(
             &paths.database,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -449,6 +452,7 @@ impl Store {
             sender,
             writer: Some(handle),
             shared,
+            fence,
             _lock: lock,
         })
     }
@@ -582,6 +586,20 @@ impl Store {
     /// Opens a read-only connection to the database.
     pub fn reader(&self) -> Result<Connection> {
         open_read_only(&self.paths.database)
+    }
+
+    /// Whether this store may still take writes now: not stopped, and its
+    /// fence (the cluster's lease) not run out. A read that finds it so
+    /// after it read saw the latest committed state: while the lease holds,
+    /// no other node can commit. Why not, otherwise.
+    pub fn holds_lease(&self) -> std::result::Result<(), String> {
+        if let Some(why) = self.stopped() {
+            return Err(why);
+        }
+        match &self.fence {
+            Some(f) if !f.allows() => Err("its lease has run out (fenced)".into()),
+            _ => Ok(()),
+        }
     }
 
     /// Why the writer stopped, once it has (a fatal error, or the fence).
