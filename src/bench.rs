@@ -529,7 +529,11 @@ impl Client {
                 break;
             }
             if status == 0 {
-                status = l.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                status = l
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
             } else if let Some((k, v)) = l.split_once(':')
                 && k.eq_ignore_ascii_case("content-length")
             {
@@ -558,6 +562,7 @@ fn run_http(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
             serving: Arc::new(std::sync::Mutex::new(Some(store.clone()))),
             snapshot: Default::default(),
             peers: Vec::new(),
+            tls: None,
             users: None,
             timeout: Duration::from_secs(30),
         },

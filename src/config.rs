@@ -64,6 +64,10 @@ pub struct Cluster {
     /// file format (owner-only, as the password file). Without it, the API
     /// takes requests from anyone who can reach it.
     pub http_users: Option<PathBuf>,
+    /// SQL over HTTP over TLS: the CA certificates (PEM) a passive trusts
+    /// when it forwards to an active that serves TLS. Default: the node's
+    /// own `http-cert` (one certificate shared by the nodes).
+    pub http_ca: Option<PathBuf>,
     /// SQL over HTTP: the longest a request's statements may run (default
     /// 30s); past it they are interrupted and the request answers why.
     #[serde(default = "default_http_timeout", with = "humantime_serde")]
@@ -134,7 +138,7 @@ fn default_smb_timeout() -> Duration {
 
 pub use witness::MountDial;
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Node {
     /// The node's data directory: `store.db`, `logs/`.
@@ -149,6 +153,10 @@ pub struct Node {
     pub admin: Option<String>,
     /// SQL over HTTP in rqlite's dialect (host:port); off when unset.
     pub http: Option<String>,
+    /// TLS for `http`: the certificate chain (PEM). With `http-key`.
+    pub http_cert: Option<PathBuf>,
+    /// TLS for `http`: the private key (PEM), owner-only or refused.
+    pub http_key: Option<PathBuf>,
     /// Block mode: the TCP address (host:port) on which this node, while
     /// active, streams its open segment to its copies as each record
     /// becomes durable. Default: the heartbeat address, over TCP; `"off"`
@@ -260,6 +268,14 @@ impl Config {
             if let Some(s) = node.share.as_mut() {
                 resolve(s);
             }
+            for f in [node.http_cert.as_mut(), node.http_key.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if f.is_relative() {
+                    *f = base.join(&*f);
+                }
+            }
         }
         if let Some(w) = config.cluster.witness.as_mut() {
             resolve(w);
@@ -268,6 +284,7 @@ impl Config {
             config.cluster.password_file.as_mut(),
             config.cluster.key_file.as_mut(),
             config.cluster.http_users.as_mut(),
+            config.cluster.http_ca.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -336,6 +353,21 @@ impl Config {
             if node.activation_preference == Some(0) {
                 bail!("nodes.{name}.activation-preference is 0: 1 is the most preferred");
             }
+            if node.http_cert.is_some() != node.http_key.is_some() {
+                bail!(
+                    "nodes.{name}: TLS for SQL over HTTP needs both http-cert and http-key (one is set)"
+                );
+            }
+            if node.http_cert.is_some() && node.http.is_none() {
+                bail!("nodes.{name}: http-cert is set but http (the API's address) is not");
+            }
+        }
+        let with_api = config.nodes.values().filter(|n| n.http.is_some());
+        let tls = with_api.clone().filter(|n| n.http_cert.is_some()).count();
+        if tls > 0 && tls != with_api.count() {
+            bail!(
+                "SQL over HTTP: some nodes have http-cert and some do not; a passive forwards to the active, so give every node with http a certificate (or none)"
+            );
         }
         Ok(config)
     }

@@ -631,18 +631,7 @@ impl NodeArgs {
         let node = cfg
             .node(&name)
             .with_context(|| format!("config file {}", self.config.display()))?;
-        let node = config::Node {
-            data_dir: node.data_dir.clone(),
-            share: node.share.clone(),
-            heartbeat: node.heartbeat.clone(),
-            lmtp: node.lmtp.clone(),
-            admin: node.admin.clone(),
-            http: node.http.clone(),
-            block: node.block.clone(),
-            encrypt: node.encrypt,
-            replay_lag: node.replay_lag,
-            activation_preference: node.activation_preference,
-        };
+        let node = node.clone();
         Ok((name, node, cfg))
     }
 }

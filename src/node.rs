@@ -324,6 +324,13 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
                 None
             }
         };
+        let tls = match (&node.http_cert, &node.http_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::http_api::Tls::load(cert, key, cfg.cluster.http_ca.as_deref())
+                    .with_context(|| format!("TLS for SQL over HTTP on node {name}"))?,
+            ),
+            _ => None,
+        };
         crate::http_api::serve(
             addr,
             crate::http_api::Api {
@@ -334,8 +341,15 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
                 peers: cfg
                     .nodes
                     .iter()
-                    .filter_map(|(n, nd)| nd.http.clone().map(|h| (n.clone(), h)))
+                    .filter_map(|(n, nd)| {
+                        nd.http.clone().map(|addr| crate::http_api::Peer {
+                            name: n.clone(),
+                            addr,
+                            tls: nd.http_cert.is_some(),
+                        })
+                    })
                     .collect(),
+                tls,
                 users,
                 timeout: cfg.cluster.http_timeout,
             },

@@ -618,3 +618,142 @@ fn django_keyless_and_fts5_tables_come_through_a_sigkill_failover_equal() {
         serde_json::json!([["app_note", 4], ["app_tag", 1]])
     );
 }
+
+/// With `http-cert` and `http-key` the API speaks TLS only: curl trusting
+/// the certificate gets answers, without it fails verification, and plain
+/// HTTP gets none; a passive forwards a write to the active over TLS, and
+/// `/nodes` gives `https` addresses.
+#[test]
+fn with_a_certificate_the_api_speaks_tls_and_a_passive_forwards_over_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tls = tempfile::tempdir().unwrap();
+    let p = |f: &str| tls.path().join(f).to_str().unwrap().to_string();
+    let (ca, ca_key, cert, key, csr, ext) = (
+        p("ca.pem"),
+        p("ca-key.pem"),
+        p("cert.pem"),
+        p("key.pem"),
+        p("node.csr"),
+        p("ext.cnf"),
+    );
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for args in [
+        // A CA, and the nodes' certificate signed by it.
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=logship test CA"],
+            &["-keyout", &ca_key, "-out", &ca],
+        ][..],
+        &[
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=logship-node", "-keyout", &key, "-out", &csr],
+        ],
+        &[
+            &["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key][..],
+            &[
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &cert,
+            ],
+        ],
+    ] {
+        let args: Vec<&str> = args.concat();
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (cert, key) = (
+        std::path::PathBuf::from(cert),
+        std::path::PathBuf::from(key),
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (dir, w, hb) = ground();
+    let http = [
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+    ];
+    let node = |addr: &str| {
+        format!(
+            "http = \"{addr}\"\nhttp-cert = \"{}\"\nhttp-key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let t = Trio::custom_full(
+        dir,
+        &format!(
+            "witness = \"{}\"\nseal-after = \"200ms\"\nhttp-ca = \"{ca}\"\n",
+            w.display()
+        ),
+        hb,
+        None,
+        [node(&http[0]), node(&http[1])],
+        "",
+    );
+    let (alpha, _beta) = t.running_pair();
+    let cacert = ca.as_str();
+    let post = |addr: &str, body: &str, trust: bool| {
+        let url = format!("https://{addr}/db/execute");
+        let mut args = vec![
+            "-XPOST",
+            url.as_str(),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ];
+        if trust {
+            args.extend(["--cacert", cacert]);
+        }
+        curl(&args)
+    };
+    let (code, body) = post(&http[0], r#"["INSERT INTO t VALUES (1, 'one')"]"#, true);
+    assert_eq!(code, 200, "{body}");
+    // Untrusted: curl refuses the certificate (no answer, code 0).
+    let (code, _) = post(&http[0], r#"["INSERT INTO t VALUES (2, 'two')"]"#, false);
+    assert_eq!(code, 0);
+    // Plain HTTP on the TLS port: no HTTP answer.
+    let (code, _) = execute(&http[0], "", r#"["INSERT INTO t VALUES (3, 'three')"]"#);
+    assert_ne!(code, 200);
+    // The passive forwards over TLS, trusting the cluster's CA.
+    let (code, body) = post(&http[1], r#"["INSERT INTO t VALUES (4, 'four')"]"#, true);
+    assert_eq!(code, 200, "{body}\n{}", t.dump());
+    assert_eq!(t.ids("alpha"), [1, 4]);
+    let (code, body) = curl(&["--cacert", cacert, &format!("https://{}/nodes", http[1])]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body)["alpha"]["api_addr"],
+        format!("https://{}", http[0]),
+        "{body}"
+    );
+    // A key others can read is refused at start, naming the file.
+    drop(alpha);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = t.cmd("alpha", &["node"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("key.pem") && err.contains("TLS"), "{err}");
+}

@@ -114,32 +114,34 @@ enum Incoming {
     Bad(Response),
 }
 
-/// Serves requests on `stream` with `handle` until the client closes.
-pub fn serve_connection(stream: TcpStream, mut handle: impl FnMut(Request) -> Response) {
+/// Sets a new connection's socket up: an idle timeout, and no Nagle delay.
+pub fn prepare(stream: &TcpStream) {
     let _ = stream.set_read_timeout(Some(IDLE));
     let _ = stream.set_nodelay(true);
-    let Ok(mut out) = stream.try_clone() else {
-        return;
-    };
+}
+
+/// Serves requests on `stream` (a `prepare`d socket, or TLS over one) with
+/// `handle` until the client closes.
+pub fn serve_connection<S: Read + Write>(stream: S, mut handle: impl FnMut(Request) -> Response) {
     let mut reader = BufReader::new(stream);
     loop {
-        match read_request(&mut reader, &mut out) {
+        match read_request(&mut reader) {
             Incoming::Request(req, keep) => {
                 let resp = handle(req);
-                if write(&mut out, &resp, keep).is_err() || !keep {
+                if write(reader.get_mut(), &resp, keep).is_err() || !keep {
                     return;
                 }
             }
             Incoming::Closed => return,
             Incoming::Bad(resp) => {
-                let _ = write(&mut out, &resp, false);
+                let _ = write(reader.get_mut(), &resp, false);
                 return;
             }
         }
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>, out: &mut TcpStream) -> Incoming {
+fn read_request<S: Read + Write>(reader: &mut BufReader<S>) -> Incoming {
     // The head: lines up to the empty one, bounded.
     let mut head = Vec::new();
     loop {
@@ -224,7 +226,11 @@ fn read_request(reader: &mut BufReader<TcpStream>, out: &mut TcpStream) -> Incom
         ));
     }
     if get("Expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-        && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+        && reader
+            .get_mut()
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .and_then(|()| reader.get_mut().flush())
+            .is_err()
     {
         return Incoming::Closed;
     }

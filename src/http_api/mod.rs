@@ -14,7 +14,9 @@
 //! adds `time`, `?pretty` indents.
 //!
 //! With `[cluster] http-users` (rqlite's users file), requests need HTTP
-//! basic credentials with the endpoint's permission.
+//! basic credentials with the endpoint's permission. With `[nodes.X]
+//! http-cert` and `http-key` the API speaks TLS only (rustls on ring), and
+//! a passive forwards over TLS trusting `[cluster] http-ca`.
 //!
 //! A passive forwards writes and `weak`/`strong` reads to the active (with
 //! `?redirect`, answers `301` to it; `503` with `Retry-After` while no
@@ -53,12 +55,98 @@ pub struct Api {
     pub serving: Arc<Mutex<Option<Arc<Store>>>>,
     /// The node's last status (role, the active's name).
     pub snapshot: Arc<Mutex<Option<NodeStatus>>>,
-    /// Each node's `http` address, to send clients to the active.
-    pub peers: Vec<(String, String)>,
+    /// Each node's API, to send clients to the active.
+    pub peers: Vec<Peer>,
+    /// TLS, when `[nodes.X] http-cert` and `http-key` are set.
+    pub tls: Option<Tls>,
     /// Who may do what (`[cluster] http-users`); `None`: anyone anything.
     pub users: Option<Arc<Users>>,
     /// `[cluster] http-timeout`: how long a request's statements may run.
     pub timeout: std::time::Duration,
+}
+
+/// A node's API, as the config gives it.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub name: String,
+    /// host:port
+    pub addr: String,
+    /// Whether it serves TLS (it has `http-cert`).
+    pub tls: bool,
+}
+
+impl Peer {
+    /// `http://host:port` or `https://host:port`.
+    pub fn base(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+/// The API's TLS: what it serves with, and whom it trusts when it
+/// forwards to an active that serves TLS.
+#[derive(Clone)]
+pub struct Tls {
+    server: Arc<rustls::ServerConfig>,
+    roots: Arc<Vec<ureq::tls::Certificate<'static>>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// The certificate chain in `cert` and the key in `key` (owner-only,
+    /// as every secret file), trusting the CA certificates in `ca` (default:
+    /// `cert` itself) when forwarding.
+    pub fn load(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Tls> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect())
+            .with_context(|| format!("read the certificates in {}", cert.display()))?;
+        anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
+        let key_pem = shipper::secret::read_private(key, "the SQL-over-HTTP TLS key")?;
+        let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .with_context(|| format!("read the private key in {}", key.display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key_der)
+            .with_context(|| {
+                format!(
+                    "the TLS certificate {} and key {} do not go together",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+        let roots: Vec<ureq::tls::Certificate<'static>> = match ca {
+            Some(ca) => CertificateDer::pem_file_iter(ca)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("read the CA certificates in {}", ca.display()))?
+                .iter()
+                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                .collect(),
+            None => chain
+                .iter()
+                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                .collect(),
+        };
+        Ok(Tls {
+            server: Arc::new(server),
+            roots: Arc::new(roots),
+        })
+    }
 }
 
 /// Interrupts `conn`'s statements once `deadline` passes (SQLite then
@@ -176,6 +264,7 @@ pub fn serve(addr: &str, api: Api, stop: Arc<std::sync::atomic::AtomicBool>) -> 
         .with_context(|| format!("the SQL-over-HTTP listener on {addr}"))?;
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let node = api.node.clone();
+    let tls = api.tls.is_some();
     std::thread::Builder::new()
         .name("logship-http".into())
         .spawn(move || {
@@ -200,12 +289,23 @@ pub fn serve(addr: &str, api: Api, stop: Arc<std::sync::atomic::AtomicBool>) -> 
                 let _ = std::thread::Builder::new()
                     .name("logship-http-conn".into())
                     .spawn(move || {
-                        http::serve_connection(stream, |req| answer(&api, req));
+                        http::prepare(&stream);
+                        match &api.tls {
+                            Some(tls) => {
+                                // The handshake runs on the first read.
+                                if let Ok(conn) = rustls::ServerConnection::new(tls.server.clone())
+                                {
+                                    let tls_stream = rustls::StreamOwned::new(conn, stream);
+                                    http::serve_connection(tls_stream, |req| answer(&api, req));
+                                }
+                            }
+                            None => http::serve_connection(stream, |req| answer(&api, req)),
+                        }
                         open.fetch_sub(1, Ordering::SeqCst);
                     });
             }
         })?;
-    tracing::info!(node = %node, http = %addr, "SQL over HTTP listening (/db/execute, /db/query)");
+    tracing::info!(node = %node, http = %addr, tls, "SQL over HTTP listening (/db/execute, /db/query)");
     Ok(())
 }
 
@@ -345,7 +445,7 @@ fn answer(api: &Api, req: Request) -> Response {
     // forwarded, or with `?redirect` a 301 to it.
     if store.is_none() && (write || level != "none") {
         return match active_of(api) {
-            Some((_, addr)) if !flag("redirect") => forward(method, &addr, &url, body, auth),
+            Some(peer) if !flag("redirect") => forward(api, method, &peer, &url, body, auth),
             _ => send_to_active(api, &url),
         };
     }
@@ -419,8 +519,8 @@ fn pretty(v: &Json, pretty: bool) -> String {
     }
 }
 
-/// The active node and its API address, when this node knows one.
-fn active_of(api: &Api) -> Option<(String, String)> {
+/// The active node's API, when this node knows one.
+fn active_of(api: &Api) -> Option<Peer> {
     let active = api
         .snapshot
         .lock()
@@ -428,20 +528,37 @@ fn active_of(api: &Api) -> Option<(String, String)> {
         .as_ref()
         .and_then(|s| s.active_node.clone())
         .filter(|a| *a != api.node)?;
-    api.peers.iter().find(|(n, _)| *n == active).cloned()
+    api.peers.iter().find(|p| p.name == active).cloned()
 }
 
 /// The request, sent on to the active's API as it came; its answer, as
 /// the active gave it (or `503` when the active does not answer).
-fn forward(method: Method, addr: &str, url: &str, body: Vec<u8>, auth: Option<String>) -> Response {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build(),
-    );
-    let target = format!("http://{addr}{url}");
+fn forward(
+    api: &Api,
+    method: Method,
+    peer: &Peer,
+    url: &str,
+    body: Vec<u8>,
+    auth: Option<String>,
+) -> Response {
+    let mut config = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .max_redirects(0);
+    if let Some(tls) = &api.tls {
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::Specific(tls.roots.clone()))
+                .unversioned_rustls_crypto_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .build(),
+        );
+    }
+    let agent = ureq::Agent::new_with_config(config.build());
+    let addr = &peer.addr;
+    let target = format!("{}{url}", peer.base());
     // The client's credentials go with it: the active checks them too.
     let auth = auth.unwrap_or_default();
     let reply = match method {
@@ -474,10 +591,10 @@ fn forward(method: Method, addr: &str, url: &str, body: Vec<u8>, auth: Option<St
 /// `301` to the active's API, or `503` while no node is.
 fn send_to_active(api: &Api, url: &str) -> Response {
     match active_of(api) {
-        Some((node, addr)) => respond(
+        Some(peer) => respond(
             301,
-            format!("node {node} is active\n"),
-            &[("Location", format!("http://{addr}{url}"))],
+            format!("node {} is active\n", peer.name),
+            &[("Location", format!("{}{url}", peer.base()))],
         ),
         None => respond(
             503,
@@ -751,12 +868,13 @@ fn nodes(api: &Api) -> Json {
         .as_ref()
         .and_then(|s| s.active_node.clone());
     let mut out = Map::new();
-    for (n, addr) in &api.peers {
+    for p in &api.peers {
+        let n = &p.name;
         out.insert(
             n.clone(),
             json!({
-                "api_addr": format!("http://{addr}"),
-                "addr": addr,
+                "api_addr": p.base(),
+                "addr": p.addr,
                 "leader": active.as_deref() == Some(n.as_str()),
                 "reachable": *n == api.node || active.as_deref() == Some(n.as_str()),
             }),
@@ -856,6 +974,7 @@ mod tests {
             serving: Arc::new(Mutex::new(Some(store))),
             snapshot: Default::default(),
             peers: Vec::new(),
+            tls: None,
             users: None,
             timeout: std::time::Duration::from_secs(5),
         };
