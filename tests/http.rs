@@ -466,7 +466,7 @@ fn the_users_file_decides_who_may_execute_and_query() {
 /// A read that runs past `[cluster] http-timeout` is interrupted, and the
 /// answer names the limit.
 #[test]
-fn a_read_past_the_time_limit_is_interrupted_and_says_so() {
+fn a_read_or_a_write_past_the_time_limit_is_interrupted_and_says_so() {
     let (t, http) = http_pair_with("http-timeout = \"300ms\"\n");
     let _nodes = t.running_pair();
     let (code, body) = curl(&[
@@ -481,6 +481,24 @@ fn a_read_past_the_time_limit_is_interrupted_and_says_so() {
         .unwrap_or_default()
         .to_string();
     assert!(e.contains("interrupted") && e.contains("300ms"), "{body}");
+    // A write too: its statements run on the store's writer, which stops
+    // them at the limit and rolls the request back; the store goes on.
+    let (code, body) = execute(
+        &http[0],
+        "?transaction",
+        r#"["INSERT INTO t VALUES (1, 'kept?')",
+            "INSERT INTO t SELECT x + 1, 'x' FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c)"]"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let e = json(&body)["results"][1]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(e.contains("interrupted") && e.contains("300ms"), "{body}");
+    assert!(t.ids("alpha").is_empty(), "the request was rolled back");
+    let (code, body) = execute(&http[0], "", r#"["INSERT INTO t VALUES (2, 'two')"]"#);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(t.ids("alpha"), [2]);
 }
 
 /// Sixteen keep-alive clients at once, each with its own connection: every

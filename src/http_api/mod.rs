@@ -150,9 +150,8 @@ impl Tls {
 }
 
 /// Interrupts `conn`'s statements once `deadline` passes (SQLite then
-/// answers "interrupted"). Reads only: their connections are the API's
-/// own; a write's statements run on the store's writer, which takes no
-/// interruption yet.
+/// answers "interrupted"): reads, on the API's own connections. A write's
+/// statements run on the store's writer, limited by `Tx::interrupt_after`.
 fn limit(conn: &mut rusqlite::Connection, deadline: Instant) {
     // It fails only for a handler SQLite cannot take: none here.
     let _ = conn.progress_handler(10_000, Some(move || Instant::now() > deadline));
@@ -458,7 +457,7 @@ fn answer(api: &Api, req: Request) -> Response {
             mixed: path == "/db/request",
             atomic: flag("transaction"),
         };
-        match execute(&store, statements, mode, shape) {
+        match execute(&store, statements, mode, shape, api.timeout) {
             Ok(r) => r,
             // The store stopped taking writes (fenced, or stopping during a
             // failover): come back shortly, to whichever node is active.
@@ -721,13 +720,16 @@ fn execute(
     statements: Vec<Statement>,
     mode: Mode,
     shape: Shape,
+    timeout: std::time::Duration,
 ) -> Result<Vec<Json>, String> {
+    let deadline = Instant::now() + timeout;
     // Which statement failed, and why: the store only sees the request fail.
     let failed: Arc<Mutex<Option<(usize, String)>>> = Default::default();
     let slot = failed.clone();
     let run = store.transaction(move |tx| {
         // (A request may run again at the head of a group commit.)
         *slot.lock().expect("failed lock") = None;
+        tx.interrupt_after(deadline);
         run_all(tx, &statements, mode, shape).map_err(|(at, why)| {
             *slot.lock().expect("failed lock") = Some((at, why));
             shipper::Error::Aborted("a statement of the request failed".into())
@@ -736,11 +738,18 @@ fn execute(
     if let Some((at, why)) = failed.lock().expect("failed lock").take() {
         // rqlite's shape: an error result at the failing statement.
         let mut out: Vec<Json> = (0..at).map(|_| json!({})).collect();
-        out.push(error(why));
+        out.push(error(timed_out(why, timeout)));
         return Ok(out);
     }
     match run {
-        Ok(c) => Ok(c.value),
+        Ok(c) => Ok(c
+            .value
+            .into_iter()
+            .map(|r| match r.get("error").and_then(Json::as_str) {
+                Some(e) if e.contains("interrupted") => error(timed_out(e, timeout)),
+                _ => r,
+            })
+            .collect()),
         Err(e @ (shipper::Error::Fenced(_) | shipper::Error::Stopped(_))) => Err(format!(
             "this node no longer takes writes ({e}); retry: the active node answers"
         )),

@@ -25,6 +25,27 @@ pub(super) struct AuthState {
     /// (`<name>_config`, ...) itself, and the copy's replay of the statement
     /// writes the same.
     pub(super) creating: Mutex<Option<String>>,
+    /// The running request's time limit (`Tx::interrupt_after`), in
+    /// nanoseconds after `started`; 0 for none. Only user mode is
+    /// interrupted: the store's own statements never are.
+    pub(super) deadline_ns: AtomicU64,
+    pub(super) started: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl AuthState {
+    /// The base instant that `deadline_ns` counts from.
+    pub(super) fn base(&self) -> std::time::Instant {
+        *self.started.get_or_init(std::time::Instant::now)
+    }
+
+    /// True when a request's time limit has passed (the progress handler:
+    /// SQLite then interrupts the statement).
+    pub(super) fn deadline_passed(&self) -> bool {
+        let d = self.deadline_ns.load(Ordering::Relaxed);
+        d != 0
+            && self.mode.load(Ordering::Relaxed) == MODE_USER
+            && self.base().elapsed().as_nanos() as u64 >= d
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -389,6 +389,11 @@ impl Store {
             auth_commit.mode.load(Ordering::SeqCst) != MODE_INTERNAL
         }))
         .map_err(|e| Error::sql("install the commit hook", e))?;
+        // A request's time limit (`Tx::interrupt_after`): checked every few
+        // thousand VM steps, and only while a request's closure runs.
+        let auth_deadline = auth.clone();
+        conn.progress_handler(4_000, Some(move || auth_deadline.deadline_passed()))
+            .map_err(|e| Error::sql("install the progress handler", e))?;
         log.set_epoch(end.epoch);
         if let Some(epoch) = opts.epoch {
             if epoch < end.epoch {

@@ -59,6 +59,18 @@ impl<'a> Tx<'a> {
     /// Runs one schema statement (CREATE/ALTER/DROP ...) as part of this
     /// transaction; it is logged in a DDL record. Tables the log cannot
     /// replicate faithfully are refused.
+    /// Interrupts this request's statements once `deadline` passes: the
+    /// statement running then fails with SQLite's "interrupted", and the
+    /// request is rolled back if its closure returns that error. Only the
+    /// request's own statements are interrupted, never the store's commit.
+    pub fn interrupt_after(&mut self, deadline: std::time::Instant) {
+        let ns = deadline
+            .saturating_duration_since(self.auth.base())
+            .as_nanos()
+            .max(1) as u64;
+        self.auth.deadline_ns.store(ns, Ordering::Relaxed);
+    }
+
     pub fn ddl(&mut self, sql: &str) -> Result<()> {
         if !self.first {
             // Schema changes run alone in their group commit, so that the

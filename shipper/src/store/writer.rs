@@ -365,6 +365,7 @@ impl Writer {
                 self.auth.mode.store(MODE_USER, Ordering::SeqCst);
                 let closure_ok = job.run(&mut tx);
                 self.auth.mode.store(MODE_INTERNAL, Ordering::SeqCst);
+                self.auth.deadline_ns.store(0, Ordering::Relaxed);
                 if let Some(v) = tx.schema_version
                     && tx.poisoned.is_none()
                     && !self.conn.is_autocommit()
