@@ -775,3 +775,45 @@ fn with_a_certificate_the_api_speaks_tls_and_a_passive_forwards_over_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("key.pem") && err.contains("TLS"), "{err}");
 }
+
+/// A long read on a copy (`level=none`) does not hold replay back: the
+/// copy's database is in WAL mode, where a reader never blocks the writer,
+/// and the read itself ends at the time limit.
+#[test]
+fn a_long_read_on_a_copy_does_not_hold_replay_back() {
+    let (t, http) = http_pair_with("http-timeout = \"8s\"\n");
+    let _nodes = t.running_pair();
+    let url = format!("http://{}/db/query", http[1]);
+    let started = std::time::Instant::now();
+    let reader = std::thread::spawn(move || {
+        let answer = curl(&[
+            "-G",
+            &url,
+            "--data-urlencode",
+            "q=WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            "--data-urlencode",
+            "level=none",
+        ]);
+        (answer, started.elapsed())
+    });
+    for id in 1..=20 {
+        t.write("alpha", id);
+    }
+    t.ok("alpha", &["seal"]);
+    t.wait_for("beta to replay the 20 rows during the read", 30, || {
+        t.ids("beta").len() == 20
+    });
+    let replayed_after = started.elapsed();
+    let ((code, body), read_took) = reader.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        json(&body)["results"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("interrupted")),
+        "{body}"
+    );
+    assert!(
+        replayed_after < read_took,
+        "replay ({replayed_after:?}) waited for the read ({read_took:?})"
+    );
+}
