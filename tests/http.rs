@@ -68,7 +68,7 @@ fn execute(addr: &str, query: &str, body: &str) -> (u16, String) {
 #[test]
 fn curl_gets_rqlites_shapes_and_a_passive_forwards_or_redirects_writes() {
     let (t, http) = http_pair();
-    let _nodes = t.running_pair();
+    let (alpha, _beta) = t.running_pair();
     let (code, body) = execute(
         &http[0],
         "?transaction",
@@ -218,6 +218,29 @@ fn curl_gets_rqlites_shapes_and_a_passive_forwards_or_redirects_writes() {
     let (code, body) = curl(&[&format!("http://{}/status?pretty", http[0])]);
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["logship"]["role"], "active", "{body}");
+    // No node active (beta paused, so it will not take over; alpha
+    // killed): a write to beta is a 503 with Retry-After, not a hang.
+    t.ok("beta", &["pause-node"]);
+    drop(alpha);
+    t.wait_for("beta to know alpha is gone", 30, || {
+        t.status("beta")["active_node"].is_null()
+    });
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-XPOST",
+            "--data",
+            r#"["INSERT INTO t VALUES (9, 'x')"]"#,
+        ])
+        .arg(format!("http://{}/db/execute", http[1]))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("no active node is known"), "{answer}");
 }
 
 const PYRQLITE: &str = r#"
