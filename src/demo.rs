@@ -266,7 +266,7 @@ pub fn run(dir: Option<&Path>, keep: bool, messages: usize) -> Result<ExitCode> 
     let ok = once && va && vb && rto_ok && rpo == 0 && move_ms > 0;
     if keep {
         println!(
-            "\nThe cluster keeps running (--keep). Try, in {}:\n  export LOGSHIP_CONFIG={}\n  logship status\n  logship events --node alpha\n  logship sql --node alpha --read \"SELECT recipient, message_id FROM messages LIMIT 5\"\n  logship move-cluster --to beta --comment test\n  curl smtp://{} --mail-from a@example.org --mail-rcpt b@example.com -T some.eml\nStop it with: pkill -f 'logship.*{}'",
+            "\nThe cluster keeps running (--keep). Try, in {}:\n  export LOGSHIP_CONFIG={}\n  logship status\n  logship events --node alpha\n  logship sql --node alpha --read \"SELECT recipient, message_id FROM messages LIMIT 5\"\n  logship mail search --node beta --limit 5 demo message\n  logship move-cluster --to beta --comment test\n  curl smtp://{} --mail-from a@example.org --mail-rcpt b@example.com -T some.eml\nStop it with: pkill -f 'logship.*{}'",
             dir.display(),
             d.config.display(),
             d.smtp,

@@ -313,10 +313,10 @@ pub fn search(
         })
     });
     let hits: rusqlite::Result<Vec<Hit>> = rows.and_then(|rows| rows.collect());
+    // The statement prepared, so a plain SQL error now is the MATCH
+    // expression's (FTS5 parses it as the statement runs).
     hits.map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(_, Some(m))
-            if m.contains("fts5") || m.contains("syntax") || m.contains("no such column") =>
-        {
+        rusqlite::Error::SqliteFailure(f, Some(m)) if f.code == rusqlite::ErrorCode::Unknown => {
             SearchError::Query {
                 query: query.to_string(),
                 message: m,
@@ -486,8 +486,10 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        let e = search(&db, "AND OR", None, 10).unwrap_err().to_string();
-        assert!(e.contains("is not FTS5 query syntax"), "{e}");
+        for bad in ["AND OR", "bad\"", "nocolumn:x"] {
+            let e = search(&db, bad, None, 10).unwrap_err().to_string();
+            assert!(e.contains("is not FTS5 query syntax"), "{bad}: {e}");
+        }
     }
 
     /// A mailbox made before search gains its index at the next start, and
