@@ -100,14 +100,22 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
     procs.run(&["init", "--node", "alpha"])?;
     procs.start("alpha", &["node", "--node", "alpha"])?;
     let lmtp_addr = format!("127.0.0.1:{lmtp}");
+    // The node takes mail only from a client that proves the cluster key.
+    let key = shipper::secret::cluster_key(&dir.join("cluster.key"))?;
+    let secret = dumpster::lmtp::LmtpSecret::from_cluster_key(&key);
     // Active once its greeting names an epoch.
     procs.wait("alpha to take mail", 30, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
         rt.is_ok_and(|rt| {
-            rt.block_on(Client::connect(&lmtp_addr, Duration::from_secs(1)))
-                .is_ok_and(|c| c.greeting.contains("epoch="))
+            rt.block_on(Client::connect_with(
+                &lmtp_addr,
+                Duration::from_secs(1),
+                "LHLO",
+                Some(secret.bytes()),
+            ))
+            .is_ok_and(|c| c.greeting.contains("epoch="))
         })
     })?;
     procs.start("relay", &["dumpster"])?;
@@ -128,8 +136,6 @@ pub fn mail(dir: &Path, n: usize, clients: usize) -> Result<ExitCode> {
     println!("relay (SMTP, durable in its queue) -> LMTP -> store: {e2e:>8.0} msg/s end to end");
 
     // 2. Straight into our LMTP endpoint.
-    let key = shipper::secret::cluster_key(&dir.join("cluster.key"))?;
-    let secret = dumpster::lmtp::LmtpSecret::from_cluster_key(&key);
     let secs = drive(&lmtp_addr, "LHLO", "l", n, clients, Some(&secret))
         .context("leg 2: LMTP into the node")?;
     let ours = n as f64 / secs;

@@ -60,7 +60,7 @@ mod witness_link;
 use activation::{active_generation, log_position};
 use claims::Claims;
 use duty::{ActiveDuty, Duty};
-use endpoints::{serve_admin, serve_control, start_lmtp, status_publisher};
+use endpoints::{serve_admin, serve_control, start_lmtp, start_search_indexer, status_publisher};
 use moves::MoveReply;
 use witness::machine::{Action, Blocked, Holding, Input, LocalFacts, Machine, Settings, Stop};
 use witness_link::{WitnessShared, witness_facts, witness_share, witness_thread};
@@ -310,6 +310,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
     }
     if let Some(addr) = &node.lmtp {
         start_lmtp(name, addr, mail.clone())?;
+        start_search_indexer(mail.clone())?;
     }
     let snapshot: Arc<Mutex<Option<NodeStatus>>> = Default::default();
     let serving: Arc<Mutex<Option<Arc<Store>>>> = Default::default();

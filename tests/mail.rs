@@ -204,8 +204,15 @@ print(send(other, "d2"))
         rows(&t, "beta", "SELECT message_id FROM messages ORDER BY id").len() == 4
     });
     // Full-text search, on the active and on the copy alike: the subject
-    // (decoded, diacritics folded) and the body.
+    // (decoded, diacritics folded) and the body. The active indexes new
+    // mail within a second, and the index reaches the copy as any write.
     for node in ["alpha", "beta"] {
+        t.wait_for(&format!("the index on {node}"), 30, || {
+            t.ok(node, &["mail", "search", "hello", "swaks"])
+                .lines()
+                .count()
+                == 3
+        });
         let out = t.ok(node, &["mail", "search", "cafe"]);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2, "{node}: {out}");

@@ -72,7 +72,8 @@ pub struct NodeMail {
 }
 
 impl NodeMail {
-    fn store(&self) -> Option<Arc<Store>> {
+    /// The store while this node takes mail (active).
+    pub fn store(&self) -> Option<Arc<Store>> {
         self.store.lock().expect("store lock").clone()
     }
 

@@ -16,6 +16,9 @@
 //! );
 //! -- Full-text search over subject and body: contentless (the message is
 //! -- in messages.raw already), one row per message, rowid = messages.id.
+//! -- Filled by `index_pending` on the active, in batches, shortly after
+//! -- delivery (FTS5 writes a segment per savepoint: one a delivery would
+//! -- cost deliveries most of their speed).
 //! CREATE VIRTUAL TABLE message_search USING fts5(subject, body, content='',
 //!   contentless_delete=1, tokenize='unicode61 remove_diacritics 2');
 //! ```
@@ -46,15 +49,12 @@ pub const SCHEMA: [&str; 2] = [
 /// The search index (FTS5: its shadow tables replicate like any table).
 pub const SEARCH_SCHEMA: &str = "CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5(subject, body, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 2')";
 
-/// Where the indexing of the messages stored before the search index
-/// existed has reached (`search_backfill_after`, a message id) and where it
-/// ends (`search_backfill_until`); the rows go when it is done, so an
-/// indexing cut short by a crash resumes at the next start.
+/// `search_indexed_to`: the last message id the search index holds (all
+/// below it too), so that indexing resumes where it stopped.
 const META_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS mailbox_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)";
 
-/// Messages indexed per transaction when a database made before search
-/// gains its index.
-const BACKFILL_BATCH: i64 = 500;
+/// Messages indexed per transaction.
+const INDEX_BATCH: i64 = 500;
 
 /// What a database made before delivery ids gains.
 const UPGRADE: [&str; 2] = [
@@ -128,29 +128,23 @@ pub fn ensure_schema(store: &Store) -> shipper::Result<()> {
             tx.ddl(META_SCHEMA)?;
             tx.conn()
                 .execute(
-                    "INSERT OR REPLACE INTO mailbox_meta (key, value) VALUES \
-                     ('search_backfill_after', 0), \
-                     ('search_backfill_until', (SELECT coalesce(max(id), 0) FROM messages))",
+                    "INSERT OR REPLACE INTO mailbox_meta (key, value) VALUES ('search_indexed_to', 0)",
                     [],
                 )
                 .map_err(|e| shipper::Error::sql("plan the search index", e))?;
             Ok(())
         })?;
-        tracing::info!("created the mailbox's search index");
-    }
-    let indexed = backfill_search(store)?;
-    if indexed > 0 {
         tracing::info!(
-            messages = indexed,
-            "indexed the mailbox's earlier messages for search"
+            "created the mailbox's search index (the messages already stored are indexed in the background)"
         );
     }
     Ok(())
 }
 
-/// Indexes the messages stored before the search index existed, a batch a
-/// transaction, from where `mailbox_meta` says it got to; how many.
-fn backfill_search(store: &Store) -> shipper::Result<u64> {
+/// Adds the messages stored since the last call to the search index, a
+/// batch a transaction; how many. Nothing (0) while the database has no
+/// search index. The active node calls it every few hundred milliseconds.
+pub fn index_pending(store: &Store) -> shipper::Result<u64> {
     let has_meta: i64 = store
         .reader()?
         .query_row(
@@ -158,75 +152,75 @@ fn backfill_search(store: &Store) -> shipper::Result<u64> {
             [],
             |r| r.get(0),
         )
-        .map_err(|e| shipper::Error::sql("look for the mailbox's search plan", e))?;
+        .map_err(|e| shipper::Error::sql("look for the mailbox's search index", e))?;
     if has_meta == 0 {
         return Ok(0);
     }
     let mut total = 0u64;
+    let reader = store.reader()?;
     loop {
-        let done = store.transaction(move |tx| {
+        // Read and parse on this thread; the store's writer only inserts.
+        let after: i64 = reader
+            .query_row(
+                "SELECT coalesce((SELECT value FROM mailbox_meta WHERE key = 'search_indexed_to'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| shipper::Error::sql("read how far the search index got", e))?;
+        let rows: Vec<(i64, (String, String))> = {
+            let mut st = reader
+                .prepare_cached("SELECT id, raw FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .map_err(|e| shipper::Error::sql("read messages to index", e))?;
+            st.query_map((after, INDEX_BATCH), |r| {
+                Ok((
+                    r.get(0)?,
+                    crate::message::search_text(&r.get::<_, Vec<u8>>(1)?),
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| shipper::Error::sql("read messages to index", e))?
+        };
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(total);
+        };
+        let n = rows.len() as u64;
+        let rows = Arc::new(rows);
+        store.transaction(move |tx| {
             let conn = tx.conn();
-            let read = |key: &str| -> shipper::Result<Option<i64>> {
-                conn.query_row("SELECT value FROM mailbox_meta WHERE key = ?1", [key], |r| {
-                    r.get(0)
-                })
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(shipper::Error::sql("read the mailbox's search plan", e)),
-                })
-            };
-            let (Some(after), Some(until)) =
-                (read("search_backfill_after")?, read("search_backfill_until")?)
-            else {
-                return Ok(None);
-            };
-            let mut st = conn
-                .prepare(
-                    "SELECT id, raw FROM messages WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-                )
-                .map_err(|e| shipper::Error::sql("read messages to index", e))?;
-            let rows: Vec<(i64, Vec<u8>)> = st
-                .query_map((after, until, BACKFILL_BATCH), |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|rows| rows.collect())
-                .map_err(|e| shipper::Error::sql("read messages to index", e))?;
-            for (id, raw) in &rows {
-                index_message(conn, *id, raw)?;
-            }
-            match rows.last() {
-                Some((last, _)) => conn.execute(
-                    "UPDATE mailbox_meta SET value = ?1 WHERE key = 'search_backfill_after'",
-                    [last],
-                ),
-                None => conn.execute(
-                    "DELETE FROM mailbox_meta WHERE key IN ('search_backfill_after', 'search_backfill_until')",
+            // Only from where it was read (a node that was active a moment
+            // ago may have gone on meanwhile).
+            let now: i64 = conn
+                .query_row(
+                    "SELECT coalesce((SELECT value FROM mailbox_meta WHERE key = 'search_indexed_to'), 0)",
                     [],
-                ),
+                    |r| r.get(0),
+                )
+                .map_err(|e| shipper::Error::sql("read how far the search index got", e))?;
+            if now != after {
+                return Ok(());
             }
-            .map_err(|e| shipper::Error::sql("record the search index's progress", e))?;
-            Ok((!rows.is_empty()).then_some(rows.len() as u64))
+            let mut st = conn
+                .prepare_cached("INSERT INTO message_search (rowid, subject, body) VALUES (?1, ?2, ?3)")
+                .map_err(|e| shipper::Error::sql("index the message for search", e))?;
+            for (id, (subject, body)) in rows.iter() {
+                st.execute((id, subject, body))
+                    .map_err(|e| shipper::Error::sql("index the message for search", e))?;
+            }
+            conn.execute(
+                "INSERT OR REPLACE INTO mailbox_meta (key, value) VALUES ('search_indexed_to', ?1)",
+                [last],
+            )
+            .map_err(|e| shipper::Error::sql("record how far the search index got", e))?;
+            Ok(())
         })?;
-        match done.value {
-            Some(n) => {
-                total += n;
-                if total.is_multiple_of(BACKFILL_BATCH as u64 * 20) {
-                    tracing::info!(messages = total, "indexing the mailbox for search");
-                }
-            }
-            None => return Ok(total),
+        total += n;
+        if n < INDEX_BATCH as u64 {
+            return Ok(total);
+        }
+        if total.is_multiple_of(INDEX_BATCH as u64 * 20) {
+            tracing::info!(messages = total, "indexing the mailbox for search");
         }
     }
-}
-
-/// Adds message `id` to the search index.
-fn index_message(conn: &rusqlite::Connection, id: i64, raw: &[u8]) -> shipper::Result<()> {
-    let (subject, body) = crate::message::search_text(raw);
-    conn.execute(
-        "INSERT INTO message_search (rowid, subject, body) VALUES (?1, ?2, ?3)",
-        (id, &subject, &body),
-    )
-    .map_err(|e| shipper::Error::sql("index the message for search", e))?;
-    Ok(())
 }
 
 /// One message found by `search`.
@@ -362,8 +356,6 @@ pub async fn deliver(
     let message_id = message_id.to_string();
     let delivery_id = delivery_id.map(String::from);
     let recipients: Vec<String> = recipients.iter().map(|r| normalize_address(r)).collect();
-    // Parsed here, not on the store's writer thread.
-    let indexed = crate::message::search_text(&raw);
     let done = store
         .transaction_async(move |tx| {
             let conn = tx.conn();
@@ -381,11 +373,6 @@ pub async fn deliver(
                     )
                     .map_err(|e| shipper::Error::sql("store the message", e))?;
                 if n == 1 {
-                    conn.execute(
-                        "INSERT INTO message_search (rowid, subject, body) VALUES (last_insert_rowid(), ?1, ?2)",
-                        (&indexed.0, &indexed.1),
-                    )
-                    .map_err(|e| shipper::Error::sql("index the message for search", e))?;
                     outcomes.push(Outcome::Stored);
                     continue;
                 }
@@ -470,6 +457,10 @@ mod tests {
         ))
         .unwrap();
         let db = tmp.path().join(shipper::store::DATABASE_FILE);
+        // Indexed after delivery, by the active's indexer.
+        assert!(ids(&db, "invoice").is_empty());
+        assert_eq!(index_pending(&store).unwrap(), 3);
+        assert_eq!(index_pending(&store).unwrap(), 0);
         assert_eq!(ids(&db, "invoice"), [1, 3]);
         assert_eq!(ids(&db, "subject:invoice"), [1]);
         assert_eq!(ids(&db, "cafe"), [2], "diacritics are folded");
@@ -506,7 +497,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        let n = BACKFILL_BATCH * 2 + 7;
+        let n = INDEX_BATCH * 2 + 7;
         store
             .transaction(move |tx| {
                 for i in 1..=n {
@@ -522,34 +513,29 @@ mod tests {
             })
             .unwrap();
         ensure_schema(&store).unwrap();
+        assert_eq!(index_pending(&store).unwrap(), n as u64);
         let db = tmp.path().join(shipper::store::DATABASE_FILE);
         assert_eq!(ids(&db, "number7"), [7]);
         assert_eq!(ids(&db, &format!("number{n}")), [n]);
         assert_eq!(search(&db, "even", None, 1000).unwrap().len() as i64, n / 2);
-        // Cut short after the first batch: the plan is put back as it was
-        // then, and the rest of the index removed.
+        // Cut short after the first batch (as a crash would leave it): the
+        // next run goes on from there.
         store
             .transaction(move |tx| {
                 let c = tx.conn();
                 c.execute_batch(&format!(
-                    "DELETE FROM message_search WHERE rowid > {BACKFILL_BATCH};
-                     INSERT INTO mailbox_meta VALUES ('search_backfill_after', {BACKFILL_BATCH}), ('search_backfill_until', {n});"
+                    "DELETE FROM message_search WHERE rowid > {INDEX_BATCH};
+                     UPDATE mailbox_meta SET value = {INDEX_BATCH} WHERE key = 'search_indexed_to';"
                 ))
                 .map_err(|e| shipper::Error::sql("cut", e))
             })
             .unwrap();
         assert!(ids(&db, &format!("number{n}")).is_empty());
-        ensure_schema(&store).unwrap();
+        assert_eq!(index_pending(&store).unwrap(), (n - INDEX_BATCH) as u64);
         assert_eq!(ids(&db, &format!("number{n}")), [n]);
         assert_eq!(
             search(&db, "odd", None, 1000).unwrap().len() as i64,
             n - n / 2
         );
-        let left: i64 = store
-            .reader()
-            .unwrap()
-            .query_row("SELECT count(*) FROM mailbox_meta", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(left, 0);
     }
 }

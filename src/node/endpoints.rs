@@ -261,6 +261,38 @@ pub(super) fn start_lmtp(
     Ok(())
 }
 
+/// How often the active indexes new mail for search.
+const INDEX_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Indexes new mail for search while this node is active, a few times a
+/// second, in batches (one FTS5 segment a batch, not one a delivery).
+/// It runs as long as the process lives.
+pub(super) fn start_search_indexer(mail: Arc<dumpster::lmtp::NodeMail>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("logship-search".into())
+        .spawn(move || {
+            let mut warned: Option<std::time::Instant> = None;
+            loop {
+                std::thread::sleep(INDEX_EVERY);
+                let Some(store) = mail.store() else { continue };
+                match dumpster::mailbox::index_pending(&store) {
+                    Ok(n) if n > 0 => tracing::debug!(messages = n, "indexed for search"),
+                    Ok(_) => {}
+                    // A store that stopped taking writes (fenced, or a
+                    // failover) is not this thread's to report.
+                    Err(shipper::Error::Fenced(_) | shipper::Error::Stopped(_)) => {}
+                    Err(e) => {
+                        if warned.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60)) {
+                            tracing::warn!(error = %e, "indexing mail for search (retried)");
+                            warned = Some(std::time::Instant::now());
+                        }
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// The control socket: statements go to the store while active; cluster
 /// requests go to the daemon's loop.
 pub(super) fn serve_control(
