@@ -50,6 +50,22 @@ pub struct Rewound {
 pub fn rewind(data_dir: &Path, to: Lsn) -> Result<Rewound> {
     // Recovery first: the database must hold everything its log holds.
     drop(Store::open(data_dir, StoreOptions::default())?);
+    undo_past(data_dir, to)
+}
+
+/// Rewinds a passive copy in `data_dir` to `to`: a copy that replayed
+/// records an old active wrote past where a newer epoch began (copied from
+/// its share after another node took over) undoes them, and puts its
+/// segments aside, before it follows the new active. A copy has no store
+/// to recover: its database stands where its replay left it. Its replay
+/// must be stopped.
+pub fn rewind_copy(data_dir: &Path, to: Lsn) -> Result<Rewound> {
+    undo_past(data_dir, to)
+}
+
+/// Undoes the database's records past `to` and moves the log's segments
+/// aside (see the module's text).
+fn undo_past(data_dir: &Path, to: Lsn) -> Result<Rewound> {
     let paths = StorePaths::new(data_dir);
     let _lock = lock_data_dir(data_dir)?;
     let conn = Connection::open_with_flags(

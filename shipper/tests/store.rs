@@ -1231,3 +1231,63 @@ mod application_tables {
         }
     }
 }
+
+/// A passive copy that replayed records past where a newer epoch began
+/// undoes them (`rewind_copy`): its database goes back to the fork with the
+/// content hash the log recorded there, and its segments go aside, so that
+/// it can follow the new active's log. (A store rewind would refuse: a
+/// copy is not a store.)
+#[test]
+fn a_copy_rewinds_past_a_fork_without_opening_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, seed, store) = store_and_seed(tmp.path());
+    exec(&store, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)");
+    let fork = exec(&store, "INSERT INTO t VALUES (1, 'kept')").lsn;
+    exec(&store, "INSERT INTO t VALUES (2, 'past the fork')");
+    exec(
+        &store,
+        "UPDATE t SET v = 'changed past the fork' WHERE id = 1",
+    );
+    store.seal().unwrap();
+    drop(store);
+    // The copy: the seed, every record replayed, the segments copied, and
+    // the passive marker.
+    let copy = tmp.path().join("copy");
+    restore(&seed, &{
+        std::fs::create_dir_all(&copy).unwrap();
+        copy.clone()
+    });
+    std::fs::create_dir_all(copy.join(LOG_DIR)).unwrap();
+    for (_, seg) in list_sealed(&dir.join(LOG_DIR)).unwrap() {
+        let name = seg.file_name().unwrap();
+        std::fs::copy(&seg, copy.join(LOG_DIR).join(name)).unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(copy.join(DATABASE_FILE)).unwrap();
+        shipper::changeset::set_triggers_enabled(&conn, false).unwrap();
+        for_each_record(&dir.join(LOG_DIR), None, Lsn::ZERO, |lsn, rec| {
+            apply_record(&conn, lsn, &rec)
+        })
+        .unwrap();
+    }
+    std::fs::write(copy.join(shipper::store::PASSIVE_MARKER), b"{}").unwrap();
+    let r = shipper::rewind::rewind_copy(&copy, fork).unwrap();
+    assert_eq!((r.to, r.records), (fork, 2));
+    let conn = rusqlite::Connection::open(copy.join(DATABASE_FILE)).unwrap();
+    let (lsn, _) = shipper::apply::read_guard(&conn).unwrap();
+    assert_eq!(lsn, fork);
+    let rows: Vec<(i64, String)> = conn
+        .prepare("SELECT id, v FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(rows, [(1, "kept".to_string())]);
+    assert_eq!(
+        Some(shipper::hash::full_scan(&conn).unwrap()),
+        shipper::log::hash_at(&dir.join(LOG_DIR), fork).unwrap()
+    );
+    assert!(list_sealed(&copy.join(LOG_DIR)).unwrap().is_empty());
+    assert!(r.report.exists() && r.segments.exists());
+}

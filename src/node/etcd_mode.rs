@@ -298,7 +298,7 @@ impl Daemon<'_> {
                 let planned = read.handoff.as_ref().is_some_and(|h| h.to == self.name);
                 self.acquire(&facts, planned)?
             }
-            Decision::Follow(l) => self.follow(&l, &facts)?,
+            Decision::Follow(l) => self.follow(&l, &facts, &read.history)?,
             Decision::Wait(why) => {
                 let text = match &why {
                     WaitReason::Unreachable => format!(
@@ -417,7 +417,12 @@ impl Daemon<'_> {
     }
 
     /// Another node is active: copy from it.
-    fn follow(&mut self, leader: &Leader, facts: &LocalFacts) -> Result<()> {
+    fn follow(
+        &mut self,
+        leader: &Leader,
+        facts: &LocalFacts,
+        history: &[EpochRecord],
+    ) -> Result<()> {
         self.m.role = Role::Passive;
         match facts.holding {
             Holding::Nothing => {
@@ -445,6 +450,7 @@ impl Daemon<'_> {
             }
             self.stop_duty();
             self.peer = leader.node.clone();
+            self.undo_past_fork(history)?;
         }
         self.etcd_mut().waiting = None;
         self.keep_replaying()

@@ -1,6 +1,8 @@
 //! Rejoin: a node whose store is behind a newer epoch of its peer undoes
 //! its records past the fork and follows the peer; when that is impossible
-//! its database is set aside and the copy reseeded.
+//! its database is set aside and the copy reseeded. A passive copy that
+//! replayed an old active's records past such a fork does the same before
+//! it follows the new active (`undo_past_fork`).
 
 use super::*;
 
@@ -42,6 +44,21 @@ impl Daemon<'_> {
             }
             Err(e) => return self.reseed_after(&e.to_string()),
         };
+        self.save_copy_at(to, hash)?;
+        tracing::info!(node = %self.name, lsn = %to, source = %self.peer, "rejoined as a passive copy");
+        crate::events::append(
+            &self.node.data_dir,
+            &self.name,
+            "rejoin",
+            serde_json::json!({"from_lsn": lsn.0, "fork": fork.0, "rewound": lsn.0 - to.0, "source": self.peer}),
+        );
+        Ok(())
+    }
+
+    /// The copy's state after a rewind to `to`: it follows `self.peer` from
+    /// there.
+    fn save_copy_at(&self, to: Lsn, hash: shipper::ContentHash) -> Result<()> {
+        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
         let conn = shipper::store::open_read_only(&paths.database)?;
         let (_, db) = shipper::apply::read_guard(&conn)?;
         drop(conn);
@@ -53,14 +70,48 @@ impl Daemon<'_> {
             ..Default::default()
         };
         state.save(&self.copy_paths())?;
-        tracing::info!(node = %self.name, lsn = %to, source = %self.peer, "rejoined as a passive copy");
-        crate::events::append(
-            &self.node.data_dir,
-            &self.name,
-            "rejoin",
-            serde_json::json!({"from_lsn": lsn.0, "fork": fork.0, "rewound": lsn.0 - to.0, "source": self.peer}),
-        );
         Ok(())
+    }
+
+    /// A passive copy about to follow a new active: if it holds records of
+    /// an older epoch past where a newer epoch began (an old active's,
+    /// copied from its share or stream after another node took over), it
+    /// undoes them first, or its log would not chain with the new
+    /// active's. When undoing is impossible, it is reseeded. Its replay
+    /// must be stopped.
+    pub(super) fn undo_past_fork(&mut self, history: &[EpochRecord]) -> Result<()> {
+        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
+        if !paths.database.exists() {
+            return Ok(());
+        }
+        let (lsn, log_epoch, _) = log_position(&paths)?;
+        let Some(fork) = witness::core::fork(
+            history
+                .iter()
+                .map(|r| (r.epoch, r.node.as_str(), r.start_lsn.0)),
+            log_epoch,
+            &self.name,
+        )
+        .map(Lsn) else {
+            return Ok(());
+        };
+        if lsn <= fork {
+            return Ok(());
+        }
+        tracing::warn!(node = %self.name, lsn = %lsn, fork = %fork, source = %self.peer, "this copy holds an old active's records past the new epoch's start: undoing them");
+        match shipper::rewind::rewind_copy(&self.node.data_dir, fork) {
+            Ok(r) => {
+                self.save_copy_at(r.to, r.hash)?;
+                crate::events::append(
+                    &self.node.data_dir,
+                    &self.name,
+                    "copy-rewind",
+                    serde_json::json!({"from_lsn": lsn.0, "fork": fork.0, "rewound": r.records, "source": self.peer, "report": r.report}),
+                );
+                Ok(())
+            }
+            Err(e) => self.reseed_after(&e.to_string()),
+        }
     }
 
     /// Rewinding was impossible: the database is set aside (for an
