@@ -53,10 +53,43 @@ fn candidate() -> u16 {
     PORTS.start + (x % u64::from(PORTS.end - PORTS.start)) as u16
 }
 
+/// How long a port handed out stays reserved against other processes.
+const RESERVED_FOR: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Reserves `port` against the other processes that pick ports here (tests
+/// run side by side, each in its own process): a marker file created
+/// exclusively, or one older than `RESERVED_FOR`. A port is free between
+/// the check and the bind of the server it is for; without this, another
+/// process could pick and bind it first.
+fn reserve(port: u16) -> bool {
+    let dir = std::env::temp_dir().join("logship-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        // Nowhere to mark it: the random pick alone.
+        return true;
+    }
+    let marker = dir.join(port.to_string());
+    let fresh = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok()
+    };
+    if fresh() {
+        return true;
+    }
+    let stale = std::fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > RESERVED_FOR);
+    stale && std::fs::remove_file(&marker).is_ok() && fresh()
+}
+
 fn free_port(free: impl Fn(u16) -> bool) -> std::io::Result<u16> {
     for _ in 0..500 {
         let port = candidate();
-        if free(port) {
+        if free(port) && reserve(port) {
             return Ok(port);
         }
     }
