@@ -185,7 +185,19 @@ pub fn truncation_limit(cfg: &ShipConfig, database_id: &str) -> std::result::Res
         let report = match share.read(COPY_STATUS_FILE, MAX_SMALL_FILE) {
             Ok(Some(b)) => crate::state_file::parse::<CopyReport>(&b, MAX_SMALL_FILE as usize)
                 .map_err(|e| format!("the status of copy {peer} is unreadable: {e}"))?,
-            Ok(None) => return Err(format!("copy {peer} has published no status")),
+            Ok(None) => {
+                return Err(format!(
+                    "copy {peer} has published no status (not seeded yet? `logship seed --node {peer}`)"
+                ));
+            }
+            // Its share's directory is not there at all: never seeded.
+            Err(crate::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(format!(
+                    "copy {peer} has no share yet (not seeded? `logship seed --node {peer}`)"
+                ));
+            }
             Err(e) => return Err(format!("cannot read the status of copy {peer}: {e}")),
         };
         if report.node != *peer || report.database_id.as_deref() != Some(database_id) {
@@ -386,5 +398,29 @@ mod tests {
         };
         let why = truncation_limit(&cfg, "db").unwrap_err();
         assert!(why.contains("format version 2"), "{why}");
+    }
+
+    #[test]
+    fn a_copy_never_seeded_holds_truncation_back_and_names_the_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |peer: std::path::PathBuf| ShipConfig {
+            node: "alpha".into(),
+            share: Share::Dir(dir.path().join("alpha")),
+            peers: vec![("beta".into(), Share::Dir(peer))],
+            retention: Duration::ZERO,
+        };
+        // No share directory at all, then an empty one.
+        let peer = dir.path().join("beta");
+        let why = truncation_limit(&cfg(peer.clone()), "db").unwrap_err();
+        assert!(
+            why.contains("copy beta has no share yet") && why.contains("logship seed --node beta"),
+            "{why}"
+        );
+        std::fs::create_dir_all(&peer).unwrap();
+        let why = truncation_limit(&cfg(peer), "db").unwrap_err();
+        assert!(
+            why.contains("published no status") && why.contains("logship seed --node beta"),
+            "{why}"
+        );
     }
 }
