@@ -301,10 +301,11 @@ impl Daemon<'_> {
             Decision::Follow(l) => self.follow(&l, &facts, &read.history)?,
             Decision::Wait(why) => {
                 let text = match &why {
-                    WaitReason::Unreachable => format!(
-                        "etcd is unreachable: {}",
-                        ev.error.as_deref().unwrap_or("no answer yet")
-                    ),
+                    // Why is the status's warning ("etcd is unreachable:
+                    // ..."); said once.
+                    WaitReason::Unreachable => {
+                        "waiting for etcd to answer (see the warning)".into()
+                    }
                     WaitReason::NoLease => "this node's etcd lease is not confirmed".into(),
                     WaitReason::BetterCopy { node } => {
                         format!("no active; node {node} is the better copy to take the role")
