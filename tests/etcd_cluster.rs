@@ -289,6 +289,55 @@ fn the_best_copy_takes_over_and_position_beats_preference() {
 
 const THREE: &[(&str, u32, &str)] = &[("alpha", 2, ""), ("beta", 3, ""), ("gamma", 1, "")];
 
+/// A copy ahead of the node that takes the role: gamma copied rows the
+/// new active (beta) never received, because beta was stopped while the
+/// old active wrote them and gamma was stopped while beta took over. When
+/// gamma comes back it undoes those rows (a `copy-rewind`), follows beta
+/// and ends equal, instead of failing on a log that no longer chains.
+#[test]
+fn a_copy_ahead_of_the_new_active_undoes_what_only_it_copied_and_follows() {
+    let dag = Dag::new("mount-dial = \"best-availability\"", THREE);
+    let mut daemons = dag.running("alpha");
+    for id in 1..=20 {
+        assert!(dag.insert("alpha", id), "insert {id}\n{}", dag.dump());
+    }
+    dag.ok("alpha", &["seal"]);
+    dag.wait_for("both copies to hold rows 1-20", 30, || {
+        dag.ids("beta").len() == 20 && dag.ids("gamma").len() == 20
+    });
+    // beta stops where it is; gamma copies rows 21-40.
+    signal(&daemons[1].1, "-STOP");
+    for id in 21..=40 {
+        assert!(dag.insert("alpha", id), "insert {id}\n{}", dag.dump());
+    }
+    dag.ok("alpha", &["seal"]);
+    dag.wait_for("gamma to hold rows 1-40", 30, || {
+        dag.ids("gamma").len() == 40
+    });
+    // The active dies with its share; gamma is stopped, so beta, behind,
+    // is the only copy left to take the role.
+    dag.kill_with_its_share("alpha", &mut daemons[0].1);
+    signal(&daemons[2].1, "-STOP");
+    signal(&daemons[1].1, "-CONT");
+    dag.wait_for("beta active", 90, || dag.role("beta") == "active");
+    assert!(dag.insert("beta", 41), "beta takes writes\n{}", dag.dump());
+    signal(&daemons[2].1, "-CONT");
+    dag.ok("beta", &["seal"]);
+    let beta: Vec<u64> = (1..=20).chain([41]).collect();
+    assert_eq!(dag.ids("beta"), beta);
+    dag.wait_for("gamma following beta with beta's rows", 90, || {
+        dag.role("gamma") == "passive" && dag.ids("gamma") == beta
+    });
+    let events = dag.events("gamma");
+    assert!(
+        events.iter().any(|e| e == "copy-rewind"),
+        "gamma did not undo rows 21-40: {events:?}\n{}",
+        dag.dump()
+    );
+    let out = dag.ok("gamma", &["verify-copy"]);
+    assert!(out.contains("equal"), "verify-copy on gamma: {out}");
+}
+
 /// One of etcd's three members killed: the active goes on in its epoch
 /// and the copies with it. Then SIGKILL of the active: of two equal
 /// copies, the more preferred takes the role; the old active, restarted,
