@@ -207,11 +207,13 @@ print(send(other, "d2"))
     // (decoded, diacritics folded) and the body. The active indexes new
     // mail within a second, and the index reaches the copy as any write.
     for node in ["alpha", "beta"] {
-        t.wait_for(&format!("the index on {node}"), 30, || {
-            t.ok(node, &["mail", "search", "hello", "swaks"])
-                .lines()
-                .count()
-                == 3
+        t.wait_for(&format!("every message in the index on {node}"), 30, || {
+            rows(
+                &t,
+                node,
+                "SELECT CAST(coalesce((SELECT value FROM mailbox_meta WHERE key = 'search_indexed_to') \
+                 = (SELECT max(id) FROM messages), 0) AS TEXT)",
+            ) == ["1"]
         });
         let out = t.ok(node, &["mail", "search", "cafe"]);
         let lines: Vec<&str> = out.lines().collect();
