@@ -809,7 +809,10 @@ fn move_cluster_goes_to_the_best_copy_without_to_and_to_any_copy_with_it() {
         out.contains("from alpha to gamma") && out.contains("nothing lost"),
         "{out}"
     );
-    assert_eq!(dag.role("gamma"), "active", "{}", dag.dump());
+    // (The status file is published a moment after the move answers.)
+    dag.wait_for("gamma's status to say active", 10, || {
+        dag.role("gamma") == "active"
+    });
     assert_eq!(dag.ids("gamma"), (1..=10).collect::<Vec<_>>());
     assert!(dag.insert("gamma", 11), "{}", dag.dump());
     dag.ok("gamma", &["seal"]);
