@@ -12,16 +12,8 @@ impl Daemon<'_> {
     /// fork), then follow the peer as a passive copy. When undoing is
     /// impossible, the database is set aside and the copy is reseeded.
     pub(super) fn rejoin(&mut self, history: &[EpochRecord]) -> Result<()> {
-        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
-        let (lsn, log_epoch, _) = log_position(&paths)?;
-        let Some(fork) = witness::core::fork(
-            history
-                .iter()
-                .map(|r| (r.epoch, r.node.as_str(), r.start_lsn.0)),
-            log_epoch,
-            &self.name,
-        )
-        .map(Lsn) else {
+        let (lsn, fork) = self.position_and_fork(history)?;
+        let Some(fork) = fork else {
             self.m.blocked = Some(Blocked::Rejoin(
                 "waiting for the witness's epoch history".into(),
             ));
@@ -55,6 +47,21 @@ impl Daemon<'_> {
         Ok(())
     }
 
+    /// Where this node's log ends, and where the oldest epoch newer than its
+    /// log's, begun by another node, starts (the fork), if there is one.
+    fn position_and_fork(&self, history: &[EpochRecord]) -> Result<(Lsn, Option<Lsn>)> {
+        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
+        let (lsn, log_epoch, _) = log_position(&paths)?;
+        let fork = witness::core::fork(
+            history
+                .iter()
+                .map(|r| (r.epoch, r.node.as_str(), r.start_lsn.0)),
+            log_epoch,
+            &self.name,
+        );
+        Ok((lsn, fork.map(Lsn)))
+    }
+
     /// The copy's state after a rewind to `to`: it follows `self.peer` from
     /// there.
     fn save_copy_at(&self, to: Lsn, hash: shipper::ContentHash) -> Result<()> {
@@ -80,19 +87,13 @@ impl Daemon<'_> {
     /// active's. When undoing is impossible, it is reseeded. Its replay
     /// must be stopped.
     pub(super) fn undo_past_fork(&mut self, history: &[EpochRecord]) -> Result<()> {
-        let paths = shipper::store::StorePaths::new(&self.node.data_dir);
-        if !paths.database.exists() {
+        if !shipper::store::StorePaths::new(&self.node.data_dir)
+            .database
+            .exists()
+        {
             return Ok(());
         }
-        let (lsn, log_epoch, _) = log_position(&paths)?;
-        let Some(fork) = witness::core::fork(
-            history
-                .iter()
-                .map(|r| (r.epoch, r.node.as_str(), r.start_lsn.0)),
-            log_epoch,
-            &self.name,
-        )
-        .map(Lsn) else {
+        let (lsn, Some(fork)) = self.position_and_fork(history)? else {
             return Ok(());
         };
         if lsn <= fork {
