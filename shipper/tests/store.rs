@@ -51,6 +51,18 @@ fn assert_hash_matches(store: &Store) {
     );
 }
 
+/// Opens the database in `db_dir` as a copy does (triggers off) and
+/// replays onto it every record of the log in `store_dir`.
+fn replay_onto(db_dir: &Path, store_dir: &Path) -> rusqlite::Connection {
+    let copy = rusqlite::Connection::open(db_dir.join(DATABASE_FILE)).unwrap();
+    shipper::changeset::set_triggers_enabled(&copy, false).unwrap();
+    for_each_record(&store_dir.join(LOG_DIR), None, Lsn::ZERO, |lsn, rec| {
+        apply_record(&copy, lsn, &rec)
+    })
+    .unwrap();
+    copy
+}
+
 /// Copies a closed store's database files (db + WAL) aside.
 fn snapshot(dir: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -314,12 +326,7 @@ fn autoincrement_keyless_and_fts5_tables_replay_onto_a_copy() {
     );
     drop(store);
 
-    let copy = rusqlite::Connection::open(seed.join(DATABASE_FILE)).unwrap();
-    shipper::changeset::set_triggers_enabled(&copy, false).unwrap();
-    for_each_record(&dir.join(LOG_DIR), None, Lsn::ZERO, |lsn, rec| {
-        apply_record(&copy, lsn, &rec)
-    })
-    .unwrap();
+    let copy = replay_onto(&seed, &dir);
     assert_eq!(shipper::hash::full_scan(&copy).unwrap(), end.hash);
     assert_eq!(views(&copy), active);
     // A fresh connection reads the same index.
@@ -1220,12 +1227,7 @@ mod application_tables {
             let end = store.state();
             let active = views(&store.reader().unwrap());
             drop(store);
-            let copy = rusqlite::Connection::open(seed.join(DATABASE_FILE)).unwrap();
-            shipper::changeset::set_triggers_enabled(&copy, false).unwrap();
-            for_each_record(&dir.join(LOG_DIR), None, Lsn::ZERO, |lsn, rec| {
-                apply_record(&copy, lsn, &rec)
-            })
-            .unwrap();
+            let copy = replay_onto(&seed, &dir);
             prop_assert_eq!(shipper::hash::full_scan(&copy).unwrap(), end.hash);
             prop_assert_eq!(views(&copy), active);
         }
@@ -1262,14 +1264,7 @@ fn a_copy_rewinds_past_a_fork_without_opening_a_store() {
         let name = seg.file_name().unwrap();
         std::fs::copy(&seg, copy.join(LOG_DIR).join(name)).unwrap();
     }
-    {
-        let conn = rusqlite::Connection::open(copy.join(DATABASE_FILE)).unwrap();
-        shipper::changeset::set_triggers_enabled(&conn, false).unwrap();
-        for_each_record(&dir.join(LOG_DIR), None, Lsn::ZERO, |lsn, rec| {
-            apply_record(&conn, lsn, &rec)
-        })
-        .unwrap();
-    }
+    drop(replay_onto(&copy, &dir));
     std::fs::write(copy.join(shipper::store::PASSIVE_MARKER), b"{}").unwrap();
     let r = shipper::rewind::rewind_copy(&copy, fork).unwrap();
     assert_eq!((r.to, r.records), (fork, 2));
