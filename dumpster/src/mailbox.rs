@@ -145,8 +145,8 @@ pub fn ensure_schema(store: &Store) -> shipper::Result<()> {
 /// batch a transaction; how many. Nothing (0) while the database has no
 /// search index. The active node calls it every few hundred milliseconds.
 pub fn index_pending(store: &Store) -> shipper::Result<u64> {
-    let has_meta: i64 = store
-        .reader()?
+    let reader = store.reader()?;
+    let has_meta: i64 = reader
         .query_row(
             "SELECT count(*) FROM sqlite_schema WHERE name = 'mailbox_meta'",
             [],
@@ -157,7 +157,6 @@ pub fn index_pending(store: &Store) -> shipper::Result<u64> {
         return Ok(0);
     }
     let mut total = 0u64;
-    let reader = store.reader()?;
     loop {
         // Read and parse on this thread; the store's writer only inserts.
         let after: i64 = reader
