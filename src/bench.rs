@@ -563,6 +563,7 @@ fn run_http(dir: &Path, n: usize, dur: Duration) -> Result<f64> {
             snapshot: Default::default(),
             peers: Vec::new(),
             tls: None,
+            forwarder: Default::default(),
             users: None,
             timeout: Duration::from_secs(30),
         },

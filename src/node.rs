@@ -351,6 +351,7 @@ pub fn run(name: &str, node: &Node, cfg: &Config) -> Result<ExitCode> {
                     })
                     .collect(),
                 tls,
+                forwarder: Default::default(),
                 users,
                 timeout: cfg.cluster.http_timeout,
             },

@@ -59,6 +59,9 @@ pub struct Api {
     pub peers: Vec<Peer>,
     /// TLS, when `[nodes.X] http-cert` and `http-key` are set.
     pub tls: Option<Tls>,
+    /// The client a passive forwards with, made on first use and kept (its
+    /// connections and TLS set-up are reused).
+    pub forwarder: Arc<std::sync::OnceLock<ureq::Agent>>,
     /// Who may do what (`[cluster] http-users`); `None`: anyone anything.
     pub users: Option<Arc<Users>>,
     /// `[cluster] http-timeout`: how long a request's statements may run.
@@ -540,22 +543,24 @@ fn forward(
     body: Vec<u8>,
     auth: Option<String>,
 ) -> Response {
-    let mut config = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .max_redirects(0);
-    if let Some(tls) = &api.tls {
-        config = config.tls_config(
-            ureq::tls::TlsConfig::builder()
-                .provider(ureq::tls::TlsProvider::Rustls)
-                .root_certs(ureq::tls::RootCerts::Specific(tls.roots.clone()))
-                .unversioned_rustls_crypto_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .build(),
-        );
-    }
-    let agent = ureq::Agent::new_with_config(config.build());
+    let agent = api.forwarder.get_or_init(|| {
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .max_redirects(0);
+        if let Some(tls) = &api.tls {
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::Rustls)
+                    .root_certs(ureq::tls::RootCerts::Specific(tls.roots.clone()))
+                    .unversioned_rustls_crypto_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .build(),
+            );
+        }
+        ureq::Agent::new_with_config(config.build())
+    });
     let addr = &peer.addr;
     let target = format!("{}{url}", peer.base());
     // The client's credentials go with it: the active checks them too.
@@ -984,6 +989,7 @@ mod tests {
             snapshot: Default::default(),
             peers: Vec::new(),
             tls: None,
+            forwarder: Default::default(),
             users: None,
             timeout: std::time::Duration::from_secs(5),
         };
