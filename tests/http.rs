@@ -135,6 +135,16 @@ fn curl_gets_rqlites_shapes_and_a_passive_forwards_or_redirects_writes() {
     let (code, body) = execute(&http[0], "", r#"["DELETE FROM t WHERE id > 2"]"#);
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["results"][0]["rows_affected"], 2, "{body}");
+    // A statement that writes nothing affected no rows (not the count of
+    // the write before it).
+    let (code, body) = execute(
+        &http[0],
+        "",
+        r#"["UPDATE t SET v = v WHERE id = 1", "SELECT count(*) FROM t"]"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["results"][0]["rows_affected"], 1, "{body}");
+    assert_eq!(json(&body)["results"][1]["rows_affected"], 0, "{body}");
     // A malformed body is a 400 that says why.
     let (code, body) = execute(&http[0], "", "{}");
     assert_eq!(code, 400, "{body}");

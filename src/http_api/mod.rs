@@ -817,12 +817,20 @@ fn run_one(
         };
     }
     let mut ignore = |_: &[String], _: usize, _: &rusqlite::Row<'_>| Ok(());
+    let before = tx.conn().total_changes();
     tx.execute_with(&s.sql, &s.params, &mut ignore)
         .map_err(|e| e.to_string())?;
     let c = tx.conn();
+    // `changes()` keeps the last writing statement's count: a statement
+    // that wrote nothing (a SELECT, a schema change) affected no rows.
+    let affected = if c.total_changes() == before {
+        0
+    } else {
+        c.changes()
+    };
     Ok(json!({
         "last_insert_id": c.last_insert_rowid(),
-        "rows_affected": c.changes(),
+        "rows_affected": affected,
     }))
 }
 
